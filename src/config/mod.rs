@@ -1,0 +1,143 @@
+//! Loading and validating the TOML config.
+//!
+//! `load` reads a file, parses it strictly (unknown keys are errors) and validates it
+//! (names resolve, ranges hold, addresses parse). Every failure is one `ConfigError`
+//! that names the file, the line and column where the text is known, and the key, so
+//! `weir --check` and a refused reload print something a person can act on.
+
+mod types;
+mod validate;
+
+use std::fmt;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+
+pub use types::*;
+
+/// A config that cannot be used, with where and why.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct ConfigError {
+    pub file: PathBuf,
+    /// 1-based line and column of the offending text, where known.
+    pub position: Option<(usize, usize)>,
+    /// Dotted key path, e.g. `upstreams.api.servers[1].weight`.
+    pub key: String,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.file.display())?;
+        if let Some((line, column)) = self.position {
+            write!(f, ":{line}:{column}")?;
+        }
+        if self.key.is_empty() {
+            write!(f, ": {}", self.message)
+        } else {
+            write!(f, ": `{}`: {}", self.key, self.message)
+        }
+    }
+}
+
+/// Reads, parses and validates the config at `path`.
+pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+        file: path.to_path_buf(),
+        position: None,
+        key: String::new(),
+        message: format!("cannot read config file: {e}"),
+    })?;
+    parse(&text, path)
+}
+
+/// Parses and validates config `text`; `path` is used only in error messages.
+pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+    let source = Source { text, path };
+    let deserializer = toml::Deserializer::new(text);
+    let config: Config = serde_path_to_error::deserialize(deserializer).map_err(|e| {
+        let key = e.path().to_string();
+        let inner = e.into_inner();
+        source.error(inner.span(), if key == "." { "" } else { &key }, inner.message())
+    })?;
+    validate::validate(&config, &source)?;
+    Ok(config)
+}
+
+/// The text being loaded, to turn byte spans into lines and columns.
+pub(crate) struct Source<'a> {
+    text: &'a str,
+    path: &'a Path,
+}
+
+impl Source<'_> {
+    pub(crate) fn error(
+        &self,
+        span: Option<Range<usize>>,
+        key: &str,
+        message: impl Into<String>,
+    ) -> ConfigError {
+        ConfigError {
+            file: self.path.to_path_buf(),
+            // Defaults carry an empty 0..0 span: no position rather than a wrong one.
+            position: span.filter(|s| s.end > 0).map(|s| self.line_column(s.start)),
+            key: key.to_string(),
+            message: message.into(),
+        }
+    }
+
+    fn line_column(&self, offset: usize) -> (usize, usize) {
+        let before = &self.text[..offset.min(self.text.len())];
+        let line = before.matches('\n').count() + 1;
+        let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+        (line, before[line_start..].chars().count() + 1)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err(text: &str) -> ConfigError {
+        parse(text, Path::new("weir.toml")).unwrap_err()
+    }
+
+    const GOOD: &str = r#"
+[[listeners]]
+name = "web"
+listen = "127.0.0.1:0"
+
+[[routes]]
+upstream = "api"
+
+[upstreams.api]
+servers = [{ address = "127.0.0.1:9000" }]
+"#;
+
+    #[test]
+    fn a_minimal_config_loads() {
+        let config = parse(GOOD, Path::new("weir.toml")).unwrap();
+        assert_eq!(config.listeners.len(), 1);
+        assert_eq!(config.upstreams.len(), 1);
+    }
+
+    #[test]
+    fn unknown_key_names_file_line_column_and_key() {
+        let e = err(&GOOD.replace("name = \"web\"", "name = \"web\"\nlisten_on = 1"));
+        assert_eq!(e.position.map(|p| p.0), Some(5), "{e}");
+        assert!(e.to_string().starts_with("weir.toml:5:"), "{e}");
+        assert!(e.message.contains("unknown field `listen_on`"), "{e}");
+    }
+
+    #[test]
+    fn bad_duration_names_its_key() {
+        let e = err(&GOOD.replace("[upstreams.api]", "[upstreams.api]\nconnect_timeout = \"2 weeks\""));
+        assert_eq!(e.key, "upstreams.api.connect_timeout", "{e}");
+        assert_eq!(e.position, Some((10, 19)), "{e}");
+    }
+
+    #[test]
+    fn syntax_error_has_a_position() {
+        let e = err("[[listeners]\nname = ");
+        assert!(e.position.is_some(), "{e}");
+    }
+}

@@ -1,0 +1,202 @@
+//! The TOML schema, as serde reads it. Nothing here is seen by the request path:
+//! `runtime::Runtime::build` turns a validated `Config` into ready runtime types.
+//!
+//! Every struct denies unknown keys, so a typo is an error with a line number, not a
+//! silently ignored setting. Fields that later validation must point back at are
+//! `Spanned`, so a "no such upstream" error can name the line of the reference.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::time::Duration;
+
+use serde::de::{self, Deserializer, Visitor};
+use serde::Deserialize;
+use toml::Spanned;
+
+/// The whole config file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Worker threads; 0 means one per CPU core.
+    #[serde(default)]
+    pub workers: usize,
+    /// How long SIGTERM waits for in-flight requests before exiting anyway.
+    #[serde(default = "defaults::shutdown_timeout")]
+    pub shutdown_timeout: Dur,
+    /// The admin listener (`/metrics`, `/healthz`, `/readyz`).
+    #[serde(default)]
+    pub admin: Option<AdminConfig>,
+    #[serde(default)]
+    pub listeners: Vec<ListenerConfig>,
+    #[serde(default)]
+    pub routes: Vec<RouteConfig>,
+    #[serde(default)]
+    pub upstreams: BTreeMap<Spanned<String>, UpstreamConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    pub listen: Spanned<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerConfig {
+    pub name: Spanned<String>,
+    pub listen: Spanned<String>,
+    /// Time a client has to send a request's headers (also the keep-alive idle limit
+    /// between requests).
+    #[serde(default = "defaults::header_read_timeout")]
+    pub header_read_timeout: Dur,
+    /// Largest request head (request line plus headers); larger gets `431`.
+    #[serde(default = "defaults::max_header_size")]
+    pub max_header_size: Spanned<usize>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    /// Exact host, `*.suffix` wildcard, or absent for any host.
+    #[serde(default)]
+    pub host: Option<Spanned<String>>,
+    #[serde(default)]
+    pub path_prefix: Option<Spanned<String>>,
+    pub upstream: Spanned<String>,
+    #[serde(default)]
+    pub methods: Option<Vec<Spanned<String>>>,
+    /// Listener names this route serves; absent means every listener.
+    #[serde(default)]
+    pub listeners: Option<Vec<Spanned<String>>>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BalancerKind {
+    RoundRobin,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamConfig {
+    #[serde(default = "defaults::balancer")]
+    pub balancer: BalancerKind,
+    /// Longest wait for a TCP connection; a slower server counts as refused.
+    #[serde(default = "defaults::connect_timeout")]
+    pub connect_timeout: Dur,
+    /// Longest wait for the response headers once the request is sent.
+    #[serde(default = "defaults::request_timeout")]
+    pub request_timeout: Dur,
+    /// Idle keep-alive connections kept per server.
+    #[serde(default = "defaults::keepalive")]
+    pub keepalive: usize,
+    pub servers: Spanned<Vec<ServerConfig>>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    pub address: Spanned<String>,
+    #[serde(default = "defaults::weight")]
+    pub weight: Spanned<u32>,
+    #[serde(default)]
+    pub backup: bool,
+}
+
+/// A duration written with a unit: `"250ms"`, `"2s"`, `"1.5s"`, `"1m"`, `"1h"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Dur(pub Duration);
+
+impl Dur {
+    /// Parses `"<number><unit>"`; the unit is one of `ms`, `s`, `m`, `h`.
+    pub fn parse(text: &str) -> Result<Dur, String> {
+        let text = text.trim();
+        let split = text.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(text.len());
+        let (number, unit) = text.split_at(split);
+        let scale = match unit {
+            "ms" => 0.001,
+            "s" => 1.0,
+            "m" => 60.0,
+            "h" => 3600.0,
+            "" => {
+                return Err(format!("duration `{text}` has no unit: write e.g. \"{text}s\" or \"{text}ms\""))
+            }
+            _ => return Err(format!("duration `{text}` has an unknown unit `{unit}`: use ms, s, m or h")),
+        };
+        let value: f64 = number.parse().map_err(|_| {
+            format!("duration `{text}` is not a number with a unit, e.g. \"250ms\" or \"2s\"")
+        })?;
+        let secs = value * scale;
+        if !secs.is_finite() || secs > 365.0 * 86400.0 {
+            return Err(format!("duration `{text}` is out of range"));
+        }
+        Ok(Dur(Duration::from_secs_f64(secs)))
+    }
+}
+
+impl<'de> Deserialize<'de> for Dur {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct DurVisitor;
+        impl Visitor<'_> for DurVisitor {
+            type Value = Dur;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a duration string with a unit, e.g. \"250ms\" or \"2s\"")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Dur, E> {
+                Dur::parse(v).map_err(E::custom)
+            }
+        }
+        deserializer.deserialize_str(DurVisitor)
+    }
+}
+
+mod defaults {
+    use super::*;
+
+    pub fn shutdown_timeout() -> Dur {
+        Dur(Duration::from_secs(30))
+    }
+    pub fn header_read_timeout() -> Dur {
+        Dur(Duration::from_secs(10))
+    }
+    pub fn max_header_size() -> Spanned<usize> {
+        Spanned::new(0..0, 32 * 1024)
+    }
+    pub fn balancer() -> BalancerKind {
+        BalancerKind::RoundRobin
+    }
+    pub fn connect_timeout() -> Dur {
+        Dur(Duration::from_secs(2))
+    }
+    pub fn request_timeout() -> Dur {
+        Dur(Duration::from_secs(30))
+    }
+    pub fn keepalive() -> usize {
+        64
+    }
+    pub fn weight() -> Spanned<u32> {
+        Spanned::new(0..0, 1)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_take_each_unit() {
+        assert_eq!(Dur::parse("250ms").unwrap().0, Duration::from_millis(250));
+        assert_eq!(Dur::parse("2s").unwrap().0, Duration::from_secs(2));
+        assert_eq!(Dur::parse("1.5s").unwrap().0, Duration::from_millis(1500));
+        assert_eq!(Dur::parse("1m").unwrap().0, Duration::from_secs(60));
+        assert_eq!(Dur::parse("1h").unwrap().0, Duration::from_secs(3600));
+    }
+
+    #[test]
+    fn durations_without_a_known_unit_are_refused() {
+        assert!(Dur::parse("2").unwrap_err().contains("no unit"));
+        assert!(Dur::parse("2d").unwrap_err().contains("unknown unit"));
+        assert!(Dur::parse("xs").is_err());
+        assert!(Dur::parse("").is_err());
+    }
+}

@@ -1,0 +1,284 @@
+//! Semantic checks that serde cannot express: names resolve, ranges hold, addresses
+//! parse, nothing is ambiguous. The first problem found is returned, with its position.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+
+use super::{Config, ConfigError, Source};
+
+/// Largest server weight. Smooth weighted round-robin precomputes one cycle of picks,
+/// whose length is the sum of the weights, so the cap keeps that table small.
+pub const MAX_WEIGHT: u32 = 1000;
+/// Listeners a route can name are kept as a bitmask.
+pub const MAX_LISTENERS: usize = 64;
+
+pub(super) fn validate(config: &Config, src: &Source) -> Result<(), ConfigError> {
+    if let Some(admin) = &config.admin {
+        socket_addr(src, "admin.listen", &admin.listen)?;
+    }
+    if config.listeners.is_empty() {
+        return Err(src.error(None, "listeners", "at least one [[listeners]] is required"));
+    }
+    if config.listeners.len() > MAX_LISTENERS {
+        return Err(src.error(None, "listeners", format!("at most {MAX_LISTENERS} listeners")));
+    }
+    let mut names = HashSet::new();
+    for (i, l) in config.listeners.iter().enumerate() {
+        let key = format!("listeners[{i}]");
+        if l.name.get_ref().is_empty() {
+            return Err(src.error(Some(l.name.span()), &format!("{key}.name"), "must not be empty"));
+        }
+        if !names.insert(l.name.get_ref().as_str()) {
+            return Err(src.error(
+                Some(l.name.span()),
+                &format!("{key}.name"),
+                format!("listener name `{}` is used twice", l.name.get_ref()),
+            ));
+        }
+        socket_addr(src, &format!("{key}.listen"), &l.listen)?;
+        let size = *l.max_header_size.get_ref();
+        if !(8192..=1 << 20).contains(&size) {
+            return Err(src.error(
+                Some(l.max_header_size.span()),
+                &format!("{key}.max_header_size"),
+                "must be between 8192 and 1048576 bytes",
+            ));
+        }
+    }
+
+    for (name, up) in &config.upstreams {
+        let key = format!("upstreams.{}", name.get_ref());
+        if name.get_ref().is_empty() {
+            return Err(src.error(Some(name.span()), "upstreams", "upstream name must not be empty"));
+        }
+        let servers = up.servers.get_ref();
+        if servers.is_empty() {
+            return Err(src.error(
+                Some(up.servers.span()),
+                &format!("{key}.servers"),
+                "an upstream needs at least one server",
+            ));
+        }
+        if servers.iter().all(|s| s.backup) {
+            return Err(src.error(
+                Some(up.servers.span()),
+                &format!("{key}.servers"),
+                "every server is a backup: at least one primary server is required",
+            ));
+        }
+        for (what, d) in [("connect_timeout", up.connect_timeout), ("request_timeout", up.request_timeout)] {
+            if d.0.is_zero() {
+                return Err(src.error(None, &format!("{key}.{what}"), "must be greater than zero"));
+            }
+        }
+        let mut seen = HashSet::new();
+        for (i, s) in servers.iter().enumerate() {
+            let skey = format!("{key}.servers[{i}]");
+            let weight = *s.weight.get_ref();
+            if !(1..=MAX_WEIGHT).contains(&weight) {
+                return Err(src.error(
+                    Some(s.weight.span()),
+                    &format!("{skey}.weight"),
+                    format!("weight must be between 1 and {MAX_WEIGHT}, got {weight}"),
+                ));
+            }
+            host_port(src, &format!("{skey}.address"), &s.address)?;
+            if !seen.insert(s.address.get_ref().as_str()) {
+                return Err(src.error(
+                    Some(s.address.span()),
+                    &format!("{skey}.address"),
+                    format!("server `{}` is listed twice in this upstream", s.address.get_ref()),
+                ));
+            }
+        }
+    }
+
+    let mut seen_routes = HashSet::new();
+    for (i, r) in config.routes.iter().enumerate() {
+        let key = format!("routes[{i}]");
+        if !config.upstreams.contains_key(r.upstream.get_ref().as_str()) {
+            return Err(src.error(
+                Some(r.upstream.span()),
+                &format!("{key}.upstream"),
+                format!(
+                    "no upstream named `{}`: define [upstreams.{}]",
+                    r.upstream.get_ref(),
+                    r.upstream.get_ref()
+                ),
+            ));
+        }
+        if let Some(host) = &r.host {
+            if let Err(why) = check_host(host.get_ref()) {
+                return Err(src.error(Some(host.span()), &format!("{key}.host"), why));
+            }
+        }
+        if let Some(prefix) = &r.path_prefix {
+            if !prefix.get_ref().starts_with('/') {
+                return Err(src.error(
+                    Some(prefix.span()),
+                    &format!("{key}.path_prefix"),
+                    "must start with `/`",
+                ));
+            }
+        }
+        let mut methods = Vec::new();
+        for m in r.methods.iter().flatten() {
+            if http::Method::from_bytes(m.get_ref().as_bytes()).is_err() || m.get_ref().is_empty() {
+                return Err(src.error(
+                    Some(m.span()),
+                    &format!("{key}.methods"),
+                    format!("`{}` is not an HTTP method", m.get_ref()),
+                ));
+            }
+            methods.push(m.get_ref().to_ascii_uppercase());
+        }
+        if r.methods.as_ref().is_some_and(|m| m.is_empty()) {
+            return Err(src.error(
+                None,
+                &format!("{key}.methods"),
+                "an empty list matches nothing: remove the key to match any method",
+            ));
+        }
+        methods.sort();
+        let mut listeners = Vec::new();
+        for l in r.listeners.iter().flatten() {
+            if !config.listeners.iter().any(|x| x.name.get_ref() == l.get_ref()) {
+                return Err(src.error(
+                    Some(l.span()),
+                    &format!("{key}.listeners"),
+                    format!("no listener named `{}`", l.get_ref()),
+                ));
+            }
+            listeners.push(l.get_ref().clone());
+        }
+        listeners.sort();
+        let identity = (
+            r.host.as_ref().map(|h| h.get_ref().to_ascii_lowercase()),
+            r.path_prefix.as_ref().map_or("/".to_string(), |p| p.get_ref().clone()),
+            methods,
+            listeners,
+        );
+        if !seen_routes.insert(identity) {
+            return Err(src.error(
+                Some(r.upstream.span()),
+                &key,
+                "an earlier route has the same host, path_prefix, methods and listeners, so this one could never match",
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn socket_addr(src: &Source, key: &str, text: &toml::Spanned<String>) -> Result<SocketAddr, ConfigError> {
+    text.get_ref().parse().map_err(|_| {
+        src.error(
+            Some(text.span()),
+            key,
+            format!("`{}` is not an IP address with a port, e.g. \"127.0.0.1:8080\"", text.get_ref()),
+        )
+    })
+}
+
+/// `ip:port` or `hostname:port`; names are resolved when the runtime is built.
+fn host_port(src: &Source, key: &str, text: &toml::Spanned<String>) -> Result<(), ConfigError> {
+    let value = text.get_ref();
+    if value.parse::<SocketAddr>().is_ok() {
+        return Ok(());
+    }
+    let ok = value.rsplit_once(':').is_some_and(|(host, port)| {
+        port.parse::<u16>().is_ok_and(|p| p != 0)
+            && !host.is_empty()
+            && host.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.')
+    });
+    if ok {
+        Ok(())
+    } else {
+        Err(src.error(
+            Some(text.span()),
+            key,
+            format!("`{value}` is not a host with a port, e.g. \"10.0.0.1:8000\" or \"app.internal:8000\""),
+        ))
+    }
+}
+
+fn check_host(host: &str) -> Result<(), String> {
+    let name = host.strip_prefix("*.").unwrap_or(host);
+    if name.is_empty() || name.contains('*') {
+        return Err(format!("`{host}` is not a host: use an exact name or `*.example.com`"));
+    }
+    if !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.' || c == '_') {
+        return Err(format!("`{host}` is not a host name (no ports, paths or spaces)"));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::parse;
+    use std::path::Path;
+
+    const BASE: &str = r#"
+[[listeners]]
+name = "web"
+listen = "127.0.0.1:0"
+
+[[routes]]
+upstream = "api"
+
+[upstreams.api]
+servers = [{ address = "127.0.0.1:9000" }, { address = "localhost:9001", weight = 3 }]
+"#;
+
+    fn err(text: &str) -> String {
+        parse(text, Path::new("w.toml")).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn unknown_upstream_is_named_with_its_line() {
+        let e = err(&BASE.replace("upstream = \"api\"", "upstream = \"apx\""));
+        assert!(e.starts_with("w.toml:7:12: `routes[0].upstream`: no upstream named `apx`"), "{e}");
+    }
+
+    #[test]
+    fn zero_weight_is_refused() {
+        let e = err(&BASE.replace("weight = 3", "weight = 0"));
+        assert!(e.contains("`upstreams.api.servers[1].weight`: weight must be between 1"), "{e}");
+    }
+
+    #[test]
+    fn no_servers_is_refused() {
+        let e = err(&BASE.replace(
+            r#"servers = [{ address = "127.0.0.1:9000" }, { address = "localhost:9001", weight = 3 }]"#,
+            "servers = []",
+        ));
+        assert!(e.contains("`upstreams.api.servers`: an upstream needs at least one server"), "{e}");
+    }
+
+    #[test]
+    fn bad_addresses_are_refused() {
+        let e = err(&BASE.replace("127.0.0.1:9000", "127.0.0.1"));
+        assert!(e.contains("servers[0].address"), "{e}");
+        let e = err(&BASE.replace("listen = \"127.0.0.1:0\"", "listen = \"localhost:80\""));
+        assert!(e.contains("listeners[0].listen"), "{e}");
+    }
+
+    #[test]
+    fn bad_hosts_and_prefixes_are_refused() {
+        let e = err(&BASE.replace("upstream = \"api\"", "upstream = \"api\"\nhost = \"a.*.com\""));
+        assert!(e.contains("routes[0].host"), "{e}");
+        let e = err(&BASE.replace("upstream = \"api\"", "upstream = \"api\"\npath_prefix = \"api\""));
+        assert!(e.contains("must start with `/`"), "{e}");
+    }
+
+    #[test]
+    fn duplicate_routes_are_refused() {
+        let e = err(&BASE.replace("[upstreams.api]", "[[routes]]\nupstream = \"api\"\n\n[upstreams.api]"));
+        assert!(e.contains("could never match"), "{e}");
+    }
+
+    #[test]
+    fn unknown_listener_in_route_is_refused() {
+        let e = err(&BASE.replace("upstream = \"api\"", "upstream = \"api\"\nlisteners = [\"webz\"]"));
+        assert!(e.contains("no listener named `webz`"), "{e}");
+    }
+}

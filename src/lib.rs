@@ -1,0 +1,16 @@
+//! weir: an HTTP load-balancing reverse proxy.
+//!
+//! A request's path reads through a few modules: `listener` accepts it, `proxy`
+//! routes it, picks a server with the upstream's `balancer`, forwards it and records
+//! it in `metrics`. `config` loads the TOML; `runtime` turns it into the ready form
+//! the request path reads; `server` runs the process lifecycle.
+
+pub mod admin;
+pub mod balancer;
+pub mod config;
+pub mod listener;
+pub mod metrics;
+pub mod proxy;
+pub mod runtime;
+pub mod server;
+pub mod upstream;

@@ -1,0 +1,119 @@
+//! Client-facing listeners: bind, accept, serve HTTP/1.1 and HTTP/2 (prior
+//! knowledge) on the same port, and drain on shutdown.
+//!
+//! Each connection computes its `Peer` once; each request loads the current runtime
+//! once and hands it to `proxy::handle`. Slow clients are cut off by the header read
+//! timeout, oversized heads get `431` from hyper's size limit.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use prometheus::IntGauge;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_util::task::TaskTracker;
+
+use crate::config::ListenerConfig;
+use crate::proxy::{self, Peer};
+use crate::runtime::SharedRuntime;
+
+/// A bound client listener and how to serve its connections.
+pub struct Listener {
+    pub name: String,
+    pub index: usize,
+    pub socket: TcpListener,
+    builder: auto::Builder<TokioExecutor>,
+    active: IntGauge,
+}
+
+impl Listener {
+    /// Binds `config.listen` with a deep backlog and `SO_REUSEADDR`.
+    pub fn bind(config: &ListenerConfig, index: usize, active: IntGauge) -> std::io::Result<Listener> {
+        let addr: SocketAddr = config.listen.get_ref().parse().map_err(std::io::Error::other)?;
+        let socket = bind_tcp(addr)?;
+        let mut builder = auto::Builder::new(TokioExecutor::new());
+        builder
+            .http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(config.header_read_timeout.0)
+            .max_buf_size(*config.max_header_size.get_ref())
+            .keep_alive(true);
+        builder
+            .http2()
+            .timer(TokioTimer::new())
+            .max_concurrent_streams(256)
+            .max_header_list_size(u32::try_from(*config.max_header_size.get_ref()).unwrap_or(u32::MAX))
+            .keep_alive_interval(Some(Duration::from_secs(30)));
+        Ok(Listener { name: config.name.get_ref().clone(), index, socket, builder, active })
+    }
+
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.socket.local_addr()
+    }
+
+    /// Accepts connections until `stop` changes. Each connection runs on `tracker`, and
+    /// when `stop` changes it finishes its in-flight requests and closes.
+    pub async fn serve(self, runtime: SharedRuntime, tracker: TaskTracker, mut stop: watch::Receiver<bool>) {
+        let builder = Arc::new(self.builder);
+        loop {
+            let (stream, addr) = tokio::select! {
+                _ = stop.changed() => break,
+                accepted = self.socket.accept() => match accepted {
+                    Ok(accepted) => accepted,
+                    Err(e) => {
+                        // Out of file descriptors or similar: back off instead of spinning.
+                        tracing::warn!(listener = %self.name, error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+            };
+            let _ = stream.set_nodelay(true);
+            let peer = Arc::new(Peer::new(addr, self.index, false));
+            let runtime = runtime.clone();
+            let service = service_fn(move |req| {
+                let rt = runtime.load_full();
+                let peer = peer.clone();
+                async move { Ok::<_, Infallible>(proxy::handle(&rt, req, &peer).await) }
+            });
+            let builder = builder.clone();
+            let active = self.active.clone();
+            let mut stop = stop.clone();
+            tracker.spawn(async move {
+                active.inc();
+                let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+                tokio::pin!(conn);
+                let result = tokio::select! {
+                    result = conn.as_mut() => result,
+                    _ = stop.changed() => {
+                        // Finish the request in progress, then close; idle keep-alive
+                        // connections close at once.
+                        conn.as_mut().graceful_shutdown();
+                        conn.await
+                    }
+                };
+                if let Err(e) = result {
+                    tracing::debug!(client = %addr, error = %e, "client connection ended with an error");
+                }
+                active.dec();
+            });
+        }
+        tracing::info!(listener = %self.name, "stopped accepting");
+    }
+}
+
+/// A non-blocking listening socket with `SO_REUSEADDR` and a backlog of 4096.
+pub fn bind_tcp(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(4096)?;
+    TcpListener::from_std(socket.into())
+}

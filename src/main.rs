@@ -1,0 +1,117 @@
+//! The `weir` binary: flags, logging, signals; load the config, bind, run.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::Parser;
+use tokio::signal::unix::{signal, SignalKind};
+use tracing_subscriber::EnvFilter;
+
+use weir::config::{self, Config};
+use weir::metrics::Metrics;
+use weir::runtime::Runtime;
+use weir::server::Server;
+
+/// An HTTP load-balancing reverse proxy.
+#[derive(Parser)]
+#[command(version, about)]
+struct Args {
+    /// Path to the TOML config file.
+    #[arg(long, short, default_value = "weir.toml")]
+    config: PathBuf,
+    /// Validate the config, print a summary and exit (0 valid, 1 invalid).
+    #[arg(long)]
+    check: bool,
+    /// Log level or filter (e.g. `debug`, `weir=trace`); overrides RUST_LOG.
+    #[arg(long)]
+    log_level: Option<String>,
+    /// Log as JSON lines instead of plain text.
+    #[arg(long)]
+    log_json: bool,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let filter = match &args.log_level {
+        Some(level) => EnvFilter::try_new(level),
+        None => EnvFilter::try_from_default_env().or_else(|_| EnvFilter::try_new("info")),
+    };
+    let filter = match filter {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("weir: bad log level: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let logs = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if args.log_json {
+        logs.json().init();
+    } else {
+        logs.init();
+    }
+
+    match run(&args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("weir: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn run(args: &Args) -> anyhow::Result<()> {
+    let config = config::load(&args.config)?;
+    let metrics = Arc::new(Metrics::new().context("registering metrics")?);
+    if args.check {
+        Runtime::build(&config, None, &metrics)?;
+        print_summary(&args.config, &config);
+        return Ok(());
+    }
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if config.workers > 0 {
+        builder.worker_threads(config.workers);
+    }
+    let tokio = builder.enable_all().build().context("starting the async runtime")?;
+    tokio.block_on(async {
+        let server = Server::bind(&config, metrics)?;
+        let reloader = server.reloader(args.config.clone());
+        let mut hangup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
+        tokio::spawn(async move {
+            while hangup.recv().await.is_some() {
+                match reloader.reload() {
+                    Ok(()) => tracing::info!("config reloaded"),
+                    Err(e) => {
+                        tracing::error!(error = %e, "config reload refused; the old config keeps serving")
+                    }
+                }
+            }
+        });
+        let mut terminate = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+        let mut interrupt = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+        server
+            .run(async move {
+                tokio::select! {
+                    _ = terminate.recv() => {}
+                    _ = interrupt.recv() => {}
+                }
+            })
+            .await;
+        Ok(())
+    })
+}
+
+fn print_summary(path: &std::path::Path, config: &Config) {
+    println!("{}: ok", path.display());
+    for l in &config.listeners {
+        println!("  listener {} on {}", l.name.get_ref(), l.listen.get_ref());
+    }
+    if let Some(admin) = &config.admin {
+        println!("  admin on {}", admin.listen.get_ref());
+    }
+    println!("  {} routes", config.routes.len());
+    for (name, up) in &config.upstreams {
+        println!("  upstream {} ({:?}, {} servers)", name.get_ref(), up.balancer, up.servers.get_ref().len());
+    }
+}

@@ -1,0 +1,239 @@
+//! Prometheus metrics: the registry, the metric families, and the handle structs the
+//! request path holds.
+//!
+//! Families are registered once per process in `Metrics::new` and outlive reloads, so
+//! counters never reset when the config changes. `Runtime::build` resolves the labelled
+//! handles for each upstream and server into `UpstreamMetrics` and `ServerMetrics`;
+//! after that the request path only calls `inc()` and `observe()`. Status codes are the
+//! one label not known at build time: `CodeCounters` resolves each code's handle the
+//! first time it is seen, using the code's static string, and keeps it.
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use http::StatusCode;
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
+};
+
+/// Latency buckets for a proxy: from half a millisecond to the default request timeout.
+pub const LATENCY_BUCKETS: &[f64] =
+    &[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
+
+/// Every metric family weir exports, registered once per process.
+pub struct Metrics {
+    pub registry: Registry,
+    pub requests_total: IntCounterVec,
+    pub request_duration: HistogramVec,
+    pub upstream_requests_total: IntCounterVec,
+    pub upstream_request_duration: HistogramVec,
+    pub upstream_server_healthy: IntGaugeVec,
+    pub upstream_server_in_flight: IntGaugeVec,
+    pub upstream_connect_errors_total: IntCounterVec,
+    pub upstream_timeouts_total: IntCounterVec,
+    pub rate_limited_total: IntCounterVec,
+    pub connections_active: IntGaugeVec,
+    pub config_reloads_total: IntCounterVec,
+}
+
+impl Metrics {
+    /// Registers every family. Fails only on a duplicate or malformed family, which is
+    /// a programming error caught by the tests.
+    pub fn new() -> Result<Metrics, prometheus::Error> {
+        let registry = Registry::new();
+        let counter = |name: &str, help: &str, labels: &[&str]| -> Result<IntCounterVec, prometheus::Error> {
+            let c = IntCounterVec::new(Opts::new(name, help), labels)?;
+            registry.register(Box::new(c.clone()))?;
+            Ok(c)
+        };
+        let gauge = |name: &str, help: &str, labels: &[&str]| -> Result<IntGaugeVec, prometheus::Error> {
+            let g = IntGaugeVec::new(Opts::new(name, help), labels)?;
+            registry.register(Box::new(g.clone()))?;
+            Ok(g)
+        };
+        let histogram = |name: &str,
+                         help: &str,
+                         labels: &[&str]|
+         -> Result<HistogramVec, prometheus::Error> {
+            let h =
+                HistogramVec::new(HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec()), labels)?;
+            registry.register(Box::new(h.clone()))?;
+            Ok(h)
+        };
+        let metrics = Metrics {
+            requests_total: counter(
+                "weir_requests_total",
+                "Client requests answered, by upstream (\"\" when no route matched) and status code.",
+                &["upstream", "code"],
+            )?,
+            request_duration: histogram(
+                "weir_request_duration_seconds",
+                "Time from a request's arrival to its response headers, by upstream.",
+                &["upstream"],
+            )?,
+            upstream_requests_total: counter(
+                "weir_upstream_requests_total",
+                "Requests sent to each upstream server that got a response, by status code.",
+                &["upstream", "server", "code"],
+            )?,
+            upstream_request_duration: histogram(
+                "weir_upstream_request_duration_seconds",
+                "Time from sending a request to a server to its response headers.",
+                &["upstream", "server"],
+            )?,
+            upstream_server_healthy: gauge(
+                "weir_upstream_server_healthy",
+                "1 while a server is considered healthy, 0 while it is marked down.",
+                &["upstream", "server"],
+            )?,
+            upstream_server_in_flight: gauge(
+                "weir_upstream_server_in_flight",
+                "Requests sent to a server whose response has not been fully delivered.",
+                &["upstream", "server"],
+            )?,
+            upstream_connect_errors_total: counter(
+                "weir_upstream_connect_errors_total",
+                "Connections to a server that were refused, failed or timed out.",
+                &["upstream", "server"],
+            )?,
+            upstream_timeouts_total: counter(
+                "weir_upstream_timeouts_total",
+                "Requests whose server did not answer within request_timeout.",
+                &["upstream", "server"],
+            )?,
+            rate_limited_total: counter(
+                "weir_rate_limited_total",
+                "Requests refused by a rate limit.",
+                &["rate_limit"],
+            )?,
+            connections_active: gauge(
+                "weir_connections_active",
+                "Client connections open, by listener.",
+                &["listener"],
+            )?,
+            config_reloads_total: counter(
+                "weir_config_reloads_total",
+                "Config reloads, by result (success or failure).",
+                &["result"],
+            )?,
+            registry,
+        };
+        #[cfg(target_os = "linux")]
+        metrics.registry.register(Box::new(prometheus::process_collector::ProcessCollector::for_self()))?;
+        Ok(metrics)
+    }
+
+    /// The Prometheus text exposition of every family.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(16 * 1024);
+        // Encoding into a Vec fails only on families with inconsistent help text,
+        // which registration already rules out.
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
+        out
+    }
+
+    /// Handles for one upstream (`""` for requests that matched no route).
+    pub fn upstream(&self, upstream: &str) -> UpstreamMetrics {
+        UpstreamMetrics {
+            requests: CodeCounters::new(self.requests_total.clone(), vec![upstream.to_string()]),
+            duration: self.request_duration.with_label_values(&[upstream]),
+        }
+    }
+
+    /// Handles for one server of an upstream, labelled with its address as written.
+    pub fn server(&self, upstream: &str, server: &str) -> ServerMetrics {
+        let labels = [upstream, server];
+        ServerMetrics {
+            requests: CodeCounters::new(
+                self.upstream_requests_total.clone(),
+                vec![upstream.to_string(), server.to_string()],
+            ),
+            duration: self.upstream_request_duration.with_label_values(&labels),
+            healthy: self.upstream_server_healthy.with_label_values(&labels),
+            in_flight: self.upstream_server_in_flight.with_label_values(&labels),
+            connect_errors: self.upstream_connect_errors_total.with_label_values(&labels),
+            timeouts: self.upstream_timeouts_total.with_label_values(&labels),
+        }
+    }
+}
+
+/// Per-upstream handles: what the client saw.
+pub struct UpstreamMetrics {
+    pub requests: CodeCounters,
+    pub duration: Histogram,
+}
+
+impl UpstreamMetrics {
+    /// Counts one answered client request.
+    pub fn record(&self, status: StatusCode, elapsed: Duration) {
+        self.requests.inc(status);
+        self.duration.observe(elapsed.as_secs_f64());
+    }
+}
+
+/// Per-server handles: what each server did.
+pub struct ServerMetrics {
+    pub requests: CodeCounters,
+    pub duration: Histogram,
+    pub healthy: IntGauge,
+    /// The in-flight count itself, not a copy of it: balancers read it, and handles
+    /// with the same labels share one atomic, so the count survives a reload.
+    pub in_flight: IntGauge,
+    pub connect_errors: IntCounter,
+    pub timeouts: IntCounter,
+}
+
+/// One counter per status code, each resolved on first use from the code's static
+/// string, so counting never formats a label.
+pub struct CodeCounters {
+    family: IntCounterVec,
+    labels: Vec<String>,
+    by_code: Box<[OnceLock<IntCounter>]>,
+}
+
+impl CodeCounters {
+    fn new(family: IntCounterVec, labels: Vec<String>) -> CodeCounters {
+        CodeCounters { family, labels, by_code: (100..600).map(|_| OnceLock::new()).collect() }
+    }
+
+    /// Adds one to `code`'s counter.
+    pub fn inc(&self, code: StatusCode) {
+        let Some(slot) = self.by_code.get(usize::from(code.as_u16()).wrapping_sub(100)) else {
+            return;
+        };
+        slot.get_or_init(|| {
+            let mut values: Vec<&str> = self.labels.iter().map(String::as_str).collect();
+            values.push(code.as_str());
+            self.family.with_label_values(&values)
+        })
+        .inc();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_family_registers_and_encodes() {
+        let m = Metrics::new().unwrap();
+        let up = m.upstream("api");
+        up.record(StatusCode::OK, Duration::from_millis(3));
+        up.record(StatusCode::OK, Duration::from_millis(3));
+        let srv = m.server("api", "127.0.0.1:1");
+        srv.requests.inc(StatusCode::BAD_GATEWAY);
+        let text = String::from_utf8(m.encode()).unwrap();
+        assert!(text.contains("weir_requests_total{code=\"200\",upstream=\"api\"} 2"), "{text}");
+        assert!(text.contains(
+            "weir_upstream_requests_total{code=\"502\",server=\"127.0.0.1:1\",upstream=\"api\"} 1"
+        ));
+    }
+
+    #[test]
+    fn handles_with_the_same_labels_share_a_value() {
+        let m = Metrics::new().unwrap();
+        m.server("api", "a").in_flight.inc();
+        assert_eq!(m.server("api", "a").in_flight.get(), 1);
+    }
+}

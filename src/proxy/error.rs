@@ -1,0 +1,83 @@
+//! `ProxyError`: every way a proxied request can fail, and the status each one gets.
+//! The status table is written once, here.
+
+use std::time::Duration;
+
+use http::{header, HeaderValue, Response, StatusCode};
+
+use super::body::Body;
+
+/// Why a request got no upstream response.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    #[error("no route matches the request")]
+    NoRoute,
+    #[error("upstream `{upstream}` has no healthy server")]
+    NoHealthyServer { upstream: Box<str> },
+    #[error("cannot connect to {server}: {reason}")]
+    Connect { server: Box<str>, reason: String },
+    #[error("{server} sent no response headers within {after:?}")]
+    UpstreamTimeout { server: Box<str>, after: Duration },
+    #[error("{server} failed the request: {source}")]
+    Upstream { server: Box<str>, source: hyper::Error },
+}
+
+impl ProxyError {
+    /// The status the client gets.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ProxyError::NoRoute => StatusCode::NOT_FOUND,
+            ProxyError::NoHealthyServer { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::Connect { .. } | ProxyError::Upstream { .. } => StatusCode::BAD_GATEWAY,
+            ProxyError::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+        }
+    }
+
+    /// Safe to try the next server: nothing reached the upstream yet.
+    pub fn retryable(&self) -> bool {
+        matches!(self, ProxyError::Connect { .. })
+    }
+
+    /// A short plain-text answer with this error's status.
+    pub fn into_response(self) -> Response<Body> {
+        status_response(self.status())
+    }
+}
+
+/// A plain-text response made by weir itself: the status line as the body.
+pub fn status_response(status: StatusCode) -> Response<Body> {
+    let body: &'static [u8] = match status {
+        StatusCode::NOT_FOUND => b"404 Not Found\n",
+        StatusCode::BAD_GATEWAY => b"502 Bad Gateway\n",
+        StatusCode::SERVICE_UNAVAILABLE => b"503 Service Unavailable\n",
+        StatusCode::GATEWAY_TIMEOUT => b"504 Gateway Timeout\n",
+        StatusCode::TOO_MANY_REQUESTS => b"429 Too Many Requests\n",
+        _ => b"",
+    };
+    let mut response = Response::new(Body::from_static(body));
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_connect_failures_are_retryable() {
+        let connect = ProxyError::Connect { server: "a".into(), reason: "refused".into() };
+        assert!(connect.retryable());
+        assert_eq!(connect.status(), StatusCode::BAD_GATEWAY);
+        let timeout = ProxyError::UpstreamTimeout { server: "a".into(), after: Duration::from_secs(1) };
+        assert!(!timeout.retryable());
+        assert_eq!(timeout.status(), StatusCode::GATEWAY_TIMEOUT);
+        assert_eq!(
+            ProxyError::NoHealthyServer { upstream: "u".into() }.status(),
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+        assert_eq!(ProxyError::NoRoute.status(), StatusCode::NOT_FOUND);
+    }
+}

@@ -1,0 +1,117 @@
+//! `Router`: host / path prefix / method / listener -> route, built once per runtime.
+//!
+//! Precedence (SPEC "Route choice"): the most specific host wins (exact, then the
+//! longest wildcard, then any host), then the longest `path_prefix`, then a route that
+//! lists the request's method over one with no `methods`. Routes are grouped by host
+//! and each group is sorted by that order at build time, so a lookup is one hash probe
+//! and a short scan, and allocates nothing.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use http::{header, Method, Request};
+
+use crate::upstream::Upstream;
+
+/// One `[[routes]]` entry, ready to match.
+pub struct Route {
+    pub upstream: Arc<Upstream>,
+    pub prefix: Box<str>,
+    /// `None` matches any method.
+    pub methods: Option<Box<[Method]>>,
+    /// Bit i set: the route serves listener i.
+    pub listeners: u64,
+}
+
+impl Route {
+    fn matches(&self, listener: usize, path: &str, method: &Method) -> bool {
+        self.listeners & (1u64 << (listener & 63)) != 0
+            && path.starts_with(&*self.prefix)
+            && self.methods.as_ref().is_none_or(|m| m.contains(method))
+    }
+
+    fn rank(&self) -> (std::cmp::Reverse<usize>, bool) {
+        (std::cmp::Reverse(self.prefix.len()), self.methods.is_none())
+    }
+}
+
+/// All routes of a runtime, grouped by host.
+#[derive(Default)]
+pub struct Router {
+    exact: HashMap<Box<str>, Vec<Route>>,
+    /// `(".example.com", routes)`, longest suffix first.
+    wildcard: Vec<(Box<str>, Vec<Route>)>,
+    any: Vec<Route>,
+}
+
+impl Router {
+    /// Adds a route for `host` (exact, `*.suffix`, or `None` for any host).
+    pub fn add(&mut self, host: Option<&str>, route: Route) {
+        let group = match host.map(str::to_ascii_lowercase) {
+            None => &mut self.any,
+            Some(h) => match h.strip_prefix('*') {
+                Some(suffix) => {
+                    let i = match self.wildcard.iter().position(|(s, _)| **s == *suffix) {
+                        Some(i) => i,
+                        None => {
+                            self.wildcard.push((suffix.into(), Vec::new()));
+                            self.wildcard.len() - 1
+                        }
+                    };
+                    &mut self.wildcard[i].1
+                }
+                None => self.exact.entry(h.into()).or_default(),
+            },
+        };
+        group.push(route);
+        group.sort_by_key(Route::rank);
+        self.wildcard.sort_by_key(|(s, _)| std::cmp::Reverse(s.len()));
+    }
+
+    /// The route for a request arriving on listener `listener`, if any.
+    pub fn route<B>(&self, listener: usize, req: &Request<B>) -> Option<&Route> {
+        let path = req.uri().path();
+        let method = req.method();
+        let find = |group: &[Route]| group.iter().position(|r| r.matches(listener, path, method));
+        let mut buf = [0u8; 256];
+        if let Some(host) = request_host(req).and_then(|h| lowercase(h, &mut buf)) {
+            if let Some(group) = self.exact.get(host) {
+                if let Some(i) = find(group) {
+                    return Some(&group[i]);
+                }
+            }
+            for (suffix, group) in &self.wildcard {
+                if host.len() > suffix.len() && host.ends_with(&**suffix) {
+                    if let Some(i) = find(group) {
+                        return Some(&group[i]);
+                    }
+                }
+            }
+        }
+        find(&self.any).map(|i| &self.any[i])
+    }
+}
+
+/// The request's host without its port: the URI authority (HTTP/2, absolute-form)
+/// or the `Host` header.
+pub fn request_host<B>(req: &Request<B>) -> Option<&str> {
+    let raw = match req.uri().authority() {
+        Some(a) => a.as_str(),
+        None => req.headers().get(header::HOST)?.to_str().ok()?,
+    };
+    let raw = raw.rsplit_once('@').map_or(raw, |(_, h)| h);
+    Some(match raw.rfind(':') {
+        // `[::1]:80` has its port after the bracket; `[::1]` has none.
+        Some(i) if !raw[i..].contains(']') => &raw[..i],
+        _ => raw,
+    })
+}
+
+/// Lowercases `host` into `buf` without allocating; hosts longer than a DNS name
+/// cannot match any route.
+fn lowercase<'b>(host: &str, buf: &'b mut [u8; 256]) -> Option<&'b str> {
+    let out = buf.get_mut(..host.len())?;
+    out.copy_from_slice(host.as_bytes());
+    out.make_ascii_lowercase();
+    std::str::from_utf8(out).ok()
+}

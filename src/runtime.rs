@@ -1,0 +1,237 @@
+//! `Runtime`: everything the request path reads, built once from a validated `Config`
+//! and swapped whole on reload.
+//!
+//! Routes are compiled, upstreams and servers resolved, balancers built and metric
+//! handles looked up here, so nothing on the request path touches the TOML types.
+//! State that must survive a reload (each server's health mark and idle connections)
+//! is found in the previous runtime by upstream name and server address and shared
+//! with the new one.
+
+use std::collections::HashMap;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+
+use crate::balancer::Balancer;
+use crate::config::Config;
+use crate::metrics::{Metrics, UpstreamMetrics};
+use crate::proxy::route::{Route, Router};
+use crate::upstream::{Server, ServerState, Upstream};
+
+/// The ready-to-serve form of one config.
+pub struct Runtime {
+    pub router: Router,
+    pub upstreams: HashMap<Box<str>, Arc<Upstream>>,
+    /// Counts requests that matched no route (`upstream=""`).
+    pub unrouted: UpstreamMetrics,
+}
+
+/// Why a validated config still could not be turned into a runtime.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error("upstreams.{upstream}: cannot resolve server `{address}`: {reason}")]
+    Resolve { upstream: String, address: String, reason: String },
+}
+
+/// The current runtime, shared by every connection; replaced whole on reload.
+pub type SharedRuntime = Arc<ArcSwap<Runtime>>;
+
+impl Runtime {
+    /// Builds the runtime for `config`, carrying server state over from `previous`.
+    pub fn build(
+        config: &Config,
+        previous: Option<&Runtime>,
+        metrics: &Metrics,
+    ) -> Result<Runtime, BuildError> {
+        let mut upstreams = HashMap::new();
+        for (name, up) in &config.upstreams {
+            let name = name.get_ref().as_str();
+            let old = previous.and_then(|p| p.upstreams.get(name));
+            let mut servers = Vec::new();
+            for s in up.servers.get_ref() {
+                let address = s.address.get_ref().as_str();
+                let state = old
+                    .and_then(|o| o.servers.iter().find(|x| &*x.address == address))
+                    .map(|x| x.state.clone())
+                    .unwrap_or_else(|| Arc::new(ServerState::new(up.keepalive)));
+                let server_metrics = metrics.server(name, address);
+                let server = Server {
+                    address: address.into(),
+                    addr: resolve(name, address)?,
+                    weight: *s.weight.get_ref(),
+                    backup: s.backup,
+                    state,
+                    metrics: server_metrics,
+                };
+                server.metrics.healthy.set(i64::from(server.is_healthy()));
+                servers.push(Arc::new(server));
+            }
+            let weights: Vec<u32> = servers.iter().map(|s| s.weight).collect();
+            let upstream = Upstream {
+                name: name.into(),
+                balancer: Balancer::new(up.balancer, &weights),
+                servers: servers.into(),
+                connect_timeout: up.connect_timeout.0,
+                request_timeout: up.request_timeout.0,
+                metrics: metrics.upstream(name),
+            };
+            upstreams.insert(Box::from(name), Arc::new(upstream));
+        }
+
+        let mut router = Router::default();
+        for r in &config.routes {
+            let listeners = match &r.listeners {
+                None => u64::MAX,
+                Some(names) => names.iter().fold(0u64, |mask, n| {
+                    let i = config.listeners.iter().position(|l| l.name.get_ref() == n.get_ref());
+                    mask | i.map_or(0, |i| 1u64 << i)
+                }),
+            };
+            let methods = r.methods.as_ref().map(|ms| {
+                ms.iter()
+                    .filter_map(|m| {
+                        http::Method::from_bytes(m.get_ref().to_ascii_uppercase().as_bytes()).ok()
+                    })
+                    .collect()
+            });
+            let route = Route {
+                // Validation guarantees the upstream exists.
+                upstream: upstreams[r.upstream.get_ref().as_str()].clone(),
+                prefix: r.path_prefix.as_ref().map_or("/", |p| p.get_ref()).into(),
+                methods,
+                listeners,
+            };
+            router.add(r.host.as_ref().map(|h| h.get_ref().as_str()), route);
+        }
+        Ok(Runtime { router, upstreams, unrouted: metrics.upstream("") })
+    }
+}
+
+/// Resolves `host:port` once, at build time.
+fn resolve(upstream: &str, address: &str) -> Result<SocketAddr, BuildError> {
+    let error =
+        |reason: String| BuildError::Resolve { upstream: upstream.into(), address: address.into(), reason };
+    if let Ok(addr) = address.parse() {
+        return Ok(addr);
+    }
+    address
+        .to_socket_addrs()
+        .map_err(|e| error(e.to_string()))?
+        .next()
+        .ok_or_else(|| error("no addresses found".into()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config;
+    use http::Request;
+    use std::path::Path;
+
+    fn runtime(text: &str) -> Runtime {
+        let config = config::parse(text, Path::new("t.toml")).unwrap();
+        Runtime::build(&config, None, &Metrics::new().unwrap()).unwrap()
+    }
+
+    const ROUTES: &str = r#"
+[[listeners]]
+name = "web"
+listen = "127.0.0.1:0"
+[[listeners]]
+name = "internal"
+listen = "127.0.0.1:0"
+
+[[routes]]
+upstream = "any"
+[[routes]]
+path_prefix = "/api/"
+upstream = "any_api"
+[[routes]]
+host = "*.example.com"
+path_prefix = "/api/"
+upstream = "wild_api"
+[[routes]]
+host = "*.b.example.com"
+upstream = "wild_b"
+[[routes]]
+host = "shop.example.com"
+upstream = "exact"
+[[routes]]
+host = "shop.example.com"
+path_prefix = "/api/"
+methods = ["GET", "HEAD"]
+upstream = "exact_api_read"
+[[routes]]
+host = "shop.example.com"
+path_prefix = "/api/"
+upstream = "exact_api"
+[[routes]]
+path_prefix = "/admin/"
+listeners = ["internal"]
+upstream = "admin"
+
+[upstreams.any]
+servers = [{ address = "127.0.0.1:1" }]
+[upstreams.any_api]
+servers = [{ address = "127.0.0.1:1" }]
+[upstreams.wild_api]
+servers = [{ address = "127.0.0.1:1" }]
+[upstreams.wild_b]
+servers = [{ address = "127.0.0.1:1" }]
+[upstreams.exact]
+servers = [{ address = "127.0.0.1:1" }]
+[upstreams.exact_api_read]
+servers = [{ address = "127.0.0.1:1" }]
+[upstreams.exact_api]
+servers = [{ address = "127.0.0.1:1" }]
+[upstreams.admin]
+servers = [{ address = "127.0.0.1:1" }]
+"#;
+
+    fn route(rt: &Runtime, listener: usize, method: &str, host: &str, path: &str) -> String {
+        let req = Request::builder().method(method).uri(path).header("host", host).body(()).unwrap();
+        rt.router.route(listener, &req).map_or("none".into(), |r| r.upstream.name.to_string())
+    }
+
+    #[test]
+    fn routing_precedence_follows_the_spec() {
+        let rt = runtime(ROUTES);
+        assert_eq!(route(&rt, 0, "GET", "shop.example.com", "/api/x"), "exact_api_read");
+        assert_eq!(route(&rt, 0, "POST", "shop.example.com", "/api/x"), "exact_api");
+        assert_eq!(route(&rt, 0, "GET", "Shop.Example.COM:8080", "/other"), "exact");
+        assert_eq!(route(&rt, 0, "GET", "x.b.example.com", "/api/x"), "wild_b");
+        assert_eq!(route(&rt, 0, "GET", "x.example.com", "/api/x"), "wild_api");
+        // A wildcard host whose prefixes do not fit falls through to any-host routes.
+        assert_eq!(route(&rt, 0, "GET", "x.example.com", "/other"), "any");
+        assert_eq!(route(&rt, 0, "GET", "example.com", "/api/x"), "any_api");
+        assert_eq!(route(&rt, 0, "GET", "elsewhere", "/"), "any");
+    }
+
+    #[test]
+    fn routes_can_be_limited_to_listeners() {
+        let rt = runtime(ROUTES);
+        assert_eq!(route(&rt, 1, "GET", "a", "/admin/x"), "admin");
+        assert_eq!(route(&rt, 0, "GET", "a", "/admin/x"), "any");
+    }
+
+    #[test]
+    fn no_match_gives_no_route() {
+        let rt = runtime(&ROUTES.replace("[[routes]]\nupstream = \"any\"\n", ""));
+        assert_eq!(route(&rt, 0, "GET", "a", "/nothing"), "none");
+    }
+
+    #[test]
+    fn server_state_survives_a_rebuild() {
+        let config = config::parse(ROUTES, Path::new("t.toml")).unwrap();
+        let metrics = Metrics::new().unwrap();
+        let first = Runtime::build(&config, None, &metrics).unwrap();
+        first.upstreams["any"].servers[0].set_healthy(false);
+        let second = Runtime::build(&config, Some(&first), &metrics).unwrap();
+        assert!(!second.upstreams["any"].servers[0].is_healthy());
+        assert!(Arc::ptr_eq(
+            &first.upstreams["any"].servers[0].state,
+            &second.upstreams["any"].servers[0].state
+        ));
+    }
+}

@@ -1,0 +1,120 @@
+//! Upstreams and their servers: the runtime form of `[upstreams.NAME]`.
+//!
+//! A `Server` is one configured address with its weight and role, and a shared
+//! `ServerState` (health mark, idle connection pool) that a reload hands from the old
+//! runtime to the new one when the same address stays in the same upstream. The
+//! in-flight count lives in the server's metric gauge, which is keyed by the same
+//! labels and so survives reloads too.
+//!
+//! Who writes what: `health` is the only writer of `healthy`; the proxy path begins
+//! and ends in-flight counts (`InFlight`) and takes and returns pooled connections.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crossbeam_queue::ArrayQueue;
+use hyper::client::conn::http1::SendRequest;
+
+use crate::balancer::Balancer;
+use crate::metrics::{ServerMetrics, UpstreamMetrics};
+use crate::proxy::body::Body;
+
+/// One pool of servers behind a name, with its balancer.
+pub struct Upstream {
+    pub name: Box<str>,
+    pub servers: Box<[Arc<Server>]>,
+    pub balancer: Balancer,
+    pub connect_timeout: Duration,
+    pub request_timeout: Duration,
+    pub metrics: UpstreamMetrics,
+}
+
+/// One backend address of an upstream.
+pub struct Server {
+    /// The address as written in the config; the `server` metric label.
+    pub address: Box<str>,
+    /// Where to connect, resolved when the runtime was built.
+    pub addr: SocketAddr,
+    pub weight: u32,
+    /// Used only while no primary server is healthy.
+    pub backup: bool,
+    pub state: Arc<ServerState>,
+    pub metrics: ServerMetrics,
+}
+
+/// What must outlive a reload: the health mark and the idle connections.
+pub struct ServerState {
+    healthy: AtomicBool,
+    pub(crate) pool: ArrayQueue<SendRequest<Body>>,
+}
+
+impl ServerState {
+    /// A fresh server: healthy until a check says otherwise, with room for
+    /// `keepalive` idle connections.
+    pub fn new(keepalive: usize) -> ServerState {
+        ServerState { healthy: AtomicBool::new(true), pool: ArrayQueue::new(keepalive.max(1)) }
+    }
+}
+
+impl Server {
+    /// Whether the server may take traffic.
+    pub fn is_healthy(&self) -> bool {
+        self.state.healthy.load(Relaxed)
+    }
+
+    /// Marks the server up or down; returns the previous mark. Called by `health` only.
+    pub fn set_healthy(&self, healthy: bool) -> bool {
+        self.metrics.healthy.set(i64::from(healthy));
+        self.state.healthy.swap(healthy, Relaxed)
+    }
+
+    /// Requests sent to this server whose responses are not yet fully delivered.
+    pub fn in_flight(&self) -> i64 {
+        self.metrics.in_flight.get()
+    }
+
+    /// Counts a request against this server until the guard is dropped.
+    pub fn begin(self: &Arc<Self>) -> InFlight {
+        self.metrics.in_flight.inc();
+        InFlight(self.clone())
+    }
+
+    /// An idle pooled connection, if one is left.
+    pub(crate) fn take_idle(&self) -> Option<SendRequest<Body>> {
+        self.state.pool.pop()
+    }
+}
+
+/// Counts a request against its server until dropped. Rides with the response body,
+/// so an error, an early return or a vanished client cannot leak a count.
+pub struct InFlight(Arc<Server>);
+
+impl InFlight {
+    pub fn server(&self) -> &Arc<Server> {
+        &self.0
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.metrics.in_flight.dec();
+    }
+}
+
+/// A connection lent to one request; handed back to the pool only when that
+/// request's response has been read to its end.
+pub struct PooledConn {
+    pub(crate) sender: SendRequest<Body>,
+    pub(crate) server: Arc<Server>,
+}
+
+impl PooledConn {
+    /// Returns the connection to its server's pool; a full pool closes it.
+    pub fn recycle(self) {
+        if !self.sender.is_closed() {
+            let _ = self.server.state.pool.push(self.sender);
+        }
+    }
+}

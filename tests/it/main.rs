@@ -1,0 +1,4 @@
+//! weir's integration tests: one binary, real sockets on 127.0.0.1, real HTTP.
+
+mod proxying;
+mod support;

@@ -1,0 +1,283 @@
+//! The shared harness: real backends and a real weir on 127.0.0.1:0, and a client.
+//!
+//! `Backend` is a builder of small HTTP servers that count and record what reached
+//! them, so a test asserts where traffic went, not just that it arrived. `Weir` runs
+//! the proxy in-process from a TOML text in which `{name}` placeholders are replaced
+//! by backend addresses.
+
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::client::legacy::{connect::HttpConnector, Client};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+
+/// What a backend saw of one request.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    pub method: String,
+    pub uri: String,
+    pub headers: HeaderMap,
+    pub body_len: usize,
+}
+
+type Handler = Arc<dyn Fn(&Request<()>) -> Reply + Send + Sync>;
+
+/// How a backend answers.
+#[derive(Clone)]
+pub struct Reply {
+    pub status: StatusCode,
+    pub body: Bytes,
+    pub delay: Duration,
+}
+
+/// A running test backend.
+pub struct Backend {
+    pub addr: SocketAddr,
+    pub name: String,
+    hits: Arc<AtomicUsize>,
+    seen: Arc<Mutex<Vec<Seen>>>,
+    stop: Option<oneshot::Sender<()>>,
+}
+
+/// Builds a backend.
+pub struct BackendBuilder {
+    name: String,
+    handler: Option<Handler>,
+    echo: bool,
+    addr: Option<SocketAddr>,
+}
+
+impl Backend {
+    /// A backend answering `200` with its name as the body.
+    pub fn named(name: &str) -> BackendBuilder {
+        BackendBuilder { name: name.into(), handler: None, echo: false, addr: None }
+    }
+
+    /// Requests that reached this backend.
+    pub fn hits(&self) -> usize {
+        self.hits.load(SeqCst)
+    }
+
+    /// Everything this backend saw, in order.
+    pub fn seen(&self) -> Vec<Seen> {
+        self.seen.lock().unwrap().clone()
+    }
+
+    /// Stops accepting and closes the listener (connections already open finish).
+    pub fn stop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+impl Drop for Backend {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+impl BackendBuilder {
+    /// Answers each request with `f`'s reply.
+    pub fn reply(mut self, f: impl Fn(&Request<()>) -> Reply + Send + Sync + 'static) -> Self {
+        self.handler = Some(Arc::new(f));
+        self
+    }
+
+    /// Waits `delay` before answering.
+    pub fn delay(self, delay: Duration) -> Self {
+        let name = self.name.clone();
+        self.reply(move |_| Reply { status: StatusCode::OK, body: Bytes::from(name.clone()), delay })
+    }
+
+    /// Streams the request body back as the response body.
+    pub fn echo(mut self) -> Self {
+        self.echo = true;
+        self
+    }
+
+    /// Listens on a given address (to restart a backend where it was).
+    pub fn at(mut self, addr: SocketAddr) -> Self {
+        self.addr = Some(addr);
+        self
+    }
+
+    pub async fn start(self) -> Backend {
+        let listener = TcpListener::bind(self.addr.unwrap_or(([127, 0, 0, 1], 0).into())).await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let hits = Arc::new(AtomicUsize::new(0));
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let (stop_tx, mut stop_rx) = oneshot::channel();
+        let name = self.name.clone();
+        let handler = self.handler.clone();
+        let echo = self.echo;
+        let (h, s) = (hits.clone(), seen.clone());
+        tokio::spawn(async move {
+            loop {
+                let stream = tokio::select! {
+                    _ = &mut stop_rx => break,
+                    accepted = listener.accept() => match accepted { Ok((s, _)) => s, Err(_) => continue },
+                };
+                let (name, handler, hits, seen) = (name.clone(), handler.clone(), h.clone(), s.clone());
+                tokio::spawn(async move {
+                    let service = service_fn(move |req: Request<Incoming>| {
+                        let (name, handler, hits, seen) =
+                            (name.clone(), handler.clone(), hits.clone(), seen.clone());
+                        async move {
+                            hits.fetch_add(1, SeqCst);
+                            let (parts, body) = req.into_parts();
+                            let head = Request::from_parts(parts, ());
+                            if echo {
+                                seen.lock().unwrap().push(Seen {
+                                    method: head.method().to_string(),
+                                    uri: head.uri().to_string(),
+                                    headers: head.headers().clone(),
+                                    body_len: 0,
+                                });
+                                let body = http_body_util::BodyStream::new(body);
+                                let body = http_body_util::StreamBody::new(body);
+                                return Ok::<_, Infallible>(Response::new(http_body_util::Either::Right(
+                                    body,
+                                )));
+                            }
+                            let body_len = body.collect().await.map(|b| b.to_bytes().len()).unwrap_or(0);
+                            seen.lock().unwrap().push(Seen {
+                                method: head.method().to_string(),
+                                uri: head.uri().to_string(),
+                                headers: head.headers().clone(),
+                                body_len,
+                            });
+                            let reply = match &handler {
+                                Some(f) => f(&head),
+                                None => Reply {
+                                    status: StatusCode::OK,
+                                    body: Bytes::from(name),
+                                    delay: Duration::ZERO,
+                                },
+                            };
+                            if !reply.delay.is_zero() {
+                                tokio::time::sleep(reply.delay).await;
+                            }
+                            let mut response =
+                                Response::new(http_body_util::Either::Left(Full::new(reply.body)));
+                            *response.status_mut() = reply.status;
+                            Ok(response)
+                        }
+                    });
+                    let _ = auto::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        Backend { addr, name: self.name, hits, seen, stop: Some(stop_tx) }
+    }
+}
+
+/// weir running in-process.
+pub struct Weir {
+    pub addr: SocketAddr,
+    pub addrs: Vec<SocketAddr>,
+    pub admin: Option<SocketAddr>,
+    pub reloader: weir::server::Reloader,
+    stop: Option<oneshot::Sender<()>>,
+    done: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Weir {
+    /// Starts weir from `toml`, replacing each `{name}` with that backend's address.
+    pub async fn start(toml: &str, backends: &[&Backend]) -> Weir {
+        Self::start_with_path(toml, backends, None).await
+    }
+
+    /// Like `start`, writing the config to `path` so reload tests can change it.
+    pub async fn start_with_path(toml: &str, backends: &[&Backend], path: Option<&std::path::Path>) -> Weir {
+        let text = fill(toml, backends);
+        let path = path.map(std::path::Path::to_path_buf).unwrap_or_else(|| "test.toml".into());
+        let config = weir::config::parse(&text, &path).unwrap_or_else(|e| panic!("bad test config: {e}"));
+        let metrics = Arc::new(weir::metrics::Metrics::new().unwrap());
+        let server = weir::server::Server::bind(&config, metrics).unwrap();
+        let addrs = server.listener_addrs();
+        let admin = server.admin_addr();
+        let reloader = server.reloader(path);
+        let (stop_tx, stop_rx) = oneshot::channel::<()>();
+        let done = tokio::spawn(server.run(async move {
+            let _ = stop_rx.await;
+        }));
+        Weir { addr: addrs[0], addrs, admin, reloader, stop: Some(stop_tx), done: Some(done) }
+    }
+
+    /// `http://addr` + `path`.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    /// Begins a graceful shutdown and waits until it has drained.
+    pub async fn shutdown(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(done) = self.done.take() {
+            let _ = done.await;
+        }
+    }
+
+    /// The admin `/metrics` text.
+    pub async fn metrics(&self) -> String {
+        let admin = self.admin.expect("this test's config has no [admin]");
+        get(&format!("http://{admin}/metrics")).await.1
+    }
+}
+
+impl Drop for Weir {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+/// Replaces `{name}` placeholders with backend addresses.
+pub fn fill(toml: &str, backends: &[&Backend]) -> String {
+    let by_name: HashMap<&str, String> =
+        backends.iter().map(|b| (b.name.as_str(), b.addr.to_string())).collect();
+    let mut text = toml.to_string();
+    for (name, addr) in by_name {
+        text = text.replace(&format!("{{{name}}}"), &addr);
+    }
+    text
+}
+
+/// A keep-alive HTTP/1.1 client.
+pub fn client() -> Client<HttpConnector, Full<Bytes>> {
+    Client::builder(TokioExecutor::new()).build_http()
+}
+
+/// GET `url`: status and body as text.
+pub async fn get(url: &str) -> (StatusCode, String) {
+    let response = client().get(url.parse().unwrap()).await.unwrap();
+    let status = response.status();
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    (status, String::from_utf8_lossy(&body).into_owned())
+}
+
+/// Sends `req` and returns the status, headers and body.
+pub async fn send(req: Request<Full<Bytes>>) -> (StatusCode, HeaderMap, Bytes) {
+    let response = client().request(req).await.unwrap();
+    let (parts, body) = response.into_parts();
+    (parts.status, parts.headers, body.collect().await.unwrap().to_bytes())
+}

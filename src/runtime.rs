@@ -46,7 +46,7 @@ impl Runtime {
     ) -> Result<Runtime, BuildError> {
         let mut upstreams = HashMap::new();
         for (name, up) in &config.upstreams {
-            let name = name.get_ref().as_str();
+            let name = name.as_str();
             let old = previous.and_then(|p| p.upstreams.get(name));
             let mut servers = Vec::new();
             for s in up.servers.get_ref() {

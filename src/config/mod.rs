@@ -123,8 +123,9 @@ servers = [{ address = "127.0.0.1:9000" }]
     #[test]
     fn unknown_key_names_file_line_column_and_key() {
         let e = err(&GOOD.replace("name = \"web\"", "name = \"web\"\nlisten_on = 1"));
-        assert_eq!(e.position.map(|p| p.0), Some(5), "{e}");
-        assert!(e.to_string().starts_with("weir.toml:5:"), "{e}");
+        assert_eq!(e.position, Some((4, 1)), "{e}");
+        assert_eq!(e.key, "listeners[0].listen_on");
+        assert!(e.to_string().starts_with("weir.toml:4:1: `listeners[0].listen_on`"), "{e}");
         assert!(e.message.contains("unknown field `listen_on`"), "{e}");
     }
 

@@ -31,7 +31,7 @@ pub struct Config {
     #[serde(default)]
     pub routes: Vec<RouteConfig>,
     #[serde(default)]
-    pub upstreams: BTreeMap<Spanned<String>, UpstreamConfig>,
+    pub upstreams: BTreeMap<String, UpstreamConfig>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

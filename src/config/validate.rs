@@ -47,9 +47,9 @@ pub(super) fn validate(config: &Config, src: &Source) -> Result<(), ConfigError>
     }
 
     for (name, up) in &config.upstreams {
-        let key = format!("upstreams.{}", name.get_ref());
-        if name.get_ref().is_empty() {
-            return Err(src.error(Some(name.span()), "upstreams", "upstream name must not be empty"));
+        let key = format!("upstreams.{name}");
+        if name.is_empty() {
+            return Err(src.error(None, "upstreams", "upstream name must not be empty"));
         }
         let servers = up.servers.get_ref();
         if servers.is_empty() {

@@ -8,6 +8,7 @@
 pub mod admin;
 pub mod balancer;
 pub mod config;
+pub mod health;
 pub mod listener;
 pub mod metrics;
 pub mod proxy;

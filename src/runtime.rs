@@ -15,7 +15,9 @@ use arc_swap::ArcSwap;
 
 use crate::balancer::Balancer;
 use crate::config::Config;
+use crate::health::{self, Checks, HealthPolicy};
 use crate::metrics::{Metrics, UpstreamMetrics};
+use crate::proxy::retry::RetryBudget;
 use crate::proxy::route::{Route, Router};
 use crate::upstream::{Server, ServerState, Upstream};
 
@@ -25,6 +27,8 @@ pub struct Runtime {
     pub upstreams: HashMap<Box<str>, Arc<Upstream>>,
     /// Counts requests that matched no route (`upstream=""`).
     pub unrouted: UpstreamMetrics,
+    /// This runtime's active health checks, started by `start_health`.
+    pub health: Checks,
 }
 
 /// Why a validated config still could not be turned into a runtime.
@@ -54,7 +58,11 @@ impl Runtime {
                 let state = old
                     .and_then(|o| o.servers.iter().find(|x| &*x.address == address))
                     .map(|x| x.state.clone())
-                    .unwrap_or_else(|| Arc::new(ServerState::new(up.keepalive)));
+                    // A server added by a reload is new traffic-wise: it slow-starts.
+                    .unwrap_or_else(|| {
+                        let joined = if previous.is_some() { health::now_ms() } else { 0 };
+                        Arc::new(ServerState::new(up.keepalive, joined))
+                    });
                 let server_metrics = metrics.server(name, address);
                 let server = Server {
                     address: address.into(),
@@ -74,6 +82,8 @@ impl Runtime {
                 servers: servers.into(),
                 connect_timeout: up.connect_timeout.0,
                 request_timeout: up.request_timeout.0,
+                health: HealthPolicy::new(up),
+                retry_budget: RetryBudget::new(*up.retry_budget.get_ref()),
                 metrics: metrics.upstream(name),
             };
             upstreams.insert(Box::from(name), Arc::new(upstream));
@@ -104,7 +114,13 @@ impl Runtime {
             };
             router.add(r.host.as_ref().map(|h| h.get_ref().as_str()), route);
         }
-        Ok(Runtime { router, upstreams, unrouted: metrics.upstream("") })
+        Ok(Runtime { router, upstreams, unrouted: metrics.upstream(""), health: Checks::default() })
+    }
+
+    /// Starts the active health checks; they end when this runtime is dropped or
+    /// `health.stop()` is called. Needs a tokio runtime.
+    pub fn start_health(&self) {
+        self.health.start(self.upstreams.values());
     }
 }
 

@@ -52,6 +52,7 @@ impl Server {
     /// Builds the runtime and binds every listener; nothing is served yet.
     pub fn bind(config: &Config, metrics: Arc<Metrics>) -> Result<Server, StartError> {
         let runtime = Runtime::build(config, None, &metrics)?;
+        runtime.start_health();
         let mut listeners = Vec::new();
         for (index, l) in config.listeners.iter().enumerate() {
             let active = metrics.connections_active.with_label_values(&[l.name.get_ref()]);
@@ -164,7 +165,11 @@ impl Reloader {
         let config = config::load(path)?;
         let old = self.runtime.load_full();
         let new = Runtime::build(&config, Some(&old), &self.metrics)?;
+        new.start_health();
         self.runtime.store(Arc::new(new));
+        // Requests still running on the old runtime finish there, but its checks stop
+        // now so each server is probed by one task.
+        old.health.stop();
         Ok(())
     }
 }

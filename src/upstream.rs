@@ -10,7 +10,7 @@
 //! and ends in-flight counts (`InFlight`) and takes and returns pooled connections.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,8 +18,10 @@ use crossbeam_queue::ArrayQueue;
 use hyper::client::conn::http1::SendRequest;
 
 use crate::balancer::Balancer;
+use crate::health::HealthPolicy;
 use crate::metrics::{ServerMetrics, UpstreamMetrics};
 use crate::proxy::body::Body;
+use crate::proxy::retry::RetryBudget;
 
 /// One pool of servers behind a name, with its balancer.
 pub struct Upstream {
@@ -28,6 +30,8 @@ pub struct Upstream {
     pub balancer: Balancer,
     pub connect_timeout: Duration,
     pub request_timeout: Duration,
+    pub health: HealthPolicy,
+    pub retry_budget: RetryBudget,
     pub metrics: UpstreamMetrics,
 }
 
@@ -44,17 +48,33 @@ pub struct Server {
     pub metrics: ServerMetrics,
 }
 
-/// What must outlive a reload: the health mark and the idle connections.
+/// What must outlive a reload: the health mark, passive-detection counts and the
+/// idle connections.
 pub struct ServerState {
     healthy: AtomicBool,
     pub(crate) pool: ArrayQueue<SendRequest<Body>>,
+    /// Failed attempts in a row, for passive detection.
+    pub(crate) consecutive_failures: AtomicU32,
+    /// Passive ejections so far, for the doubling ejection time.
+    pub(crate) ejections: AtomicU32,
+    /// When (`health::now_ms`) the server last came up, for slow start; 0: long ago.
+    pub(crate) up_since_ms: AtomicU64,
+    /// When the last passive ejection ended; 0: never.
+    pub(crate) readmitted_ms: AtomicU64,
 }
 
 impl ServerState {
     /// A fresh server: healthy until a check says otherwise, with room for
-    /// `keepalive` idle connections.
-    pub fn new(keepalive: usize) -> ServerState {
-        ServerState { healthy: AtomicBool::new(true), pool: ArrayQueue::new(keepalive.max(1)) }
+    /// `keepalive` idle connections. `up_since_ms` starts its slow-start ramp (0: none).
+    pub fn new(keepalive: usize, up_since_ms: u64) -> ServerState {
+        ServerState {
+            healthy: AtomicBool::new(true),
+            pool: ArrayQueue::new(keepalive.max(1)),
+            consecutive_failures: AtomicU32::new(0),
+            ejections: AtomicU32::new(0),
+            up_since_ms: AtomicU64::new(up_since_ms),
+            readmitted_ms: AtomicU64::new(0),
+        }
     }
 }
 
@@ -64,8 +84,8 @@ impl Server {
         self.state.healthy.load(Relaxed)
     }
 
-    /// Marks the server up or down; returns the previous mark. Called by `health` only.
-    pub fn set_healthy(&self, healthy: bool) -> bool {
+    /// Marks the server up or down; returns the previous mark. Only `health` calls it.
+    pub(crate) fn set_healthy(&self, healthy: bool) -> bool {
         self.metrics.healthy.set(i64::from(healthy));
         self.state.healthy.swap(healthy, Relaxed)
     }

@@ -91,6 +91,74 @@ pub struct UpstreamConfig {
     #[serde(default = "defaults::keepalive")]
     pub keepalive: usize,
     pub servers: Spanned<Vec<ServerConfig>>,
+    /// Active HTTP checks; absent means none.
+    #[serde(default)]
+    pub health_check: Option<HealthCheckConfig>,
+    /// Ejection on failures seen in live traffic.
+    #[serde(default)]
+    pub passive_health: PassiveHealthConfig,
+    /// A server that joins or comes back ramps its share of traffic up over this long.
+    #[serde(default)]
+    pub slow_start: Option<Dur>,
+    /// Below this share of healthy primaries, health is ignored (Envoy's panic
+    /// threshold). Absent: off, an all-down upstream answers 503.
+    #[serde(default)]
+    pub min_healthy_percent: Option<Spanned<u8>>,
+    /// Retries are at most this share of requests (plus a small floor), so a dead
+    /// pool does not multiply the load on what is left.
+    #[serde(default = "defaults::retry_budget")]
+    pub retry_budget: Spanned<f64>,
+}
+
+/// `[upstreams.NAME.health_check]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthCheckConfig {
+    #[serde(default = "defaults::health_path")]
+    pub path: Spanned<String>,
+    #[serde(default = "defaults::health_interval")]
+    pub interval: Dur,
+    #[serde(default = "defaults::health_timeout")]
+    pub timeout: Dur,
+    #[serde(default = "defaults::healthy_threshold")]
+    pub healthy_threshold: Spanned<u32>,
+    #[serde(default = "defaults::unhealthy_threshold")]
+    pub unhealthy_threshold: Spanned<u32>,
+    /// Statuses that pass: `"200-399"`, `"200"`, `"200,204"`.
+    #[serde(default = "defaults::expected_status")]
+    pub expected_status: Spanned<String>,
+    /// `Host` header sent with checks; default: the server's address.
+    #[serde(default)]
+    pub host: Option<String>,
+}
+
+/// `[upstreams.NAME.passive_health]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PassiveHealthConfig {
+    /// Connection failures or timeouts in a row that eject a server; 0 turns passive
+    /// detection off.
+    #[serde(default = "defaults::consecutive_failures")]
+    pub consecutive_failures: u32,
+    /// Count 5xx responses as failures too.
+    #[serde(default)]
+    pub count_5xx: bool,
+    /// First ejection's length when there is no active check; doubles on each repeat.
+    #[serde(default = "defaults::ejection_time")]
+    pub ejection_time: Dur,
+    #[serde(default = "defaults::max_ejection_time")]
+    pub max_ejection_time: Dur,
+}
+
+impl Default for PassiveHealthConfig {
+    fn default() -> Self {
+        PassiveHealthConfig {
+            consecutive_failures: defaults::consecutive_failures(),
+            count_5xx: false,
+            ejection_time: defaults::ejection_time(),
+            max_ejection_time: defaults::max_ejection_time(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -174,13 +242,71 @@ mod defaults {
     pub fn keepalive() -> usize {
         64
     }
+    pub fn retry_budget() -> Spanned<f64> {
+        Spanned::new(0..0, 0.2)
+    }
+    pub fn health_path() -> Spanned<String> {
+        Spanned::new(0..0, "/".into())
+    }
+    pub fn health_interval() -> Dur {
+        Dur(Duration::from_secs(2))
+    }
+    pub fn health_timeout() -> Dur {
+        Dur(Duration::from_secs(1))
+    }
+    pub fn healthy_threshold() -> Spanned<u32> {
+        Spanned::new(0..0, 2)
+    }
+    pub fn unhealthy_threshold() -> Spanned<u32> {
+        Spanned::new(0..0, 3)
+    }
+    pub fn expected_status() -> Spanned<String> {
+        Spanned::new(0..0, "200-399".into())
+    }
+    pub fn consecutive_failures() -> u32 {
+        3
+    }
+    pub fn ejection_time() -> Dur {
+        Dur(Duration::from_secs(10))
+    }
+    pub fn max_ejection_time() -> Dur {
+        Dur(Duration::from_secs(300))
+    }
     pub fn weight() -> Spanned<u32> {
         Spanned::new(0..0, 1)
     }
 }
 
+/// Parses an `expected_status` list: `"200-399"`, `"200"`, `"200,204,300-399"`.
+pub fn parse_status_ranges(text: &str) -> Result<Vec<(u16, u16)>, String> {
+    let bad = || format!("`{text}` is not a status list like \"200-399\" or \"200,204\"");
+    let mut ranges = Vec::new();
+    for part in text.split(',').map(str::trim) {
+        let (lo, hi) = part.split_once('-').unwrap_or((part, part));
+        let lo: u16 = lo.trim().parse().map_err(|_| bad())?;
+        let hi: u16 = hi.trim().parse().map_err(|_| bad())?;
+        if !(100..=599).contains(&lo) || !(100..=599).contains(&hi) || lo > hi {
+            return Err(bad());
+        }
+        ranges.push((lo, hi));
+    }
+    Ok(ranges)
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn status_lists_parse() {
+        assert_eq!(parse_status_ranges("200-399").unwrap(), vec![(200, 399)]);
+        assert_eq!(
+            parse_status_ranges("200, 204,300-302").unwrap(),
+            vec![(200, 200), (204, 204), (300, 302)]
+        );
+        assert!(parse_status_ranges("2xx").is_err());
+        assert!(parse_status_ranges("399-200").is_err());
+        assert!(parse_status_ranges("").is_err());
+    }
+
     use super::*;
 
     #[test]

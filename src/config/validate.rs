@@ -71,6 +71,59 @@ pub(super) fn validate(config: &Config, src: &Source) -> Result<(), ConfigError>
                 return Err(src.error(None, &format!("{key}.{what}"), "must be greater than zero"));
             }
         }
+        let pct = up.min_healthy_percent.as_ref();
+        if let Some(p) = pct.filter(|p| *p.get_ref() > 100) {
+            return Err(src.error(Some(p.span()), &format!("{key}.min_healthy_percent"), "must be 0 to 100"));
+        }
+        let budget = &up.retry_budget;
+        if !(0.0..=1.0).contains(budget.get_ref()) {
+            return Err(src.error(
+                Some(budget.span()),
+                &format!("{key}.retry_budget"),
+                "must be a share of requests between 0.0 and 1.0",
+            ));
+        }
+        let passive = &up.passive_health;
+        if passive.ejection_time.0.is_zero() || passive.max_ejection_time < passive.ejection_time {
+            return Err(src.error(
+                None,
+                &format!("{key}.passive_health.max_ejection_time"),
+                "ejection_time must be above zero and max_ejection_time at least ejection_time",
+            ));
+        }
+        if let Some(hc) = &up.health_check {
+            let hkey = format!("{key}.health_check");
+            if !hc.path.get_ref().starts_with('/') {
+                return Err(src.error(Some(hc.path.span()), &format!("{hkey}.path"), "must start with `/`"));
+            }
+            if let Err(why) = super::parse_status_ranges(hc.expected_status.get_ref()) {
+                return Err(src.error(
+                    Some(hc.expected_status.span()),
+                    &format!("{hkey}.expected_status"),
+                    why,
+                ));
+            }
+            for (what, n) in [
+                ("healthy_threshold", &hc.healthy_threshold),
+                ("unhealthy_threshold", &hc.unhealthy_threshold),
+            ] {
+                if *n.get_ref() == 0 {
+                    return Err(src.error(Some(n.span()), &format!("{hkey}.{what}"), "must be at least 1"));
+                }
+            }
+            if hc.interval.0.is_zero() || hc.timeout.0.is_zero() {
+                return Err(src.error(
+                    None,
+                    &format!("{hkey}.interval"),
+                    "interval and timeout must be above zero",
+                ));
+            }
+            if let Some(host) = &hc.host {
+                if http::HeaderValue::from_str(host).is_err() {
+                    return Err(src.error(None, &format!("{hkey}.host"), "is not a valid Host header value"));
+                }
+            }
+        }
         let mut seen = HashSet::new();
         for (i, s) in servers.iter().enumerate() {
             let skey = format!("{key}.servers[{i}]");
@@ -274,6 +327,20 @@ servers = [{ address = "127.0.0.1:9000" }, { address = "localhost:9001", weight 
     fn duplicate_routes_are_refused() {
         let e = err(&BASE.replace("[upstreams.api]", "[[routes]]\nupstream = \"api\"\n\n[upstreams.api]"));
         assert!(e.contains("could never match"), "{e}");
+    }
+
+    #[test]
+    fn health_settings_are_checked() {
+        let e = err(&format!("{BASE}[upstreams.api.health_check]\npath = \"healthz\"\n"));
+        assert!(e.contains("`upstreams.api.health_check.path`: must start with `/`"), "{e}");
+        let e = err(&format!("{BASE}[upstreams.api.health_check]\nexpected_status = \"2xx\"\n"));
+        assert!(e.contains("health_check.expected_status"), "{e}");
+        let e = err(&format!("{BASE}[upstreams.api.health_check]\nhealthy_threshold = 0\n"));
+        assert!(e.contains("healthy_threshold`: must be at least 1"), "{e}");
+        let e = err(&BASE.replace("weight = 3 }]", "weight = 3 }]\nretry_budget = 2.0"));
+        assert!(e.contains("retry_budget"), "{e}");
+        let e = err(&BASE.replace("weight = 3 }]", "weight = 3 }]\nmin_healthy_percent = 150"));
+        assert!(e.contains("min_healthy_percent"), "{e}");
     }
 
     #[test]

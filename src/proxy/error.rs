@@ -38,6 +38,17 @@ impl ProxyError {
         matches!(self, ProxyError::Connect { .. })
     }
 
+    /// A short static name of what went wrong, for logs and health reasons.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ProxyError::NoRoute => "no route",
+            ProxyError::NoHealthyServer { .. } => "no healthy server",
+            ProxyError::Connect { .. } => "connect failed",
+            ProxyError::UpstreamTimeout { .. } => "timed out",
+            ProxyError::Upstream { .. } => "connection failed mid-request",
+        }
+    }
+
     /// A short plain-text answer with this error's status.
     pub fn into_response(self) -> Response<Body> {
         status_response(self.status())

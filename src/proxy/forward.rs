@@ -13,7 +13,7 @@ use std::time::Instant;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::uri::{PathAndQuery, Uri};
-use http::{Request, Response, Version};
+use http::{Method, Request, Response, Version};
 use hyper::body::Incoming;
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
@@ -22,6 +22,7 @@ use tokio::net::TcpStream;
 use super::body::{Body, Release, UpstreamBody};
 use super::error::ProxyError;
 use crate::balancer::PickKey;
+use crate::health::{self, Outcome};
 use crate::upstream::{PooledConn, Server, Upstream};
 
 /// Facts about the client connection a request arrived on, computed once per
@@ -48,49 +49,106 @@ static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host"
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 
-/// Sends `req` to a server of `upstream`, trying the next server while connections
-/// are refused.
+/// Sends `req` to a server of `upstream`. A server that refuses the connection is
+/// skipped for the next one; an idempotent request without a body is also retried
+/// when its connection drops before the response headers. Retries draw on the
+/// upstream's retry budget.
 pub async fn forward(
-    upstream: &Upstream,
+    upstream: &Arc<Upstream>,
     req: Request<Incoming>,
     peer: &Peer,
 ) -> Result<Response<Body>, ProxyError> {
     let mut req = prepare(req, peer);
+    upstream.retry_budget.deposit();
+    let replayable = is_idempotent(req.method()) && http_body::Body::is_end_stream(req.body());
+    let panic = upstream.health.in_panic(&upstream.servers);
     let key = PickKey::default();
     let mut tried = Tried::default();
     let mut last_error = None;
     loop {
-        let Some(server) = pick(upstream, &key, &tried) else {
+        let Some((index, server)) = pick(upstream, &key, &tried, panic) else {
             return Err(
                 last_error.unwrap_or_else(|| ProxyError::NoHealthyServer { upstream: upstream.name.clone() })
             );
         };
-        tried.insert(server.0);
-        match attempt(upstream, server.1, req).await {
-            Ok(response) => return Ok(response),
-            Err((error, Some(unsent))) if error.retryable() => {
-                tracing::warn!(upstream = %upstream.name, %error, "trying the next server");
-                req = unsent;
-                last_error = Some(error);
+        if let Some(error) = last_error.take() {
+            if !upstream.retry_budget.try_withdraw() {
+                return Err(error);
             }
-            Err((error, _)) => return Err(error),
+            tracing::warn!(upstream = %upstream.name, %error, next = %server.address, "retrying on another server");
+        }
+        tried.insert(index);
+        // A copy to replay if the connection drops after the request went out; only
+        // worth its allocation when there is another server to replay it on.
+        let copy = (replayable && upstream.servers.len() > 1).then(|| copy_head(&req));
+        match attempt(upstream, server, req).await {
+            Ok(response) => {
+                health::record(upstream, server, Outcome::Response(response.status()));
+                return Ok(response);
+            }
+            Err((error, unsent)) => {
+                health::record(upstream, server, Outcome::Failure(error.kind()));
+                let again = match (&error, unsent) {
+                    (_, Some(unsent)) => Some(unsent),
+                    (ProxyError::Upstream { .. }, None) => copy,
+                    _ => None,
+                };
+                match again {
+                    Some(next) => {
+                        req = next;
+                        last_error = Some(error);
+                    }
+                    None => return Err(error),
+                }
+            }
         }
     }
 }
 
-/// A healthy server this request has not tried: primaries first, then backups.
-fn pick<'u>(upstream: &'u Upstream, key: &PickKey, tried: &Tried) -> Option<(usize, &'u Arc<Server>)> {
+/// Methods RFC 9110 §9.2.2 calls idempotent, which may be sent twice.
+fn is_idempotent(method: &Method) -> bool {
+    matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
+    )
+}
+
+/// The request line and headers of a bodyless request, to send again.
+fn copy_head(req: &Request<Body>) -> Request<Body> {
+    let mut copy = Request::new(Body::Empty);
+    *copy.method_mut() = req.method().clone();
+    *copy.uri_mut() = req.uri().clone();
+    *copy.version_mut() = req.version();
+    *copy.headers_mut() = req.headers().clone();
+    copy
+}
+
+/// A server this request has not tried: healthy primaries first, then healthy
+/// backups. In panic mode health is ignored. Servers still slow-starting take a
+/// growing share; when the ramp turns every candidate away, it is ignored.
+fn pick<'u>(
+    upstream: &'u Upstream,
+    key: &PickKey,
+    tried: &Tried,
+    panic: bool,
+) -> Option<(usize, &'u Arc<Server>)> {
     let servers = &upstream.servers;
-    let eligible = |backup: bool| {
-        move |i: usize| {
-            servers.get(i).is_some_and(|s| s.backup == backup && s.is_healthy() && !tried.contains(i))
-        }
+    let policy = &upstream.health;
+    let candidate = |i: usize, backup: bool| {
+        servers.get(i).is_some_and(|s| s.backup == backup && (panic || s.is_healthy()) && !tried.contains(i))
     };
-    upstream
-        .balancer
-        .pick(key, eligible(false))
-        .or_else(|| upstream.balancer.pick(key, eligible(true)))
-        .and_then(|i| Some((i, servers.get(i)?)))
+    let balancer = &upstream.balancer;
+    let pick_among = |backup: bool| {
+        balancer
+            .pick(key, |i| candidate(i, backup) && servers.get(i).is_some_and(|s| policy.ramp_admits(s)))
+            .or_else(|| balancer.pick(key, |i| candidate(i, backup)))
+    };
+    let index = if policy.slow_start.is_some() {
+        pick_among(false).or_else(|| pick_among(true))?
+    } else {
+        balancer.pick(key, |i| candidate(i, false)).or_else(|| balancer.pick(key, |i| candidate(i, true)))?
+    };
+    Some((index, servers.get(index)?))
 }
 
 /// Servers one request has tried, as a bitset. Upstreams of over 128 servers get no

@@ -7,6 +7,7 @@
 pub mod body;
 pub mod error;
 pub mod forward;
+pub mod retry;
 pub mod route;
 
 use std::time::Instant;

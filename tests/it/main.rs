@@ -1,4 +1,5 @@
 //! weir's integration tests: one binary, real sockets on 127.0.0.1, real HTTP.
 
+mod health;
 mod proxying;
 mod support;

@@ -51,6 +51,7 @@ pub struct Backend {
     hits: Arc<AtomicUsize>,
     seen: Arc<Mutex<Vec<Seen>>>,
     stop: Option<oneshot::Sender<()>>,
+    connections: Arc<Mutex<Vec<tokio::task::AbortHandle>>>,
 }
 
 /// Builds a backend.
@@ -81,6 +82,14 @@ impl Backend {
     pub fn stop(&mut self) {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
+        }
+    }
+
+    /// Dies like a killed process: the listener and every open connection close.
+    pub fn kill(&mut self) {
+        self.stop();
+        for connection in self.connections.lock().unwrap().drain(..) {
+            connection.abort();
         }
     }
 }
@@ -126,6 +135,8 @@ impl BackendBuilder {
         let handler = self.handler.clone();
         let echo = self.echo;
         let (h, s) = (hits.clone(), seen.clone());
+        let connections = Arc::new(Mutex::new(Vec::new()));
+        let conns = connections.clone();
         tokio::spawn(async move {
             loop {
                 let stream = tokio::select! {
@@ -133,7 +144,7 @@ impl BackendBuilder {
                     accepted = listener.accept() => match accepted { Ok((s, _)) => s, Err(_) => continue },
                 };
                 let (name, handler, hits, seen) = (name.clone(), handler.clone(), h.clone(), s.clone());
-                tokio::spawn(async move {
+                let task = tokio::spawn(async move {
                     let service = service_fn(move |req: Request<Incoming>| {
                         let (name, handler, hits, seen) =
                             (name.clone(), handler.clone(), hits.clone(), seen.clone());
@@ -182,9 +193,12 @@ impl BackendBuilder {
                         .serve_connection(TokioIo::new(stream), service)
                         .await;
                 });
+                let mut open = conns.lock().unwrap();
+                open.retain(|t: &tokio::task::AbortHandle| !t.is_finished());
+                open.push(task.abort_handle());
             }
         });
-        Backend { addr, name: self.name, hits, seen, stop: Some(stop_tx) }
+        Backend { addr, name: self.name, hits, seen, stop: Some(stop_tx), connections }
     }
 }
 

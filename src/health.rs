@@ -1,0 +1,400 @@
+//! Server health: active HTTP checks, passive ejection from live traffic, slow start
+//! and the panic threshold.
+//!
+//! This module is the only writer of a server's `healthy` mark. Two sources drive it:
+//! - active checks: one task per server sends `GET path` on its own connection every
+//!   `interval` (plus up to 10% jitter, so checks of many servers do not align);
+//!   `unhealthy_threshold` failures in a row mark the server down, `healthy_threshold`
+//!   passes in a row mark it up;
+//! - passive detection: the proxy reports each attempt's outcome (`record`);
+//!   `consecutive_failures` connection failures or timeouts (and 5xx, if
+//!   `count_5xx`) eject the server. With an active check, the check brings it back;
+//!   without one it comes back after `ejection_time`, doubled on each repeat up to
+//!   `max_ejection_time`, as Envoy's outlier detection does.
+//!
+//! Readers: the balancer's eligibility test in `proxy::forward` reads the mark, the
+//! slow-start ramp and the panic threshold. Every transition is logged once and
+//! mirrored in `weir_upstream_server_healthy`.
+
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use http::header::{self, HeaderValue};
+use http::uri::PathAndQuery;
+use http::{Request, StatusCode};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{parse_status_ranges, UpstreamConfig};
+use crate::proxy::body::Body;
+use crate::upstream::{Server, Upstream};
+
+/// How one upstream judges its servers; built once per runtime.
+pub struct HealthPolicy {
+    pub check: Option<ActiveCheck>,
+    pub passive: Passive,
+    pub slow_start: Option<Duration>,
+    /// Panic threshold in percent of primaries; `None` is off.
+    pub min_healthy_percent: Option<u8>,
+}
+
+/// The active check's settings.
+pub struct ActiveCheck {
+    pub path: PathAndQuery,
+    pub interval: Duration,
+    pub timeout: Duration,
+    pub healthy_threshold: u32,
+    pub unhealthy_threshold: u32,
+    pub expected: Vec<(u16, u16)>,
+    pub host: Option<HeaderValue>,
+}
+
+/// Passive detection's settings.
+pub struct Passive {
+    /// 0 is off.
+    pub consecutive_failures: u32,
+    pub count_5xx: bool,
+    pub ejection_time: Duration,
+    pub max_ejection_time: Duration,
+}
+
+/// What one attempt on a server came to, as passive detection sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Response(StatusCode),
+    /// Refused, reset, or no answer in time.
+    Failure(&'static str),
+}
+
+static USER_AGENT: HeaderValue =
+    HeaderValue::from_static(concat!("weir-health-check/", env!("CARGO_PKG_VERSION")));
+
+impl HealthPolicy {
+    /// Builds the policy from a validated upstream config.
+    pub fn new(config: &UpstreamConfig) -> HealthPolicy {
+        let check = config.health_check.as_ref().map(|hc| ActiveCheck {
+            path: PathAndQuery::try_from(hc.path.get_ref().as_str())
+                .unwrap_or_else(|_| PathAndQuery::from_static("/")),
+            interval: hc.interval.0,
+            timeout: hc.timeout.0,
+            healthy_threshold: *hc.healthy_threshold.get_ref(),
+            unhealthy_threshold: *hc.unhealthy_threshold.get_ref(),
+            // Validation already parsed it; the fallback is the default range.
+            expected: parse_status_ranges(hc.expected_status.get_ref()).unwrap_or_else(|_| vec![(200, 399)]),
+            host: hc.host.as_deref().and_then(|h| HeaderValue::from_str(h).ok()),
+        });
+        let p = &config.passive_health;
+        HealthPolicy {
+            check,
+            passive: Passive {
+                consecutive_failures: p.consecutive_failures,
+                count_5xx: p.count_5xx,
+                ejection_time: p.ejection_time.0,
+                max_ejection_time: p.max_ejection_time.0,
+            },
+            slow_start: config.slow_start.map(|d| d.0),
+            min_healthy_percent: config.min_healthy_percent.as_ref().map(|p| *p.get_ref()),
+        }
+    }
+
+    /// Whether too few primaries are healthy, so health should be ignored. Costs a
+    /// scan of the servers, and only when a threshold is configured.
+    pub fn in_panic(&self, servers: &[Arc<Server>]) -> bool {
+        let Some(min) = self.min_healthy_percent else { return false };
+        let (healthy, total) = servers
+            .iter()
+            .filter(|s| !s.backup)
+            .fold((0usize, 0usize), |(h, t), s| (h + usize::from(s.is_healthy()), t + 1));
+        total > 0 && healthy * 100 < usize::from(min) * total
+    }
+
+    /// Slow start: whether a server still ramping up takes this request. The share
+    /// grows linearly from 10% to 100% over the window after it came up.
+    pub fn ramp_admits(&self, server: &Server) -> bool {
+        let Some(window) = self.slow_start else { return true };
+        let up_since = server.state.up_since_ms.load(Relaxed);
+        if up_since == 0 {
+            return true;
+        }
+        let elapsed = now_ms().saturating_sub(up_since);
+        let window = window.as_millis().max(1) as u64;
+        if elapsed >= window {
+            return true;
+        }
+        let share = 0.1 + 0.9 * (elapsed as f64 / window as f64);
+        fastrand::f64() < share
+    }
+}
+
+/// Milliseconds since this process first asked; never 0, so 0 can mean "unset". Uses
+/// tokio's clock so paused-time tests control it.
+pub fn now_ms() -> u64 {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    let epoch = *EPOCH.get_or_init(|| Instant::now() - Duration::from_millis(1));
+    epoch.elapsed().as_millis() as u64
+}
+
+/// Marks `server` up or down, logging and counting the transition once.
+pub fn mark(upstream: &Upstream, server: &Server, healthy: bool, reason: &str) {
+    if server.set_healthy(healthy) == healthy {
+        return;
+    }
+    let (from, to) = if healthy { ("down", "up") } else { ("up", "down") };
+    if healthy {
+        if upstream.health.slow_start.is_some() {
+            server.state.up_since_ms.store(now_ms(), Relaxed);
+        }
+        server.state.consecutive_failures.store(0, Relaxed);
+        tracing::info!(upstream = %upstream.name, server = %server.address, from, to, reason, "server marked up");
+    } else {
+        tracing::warn!(upstream = %upstream.name, server = %server.address, from, to, reason, "server marked down");
+    }
+}
+
+/// Passive detection: counts an attempt's outcome against its server and ejects the
+/// server after `consecutive_failures` failures in a row.
+pub fn record(upstream: &Arc<Upstream>, server: &Arc<Server>, outcome: Outcome) {
+    let passive = &upstream.health.passive;
+    if passive.consecutive_failures == 0 {
+        return;
+    }
+    let failed = match outcome {
+        Outcome::Response(status) => passive.count_5xx && status.is_server_error(),
+        Outcome::Failure(_) => true,
+    };
+    let failures = &server.state.consecutive_failures;
+    if !failed {
+        // Read first: most requests succeed, and a store would bounce the cache line
+        // between cores for nothing.
+        if failures.load(Relaxed) != 0 {
+            failures.store(0, Relaxed);
+        }
+        return;
+    }
+    let count = failures.fetch_add(1, Relaxed) + 1;
+    if count < passive.consecutive_failures || !server.is_healthy() {
+        return;
+    }
+    let reason = match outcome {
+        Outcome::Failure(why) => why,
+        Outcome::Response(_) => "5xx responses",
+    };
+    mark(upstream, server, false, reason);
+    if upstream.health.check.is_none() {
+        eject_for_a_while(upstream.clone(), server.clone());
+    }
+}
+
+/// Without an active check, an ejected server comes back after its ejection time:
+/// `ejection_time` x 2^(ejections - 1), capped. A server that stayed up longer than
+/// `max_ejection_time` since its last return starts again from `ejection_time`.
+fn eject_for_a_while(upstream: Arc<Upstream>, server: Arc<Server>) {
+    let passive = &upstream.health.passive;
+    let state = &server.state;
+    let now = now_ms();
+    let back_at = state.readmitted_ms.load(Relaxed);
+    if back_at != 0 && now.saturating_sub(back_at) > passive.max_ejection_time.as_millis() as u64 {
+        state.ejections.store(0, Relaxed);
+    }
+    let n = state.ejections.fetch_add(1, Relaxed).min(20);
+    let ejection = passive.ejection_time.saturating_mul(1 << n).min(passive.max_ejection_time);
+    tracing::info!(upstream = %upstream.name, server = %server.address, ?ejection, "ejected until the time is up");
+    tokio::spawn(async move {
+        tokio::time::sleep(ejection).await;
+        server.state.readmitted_ms.store(now_ms(), Relaxed);
+        mark(&upstream, &server, true, "ejection time over");
+    });
+}
+
+/// Active checks of one runtime; dropping it (or `stop`) ends them.
+#[derive(Default)]
+pub struct Checks {
+    token: CancellationToken,
+}
+
+impl Checks {
+    /// Starts one check task per server of each upstream that has a `health_check`.
+    pub fn start<'a>(&self, upstreams: impl IntoIterator<Item = &'a Arc<Upstream>>) {
+        for upstream in upstreams {
+            let Some(check) = &upstream.health.check else { continue };
+            for server in upstream.servers.iter() {
+                let (upstream, server, token) = (upstream.clone(), server.clone(), self.token.clone());
+                // Spread first checks over one interval so servers are not probed in step.
+                let first = check.interval.mul_f64(fastrand::f64());
+                tokio::spawn(async move {
+                    tokio::select! {
+                        _ = token.cancelled() => {}
+                        _ = run_checks(&upstream, &server, first) => {}
+                    }
+                });
+            }
+        }
+    }
+
+    /// Ends every check task of this runtime.
+    pub fn stop(&self) {
+        self.token.cancel();
+    }
+}
+
+impl Drop for Checks {
+    fn drop(&mut self) {
+        self.token.cancel();
+    }
+}
+
+async fn run_checks(upstream: &Arc<Upstream>, server: &Arc<Server>, first: Duration) {
+    let Some(check) = &upstream.health.check else { return };
+    let (mut passes, mut failures) = (0u32, 0u32);
+    tokio::time::sleep(first).await;
+    loop {
+        match probe(server, check).await {
+            Ok(()) => {
+                failures = 0;
+                passes = passes.saturating_add(1);
+                if passes >= check.healthy_threshold && !server.is_healthy() {
+                    mark(upstream, server, true, "health check passed");
+                }
+            }
+            Err(why) => {
+                passes = 0;
+                failures = failures.saturating_add(1);
+                tracing::debug!(upstream = %upstream.name, server = %server.address, %why, "health check failed");
+                if failures >= check.unhealthy_threshold && server.is_healthy() {
+                    mark(upstream, server, false, "health check failed");
+                }
+            }
+        }
+        let jitter = check.interval.mul_f64(fastrand::f64() * 0.1);
+        tokio::time::sleep(check.interval + jitter).await;
+    }
+}
+
+/// One check: a fresh connection, `GET path`, a status in the expected ranges, all
+/// within `timeout`.
+async fn probe(server: &Server, check: &ActiveCheck) -> Result<(), String> {
+    let attempt = async {
+        let stream = TcpStream::connect(server.addr).await.map_err(|e| format!("connect: {e}"))?;
+        let (mut sender, conn) = hyper::client::conn::http1::handshake::<_, Body>(TokioIo::new(stream))
+            .await
+            .map_err(|e| format!("handshake: {e}"))?;
+        tokio::spawn(conn);
+        let host = match &check.host {
+            Some(h) => h.clone(),
+            None => HeaderValue::from_str(&server.address).map_err(|e| e.to_string())?,
+        };
+        let req = Request::get(check.path.clone())
+            .header(header::HOST, host)
+            .header(header::USER_AGENT, USER_AGENT.clone())
+            .header(header::CONNECTION, HeaderValue::from_static("close"))
+            .body(Body::Empty)
+            .map_err(|e| e.to_string())?;
+        let response = sender.send_request(req).await.map_err(|e| format!("request: {e}"))?;
+        let status = response.status().as_u16();
+        if check.expected.iter().any(|&(lo, hi)| (lo..=hi).contains(&status)) {
+            Ok(())
+        } else {
+            Err(format!("status {status}"))
+        }
+    };
+    match tokio::time::timeout(check.timeout, attempt).await {
+        Ok(result) => result,
+        Err(_) => Err(format!("no answer within {:?}", check.timeout)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics::Metrics;
+    use crate::runtime::Runtime;
+    use std::path::Path;
+
+    fn upstream(extra: &str) -> Arc<Upstream> {
+        let text = format!(
+            r#"
+[[listeners]]
+name = "web"
+listen = "127.0.0.1:0"
+[upstreams.app]
+servers = [{{ address = "127.0.0.1:1" }}, {{ address = "127.0.0.1:2" }}]
+{extra}
+"#
+        );
+        let config = crate::config::parse(&text, Path::new("t.toml")).unwrap();
+        let runtime = Runtime::build(&config, None, &Metrics::new().unwrap()).unwrap();
+        runtime.upstreams["app"].clone()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn ejection_time_doubles_on_repeat_up_to_the_cap() {
+        let up = upstream(
+            "[upstreams.app.passive_health]\nconsecutive_failures = 2\nejection_time = \"1s\"\nmax_ejection_time = \"3s\"",
+        );
+        let server = &up.servers[0];
+        let fail = || record(&up, server, Outcome::Failure("refused"));
+        let mut ejections = Vec::new();
+        for _ in 0..4 {
+            fail();
+            assert!(server.is_healthy(), "one failure is not enough");
+            fail();
+            assert!(!server.is_healthy());
+            let started = Instant::now();
+            while !server.is_healthy() {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            // Whole seconds: the polling above sees the return up to 100ms late.
+            ejections.push(started.elapsed().as_millis() / 1000);
+        }
+        assert_eq!(ejections, vec![1, 2, 3, 3]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_success_resets_the_failure_count() {
+        let up = upstream("[upstreams.app.passive_health]\nconsecutive_failures = 2");
+        let server = &up.servers[0];
+        record(&up, server, Outcome::Failure("refused"));
+        record(&up, server, Outcome::Response(StatusCode::OK));
+        record(&up, server, Outcome::Failure("refused"));
+        assert!(server.is_healthy());
+        record(&up, server, Outcome::Response(StatusCode::BAD_GATEWAY));
+        assert!(server.is_healthy(), "5xx does not count unless count_5xx");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn count_5xx_makes_server_errors_failures() {
+        let up = upstream("[upstreams.app.passive_health]\nconsecutive_failures = 2\ncount_5xx = true");
+        let server = &up.servers[0];
+        record(&up, server, Outcome::Response(StatusCode::INTERNAL_SERVER_ERROR));
+        record(&up, server, Outcome::Response(StatusCode::SERVICE_UNAVAILABLE));
+        assert!(!server.is_healthy());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn slow_start_ramps_a_returning_server_from_a_tenth_to_all() {
+        let up = upstream("slow_start = \"10s\"");
+        let server = &up.servers[0];
+        let share = || (0..20_000).filter(|_| up.health.ramp_admits(server)).count() as f64 / 20_000.0;
+        assert_eq!(share(), 1.0, "servers present at start do not ramp");
+        mark(&up, server, false, "test");
+        mark(&up, server, true, "test");
+        assert!((share() - 0.1).abs() < 0.02, "{}", share());
+        tokio::time::advance(Duration::from_secs(5)).await;
+        assert!((share() - 0.55).abs() < 0.02, "{}", share());
+        tokio::time::advance(Duration::from_secs(5)).await;
+        assert_eq!(share(), 1.0);
+    }
+
+    #[test]
+    fn panic_mode_starts_below_the_threshold() {
+        let up = upstream("min_healthy_percent = 50");
+        assert!(!up.health.in_panic(&up.servers));
+        up.servers[0].set_healthy(false);
+        assert!(!up.health.in_panic(&up.servers), "1 of 2 is 50%: not below");
+        up.servers[1].set_healthy(false);
+        assert!(up.health.in_panic(&up.servers));
+    }
+}

@@ -29,6 +29,8 @@ pub struct Listener {
     pub socket: TcpListener,
     builder: auto::Builder<TokioExecutor>,
     active: IntGauge,
+    /// A TLS handshake gets as long as a request head.
+    handshake_timeout: Duration,
 }
 
 impl Listener {
@@ -46,10 +48,22 @@ impl Listener {
         builder
             .http2()
             .timer(TokioTimer::new())
-            .max_concurrent_streams(256)
+            .max_concurrent_streams(config.h2_max_concurrent_streams)
+            // Rapid reset (CVE-2023-44487): a client may only have so many streams
+            // reset before their response is accepted, and so many resets it caused.
+            .max_pending_accept_reset_streams(Some(64))
+            .max_local_error_reset_streams(Some(256))
             .max_header_list_size(u32::try_from(*config.max_header_size.get_ref()).unwrap_or(u32::MAX))
             .keep_alive_interval(Some(Duration::from_secs(30)));
-        Ok(Listener { name: config.name.get_ref().clone(), index, socket, builder, active })
+        let handshake_timeout = config.header_read_timeout.0;
+        Ok(Listener {
+            name: config.name.get_ref().clone(),
+            index,
+            socket,
+            builder,
+            active,
+            handshake_timeout,
+        })
     }
 
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
@@ -74,36 +88,70 @@ impl Listener {
                 },
             };
             let _ = stream.set_nodelay(true);
-            let peer = Arc::new(Peer::new(addr, self.index, false));
-            let runtime = runtime.clone();
-            let service = service_fn(move |req| {
-                let rt = runtime.load_full();
-                let peer = peer.clone();
-                async move { Ok::<_, Infallible>(proxy::handle(&rt, req, &peer).await) }
-            });
-            let builder = builder.clone();
+            let tls = runtime.load().tls.get(self.index).cloned().flatten();
+            let connection = Connection {
+                builder: builder.clone(),
+                runtime: runtime.clone(),
+                stop: stop.clone(),
+                peer: Peer::new(addr, self.index, tls.is_some()),
+            };
             let active = self.active.clone();
-            let mut stop = stop.clone();
+            let handshake_timeout = self.handshake_timeout;
             tracker.spawn(async move {
                 active.inc();
-                let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-                tokio::pin!(conn);
-                let result = tokio::select! {
-                    result = conn.as_mut() => result,
-                    _ = stop.changed() => {
-                        // Finish the request in progress, then close; idle keep-alive
-                        // connections close at once.
-                        conn.as_mut().graceful_shutdown();
-                        conn.await
+                match tls {
+                    None => connection.serve(stream).await,
+                    Some(acceptor) => {
+                        match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
+                            Ok(Ok(stream)) => connection.serve(stream).await,
+                            Ok(Err(e)) => tracing::debug!(client = %addr, error = %e, "TLS handshake failed"),
+                            Err(_) => tracing::debug!(client = %addr, "TLS handshake timed out"),
+                        }
                     }
-                };
-                if let Err(e) = result {
-                    tracing::debug!(client = %addr, error = %e, "client connection ended with an error");
                 }
                 active.dec();
             });
         }
         tracing::info!(listener = %self.name, "stopped accepting");
+    }
+}
+
+/// One accepted client connection, ready to serve.
+struct Connection {
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    runtime: SharedRuntime,
+    stop: watch::Receiver<bool>,
+    peer: Peer,
+}
+
+impl Connection {
+    /// Serves HTTP/1.1 or h2 on `io` until the client leaves or `stop` changes, then
+    /// finishes the request in progress and closes.
+    async fn serve<I>(mut self, io: I)
+    where
+        I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let addr = self.peer.addr;
+        let peer = Arc::new(self.peer);
+        let runtime = self.runtime;
+        let service = service_fn(move |req| {
+            let rt = runtime.load_full();
+            let peer = peer.clone();
+            async move { Ok::<_, Infallible>(proxy::handle(&rt, req, &peer).await) }
+        });
+        let conn = self.builder.serve_connection_with_upgrades(TokioIo::new(io), service);
+        tokio::pin!(conn);
+        let result = tokio::select! {
+            result = conn.as_mut() => result,
+            _ = self.stop.changed() => {
+                // Idle keep-alive connections close at once.
+                conn.as_mut().graceful_shutdown();
+                conn.await
+            }
+        };
+        if let Err(e) = result {
+            tracing::debug!(client = %addr, error = %e, "client connection ended with an error");
+        }
     }
 }
 

@@ -14,11 +14,13 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 
 use crate::balancer::Balancer;
-use crate::config::Config;
+use crate::config::{Config, UpstreamProtocol};
 use crate::health::{self, Checks, HealthPolicy};
 use crate::metrics::{Metrics, UpstreamMetrics};
+use crate::proxy::client::{server_name, tls_name, UpstreamTls};
 use crate::proxy::retry::RetryBudget;
 use crate::proxy::route::{Route, Router};
+use crate::tls::{self, TlsError};
 use crate::upstream::{Server, ServerState, Upstream};
 
 /// The ready-to-serve form of one config.
@@ -29,6 +31,9 @@ pub struct Runtime {
     pub unrouted: UpstreamMetrics,
     /// This runtime's active health checks, started by `start_health`.
     pub health: Checks,
+    /// TLS for each listener (by index), `None` for plain ones. Part of the runtime so
+    /// a reload can renew certificates.
+    pub tls: Vec<Option<tokio_rustls::TlsAcceptor>>,
 }
 
 /// Why a validated config still could not be turned into a runtime.
@@ -36,6 +41,8 @@ pub struct Runtime {
 pub enum BuildError {
     #[error("upstreams.{upstream}: cannot resolve server `{address}`: {reason}")]
     Resolve { upstream: String, address: String, reason: String },
+    #[error(transparent)]
+    Tls(#[from] TlsError),
 }
 
 /// The current runtime, shared by every connection; replaced whole on reload.
@@ -67,6 +74,7 @@ impl Runtime {
                 let server = Server {
                     address: address.into(),
                     addr: resolve(name, address)?,
+                    tls_name: tls_name(address),
                     weight: *s.weight.get_ref(),
                     backup: s.backup,
                     state,
@@ -76,12 +84,25 @@ impl Runtime {
                 servers.push(Arc::new(server));
             }
             let weights: Vec<u32> = servers.iter().map(|s| s.weight).collect();
+            let h2 = up.protocol == UpstreamProtocol::H2;
+            let tls = if up.tls {
+                let ca = up.ca_file.as_ref().map(|f| config.base_dir.join(f.get_ref()));
+                let client = tls::client_config(ca.as_deref(), h2, &format!("upstreams.{name}.ca_file"))?;
+                Some(UpstreamTls {
+                    connector: tokio_rustls::TlsConnector::from(client),
+                    name: up.sni.as_ref().map(|n| server_name(n.get_ref())),
+                })
+            } else {
+                None
+            };
             let upstream = Upstream {
                 name: name.into(),
                 balancer: Balancer::new(up.balancer, &weights),
                 servers: servers.into(),
                 connect_timeout: up.connect_timeout.0,
                 request_timeout: up.request_timeout.0,
+                h2,
+                tls,
                 health: HealthPolicy::new(up),
                 retry_budget: RetryBudget::new(*up.retry_budget.get_ref()),
                 metrics: metrics.upstream(name),
@@ -114,7 +135,25 @@ impl Runtime {
             };
             router.add(r.host.as_ref().map(|h| h.get_ref().as_str()), route);
         }
-        Ok(Runtime { router, upstreams, unrouted: metrics.upstream(""), health: Checks::default() })
+        let mut listener_tls = Vec::new();
+        for (i, l) in config.listeners.iter().enumerate() {
+            let acceptor = match &l.tls {
+                None => None,
+                Some(t) => {
+                    let key = format!("listeners[{i}].tls.certificates");
+                    let server = tls::server_config(t.certificates.get_ref(), &config.base_dir, &key)?;
+                    Some(tokio_rustls::TlsAcceptor::from(server))
+                }
+            };
+            listener_tls.push(acceptor);
+        }
+        Ok(Runtime {
+            router,
+            upstreams,
+            unrouted: metrics.upstream(""),
+            health: Checks::default(),
+            tls: listener_tls,
+        })
     }
 
     /// Starts the active health checks; they end when this runtime is dropped or

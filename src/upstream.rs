@@ -15,12 +15,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crossbeam_queue::ArrayQueue;
-use hyper::client::conn::http1::SendRequest;
+use rustls_pki_types::ServerName;
 
 use crate::balancer::Balancer;
 use crate::health::HealthPolicy;
 use crate::metrics::{ServerMetrics, UpstreamMetrics};
-use crate::proxy::body::Body;
+use crate::proxy::client::{Sender, UpstreamTls};
 use crate::proxy::retry::RetryBudget;
 
 /// One pool of servers behind a name, with its balancer.
@@ -30,6 +30,9 @@ pub struct Upstream {
     pub balancer: Balancer,
     pub connect_timeout: Duration,
     pub request_timeout: Duration,
+    /// Speak h2 (one multiplexed connection per server) instead of HTTP/1.1.
+    pub h2: bool,
+    pub tls: Option<UpstreamTls>,
     pub health: HealthPolicy,
     pub retry_budget: RetryBudget,
     pub metrics: UpstreamMetrics,
@@ -41,6 +44,8 @@ pub struct Server {
     pub address: Box<str>,
     /// Where to connect, resolved when the runtime was built.
     pub addr: SocketAddr,
+    /// The name its TLS certificate must carry, when the upstream uses TLS without `sni`.
+    pub tls_name: ServerName<'static>,
     pub weight: u32,
     /// Used only while no primary server is healthy.
     pub backup: bool,
@@ -52,7 +57,7 @@ pub struct Server {
 /// idle connections.
 pub struct ServerState {
     healthy: AtomicBool,
-    pub(crate) pool: ArrayQueue<SendRequest<Body>>,
+    pub(crate) pool: ArrayQueue<Sender>,
     /// Failed attempts in a row, for passive detection.
     pub(crate) consecutive_failures: AtomicU32,
     /// Passive ejections so far, for the doubling ejection time.
@@ -102,7 +107,7 @@ impl Server {
     }
 
     /// An idle pooled connection, if one is left.
-    pub(crate) fn take_idle(&self) -> Option<SendRequest<Body>> {
+    pub(crate) fn take_idle(&self) -> Option<Sender> {
         self.state.pool.pop()
     }
 }
@@ -126,15 +131,18 @@ impl Drop for InFlight {
 /// A connection lent to one request; handed back to the pool only when that
 /// request's response has been read to its end.
 pub struct PooledConn {
-    pub(crate) sender: SendRequest<Body>,
+    pub(crate) sender: Sender,
     pub(crate) server: Arc<Server>,
 }
 
 impl PooledConn {
-    /// Returns the connection to its server's pool; a full pool closes it.
+    /// Returns an HTTP/1.1 connection to its server's pool; a full pool closes it.
+    /// (h2 connections never left the pool.)
     pub fn recycle(self) {
-        if !self.sender.is_closed() {
-            let _ = self.server.state.pool.push(self.sender);
+        if let Sender::H1(sender) = self.sender {
+            if !sender.is_closed() {
+                let _ = self.server.state.pool.push(Sender::H1(sender));
+            }
         }
     }
 }

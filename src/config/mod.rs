@@ -54,12 +54,13 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
 pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
     let source = Source { text, path };
     let deserializer = toml::Deserializer::new(text);
-    let config: Config = serde_path_to_error::deserialize(deserializer).map_err(|e| {
+    let mut config: Config = serde_path_to_error::deserialize(deserializer).map_err(|e| {
         let key = e.path().to_string();
         let inner = e.into_inner();
         source.error(inner.span(), if key == "." { "" } else { &key }, inner.message())
     })?;
     validate::validate(&config, &source)?;
+    config.base_dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
     Ok(config)
 }
 

@@ -17,6 +17,9 @@ use toml::Spanned;
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
+    /// Folder of the config file: relative paths (certificates) resolve from it.
+    #[serde(skip)]
+    pub base_dir: std::path::PathBuf,
     /// Worker threads; 0 means one per CPU core.
     #[serde(default)]
     pub workers: usize,
@@ -52,6 +55,39 @@ pub struct ListenerConfig {
     /// Largest request head (request line plus headers); larger gets `431`.
     #[serde(default = "defaults::max_header_size")]
     pub max_header_size: Spanned<usize>,
+    /// TLS termination; absent means plain HTTP (HTTP/1.1 and h2c).
+    #[serde(default)]
+    pub tls: Option<ListenerTlsConfig>,
+    /// HTTP/2: most concurrent streams per client connection.
+    #[serde(default = "defaults::h2_max_concurrent_streams")]
+    pub h2_max_concurrent_streams: u32,
+}
+
+/// `[listeners.tls]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerTlsConfig {
+    /// PEM certificate chains and keys. SNI picks by the names in each certificate;
+    /// the first is the default for clients that send no (or an unknown) name.
+    pub certificates: Spanned<Vec<CertificateConfig>>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CertificateConfig {
+    /// Certificate chain file (PEM), relative to the config file's folder.
+    pub cert: Spanned<String>,
+    /// Private key file (PEM: PKCS#8, PKCS#1 or SEC1).
+    pub key: Spanned<String>,
+}
+
+/// The protocol weir speaks to an upstream's servers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UpstreamProtocol {
+    #[serde(rename = "http1")]
+    Http1,
+    H2,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -90,6 +126,19 @@ pub struct UpstreamConfig {
     /// Idle keep-alive connections kept per server.
     #[serde(default = "defaults::keepalive")]
     pub keepalive: usize,
+    /// `http1` (default) or `h2` (one multiplexed connection per server; gRPC).
+    #[serde(default = "defaults::protocol")]
+    pub protocol: UpstreamProtocol,
+    /// Speak TLS to the servers.
+    #[serde(default)]
+    pub tls: bool,
+    /// Name sent in SNI and checked against the server's certificate; default: the
+    /// host part of each server's address.
+    #[serde(default)]
+    pub sni: Option<Spanned<String>>,
+    /// PEM file of CA certificates to trust instead of the system's roots.
+    #[serde(default)]
+    pub ca_file: Option<Spanned<String>>,
     pub servers: Spanned<Vec<ServerConfig>>,
     /// Active HTTP checks; absent means none.
     #[serde(default)]
@@ -229,6 +278,12 @@ mod defaults {
     }
     pub fn max_header_size() -> Spanned<usize> {
         Spanned::new(0..0, 32 * 1024)
+    }
+    pub fn h2_max_concurrent_streams() -> u32 {
+        128
+    }
+    pub fn protocol() -> UpstreamProtocol {
+        UpstreamProtocol::Http1
     }
     pub fn balancer() -> BalancerKind {
         BalancerKind::RoundRobin

@@ -36,6 +36,15 @@ pub(super) fn validate(config: &Config, src: &Source) -> Result<(), ConfigError>
             ));
         }
         socket_addr(src, &format!("{key}.listen"), &l.listen)?;
+        if let Some(tls) = &l.tls {
+            if tls.certificates.get_ref().is_empty() {
+                return Err(src.error(
+                    Some(tls.certificates.span()),
+                    &format!("{key}.tls.certificates"),
+                    "list at least one { cert, key } pair",
+                ));
+            }
+        }
         let size = *l.max_header_size.get_ref();
         if !(8192..=1 << 20).contains(&size) {
             return Err(src.error(
@@ -122,6 +131,19 @@ pub(super) fn validate(config: &Config, src: &Source) -> Result<(), ConfigError>
                 if http::HeaderValue::from_str(host).is_err() {
                     return Err(src.error(None, &format!("{hkey}.host"), "is not a valid Host header value"));
                 }
+            }
+        }
+        if !up.tls && (up.sni.is_some() || up.ca_file.is_some()) {
+            let span = up.sni.as_ref().or(up.ca_file.as_ref()).map(|s| s.span());
+            return Err(src.error(span, &format!("{key}.tls"), "`sni` and `ca_file` need `tls = true`"));
+        }
+        if let Some(sni) = &up.sni {
+            if rustls_pki_types::ServerName::try_from(sni.get_ref().as_str()).is_err() {
+                return Err(src.error(
+                    Some(sni.span()),
+                    &format!("{key}.sni"),
+                    "is not a DNS name or IP address",
+                ));
             }
         }
         let mut seen = HashSet::new();

@@ -49,10 +49,16 @@ pub struct UpstreamBody {
 /// What a response holds on to until its body is delivered.
 pub struct Release {
     pub(crate) conn: PooledConn,
-    pub(crate) _in_flight: InFlight,
+    pub(crate) in_flight: InFlight,
 }
 
 impl UpstreamBody {
+    /// Takes the in-flight guard for a connection that leaves HTTP (an upgrade): the
+    /// connection is not pooled again.
+    pub fn detach(&mut self) -> Option<InFlight> {
+        self.release.take().map(|r| r.in_flight)
+    }
+
     fn finish(&mut self) {
         if let Some(release) = self.release.take() {
             release.conn.recycle();

@@ -13,13 +13,13 @@ use std::time::Instant;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::uri::{PathAndQuery, Uri};
-use http::{Method, Request, Response, Version};
+use http::{Method, Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
-use hyper::client::conn::http1::{self, SendRequest};
+use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
-use tokio::net::TcpStream;
 
 use super::body::{Body, Release, UpstreamBody};
+use super::client::{self, TE_TRAILERS};
 use super::error::ProxyError;
 use crate::balancer::PickKey;
 use crate::health::{self, Outcome};
@@ -58,7 +58,7 @@ pub async fn forward(
     req: Request<Incoming>,
     peer: &Peer,
 ) -> Result<Response<Body>, ProxyError> {
-    let mut req = prepare(req, peer);
+    let (mut req, mut on_upgrade) = prepare(req, peer);
     upstream.retry_budget.deposit();
     let replayable = is_idempotent(req.method()) && http_body::Body::is_end_stream(req.body());
     let panic = upstream.health.in_panic(&upstream.servers);
@@ -84,6 +84,11 @@ pub async fn forward(
         match attempt(upstream, server, req).await {
             Ok(response) => {
                 health::record(upstream, server, Outcome::Response(response.status()));
+                if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+                    if let Some(client) = on_upgrade.take() {
+                        return Ok(tunnel(response, client));
+                    }
+                }
                 return Ok(response);
             }
             Err((error, unsent)) => {
@@ -172,7 +177,8 @@ type Attempt = Result<Response<Body>, (ProxyError, Option<Request<Body>>)>;
 async fn attempt(upstream: &Upstream, server: &Arc<Server>, req: Request<Body>) -> Attempt {
     let in_flight = server.begin();
     let started = Instant::now();
-    let exchange = tokio::time::timeout(upstream.request_timeout, exchange(upstream, server, req)).await;
+    let exchange =
+        tokio::time::timeout(upstream.request_timeout, client::exchange(upstream, server, req)).await;
     let (response, sender) = match exchange {
         Ok(Ok(done)) => done,
         Ok(Err((error, unsent))) => {
@@ -193,74 +199,41 @@ async fn attempt(upstream: &Upstream, server: &Arc<Server>, req: Request<Body>) 
     server.metrics.requests.inc(response.status());
     server.metrics.duration.observe(started.elapsed().as_secs_f64());
     let (mut parts, body) = response.into_parts();
+    let upgrade = (parts.status == StatusCode::SWITCHING_PROTOCOLS)
+        .then(|| parts.headers.get(header::UPGRADE).cloned())
+        .flatten();
     strip_hop_by_hop(&mut parts.headers);
-    let release = Release { conn: PooledConn { sender, server: server.clone() }, _in_flight: in_flight };
+    if let Some(protocol) = upgrade {
+        parts.headers.insert(header::UPGRADE, protocol);
+        parts.headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    }
+    let release = Release { conn: PooledConn { sender, server: server.clone() }, in_flight };
     let body = Body::Upstream(UpstreamBody { inner: body, release: Some(release) });
     Ok(Response::from_parts(parts, body))
 }
 
-type Exchange = Result<(Response<Incoming>, SendRequest<Body>), (ProxyError, Option<Request<Body>>)>;
-
-/// Sends on a pooled connection if one is alive, else on a new one.
-async fn exchange(upstream: &Upstream, server: &Server, mut req: Request<Body>) -> Exchange {
-    while let Some(mut sender) = server.take_idle() {
-        // Waits for the connection to finish its previous exchange; errors if the
-        // server closed it while idle.
-        if sender.ready().await.is_err() {
-            continue;
-        }
-        match sender.try_send_request(req).await {
-            Ok(response) => return Ok((response, sender)),
-            Err(mut e) => match e.take_message() {
-                // Closed before our request went out: nothing sent, try another.
-                Some(unsent) => req = unsent,
-                None => return Err((upstream_error(server, e.into_error()), None)),
-            },
-        }
-    }
-    let mut sender = match connect(upstream, server).await {
-        Ok(sender) => sender,
-        Err(error) => return Err((error, Some(req))),
-    };
-    match sender.try_send_request(req).await {
-        Ok(response) => Ok((response, sender)),
-        Err(mut e) => {
-            let unsent = e.take_message();
-            Err((upstream_error(server, e.into_error()), unsent))
-        }
-    }
-}
-
-fn upstream_error(server: &Server, source: hyper::Error) -> ProxyError {
-    ProxyError::Upstream { server: server.address.clone(), source }
-}
-
-/// Opens a keep-alive HTTP/1.1 connection within `connect_timeout`.
-async fn connect(upstream: &Upstream, server: &Server) -> Result<SendRequest<Body>, ProxyError> {
-    let refused = |reason: String| ProxyError::Connect { server: server.address.clone(), reason };
-    let stream = match tokio::time::timeout(upstream.connect_timeout, TcpStream::connect(server.addr)).await {
-        Ok(Ok(stream)) => stream,
-        Ok(Err(e)) => return Err(refused(e.to_string())),
-        Err(_) => return Err(refused(format!("no connection within {:?}", upstream.connect_timeout))),
-    };
-    // Requests are small writes that must not wait for Nagle's timer.
-    let _ = stream.set_nodelay(true);
-    let (sender, conn) =
-        http1::Builder::new().handshake(TokioIo::new(stream)).await.map_err(|e| refused(e.to_string()))?;
-    tokio::spawn(async move {
-        if let Err(e) = conn.await {
-            tracing::debug!(error = %e, "upstream connection closed with an error");
-        }
-    });
-    Ok(sender)
-}
-
 /// Turns a client request into the upstream request: origin-form target, HTTP/1.1,
-/// hop-by-hop headers removed, `X-Forwarded-*` set, `Host` kept.
-fn prepare(req: Request<Incoming>, peer: &Peer) -> Request<Body> {
+/// hop-by-hop headers removed, `X-Forwarded-*` set, `Host` kept. An upgrade request
+/// (WebSocket) keeps its `Upgrade` header, and the client side of the tunnel-to-be
+/// is taken out of the request.
+fn prepare(req: Request<Incoming>, peer: &Peer) -> (Request<Body>, Option<OnUpgrade>) {
     let (mut parts, body) = req.into_parts();
     let headers = &mut parts.headers;
+    let upgrade = requested_upgrade(headers);
+    // gRPC needs `te: trailers` end to end; any other TE is hop-by-hop.
+    let trailers = headers.get(header::TE).is_some_and(|te| has_token(te, "trailers"));
     strip_hop_by_hop(headers);
+    if trailers {
+        headers.insert(header::TE, TE_TRAILERS.clone());
+    }
+    let on_upgrade = match upgrade {
+        Some(protocol) => {
+            headers.insert(header::UPGRADE, protocol);
+            headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+            parts.extensions.remove::<OnUpgrade>()
+        }
+        None => None,
+    };
 
     let host = match parts.uri.authority() {
         // HTTP/2 and absolute-form requests carry the host in the target.
@@ -285,7 +258,41 @@ fn prepare(req: Request<Incoming>, peer: &Peer) -> Request<Body> {
         parts.uri = Uri::from(path);
     }
     parts.version = Version::HTTP_11;
-    Request::from_parts(parts, Body::Incoming(body))
+    (Request::from_parts(parts, Body::Incoming(body)), on_upgrade)
+}
+
+/// The `Upgrade` protocol, when `Connection` asks for an upgrade.
+fn requested_upgrade(headers: &HeaderMap) -> Option<HeaderValue> {
+    let protocol = headers.get(header::UPGRADE)?;
+    headers.get_all(header::CONNECTION).iter().any(|v| has_token(v, "upgrade")).then(|| protocol.clone())
+}
+
+/// Whether a comma-separated header value lists `token` (case-insensitive).
+fn has_token(value: &HeaderValue, token: &str) -> bool {
+    value.to_str().is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+}
+
+/// Joins the client and upstream sides of an upgraded connection and copies bytes
+/// both ways until either closes. The request stays in flight for the tunnel's life.
+fn tunnel(mut response: Response<Body>, client: OnUpgrade) -> Response<Body> {
+    let upstream = hyper::upgrade::on(&mut response);
+    let in_flight = match response.body_mut() {
+        Body::Upstream(body) => body.detach(),
+        _ => None,
+    };
+    tokio::spawn(async move {
+        let _in_flight = in_flight;
+        match tokio::try_join!(client, upstream) {
+            Ok((client, upstream)) => {
+                let (mut client, mut upstream) = (TokioIo::new(client), TokioIo::new(upstream));
+                if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
+                    tracing::debug!(error = %e, "tunnel closed with an error");
+                }
+            }
+            Err(e) => tracing::debug!(error = %e, "upgrade failed"),
+        }
+    });
+    response
 }
 
 /// Appends the client's address to any `X-Forwarded-For` it sent, as one header.

@@ -5,6 +5,7 @@
 //! routes or servers under a request that is already running.
 
 pub mod body;
+pub mod client;
 pub mod error;
 pub mod forward;
 pub mod retry;

@@ -218,11 +218,21 @@ impl Weir {
         Self::start_with_path(toml, backends, None).await
     }
 
-    /// Like `start`, writing the config to `path` so reload tests can change it.
+    /// Starts weir from a config file, so reload tests can change it.
+    pub async fn start_from_file(path: &std::path::Path) -> Weir {
+        let config = weir::config::load(path).unwrap_or_else(|e| panic!("bad test config: {e}"));
+        Self::run(config, path.to_path_buf()).await
+    }
+
+    /// Like `start`; `path` is only used in messages.
     pub async fn start_with_path(toml: &str, backends: &[&Backend], path: Option<&std::path::Path>) -> Weir {
         let text = fill(toml, backends);
         let path = path.map(std::path::Path::to_path_buf).unwrap_or_else(|| "test.toml".into());
         let config = weir::config::parse(&text, &path).unwrap_or_else(|e| panic!("bad test config: {e}"));
+        Self::run(config, path).await
+    }
+
+    async fn run(config: weir::config::Config, path: std::path::PathBuf) -> Weir {
         let metrics = Arc::new(weir::metrics::Metrics::new().unwrap());
         let server = weir::server::Server::bind(&config, metrics).unwrap();
         let addrs = server.listener_addrs();

@@ -1,0 +1,457 @@
+//! TLS termination with SNI and ALPN, upstream TLS, h2 upstreams with trailers,
+//! WebSocket-style upgrade tunnels, and reload under load.
+
+use std::convert::Infallible;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Empty, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use rustls_pki_types::{CertificateDer, ServerName};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::rustls;
+
+use crate::support::{client, get, Backend, Weir};
+
+/// A self-signed certificate for `names`, written as `<stem>.pem` / `<stem>.key`.
+fn certificate(dir: &Path, stem: &str, names: &[&str]) -> CertificateDer<'static> {
+    let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+    let generated = rcgen::generate_simple_self_signed(names).unwrap();
+    std::fs::write(dir.join(format!("{stem}.pem")), generated.cert.pem()).unwrap();
+    std::fs::write(dir.join(format!("{stem}.key")), generated.signing_key.serialize_pem()).unwrap();
+    generated.cert.der().clone()
+}
+
+fn client_tls(roots: &[&CertificateDer<'static>], alpn: &[&[u8]]) -> tokio_rustls::TlsConnector {
+    let mut store = rustls::RootCertStore::empty();
+    for root in roots {
+        store.add((*root).clone()).unwrap();
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(store)
+        .with_no_client_auth();
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    tokio_rustls::TlsConnector::from(Arc::new(config))
+}
+
+/// Writes `toml` (with `{dir}` replaced) to `dir/weir.toml` and starts weir from it.
+async fn start_in(dir: &Path, toml: &str, backends: &[&Backend]) -> Weir {
+    let path = dir.join("weir.toml");
+    let text = crate::support::fill(&toml.replace("{dir}", &dir.display().to_string()), backends);
+    std::fs::write(&path, &text).unwrap();
+    Weir::start_from_file(&path).await
+}
+
+const TLS_CONFIG: &str = r#"
+[[listeners]]
+name = "secure"
+listen = "127.0.0.1:0"
+[listeners.tls]
+certificates = [{ cert = "a.pem", key = "a.key" }, { cert = "b.pem", key = "b.key" }]
+[[routes]]
+upstream = "app"
+[upstreams.app]
+servers = [{ address = "{app}" }]
+"#;
+
+#[tokio::test]
+async fn sni_picks_the_certificate_by_name_and_alpn_offers_h2() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = certificate(dir.path(), "a", &["a.test"]);
+    let b = certificate(dir.path(), "b", &["*.b.test"]);
+    let app = Backend::named("app").start().await;
+    let weir = start_in(dir.path(), TLS_CONFIG, &[&app]).await;
+
+    for (name, want) in [("a.test", &a), ("x.b.test", &b), ("unknown.test", &a)] {
+        let connector = client_tls(&[&a, &b], &[b"h2", b"http/1.1"]);
+        let tcp = TcpStream::connect(weir.addr).await.unwrap();
+        let server_name = ServerName::try_from(name.to_string()).unwrap();
+        // The default certificate does not cover an unknown name, so verification of
+        // that one fails by design: look at what was offered instead.
+        let result = connector.connect(server_name, tcp).await;
+        if name == "unknown.test" {
+            assert!(result.is_err(), "a.test's certificate does not cover {name}");
+            continue;
+        }
+        let tls = result.unwrap();
+        let (_, session) = tls.get_ref();
+        assert_eq!(session.peer_certificates().unwrap()[0], *want, "certificate for {name}");
+        assert_eq!(session.alpn_protocol(), Some(&b"h2"[..]));
+
+        // And h2 over it reaches the backend, which learns the client used https.
+        let (mut sender, conn) = hyper::client::conn::http2::handshake::<_, _, Empty<Bytes>>(
+            TokioExecutor::new(),
+            TokioIo::new(tls),
+        )
+        .await
+        .unwrap();
+        tokio::spawn(conn);
+        let req = Request::get(format!("https://{name}/")).body(Empty::new()).unwrap();
+        let response = sender.send_request(req).await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+    }
+    let seen = app.seen();
+    assert_eq!(seen[0].headers["x-forwarded-proto"], "https");
+    assert_eq!(seen[0].headers["host"], "a.test");
+}
+
+#[tokio::test]
+async fn a_missing_certificate_is_a_config_error_naming_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    certificate(dir.path(), "a", &["a.test"]);
+    let text = TLS_CONFIG.replace("{app}", "127.0.0.1:1");
+    let config = weir::config::parse(&text, &dir.path().join("weir.toml")).unwrap();
+    let metrics = weir::metrics::Metrics::new().unwrap();
+    let error = weir::runtime::Runtime::build(&config, None, &metrics).err().unwrap().to_string();
+    assert!(error.contains("listeners[0].tls.certificates[1].cert"), "{error}");
+    assert!(error.contains("b.pem"), "{error}");
+}
+
+#[tokio::test]
+async fn curl_speaks_http2_over_https() {
+    if std::process::Command::new("curl").arg("--version").output().is_err() {
+        eprintln!("curl is not installed: scripts/test.sh installs it");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    certificate(dir.path(), "a", &["a.test"]);
+    certificate(dir.path(), "b", &["b.test"]);
+    let app = Backend::named("app").start().await;
+    let weir = start_in(dir.path(), TLS_CONFIG, &[&app]).await;
+    let port = weir.addr.port();
+    let output = tokio::process::Command::new("curl")
+        .args(["-sS", "--http2", "-o", "/dev/null", "-w", "%{http_version} %{http_code}"])
+        .arg("--cacert")
+        .arg(dir.path().join("a.pem"))
+        .args(["--resolve", &format!("a.test:{port}:127.0.0.1"), &format!("https://a.test:{port}/")])
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&output.stdout),
+        "2 200",
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// An HTTP/1.1 backend that answers upgrade requests with 101 and then echoes bytes.
+async fn echo_upgrade_backend() -> std::net::SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let service = service_fn(|mut req: Request<Incoming>| async move {
+                    let upgrade = hyper::upgrade::on(&mut req);
+                    tokio::spawn(async move {
+                        if let Ok(upgraded) = upgrade.await {
+                            let mut io = TokioIo::new(upgraded);
+                            let mut buf = [0u8; 1024];
+                            while let Ok(n) = io.read(&mut buf).await {
+                                if n == 0 || io.write_all(&buf[..n]).await.is_err() {
+                                    break;
+                                }
+                            }
+                        }
+                    });
+                    let response = Response::builder()
+                        .status(StatusCode::SWITCHING_PROTOCOLS)
+                        .header("connection", "upgrade")
+                        .header("upgrade", "websocket")
+                        .body(Empty::<Bytes>::new())
+                        .unwrap();
+                    Ok::<_, Infallible>(response)
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .with_upgrades()
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn upgrade_requests_are_tunnelled_both_ways_and_count_as_in_flight() {
+    let echo = echo_upgrade_backend().await;
+    let weir = Weir::start(
+        &format!(
+            r#"
+[admin]
+listen = "127.0.0.1:0"
+[[listeners]]
+name = "web"
+listen = "127.0.0.1:0"
+[[routes]]
+upstream = "ws"
+[upstreams.ws]
+servers = [{{ address = "{echo}" }}]
+"#
+        ),
+        &[],
+    )
+    .await;
+    let mut stream = TcpStream::connect(weir.addr).await.unwrap();
+    stream
+        .write_all(
+            b"GET /chat HTTP/1.1\r\nHost: ws.test\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
+        )
+        .await
+        .unwrap();
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut byte = [0u8; 1];
+        stream.read_exact(&mut byte).await.unwrap();
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8(head).unwrap().to_ascii_lowercase();
+    assert!(head.starts_with("http/1.1 101"), "{head}");
+    assert!(head.contains("upgrade: websocket"), "{head}");
+    for message in [&b"hello"[..], b"world, both ways"] {
+        stream.write_all(message).await.unwrap();
+        let mut back = vec![0u8; message.len()];
+        stream.read_exact(&mut back).await.unwrap();
+        assert_eq!(back, message);
+    }
+    let in_flight = format!("weir_upstream_server_in_flight{{server=\"{echo}\",upstream=\"ws\"}} 1");
+    assert!(weir.metrics().await.contains(&in_flight), "the tunnel counts as in flight");
+    drop(stream);
+    let idle = format!("weir_upstream_server_in_flight{{server=\"{echo}\",upstream=\"ws\"}} 0");
+    for _ in 0..100 {
+        if weir.metrics().await.contains(&idle) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("the tunnel's in-flight count was not released");
+}
+
+/// A gRPC-like h2-only backend: answers with a body and `grpc-status` trailers.
+async fn h2_backend_with_trailers() -> std::net::SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let service = service_fn(|req: Request<Incoming>| async move {
+                    let te = req.headers().get("te").map(|v| v.to_str().unwrap_or("").to_string());
+                    let mut trailers = HeaderMap::new();
+                    trailers.insert("grpc-status", "0".parse().unwrap());
+                    trailers.insert("x-saw-te", te.unwrap_or_default().parse().unwrap());
+                    let frames: Vec<Result<Frame<Bytes>, Infallible>> =
+                        vec![Ok(Frame::data(Bytes::from_static(b"reply"))), Ok(Frame::trailers(trailers))];
+                    let body = StreamBody::new(futures_util::stream::iter(frames));
+                    Ok::<_, Infallible>(Response::new(body))
+                });
+                let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn h2_upstreams_pass_trailers_through_end_to_end() {
+    let backend = h2_backend_with_trailers().await;
+    let weir = Weir::start(
+        &format!(
+            r#"
+[[listeners]]
+name = "web"
+listen = "127.0.0.1:0"
+[[routes]]
+upstream = "grpc"
+[upstreams.grpc]
+protocol = "h2"
+servers = [{{ address = "{backend}" }}]
+"#
+        ),
+        &[],
+    )
+    .await;
+    // Several requests: they share one multiplexed upstream connection.
+    for _ in 0..3 {
+        let tcp = TcpStream::connect(weir.addr).await.unwrap();
+        let (mut sender, conn) = hyper::client::conn::http2::handshake::<_, _, Full<Bytes>>(
+            TokioExecutor::new(),
+            TokioIo::new(tcp),
+        )
+        .await
+        .unwrap();
+        tokio::spawn(conn);
+        let req = Request::post(format!("http://{}/pkg.Service/Method", weir.addr))
+            .header("te", "trailers")
+            .header("content-type", "application/grpc")
+            .body(Full::new(Bytes::from_static(b"request")))
+            .unwrap();
+        let response = sender.send_request(req).await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        let collected = response.into_body().collect().await.unwrap();
+        let trailers = collected.trailers().cloned().expect("trailers reach the client");
+        assert_eq!(trailers["grpc-status"], "0");
+        assert_eq!(trailers["x-saw-te"], "trailers");
+        assert_eq!(collected.to_bytes(), "reply");
+    }
+}
+
+#[tokio::test]
+async fn upstream_tls_verifies_the_server_by_sni_and_ca_file() {
+    let dir = tempfile::tempdir().unwrap();
+    certificate(dir.path(), "backend", &["backend.test"]);
+    // A TLS backend: weir terminates nothing here, it originates TLS.
+    let backend_dir = dir.path().to_path_buf();
+    let cert_config = weir::config::CertificateConfig {
+        cert: toml::Spanned::new(0..0, "backend.pem".into()),
+        key: toml::Spanned::new(0..0, "backend.key".into()),
+    };
+    let server_config = weir::tls::server_config(&[cert_config], &backend_dir, "test").unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(server_config);
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let served = Arc::new(AtomicUsize::new(0));
+    let count = served.clone();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let (acceptor, count) = (acceptor.clone(), count.clone());
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(tcp).await else { return };
+                count.fetch_add(1, SeqCst);
+                let service = service_fn(|_req: Request<Incoming>| async {
+                    Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"secret"))))
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(tls), service)
+                    .await;
+            });
+        }
+    });
+    let config = |sni: &str| {
+        format!(
+            r#"
+[[listeners]]
+name = "web"
+listen = "127.0.0.1:0"
+[[routes]]
+upstream = "secure"
+[upstreams.secure]
+tls = true
+sni = "{sni}"
+ca_file = "backend.pem"
+servers = [{{ address = "{addr}" }}]
+[upstreams.secure.passive_health]
+consecutive_failures = 0
+"#
+        )
+    };
+    let good = start_in(dir.path(), &config("backend.test"), &[]).await;
+    assert_eq!(get(&good.url("/")).await, (StatusCode::OK, "secret".to_string()));
+    let wrong_name = start_in(dir.path(), &config("other.test"), &[]).await;
+    assert_eq!(
+        get(&wrong_name.url("/")).await.0,
+        StatusCode::BAD_GATEWAY,
+        "a certificate for another name is refused"
+    );
+    assert_eq!(served.load(SeqCst), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reloads_under_load_lose_no_request_and_keep_health() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = Backend::named("a").start().await;
+    let b = Backend::named("b").start().await;
+    let dead = TcpListener::bind("127.0.0.1:0").await.unwrap().local_addr().unwrap();
+    let config = |extra_route: &str| {
+        format!(
+            r#"
+[admin]
+listen = "127.0.0.1:0"
+[[listeners]]
+name = "web"
+listen = "127.0.0.1:0"
+[[routes]]
+upstream = "app"
+{extra_route}
+[upstreams.app]
+servers = [{{ address = "{{a}}" }}, {{ address = "{dead}" }}]
+[upstreams.app.passive_health]
+consecutive_failures = 1
+ejection_time = "1h"
+max_ejection_time = "1h"
+[upstreams.other]
+servers = [{{ address = "{{b}}" }}]
+"#
+        )
+    };
+    let weir = start_in(dir.path(), &config(""), &[&a, &b]).await;
+    let path = dir.path().join("weir.toml");
+    // Eject the dead server, then check the mark survives every reload.
+    for _ in 0..4 {
+        assert_eq!(get(&weir.url("/")).await.0, StatusCode::OK);
+    }
+    let down = format!("weir_upstream_server_healthy{{server=\"{dead}\",upstream=\"app\"}} 0");
+    assert!(weir.metrics().await.contains(&down));
+
+    let running = Arc::new(AtomicBool::new(true));
+    let (ok, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let mut clients = Vec::new();
+    for _ in 0..4 {
+        let (running, ok, failed, url) = (running.clone(), ok.clone(), failed.clone(), weir.url("/"));
+        clients.push(tokio::spawn(async move {
+            let client = client();
+            while running.load(SeqCst) {
+                match client.get(url.parse().unwrap()).await {
+                    Ok(r) if r.status() == StatusCode::OK => {
+                        let _ = r.into_body().collect().await;
+                        ok.fetch_add(1, SeqCst);
+                    }
+                    _ => {
+                        failed.fetch_add(1, SeqCst);
+                    }
+                }
+            }
+        }));
+    }
+    let good = crate::support::fill(
+        &config("[[routes]]\npath_prefix = \"/other/\"\nupstream = \"other\""),
+        &[&a, &b],
+    );
+    let bad = good.replace("upstream = \"other\"", "upstream = \"missing\"");
+    let (mut refused, mut applied) = (0, 0);
+    for i in 0..20 {
+        std::fs::write(&path, if i % 2 == 0 { &bad } else { &good }).unwrap();
+        match weir.reloader.reload() {
+            Ok(()) => applied += 1,
+            Err(e) => {
+                assert!(e.to_string().contains("no upstream named `missing`"), "{e}");
+                refused += 1;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    running.store(false, SeqCst);
+    for c in clients {
+        c.await.unwrap();
+    }
+    assert_eq!((applied, refused), (10, 10));
+    assert_eq!(failed.load(SeqCst), 0, "{} requests succeeded", ok.load(SeqCst));
+    assert!(ok.load(SeqCst) > 50);
+    assert_eq!(get(&weir.url("/other/x")).await, (StatusCode::OK, "b".to_string()), "the new route is live");
+    let metrics = weir.metrics().await;
+    assert!(metrics.contains(&down), "health survived the reloads");
+    assert!(metrics.contains("weir_config_reloads_total{result=\"failure\"} 10"));
+    assert!(metrics.contains("weir_config_reloads_total{result=\"success\"} 10"));
+}

@@ -10,6 +10,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -25,19 +26,23 @@ use crate::runtime::SharedRuntime;
 /// A bound client listener and how to serve its connections.
 pub struct Listener {
     pub name: String,
-    pub index: usize,
+    /// The listener's stable slot (see `Runtime::listener_slots`).
+    pub slot: usize,
     pub socket: TcpListener,
-    builder: auto::Builder<TokioExecutor>,
+    /// Swapped in place when a reload changes the listener's limits.
+    pub settings: Arc<ArcSwap<Settings>>,
     active: IntGauge,
+}
+
+/// How a listener serves connections: what a reload may change without rebinding.
+pub struct Settings {
+    builder: auto::Builder<TokioExecutor>,
     /// A TLS handshake gets as long as a request head.
     handshake_timeout: Duration,
 }
 
-impl Listener {
-    /// Binds `config.listen` with a deep backlog and `SO_REUSEADDR`.
-    pub fn bind(config: &ListenerConfig, index: usize, active: IntGauge) -> std::io::Result<Listener> {
-        let addr: SocketAddr = config.listen.get_ref().parse().map_err(std::io::Error::other)?;
-        let socket = bind_tcp(addr)?;
+impl Settings {
+    pub fn new(config: &ListenerConfig) -> Settings {
         let mut builder = auto::Builder::new(TokioExecutor::new());
         builder
             .http1()
@@ -55,15 +60,17 @@ impl Listener {
             .max_local_error_reset_streams(Some(256))
             .max_header_list_size(u32::try_from(*config.max_header_size.get_ref()).unwrap_or(u32::MAX))
             .keep_alive_interval(Some(Duration::from_secs(30)));
-        let handshake_timeout = config.header_read_timeout.0;
-        Ok(Listener {
-            name: config.name.get_ref().clone(),
-            index,
-            socket,
-            builder,
-            active,
-            handshake_timeout,
-        })
+        Settings { builder, handshake_timeout: config.header_read_timeout.0 }
+    }
+}
+
+impl Listener {
+    /// Binds `config.listen` (see `bind_tcp`).
+    pub fn bind(config: &ListenerConfig, slot: usize, active: IntGauge) -> std::io::Result<Listener> {
+        let addr: SocketAddr = config.listen.get_ref().parse().map_err(std::io::Error::other)?;
+        let socket = bind_tcp(addr)?;
+        let settings = Arc::new(ArcSwap::from_pointee(Settings::new(config)));
+        Ok(Listener { name: config.name.get_ref().clone(), slot, socket, settings, active })
     }
 
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
@@ -73,7 +80,6 @@ impl Listener {
     /// Accepts connections until `stop` changes. Each connection runs on `tracker`, and
     /// when `stop` changes it finishes its in-flight requests and closes.
     pub async fn serve(self, runtime: SharedRuntime, tracker: TaskTracker, mut stop: watch::Receiver<bool>) {
-        let builder = Arc::new(self.builder);
         loop {
             let (stream, addr) = tokio::select! {
                 _ = stop.changed() => break,
@@ -88,15 +94,16 @@ impl Listener {
                 },
             };
             let _ = stream.set_nodelay(true);
-            let tls = runtime.load().tls.get(self.index).cloned().flatten();
+            let tls = runtime.load().tls.get(self.slot).cloned().flatten();
+            let settings = self.settings.load_full();
+            let handshake_timeout = settings.handshake_timeout;
             let connection = Connection {
-                builder: builder.clone(),
+                settings,
                 runtime: runtime.clone(),
                 stop: stop.clone(),
-                peer: Peer::new(addr, self.index, tls.is_some()),
+                peer: Peer::new(addr, self.slot, tls.is_some()),
             };
             let active = self.active.clone();
-            let handshake_timeout = self.handshake_timeout;
             tracker.spawn(async move {
                 active.inc();
                 match tls {
@@ -118,7 +125,7 @@ impl Listener {
 
 /// One accepted client connection, ready to serve.
 struct Connection {
-    builder: Arc<auto::Builder<TokioExecutor>>,
+    settings: Arc<Settings>,
     runtime: SharedRuntime,
     stop: watch::Receiver<bool>,
     peer: Peer,
@@ -139,7 +146,7 @@ impl Connection {
             let peer = peer.clone();
             async move { Ok::<_, Infallible>(proxy::handle(&rt, req, &peer).await) }
         });
-        let conn = self.builder.serve_connection_with_upgrades(TokioIo::new(io), service);
+        let conn = self.settings.builder.serve_connection_with_upgrades(TokioIo::new(io), service);
         tokio::pin!(conn);
         let result = tokio::select! {
             result = conn.as_mut() => result,

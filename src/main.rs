@@ -77,6 +77,9 @@ fn run(args: &Args) -> anyhow::Result<()> {
     tokio.block_on(async {
         let server = Server::bind(&config, metrics)?;
         let reloader = server.reloader(args.config.clone());
+        if config.watch {
+            tokio::spawn(reloader.clone().watch(std::time::Duration::from_secs(1)));
+        }
         let mut hangup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
         tokio::spawn(async move {
             while hangup.recv().await.is_some() {

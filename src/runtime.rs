@@ -31,9 +31,13 @@ pub struct Runtime {
     pub unrouted: UpstreamMetrics,
     /// This runtime's active health checks, started by `start_health`.
     pub health: Checks,
-    /// TLS for each listener (by index), `None` for plain ones. Part of the runtime so
-    /// a reload can renew certificates.
+    /// TLS for each listener slot, `None` for plain ones. Part of the runtime so a
+    /// reload can renew certificates.
     pub tls: Vec<Option<tokio_rustls::TlsAcceptor>>,
+    /// Listener names by slot. Slots are stable for the life of the process (a
+    /// reload keeps the old ones and appends new names), so a connection's slot
+    /// means the same listener in every runtime.
+    pub listener_slots: Vec<Box<str>>,
 }
 
 /// Why a validated config still could not be turned into a runtime.
@@ -43,6 +47,8 @@ pub enum BuildError {
     Resolve { upstream: String, address: String, reason: String },
     #[error(transparent)]
     Tls(#[from] TlsError),
+    #[error("listeners: more than {max} different listener names since start; restart weir to reuse slots")]
+    TooManyListeners { max: usize },
 }
 
 /// The current runtime, shared by every connection; replaced whole on reload.
@@ -55,6 +61,16 @@ impl Runtime {
         previous: Option<&Runtime>,
         metrics: &Metrics,
     ) -> Result<Runtime, BuildError> {
+        let mut slots: Vec<Box<str>> = previous.map(|p| p.listener_slots.clone()).unwrap_or_default();
+        for l in &config.listeners {
+            if !slots.iter().any(|s| **s == **l.name.get_ref()) {
+                slots.push(l.name.get_ref().as_str().into());
+            }
+        }
+        if slots.len() > 64 {
+            return Err(BuildError::TooManyListeners { max: 64 });
+        }
+        let slot_of = |name: &str| slots.iter().position(|s| &**s == name);
         let mut upstreams = HashMap::new();
         for (name, up) in &config.upstreams {
             let name = name.as_str();
@@ -114,10 +130,9 @@ impl Runtime {
         for r in &config.routes {
             let listeners = match &r.listeners {
                 None => u64::MAX,
-                Some(names) => names.iter().fold(0u64, |mask, n| {
-                    let i = config.listeners.iter().position(|l| l.name.get_ref() == n.get_ref());
-                    mask | i.map_or(0, |i| 1u64 << i)
-                }),
+                Some(names) => {
+                    names.iter().fold(0u64, |mask, n| mask | slot_of(n.get_ref()).map_or(0, |i| 1u64 << i))
+                }
             };
             let methods = r.methods.as_ref().map(|ms| {
                 ms.iter()
@@ -135,17 +150,13 @@ impl Runtime {
             };
             router.add(r.host.as_ref().map(|h| h.get_ref().as_str()), route);
         }
-        let mut listener_tls = Vec::new();
+        let mut listener_tls = vec![None; slots.len()];
         for (i, l) in config.listeners.iter().enumerate() {
-            let acceptor = match &l.tls {
-                None => None,
-                Some(t) => {
-                    let key = format!("listeners[{i}].tls.certificates");
-                    let server = tls::server_config(t.certificates.get_ref(), &config.base_dir, &key)?;
-                    Some(tokio_rustls::TlsAcceptor::from(server))
-                }
-            };
-            listener_tls.push(acceptor);
+            if let (Some(t), Some(slot)) = (&l.tls, slot_of(l.name.get_ref())) {
+                let key = format!("listeners[{i}].tls.certificates");
+                let server = tls::server_config(t.certificates.get_ref(), &config.base_dir, &key)?;
+                listener_tls[slot] = Some(tokio_rustls::TlsAcceptor::from(server));
+            }
         }
         Ok(Runtime {
             router,
@@ -153,7 +164,13 @@ impl Runtime {
             unrouted: metrics.upstream(""),
             health: Checks::default(),
             tls: listener_tls,
+            listener_slots: slots,
         })
+    }
+
+    /// The stable slot of the listener called `name`.
+    pub fn listener_slot(&self, name: &str) -> Option<usize> {
+        self.listener_slots.iter().position(|s| &**s == name)
     }
 
     /// Starts the active health checks; they end when this runtime is dropped or

@@ -1,27 +1,31 @@
 //! The process lifecycle: bind every listener, serve until told to stop, then stop
 //! accepting and drain in-flight requests for up to `shutdown_timeout`. Also reload:
 //! a new config becomes a new `Runtime` swapped in whole, or is refused and counted
-//! while the old one keeps serving.
+//! while the old one keeps serving. A reload binds listeners the new config adds,
+//! closes the ones it drops (their open connections finish their requests first) and
+//! applies changed limits to the ones it keeps. The admin listener stays as started.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::Ordering::Relaxed;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
+use tokio::task::JoinHandle;
 use tokio_util::task::TaskTracker;
 
 use crate::admin::{self, AdminState};
 use crate::config::{self, Config, ConfigError};
-use crate::listener::{bind_tcp, Listener};
+use crate::listener::{bind_tcp, Listener, Settings};
 use crate::metrics::Metrics;
 use crate::runtime::{BuildError, Runtime, SharedRuntime};
 
-/// Why weir could not start.
+/// Why weir could not start, or a reload could not bind a new listener.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     #[error(transparent)]
@@ -37,15 +41,112 @@ pub enum ReloadError {
     Config(#[from] ConfigError),
     #[error(transparent)]
     Build(#[from] BuildError),
+    #[error(transparent)]
+    Bind(#[from] StartError),
 }
 
 /// Bound listeners and the runtime they serve, ready to run.
 pub struct Server {
     runtime: SharedRuntime,
     metrics: Arc<Metrics>,
-    listeners: Vec<Listener>,
+    listeners: Arc<Mutex<Listeners>>,
     admin: Option<TcpListener>,
     shutdown_timeout: Duration,
+}
+
+/// The client listeners, by name. Locked only to start, reload and stop.
+struct Listeners {
+    entries: HashMap<String, Entry>,
+    /// Every client connection, so shutdown can wait for them.
+    tracker: TaskTracker,
+    runtime: SharedRuntime,
+    /// Whether `run` has started: before it, bound listeners wait in `pending`.
+    serving: bool,
+}
+
+struct Entry {
+    listen: String,
+    addr: Option<SocketAddr>,
+    settings: Arc<ArcSwap<Settings>>,
+    stop: watch::Sender<bool>,
+    pending: Option<Listener>,
+    task: Option<JoinHandle<()>>,
+}
+
+impl Listeners {
+    /// Binds what `config` adds or moves; changes nothing on error.
+    fn bind_new(
+        &self,
+        config: &Config,
+        runtime: &Runtime,
+        metrics: &Metrics,
+    ) -> Result<Vec<Listener>, StartError> {
+        let mut bound = Vec::new();
+        for l in &config.listeners {
+            let name = l.name.get_ref();
+            if self.entries.get(name).is_some_and(|e| e.listen == *l.listen.get_ref()) {
+                continue;
+            }
+            let slot = runtime.listener_slot(name).expect("build gives every configured listener a slot");
+            let active = metrics.connections_active.with_label_values(&[name]);
+            let listener = Listener::bind(l, slot, active).map_err(|source| StartError::Bind {
+                what: format!("listener `{name}`"),
+                addr: l.listen.get_ref().clone(),
+                source,
+            })?;
+            bound.push(listener);
+        }
+        Ok(bound)
+    }
+
+    /// Makes the running set match `config`: new listeners start, dropped ones stop,
+    /// kept ones take the new limits.
+    fn apply(&mut self, config: &Config, bound: Vec<Listener>) {
+        let mut bound: HashMap<String, Listener> = bound.into_iter().map(|l| (l.name.clone(), l)).collect();
+        self.entries.retain(|name, entry| {
+            let keep = config
+                .listeners
+                .iter()
+                .any(|l| l.name.get_ref() == name && *l.listen.get_ref() == entry.listen);
+            if !keep {
+                tracing::info!(listener = %name, addr = %entry.listen, "closing listener");
+                let _ = entry.stop.send(true);
+            }
+            keep
+        });
+        for l in &config.listeners {
+            let name = l.name.get_ref();
+            match (self.entries.get(name), bound.remove(name)) {
+                (Some(entry), None) => entry.settings.store(Arc::new(Settings::new(l))),
+                (_, Some(listener)) => {
+                    let (stop, _) = watch::channel(false);
+                    let mut entry = Entry {
+                        listen: l.listen.get_ref().clone(),
+                        addr: listener.local_addr().ok(),
+                        settings: listener.settings.clone(),
+                        stop,
+                        pending: Some(listener),
+                        task: None,
+                    };
+                    if self.serving {
+                        self.start(&mut entry);
+                    }
+                    self.entries.insert(name.clone(), entry);
+                }
+                (None, None) => {}
+            }
+        }
+    }
+
+    fn start(&self, entry: &mut Entry) {
+        if let Some(listener) = entry.pending.take() {
+            if let Ok(addr) = listener.local_addr() {
+                tracing::info!(listener = %listener.name, %addr, "listening");
+            }
+            let serving = listener.serve(self.runtime.clone(), self.tracker.clone(), entry.stop.subscribe());
+            entry.task = Some(tokio::spawn(serving));
+        }
+    }
 }
 
 impl Server {
@@ -53,44 +154,46 @@ impl Server {
     pub fn bind(config: &Config, metrics: Arc<Metrics>) -> Result<Server, StartError> {
         let runtime = Runtime::build(config, None, &metrics)?;
         runtime.start_health();
-        let mut listeners = Vec::new();
-        for (index, l) in config.listeners.iter().enumerate() {
-            let active = metrics.connections_active.with_label_values(&[l.name.get_ref()]);
-            let listener = Listener::bind(l, index, active).map_err(|source| StartError::Bind {
-                what: format!("listener `{}`", l.name.get_ref()),
-                addr: l.listen.get_ref().clone(),
-                source,
-            })?;
-            listeners.push(listener);
-        }
         let admin = match &config.admin {
             None => None,
             Some(a) => {
-                let addr: SocketAddr = a.listen.get_ref().parse().map_err(|e| StartError::Bind {
-                    what: "admin".into(),
-                    addr: a.listen.get_ref().clone(),
-                    source: std::io::Error::other(e),
-                })?;
-                let socket = bind_tcp(addr).map_err(|source| StartError::Bind {
+                let error = |source| StartError::Bind {
                     what: "admin".into(),
                     addr: a.listen.get_ref().clone(),
                     source,
-                })?;
-                Some(socket)
+                };
+                let addr: SocketAddr =
+                    a.listen.get_ref().parse().map_err(|e| error(std::io::Error::other(e)))?;
+                Some(bind_tcp(addr).map_err(error)?)
             }
         };
+        let runtime: SharedRuntime = Arc::new(ArcSwap::from_pointee(runtime));
+        let mut listeners = Listeners {
+            entries: HashMap::new(),
+            tracker: TaskTracker::new(),
+            runtime: runtime.clone(),
+            serving: false,
+        };
+        let bound = listeners.bind_new(config, &runtime.load(), &metrics)?;
+        listeners.apply(config, bound);
         Ok(Server {
-            runtime: Arc::new(ArcSwap::from_pointee(runtime)),
+            runtime,
             metrics,
-            listeners,
+            listeners: Arc::new(Mutex::new(listeners)),
             admin,
             shutdown_timeout: config.shutdown_timeout.0,
         })
     }
 
     /// The bound address of each listener, in config order.
-    pub fn listener_addrs(&self) -> Vec<SocketAddr> {
-        self.listeners.iter().filter_map(|l| l.local_addr().ok()).collect()
+    pub fn listener_addrs(&self, config: &Config) -> Vec<SocketAddr> {
+        let listeners = self.listeners.lock().unwrap_or_else(|e| e.into_inner());
+        config.listeners.iter().filter_map(|l| listeners.entries.get(l.name.get_ref())?.addr).collect()
+    }
+
+    /// The bound address of the listener called `name`.
+    pub fn listener_addr(&self, name: &str) -> Option<SocketAddr> {
+        Reloader::addr_in(&self.listeners, name)
     }
 
     /// The bound admin address, if there is an admin listener.
@@ -100,37 +203,51 @@ impl Server {
 
     /// A handle that reloads this server's config from `path`.
     pub fn reloader(&self, path: PathBuf) -> Reloader {
-        Reloader { runtime: self.runtime.clone(), metrics: self.metrics.clone(), path }
+        Reloader {
+            runtime: self.runtime.clone(),
+            metrics: self.metrics.clone(),
+            listeners: self.listeners.clone(),
+            path,
+        }
     }
 
     /// Serves until `shutdown` completes, then drains and returns.
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
-        let (stop_tx, stop_rx) = watch::channel(false);
-        let tracker = TaskTracker::new();
-        let mut accepting = Vec::new();
-        for listener in self.listeners {
-            if let Ok(addr) = listener.local_addr() {
-                tracing::info!(listener = %listener.name, %addr, "listening");
+        let (admin_stop, admin_stop_rx) = watch::channel(false);
+        let tracker = {
+            let mut set = self.listeners.lock().unwrap_or_else(|e| e.into_inner());
+            set.serving = true;
+            let mut entries = std::mem::take(&mut set.entries);
+            for entry in entries.values_mut() {
+                set.start(entry);
             }
-            accepting.push(tokio::spawn(listener.serve(
-                self.runtime.clone(),
-                tracker.clone(),
-                stop_rx.clone(),
-            )));
-        }
+            set.entries = entries;
+            set.tracker.clone()
+        };
         let admin_state = Arc::new(AdminState { metrics: self.metrics.clone(), ready: false.into() });
         if let Some(socket) = self.admin {
             if let Ok(addr) = socket.local_addr() {
                 tracing::info!(%addr, "admin listening");
             }
-            tokio::spawn(admin::serve(socket, admin_state.clone(), stop_rx.clone()));
+            tokio::spawn(admin::serve(socket, admin_state.clone(), admin_stop_rx));
         }
         admin_state.ready.store(true, Relaxed);
 
         shutdown.await;
         tracing::info!(timeout = ?self.shutdown_timeout, "shutting down: draining in-flight requests");
         admin_state.ready.store(false, Relaxed);
-        let _ = stop_tx.send(true);
+        let _ = admin_stop.send(true);
+        let accepting: Vec<JoinHandle<()>> = {
+            let mut set = self.listeners.lock().unwrap_or_else(|e| e.into_inner());
+            set.serving = false;
+            set.entries
+                .values_mut()
+                .filter_map(|entry| {
+                    let _ = entry.stop.send(true);
+                    entry.task.take()
+                })
+                .collect()
+        };
         for task in accepting {
             let _ = task.await;
         }
@@ -148,28 +265,64 @@ impl Server {
 pub struct Reloader {
     runtime: SharedRuntime,
     metrics: Arc<Metrics>,
+    listeners: Arc<Mutex<Listeners>>,
     path: PathBuf,
 }
 
 impl Reloader {
-    /// Loads, validates and builds the config, then swaps it in whole. On any error
-    /// the running config stays. Either way the result is counted.
+    /// Loads, validates and builds the config, binds any new listener, then swaps it
+    /// all in. On any error the running config stays. Either way the result is
+    /// counted.
     pub fn reload(&self) -> Result<(), ReloadError> {
-        let result = self.try_reload(&self.path);
+        let result = self.try_reload();
         let label = if result.is_ok() { "success" } else { "failure" };
         self.metrics.config_reloads_total.with_label_values(&[label]).inc();
         result
     }
 
-    fn try_reload(&self, path: &Path) -> Result<(), ReloadError> {
-        let config = config::load(path)?;
+    fn try_reload(&self) -> Result<(), ReloadError> {
+        let config = config::load(&self.path)?;
+        // One reload at a time: the lock also keeps listener changes in step.
+        let mut listeners = self.listeners.lock().unwrap_or_else(|e| e.into_inner());
         let old = self.runtime.load_full();
         let new = Runtime::build(&config, Some(&old), &self.metrics)?;
+        let bound = listeners.bind_new(&config, &new, &self.metrics)?;
         new.start_health();
         self.runtime.store(Arc::new(new));
         // Requests still running on the old runtime finish there, but its checks stop
         // now so each server is probed by one task.
         old.health.stop();
+        listeners.apply(&config, bound);
         Ok(())
+    }
+
+    /// The bound address of the listener called `name`.
+    pub fn listener_addr(&self, name: &str) -> Option<SocketAddr> {
+        Self::addr_in(&self.listeners, name)
+    }
+
+    fn addr_in(listeners: &Mutex<Listeners>, name: &str) -> Option<SocketAddr> {
+        listeners.lock().unwrap_or_else(|e| e.into_inner()).entries.get(name)?.addr
+    }
+
+    /// Reloads whenever the config file's modification time or size changes,
+    /// checking every `every`. Runs until the process ends.
+    pub async fn watch(self, every: Duration) {
+        let stamp = |path: &PathBuf| std::fs::metadata(path).ok().map(|m| (m.modified().ok(), m.len()));
+        let mut last = stamp(&self.path);
+        loop {
+            tokio::time::sleep(every).await;
+            let now = stamp(&self.path);
+            if now == last {
+                continue;
+            }
+            last = now;
+            match self.reload() {
+                Ok(()) => tracing::info!(path = %self.path.display(), "config file changed: reloaded"),
+                Err(e) => {
+                    tracing::error!(error = %e, "config file changed but was refused; the old config keeps serving")
+                }
+            }
+        }
     }
 }

@@ -23,6 +23,9 @@ pub struct Config {
     /// Worker threads; 0 means one per CPU core.
     #[serde(default)]
     pub workers: usize,
+    /// Reload when the config file changes (checked every second), as well as on SIGHUP.
+    #[serde(default)]
+    pub watch: bool,
     /// How long SIGTERM waits for in-flight requests before exiting anyway.
     #[serde(default = "defaults::shutdown_timeout")]
     pub shutdown_timeout: Dur,
@@ -46,6 +49,7 @@ pub struct AdminConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ListenerConfig {
+    /// Name for routes, metrics and logs; also how a reload tells listeners apart.
     pub name: Spanned<String>,
     pub listen: Spanned<String>,
     /// Time a client has to send a request's headers (also the keep-alive idle limit

@@ -455,3 +455,73 @@ servers = [{{ address = "{{b}}" }}]
     assert!(metrics.contains("weir_config_reloads_total{result=\"failure\"} 10"));
     assert!(metrics.contains("weir_config_reloads_total{result=\"success\"} 10"));
 }
+
+const TWO_LISTENERS: &str = r#"
+[[listeners]]
+name = "web"
+listen = "127.0.0.1:0"
+{extra}
+[[routes]]
+upstream = "app"
+[upstreams.app]
+servers = [{ address = "{app}" }]
+"#;
+
+#[tokio::test]
+async fn reload_binds_added_listeners_and_closes_removed_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = Backend::named("app").start().await;
+    let weir = start_in(dir.path(), &TWO_LISTENERS.replace("{extra}", ""), &[&app]).await;
+    let path = dir.path().join("weir.toml");
+    let web = weir.addr;
+
+    let added = TWO_LISTENERS.replace("{extra}", "[[listeners]]\nname = \"extra\"\nlisten = \"127.0.0.1:0\"");
+    std::fs::write(&path, crate::support::fill(&added, &[&app])).unwrap();
+    weir.reloader.reload().unwrap();
+    let extra = weir.reloader.listener_addr("extra").expect("the new listener is bound");
+    assert_eq!(get(&format!("http://{extra}/")).await.1, "app");
+    assert_eq!(weir.reloader.listener_addr("web"), Some(web), "an unchanged listener keeps its socket");
+
+    let moved = added
+        .replace("name = \"web\"", "name = \"gone\"")
+        .replace("[[listeners]]\nname = \"gone\"\nlisten = \"127.0.0.1:0\"\n", "");
+    std::fs::write(&path, crate::support::fill(&moved, &[&app])).unwrap();
+    weir.reloader.reload().unwrap();
+    assert_eq!(weir.reloader.listener_addr("web"), None);
+    let mut refused = false;
+    for _ in 0..50 {
+        if TcpStream::connect(web).await.is_err() {
+            refused = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(refused, "the removed listener's socket is closed");
+    assert_eq!(get(&format!("http://{extra}/")).await.1, "app");
+}
+
+#[tokio::test]
+async fn a_watched_config_file_reloads_when_it_changes() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = Backend::named("a").start().await;
+    let b = Backend::named("b").start().await;
+    let config = |upstream: &str| {
+        format!(
+            "[[listeners]]\nname = \"web\"\nlisten = \"127.0.0.1:0\"\n[[routes]]\nupstream = \"{upstream}\"\n\
+             [upstreams.a]\nservers = [{{ address = \"{{a}}\" }}]\n[upstreams.b]\nservers = [{{ address = \"{{b}}\" }}]\n"
+        )
+    };
+    let weir = start_in(dir.path(), &config("a"), &[&a, &b]).await;
+    tokio::spawn(weir.reloader.clone().watch(Duration::from_millis(20)));
+    assert_eq!(get(&weir.url("/")).await.1, "a");
+    // A different size, so the change shows even where mtime is coarse.
+    std::fs::write(dir.path().join("weir.toml"), crate::support::fill(&config("b"), &[&a, &b]) + "\n")
+        .unwrap();
+    for _ in 0..100 {
+        if get(&weir.url("/")).await.1 == "b" {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("the changed file was not reloaded");
+}

@@ -235,7 +235,7 @@ impl Weir {
     async fn run(config: weir::config::Config, path: std::path::PathBuf) -> Weir {
         let metrics = Arc::new(weir::metrics::Metrics::new().unwrap());
         let server = weir::server::Server::bind(&config, metrics).unwrap();
-        let addrs = server.listener_addrs();
+        let addrs = server.listener_addrs(&config);
         let admin = server.admin_addr();
         let reloader = server.reloader(path);
         let (stop_tx, stop_rx) = oneshot::channel::<()>();

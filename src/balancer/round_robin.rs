@@ -31,7 +31,17 @@ impl RoundRobin {
         }
         // Each step claims the next slot of the shared cycle, so skipped slots are
         // spread over the eligible servers in cycle order, not handed to a neighbour.
-        (0..len).map(|_| self.cycle[self.next.fetch_add(1, Relaxed) % len] as usize).find(|&i| eligible(i))
+        let mut last = 0;
+        for _ in 0..len {
+            last = self.next.fetch_add(1, Relaxed);
+            let i = self.cycle[last % len] as usize;
+            if eligible(i) {
+                return Some(i);
+            }
+        }
+        // Other requests claimed slots in between ours, so ours may all have fallen on
+        // ineligible servers: walk the whole cycle once before saying there is none.
+        (1..=len).map(|step| self.cycle[last.wrapping_add(step) % len] as usize).find(|&i| eligible(i))
     }
 }
 
@@ -92,6 +102,20 @@ mod tests {
         }
         assert_eq!(rr.pick(|_| false), None);
         assert_eq!(RoundRobin::new(&[]).pick(|_| true), None);
+    }
+
+    #[test]
+    fn concurrent_picks_always_find_an_eligible_server() {
+        let rr = std::sync::Arc::new(RoundRobin::new(&[1, 1]));
+        let threads: Vec<_> = (0..4)
+            .map(|_| {
+                let rr = rr.clone();
+                std::thread::spawn(move || (0..100_000).all(|_| rr.pick(|i| i == 0) == Some(0)))
+            })
+            .collect();
+        for t in threads {
+            assert!(t.join().unwrap(), "a pick missed the one eligible server");
+        }
     }
 
     proptest! {

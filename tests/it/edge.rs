@@ -418,7 +418,8 @@ servers = [{{ address = "{{b}}" }}]
                         let _ = r.into_body().collect().await;
                         ok.fetch_add(1, SeqCst);
                     }
-                    _ => {
+                    other => {
+                        eprintln!("failed: {:?}", other.map(|r| r.status()));
                         failed.fetch_add(1, SeqCst);
                     }
                 }

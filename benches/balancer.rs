@@ -18,10 +18,11 @@ fn servers(metrics: &Metrics, n: usize) -> Vec<Arc<Server>> {
             let server = Server {
                 metrics: metrics.server("bench", &address),
                 addr: address.parse().expect("a literal socket address"),
+                tls_name: weir::proxy::client::tls_name(&address),
                 address: address.into(),
                 weight: 1 + (i % 3) as u32,
                 backup: false,
-                state: Arc::new(ServerState::new(1)),
+                state: Arc::new(ServerState::new(1, 0)),
             };
             // Some load, so least-connections and P2C compare rather than stop at idle.
             server.metrics.in_flight.set(1 + (i % 7) as i64);

@@ -115,6 +115,6 @@ fn print_summary(path: &std::path::Path, config: &Config) {
     }
     println!("  {} routes", config.routes.len());
     for (name, up) in &config.upstreams {
-        println!("  upstream {} ({:?}, {} servers)", name, up.balancer, up.servers.get_ref().len());
+        println!("  upstream {} ({:?}, {} servers)", name, up.balancer.get_ref(), up.servers.get_ref().len());
     }
 }

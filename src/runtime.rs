@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 
-use crate::balancer::Balancer;
+use crate::balancer::{Balancer, Options};
 use crate::config::{Config, UpstreamProtocol};
 use crate::health::{self, Checks, HealthPolicy};
 use crate::metrics::{Metrics, UpstreamMetrics};
@@ -99,7 +99,6 @@ impl Runtime {
                 server.metrics.healthy.set(i64::from(server.is_healthy()));
                 servers.push(Arc::new(server));
             }
-            let weights: Vec<u32> = servers.iter().map(|s| s.weight).collect();
             let h2 = up.protocol == UpstreamProtocol::H2;
             let tls = if up.tls {
                 let ca = up.ca_file.as_ref().map(|f| config.base_dir.join(f.get_ref()));
@@ -113,7 +112,7 @@ impl Runtime {
             };
             let upstream = Upstream {
                 name: name.into(),
-                balancer: Balancer::new(up.balancer, &weights),
+                balancer: Balancer::new(*up.balancer.get_ref(), &servers, Options::of(up)),
                 servers: servers.into(),
                 connect_timeout: up.connect_timeout.0,
                 request_timeout: up.request_timeout.0,

@@ -43,6 +43,14 @@ impl RoundRobin {
         // ineligible servers: walk the whole cycle once before saying there is none.
         (1..=len).map(|step| self.cycle[last.wrapping_add(step) % len] as usize).find(|&i| eligible(i))
     }
+
+    /// The next server in the cycle, eligible or not: where other algorithms start
+    /// when they need a weighted rotation (least-connections' tie order, hashing's
+    /// fallback).
+    pub fn next_index(&self) -> Option<usize> {
+        let len = self.cycle.len();
+        (len > 0).then(|| self.cycle[self.next.fetch_add(1, Relaxed) % len] as usize)
+    }
 }
 
 fn gcd(a: u32, b: u32) -> u32 {

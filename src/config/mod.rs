@@ -55,7 +55,9 @@ pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
     let source = Source { text, path };
     let deserializer = toml::Deserializer::new(text);
     let mut config: Config = serde_path_to_error::deserialize(deserializer).map_err(|e| {
-        let key = e.path().to_string();
+        // `Spanned` fields add serde_spanned's private field to the path; users wrote
+        // the key without it.
+        let key = e.path().to_string().replace(".$__serde_spanned_private_value", "");
         let inner = e.into_inner();
         source.error(inner.span(), if key == "." { "" } else { &key }, inner.message())
     })?;

@@ -113,14 +113,78 @@ pub struct RouteConfig {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum BalancerKind {
+    /// nginx's smooth weighted round-robin.
     RoundRobin,
+    /// Fewest in-flight requests relative to weight.
+    LeastConnections,
+    /// A Ketama ring over `hash_key`.
+    ConsistentHash,
+    /// Weighted random.
+    Random,
+    /// Two weighted-random picks; the less loaded one wins.
+    PowerOfTwo,
+    /// Power of two choices on peak-EWMA latency x (in-flight + 1), as linkerd2-proxy.
+    PeakEwma,
+}
+
+/// What `consistent_hash` hashes, written `client_ip`, `header:NAME`, `cookie:NAME`,
+/// `path` or `query:NAME`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HashKeySpec {
+    ClientIp,
+    /// A header name, lowercased and checked to be a valid name.
+    Header(String),
+    Cookie(String),
+    Path,
+    Query(String),
+}
+
+impl HashKeySpec {
+    pub fn parse(text: &str) -> Result<HashKeySpec, String> {
+        let named = |kind: &str, name: &str| {
+            if name.is_empty() {
+                Err(format!("`{text}` names no {kind}: write e.g. \"{kind}:session\""))
+            } else {
+                Ok(name.to_string())
+            }
+        };
+        match text.split_once(':') {
+            None if text == "client_ip" => Ok(HashKeySpec::ClientIp),
+            None if text == "path" => Ok(HashKeySpec::Path),
+            Some(("header", name)) => {
+                let name = named("header", name)?.to_ascii_lowercase();
+                http::HeaderName::from_bytes(name.as_bytes())
+                    .map_err(|_| format!("`{name}` is not a valid header name"))?;
+                Ok(HashKeySpec::Header(name))
+            }
+            Some(("cookie", name)) => named("cookie", name).map(HashKeySpec::Cookie),
+            Some(("query", name)) => named("query", name).map(HashKeySpec::Query),
+            _ => Err(format!(
+                "`{text}` is not a hash key: use client_ip, header:NAME, cookie:NAME, path or query:NAME"
+            )),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for HashKeySpec {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        HashKeySpec::parse(&text).map_err(de::Error::custom)
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct UpstreamConfig {
     #[serde(default = "defaults::balancer")]
-    pub balancer: BalancerKind,
+    pub balancer: Spanned<BalancerKind>,
+    /// What `consistent_hash` hashes; required with it, refused with any other balancer.
+    #[serde(default)]
+    pub hash_key: Option<Spanned<HashKeySpec>>,
+    /// `consistent_hash` bounded-load factor (> 1.0): a server above this many times
+    /// the average in-flight load passes the key on along the ring. Absent: no bound.
+    #[serde(default)]
+    pub hash_balance_factor: Option<Spanned<f64>>,
     /// Longest wait for a TCP connection; a slower server counts as refused.
     #[serde(default = "defaults::connect_timeout")]
     pub connect_timeout: Dur,
@@ -289,8 +353,8 @@ mod defaults {
     pub fn protocol() -> UpstreamProtocol {
         UpstreamProtocol::Http1
     }
-    pub fn balancer() -> BalancerKind {
-        BalancerKind::RoundRobin
+    pub fn balancer() -> Spanned<BalancerKind> {
+        Spanned::new(0..0, BalancerKind::RoundRobin)
     }
     pub fn connect_timeout() -> Dur {
         Dur(Duration::from_secs(2))
@@ -375,6 +439,18 @@ mod tests {
         assert_eq!(Dur::parse("1.5s").unwrap().0, Duration::from_millis(1500));
         assert_eq!(Dur::parse("1m").unwrap().0, Duration::from_secs(60));
         assert_eq!(Dur::parse("1h").unwrap().0, Duration::from_secs(3600));
+    }
+
+    #[test]
+    fn hash_keys_parse_each_form() {
+        assert_eq!(HashKeySpec::parse("client_ip"), Ok(HashKeySpec::ClientIp));
+        assert_eq!(HashKeySpec::parse("path"), Ok(HashKeySpec::Path));
+        assert_eq!(HashKeySpec::parse("header:X-User"), Ok(HashKeySpec::Header("x-user".into())));
+        assert_eq!(HashKeySpec::parse("cookie:sid"), Ok(HashKeySpec::Cookie("sid".into())));
+        assert_eq!(HashKeySpec::parse("query:id"), Ok(HashKeySpec::Query("id".into())));
+        assert!(HashKeySpec::parse("header:").unwrap_err().contains("names no header"));
+        assert!(HashKeySpec::parse("header:a b").unwrap_err().contains("not a valid header name"));
+        assert!(HashKeySpec::parse("ip").unwrap_err().contains("not a hash key"));
     }
 
     #[test]

@@ -4,7 +4,7 @@
 use std::collections::HashSet;
 use std::net::SocketAddr;
 
-use super::{Config, ConfigError, Source};
+use super::{BalancerKind, Config, ConfigError, Source, UpstreamConfig};
 
 /// Largest server weight. Smooth weighted round-robin precomputes one cycle of picks,
 /// whose length is the sum of the weights, so the cap keeps that table small.
@@ -146,6 +146,7 @@ pub(super) fn validate(config: &Config, src: &Source) -> Result<(), ConfigError>
                 ));
             }
         }
+        balancer_options(src, &key, up)?;
         let mut seen = HashSet::new();
         for (i, s) in servers.iter().enumerate() {
             let skey = format!("{key}.servers[{i}]");
@@ -238,6 +239,48 @@ pub(super) fn validate(config: &Config, src: &Source) -> Result<(), ConfigError>
                 Some(r.upstream.span()),
                 &key,
                 "an earlier route has the same host, path_prefix, methods and listeners, so this one could never match",
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// `hash_key` is required with `consistent_hash` and refused elsewhere;
+/// `hash_balance_factor` is a number above 1.0, with `consistent_hash` only.
+fn balancer_options(src: &Source, key: &str, up: &UpstreamConfig) -> Result<(), ConfigError> {
+    let hashing = *up.balancer.get_ref() == BalancerKind::ConsistentHash;
+    match &up.hash_key {
+        None if hashing => {
+            return Err(src.error(
+                Some(up.balancer.span()),
+                &format!("{key}.hash_key"),
+                "consistent_hash needs a hash_key: client_ip, header:NAME, cookie:NAME, path or query:NAME",
+            ))
+        }
+        Some(k) if !hashing => {
+            return Err(src.error(
+                Some(k.span()),
+                &format!("{key}.hash_key"),
+                "hash_key is only used with balancer = \"consistent_hash\"",
+            ))
+        }
+        _ => {}
+    }
+    if let Some(factor) = &up.hash_balance_factor {
+        let fkey = format!("{key}.hash_balance_factor");
+        if !hashing {
+            return Err(src.error(
+                Some(factor.span()),
+                &fkey,
+                "hash_balance_factor is only used with balancer = \"consistent_hash\"",
+            ));
+        }
+        let value = *factor.get_ref();
+        if !(value.is_finite() && value > 1.0 && value <= 100.0) {
+            return Err(src.error(
+                Some(factor.span()),
+                &fkey,
+                format!("must be above 1.0 (e.g. 1.25) and at most 100, got {value}"),
             ));
         }
     }
@@ -363,6 +406,49 @@ servers = [{ address = "127.0.0.1:9000" }, { address = "localhost:9001", weight 
         assert!(e.contains("retry_budget"), "{e}");
         let e = err(&BASE.replace("weight = 3 }]", "weight = 3 }]\nmin_healthy_percent = 150"));
         assert!(e.contains("min_healthy_percent"), "{e}");
+    }
+
+    #[test]
+    fn consistent_hash_without_hash_key_is_refused_at_the_balancer_line() {
+        let e = err(&BASE.replace("[upstreams.api]", "[upstreams.api]\nbalancer = \"consistent_hash\""));
+        assert!(
+            e.starts_with("w.toml:10:12: `upstreams.api.hash_key`: consistent_hash needs a hash_key"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn hash_key_with_another_balancer_is_refused() {
+        let e = err(&BASE.replace("[upstreams.api]", "[upstreams.api]\nhash_key = \"path\""));
+        assert!(e.starts_with("w.toml:10:12: `upstreams.api.hash_key`: hash_key is only used with"), "{e}");
+    }
+
+    #[test]
+    fn malformed_hash_key_names_key_and_position() {
+        let e = err(&BASE.replace(
+            "[upstreams.api]",
+            "[upstreams.api]\nbalancer = \"consistent_hash\"\nhash_key = \"header:\"",
+        ));
+        assert!(e.starts_with("w.toml:11:12: `upstreams.api.hash_key`:"), "{e}");
+        assert!(e.contains("names no header"), "{e}");
+    }
+
+    #[test]
+    fn hash_balance_factor_must_exceed_one_and_needs_consistent_hash() {
+        let hashed = "[upstreams.api]\nbalancer = \"consistent_hash\"\nhash_key = \"client_ip\"\n";
+        let e = err(&BASE.replace("[upstreams.api]", &format!("{hashed}hash_balance_factor = 1.0")));
+        assert!(e.starts_with("w.toml:12:23: `upstreams.api.hash_balance_factor`: must be above 1.0"), "{e}");
+        let e = err(&BASE.replace("[upstreams.api]", "[upstreams.api]\nhash_balance_factor = 1.25"));
+        assert!(e.contains("`upstreams.api.hash_balance_factor`: hash_balance_factor is only used"), "{e}");
+        let ok = BASE.replace("[upstreams.api]", &format!("{hashed}hash_balance_factor = 1.25"));
+        assert!(parse(&ok, Path::new("w.toml")).is_ok());
+    }
+
+    #[test]
+    fn unknown_balancer_is_refused_with_its_key() {
+        let e = err(&BASE.replace("[upstreams.api]", "[upstreams.api]\nbalancer = \"fastest\""));
+        assert!(e.contains("`upstreams.api.balancer`"), "{e}");
+        assert!(e.contains("unknown variant `fastest`"), "{e}");
     }
 
     #[test]

@@ -58,11 +58,12 @@ pub async fn forward(
     req: Request<Incoming>,
     peer: &Peer,
 ) -> Result<Response<Body>, ProxyError> {
+    // Only consistent_hash reads the request here; for the others this is a no-op.
+    let key: PickKey = upstream.balancer.key(&req, peer.addr.ip());
     let (mut req, mut on_upgrade) = prepare(req, peer);
     upstream.retry_budget.deposit();
     let replayable = is_idempotent(req.method()) && http_body::Body::is_end_stream(req.body());
     let panic = upstream.health.in_panic(&upstream.servers);
-    let key = PickKey::default();
     let mut tried = Tried::default();
     let mut last_error = None;
     loop {
@@ -81,7 +82,7 @@ pub async fn forward(
         // A copy to replay if the connection drops after the request went out; only
         // worth its allocation when there is another server to replay it on.
         let copy = (replayable && upstream.servers.len() > 1).then(|| copy_head(&req));
-        match attempt(upstream, server, req).await {
+        match attempt(upstream, (index, server), req).await {
             Ok(response) => {
                 health::record(upstream, server, Outcome::Response(response.status()));
                 if response.status() == StatusCode::SWITCHING_PROTOCOLS {
@@ -174,7 +175,7 @@ type Attempt = Result<Response<Body>, (ProxyError, Option<Request<Body>>)>;
 
 /// One try on one server. On a failure before anything was sent, the request comes
 /// back for the next server.
-async fn attempt(upstream: &Upstream, server: &Arc<Server>, req: Request<Body>) -> Attempt {
+async fn attempt(upstream: &Upstream, (index, server): (usize, &Arc<Server>), req: Request<Body>) -> Attempt {
     let in_flight = server.begin();
     let started = Instant::now();
     let exchange =
@@ -188,6 +189,8 @@ async fn attempt(upstream: &Upstream, server: &Arc<Server>, req: Request<Body>) 
             return Err((error, unsent));
         }
         Err(_) => {
+            // A timeout is a latency too: the slowest one a latency-aware balancer sees.
+            upstream.balancer.observe(index, upstream.request_timeout, Instant::now());
             server.metrics.timeouts.inc();
             let error = ProxyError::UpstreamTimeout {
                 server: server.address.clone(),
@@ -196,8 +199,10 @@ async fn attempt(upstream: &Upstream, server: &Arc<Server>, req: Request<Body>) 
             return Err((error, None));
         }
     };
+    let answered = Instant::now();
+    upstream.balancer.observe(index, answered - started, answered);
     server.metrics.requests.inc(response.status());
-    server.metrics.duration.observe(started.elapsed().as_secs_f64());
+    server.metrics.duration.observe((answered - started).as_secs_f64());
     let (mut parts, body) = response.into_parts();
     let upgrade = (parts.status == StatusCode::SWITCHING_PROTOCOLS)
         .then(|| parts.headers.get(header::UPGRADE).cloned())

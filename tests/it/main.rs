@@ -1,7 +1,12 @@
 //! weir's integration tests: one binary, real sockets on 127.0.0.1, real HTTP.
 
 mod balancing;
+mod cli;
 mod edge;
+mod failures;
+mod headers;
 mod health;
 mod proxying;
+mod routing;
+mod streaming;
 mod support;

@@ -1,0 +1,149 @@
+//! Failures end to end (SPEC "Proxy semantics"): no route `404`; no server reachable
+//! `502`; no answer within `request_timeout` `504`; a refused server is skipped and
+//! the next one tried, so the client never notices; a server that does not accept
+//! within `connect_timeout` counts as refused.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use crate::support::{get, Backend, Weir};
+
+/// An address nothing listens on: bound, then closed, so connecting is refused.
+fn refused_addr() -> SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap()
+}
+
+/// The value of one series in Prometheus text, 0 when absent.
+fn metric(text: &str, series: &str) -> f64 {
+    text.lines().find_map(|line| line.strip_prefix(series)?.trim().parse().ok()).unwrap_or(0.0)
+}
+
+fn one_upstream(servers: &str, extra: &str) -> String {
+    format!(
+        r#"
+[admin]
+listen = "127.0.0.1:0"
+[[listeners]]
+name = "web"
+listen = "127.0.0.1:0"
+[[routes]]
+path_prefix = "/app/"
+upstream = "app"
+[upstreams.app]
+{extra}
+servers = [{servers}]
+"#
+    )
+}
+
+#[tokio::test]
+async fn no_route_is_404_and_counted_under_no_upstream() {
+    let a = Backend::named("a").start().await;
+    let weir = Weir::start(&one_upstream(r#"{ address = "{a}" }"#, ""), &[&a]).await;
+    let (status, body) = get(&weir.url("/elsewhere")).await;
+    assert_eq!(status, 404);
+    assert_eq!(body, "404 Not Found\n");
+    assert_eq!(a.hits(), 0);
+    let metrics = weir.metrics().await;
+    assert!(metrics.contains(r#"weir_requests_total{code="404",upstream=""} 1"#), "{metrics}");
+}
+
+#[tokio::test]
+async fn every_server_refusing_is_502() {
+    let servers = format!(r#"{{ address = "{}" }}, {{ address = "{}" }}"#, refused_addr(), refused_addr());
+    let weir = Weir::start(&one_upstream(&servers, ""), &[]).await;
+    for _ in 0..3 {
+        let (status, body) = get(&weir.url("/app/x")).await;
+        assert_eq!(status, 502);
+        assert_eq!(body, "502 Bad Gateway\n");
+    }
+    let metrics = weir.metrics().await;
+    assert!(metrics.contains(r#"weir_requests_total{code="502",upstream="app"} 3"#), "{metrics}");
+}
+
+#[tokio::test]
+async fn slower_than_request_timeout_is_504() {
+    let slow = Backend::named("slow").delay(Duration::from_secs(2)).start().await;
+    let weir =
+        Weir::start(&one_upstream(r#"{ address = "{slow}" }"#, r#"request_timeout = "200ms""#), &[&slow])
+            .await;
+    let started = Instant::now();
+    let (status, body) = get(&weir.url("/app/x")).await;
+    let elapsed = started.elapsed();
+    assert_eq!(status, 504);
+    assert_eq!(body, "504 Gateway Timeout\n");
+    assert!(elapsed >= Duration::from_millis(200), "answered before the timeout: {elapsed:?}");
+    assert!(elapsed < Duration::from_millis(1500), "the timeout did not cut the wait: {elapsed:?}");
+    // A timed-out request may have reached the server, so it is not retried elsewhere.
+    assert_eq!(slow.hits(), 1);
+}
+
+#[tokio::test]
+async fn refused_server_is_skipped_without_client_error() {
+    let a = Backend::named("a").start().await;
+    let b = Backend::named("b").start().await;
+    let dead = refused_addr();
+    let servers = format!(r#"{{ address = "{{a}}" }}, {{ address = "{dead}" }}, {{ address = "{{b}}" }}"#);
+    let weir = Weir::start(&one_upstream(&servers, ""), &[&a, &b]).await;
+    for i in 0..12 {
+        let (status, body) = get(&weir.url("/app/x")).await;
+        assert_eq!(status, 200, "request {i} failed: {body}");
+    }
+    assert_eq!(a.hits() + b.hits(), 12);
+    // The dead server's turns went to the others, evenly enough that both served.
+    assert!(a.hits() >= 4 && b.hits() >= 4, "a {} b {}", a.hits(), b.hits());
+    let metrics = weir.metrics().await;
+    assert!(metrics.contains(r#"weir_requests_total{code="200",upstream="app"} 12"#), "{metrics}");
+    let series = format!(r#"weir_upstream_connect_errors_total{{server="{dead}",upstream="app"}}"#);
+    assert!(metric(&metrics, &series) >= 1.0, "{metrics}");
+}
+
+/// A listening socket that never accepts and whose accept queue is full: Linux drops
+/// further SYNs, so a connect to it hangs until the caller gives up. `None` if this
+/// kernel does not behave that way (then the test is skipped).
+async fn black_hole() -> Option<(std::net::TcpListener, Vec<tokio::net::TcpStream>)> {
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::IPV4, Type::STREAM, None).ok()?;
+    socket.bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into()).ok()?;
+    socket.listen(0).ok()?;
+    let listener: std::net::TcpListener = socket.into();
+    let addr = listener.local_addr().ok()?;
+    let mut fillers = Vec::new();
+    for _ in 0..8 {
+        match tokio::time::timeout(Duration::from_millis(100), tokio::net::TcpStream::connect(addr)).await {
+            Ok(Ok(stream)) => fillers.push(stream),
+            Ok(Err(_)) => return None,
+            // This connect hung: the queue is full and the next ones will hang too.
+            Err(_) => return Some((listener, fillers)),
+        }
+    }
+    None
+}
+
+#[tokio::test]
+async fn connect_slower_than_connect_timeout_counts_as_refused() {
+    let Some((hole, _fillers)) = black_hole().await else {
+        eprintln!("skipped: cannot make a connect hang deterministically on this kernel");
+        return;
+    };
+    let live = Backend::named("live").start().await;
+    let servers = format!(r#"{{ address = "{}" }}, {{ address = "{{live}}" }}"#, hole.local_addr().unwrap());
+    let weir = Weir::start(&one_upstream(&servers, r#"connect_timeout = "100ms""#), &[&live]).await;
+    let started = Instant::now();
+    for i in 0..4 {
+        let (status, body) = get(&weir.url("/app/x")).await;
+        assert_eq!((status.as_u16(), body.as_str()), (200, "live"), "request {i}");
+    }
+    let elapsed = started.elapsed();
+    assert_eq!(live.hits(), 4);
+    // The black hole's turns each waited out connect_timeout, then went to `live`.
+    assert!(elapsed >= Duration::from_millis(100), "{elapsed:?}");
+    assert!(elapsed < Duration::from_secs(2), "{elapsed:?}");
+    let metrics = weir.metrics().await;
+    let series = format!(
+        r#"weir_upstream_connect_errors_total{{server="{}",upstream="app"}}"#,
+        hole.local_addr().unwrap()
+    );
+    assert!(metric(&metrics, &series) >= 1.0, "{metrics}");
+}

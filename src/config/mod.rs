@@ -139,6 +139,16 @@ servers = [{ address = "127.0.0.1:9000" }]
         assert_eq!(e.position, Some((10, 19)), "{e}");
     }
 
+    /// `config/example.toml` documents every key; parsing and validating it here
+    /// keeps it from going stale when a key is renamed or its rules change.
+    #[test]
+    fn the_example_config_is_valid() {
+        let text = include_str!("../../config/example.toml");
+        let config = parse(text, Path::new("config/example.toml")).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(config.listeners.len(), 2);
+        assert!(config.upstreams.contains_key("api_read"));
+    }
+
     #[test]
     fn syntax_error_has_a_position() {
         let e = err("[[listeners]\nname = ");

@@ -236,7 +236,6 @@ impl Server {
         shutdown.await;
         tracing::info!(timeout = ?self.shutdown_timeout, "shutting down: draining in-flight requests");
         admin_state.ready.store(false, Relaxed);
-        let _ = admin_stop.send(true);
         let accepting: Vec<JoinHandle<()>> = {
             let mut set = self.listeners.lock().unwrap_or_else(|e| e.into_inner());
             set.serving = false;
@@ -257,6 +256,11 @@ impl Server {
         } else {
             tracing::info!("drained");
         }
+        // The admin listener stops only now: through the drain `/healthz` must still
+        // answer 200, `/readyz` 503 and `/metrics` show the requests finishing.
+        // Stopping it with the client listeners made all three refuse connections
+        // while the process was still running.
+        let _ = admin_stop.send(true);
     }
 }
 

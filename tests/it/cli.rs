@@ -1,6 +1,7 @@
 //! The real `weir` binary: `--version`, `--check` on good and bad configs (bad ones
 //! exit 1 naming file:line:column and the key), and graceful shutdown on SIGTERM
-//! (stop accepting, finish the in-flight request, exit 0).
+//! (stop accepting, finish the in-flight request while the admin endpoints still
+//! answer, exit 0).
 
 use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
@@ -185,6 +186,9 @@ servers = [{{ address = "{}" }}]
         assert!(Instant::now() < stop_deadline, "still accepting connections after SIGTERM");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+    // The admin endpoints keep answering through the drain: alive, but not ready.
+    assert_eq!(status_of(&format!("http://127.0.0.1:{admin}/healthz")).await, Some(200));
+    assert_eq!(status_of(&format!("http://127.0.0.1:{admin}/readyz")).await, Some(503));
     assert!(!in_flight.is_finished(), "the slow request ended before the drain was observed");
 
     let (status, body) = in_flight.await.unwrap();

@@ -1,7 +1,8 @@
 //! Failures end to end (SPEC "Proxy semantics"): no route `404`; no server reachable
 //! `502`; no answer within `request_timeout` `504`; a refused server is skipped and
 //! the next one tried, so the client never notices; a server that does not accept
-//! within `connect_timeout` counts as refused.
+//! within `connect_timeout` counts as refused. And the listener's own limits: an
+//! oversized request head is `431`, a client too slow with its headers is cut off.
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -146,4 +147,43 @@ async fn connect_slower_than_connect_timeout_counts_as_refused() {
         hole.local_addr().unwrap()
     );
     assert!(metric(&metrics, &series) >= 1.0, "{metrics}");
+}
+
+#[tokio::test]
+async fn oversized_request_head_is_431_and_never_forwarded() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let a = Backend::named("a").start().await;
+    let weir = Weir::start(&one_upstream(r#"{ address = "{a}" }"#, ""), &[&a]).await;
+    let mut stream = tokio::net::TcpStream::connect(weir.addr).await.unwrap();
+    // Default max_header_size is 32 KiB; send 40 KiB of one header.
+    let big = "x".repeat(40 * 1024);
+    let request = format!("GET /app/x HTTP/1.1\r\nHost: a\r\nX-Big: {big}\r\n\r\n");
+    let _ = stream.write_all(request.as_bytes()).await;
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut out)).await;
+    let text = String::from_utf8_lossy(&out);
+    assert!(text.starts_with("HTTP/1.1 431"), "{text}");
+    assert_eq!(a.hits(), 0);
+}
+
+#[tokio::test]
+async fn client_slower_than_header_read_timeout_is_cut_off() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let a = Backend::named("a").start().await;
+    let text = one_upstream(r#"{ address = "{a}" }"#, "").replace(
+        "listen = \"127.0.0.1:0\"\n[[routes]]",
+        "listen = \"127.0.0.1:0\"\nheader_read_timeout = \"300ms\"\n[[routes]]",
+    );
+    assert!(text.contains("header_read_timeout"));
+    let weir = Weir::start(&text, &[&a]).await;
+    let mut stream = tokio::net::TcpStream::connect(weir.addr).await.unwrap();
+    let started = Instant::now();
+    stream.write_all(b"GET /app/x HTTP/1.1\r\nHost: a\r\n").await.unwrap();
+    // ... and the rest of the head never comes. weir must close the connection.
+    let mut out = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(3), stream.read_to_end(&mut out)).await;
+    let elapsed = started.elapsed();
+    assert!(closed.is_ok(), "a client that never finished its headers was not cut off");
+    assert!(elapsed >= Duration::from_millis(250), "cut off before the timeout: {elapsed:?}");
+    assert_eq!(a.hits(), 0);
 }

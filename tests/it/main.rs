@@ -4,4 +4,5 @@ mod balancing;
 mod edge;
 mod health;
 mod proxying;
+mod ratelimit;
 mod support;

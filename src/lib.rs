@@ -6,12 +6,14 @@
 //! the request path reads; `server` runs the process lifecycle.
 
 pub mod admin;
+pub mod admission;
 pub mod balancer;
 pub mod config;
 pub mod health;
 pub mod listener;
 pub mod metrics;
 pub mod proxy;
+pub mod ratelimit;
 pub mod runtime;
 pub mod server;
 pub mod tls;

@@ -4,6 +4,13 @@
 //! Each connection computes its `Peer` once; each request loads the current runtime
 //! once and hands it to `proxy::handle`. Slow clients are cut off by the header read
 //! timeout, oversized heads get `431` from hyper's size limit.
+//!
+//! `max_connections`: each connection holds a semaphore permit until it closes, and
+//! the loop takes a permit *before* accepting, so at the limit weir simply stops
+//! calling `accept`: further clients wait in the kernel's backlog (and are served in
+//! turn) instead of being accepted and dropped. A reload keeps the count when the
+//! limit is unchanged; a changed limit counts from zero (connections open under the
+//! old limit finish uncounted).
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -16,7 +23,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use prometheus::IntGauge;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{watch, Semaphore};
 use tokio_util::task::TaskTracker;
 
 use crate::config::ListenerConfig;
@@ -39,6 +46,9 @@ pub struct Settings {
     builder: auto::Builder<TokioExecutor>,
     /// A TLS handshake gets as long as a request head.
     handshake_timeout: Duration,
+    max_connections: Option<usize>,
+    /// One permit per open connection; `None` without `max_connections`.
+    slots: Option<Arc<Semaphore>>,
 }
 
 impl Settings {
@@ -60,7 +70,19 @@ impl Settings {
             .max_local_error_reset_streams(Some(256))
             .max_header_list_size(u32::try_from(*config.max_header_size.get_ref()).unwrap_or(u32::MAX))
             .keep_alive_interval(Some(Duration::from_secs(30)));
-        Settings { builder, handshake_timeout: config.header_read_timeout.0 }
+        let max_connections = config.max_connections.as_ref().map(|m| *m.get_ref());
+        let slots = max_connections.map(|max| Arc::new(Semaphore::new(max.clamp(1, Semaphore::MAX_PERMITS))));
+        Settings { builder, handshake_timeout: config.header_read_timeout.0, max_connections, slots }
+    }
+
+    /// The settings for `config` replacing `old`: open connections stay counted when
+    /// `max_connections` is unchanged.
+    pub fn reload(config: &ListenerConfig, old: &Settings) -> Settings {
+        let mut settings = Settings::new(config);
+        if settings.max_connections == old.max_connections {
+            settings.slots = old.slots.clone();
+        }
+        settings
     }
 }
 
@@ -81,6 +103,15 @@ impl Listener {
     /// when `stop` changes it finishes its in-flight requests and closes.
     pub async fn serve(self, runtime: SharedRuntime, tracker: TaskTracker, mut stop: watch::Receiver<bool>) {
         loop {
+            let slots = self.settings.load().slots.clone();
+            let slot = match slots {
+                None => None,
+                Some(slots) => tokio::select! {
+                    _ = stop.changed() => break,
+                    // The semaphore is never closed.
+                    slot = slots.acquire_owned() => slot.ok(),
+                },
+            };
             let (stream, addr) = tokio::select! {
                 _ = stop.changed() => break,
                 accepted = self.socket.accept() => match accepted {
@@ -117,6 +148,7 @@ impl Listener {
                     }
                 }
                 active.dec();
+                drop(slot);
             });
         }
         tracing::info!(listener = %self.name, "stopped accepting");

@@ -35,6 +35,8 @@ pub struct Metrics {
     pub rate_limited_total: IntCounterVec,
     pub connections_active: IntGaugeVec,
     pub config_reloads_total: IntCounterVec,
+    pub upstream_queue_depth: IntGaugeVec,
+    pub upstream_queue_wait: HistogramVec,
 }
 
 impl Metrics {
@@ -117,6 +119,16 @@ impl Metrics {
                 "Config reloads, by result (success or failure).",
                 &["result"],
             )?,
+            upstream_queue_depth: gauge(
+                "weir_upstream_queue_depth",
+                "Requests waiting for a free max_in_flight slot of an upstream.",
+                &["upstream"],
+            )?,
+            upstream_queue_wait: histogram(
+                "weir_upstream_queue_wait_seconds",
+                "Time requests that had to queue waited for an upstream slot (admitted or not).",
+                &["upstream"],
+            )?,
             registry,
         };
         #[cfg(target_os = "linux")]
@@ -156,6 +168,22 @@ impl Metrics {
             timeouts: self.upstream_timeouts_total.with_label_values(&labels),
         }
     }
+}
+
+impl Metrics {
+    /// Handles for one upstream's `max_in_flight` queue.
+    pub fn queue(&self, upstream: &str) -> QueueMetrics {
+        QueueMetrics {
+            depth: self.upstream_queue_depth.with_label_values(&[upstream]),
+            wait: self.upstream_queue_wait.with_label_values(&[upstream]),
+        }
+    }
+}
+
+/// Per-upstream queue handles (`max_in_flight`).
+pub struct QueueMetrics {
+    pub depth: IntGauge,
+    pub wait: Histogram,
 }
 
 /// Per-upstream handles: what the client saw.

@@ -5,7 +5,8 @@
 //! handles looked up here, so nothing on the request path touches the TOML types.
 //! State that must survive a reload (each server's health mark and idle connections)
 //! is found in the previous runtime by upstream name and server address and shared
-//! with the new one.
+//! with the new one. Rate limiters (their buckets) and upstream queues are carried
+//! over the same way when their name and settings are unchanged.
 
 use std::collections::HashMap;
 use std::net::{SocketAddr, ToSocketAddrs};
@@ -13,13 +14,16 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 
+use crate::admission::{Admission, AdmissionSettings};
 use crate::balancer::{Balancer, Options};
 use crate::config::{Config, UpstreamProtocol};
 use crate::health::{self, Checks, HealthPolicy};
 use crate::metrics::{Metrics, UpstreamMetrics};
 use crate::proxy::client::{server_name, tls_name, UpstreamTls};
+use crate::proxy::client_ip::TrustedProxies;
 use crate::proxy::retry::RetryBudget;
 use crate::proxy::route::{Route, Router};
+use crate::ratelimit::{Limiter, Settings};
 use crate::tls::{self, TlsError};
 use crate::upstream::{Server, ServerState, Upstream};
 
@@ -38,7 +42,16 @@ pub struct Runtime {
     /// reload keeps the old ones and appends new names), so a connection's slot
     /// means the same listener in every runtime.
     pub listener_slots: Vec<Box<str>>,
+    /// Rate limits by name; routes hold their own `Arc`.
+    pub limiters: HashMap<Box<str>, Arc<Limiter>>,
+    /// Peers whose `X-Forwarded-For` names the client.
+    pub trusted_proxies: TrustedProxies,
 }
+
+/// Default `queue_size` of an upstream with `max_in_flight`.
+pub const DEFAULT_QUEUE_SIZE: usize = 256;
+/// Default `queue_timeout` of an upstream with `max_in_flight`.
+pub const DEFAULT_QUEUE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Why a validated config still could not be turned into a runtime.
 #[derive(Debug, thiserror::Error)]
@@ -110,6 +123,16 @@ impl Runtime {
             } else {
                 None
             };
+            let admission = up.max_in_flight.as_ref().map(|max| {
+                let settings = AdmissionSettings {
+                    max_in_flight: *max.get_ref(),
+                    queue_size: up.queue_size.as_ref().map_or(DEFAULT_QUEUE_SIZE, |q| *q.get_ref()),
+                    queue_timeout: up.queue_timeout.map_or(DEFAULT_QUEUE_TIMEOUT, |d| d.0),
+                };
+                old.and_then(|o| o.admission.clone())
+                    .filter(|a| a.settings == settings)
+                    .unwrap_or_else(|| Arc::new(Admission::new(settings, metrics.queue(name))))
+            });
             let upstream = Upstream {
                 name: name.into(),
                 balancer: Balancer::new(*up.balancer.get_ref(), &servers, Options::of(up)),
@@ -121,8 +144,23 @@ impl Runtime {
                 health: HealthPolicy::new(up),
                 retry_budget: RetryBudget::new(*up.retry_budget.get_ref()),
                 metrics: metrics.upstream(name),
+                admission,
             };
             upstreams.insert(Box::from(name), Arc::new(upstream));
+        }
+
+        let mut limiters = HashMap::new();
+        for (name, limit) in &config.rate_limits {
+            let settings = Settings::from_config(limit);
+            let limiter = previous
+                .and_then(|p| p.limiters.get(name.as_str()))
+                .filter(|old| old.settings == settings)
+                .cloned()
+                .unwrap_or_else(|| {
+                    let counter = metrics.rate_limited_total.with_label_values(&[name]);
+                    Arc::new(Limiter::new(name, settings, counter))
+                });
+            limiters.insert(Box::from(name.as_str()), limiter);
         }
 
         let mut router = Router::default();
@@ -146,6 +184,8 @@ impl Runtime {
                 prefix: r.path_prefix.as_ref().map_or("/", |p| p.get_ref()).into(),
                 methods,
                 listeners,
+                // Validation guarantees the rate limit exists.
+                limiter: r.rate_limit.as_ref().and_then(|l| limiters.get(l.get_ref().as_str()).cloned()),
             };
             router.add(r.host.as_ref().map(|h| h.get_ref().as_str()), route);
         }
@@ -164,6 +204,8 @@ impl Runtime {
             health: Checks::default(),
             tls: listener_tls,
             listener_slots: slots,
+            limiters,
+            trusted_proxies: TrustedProxies::new(&config.trusted_proxies),
         })
     }
 
@@ -290,6 +332,46 @@ servers = [{ address = "127.0.0.1:1" }]
     fn no_match_gives_no_route() {
         let rt = runtime(&ROUTES.replace("[[routes]]\nupstream = \"any\"\n", ""));
         assert_eq!(route(&rt, 0, "GET", "a", "/nothing"), "none");
+    }
+
+    const LIMITED: &str = r#"
+[[listeners]]
+name = "web"
+listen = "127.0.0.1:0"
+[[routes]]
+upstream = "app"
+rate_limit = "one"
+[upstreams.app]
+servers = [{ address = "127.0.0.1:1" }]
+max_in_flight = 2
+[rate_limits.one]
+key = "global"
+rate = 1
+burst = 1
+"#;
+
+    #[test]
+    fn limiters_and_queues_survive_a_rebuild_with_the_same_settings() {
+        let metrics = Metrics::new().unwrap();
+        let config = config::parse(LIMITED, Path::new("t.toml")).unwrap();
+        let first = Runtime::build(&config, None, &metrics).unwrap();
+        let second = Runtime::build(&config, Some(&first), &metrics).unwrap();
+        assert!(Arc::ptr_eq(&first.limiters["one"], &second.limiters["one"]));
+        let queue = |rt: &Runtime| rt.upstreams["app"].admission.clone().unwrap();
+        assert!(Arc::ptr_eq(&queue(&first), &queue(&second)));
+        let route_limiter =
+            |rt: &Runtime| rt.router.route(0, &http::Request::new(())).unwrap().limiter.clone();
+        assert!(Arc::ptr_eq(&route_limiter(&second).unwrap(), &second.limiters["one"]));
+
+        let changed = config::parse(
+            &LIMITED.replace("burst = 1", "burst = 2").replace("= 2\n[rate", "= 3\n[rate"),
+            Path::new("t.toml"),
+        )
+        .unwrap();
+        let third = Runtime::build(&changed, Some(&second), &metrics).unwrap();
+        assert!(!Arc::ptr_eq(&second.limiters["one"], &third.limiters["one"]));
+        assert!(!Arc::ptr_eq(&queue(&second), &queue(&third)));
+        assert_eq!(queue(&third).settings.max_in_flight, 3);
     }
 
     #[test]

@@ -117,7 +117,9 @@ impl Listeners {
         for l in &config.listeners {
             let name = l.name.get_ref();
             match (self.entries.get(name), bound.remove(name)) {
-                (Some(entry), None) => entry.settings.store(Arc::new(Settings::new(l))),
+                (Some(entry), None) => {
+                    entry.settings.store(Arc::new(Settings::reload(l, &entry.settings.load())))
+                }
                 (_, Some(listener)) => {
                     let (stop, _) = watch::channel(false);
                     let mut entry = Entry {

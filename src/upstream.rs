@@ -17,6 +17,7 @@ use std::time::Duration;
 use crossbeam_queue::ArrayQueue;
 use rustls_pki_types::ServerName;
 
+use crate::admission::Admission;
 use crate::balancer::Balancer;
 use crate::health::HealthPolicy;
 use crate::metrics::{ServerMetrics, UpstreamMetrics};
@@ -36,6 +37,8 @@ pub struct Upstream {
     pub health: HealthPolicy,
     pub retry_budget: RetryBudget,
     pub metrics: UpstreamMetrics,
+    /// `max_in_flight` and its queue; `None` when unlimited.
+    pub admission: Option<Arc<Admission>>,
 }
 
 /// One backend address of an upstream.

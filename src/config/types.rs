@@ -38,6 +38,13 @@ pub struct Config {
     pub routes: Vec<RouteConfig>,
     #[serde(default)]
     pub upstreams: BTreeMap<String, UpstreamConfig>,
+    /// `[rate_limits.NAME]`: token buckets that routes name with `rate_limit`.
+    #[serde(default)]
+    pub rate_limits: BTreeMap<String, RateLimitConfig>,
+    /// Peers whose `X-Forwarded-For` is believed when finding the client's address
+    /// (CIDRs or single addresses). Empty: the TCP peer is always the client.
+    #[serde(default)]
+    pub trusted_proxies: Vec<Cidr>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -65,6 +72,9 @@ pub struct ListenerConfig {
     /// HTTP/2: most concurrent streams per client connection.
     #[serde(default = "defaults::h2_max_concurrent_streams")]
     pub h2_max_concurrent_streams: u32,
+    /// Open client connections at most; further ones wait in the accept backlog.
+    #[serde(default)]
+    pub max_connections: Option<Spanned<usize>>,
 }
 
 /// `[listeners.tls]`
@@ -108,6 +118,9 @@ pub struct RouteConfig {
     /// Listener names this route serves; absent means every listener.
     #[serde(default)]
     pub listeners: Option<Vec<Spanned<String>>>,
+    /// Name of a `[rate_limits.NAME]` checked before forwarding.
+    #[serde(default)]
+    pub rate_limit: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -225,6 +238,16 @@ pub struct UpstreamConfig {
     /// pool does not multiply the load on what is left.
     #[serde(default = "defaults::retry_budget")]
     pub retry_budget: Spanned<f64>,
+    /// Requests in flight to this upstream at most; more wait in a queue.
+    #[serde(default)]
+    pub max_in_flight: Option<Spanned<usize>>,
+    /// Requests that may wait for `max_in_flight`; a full queue answers `503` at once.
+    /// Default 256. Only with `max_in_flight`.
+    #[serde(default)]
+    pub queue_size: Option<Spanned<usize>>,
+    /// Longest wait in the queue before `503`. Default 2s. Only with `max_in_flight`.
+    #[serde(default)]
+    pub queue_timeout: Option<Dur>,
 }
 
 /// `[upstreams.NAME.health_check]`
@@ -286,6 +309,75 @@ pub struct ServerConfig {
     pub weight: Spanned<u32>,
     #[serde(default)]
     pub backup: bool,
+}
+
+/// One `[rate_limits.NAME]`: a token bucket per key.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitConfig {
+    /// What a bucket belongs to: `client_ip`, `header:NAME` or `global`.
+    pub key: RateLimitKey,
+    /// Tokens added per second; may be fractional (`0.5` = one every two seconds).
+    pub rate: Spanned<f64>,
+    /// Bucket size: requests a rested key may send at once.
+    pub burst: Spanned<u32>,
+    /// Keys remembered at most; least recently used keys are forgotten past it.
+    #[serde(default = "defaults::max_keys")]
+    pub max_keys: Spanned<usize>,
+}
+
+/// What a rate limit counts requests by.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RateLimitKey {
+    /// The client's address (see `trusted_proxies`).
+    ClientIp,
+    /// The value of a request header; requests without it share one bucket.
+    Header(http::HeaderName),
+    /// One bucket for every request of the route.
+    Global,
+}
+
+impl RateLimitKey {
+    pub fn parse(text: &str) -> Result<RateLimitKey, String> {
+        match text {
+            "client_ip" => Ok(RateLimitKey::ClientIp),
+            "global" => Ok(RateLimitKey::Global),
+            _ => match text.strip_prefix("header:") {
+                Some(name) => http::HeaderName::from_bytes(name.as_bytes())
+                    .map(RateLimitKey::Header)
+                    .map_err(|_| format!("`{name}` is not a header name")),
+                None => Err(format!("unknown key `{text}`: use client_ip, header:NAME or global")),
+            },
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for RateLimitKey {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        RateLimitKey::parse(&text).map_err(de::Error::custom)
+    }
+}
+
+/// An address range in CIDR form (`10.0.0.0/8`); a bare address means just itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cidr(pub ipnet::IpNet);
+
+impl Cidr {
+    pub fn parse(text: &str) -> Result<Cidr, String> {
+        let text = text.trim();
+        text.parse::<ipnet::IpNet>()
+            .or_else(|_| text.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+            .map(|net| Cidr(net.trunc()))
+            .map_err(|_| format!("`{text}` is not an address range, e.g. \"10.0.0.0/8\" or \"192.0.2.1\""))
+    }
+}
+
+impl<'de> Deserialize<'de> for Cidr {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        Cidr::parse(&text).map_err(de::Error::custom)
+    }
 }
 
 /// A duration written with a unit: `"250ms"`, `"2s"`, `"1.5s"`, `"1m"`, `"1h"`.
@@ -398,6 +490,9 @@ mod defaults {
     pub fn weight() -> Spanned<u32> {
         Spanned::new(0..0, 1)
     }
+    pub fn max_keys() -> Spanned<usize> {
+        Spanned::new(0..0, 100_000)
+    }
 }
 
 /// Parses an `expected_status` list: `"200-399"`, `"200"`, `"200,204,300-399"`.
@@ -451,6 +546,27 @@ mod tests {
         assert!(HashKeySpec::parse("header:").unwrap_err().contains("names no header"));
         assert!(HashKeySpec::parse("header:a b").unwrap_err().contains("not a valid header name"));
         assert!(HashKeySpec::parse("ip").unwrap_err().contains("not a hash key"));
+    }
+
+    #[test]
+    fn rate_limit_keys_parse() {
+        assert_eq!(RateLimitKey::parse("client_ip"), Ok(RateLimitKey::ClientIp));
+        assert_eq!(RateLimitKey::parse("global"), Ok(RateLimitKey::Global));
+        assert_eq!(
+            RateLimitKey::parse("header:X-Api-Key"),
+            Ok(RateLimitKey::Header(http::HeaderName::from_static("x-api-key")))
+        );
+        assert!(RateLimitKey::parse("header:bad name").unwrap_err().contains("not a header name"));
+        assert!(RateLimitKey::parse("cookie:a").unwrap_err().contains("unknown key"));
+    }
+
+    #[test]
+    fn cidrs_take_ranges_and_bare_addresses() {
+        assert_eq!(Cidr::parse("10.1.2.3/8").unwrap().0.to_string(), "10.0.0.0/8");
+        assert_eq!(Cidr::parse("192.0.2.1").unwrap().0.to_string(), "192.0.2.1/32");
+        assert_eq!(Cidr::parse("::1").unwrap().0.to_string(), "::1/128");
+        assert!(Cidr::parse("10.0.0.0/33").is_err());
+        assert!(Cidr::parse("proxy.local").is_err());
     }
 
     #[test]

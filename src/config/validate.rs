@@ -4,13 +4,18 @@
 use std::collections::HashSet;
 use std::net::SocketAddr;
 
-use super::{BalancerKind, Config, ConfigError, Source, UpstreamConfig};
+use super::{BalancerKind, Config, ConfigError, RateLimitConfig, Source, UpstreamConfig};
 
 /// Largest server weight. Smooth weighted round-robin precomputes one cycle of picks,
 /// whose length is the sum of the weights, so the cap keeps that table small.
 pub const MAX_WEIGHT: u32 = 1000;
 /// Listeners a route can name are kept as a bitmask.
 pub const MAX_LISTENERS: usize = 64;
+
+/// Longest rate limit name: it is a metric label and sits in every `RateLimit` header.
+pub const MAX_RATE_LIMIT_NAME: usize = 64;
+/// Highest rate: beyond it a token bucket's sub-nanosecond refill is meaningless.
+pub const MAX_RATE: f64 = 1e9;
 
 pub(super) fn validate(config: &Config, src: &Source) -> Result<(), ConfigError> {
     if let Some(admin) = &config.admin {
@@ -52,6 +57,9 @@ pub(super) fn validate(config: &Config, src: &Source) -> Result<(), ConfigError>
                 &format!("{key}.max_header_size"),
                 "must be between 8192 and 1048576 bytes",
             ));
+        }
+        if let Some(max) = &l.max_connections {
+            at_least_one(src, &format!("{key}.max_connections"), max)?;
         }
     }
 
@@ -147,6 +155,7 @@ pub(super) fn validate(config: &Config, src: &Source) -> Result<(), ConfigError>
             }
         }
         balancer_options(src, &key, up)?;
+        check_queue(src, &key, up)?;
         let mut seen = HashSet::new();
         for (i, s) in servers.iter().enumerate() {
             let skey = format!("{key}.servers[{i}]");
@@ -169,9 +178,26 @@ pub(super) fn validate(config: &Config, src: &Source) -> Result<(), ConfigError>
         }
     }
 
+    for (name, limit) in &config.rate_limits {
+        check_rate_limit(src, name, limit)?;
+    }
+
     let mut seen_routes = HashSet::new();
     for (i, r) in config.routes.iter().enumerate() {
         let key = format!("routes[{i}]");
+        if let Some(limit) = &r.rate_limit {
+            if !config.rate_limits.contains_key(limit.get_ref().as_str()) {
+                return Err(src.error(
+                    Some(limit.span()),
+                    &format!("{key}.rate_limit"),
+                    format!(
+                        "no rate limit named `{}`: define [rate_limits.{}]",
+                        limit.get_ref(),
+                        limit.get_ref()
+                    ),
+                ));
+            }
+        }
         if !config.upstreams.contains_key(r.upstream.get_ref().as_str()) {
             return Err(src.error(
                 Some(r.upstream.span()),
@@ -283,6 +309,62 @@ fn balancer_options(src: &Source, key: &str, up: &UpstreamConfig) -> Result<(), 
                 format!("must be above 1.0 (e.g. 1.25) and at most 100, got {value}"),
             ));
         }
+    }
+    Ok(())
+}
+
+/// `max_in_flight` >= 1; `queue_size` and `queue_timeout` only beside it.
+fn check_queue(src: &Source, key: &str, up: &UpstreamConfig) -> Result<(), ConfigError> {
+    match &up.max_in_flight {
+        Some(max) => at_least_one(src, &format!("{key}.max_in_flight"), max)?,
+        None => {
+            let stray = up.queue_size.as_ref().map(|q| ("queue_size", Some(q.span())));
+            let stray = stray.or(up.queue_timeout.map(|_| ("queue_timeout", None)));
+            if let Some((what, span)) = stray {
+                return Err(src.error(
+                    span,
+                    &format!("{key}.{what}"),
+                    "has no effect without max_in_flight: set max_in_flight or remove it",
+                ));
+            }
+        }
+    }
+    if up.queue_timeout.is_some_and(|d| d.0.is_zero()) {
+        return Err(src.error(None, &format!("{key}.queue_timeout"), "must be greater than zero"));
+    }
+    Ok(())
+}
+
+fn check_rate_limit(src: &Source, name: &str, limit: &RateLimitConfig) -> Result<(), ConfigError> {
+    let key = format!("rate_limits.{name}");
+    // The name is a metric label and a quoted string in the RateLimit headers.
+    let name_ok = !name.is_empty()
+        && name.len() <= MAX_RATE_LIMIT_NAME
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"_-.".contains(&b));
+    if !name_ok {
+        return Err(src.error(
+            None,
+            &key,
+            format!("rate limit names are 1 to {MAX_RATE_LIMIT_NAME} letters, digits, `_`, `-` or `.`"),
+        ));
+    }
+    let rate = *limit.rate.get_ref();
+    if !(rate > 0.0 && rate <= MAX_RATE) {
+        return Err(src.error(
+            Some(limit.rate.span()),
+            &format!("{key}.rate"),
+            format!("must be greater than 0 and at most {MAX_RATE}, got {rate}"),
+        ));
+    }
+    if *limit.burst.get_ref() == 0 {
+        return Err(src.error(Some(limit.burst.span()), &format!("{key}.burst"), "must be at least 1"));
+    }
+    at_least_one(src, &format!("{key}.max_keys"), &limit.max_keys)
+}
+
+fn at_least_one(src: &Source, key: &str, value: &toml::Spanned<usize>) -> Result<(), ConfigError> {
+    if *value.get_ref() == 0 {
+        return Err(src.error(Some(value.span()), key, "must be at least 1"));
     }
     Ok(())
 }
@@ -406,6 +488,91 @@ servers = [{ address = "127.0.0.1:9000" }, { address = "localhost:9001", weight 
         assert!(e.contains("retry_budget"), "{e}");
         let e = err(&BASE.replace("weight = 3 }]", "weight = 3 }]\nmin_healthy_percent = 150"));
         assert!(e.contains("min_healthy_percent"), "{e}");
+    }
+
+    const LIMITED: &str = r#"
+trusted_proxies = ["10.0.0.0/8", "192.0.2.1"]
+
+[[listeners]]
+name = "web"
+listen = "127.0.0.1:0"
+max_connections = 100
+
+[[routes]]
+upstream = "api"
+rate_limit = "per_client"
+
+[upstreams.api]
+servers = [{ address = "127.0.0.1:9000" }]
+max_in_flight = 10
+queue_size = 5
+queue_timeout = "1s"
+
+[rate_limits.per_client]
+key = "client_ip"
+rate = 0.5
+burst = 2
+"#;
+
+    #[test]
+    fn rate_limits_and_overload_settings_load() {
+        let config = parse(LIMITED, Path::new("w.toml")).unwrap();
+        let limit = &config.rate_limits["per_client"];
+        assert_eq!(*limit.rate.get_ref(), 0.5);
+        assert_eq!(*limit.max_keys.get_ref(), 100_000);
+        assert_eq!(config.trusted_proxies.len(), 2);
+        let integer_rate = LIMITED.replace("rate = 0.5", "rate = 100");
+        assert_eq!(
+            *parse(&integer_rate, Path::new("w.toml")).unwrap().rate_limits["per_client"].rate.get_ref(),
+            100.0
+        );
+    }
+
+    #[test]
+    fn unknown_rate_limit_is_named_with_its_line() {
+        let e = err(&LIMITED.replace("rate_limit = \"per_client\"", "rate_limit = \"per_clint\""));
+        assert!(
+            e.starts_with("w.toml:11:14: `routes[0].rate_limit`: no rate limit named `per_clint`"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn bad_rate_limit_settings_are_refused() {
+        let e = err(&LIMITED.replace("rate = 0.5", "rate = 0"));
+        assert!(e.starts_with("w.toml:21:8: `rate_limits.per_client.rate`: must be greater than 0"), "{e}");
+        let e = err(&LIMITED.replace("rate = 0.5", "rate = -1.5"));
+        assert!(e.contains("`rate_limits.per_client.rate`"), "{e}");
+        let e = err(&LIMITED.replace("burst = 2", "burst = 0"));
+        assert!(e.contains("`rate_limits.per_client.burst`: must be at least 1"), "{e}");
+        let e = err(&LIMITED.replace("burst = 2", "burst = 2\nmax_keys = 0"));
+        assert!(e.contains("`rate_limits.per_client.max_keys`: must be at least 1"), "{e}");
+        let e = err(&LIMITED.replace("key = \"client_ip\"", "key = \"cookie:x\""));
+        assert!(e.starts_with("w.toml:20:7: `rate_limits.per_client.key`"), "{e}");
+        let e = err(&LIMITED.replace("[rate_limits.per_client]", "[rate_limits.\"per client\"]"));
+        assert!(e.contains("rate limit names are"), "{e}");
+    }
+
+    #[test]
+    fn bad_trusted_proxies_name_their_position() {
+        let e = err(&LIMITED.replace("\"192.0.2.1\"", "\"192.0.2.300\""));
+        // toml gives the array's position for an element's error; the key names the element.
+        assert!(
+            e.starts_with("w.toml:2:19: `trusted_proxies[1]`: `192.0.2.300` is not an address range"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn overload_settings_are_checked() {
+        let e = err(&LIMITED.replace("max_connections = 100", "max_connections = 0"));
+        assert!(e.contains("`listeners[0].max_connections`: must be at least 1"), "{e}");
+        let e = err(&LIMITED.replace("max_in_flight = 10", "max_in_flight = 0"));
+        assert!(e.contains("`upstreams.api.max_in_flight`: must be at least 1"), "{e}");
+        let e = err(&LIMITED.replace("max_in_flight = 10\n", ""));
+        assert!(e.starts_with("w.toml:15:14: `upstreams.api.queue_size`: has no effect"), "{e}");
+        let e = err(&LIMITED.replace("queue_timeout = \"1s\"", "queue_timeout = \"0s\""));
+        assert!(e.contains("`upstreams.api.queue_timeout`: must be greater than zero"), "{e}");
     }
 
     #[test]

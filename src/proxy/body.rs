@@ -12,6 +12,8 @@ use bytes::Bytes;
 use http_body::{Body as _, Frame, SizeHint};
 use hyper::body::Incoming;
 
+use tokio::sync::OwnedSemaphorePermit;
+
 use crate::upstream::{InFlight, PooledConn};
 
 /// Errors a body can yield while streaming.
@@ -50,6 +52,17 @@ pub struct UpstreamBody {
 pub struct Release {
     pub(crate) conn: PooledConn,
     pub(crate) in_flight: InFlight,
+    /// The upstream's `max_in_flight` slot, if it has a limit.
+    pub(crate) slot: Option<OwnedSemaphorePermit>,
+}
+
+/// Keeps `slot` until `response`'s body ends. A response weir made itself (an error)
+/// is complete already, and an upgraded connection is no longer a request in flight,
+/// so for those the slot is released at once.
+pub fn hold_slot(response: &mut http::Response<Body>, slot: OwnedSemaphorePermit) {
+    if let Body::Upstream(UpstreamBody { release: Some(release), .. }) = response.body_mut() {
+        release.slot = Some(slot);
+    }
 }
 
 impl UpstreamBody {

@@ -20,6 +20,12 @@ pub enum ProxyError {
     UpstreamTimeout { server: Box<str>, after: Duration },
     #[error("{server} failed the request: {source}")]
     Upstream { server: Box<str>, source: hyper::Error },
+    #[error("rate limited; next request allowed in {retry_after:?}")]
+    RateLimited { retry_after: Duration },
+    #[error("upstream `{upstream}` is at max_in_flight and its queue is full")]
+    QueueFull { upstream: Box<str> },
+    #[error("upstream `{upstream}` had no free slot within {after:?}")]
+    QueueTimeout { upstream: Box<str>, after: Duration },
 }
 
 impl ProxyError {
@@ -27,7 +33,10 @@ impl ProxyError {
     pub fn status(&self) -> StatusCode {
         match self {
             ProxyError::NoRoute => StatusCode::NOT_FOUND,
-            ProxyError::NoHealthyServer { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::NoHealthyServer { .. }
+            | ProxyError::QueueFull { .. }
+            | ProxyError::QueueTimeout { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             ProxyError::Connect { .. } | ProxyError::Upstream { .. } => StatusCode::BAD_GATEWAY,
             ProxyError::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
         }
@@ -46,6 +55,9 @@ impl ProxyError {
             ProxyError::Connect { .. } => "connect failed",
             ProxyError::UpstreamTimeout { .. } => "timed out",
             ProxyError::Upstream { .. } => "connection failed mid-request",
+            ProxyError::RateLimited { .. } => "rate limited",
+            ProxyError::QueueFull { .. } => "upstream queue full",
+            ProxyError::QueueTimeout { .. } => "upstream queue timed out",
         }
     }
 
@@ -90,5 +102,11 @@ mod tests {
             StatusCode::SERVICE_UNAVAILABLE
         );
         assert_eq!(ProxyError::NoRoute.status(), StatusCode::NOT_FOUND);
+        let limited = ProxyError::RateLimited { retry_after: Duration::from_secs(1) };
+        assert_eq!(limited.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert!(!limited.retryable());
+        assert_eq!(ProxyError::QueueFull { upstream: "u".into() }.status(), StatusCode::SERVICE_UNAVAILABLE);
+        let queued = ProxyError::QueueTimeout { upstream: "u".into(), after: Duration::from_secs(1) };
+        assert_eq!(queued.status(), StatusCode::SERVICE_UNAVAILABLE);
     }
 }

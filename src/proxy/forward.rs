@@ -212,7 +212,7 @@ async fn attempt(upstream: &Upstream, (index, server): (usize, &Arc<Server>), re
         parts.headers.insert(header::UPGRADE, protocol);
         parts.headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
     }
-    let release = Release { conn: PooledConn { sender, server: server.clone() }, in_flight };
+    let release = Release { conn: PooledConn { sender, server: server.clone() }, in_flight, slot: None };
     let body = Body::Upstream(UpstreamBody { inner: body, release: Some(release) });
     Ok(Response::from_parts(parts, body))
 }

@@ -1,27 +1,34 @@
-//! The request path: route -> pick -> forward -> record, as plain functions.
+//! The request path: route -> limit -> admit -> forward -> record, as plain functions.
 //!
 //! `handle` reads top to bottom as those steps. Each request loads the current
 //! `Runtime` once (in `listener`) and keeps it to the end, so a reload never changes
-//! routes or servers under a request that is already running.
+//! routes or servers under a request that is already running. A request refused by
+//! its rate limit never reaches `admit` or the upstream; one refused by the
+//! upstream's queue never reaches a server.
 
 pub mod body;
 pub mod client;
+pub mod client_ip;
 pub mod error;
 pub mod forward;
 pub mod retry;
 pub mod route;
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use http::{Request, Response};
 use hyper::body::Incoming;
 
+use crate::admission::Refused;
+use crate::ratelimit::Decision;
 use crate::runtime::Runtime;
+use crate::upstream::Upstream;
 use body::Body;
 use error::ProxyError;
 pub use forward::Peer;
 
-/// One request: route -> pick -> forward -> record.
+/// One request: route -> limit -> admit -> forward -> record.
 pub async fn handle(rt: &Runtime, req: Request<Incoming>, peer: &Peer) -> Response<Body> {
     let started = Instant::now();
     let Some(route) = rt.router.route(peer.listener, &req) else {
@@ -30,13 +37,42 @@ pub async fn handle(rt: &Runtime, req: Request<Incoming>, peer: &Peer) -> Respon
         return response;
     };
     let upstream = &route.upstream;
-    let response = match forward::forward(upstream, req, peer).await {
-        Ok(response) => response,
-        Err(error) => {
-            tracing::warn!(upstream = %upstream.name, client = %peer.addr, %error, "request failed");
-            error.into_response()
-        }
+    let limit = route.limiter.as_deref().map(|limiter| {
+        let client = || client_ip::client_ip(peer.addr.ip(), req.headers(), &rt.trusted_proxies);
+        (limiter, limiter.check(req.headers(), client, started))
+    });
+    let result = match limit {
+        Some((_, Decision::Deny { retry_after })) => Err(ProxyError::RateLimited { retry_after }),
+        _ => admit_and_forward(upstream, req, peer).await,
     };
+    let mut response = result.unwrap_or_else(|error| {
+        if !matches!(error, ProxyError::RateLimited { .. }) {
+            tracing::warn!(upstream = %upstream.name, client = %peer.addr, %error, "request failed");
+        }
+        error.into_response()
+    });
+    if let Some((limiter, decision)) = limit {
+        limiter.write_headers(&decision, response.headers_mut());
+    }
     upstream.metrics.record(response.status(), started.elapsed());
     response
+}
+
+/// Waits for a `max_in_flight` slot if the upstream has a limit, then forwards; the
+/// slot is held until the response body ends.
+async fn admit_and_forward(
+    upstream: &Arc<Upstream>,
+    req: Request<Incoming>,
+    peer: &Peer,
+) -> Result<Response<Body>, ProxyError> {
+    let Some(admission) = &upstream.admission else {
+        return forward::forward(upstream, req, peer).await;
+    };
+    let slot = admission.admit().await.map_err(|refused| match refused {
+        Refused::QueueFull => ProxyError::QueueFull { upstream: upstream.name.clone() },
+        Refused::Timeout(after) => ProxyError::QueueTimeout { upstream: upstream.name.clone(), after },
+    })?;
+    let mut response = forward::forward(upstream, req, peer).await?;
+    body::hold_slot(&mut response, slot);
+    Ok(response)
 }

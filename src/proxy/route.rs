@@ -11,6 +11,7 @@ use std::sync::Arc;
 
 use http::{header, Method, Request};
 
+use crate::ratelimit::Limiter;
 use crate::upstream::Upstream;
 
 /// One `[[routes]]` entry, ready to match.
@@ -21,6 +22,8 @@ pub struct Route {
     pub methods: Option<Box<[Method]>>,
     /// Bit i set: the route serves listener i.
     pub listeners: u64,
+    /// Checked before forwarding; shared by every route naming the same limit.
+    pub limiter: Option<Arc<Limiter>>,
 }
 
 impl Route {

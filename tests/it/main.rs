@@ -7,6 +7,7 @@ mod failures;
 mod headers;
 mod health;
 mod proxying;
+mod ratelimit;
 mod routing;
 mod streaming;
 mod support;

@@ -1,0 +1,267 @@
+//! Rate limits: `[rate_limits.NAME]` turned into a `Limiter` that a route checks
+//! before forwarding.
+//!
+//! - `bucket`: the pure token bucket (`try_take(now)`), continuous refill.
+//! - `store`: buckets by key hash, sharded, capped at `max_keys`, idle ones evicted.
+//! - here: which key a request counts against, the counter of refusals, and the
+//!   `RateLimit-Policy` / `RateLimit` / `Retry-After` response headers.
+//!
+//! Keys: `client_ip` hashes the client's address octets (see `proxy::client_ip` for
+//! `trusted_proxies`); `header:NAME` hashes the header's first value, and requests
+//! without the header all share one bucket (refusing them would make the header a
+//! precondition of the route, which is an access rule, not a rate); `global` is one
+//! bucket. The key is never copied: its bytes are hashed in place.
+//!
+//! Headers follow draft-ietf-httpapi-ratelimit-headers (-11): the policy is
+//! `"NAME";q=BURST;w=WINDOW`, with WINDOW the seconds an empty bucket takes to fill,
+//! and each response gets `"NAME";r=REMAINING;t=SECONDS` where SECONDS is the time
+//! until the bucket is full again; on a refusal `r=0` and `t` equals `Retry-After`
+//! (the draft asks that `Retry-After` not point before the end of `t`).
+//!
+//! A `Limiter` survives a reload when its name and settings are unchanged
+//! (`runtime` hands the same `Arc` to the new routes), so a reload does not hand
+//! every client a fresh burst.
+
+mod bucket;
+mod store;
+
+use std::net::IpAddr;
+use std::time::{Duration, Instant};
+
+use http::header::{HeaderMap, HeaderName, HeaderValue, RETRY_AFTER};
+use prometheus::IntCounter;
+
+pub use bucket::{Decision, Rate, TokenBucket};
+pub use store::Store;
+
+use crate::config::{RateLimitConfig, RateLimitKey};
+
+pub static RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
+pub static RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
+
+/// What a limiter was built from; equal settings keep their buckets across reloads.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Settings {
+    pub key: RateLimitKey,
+    pub rate: f64,
+    pub burst: u32,
+    pub max_keys: usize,
+}
+
+impl Settings {
+    pub fn from_config(limit: &RateLimitConfig) -> Settings {
+        Settings {
+            key: limit.key.clone(),
+            rate: *limit.rate.get_ref(),
+            burst: *limit.burst.get_ref(),
+            max_keys: *limit.max_keys.get_ref(),
+        }
+    }
+}
+
+/// One named rate limit, ready for the request path.
+pub struct Limiter {
+    pub name: Box<str>,
+    pub settings: Settings,
+    store: Store,
+    /// `RateLimit-Policy`, built once.
+    policy: HeaderValue,
+    /// `"NAME";r=`, the fixed start of every `RateLimit` value.
+    prefix: Box<[u8]>,
+    /// `weir_rate_limited_total{rate_limit=NAME}`.
+    rate_limited: IntCounter,
+}
+
+impl Limiter {
+    /// `name` must be a valid rate limit name (validation allows only
+    /// `[A-Za-z0-9_.-]`, so it can sit in a quoted header string).
+    pub fn new(name: &str, settings: Settings, rate_limited: IntCounter) -> Limiter {
+        let burst = settings.burst.max(1);
+        let rate = Rate { per_second: settings.rate, burst: f64::from(burst) };
+        let window = (f64::from(burst) / settings.rate).ceil().clamp(1.0, 1e12) as u64;
+        let policy = HeaderValue::from_str(&format!("\"{name}\";q={burst};w={window}"))
+            .unwrap_or(HeaderValue::from_static("\"default\""));
+        Limiter {
+            name: name.into(),
+            store: Store::new(rate, settings.max_keys),
+            settings,
+            policy,
+            prefix: format!("\"{name}\";r=").into_bytes().into(),
+            rate_limited,
+        }
+    }
+
+    /// Takes a token for this request's key. `client` is asked for the client's
+    /// address only when the key is `client_ip`. Refusals are counted.
+    pub fn check(&self, headers: &HeaderMap, client: impl FnOnce() -> IpAddr, now: Instant) -> Decision {
+        let key = match &self.settings.key {
+            RateLimitKey::Global => 0,
+            RateLimitKey::ClientIp => match client() {
+                IpAddr::V4(ip) => self.store.hash(ip.octets()),
+                IpAddr::V6(ip) => self.store.hash(ip.octets()),
+            },
+            // `None` (no header) hashes apart from every value, the empty one too.
+            RateLimitKey::Header(name) => self.store.hash(headers.get(name).map(HeaderValue::as_bytes)),
+        };
+        let decision = self.store.try_take(key, now);
+        if matches!(decision, Decision::Deny { .. }) {
+            self.rate_limited.inc();
+        }
+        decision
+    }
+
+    /// Adds `RateLimit-Policy`, `RateLimit` and, on a refusal, `Retry-After`.
+    pub fn write_headers(&self, decision: &Decision, headers: &mut HeaderMap) {
+        let (remaining, seconds) = match *decision {
+            Decision::Allow { remaining, reset } => (remaining, ceil_seconds(reset)),
+            Decision::Deny { retry_after } => {
+                let seconds = ceil_seconds(retry_after).max(1);
+                headers.insert(RETRY_AFTER, HeaderValue::from(seconds));
+                (0, seconds)
+            }
+        };
+        headers.insert(RATELIMIT_POLICY.clone(), self.policy.clone());
+        let mut buf = StackBuf::default();
+        buf.push(&self.prefix);
+        buf.push(itoa::Buffer::new().format(remaining).as_bytes());
+        buf.push(b";t=");
+        buf.push(itoa::Buffer::new().format(seconds).as_bytes());
+        if let Ok(value) = HeaderValue::from_bytes(buf.as_bytes()) {
+            headers.insert(RATELIMIT.clone(), value);
+        }
+    }
+
+    /// Keys with a bucket right now.
+    pub fn keys(&self) -> usize {
+        self.store.len()
+    }
+}
+
+/// Whole seconds, rounded up: a client that waits this long finds its token there.
+fn ceil_seconds(d: Duration) -> u64 {
+    d.as_secs() + u64::from(d.subsec_nanos() > 0)
+}
+
+/// A `RateLimit` value, built without touching the heap. 128 bytes hold the longest
+/// name validation allows plus two 20-digit numbers; anything past that is dropped,
+/// and the value is then refused by `HeaderValue` rather than sent cut short.
+struct StackBuf {
+    bytes: [u8; 128],
+    len: usize,
+    overflow: bool,
+}
+
+impl Default for StackBuf {
+    fn default() -> StackBuf {
+        StackBuf { bytes: [0; 128], len: 0, overflow: false }
+    }
+}
+
+impl StackBuf {
+    fn push(&mut self, data: &[u8]) {
+        match self.bytes.get_mut(self.len..self.len + data.len()) {
+            Some(out) => {
+                out.copy_from_slice(data);
+                self.len += data.len();
+            }
+            None => self.overflow = true,
+        }
+    }
+
+    fn as_bytes(&self) -> &[u8] {
+        // A newline is not a valid header value byte: an overflowed buffer fails.
+        if self.overflow {
+            b"\n"
+        } else {
+            &self.bytes[..self.len]
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use prometheus::Opts;
+
+    fn limiter(key: RateLimitKey, rate: f64, burst: u32) -> Limiter {
+        let counter = IntCounter::with_opts(Opts::new("t", "t")).unwrap();
+        Limiter::new("per_client", Settings { key, rate, burst, max_keys: 1000 }, counter)
+    }
+
+    fn local() -> IpAddr {
+        IpAddr::from([192, 0, 2, 1])
+    }
+
+    #[test]
+    fn client_ip_keys_are_separate_per_address() {
+        let l = limiter(RateLimitKey::ClientIp, 1.0, 1);
+        let now = Instant::now();
+        assert!(matches!(l.check(&HeaderMap::new(), local, now), Decision::Allow { .. }));
+        assert!(matches!(l.check(&HeaderMap::new(), local, now), Decision::Deny { .. }));
+        let other = || IpAddr::from([192, 0, 2, 2]);
+        assert!(matches!(l.check(&HeaderMap::new(), other, now), Decision::Allow { .. }));
+        assert_eq!(l.rate_limited.get(), 1);
+    }
+
+    #[test]
+    fn header_keys_split_by_value_and_missing_headers_share_a_bucket() {
+        let l = limiter(RateLimitKey::Header(HeaderName::from_static("x-api-key")), 1.0, 1);
+        let now = Instant::now();
+        let with = |v: &'static str| {
+            let mut h = HeaderMap::new();
+            h.insert("x-api-key", HeaderValue::from_static(v));
+            h
+        };
+        assert!(matches!(l.check(&with("a"), local, now), Decision::Allow { .. }));
+        assert!(matches!(l.check(&with("a"), local, now), Decision::Deny { .. }));
+        assert!(matches!(l.check(&with("b"), local, now), Decision::Allow { .. }));
+        assert!(matches!(l.check(&with(""), local, now), Decision::Allow { .. }));
+        assert!(matches!(l.check(&HeaderMap::new(), local, now), Decision::Allow { .. }));
+        let elsewhere = || IpAddr::from([198, 51, 100, 1]);
+        assert!(matches!(l.check(&HeaderMap::new(), elsewhere, now), Decision::Deny { .. }));
+    }
+
+    #[test]
+    fn global_is_one_bucket() {
+        let l = limiter(RateLimitKey::Global, 1.0, 2);
+        let now = Instant::now();
+        assert!(matches!(l.check(&HeaderMap::new(), local, now), Decision::Allow { .. }));
+        let other = || IpAddr::from([192, 0, 2, 2]);
+        assert!(matches!(l.check(&HeaderMap::new(), other, now), Decision::Allow { .. }));
+        assert!(matches!(l.check(&HeaderMap::new(), local, now), Decision::Deny { .. }));
+        assert_eq!(l.keys(), 1);
+    }
+
+    #[test]
+    fn headers_follow_the_ietf_draft() {
+        let l = limiter(RateLimitKey::Global, 2.0, 10);
+        let mut h = HeaderMap::new();
+        l.write_headers(&Decision::Allow { remaining: 9, reset: Duration::from_millis(500) }, &mut h);
+        assert_eq!(h[&RATELIMIT_POLICY], "\"per_client\";q=10;w=5");
+        assert_eq!(h[&RATELIMIT], "\"per_client\";r=9;t=1");
+        assert!(!h.contains_key(RETRY_AFTER));
+
+        let mut h = HeaderMap::new();
+        l.write_headers(&Decision::Deny { retry_after: Duration::from_millis(2100) }, &mut h);
+        assert_eq!(h[RETRY_AFTER], "3");
+        assert_eq!(h[&RATELIMIT], "\"per_client\";r=0;t=3");
+    }
+
+    #[test]
+    fn retry_after_is_at_least_one_second() {
+        let l = limiter(RateLimitKey::Global, 1000.0, 1);
+        let mut h = HeaderMap::new();
+        l.write_headers(&Decision::Deny { retry_after: Duration::from_millis(1) }, &mut h);
+        assert_eq!(h[RETRY_AFTER], "1");
+        // A fast rate's window still rounds up to one second.
+        assert_eq!(h[&RATELIMIT_POLICY], "\"per_client\";q=1;w=1");
+    }
+
+    #[test]
+    fn a_long_value_is_dropped_not_cut() {
+        let mut buf = StackBuf::default();
+        buf.push(&[b'a'; 100]);
+        buf.push(&[b'b'; 100]);
+        assert!(HeaderValue::from_bytes(buf.as_bytes()).is_err());
+    }
+}

@@ -13,6 +13,7 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 
+use crate::access_log::AccessLog;
 use crate::balancer::{Balancer, Options};
 use crate::config::{Config, UpstreamProtocol};
 use crate::health::{self, Checks, HealthPolicy};
@@ -38,6 +39,8 @@ pub struct Runtime {
     /// reload keeps the old ones and appends new names), so a connection's slot
     /// means the same listener in every runtime.
     pub listener_slots: Vec<Box<str>>,
+    /// The access log writer, when `[access_log]` is enabled.
+    pub access_log: Option<Arc<AccessLog>>,
 }
 
 /// Why a validated config still could not be turned into a runtime.
@@ -49,6 +52,8 @@ pub enum BuildError {
     Tls(#[from] TlsError),
     #[error("listeners: more than {max} different listener names since start; restart weir to reuse slots")]
     TooManyListeners { max: usize },
+    #[error("access_log.path: cannot open `{path}`: {source}")]
+    AccessLog { path: String, source: std::io::Error },
 }
 
 /// The current runtime, shared by every connection; replaced whole on reload.
@@ -113,6 +118,7 @@ impl Runtime {
             let upstream = Upstream {
                 name: name.into(),
                 balancer: Balancer::new(*up.balancer.get_ref(), &servers, Options::of(up)),
+                balancer_kind: *up.balancer.get_ref(),
                 servers: servers.into(),
                 connect_timeout: up.connect_timeout.0,
                 request_timeout: up.request_timeout.0,
@@ -157,11 +163,24 @@ impl Runtime {
                 listener_tls[slot] = Some(tokio_rustls::TlsAcceptor::from(server));
             }
         }
+        if let Some(previous) = previous {
+            forget_removed_servers(previous, &upstreams, metrics);
+        }
+        let access_log = AccessLog::open(
+            &config.access_log,
+            previous.and_then(|p| p.access_log.as_ref()),
+            &metrics.access_log_dropped_total,
+        )
+        .map_err(|source| BuildError::AccessLog {
+            path: config.access_log.path.as_ref().map_or("(stderr)".into(), |p| p.get_ref().clone()),
+            source,
+        })?;
         Ok(Runtime {
             router,
             upstreams,
             unrouted: metrics.upstream(""),
             health: Checks::default(),
+            access_log,
             tls: listener_tls,
             listener_slots: slots,
         })
@@ -176,6 +195,22 @@ impl Runtime {
     /// `health.stop()` is called. Needs a tokio runtime.
     pub fn start_health(&self) {
         self.health.start(self.upstreams.values());
+    }
+}
+
+/// Stops exporting the gauges of servers the new config no longer has.
+fn forget_removed_servers(
+    previous: &Runtime,
+    upstreams: &HashMap<Box<str>, Arc<Upstream>>,
+    metrics: &Metrics,
+) {
+    for (name, old) in &previous.upstreams {
+        let new = upstreams.get(name);
+        for server in old.servers.iter() {
+            if !new.is_some_and(|n| n.servers.iter().any(|s| s.address == server.address)) {
+                metrics.forget_server(name, &server.address);
+            }
+        }
     }
 }
 

@@ -3,5 +3,6 @@
 mod balancing;
 mod edge;
 mod health;
+mod observability;
 mod proxying;
 mod support;

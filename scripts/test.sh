@@ -1,16 +1,34 @@
 #!/usr/bin/env bash
 # Runs every test: unit, property, integration (real sockets on 127.0.0.1) and the
-# benches' smoke runs. Installs the system tools the tests use when they are missing.
+# benches' smoke runs, and checks the Prometheus alert rules. Installs the system tools
+# the tests use when they are missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+if [ "$(id -u)" -eq 0 ]; then SUDO=""; else SUDO="sudo"; fi
 need=()
 command -v curl >/dev/null 2>&1 || need+=(curl)
+updated=0
+if ! command -v promtool >/dev/null 2>&1; then
+  # promtool ships in Debian's `prometheus` package. Without it the rules check here
+  # and `promtool check metrics` in the observability test are skipped, with a note.
+  $SUDO apt-get update -qq && updated=1
+  if apt-cache policy prometheus 2>/dev/null | grep -q 'Candidate: [0-9]'; then
+    need+=(prometheus)
+  else
+    echo "note: Debian package prometheus not available; skipping promtool checks"
+  fi
+fi
 if [ ${#need[@]} -gt 0 ]; then
   echo "installing: ${need[*]}"
-  if [ "$(id -u)" -eq 0 ]; then SUDO=""; else SUDO="sudo"; fi
-  $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}" >/dev/null
+  [ "$updated" -eq 1 ] || $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
+
+if command -v promtool >/dev/null 2>&1; then
+  promtool check rules deploy/prometheus/alerts.yml
+else
+  echo "note: promtool not installed; skipping 'promtool check rules deploy/prometheus/alerts.yml'"
 fi
 
 cargo test --all-targets "$@"

@@ -1,6 +1,7 @@
-//! The admin listener: `/metrics` (Prometheus text), `/healthz` (the process runs)
-//! and `/readyz` (listeners bound and config loaded). Served apart from client
-//! traffic, HTTP/1.1 only.
+//! The admin listener: `/metrics` (Prometheus text), `/healthz` (the process runs),
+//! `/readyz` (listeners bound and config loaded) and `/status` (a JSON view of the
+//! current runtime's upstreams and servers for an operator with curl). Served apart
+//! from client traffic, HTTP/1.1 only.
 
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
@@ -14,12 +15,20 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use serde::Serialize;
+
+use crate::config::BalancerKind;
+use crate::health;
 use crate::metrics::Metrics;
 use crate::proxy::body::Body;
+use crate::recent::WINDOW_SECS;
+use crate::runtime::{Runtime, SharedRuntime};
 
 /// What the admin endpoints read.
 pub struct AdminState {
     pub metrics: Arc<Metrics>,
+    /// The runtime clients are served by, read afresh on each `/status`.
+    pub runtime: SharedRuntime,
     /// Set once listeners are bound and the config is loaded; cleared on shutdown.
     pub ready: AtomicBool,
 }
@@ -64,10 +73,16 @@ fn respond(state: &AdminState, req: &Request<Incoming>) -> Response<Body> {
             );
             response
         }
+        "/status" => {
+            let body = status_json(&state.runtime.load());
+            let mut response = Response::new(Body::from(Bytes::from(body)));
+            response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+            response
+        }
         "/healthz" => text(StatusCode::OK, "ok\n"),
         "/readyz" if state.ready.load(Relaxed) => text(StatusCode::OK, "ready\n"),
         "/readyz" => text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n"),
-        _ => text(StatusCode::NOT_FOUND, "not found: try /metrics, /healthz or /readyz\n"),
+        _ => text(StatusCode::NOT_FOUND, "not found: try /metrics, /status, /healthz or /readyz\n"),
     }
 }
 
@@ -78,4 +93,74 @@ fn text(status: StatusCode, body: &'static str) -> Response<Body> {
         .headers_mut()
         .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
     response
+}
+
+/// `GET /status`: every upstream with its servers, sorted by name.
+#[derive(Serialize)]
+struct Status<'a> {
+    /// The window `recent` figures cover.
+    window_seconds: u64,
+    upstreams: Vec<UpstreamStatus<'a>>,
+}
+
+#[derive(Serialize)]
+struct UpstreamStatus<'a> {
+    name: &'a str,
+    balancer: BalancerKind,
+    healthy_servers: usize,
+    servers: Vec<ServerStatus<'a>>,
+}
+
+#[derive(Serialize)]
+struct ServerStatus<'a> {
+    address: &'a str,
+    weight: u32,
+    backup: bool,
+    healthy: bool,
+    in_flight: i64,
+    /// Attempts sent to this server in the window.
+    recent_requests: u64,
+    /// Of those: 5xx responses, failed connections, timeouts and broken exchanges.
+    recent_errors: u64,
+    /// `recent_errors / recent_requests`, 0 when there were none.
+    recent_error_rate: f64,
+}
+
+/// The `/status` document for `rt`.
+pub fn status_json(rt: &Runtime) -> Vec<u8> {
+    let now = health::now_ms() / 1000;
+    let mut upstreams: Vec<_> = rt
+        .upstreams
+        .values()
+        .map(|up| {
+            let servers: Vec<_> = up
+                .servers
+                .iter()
+                .map(|s| {
+                    let (requests, errors) = s.state.recent.totals(now);
+                    ServerStatus {
+                        address: &s.address,
+                        weight: s.weight,
+                        backup: s.backup,
+                        healthy: s.is_healthy(),
+                        in_flight: s.in_flight(),
+                        recent_requests: requests,
+                        recent_errors: errors,
+                        recent_error_rate: if requests == 0 { 0.0 } else { errors as f64 / requests as f64 },
+                    }
+                })
+                .collect();
+            UpstreamStatus {
+                name: &up.name,
+                balancer: up.balancer_kind,
+                healthy_servers: servers.iter().filter(|s| s.healthy).count(),
+                servers,
+            }
+        })
+        .collect();
+    upstreams.sort_by(|a, b| a.name.cmp(b.name));
+    let mut out = serde_json::to_vec_pretty(&Status { window_seconds: WINDOW_SECS, upstreams })
+        .unwrap_or_else(|_| b"{}".to_vec());
+    out.push(b'\n');
+    out
 }

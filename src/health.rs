@@ -14,7 +14,8 @@
 //!
 //! Readers: the balancer's eligibility test in `proxy::forward` reads the mark, the
 //! slow-start ramp and the panic threshold. Every transition is logged once and
-//! mirrored in `weir_upstream_server_healthy`.
+//! mirrored in `weir_upstream_server_healthy`; every active check is counted in
+//! `weir_health_checks_total`.
 
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, OnceLock};
@@ -155,8 +156,15 @@ pub fn mark(upstream: &Upstream, server: &Server, healthy: bool, reason: &str) {
 }
 
 /// Passive detection: counts an attempt's outcome against its server and ejects the
-/// server after `consecutive_failures` failures in a row.
+/// server after `consecutive_failures` failures in a row. Also counts the attempt in
+/// the server's recent-error window (5xx and failures are errors there).
 pub fn record(upstream: &Arc<Upstream>, server: &Arc<Server>, outcome: Outcome) {
+    let is_error = match outcome {
+        Outcome::Response(status) => status.is_server_error(),
+        Outcome::Failure(_) => true,
+    };
+    // Every attempt feeds the one-minute error window that `/status` shows.
+    server.state.recent.record(now_ms() / 1000, is_error);
     let passive = &upstream.health.passive;
     if passive.consecutive_failures == 0 {
         return;
@@ -253,6 +261,7 @@ async fn run_checks(upstream: &Arc<Upstream>, server: &Arc<Server>, first: Durat
     loop {
         match probe(server, check).await {
             Ok(()) => {
+                server.metrics.checks_passed.inc();
                 failures = 0;
                 passes = passes.saturating_add(1);
                 if passes >= check.healthy_threshold && !server.is_healthy() {
@@ -260,6 +269,7 @@ async fn run_checks(upstream: &Arc<Upstream>, server: &Arc<Server>, first: Durat
                 }
             }
             Err(why) => {
+                server.metrics.checks_failed.inc();
                 passes = 0;
                 failures = failures.saturating_add(1);
                 tracing::debug!(upstream = %upstream.name, server = %server.address, %why, "health check failed");

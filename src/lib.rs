@@ -5,6 +5,7 @@
 //! it in `metrics`. `config` loads the TOML; `runtime` turns it into the ready form
 //! the request path reads; `server` runs the process lifecycle.
 
+pub mod access_log;
 pub mod admin;
 pub mod admission;
 pub mod balancer;
@@ -14,6 +15,7 @@ pub mod listener;
 pub mod metrics;
 pub mod proxy;
 pub mod ratelimit;
+pub mod recent;
 pub mod runtime;
 pub mod server;
 pub mod tls;

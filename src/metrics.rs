@@ -37,6 +37,11 @@ pub struct Metrics {
     pub config_reloads_total: IntCounterVec,
     pub upstream_queue_depth: IntGaugeVec,
     pub upstream_queue_wait: HistogramVec,
+    pub health_checks_total: IntCounterVec,
+    pub upstream_retries_total: IntCounterVec,
+    pub request_bytes_total: IntCounterVec,
+    pub response_bytes_total: IntCounterVec,
+    pub access_log_dropped_total: IntCounter,
 }
 
 impl Metrics {
@@ -129,8 +134,41 @@ impl Metrics {
                 "Time requests that had to queue waited for an upstream slot (admitted or not).",
                 &["upstream"],
             )?,
+            health_checks_total: counter(
+                "weir_health_checks_total",
+                "Active health checks of each server, by result (pass or fail).",
+                &["upstream", "server", "result"],
+            )?,
+            upstream_retries_total: counter(
+                "weir_upstream_retries_total",
+                "Requests sent again to another server after a failed attempt.",
+                &["upstream"],
+            )?,
+            request_bytes_total: counter(
+                "weir_request_bytes_total",
+                "Request body bytes forwarded to each upstream.",
+                &["upstream"],
+            )?,
+            response_bytes_total: counter(
+                "weir_response_bytes_total",
+                "Response body bytes relayed from each upstream to clients.",
+                &["upstream"],
+            )?,
+            access_log_dropped_total: {
+                let c = IntCounter::new(
+                    "weir_access_log_dropped_total",
+                    "Access log lines dropped because the writer fell behind.",
+                )?;
+                registry.register(Box::new(c.clone()))?;
+                c
+            },
             registry,
         };
+        // Both results exist from the start, so `increase(...{result="failure"})` has a
+        // series to work on before the first failed reload.
+        for result in ["success", "failure"] {
+            metrics.config_reloads_total.with_label_values(&[result]);
+        }
         #[cfg(target_os = "linux")]
         metrics.registry.register(Box::new(prometheus::process_collector::ProcessCollector::for_self()))?;
         Ok(metrics)
@@ -150,6 +188,8 @@ impl Metrics {
         UpstreamMetrics {
             requests: CodeCounters::new(self.requests_total.clone(), vec![upstream.to_string()]),
             duration: self.request_duration.with_label_values(&[upstream]),
+            retries: self.upstream_retries_total.with_label_values(&[upstream]),
+            request_bytes: self.request_bytes_total.with_label_values(&[upstream]),
         }
     }
 
@@ -166,7 +206,19 @@ impl Metrics {
             in_flight: self.upstream_server_in_flight.with_label_values(&labels),
             connect_errors: self.upstream_connect_errors_total.with_label_values(&labels),
             timeouts: self.upstream_timeouts_total.with_label_values(&labels),
+            checks_passed: self.health_checks_total.with_label_values(&[upstream, server, "pass"]),
+            checks_failed: self.health_checks_total.with_label_values(&[upstream, server, "fail"]),
+            response_bytes: self.response_bytes_total.with_label_values(&[upstream]),
         }
+    }
+
+    /// Drops the per-server series of a server a reload removed, so a gone server
+    /// does not linger as healthy (or down) on dashboards. Requests still running on
+    /// it keep their handles; only the export stops.
+    pub fn forget_server(&self, upstream: &str, server: &str) {
+        let labels = [upstream, server];
+        let _ = self.upstream_server_healthy.remove_label_values(&labels);
+        let _ = self.upstream_server_in_flight.remove_label_values(&labels);
     }
 }
 
@@ -190,6 +242,9 @@ pub struct QueueMetrics {
 pub struct UpstreamMetrics {
     pub requests: CodeCounters,
     pub duration: Histogram,
+    pub retries: IntCounter,
+    /// Request body bytes sent upstream, counted as frames pass (`body::RequestBody`).
+    pub request_bytes: IntCounter,
 }
 
 impl UpstreamMetrics {
@@ -210,6 +265,11 @@ pub struct ServerMetrics {
     pub in_flight: IntGauge,
     pub connect_errors: IntCounter,
     pub timeouts: IntCounter,
+    pub checks_passed: IntCounter,
+    pub checks_failed: IntCounter,
+    /// The upstream's response-bytes counter, held here so the response body, which
+    /// knows its server, counts without a lookup.
+    pub response_bytes: IntCounter,
 }
 
 /// One counter per status code, each resolved on first use from the code's static

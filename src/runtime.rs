@@ -14,6 +14,7 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 
+use crate::access_log::AccessLog;
 use crate::admission::{Admission, AdmissionSettings};
 use crate::balancer::{Balancer, Options};
 use crate::config::{Config, UpstreamProtocol};
@@ -46,6 +47,8 @@ pub struct Runtime {
     pub limiters: HashMap<Box<str>, Arc<Limiter>>,
     /// Peers whose `X-Forwarded-For` names the client.
     pub trusted_proxies: TrustedProxies,
+    /// The access log writer, when `[access_log]` is enabled.
+    pub access_log: Option<Arc<AccessLog>>,
 }
 
 /// Default `queue_size` of an upstream with `max_in_flight`.
@@ -62,6 +65,8 @@ pub enum BuildError {
     Tls(#[from] TlsError),
     #[error("listeners: more than {max} different listener names since start; restart weir to reuse slots")]
     TooManyListeners { max: usize },
+    #[error("access_log.path: cannot open `{path}`: {source}")]
+    AccessLog { path: String, source: std::io::Error },
 }
 
 /// The current runtime, shared by every connection; replaced whole on reload.
@@ -136,6 +141,7 @@ impl Runtime {
             let upstream = Upstream {
                 name: name.into(),
                 balancer: Balancer::new(*up.balancer.get_ref(), &servers, Options::of(up)),
+                balancer_kind: *up.balancer.get_ref(),
                 servers: servers.into(),
                 connect_timeout: up.connect_timeout.0,
                 request_timeout: up.request_timeout.0,
@@ -197,11 +203,24 @@ impl Runtime {
                 listener_tls[slot] = Some(tokio_rustls::TlsAcceptor::from(server));
             }
         }
+        if let Some(previous) = previous {
+            forget_removed_servers(previous, &upstreams, metrics);
+        }
+        let access_log = AccessLog::open(
+            &config.access_log,
+            previous.and_then(|p| p.access_log.as_ref()),
+            &metrics.access_log_dropped_total,
+        )
+        .map_err(|source| BuildError::AccessLog {
+            path: config.access_log.path.as_ref().map_or("(stderr)".into(), |p| p.get_ref().clone()),
+            source,
+        })?;
         Ok(Runtime {
             router,
             upstreams,
             unrouted: metrics.upstream(""),
             health: Checks::default(),
+            access_log,
             tls: listener_tls,
             listener_slots: slots,
             limiters,
@@ -218,6 +237,22 @@ impl Runtime {
     /// `health.stop()` is called. Needs a tokio runtime.
     pub fn start_health(&self) {
         self.health.start(self.upstreams.values());
+    }
+}
+
+/// Stops exporting the gauges of servers the new config no longer has.
+fn forget_removed_servers(
+    previous: &Runtime,
+    upstreams: &HashMap<Box<str>, Arc<Upstream>>,
+    metrics: &Metrics,
+) {
+    for (name, old) in &previous.upstreams {
+        let new = upstreams.get(name);
+        for server in old.servers.iter() {
+            if !new.is_some_and(|n| n.servers.iter().any(|s| s.address == server.address)) {
+                metrics.forget_server(name, &server.address);
+            }
+        }
     }
 }
 

@@ -226,7 +226,11 @@ impl Server {
             set.entries = entries;
             set.tracker.clone()
         };
-        let admin_state = Arc::new(AdminState { metrics: self.metrics.clone(), ready: false.into() });
+        let admin_state = Arc::new(AdminState {
+            metrics: self.metrics.clone(),
+            runtime: self.runtime.clone(),
+            ready: false.into(),
+        });
         if let Some(socket) = self.admin {
             if let Ok(addr) = socket.local_addr() {
                 tracing::info!(%addr, "admin listening");

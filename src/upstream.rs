@@ -19,16 +19,20 @@ use rustls_pki_types::ServerName;
 
 use crate::admission::Admission;
 use crate::balancer::Balancer;
+use crate::config::BalancerKind;
 use crate::health::HealthPolicy;
 use crate::metrics::{ServerMetrics, UpstreamMetrics};
 use crate::proxy::client::{Sender, UpstreamTls};
 use crate::proxy::retry::RetryBudget;
+use crate::recent::RecentErrors;
 
 /// One pool of servers behind a name, with its balancer.
 pub struct Upstream {
     pub name: Box<str>,
     pub servers: Box<[Arc<Server>]>,
     pub balancer: Balancer,
+    /// The configured algorithm, for `/status`.
+    pub balancer_kind: BalancerKind,
     pub connect_timeout: Duration,
     pub request_timeout: Duration,
     /// Speak h2 (one multiplexed connection per server) instead of HTTP/1.1.
@@ -69,6 +73,8 @@ pub struct ServerState {
     pub(crate) up_since_ms: AtomicU64,
     /// When the last passive ejection ended; 0: never.
     pub(crate) readmitted_ms: AtomicU64,
+    /// Attempts and errors over the last minute, for `/status`.
+    pub recent: RecentErrors,
 }
 
 impl ServerState {
@@ -82,6 +88,7 @@ impl ServerState {
             ejections: AtomicU32::new(0),
             up_since_ms: AtomicU64::new(up_since_ms),
             readmitted_ms: AtomicU64::new(0),
+            recent: RecentErrors::default(),
         }
     }
 }

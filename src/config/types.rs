@@ -45,6 +45,35 @@ pub struct Config {
     /// (CIDRs or single addresses). Empty: the TCP peer is always the client.
     #[serde(default)]
     pub trusted_proxies: Vec<Cidr>,
+    /// `[access_log]`: one line per request; off unless enabled.
+    #[serde(default)]
+    pub access_log: AccessLogConfig,
+}
+
+/// `[access_log]`
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AccessLogConfig {
+    /// Off by default, as in HAProxy, Envoy, Traefik and Caddy: stderr also carries
+    /// weir's own log, and metrics already count every request.
+    #[serde(default)]
+    pub enabled: bool,
+    #[serde(default)]
+    pub format: AccessLogFormat,
+    /// File to append to; absent means stderr.
+    #[serde(default)]
+    pub path: Option<Spanned<String>>,
+}
+
+/// How an access log line is written.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AccessLogFormat {
+    /// Space-separated fields, `-` for none.
+    #[default]
+    Plain,
+    /// One JSON object per line.
+    Json,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -123,7 +152,7 @@ pub struct RouteConfig {
     pub rate_limit: Option<Spanned<String>>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum BalancerKind {
     /// nginx's smooth weighted round-robin.

@@ -21,6 +21,15 @@ pub(super) fn validate(config: &Config, src: &Source) -> Result<(), ConfigError>
     if let Some(admin) = &config.admin {
         socket_addr(src, "admin.listen", &admin.listen)?;
     }
+    if let Some(path) = &config.access_log.path {
+        if path.get_ref().trim().is_empty() {
+            return Err(src.error(
+                Some(path.span()),
+                "access_log.path",
+                "must not be empty: remove the key to log to stderr",
+            ));
+        }
+    }
     if config.listeners.is_empty() {
         return Err(src.error(None, "listeners", "at least one [[listeners]] is required"));
     }
@@ -616,6 +625,18 @@ burst = 2
         let e = err(&BASE.replace("[upstreams.api]", "[upstreams.api]\nbalancer = \"fastest\""));
         assert!(e.contains("`upstreams.api.balancer`"), "{e}");
         assert!(e.contains("unknown variant `fastest`"), "{e}");
+    }
+
+    #[test]
+    fn access_log_settings_are_checked() {
+        let e = err(&format!("{BASE}[access_log]\nformat = \"xml\"\n"));
+        assert!(e.contains("access_log.format"), "{e}");
+        let e = err(&format!("{BASE}[access_log]\nenabled = true\npath = \"\"\n"));
+        assert!(e.contains("`access_log.path`: must not be empty"), "{e}");
+        let ok =
+            parse(&format!("{BASE}[access_log]\nenabled = true\nformat = \"json\"\n"), Path::new("w.toml"));
+        assert!(ok.unwrap().access_log.enabled);
+        assert!(!parse(BASE, Path::new("w.toml")).unwrap().access_log.enabled, "off by default");
     }
 
     #[test]

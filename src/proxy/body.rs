@@ -4,16 +4,27 @@
 //! its end the connection goes back to its server's pool; when it is dropped early
 //! (client gone, error) the connection is closed instead. Either way the in-flight
 //! count is released exactly once, because `Release` owns the `InFlight` guard.
+//!
+//! Bytes are counted as frames pass: a request body with content is wrapped in
+//! `RequestBody`, which adds to its upstream's `weir_request_bytes_total`; an upstream
+//! response body adds to `weir_response_bytes_total` through its server's handle. Both
+//! also keep the per-request tallies the access log needs; the response's log entry
+//! rides here and is written when the body is dropped, by then complete or cut short.
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use bytes::Bytes;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+
+use bytes::{Buf, Bytes};
 use http_body::{Body as _, Frame, SizeHint};
 use hyper::body::Incoming;
+use prometheus::IntCounter;
 
 use tokio::sync::OwnedSemaphorePermit;
 
+use crate::access_log::Pending;
 use crate::upstream::{InFlight, PooledConn};
 
 /// Errors a body can yield while streaming.
@@ -25,6 +36,8 @@ pub enum Body {
     Full(Option<Bytes>),
     /// A client's request body on its way upstream.
     Incoming(Incoming),
+    /// A client's request body with content, counted on its way upstream.
+    Request(RequestBody),
     /// An upstream's response body on its way to the client.
     Upstream(UpstreamBody),
 }
@@ -42,10 +55,29 @@ impl From<Bytes> for Body {
     }
 }
 
+/// A client's request body that counts the bytes it forwards.
+pub struct RequestBody {
+    pub(crate) inner: Incoming,
+    /// The upstream's `weir_request_bytes_total`.
+    pub(crate) bytes: IntCounter,
+    /// This request's own count, for the access log.
+    pub(crate) tally: Option<Arc<AtomicU64>>,
+}
+
 /// An upstream response body and what to release when it ends.
 pub struct UpstreamBody {
     pub(crate) inner: Incoming,
     pub(crate) release: Option<Release>,
+    /// Body bytes relayed so far.
+    pub(crate) sent: u64,
+    /// The access log entry, written when this body is dropped.
+    pub(crate) log: Option<Pending>,
+}
+
+impl UpstreamBody {
+    pub(crate) fn new(inner: Incoming, release: Release) -> UpstreamBody {
+        UpstreamBody { inner, release: Some(release), sent: 0, log: None }
+    }
 }
 
 /// What a response holds on to until its body is delivered.
@@ -86,6 +118,9 @@ impl Drop for UpstreamBody {
         if self.inner.is_end_stream() {
             self.finish();
         }
+        if let Some(log) = self.log.take() {
+            log.finish(self.sent);
+        }
     }
 }
 
@@ -101,8 +136,27 @@ impl http_body::Body for Body {
             Body::Empty => Poll::Ready(None),
             Body::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
             Body::Incoming(inner) => Pin::new(inner).poll_frame(cx).map_err(Into::into),
+            Body::Request(req) => {
+                let polled = Pin::new(&mut req.inner).poll_frame(cx);
+                if let Poll::Ready(Some(Ok(frame))) = &polled {
+                    let n = frame.data_ref().map_or(0, |d| d.remaining() as u64);
+                    req.bytes.inc_by(n);
+                    if let Some(tally) = &req.tally {
+                        tally.fetch_add(n, Relaxed);
+                    }
+                }
+                polled.map_err(Into::into)
+            }
             Body::Upstream(up) => {
                 let polled = Pin::new(&mut up.inner).poll_frame(cx);
+                if let Poll::Ready(Some(Ok(frame))) = &polled {
+                    let n = frame.data_ref().map_or(0, |d| d.remaining() as u64);
+                    up.sent += n;
+                    // Counted before `finish` below takes the release.
+                    if let Some(release) = &up.release {
+                        release.conn.server.metrics.response_bytes.inc_by(n);
+                    }
+                }
                 match &polled {
                     Poll::Ready(None) => up.finish(),
                     Poll::Ready(Some(Ok(_))) if up.inner.is_end_stream() => up.finish(),
@@ -121,6 +175,7 @@ impl http_body::Body for Body {
             Body::Empty => true,
             Body::Full(bytes) => bytes.is_none(),
             Body::Incoming(inner) => inner.is_end_stream(),
+            Body::Request(req) => req.inner.is_end_stream(),
             Body::Upstream(up) => up.inner.is_end_stream(),
         }
     }
@@ -130,6 +185,7 @@ impl http_body::Body for Body {
             Body::Empty => SizeHint::with_exact(0),
             Body::Full(bytes) => SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64)),
             Body::Incoming(inner) => inner.size_hint(),
+            Body::Request(req) => req.inner.size_hint(),
             Body::Upstream(up) => up.inner.size_hint(),
         }
     }

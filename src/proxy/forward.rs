@@ -8,6 +8,7 @@
 //! connection and the in-flight guard (see `body::Release`).
 
 use std::net::SocketAddr;
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -18,7 +19,7 @@ use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 
-use super::body::{Body, Release, UpstreamBody};
+use super::body::{Body, Release, RequestBody, UpstreamBody};
 use super::client::{self, TE_TRAILERS};
 use super::error::ProxyError;
 use crate::balancer::PickKey;
@@ -49,6 +50,17 @@ static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host"
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 
+/// What forwarding one request did, for the access log: which server answered (or
+/// failed last) and how many retries it took.
+#[derive(Default)]
+pub struct Trace {
+    /// Index into `upstream.servers` of the last server tried.
+    pub server: Option<usize>,
+    pub retries: u32,
+    /// Where the request body counts its bytes for the access log, if it has one.
+    pub request_bytes: Option<Arc<AtomicU64>>,
+}
+
 /// Sends `req` to a server of `upstream`. A server that refuses the connection is
 /// skipped for the next one; an idempotent request without a body is also retried
 /// when its connection drops before the response headers. Retries draw on the
@@ -57,10 +69,11 @@ pub async fn forward(
     upstream: &Arc<Upstream>,
     req: Request<Incoming>,
     peer: &Peer,
+    trace: &mut Trace,
 ) -> Result<Response<Body>, ProxyError> {
     // Only consistent_hash reads the request here; for the others this is a no-op.
     let key: PickKey = upstream.balancer.key(&req, peer.addr.ip());
-    let (mut req, mut on_upgrade) = prepare(req, peer);
+    let (mut req, mut on_upgrade) = prepare(req, peer, upstream, trace.request_bytes.take());
     upstream.retry_budget.deposit();
     let replayable = is_idempotent(req.method()) && http_body::Body::is_end_stream(req.body());
     let panic = upstream.health.in_panic(&upstream.servers);
@@ -76,9 +89,12 @@ pub async fn forward(
             if !upstream.retry_budget.try_withdraw() {
                 return Err(error);
             }
+            upstream.metrics.retries.inc();
+            trace.retries += 1;
             tracing::warn!(upstream = %upstream.name, %error, next = %server.address, "retrying on another server");
         }
         tried.insert(index);
+        trace.server = Some(index);
         // A copy to replay if the connection drops after the request went out; only
         // worth its allocation when there is another server to replay it on.
         let copy = (replayable && upstream.servers.len() > 1).then(|| copy_head(&req));
@@ -213,15 +229,21 @@ async fn attempt(upstream: &Upstream, (index, server): (usize, &Arc<Server>), re
         parts.headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
     }
     let release = Release { conn: PooledConn { sender, server: server.clone() }, in_flight, slot: None };
-    let body = Body::Upstream(UpstreamBody { inner: body, release: Some(release) });
+    let body = Body::Upstream(UpstreamBody::new(body, release));
     Ok(Response::from_parts(parts, body))
 }
 
 /// Turns a client request into the upstream request: origin-form target, HTTP/1.1,
 /// hop-by-hop headers removed, `X-Forwarded-*` set, `Host` kept. An upgrade request
 /// (WebSocket) keeps its `Upgrade` header, and the client side of the tunnel-to-be
-/// is taken out of the request.
-fn prepare(req: Request<Incoming>, peer: &Peer) -> (Request<Body>, Option<OnUpgrade>) {
+/// is taken out of the request. A body with content is wrapped to count its bytes
+/// (`tally`: this request's own count, if logged).
+fn prepare(
+    req: Request<Incoming>,
+    peer: &Peer,
+    upstream: &Upstream,
+    tally: Option<Arc<AtomicU64>>,
+) -> (Request<Body>, Option<OnUpgrade>) {
     let (mut parts, body) = req.into_parts();
     let headers = &mut parts.headers;
     let upgrade = requested_upgrade(headers);
@@ -263,7 +285,12 @@ fn prepare(req: Request<Incoming>, peer: &Peer) -> (Request<Body>, Option<OnUpgr
         parts.uri = Uri::from(path);
     }
     parts.version = Version::HTTP_11;
-    (Request::from_parts(parts, Body::Incoming(body)), on_upgrade)
+    let body = if http_body::Body::is_end_stream(&body) {
+        Body::Incoming(body)
+    } else {
+        Body::Request(RequestBody { inner: body, bytes: upstream.metrics.request_bytes.clone(), tally })
+    };
+    (Request::from_parts(parts, body), on_upgrade)
 }
 
 /// The `Upgrade` protocol, when `Connection` asks for an upgrade.

@@ -20,6 +20,7 @@ use std::time::Instant;
 use http::{Request, Response};
 use hyper::body::Incoming;
 
+use crate::access_log::Pending;
 use crate::admission::Refused;
 use crate::ratelimit::Decision;
 use crate::runtime::Runtime;
@@ -27,23 +28,28 @@ use crate::upstream::Upstream;
 use body::Body;
 use error::ProxyError;
 pub use forward::Peer;
+use forward::Trace;
 
-/// One request: route -> limit -> admit -> forward -> record.
+/// One request: route -> limit -> admit -> forward -> record (metrics, then the
+/// access log).
 pub async fn handle(rt: &Runtime, req: Request<Incoming>, peer: &Peer) -> Response<Body> {
     let started = Instant::now();
+    let log = rt.access_log.as_ref().map(|log| log.begin(started, peer.addr, &req));
     let Some(route) = rt.router.route(peer.listener, &req) else {
         let response = ProxyError::NoRoute.into_response();
         rt.unrouted.record(response.status(), started.elapsed());
-        return response;
+        return logged(response, log);
     };
     let upstream = &route.upstream;
     let limit = route.limiter.as_deref().map(|limiter| {
         let client = || client_ip::client_ip(peer.addr.ip(), req.headers(), &rt.trusted_proxies);
         (limiter, limiter.check(req.headers(), client, started))
     });
+    let mut trace =
+        Trace { request_bytes: log.as_ref().and_then(Pending::request_tally), ..Trace::default() };
     let result = match limit {
         Some((_, Decision::Deny { retry_after })) => Err(ProxyError::RateLimited { retry_after }),
-        _ => admit_and_forward(upstream, req, peer).await,
+        _ => admit_and_forward(upstream, req, peer, &mut trace).await,
     };
     let mut response = result.unwrap_or_else(|error| {
         if !matches!(error, ProxyError::RateLimited { .. }) {
@@ -55,6 +61,26 @@ pub async fn handle(rt: &Runtime, req: Request<Incoming>, peer: &Peer) -> Respon
         limiter.write_headers(&decision, response.headers_mut());
     }
     upstream.metrics.record(response.status(), started.elapsed());
+    logged(
+        response,
+        log.map(|mut log| {
+            log.entry.upstream = Some(upstream.clone());
+            log.entry.server = trace.server;
+            log.entry.retries = trace.retries;
+            log
+        }),
+    )
+}
+
+/// Hands the access log entry to the response body, to be written when the body is
+/// done; a response made by weir is written at once.
+fn logged(mut response: Response<Body>, log: Option<Pending>) -> Response<Body> {
+    let Some(mut log) = log else { return response };
+    log.entry.status = response.status().as_u16();
+    match response.body_mut() {
+        Body::Upstream(body) => body.log = Some(log),
+        body => log.finish(http_body::Body::size_hint(body).exact().unwrap_or(0)),
+    }
     response
 }
 
@@ -64,15 +90,16 @@ async fn admit_and_forward(
     upstream: &Arc<Upstream>,
     req: Request<Incoming>,
     peer: &Peer,
+    trace: &mut Trace,
 ) -> Result<Response<Body>, ProxyError> {
     let Some(admission) = &upstream.admission else {
-        return forward::forward(upstream, req, peer).await;
+        return forward::forward(upstream, req, peer, trace).await;
     };
     let slot = admission.admit().await.map_err(|refused| match refused {
         Refused::QueueFull => ProxyError::QueueFull { upstream: upstream.name.clone() },
         Refused::Timeout(after) => ProxyError::QueueTimeout { upstream: upstream.name.clone(), after },
     })?;
-    let mut response = forward::forward(upstream, req, peer).await?;
+    let mut response = forward::forward(upstream, req, peer, trace).await?;
     body::hold_slot(&mut response, slot);
     Ok(response)
 }

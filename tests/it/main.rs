@@ -6,6 +6,7 @@ mod edge;
 mod failures;
 mod headers;
 mod health;
+mod observability;
 mod proxying;
 mod ratelimit;
 mod routing;

@@ -69,8 +69,13 @@ fn run(args: &Args) -> anyhow::Result<()> {
         print_summary(&args.config, &config);
         return Ok(());
     }
-    let mut builder = tokio::runtime::Builder::new_multi_thread();
-    if config.workers > 0 {
+    // One worker runs on a current-thread runtime: no work stealing to pay for.
+    let mut builder = if config.workers == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+    };
+    if config.workers > 1 {
         builder.worker_threads(config.workers);
     }
     let tokio = builder.enable_all().build().context("starting the async runtime")?;

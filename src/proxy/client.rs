@@ -90,7 +90,9 @@ pub async fn exchange(upstream: &Upstream, server: &Server, mut req: Request<Bod
             Err((error, None)) => return Err((upstream_error(server, error), None)),
         }
     }
-    let mut sender = match connect(upstream, server).await {
+    // Boxed: the TLS handshake makes this future kilobytes large, and inline it would
+    // grow every request's future, which hyper moves into place per request.
+    let mut sender = match Box::pin(connect(upstream, server)).await {
         Ok(sender) => sender,
         Err(error) => return Err((error, Some(req))),
     };

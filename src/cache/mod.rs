@@ -67,7 +67,7 @@ impl Settings {
         let d = |d: Option<crate::config::Dur>| d.map(|d| d.0);
         Settings {
             max_size: config.max_size.get_ref().0,
-            max_object_size: config.max_object_size.get_ref().0,
+            max_object_size: config.max_object_size(),
             lock_timeout: config.lock_timeout.0,
             rules: Rules {
                 default_ttl: d(config.default_ttl),

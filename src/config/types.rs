@@ -165,9 +165,10 @@ pub struct CacheConfig {
     /// Memory the cache may hold: bodies, headers and keys, e.g. `"256MiB"`.
     #[serde(default = "defaults::cache_max_size")]
     pub max_size: Spanned<ByteSize>,
-    /// Larger responses pass through uncached.
-    #[serde(default = "defaults::cache_max_object_size")]
-    pub max_object_size: Spanned<ByteSize>,
+    /// Larger responses pass through uncached. Default: 8MiB, or `max_size` if
+    /// smaller.
+    #[serde(default)]
+    pub max_object_size: Option<Spanned<ByteSize>>,
     /// Freshness for responses that carry none (no max-age, s-maxage or Expires)
     /// and are cacheable by default (200, 301, ...). Absent: such responses are not
     /// stored.
@@ -498,6 +499,13 @@ impl<'de> Deserialize<'de> for Dur {
     }
 }
 
+impl CacheConfig {
+    /// The object limit in effect: as written, else 8MiB or `max_size` if smaller.
+    pub fn max_object_size(&self) -> u64 {
+        self.max_object_size.as_ref().map_or((8 << 20).min(self.max_size.get_ref().0), |s| s.get_ref().0)
+    }
+}
+
 /// A size in bytes, written with a unit: `"512B"`, `"64KiB"`, `"256MiB"`, `"1GB"`.
 /// A bare TOML integer is bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -586,9 +594,6 @@ mod defaults {
 
     pub fn cache_max_size() -> Spanned<ByteSize> {
         Spanned::new(0..0, ByteSize(256 << 20))
-    }
-    pub fn cache_max_object_size() -> Spanned<ByteSize> {
-        Spanned::new(0..0, ByteSize(8 << 20))
     }
     pub fn cache_lock_timeout() -> Dur {
         Dur(Duration::from_secs(5))

@@ -301,16 +301,14 @@ fn caches(src: &Source, name: &str, cache: &super::CacheConfig) -> Result<(), Co
     if name.is_empty() {
         return Err(src.error(None, "caches", "cache name must not be empty"));
     }
-    let (size, object) = (&cache.max_size, &cache.max_object_size);
+    let size = &cache.max_size;
     if size.get_ref().0 == 0 {
         return Err(src.error(Some(size.span()), &format!("{key}.max_size"), "must be above zero"));
     }
-    if object.get_ref().0 == 0
-        || object.get_ref().0 > size.get_ref().0
-        || object.get_ref().0 > MAX_OBJECT_SIZE
-    {
+    let object = cache.max_object_size();
+    if object == 0 || object > size.get_ref().0 || object > MAX_OBJECT_SIZE {
         return Err(src.error(
-            Some(object.span()),
+            cache.max_object_size.as_ref().map(|o| o.span()),
             &format!("{key}.max_object_size"),
             "must be above zero, at most max_size and at most 1GiB",
         ));

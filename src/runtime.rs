@@ -441,4 +441,25 @@ burst = 1
             &second.upstreams["any"].servers[0].state
         ));
     }
+
+    #[test]
+    fn a_cache_survives_a_rebuild_unless_its_settings_change() {
+        let text = format!("{ROUTES}\n[caches.pages]\nmax_size = \"1MiB\"\n").replacen(
+            "upstream = \"any\"\n",
+            "upstream = \"any\"\ncache = \"pages\"\n",
+            1,
+        );
+        let metrics = Metrics::new().unwrap();
+        let build = |text: &str, previous| {
+            Runtime::build(&config::parse(text, Path::new("t.toml")).unwrap(), previous, &metrics).unwrap()
+        };
+        let first = build(&text, None);
+        let second = build(&text, Some(&first));
+        assert!(Arc::ptr_eq(&first.caches["pages"], &second.caches["pages"]));
+        let req = Request::builder().uri("/").header("host", "elsewhere").body(()).unwrap();
+        let routed = second.router.route(0, &req).and_then(|r| r.cache.clone()).unwrap();
+        assert!(Arc::ptr_eq(&routed, &second.caches["pages"]));
+        let third = build(&text.replace("\"1MiB\"", "\"2MiB\""), Some(&second));
+        assert!(!Arc::ptr_eq(&second.caches["pages"], &third.caches["pages"]));
+    }
 }

@@ -1,7 +1,8 @@
 //! The admin listener: `/metrics` (Prometheus text), `/healthz` (the process runs),
-//! `/readyz` (listeners bound and config loaded) and `/status` (a JSON view of the
-//! current runtime's upstreams and servers for an operator with curl). Served apart
-//! from client traffic, HTTP/1.1 only.
+//! `/readyz` (listeners bound and config loaded), `/status` (a JSON view of the
+//! current runtime's upstreams and servers for an operator with curl) and
+//! `DELETE /cache/NAME?key=URL` or `?prefix=URL-PREFIX` (purge a response cache of
+//! the current runtime). Served apart from client traffic, HTTP/1.1 only.
 
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
@@ -27,7 +28,7 @@ use crate::runtime::{Runtime, SharedRuntime};
 /// What the admin endpoints read.
 pub struct AdminState {
     pub metrics: Arc<Metrics>,
-    /// The runtime clients are served by, read afresh on each `/status`.
+    /// The runtime clients are served by, read afresh on each `/status` and purge.
     pub runtime: SharedRuntime,
     /// Set once listeners are bound and the config is loaded; cleared on shutdown.
     pub ready: AtomicBool,
@@ -61,6 +62,9 @@ pub async fn serve(socket: TcpListener, state: Arc<AdminState>, mut stop: watch:
 }
 
 fn respond(state: &AdminState, req: &Request<Incoming>) -> Response<Body> {
+    if let Some(name) = req.uri().path().strip_prefix("/cache/") {
+        return purge(state, name, req);
+    }
     if req.method() != Method::GET && req.method() != Method::HEAD {
         return text(StatusCode::METHOD_NOT_ALLOWED, "use GET\n");
     }
@@ -84,6 +88,60 @@ fn respond(state: &AdminState, req: &Request<Incoming>) -> Response<Body> {
         "/readyz" => text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n"),
         _ => text(StatusCode::NOT_FOUND, "not found: try /metrics, /status, /healthz or /readyz\n"),
     }
+}
+
+/// `DELETE /cache/NAME?key=URL` removes one URL (every variant);
+/// `?prefix=URL-PREFIX` every URL that starts with it. Answers how many objects went.
+fn purge(state: &AdminState, name: &str, req: &Request<Incoming>) -> Response<Body> {
+    if req.method() != Method::DELETE {
+        return text(StatusCode::METHOD_NOT_ALLOWED, "use DELETE /cache/NAME?key=URL or ?prefix=URL\n");
+    }
+    let runtime = state.runtime.load();
+    let Some(cache) = runtime.caches.get(name) else {
+        return text(StatusCode::NOT_FOUND, "no such cache\n");
+    };
+    let query = req.uri().query().unwrap_or("");
+    let param = |want: &str| {
+        query.split('&').find_map(|pair| {
+            let (k, v) = pair.split_once('=')?;
+            (k == want).then(|| percent_decode(v)).flatten()
+        })
+    };
+    let purged = match (param("key"), param("prefix")) {
+        (Some(url), None) => cache.purge_url(&url),
+        (None, Some(prefix)) => cache.purge_prefix(&prefix),
+        _ => return text(StatusCode::BAD_REQUEST, "give one of key=URL or prefix=URL-PREFIX\n"),
+    };
+    let mut response = Response::new(Body::from(Bytes::from(format!("purged {purged}\n"))));
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    response
+}
+
+/// Decodes `%XX` escapes and `+` (a space) in a query value; `None` if malformed.
+fn percent_decode(text: &str) -> Option<String> {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while let Some(&b) = bytes.get(i) {
+        match b {
+            b'%' => {
+                let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
+                out.push(u8::from_str_radix(hex, 16).ok()?);
+                i += 3;
+            }
+            b'+' => {
+                out.push(b' ');
+                i += 1;
+            }
+            _ => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).ok()
 }
 
 fn text(status: StatusCode, body: &'static str) -> Response<Body> {
@@ -163,4 +221,18 @@ pub fn status_json(rt: &Runtime) -> Vec<u8> {
         .unwrap_or_else(|_| b"{}".to_vec());
     out.push(b'\n');
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_values_are_percent_decoded() {
+        assert_eq!(percent_decode("http%3A%2F%2Fa%2Fb%3Fx%3D1").as_deref(), Some("http://a/b?x=1"));
+        assert_eq!(percent_decode("http://a/b").as_deref(), Some("http://a/b"));
+        assert_eq!(percent_decode("a+b").as_deref(), Some("a b"));
+        assert_eq!(percent_decode("%zz"), None);
+        assert_eq!(percent_decode("%4"), None);
+    }
 }

@@ -9,6 +9,7 @@ pub mod access_log;
 pub mod admin;
 pub mod admission;
 pub mod balancer;
+pub mod cache;
 pub mod config;
 pub mod health;
 pub mod listener;

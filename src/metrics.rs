@@ -42,6 +42,10 @@ pub struct Metrics {
     pub request_bytes_total: IntCounterVec,
     pub response_bytes_total: IntCounterVec,
     pub access_log_dropped_total: IntCounter,
+    pub cache_requests_total: IntCounterVec,
+    pub cache_size_bytes: IntGaugeVec,
+    pub cache_entries: IntGaugeVec,
+    pub cache_evictions_total: IntCounterVec,
 }
 
 impl Metrics {
@@ -162,6 +166,22 @@ impl Metrics {
                 registry.register(Box::new(c.clone()))?;
                 c
             },
+            cache_requests_total: counter(
+                "weir_cache_requests_total",
+                "Requests on cached routes, by cache and result (hit, miss, stale, coalesced, bypass).",
+                &["cache", "result"],
+            )?,
+            cache_size_bytes: gauge(
+                "weir_cache_size_bytes",
+                "Bytes held by a cache: bodies, headers and keys.",
+                &["cache"],
+            )?,
+            cache_entries: gauge("weir_cache_entries", "Objects held by a cache.", &["cache"])?,
+            cache_evictions_total: counter(
+                "weir_cache_evictions_total",
+                "Entries a cache dropped to stay within max_size.",
+                &["cache"],
+            )?,
             registry,
         };
         // Both results exist from the start, so `increase(...{result="failure"})` has a
@@ -236,6 +256,40 @@ impl Metrics {
 pub struct QueueMetrics {
     pub depth: IntGauge,
     pub wait: Histogram,
+}
+
+impl Metrics {
+    /// Handles for one cache.
+    pub fn cache(&self, cache: &str) -> CacheMetrics {
+        let result = |r: &str| self.cache_requests_total.with_label_values(&[cache, r]);
+        CacheMetrics {
+            hit: result("hit"),
+            miss: result("miss"),
+            stale: result("stale"),
+            coalesced: result("coalesced"),
+            bypass: result("bypass"),
+            size_bytes: self.cache_size_bytes.with_label_values(&[cache]),
+            entries: self.cache_entries.with_label_values(&[cache]),
+            evictions: self.cache_evictions_total.with_label_values(&[cache]),
+        }
+    }
+}
+
+/// Per-cache handles.
+pub struct CacheMetrics {
+    /// Answered from a fresh entry.
+    pub hit: IntCounter,
+    /// Went upstream for the response.
+    pub miss: IntCounter,
+    /// Answered from a stale entry (while revalidating, or on an upstream error).
+    pub stale: IntCounter,
+    /// Waited for another request's fetch of the same key and was answered from it.
+    pub coalesced: IntCounter,
+    /// Not cacheable by method or request (POST, upgrades, `Authorization`).
+    pub bypass: IntCounter,
+    pub size_bytes: IntGauge,
+    pub entries: IntGauge,
+    pub evictions: IntCounter,
 }
 
 /// Per-upstream handles: what the client saw.

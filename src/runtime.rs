@@ -17,6 +17,7 @@ use arc_swap::ArcSwap;
 use crate::access_log::AccessLog;
 use crate::admission::{Admission, AdmissionSettings};
 use crate::balancer::{Balancer, Options};
+use crate::cache::{self, Cache};
 use crate::config::{Config, UpstreamProtocol};
 use crate::health::{self, Checks, HealthPolicy};
 use crate::metrics::{Metrics, UpstreamMetrics};
@@ -32,6 +33,9 @@ use crate::upstream::{Server, ServerState, Upstream};
 pub struct Runtime {
     pub router: Router,
     pub upstreams: HashMap<Box<str>, Arc<Upstream>>,
+    /// Response caches by name; a cache whose settings a reload leaves unchanged is
+    /// the same `Arc`, store and all.
+    pub caches: HashMap<Box<str>, Arc<Cache>>,
     /// Counts requests that matched no route (`upstream=""`).
     pub unrouted: UpstreamMetrics,
     /// This runtime's active health checks, started by `start_health`.
@@ -169,6 +173,18 @@ impl Runtime {
             limiters.insert(Box::from(name.as_str()), limiter);
         }
 
+        let mut caches = HashMap::new();
+        for (name, c) in &config.caches {
+            let settings = cache::Settings::of(c);
+            let kept =
+                previous.and_then(|p| p.caches.get(name.as_str())).filter(|old| old.settings == settings);
+            let cache = match kept {
+                Some(old) => old.clone(),
+                None => Cache::new(name, settings, metrics.cache(name)),
+            };
+            caches.insert(Box::from(name.as_str()), cache);
+        }
+
         let mut router = Router::default();
         for r in &config.routes {
             let listeners = match &r.listeners {
@@ -192,6 +208,8 @@ impl Runtime {
                 listeners,
                 // Validation guarantees the rate limit exists.
                 limiter: r.rate_limit.as_ref().and_then(|l| limiters.get(l.get_ref().as_str()).cloned()),
+                // Validation guarantees the cache exists.
+                cache: r.cache.as_ref().and_then(|c| caches.get(c.get_ref().as_str()).cloned()),
             };
             router.add(r.host.as_ref().map(|h| h.get_ref().as_str()), route);
         }
@@ -218,6 +236,7 @@ impl Runtime {
         Ok(Runtime {
             router,
             upstreams,
+            caches,
             unrouted: metrics.upstream(""),
             health: Checks::default(),
             access_log,
@@ -421,5 +440,26 @@ burst = 1
             &first.upstreams["any"].servers[0].state,
             &second.upstreams["any"].servers[0].state
         ));
+    }
+
+    #[test]
+    fn a_cache_survives_a_rebuild_unless_its_settings_change() {
+        let text = format!("{ROUTES}\n[caches.pages]\nmax_size = \"1MiB\"\n").replacen(
+            "upstream = \"any\"\n",
+            "upstream = \"any\"\ncache = \"pages\"\n",
+            1,
+        );
+        let metrics = Metrics::new().unwrap();
+        let build = |text: &str, previous| {
+            Runtime::build(&config::parse(text, Path::new("t.toml")).unwrap(), previous, &metrics).unwrap()
+        };
+        let first = build(&text, None);
+        let second = build(&text, Some(&first));
+        assert!(Arc::ptr_eq(&first.caches["pages"], &second.caches["pages"]));
+        let req = Request::builder().uri("/").header("host", "elsewhere").body(()).unwrap();
+        let routed = second.router.route(0, &req).and_then(|r| r.cache.clone()).unwrap();
+        assert!(Arc::ptr_eq(&routed, &second.caches["pages"]));
+        let third = build(&text.replace("\"1MiB\"", "\"2MiB\""), Some(&second));
+        assert!(!Arc::ptr_eq(&second.caches["pages"], &third.caches["pages"]));
     }
 }

@@ -48,6 +48,9 @@ pub struct Config {
     /// `[access_log]`: one line per request; off unless enabled.
     #[serde(default)]
     pub access_log: AccessLogConfig,
+    /// Response caches routes may name with `cache = "NAME"`.
+    #[serde(default)]
+    pub caches: BTreeMap<String, CacheConfig>,
 }
 
 /// `[access_log]`
@@ -150,6 +153,46 @@ pub struct RouteConfig {
     /// Name of a `[rate_limits.NAME]` checked before forwarding.
     #[serde(default)]
     pub rate_limit: Option<Spanned<String>>,
+    /// Name of a `[caches.NAME]` that stores this route's GET/HEAD responses.
+    #[serde(default)]
+    pub cache: Option<Spanned<String>>,
+}
+
+/// `[caches.NAME]`: an RFC 9111 shared response cache held in memory.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CacheConfig {
+    /// Memory the cache may hold: bodies, headers and keys, e.g. `"256MiB"`.
+    #[serde(default = "defaults::cache_max_size")]
+    pub max_size: Spanned<ByteSize>,
+    /// Larger responses pass through uncached. Default: 8MiB, or `max_size` if
+    /// smaller.
+    #[serde(default)]
+    pub max_object_size: Option<Spanned<ByteSize>>,
+    /// Freshness for responses that carry none (no max-age, s-maxage or Expires)
+    /// and are cacheable by default (200, 301, ...). Absent: such responses are not
+    /// stored.
+    #[serde(default)]
+    pub default_ttl: Option<Dur>,
+    /// Shortens each entry's lifetime by a random share up to this, e.g. `"10%"`, so
+    /// entries stored together do not expire together.
+    #[serde(default)]
+    pub ttl_jitter: Option<Spanned<Percent>>,
+    /// How long past expiry a stale entry is served while one background request
+    /// refreshes it (a response's own `stale-while-revalidate=N` wins).
+    #[serde(default)]
+    pub stale_while_revalidate: Option<Dur>,
+    /// How long past expiry a stale entry is served when the upstream fails or
+    /// answers 5xx (a response's own `stale-if-error=N` wins).
+    #[serde(default)]
+    pub stale_if_error: Option<Dur>,
+    /// Freshness for 404 and 410 responses that carry none.
+    #[serde(default)]
+    pub negative_ttl: Option<Dur>,
+    /// Longest wait for another request already fetching the same key before going
+    /// upstream anyway.
+    #[serde(default = "defaults::cache_lock_timeout")]
+    pub lock_timeout: Dur,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
@@ -456,8 +499,105 @@ impl<'de> Deserialize<'de> for Dur {
     }
 }
 
+impl CacheConfig {
+    /// The object limit in effect: as written, else 8MiB or `max_size` if smaller.
+    pub fn max_object_size(&self) -> u64 {
+        self.max_object_size.as_ref().map_or((8 << 20).min(self.max_size.get_ref().0), |s| s.get_ref().0)
+    }
+}
+
+/// A size in bytes, written with a unit: `"512B"`, `"64KiB"`, `"256MiB"`, `"1GB"`.
+/// A bare TOML integer is bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ByteSize(pub u64);
+
+impl ByteSize {
+    /// Parses `"<number><unit>"`; the unit is `B`, `KB`/`KiB`, `MB`/`MiB` or `GB`/`GiB`
+    /// (decimal and binary, case-insensitive).
+    pub fn parse(text: &str) -> Result<ByteSize, String> {
+        let text = text.trim();
+        let split = text.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(text.len());
+        let (number, unit) = text.split_at(split);
+        let scale: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+            "b" => 1,
+            "kb" => 1000,
+            "kib" | "k" => 1 << 10,
+            "mb" => 1000 * 1000,
+            "mib" | "m" => 1 << 20,
+            "gb" => 1000 * 1000 * 1000,
+            "gib" | "g" => 1 << 30,
+            "" => return Err(format!("size `{text}` has no unit: write e.g. \"{text}MiB\" or \"{text}B\"")),
+            _ => {
+                return Err(format!(
+                    "size `{text}` has an unknown unit `{unit}`: use B, KiB, MiB, GiB, KB, MB or GB"
+                ))
+            }
+        };
+        let value: f64 = number
+            .parse()
+            .map_err(|_| format!("size `{text}` is not a number with a unit, e.g. \"256MiB\""))?;
+        let bytes = value * scale as f64;
+        if !bytes.is_finite() || bytes >= (1u64 << 50) as f64 {
+            return Err(format!("size `{text}` is out of range"));
+        }
+        Ok(ByteSize(bytes as u64))
+    }
+}
+
+impl<'de> Deserialize<'de> for ByteSize {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct SizeVisitor;
+        impl Visitor<'_> for SizeVisitor {
+            type Value = ByteSize;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a size with a unit, e.g. \"256MiB\"")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<ByteSize, E> {
+                ByteSize::parse(v).map_err(E::custom)
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<ByteSize, E> {
+                u64::try_from(v).map(ByteSize).map_err(|_| E::custom("a size cannot be negative"))
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<ByteSize, E> {
+                Ok(ByteSize(v))
+            }
+        }
+        deserializer.deserialize_any(SizeVisitor)
+    }
+}
+
+/// A share written as a percentage, `"10%"`; held as a fraction (0.1).
+#[derive(Debug, Clone, Copy, PartialEq, PartialOrd)]
+pub struct Percent(pub f64);
+
+impl Percent {
+    pub fn parse(text: &str) -> Result<Percent, String> {
+        let bad = || format!("`{text}` is not a percentage from 0% to 100%, e.g. \"10%\"");
+        let number = text.trim().strip_suffix('%').ok_or_else(bad)?;
+        let value: f64 = number.trim().parse().map_err(|_| bad())?;
+        if !(0.0..=100.0).contains(&value) {
+            return Err(bad());
+        }
+        Ok(Percent(value / 100.0))
+    }
+}
+
+impl<'de> Deserialize<'de> for Percent {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        Percent::parse(&text).map_err(de::Error::custom)
+    }
+}
+
 mod defaults {
     use super::*;
+
+    pub fn cache_max_size() -> Spanned<ByteSize> {
+        Spanned::new(0..0, ByteSize(256 << 20))
+    }
+    pub fn cache_lock_timeout() -> Dur {
+        Dur(Duration::from_secs(5))
+    }
 
     pub fn shutdown_timeout() -> Dur {
         Dur(Duration::from_secs(30))
@@ -596,6 +736,27 @@ mod tests {
         assert_eq!(Cidr::parse("::1").unwrap().0.to_string(), "::1/128");
         assert!(Cidr::parse("10.0.0.0/33").is_err());
         assert!(Cidr::parse("proxy.local").is_err());
+    }
+
+    #[test]
+    fn sizes_take_decimal_and_binary_units() {
+        assert_eq!(ByteSize::parse("256MiB").unwrap().0, 256 << 20);
+        assert_eq!(ByteSize::parse("8mib").unwrap().0, 8 << 20);
+        assert_eq!(ByteSize::parse("64KiB").unwrap().0, 64 << 10);
+        assert_eq!(ByteSize::parse("1GB").unwrap().0, 1_000_000_000);
+        assert_eq!(ByteSize::parse("1.5KiB").unwrap().0, 1536);
+        assert_eq!(ByteSize::parse("100B").unwrap().0, 100);
+        assert!(ByteSize::parse("100").unwrap_err().contains("no unit"));
+        assert!(ByteSize::parse("1TiB").unwrap_err().contains("unknown unit"));
+        assert!(ByteSize::parse("MiB").is_err());
+    }
+
+    #[test]
+    fn percentages_become_fractions() {
+        assert_eq!(Percent::parse("10%").unwrap().0, 0.1);
+        assert_eq!(Percent::parse("0%").unwrap().0, 0.0);
+        assert!(Percent::parse("10").is_err());
+        assert!(Percent::parse("150%").is_err());
     }
 
     #[test]

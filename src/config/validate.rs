@@ -190,6 +190,9 @@ pub(super) fn validate(config: &Config, src: &Source) -> Result<(), ConfigError>
     for (name, limit) in &config.rate_limits {
         check_rate_limit(src, name, limit)?;
     }
+    for (name, cache) in &config.caches {
+        caches(src, name, cache)?;
+    }
 
     let mut seen_routes = HashSet::new();
     for (i, r) in config.routes.iter().enumerate() {
@@ -204,6 +207,15 @@ pub(super) fn validate(config: &Config, src: &Source) -> Result<(), ConfigError>
                         limit.get_ref(),
                         limit.get_ref()
                     ),
+                ));
+            }
+        }
+        if let Some(cache) = &r.cache {
+            if !config.caches.contains_key(cache.get_ref().as_str()) {
+                return Err(src.error(
+                    Some(cache.span()),
+                    &format!("{key}.cache"),
+                    format!("no cache named `{}`: define [caches.{}]", cache.get_ref(), cache.get_ref()),
                 ));
             }
         }
@@ -276,6 +288,33 @@ pub(super) fn validate(config: &Config, src: &Source) -> Result<(), ConfigError>
                 "an earlier route has the same host, path_prefix, methods and listeners, so this one could never match",
             ));
         }
+    }
+    Ok(())
+}
+
+/// Largest object a cache stores: entries are weighed in `u32` bytes.
+pub const MAX_OBJECT_SIZE: u64 = 1 << 30;
+
+/// A cache's sizes are non-zero and its objects fit in it; waits are above zero.
+fn caches(src: &Source, name: &str, cache: &super::CacheConfig) -> Result<(), ConfigError> {
+    let key = format!("caches.{name}");
+    if name.is_empty() {
+        return Err(src.error(None, "caches", "cache name must not be empty"));
+    }
+    let size = &cache.max_size;
+    if size.get_ref().0 == 0 {
+        return Err(src.error(Some(size.span()), &format!("{key}.max_size"), "must be above zero"));
+    }
+    let object = cache.max_object_size();
+    if object == 0 || object > size.get_ref().0 || object > MAX_OBJECT_SIZE {
+        return Err(src.error(
+            cache.max_object_size.as_ref().map(|o| o.span()),
+            &format!("{key}.max_object_size"),
+            "must be above zero, at most max_size and at most 1GiB",
+        ));
+    }
+    if cache.lock_timeout.0.is_zero() {
+        return Err(src.error(None, &format!("{key}.lock_timeout"), "must be greater than zero"));
     }
     Ok(())
 }
@@ -643,5 +682,27 @@ burst = 2
     fn unknown_listener_in_route_is_refused() {
         let e = err(&BASE.replace("upstream = \"api\"", "upstream = \"api\"\nlisteners = [\"webz\"]"));
         assert!(e.contains("no listener named `webz`"), "{e}");
+    }
+
+    #[test]
+    fn unknown_cache_is_named_with_its_line() {
+        let e = err(&BASE.replace("upstream = \"api\"", "upstream = \"api\"\ncache = \"pagez\""));
+        assert!(e.starts_with("w.toml:8:9: `routes[0].cache`: no cache named `pagez`"), "{e}");
+    }
+
+    #[test]
+    fn cache_sizes_are_checked() {
+        let with = |body: &str| format!("{BASE}\n[caches.pages]\n{body}\n");
+        assert!(parse(&with("max_size = \"64MiB\"\nttl_jitter = \"10%\""), Path::new("w.toml")).is_ok());
+        let e = err(&with("max_size = \"1MiB\"\nmax_object_size = \"2MiB\""));
+        assert!(e.contains("`caches.pages.max_object_size`: must be above zero, at most max_size"), "{e}");
+        let e = err(&with("max_size = \"0B\""));
+        assert!(e.contains("`caches.pages.max_size`: must be above zero"), "{e}");
+        let e = err(&with("max_size = \"12 parsecs\""));
+        assert!(e.contains("caches.pages.max_size") && e.contains("unknown unit"), "{e}");
+        let e = err(&with("ttl_jitter = \"200%\""));
+        assert!(e.contains("caches.pages.ttl_jitter"), "{e}");
+        let e = err(&with("lock_timeout = \"0s\""));
+        assert!(e.contains("caches.pages.lock_timeout"), "{e}");
     }
 }

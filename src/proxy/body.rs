@@ -40,12 +40,23 @@ pub enum Body {
     Request(RequestBody),
     /// An upstream's response body on its way to the client.
     Upstream(UpstreamBody),
+    /// An upstream's response body on its way to the client and into a cache.
+    Tee(Box<crate::cache::Tee>),
 }
 
 impl Body {
     /// A body of static bytes, e.g. an error page.
     pub fn from_static(bytes: &'static [u8]) -> Body {
         Body::Full(Some(Bytes::from_static(bytes)))
+    }
+
+    /// The upstream body inside, also through a cache's tee.
+    pub fn upstream_mut(&mut self) -> Option<&mut UpstreamBody> {
+        match self {
+            Body::Upstream(body) => Some(body),
+            Body::Tee(tee) => tee.inner_mut().upstream_mut(),
+            _ => None,
+        }
     }
 }
 
@@ -167,6 +178,7 @@ impl http_body::Body for Body {
                 }
                 polled.map_err(Into::into)
             }
+            Body::Tee(tee) => tee.poll_frame(cx),
         }
     }
 
@@ -177,6 +189,7 @@ impl http_body::Body for Body {
             Body::Incoming(inner) => inner.is_end_stream(),
             Body::Request(req) => req.inner.is_end_stream(),
             Body::Upstream(up) => up.inner.is_end_stream(),
+            Body::Tee(tee) => tee.is_end_stream(),
         }
     }
 
@@ -187,6 +200,7 @@ impl http_body::Body for Body {
             Body::Incoming(inner) => inner.size_hint(),
             Body::Request(req) => req.inner.size_hint(),
             Body::Upstream(up) => up.inner.size_hint(),
+            Body::Tee(tee) => tee.size_hint(),
         }
     }
 }

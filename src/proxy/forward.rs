@@ -71,9 +71,30 @@ pub async fn forward(
     peer: &Peer,
     trace: &mut Trace,
 ) -> Result<Response<Body>, ProxyError> {
+    // A body with content is wrapped to count its bytes (`tally`: this request's own
+    // count, if logged).
+    let tally = trace.request_bytes.take();
+    let req = req.map(|body| {
+        if http_body::Body::is_end_stream(&body) {
+            Body::Incoming(body)
+        } else {
+            Body::Request(RequestBody { inner: body, bytes: upstream.metrics.request_bytes.clone(), tally })
+        }
+    });
+    forward_request(upstream, req, peer, trace).await
+}
+
+/// `forward` for a request whose body is already a `Body`: one weir made itself,
+/// such as the cache's background refresh.
+pub async fn forward_request(
+    upstream: &Arc<Upstream>,
+    req: Request<Body>,
+    peer: &Peer,
+    trace: &mut Trace,
+) -> Result<Response<Body>, ProxyError> {
     // Only consistent_hash reads the request here; for the others this is a no-op.
     let key: PickKey = upstream.balancer.key(&req, peer.addr.ip());
-    let (mut req, mut on_upgrade) = prepare(req, peer, upstream, trace.request_bytes.take());
+    let (mut req, mut on_upgrade) = prepare(req, peer);
     upstream.retry_budget.deposit();
     let replayable = is_idempotent(req.method()) && http_body::Body::is_end_stream(req.body());
     let panic = upstream.health.in_panic(&upstream.servers);
@@ -236,14 +257,8 @@ async fn attempt(upstream: &Upstream, (index, server): (usize, &Arc<Server>), re
 /// Turns a client request into the upstream request: origin-form target, HTTP/1.1,
 /// hop-by-hop headers removed, `X-Forwarded-*` set, `Host` kept. An upgrade request
 /// (WebSocket) keeps its `Upgrade` header, and the client side of the tunnel-to-be
-/// is taken out of the request. A body with content is wrapped to count its bytes
-/// (`tally`: this request's own count, if logged).
-fn prepare(
-    req: Request<Incoming>,
-    peer: &Peer,
-    upstream: &Upstream,
-    tally: Option<Arc<AtomicU64>>,
-) -> (Request<Body>, Option<OnUpgrade>) {
+/// is taken out of the request.
+fn prepare(req: Request<Body>, peer: &Peer) -> (Request<Body>, Option<OnUpgrade>) {
     let (mut parts, body) = req.into_parts();
     let headers = &mut parts.headers;
     let upgrade = requested_upgrade(headers);
@@ -285,11 +300,6 @@ fn prepare(
         parts.uri = Uri::from(path);
     }
     parts.version = Version::HTTP_11;
-    let body = if http_body::Body::is_end_stream(&body) {
-        Body::Incoming(body)
-    } else {
-        Body::Request(RequestBody { inner: body, bytes: upstream.metrics.request_bytes.clone(), tally })
-    };
     (Request::from_parts(parts, body), on_upgrade)
 }
 

@@ -1,4 +1,6 @@
-//! The request path: route -> limit -> admit -> forward -> record, as plain functions.
+//! The request path: route -> limit -> (cache) -> admit -> forward -> record, as
+//! plain functions. A route with a cache looks up first and forwards only on a miss
+//! (see `crate::cache`).
 //!
 //! `handle` reads top to bottom as those steps. Each request loads the current
 //! `Runtime` once (in `listener`) and keeps it to the end, so a reload never changes
@@ -30,8 +32,8 @@ use error::ProxyError;
 pub use forward::Peer;
 use forward::Trace;
 
-/// One request: route -> limit -> admit -> forward -> record (metrics, then the
-/// access log).
+/// One request: route -> limit -> (cache lookup) -> admit -> forward -> (store) ->
+/// record (metrics, then the access log).
 pub async fn handle(rt: &Runtime, req: Request<Incoming>, peer: &Peer) -> Response<Body> {
     let started = Instant::now();
     let log = rt.access_log.as_ref().map(|log| log.begin(started, peer.addr, &req));
@@ -49,7 +51,10 @@ pub async fn handle(rt: &Runtime, req: Request<Incoming>, peer: &Peer) -> Respon
         Trace { request_bytes: log.as_ref().and_then(Pending::request_tally), ..Trace::default() };
     let result = match limit {
         Some((_, Decision::Deny { retry_after })) => Err(ProxyError::RateLimited { retry_after }),
-        _ => admit_and_forward(upstream, req, peer, &mut trace).await,
+        _ => match &route.cache {
+            None => admit_and_forward(upstream, req, peer, &mut trace).await,
+            Some(cache) => cache.serve(upstream, req, peer, &mut trace).await,
+        },
     };
     let mut response = result.unwrap_or_else(|error| {
         if !matches!(error, ProxyError::RateLimited { .. }) {
@@ -77,16 +82,16 @@ pub async fn handle(rt: &Runtime, req: Request<Incoming>, peer: &Peer) -> Respon
 fn logged(mut response: Response<Body>, log: Option<Pending>) -> Response<Body> {
     let Some(mut log) = log else { return response };
     log.entry.status = response.status().as_u16();
-    match response.body_mut() {
-        Body::Upstream(body) => body.log = Some(log),
-        body => log.finish(http_body::Body::size_hint(body).exact().unwrap_or(0)),
+    match response.body_mut().upstream_mut() {
+        Some(body) => body.log = Some(log),
+        None => log.finish(http_body::Body::size_hint(response.body()).exact().unwrap_or(0)),
     }
     response
 }
 
 /// Waits for a `max_in_flight` slot if the upstream has a limit, then forwards; the
 /// slot is held until the response body ends.
-async fn admit_and_forward(
+pub(crate) async fn admit_and_forward(
     upstream: &Arc<Upstream>,
     req: Request<Incoming>,
     peer: &Peer,

@@ -2,7 +2,10 @@
 //!
 //! Precedence (SPEC "Route choice"): the most specific host wins (exact, then the
 //! longest wildcard, then any host), then the longest `path_prefix`, then a route that
-//! lists the request's method over one with no `methods`. Routes are grouped by host
+//! lists the request's method over one with no `methods`. That last rule is what
+//! read/write splitting rests on: `methods = ["GET", "HEAD"]` to a replica pool and
+//! a route without `methods` (same host and prefix) to the primary pool send reads
+//! to the replicas and everything else to the primary. Routes are grouped by host
 //! and each group is sorted by that order at build time, so a lookup is one hash probe
 //! and a short scan, and allocates nothing.
 
@@ -24,6 +27,8 @@ pub struct Route {
     pub listeners: u64,
     /// Checked before forwarding; shared by every route naming the same limit.
     pub limiter: Option<Arc<Limiter>>,
+    /// The response cache in front of the upstream, if the route names one.
+    pub cache: Option<Arc<crate::cache::Cache>>,
 }
 
 impl Route {

@@ -1,6 +1,7 @@
 //! weir's integration tests: one binary, real sockets on 127.0.0.1, real HTTP.
 
 mod balancing;
+mod cache;
 mod cli;
 mod edge;
 mod failures;

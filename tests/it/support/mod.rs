@@ -35,6 +35,7 @@ pub struct Seen {
 }
 
 type Handler = Arc<dyn Fn(&Request<()>) -> Reply + Send + Sync>;
+type HeadersFn = Arc<dyn Fn(&Request<()>) -> HeaderMap + Send + Sync>;
 
 /// How a backend answers.
 #[derive(Clone)]
@@ -58,6 +59,7 @@ pub struct Backend {
 pub struct BackendBuilder {
     name: String,
     handler: Option<Handler>,
+    headers: Option<HeadersFn>,
     echo: bool,
     addr: Option<SocketAddr>,
 }
@@ -65,7 +67,7 @@ pub struct BackendBuilder {
 impl Backend {
     /// A backend answering `200` with its name as the body.
     pub fn named(name: &str) -> BackendBuilder {
-        BackendBuilder { name: name.into(), handler: None, echo: false, addr: None }
+        BackendBuilder { name: name.into(), handler: None, headers: None, echo: false, addr: None }
     }
 
     /// Requests that reached this backend.
@@ -107,6 +109,12 @@ impl BackendBuilder {
         self
     }
 
+    /// Adds `f`'s headers to each response (e.g. `Cache-Control`).
+    pub fn headers(mut self, f: impl Fn(&Request<()>) -> HeaderMap + Send + Sync + 'static) -> Self {
+        self.headers = Some(Arc::new(f));
+        self
+    }
+
     /// Waits `delay` before answering.
     pub fn delay(self, delay: Duration) -> Self {
         let name = self.name.clone();
@@ -133,6 +141,7 @@ impl BackendBuilder {
         let (stop_tx, mut stop_rx) = oneshot::channel();
         let name = self.name.clone();
         let handler = self.handler.clone();
+        let extra = self.headers.clone();
         let echo = self.echo;
         let (h, s) = (hits.clone(), seen.clone());
         let connections = Arc::new(Mutex::new(Vec::new()));
@@ -144,10 +153,12 @@ impl BackendBuilder {
                     accepted = listener.accept() => match accepted { Ok((s, _)) => s, Err(_) => continue },
                 };
                 let (name, handler, hits, seen) = (name.clone(), handler.clone(), h.clone(), s.clone());
+                let extra = extra.clone();
                 let task = tokio::spawn(async move {
                     let service = service_fn(move |req: Request<Incoming>| {
                         let (name, handler, hits, seen) =
                             (name.clone(), handler.clone(), hits.clone(), seen.clone());
+                        let extra = extra.clone();
                         async move {
                             hits.fetch_add(1, SeqCst);
                             let (parts, body) = req.into_parts();
@@ -186,6 +197,9 @@ impl BackendBuilder {
                             let mut response =
                                 Response::new(http_body_util::Either::Left(Full::new(reply.body)));
                             *response.status_mut() = reply.status;
+                            if let Some(extra) = &extra {
+                                response.headers_mut().extend(extra(&head));
+                            }
                             Ok(response)
                         }
                     });

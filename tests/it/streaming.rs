@@ -1,6 +1,7 @@
 //! Bodies stream through weir in both directions with flat memory: a large generated
-//! upload goes through weir to an echo backend and comes back through weir, while the
-//! test process (which hosts weir, the backend and the client) is watched for growth.
+//! upload goes through weir to an echo backend and comes back through weir. weir runs
+//! as its own process (the real binary), so its peak resident memory (`VmHWM`) is
+//! measured alone, untouched by the other tests that share this test process.
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -13,7 +14,7 @@ use http_body_util::BodyExt;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
-use crate::support::{Backend, Weir};
+use crate::support::Backend;
 
 /// 256 MiB each way: buffering it whole anywhere would show plainly in the process's
 /// resident memory, and it still passes through the four debug-build hyper hops
@@ -55,37 +56,65 @@ impl Body for Generated {
     }
 }
 
-/// This process's resident set size in bytes, from `/proc/self/statm`.
-fn rss() -> u64 {
-    let statm = std::fs::read_to_string("/proc/self/statm").expect("Linux /proc");
-    let pages: u64 = statm.split_whitespace().nth(1).and_then(|p| p.parse().ok()).expect("statm format");
-    // SAFETY: sysconf has no preconditions.
-    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
-    pages * u64::try_from(page).unwrap_or(4096)
+/// Peak resident memory of process `pid` in bytes, from `/proc/PID/status`.
+fn peak_rss(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("Linux /proc");
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmHWM in status");
+    kib * 1024
+}
+
+/// weir as a child process on a free port; killed when dropped.
+struct Child(std::process::Child);
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn large_body_streams_both_ways_with_flat_memory() {
     let echo = Backend::named("echo").echo().start().await;
-    let weir = Weir::start(
-        r#"
-[[listeners]]
-name = "web"
-listen = "127.0.0.1:0"
-[[routes]]
-upstream = "echo"
-[upstreams.echo]
-servers = [{ address = "{echo}" }]
-"#,
-        &[&echo],
+    let dir = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let config = dir.path().join("weir.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[[listeners]]\nname = \"web\"\nlisten = \"127.0.0.1:{port}\"\n[[routes]]\nupstream = \"echo\"\n\
+             [upstreams.echo]\nservers = [{{ address = \"{}\" }}]\n",
+            echo.addr
+        ),
     )
-    .await;
-
-    let stream = TcpStream::connect(weir.addr).await.unwrap();
+    .unwrap();
+    let weir = Child(
+        std::process::Command::new(env!("CARGO_BIN_EXE_weir"))
+            .arg("--config")
+            .arg(&config)
+            .args(["--log-level", "warn"])
+            .spawn()
+            .unwrap(),
+    );
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let mut connected = None;
+    for _ in 0..200 {
+        if let Ok(stream) = TcpStream::connect(addr).await {
+            connected = Some(stream);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let stream = connected.expect("weir did not start listening");
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.unwrap();
     tokio::spawn(conn);
     let started = Instant::now();
-    let baseline = rss();
+    let pid = weir.0.id();
+    let baseline = peak_rss(pid);
     let req = Request::post("/upload").header("host", "stream.test").body(Generated { left: BODY }).unwrap();
     // The echo answers while the upload is still going, so this returns early and
     // the two directions run at once: nothing in the path may wait for a whole body.
@@ -95,8 +124,7 @@ servers = [{ address = "{echo}" }]
         .unwrap();
     assert_eq!(response.status(), StatusCode::OK);
     let mut body = response.into_body();
-    let (mut received, mut peak) = (0u64, baseline);
-    let mut frames = 0u64;
+    let mut received = 0u64;
     while let Some(frame) =
         tokio::time::timeout(Duration::from_secs(10), body.frame()).await.expect("the echoed body stalled")
     {
@@ -105,17 +133,13 @@ servers = [{ address = "{echo}" }]
             assert!(data.iter().all(|&b| b == b'w'), "the body was altered");
             received += data.len() as u64;
         }
-        frames += 1;
-        if frames % 64 == 0 {
-            peak = peak.max(rss());
-        }
     }
-    peak = peak.max(rss());
+    let peak = peak_rss(pid);
     let elapsed = started.elapsed();
     assert_eq!(received, BODY, "the whole body came back");
     let growth = peak.saturating_sub(baseline);
     eprintln!(
-        "streamed {} MiB each way in {elapsed:?}; resident memory grew by {:.1} MiB (allowed {} MiB)",
+        "streamed {} MiB each way in {elapsed:?}; weir's peak resident memory grew by {:.1} MiB (allowed {} MiB)",
         BODY >> 20,
         growth as f64 / f64::from(1 << 20),
         ALLOWED_GROWTH >> 20

@@ -128,7 +128,7 @@ impl Listener {
             let tls = runtime.load().tls.get(self.slot).cloned().flatten();
             let settings = self.settings.load_full();
             let handshake_timeout = settings.handshake_timeout;
-            let connection = Connection {
+            let mut connection = Connection {
                 settings,
                 runtime: runtime.clone(),
                 stop: stop.clone(),
@@ -137,13 +137,24 @@ impl Listener {
             let active = self.active.clone();
             tracker.spawn(async move {
                 active.inc();
-                match tls {
-                    None => connection.serve(stream).await,
-                    Some(acceptor) => {
-                        match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
-                            Ok(Ok(stream)) => connection.serve(stream).await,
-                            Ok(Err(e)) => tracing::debug!(client = %addr, error = %e, "TLS handshake failed"),
-                            Err(_) => tracing::debug!(client = %addr, "TLS handshake timed out"),
+                // Until a client sends its first bytes it costs only its socket and
+                // this small task: TLS and hyper's state and buffers (about 10 KiB)
+                // are allocated, boxed, once there is something to read. A client
+                // that sends nothing is dropped after the header read timeout.
+                if connection.first_bytes(&stream, handshake_timeout).await {
+                    match tls {
+                        None => Box::pin(connection.serve(stream)).await,
+                        Some(acceptor) => {
+                            Box::pin(async move {
+                                match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
+                                    Ok(Ok(stream)) => connection.serve(stream).await,
+                                    Ok(Err(e)) => {
+                                        tracing::debug!(client = %addr, error = %e, "TLS handshake failed")
+                                    }
+                                    Err(_) => tracing::debug!(client = %addr, "TLS handshake timed out"),
+                                }
+                            })
+                            .await
                         }
                     }
                 }
@@ -164,6 +175,15 @@ struct Connection {
 }
 
 impl Connection {
+    /// Waits until the client sends something; false if it sent nothing within
+    /// `timeout` or the listener is stopping.
+    async fn first_bytes(&mut self, stream: &tokio::net::TcpStream, timeout: Duration) -> bool {
+        tokio::select! {
+            ready = tokio::time::timeout(timeout, stream.readable()) => matches!(ready, Ok(Ok(()))),
+            _ = self.stop.changed() => false,
+        }
+    }
+
     /// Serves HTTP/1.1 or h2 on `io` until the client leaves or `stop` changes, then
     /// finishes the request in progress and closes.
     async fn serve<I>(mut self, io: I)

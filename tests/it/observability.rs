@@ -135,6 +135,7 @@ async fn known_traffic_gives_exact_metrics_access_log_lines_and_status() {
     let a = Backend::named("a").start().await;
     let b = Backend::named("b").start().await;
     let c = Backend::named("c").start().await;
+    let d = Backend::named("d").start().await;
     // The flapping server fails its health checks until the test has seen it marked
     // down, then passes: a fixed number of failures would leave a window a slow
     // scrape on a busy machine could miss.
@@ -170,6 +171,16 @@ upstream = "dead"
 [[routes]]
 path_prefix = "/mixed/"
 upstream = "mixed"
+[[routes]]
+path_prefix = "/limited/"
+upstream = "limited"
+rate_limit = "tight"
+[rate_limits.tight]
+key = "global"
+rate = 0.001
+burst = 1
+[upstreams.limited]
+servers = [{{ address = "{{d}}" }}]
 [upstreams.app]
 servers = [{{ address = "{{a}}" }}, {{ address = "{{b}}" }}]
 [upstreams.dead]
@@ -191,8 +202,8 @@ healthy_threshold = 1
 "#,
         log = log_path.display()
     );
-    std::fs::write(&config_path, crate::support::fill(&config, &[&a, &b, &c, &flap])).unwrap();
-    let weir = Weir::start_with_path(&config, &[&a, &b, &c, &flap], Some(&config_path)).await;
+    std::fs::write(&config_path, crate::support::fill(&config, &[&a, &b, &c, &d, &flap])).unwrap();
+    let weir = Weir::start_with_path(&config, &[&a, &b, &c, &d, &flap], Some(&config_path)).await;
     let (a_addr, b_addr, c_addr, flap_addr) =
         (a.addr.to_string(), b.addr.to_string(), c.addr.to_string(), flap.addr.to_string());
     let dead = dead.to_string();
@@ -211,6 +222,12 @@ healthy_threshold = 1
         assert_eq!(get(&weir.url("/dead/x")).await.0, StatusCode::BAD_GATEWAY);
     }
     assert_eq!(get(&weir.url("/mixed/x")).await.0, StatusCode::OK);
+    // A burst of one: the first request passes, the next two are limited (429).
+    let mut codes = Vec::new();
+    for _ in 0..3 {
+        codes.push(get(&weir.url("/limited/x")).await.0.as_u16());
+    }
+    assert_eq!(codes, vec![200, 429, 429]);
 
     // The health flap: up (fresh), down after two failed checks, up after one pass.
     let healthy = |s: &Scrape| {
@@ -236,6 +253,10 @@ healthy_threshold = 1
     assert_eq!(requests("", "404"), 3.0);
     assert_eq!(requests("dead", "502"), 2.0);
     assert_eq!(requests("mixed", "200"), 1.0);
+    assert_eq!(requests("limited", "200"), 1.0);
+    assert_eq!(requests("limited", "429"), 2.0);
+    assert_eq!(value(&s, "weir_rate_limited_total", &[("rate_limit", "tight")]), 2.0);
+    assert_eq!(d.hits(), 1, "limited requests never reach the upstream");
     let by_server = |u: &str, srv: &str, code: &str| {
         value(&s, "weir_upstream_requests_total", &[("upstream", u), ("server", srv), ("code", code)])
     };
@@ -290,7 +311,7 @@ healthy_threshold = 1
     scrape_until(&weir, "the connection uncounted", |s| active(s) == 0.0).await;
 
     // The access log: one JSON line per client request, with its facts.
-    let lines = read_lines_until(&log_path, 10).await;
+    let lines = read_lines_until(&log_path, 13).await;
     let by_path = |path: &str| lines.iter().filter(|l| l["path"] == path).collect::<Vec<_>>();
     let app = by_path("/app/x");
     assert_eq!(app.len(), 4);
@@ -321,6 +342,9 @@ healthy_threshold = 1
     assert_eq!(retried[0]["retries"], 1);
     assert_eq!(retried[0]["server"], c_addr.as_str());
 
+    let limited = by_path("/limited/x");
+    assert_eq!(limited.iter().filter(|l| l["status"] == 429).count(), 2);
+
     // /status: pools, servers, health, in-flight and the last minute's errors.
     let admin = weir.admin.unwrap();
     let (code, body) = get(&format!("http://{admin}/status")).await;
@@ -329,7 +353,7 @@ healthy_threshold = 1
     assert_eq!(status["window_seconds"], 60);
     let upstreams: HashMap<&str, &serde_json::Value> =
         status["upstreams"].as_array().unwrap().iter().map(|u| (u["name"].as_str().unwrap(), u)).collect();
-    assert_eq!(upstreams.len(), 4);
+    assert_eq!(upstreams.len(), 5);
     let app = upstreams["app"];
     assert_eq!(app["balancer"], "round_robin");
     assert_eq!(app["healthy_servers"], 2);

@@ -358,6 +358,19 @@ fn append_forwarded_for(headers: &mut HeaderMap, ip: &HeaderValue) {
 /// Removes hop-by-hop headers (RFC 9110 §7.6.1) and every header that `Connection`
 /// names, except `Host`, which routing and the upstream both rely on.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // One pass over the names first: most messages carry none of these, and a scan
+    // of a few standard names is cheaper than hashing each of them for a lookup.
+    let found = headers.keys().any(|name| {
+        name == header::CONNECTION
+            || name == header::TE
+            || name == header::TRANSFER_ENCODING
+            || name == header::UPGRADE
+            || name == KEEP_ALIVE
+            || name == PROXY_CONNECTION
+    });
+    if !found {
+        return;
+    }
     if headers.contains_key(header::CONNECTION) {
         let named: Vec<HeaderValue> = headers.get_all(header::CONNECTION).iter().cloned().collect();
         for value in &named {
@@ -371,9 +384,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
         headers.remove(header::CONNECTION);
     }
     for name in [&KEEP_ALIVE, &PROXY_CONNECTION, &header::TE, &header::TRANSFER_ENCODING, &header::UPGRADE] {
-        if headers.contains_key(name) {
-            headers.remove(name);
-        }
+        headers.remove(name);
     }
 }
 

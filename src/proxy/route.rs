@@ -82,7 +82,11 @@ impl Router {
         let method = req.method();
         let find = |group: &[Route]| group.iter().position(|r| r.matches(listener, path, method));
         let mut buf = [0u8; 256];
-        if let Some(host) = request_host(req).and_then(|h| lowercase(h, &mut buf)) {
+        // Without host routes the host is never needed: skip finding and lowercasing it.
+        let host_routes = !self.exact.is_empty() || !self.wildcard.is_empty();
+        if let Some(host) =
+            host_routes.then(|| request_host(req)).flatten().and_then(|h| lowercase(h, &mut buf))
+        {
             if let Some(group) = self.exact.get(host) {
                 if let Some(i) = find(group) {
                     return Some(&group[i]);

@@ -53,7 +53,9 @@ pub async fn handle(rt: &Runtime, req: Request<Incoming>, peer: &Peer) -> Respon
         Some((_, Decision::Deny { retry_after })) => Err(ProxyError::RateLimited { retry_after }),
         _ => match &route.cache {
             None => admit_and_forward(upstream, req, peer, &mut trace).await,
-            Some(cache) => cache.serve(upstream, req, peer, &mut trace).await,
+            // Boxed: the cache's future is kilobytes large, and inline it would grow
+            // every request's future, which hyper moves into place per request.
+            Some(cache) => Box::pin(cache.serve(upstream, req, peer, &mut trace)).await,
         },
     };
     let mut response = result.unwrap_or_else(|error| {

@@ -11,10 +11,21 @@
 //! turn) instead of being accepted and dropped. A reload keeps the count when the
 //! limit is unchanged; a changed limit counts from zero (connections open under the
 //! old limit finish uncounted).
+//!
+//! Timeouts a client meets: the TLS handshake and the wait for the first bytes
+//! (`FirstBytes`) get `header_read_timeout`; hyper's HTTP/1 header read timeout then
+//! covers every request head, including the idle gap between keep-alive requests (it
+//! starts when the previous response is done), so `header_read_timeout` is also the
+//! keep-alive idle limit; a stalled request body gets `body_read_timeout`
+//! (`proxy::body::ClientBody`).
 
 use std::convert::Infallible;
+use std::future::Future;
+use std::io;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -22,8 +33,10 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use prometheus::IntGauge;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
+use tokio::time::Sleep;
 use tokio_util::task::TaskTracker;
 
 use crate::config::ListenerConfig;
@@ -44,11 +57,13 @@ pub struct Listener {
 /// How a listener serves connections: what a reload may change without rebinding.
 pub struct Settings {
     builder: auto::Builder<TokioExecutor>,
-    /// A TLS handshake gets as long as a request head.
+    /// A TLS handshake, and the wait for a connection's first bytes, get as long as
+    /// a request head.
     handshake_timeout: Duration,
     max_connections: Option<usize>,
     /// One permit per open connection; `None` without `max_connections`.
     slots: Option<Arc<Semaphore>>,
+    body_read_timeout: Duration,
 }
 
 impl Settings {
@@ -72,7 +87,13 @@ impl Settings {
             .keep_alive_interval(Some(Duration::from_secs(30)));
         let max_connections = config.max_connections.as_ref().map(|m| *m.get_ref());
         let slots = max_connections.map(|max| Arc::new(Semaphore::new(max.clamp(1, Semaphore::MAX_PERMITS))));
-        Settings { builder, handshake_timeout: config.header_read_timeout.0, max_connections, slots }
+        Settings {
+            builder,
+            handshake_timeout: config.header_read_timeout.0,
+            body_read_timeout: config.body_read_timeout.0,
+            max_connections,
+            slots,
+        }
     }
 
     /// The settings for `config` replacing `old`: open connections stay counted when
@@ -128,12 +149,9 @@ impl Listener {
             let tls = runtime.load().tls.get(self.slot).cloned().flatten();
             let settings = self.settings.load_full();
             let handshake_timeout = settings.handshake_timeout;
-            let mut connection = Connection {
-                settings,
-                runtime: runtime.clone(),
-                stop: stop.clone(),
-                peer: Peer::new(addr, self.slot, tls.is_some()),
-            };
+            let mut peer = Peer::new(addr, self.slot, tls.is_some());
+            peer.body_read_timeout = settings.body_read_timeout;
+            let mut connection = Connection { settings, runtime: runtime.clone(), stop: stop.clone(), peer };
             let active = self.active.clone();
             tracker.spawn(async move {
                 active.inc();
@@ -198,6 +216,7 @@ impl Connection {
             let peer = peer.clone();
             async move { Ok::<_, Infallible>(proxy::handle(&rt, req, &peer).await) }
         });
+        let io = FirstBytes::new(io, self.settings.handshake_timeout);
         let conn = self.settings.builder.serve_connection_with_upgrades(TokioIo::new(io), service);
         tokio::pin!(conn);
         let result = tokio::select! {
@@ -214,6 +233,94 @@ impl Connection {
     }
 }
 
+/// The connection preface an h2 (prior knowledge) client opens with.
+const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// A client connection whose first bytes must arrive within a timeout.
+///
+/// hyper-util's protocol detection reads until the bytes differ from the h2 preface
+/// (or all 24 match) with no timeout of its own, and hyper's header read timeout only
+/// starts after it: a client that connects and sends nothing, or a few bytes of the
+/// preface, would hold its connection forever. This tracks the same comparison and
+/// disarms once it is decided; from then on reads pass straight through.
+struct FirstBytes<I> {
+    io: I,
+    timeout: Duration,
+    /// Set on the first read that has to wait; `None` again once disarmed.
+    timer: Option<Pin<Box<Sleep>>>,
+    /// Bytes read so far that match the h2 preface; `None` once decided.
+    matched: Option<usize>,
+}
+
+impl<I> FirstBytes<I> {
+    fn new(io: I, timeout: Duration) -> FirstBytes<I> {
+        FirstBytes { io, timeout, timer: None, matched: Some(0) }
+    }
+
+    /// Follows the preface comparison over newly read bytes.
+    fn saw(&mut self, bytes: &[u8]) {
+        let Some(matched) = self.matched else { return };
+        let rest = &H2_PREFACE[matched..];
+        let n = bytes.len().min(rest.len());
+        if bytes[..n] != rest[..n] || matched + n == H2_PREFACE.len() {
+            self.matched = None;
+            self.timer = None;
+        } else {
+            self.matched = Some(matched + n);
+        }
+    }
+}
+
+impl<I: AsyncRead + Unpin> AsyncRead for FirstBytes<I> {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if this.matched.is_none() {
+            return Pin::new(&mut this.io).poll_read(cx, buf);
+        }
+        let before = buf.filled().len();
+        match Pin::new(&mut this.io).poll_read(cx, buf) {
+            Poll::Ready(Ok(())) => {
+                this.saw(&buf.filled()[before..]);
+                Poll::Ready(Ok(()))
+            }
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Pending => {
+                let timeout = this.timeout;
+                let timer = this.timer.get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+                match timer.as_mut().poll(cx) {
+                    Poll::Ready(()) => Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        "no request within header_read_timeout",
+                    ))),
+                    Poll::Pending => Poll::Pending,
+                }
+            }
+        }
+    }
+}
+
+impl<I: AsyncWrite + Unpin> AsyncWrite for FirstBytes<I> {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
+    }
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+    }
+}
+
 /// A non-blocking listening socket with `SO_REUSEADDR` and a backlog of 4096.
 pub fn bind_tcp(addr: SocketAddr) -> std::io::Result<TcpListener> {
     use socket2::{Domain, Protocol, Socket, Type};
@@ -223,4 +330,40 @@ pub fn bind_tcp(addr: SocketAddr) -> std::io::Result<TcpListener> {
     socket.bind(&addr.into())?;
     socket.listen(4096)?;
     TcpListener::from_std(socket.into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    #[tokio::test(start_paused = true)]
+    async fn a_silent_client_is_cut_off_after_the_timeout() {
+        let (client, server) = tokio::io::duplex(64);
+        let mut io = FirstBytes::new(server, Duration::from_secs(10));
+        let started = tokio::time::Instant::now();
+        let err = io.read(&mut [0; 8]).await.unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+        assert_eq!(started.elapsed(), Duration::from_secs(10));
+        drop(client);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_partial_h2_preface_is_still_timed() {
+        let (mut client, server) = tokio::io::duplex(64);
+        let mut io = FirstBytes::new(server, Duration::from_secs(10));
+        client.write_all(b"PRI * HT").await.unwrap();
+        assert_eq!(io.read(&mut [0; 64]).await.unwrap(), 8);
+        assert!(io.read(&mut [0; 64]).await.is_err());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn once_http1_is_recognised_reads_wait_without_limit() {
+        let (mut client, server) = tokio::io::duplex(64);
+        let mut io = FirstBytes::new(server, Duration::from_secs(10));
+        client.write_all(b"GET / HTTP/1.1\r\n").await.unwrap();
+        assert_eq!(io.read(&mut [0; 64]).await.unwrap(), 16);
+        let waiting = tokio::time::timeout(Duration::from_secs(60), io.read(&mut [0; 64])).await;
+        assert!(waiting.is_err(), "the read was cut off: hyper's own timeouts apply from here");
+    }
 }

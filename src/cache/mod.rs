@@ -515,7 +515,13 @@ impl Cache {
         *copy.headers_mut() = req.headers().clone();
         take_conditionals(copy.headers_mut());
         let url = url(req, peer);
-        let peer = Peer { addr: peer.addr, listener: peer.listener, tls: peer.tls, ip: peer.ip.clone() };
+        let peer = Peer {
+            addr: peer.addr,
+            listener: peer.listener,
+            tls: peer.tls,
+            ip: peer.ip.clone(),
+            body_read_timeout: peer.body_read_timeout,
+        };
         let (cache, upstream) = (self.clone(), upstream.clone());
         tokio::spawn(async move {
             let request_headers = copy.headers().clone();

@@ -107,6 +107,10 @@ pub struct ListenerConfig {
     /// Open client connections at most; further ones wait in the accept backlog.
     #[serde(default)]
     pub max_connections: Option<Spanned<usize>>,
+    /// Longest a client may pause while sending a request body; longer cuts the
+    /// request (the upstream sees it aborted, never completed).
+    #[serde(default = "defaults::body_read_timeout")]
+    pub body_read_timeout: Dur,
 }
 
 /// `[listeners.tls]`
@@ -607,6 +611,9 @@ mod defaults {
     }
     pub fn max_header_size() -> Spanned<usize> {
         Spanned::new(0..0, 32 * 1024)
+    }
+    pub fn body_read_timeout() -> Dur {
+        Dur(Duration::from_secs(60))
     }
     pub fn h2_max_concurrent_streams() -> u32 {
         128

@@ -70,6 +70,13 @@ pub(super) fn validate(config: &Config, src: &Source) -> Result<(), ConfigError>
         if let Some(max) = &l.max_connections {
             at_least_one(src, &format!("{key}.max_connections"), max)?;
         }
+        for (what, d) in
+            [("header_read_timeout", &l.header_read_timeout), ("body_read_timeout", &l.body_read_timeout)]
+        {
+            if d.0.is_zero() {
+                return Err(src.error(None, &format!("{key}.{what}"), "must be greater than zero"));
+            }
+        }
     }
 
     for (name, up) in &config.upstreams {
@@ -485,6 +492,14 @@ servers = [{ address = "127.0.0.1:9000" }, { address = "localhost:9001", weight 
     fn unknown_upstream_is_named_with_its_line() {
         let e = err(&BASE.replace("upstream = \"api\"", "upstream = \"apx\""));
         assert!(e.starts_with("w.toml:7:12: `routes[0].upstream`: no upstream named `apx`"), "{e}");
+    }
+
+    #[test]
+    fn zero_listener_timeouts_are_refused() {
+        let e =
+            err(&BASE
+                .replace("listen = \"127.0.0.1:0\"", "listen = \"127.0.0.1:0\"\nbody_read_timeout = \"0s\""));
+        assert!(e.contains("`listeners[0].body_read_timeout`: must be greater than zero"), "{e}");
     }
 
     #[test]

@@ -10,9 +10,15 @@
 //! response body adds to `weir_response_bytes_total` through its server's handle. Both
 //! also keep the per-request tallies the access log needs; the response's log entry
 //! rides here and is written when the body is dropped, by then complete or cut short.
+//!
+//! A `RequestBody` also has an idle limit: a client that stops sending its body for
+//! longer than the listener's `body_read_timeout` gets its request cut, so a slow
+//! body cannot hold an upstream connection (and its in-flight slot) forever.
 
+use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
@@ -23,6 +29,7 @@ use hyper::body::Incoming;
 use prometheus::IntCounter;
 
 use tokio::sync::OwnedSemaphorePermit;
+use tokio::time::{Instant, Sleep};
 
 use crate::access_log::Pending;
 use crate::upstream::{InFlight, PooledConn};
@@ -66,13 +73,66 @@ impl From<Bytes> for Body {
     }
 }
 
-/// A client's request body that counts the bytes it forwards.
+/// A client's request body that counts the bytes it forwards and ends with
+/// `BodyTimeout` when no frame arrives for `idle`.
 pub struct RequestBody {
     pub(crate) inner: Incoming,
     /// The upstream's `weir_request_bytes_total`.
     pub(crate) bytes: IntCounter,
     /// This request's own count, for the access log.
     pub(crate) tally: Option<Arc<AtomicU64>>,
+    idle: Duration,
+    /// Made on the first wait (a body already buffered never needs one) and re-armed
+    /// in place, so frames allocate nothing.
+    timer: Option<Pin<Box<Sleep>>>,
+    /// A frame arrived since the timer was last armed.
+    progressed: bool,
+}
+
+/// The client sent no request body data within the listener's `body_read_timeout`.
+#[derive(Debug, thiserror::Error)]
+#[error("client sent no request body data for {0:?}")]
+pub struct BodyTimeout(pub Duration);
+
+impl RequestBody {
+    pub fn new(
+        inner: Incoming,
+        bytes: IntCounter,
+        tally: Option<Arc<AtomicU64>>,
+        idle: Duration,
+    ) -> RequestBody {
+        RequestBody { inner, bytes, tally, idle, timer: None, progressed: false }
+    }
+
+    fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match Pin::new(&mut self.inner).poll_frame(cx) {
+            Poll::Pending => {}
+            Poll::Ready(Some(Ok(frame))) => {
+                self.progressed = true;
+                let n = frame.data_ref().map_or(0, |d| d.remaining() as u64);
+                self.bytes.inc_by(n);
+                if let Some(tally) = &self.tally {
+                    tally.fetch_add(n, Relaxed);
+                }
+                return Poll::Ready(Some(Ok(frame)));
+            }
+            ready => return ready.map_err(Into::into),
+        }
+        let deadline = Instant::now() + self.idle;
+        let timer = match &mut self.timer {
+            Some(timer) => {
+                if std::mem::take(&mut self.progressed) {
+                    timer.as_mut().reset(deadline);
+                }
+                timer
+            }
+            None => self.timer.insert(Box::pin(tokio::time::sleep_until(deadline))),
+        };
+        match timer.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Some(Err(BodyTimeout(self.idle).into()))),
+            Poll::Pending => Poll::Pending,
+        }
+    }
 }
 
 /// An upstream response body and what to release when it ends.
@@ -147,17 +207,7 @@ impl http_body::Body for Body {
             Body::Empty => Poll::Ready(None),
             Body::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
             Body::Incoming(inner) => Pin::new(inner).poll_frame(cx).map_err(Into::into),
-            Body::Request(req) => {
-                let polled = Pin::new(&mut req.inner).poll_frame(cx);
-                if let Poll::Ready(Some(Ok(frame))) = &polled {
-                    let n = frame.data_ref().map_or(0, |d| d.remaining() as u64);
-                    req.bytes.inc_by(n);
-                    if let Some(tally) = &req.tally {
-                        tally.fetch_add(n, Relaxed);
-                    }
-                }
-                polled.map_err(Into::into)
-            }
+            Body::Request(req) => req.poll_frame(cx),
             Body::Upstream(up) => {
                 let polled = Pin::new(&mut up.inner).poll_frame(cx);
                 if let Poll::Ready(Some(Ok(frame))) = &polled {

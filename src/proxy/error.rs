@@ -26,6 +26,11 @@ pub enum ProxyError {
     QueueFull { upstream: Box<str> },
     #[error("upstream `{upstream}` had no free slot within {after:?}")]
     QueueTimeout { upstream: Box<str>, after: Duration },
+    /// A request an upstream could read differently from weir (see `framing`).
+    #[error("bad request: {reason}")]
+    BadRequest { reason: &'static str },
+    #[error("transfer coding other than chunked")]
+    UnsupportedTransferCoding,
 }
 
 impl ProxyError {
@@ -39,6 +44,8 @@ impl ProxyError {
             ProxyError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             ProxyError::Connect { .. } | ProxyError::Upstream { .. } => StatusCode::BAD_GATEWAY,
             ProxyError::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+            ProxyError::BadRequest { .. } => StatusCode::BAD_REQUEST,
+            ProxyError::UnsupportedTransferCoding => StatusCode::NOT_IMPLEMENTED,
         }
     }
 
@@ -58,6 +65,8 @@ impl ProxyError {
             ProxyError::RateLimited { .. } => "rate limited",
             ProxyError::QueueFull { .. } => "upstream queue full",
             ProxyError::QueueTimeout { .. } => "upstream queue timed out",
+            ProxyError::BadRequest { .. } => "bad request",
+            ProxyError::UnsupportedTransferCoding => "unsupported transfer coding",
         }
     }
 
@@ -70,7 +79,9 @@ impl ProxyError {
 /// A plain-text response made by weir itself: the status line as the body.
 pub fn status_response(status: StatusCode) -> Response<Body> {
     let body: &'static [u8] = match status {
+        StatusCode::BAD_REQUEST => b"400 Bad Request\n",
         StatusCode::NOT_FOUND => b"404 Not Found\n",
+        StatusCode::NOT_IMPLEMENTED => b"501 Not Implemented\n",
         StatusCode::BAD_GATEWAY => b"502 Bad Gateway\n",
         StatusCode::SERVICE_UNAVAILABLE => b"503 Service Unavailable\n",
         StatusCode::GATEWAY_TIMEOUT => b"504 Gateway Timeout\n",

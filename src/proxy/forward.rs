@@ -35,12 +35,15 @@ pub struct Peer {
     pub tls: bool,
     /// The client's IP as a header value, for `X-Forwarded-For`.
     pub ip: HeaderValue,
+    /// Longest pause allowed in the client's request body (the listener's
+    /// `body_read_timeout`).
+    pub body_read_timeout: std::time::Duration,
 }
 
 impl Peer {
     pub fn new(addr: SocketAddr, listener: usize, tls: bool) -> Peer {
         let ip = HeaderValue::from_str(&addr.ip().to_string()).unwrap_or(HeaderValue::from_static("unknown"));
-        Peer { addr, listener, tls, ip }
+        Peer { addr, listener, tls, ip, body_read_timeout: std::time::Duration::from_secs(60) }
     }
 }
 
@@ -78,7 +81,8 @@ pub async fn forward(
         if http_body::Body::is_end_stream(&body) {
             Body::Incoming(body)
         } else {
-            Body::Request(RequestBody { inner: body, bytes: upstream.metrics.request_bytes.clone(), tally })
+            let bytes = upstream.metrics.request_bytes.clone();
+            Body::Request(RequestBody::new(body, bytes, tally, peer.body_read_timeout))
         }
     });
     forward_request(upstream, req, peer, trace).await

@@ -13,6 +13,7 @@ pub mod client;
 pub mod client_ip;
 pub mod error;
 pub mod forward;
+pub mod framing;
 pub mod retry;
 pub mod route;
 
@@ -37,6 +38,14 @@ use forward::Trace;
 pub async fn handle(rt: &Runtime, req: Request<Incoming>, peer: &Peer) -> Response<Body> {
     let started = Instant::now();
     let log = rt.access_log.as_ref().map(|log| log.begin(started, peer.addr, &req));
+    if let Err(error) = framing::check(&req) {
+        tracing::debug!(client = %peer.addr, %error, "refused");
+        let mut response = error.into_response();
+        // The rest of the connection cannot be trusted to be framed as we think.
+        response.headers_mut().insert(http::header::CONNECTION, http::HeaderValue::from_static("close"));
+        rt.unrouted.record(response.status(), started.elapsed());
+        return logged(response, log);
+    }
     let Some(route) = rt.router.route(peer.listener, &req) else {
         let response = ProxyError::NoRoute.into_response();
         rt.unrouted.record(response.status(), started.elapsed());

@@ -1,0 +1,123 @@
+//! Requests weir refuses to forward because an upstream could frame them
+//! differently from weir (request smuggling), checked before routing.
+//!
+//! hyper's HTTP/1 parser already refuses most of these (obs-fold, bare CR, NUL and
+//! control characters, invalid names, conflicting `Content-Length`, a
+//! `Transfer-Encoding` that does not end in `chunked`, `Transfer-Encoding` in
+//! HTTP/1.0) and, given both `Content-Length` and `Transfer-Encoding`, drops the
+//! length and closes the connection after the response (RFC 9112 §6.3). What it
+//! lets through and this module refuses: a missing or repeated `Host`, a `Host` with
+//! bytes no authority has, and transfer codings other than a single `chunked`.
+//! Reads headers only; allocates nothing.
+
+use http::header::{self, HeaderMap};
+use http::{Request, Version};
+
+use super::error::ProxyError;
+
+/// `Ok` when `req` is unambiguous to forward; else the error to answer with.
+pub fn check<B>(req: &Request<B>) -> Result<(), ProxyError> {
+    let headers = req.headers();
+    check_host(headers, req.version())?;
+    check_transfer_coding(headers)
+}
+
+/// RFC 9112 §3.2: a server MUST answer 400 to an HTTP/1.1 request without `Host`,
+/// to any request with more than one, or with an invalid value. Routing and the
+/// upstream would otherwise each pick their own.
+fn check_host(headers: &HeaderMap, version: Version) -> Result<(), ProxyError> {
+    let mut hosts = headers.get_all(header::HOST).iter();
+    match (hosts.next(), hosts.next()) {
+        (Some(_), Some(_)) => Err(ProxyError::BadRequest { reason: "more than one Host header" }),
+        (Some(host), None) if !host.as_bytes().iter().all(|&b| is_authority_byte(b)) => {
+            Err(ProxyError::BadRequest { reason: "invalid Host header" })
+        }
+        // h2 carries the host in `:authority`; HTTP/1.0 may omit it.
+        (None, _) if version == Version::HTTP_11 => Err(ProxyError::BadRequest { reason: "no Host header" }),
+        _ => Ok(()),
+    }
+}
+
+/// RFC 3986 authority bytes: unreserved, sub-delims, `%`, `:`, `[`, `]`, `@`.
+fn is_authority_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=%:[]@".contains(&b)
+}
+
+/// RFC 9112 §6.1 and §6.3: `chunked` is the only transfer coding weir decodes, and
+/// a message with both `Transfer-Encoding` and `Content-Length` is ambiguous. Any
+/// other coding would be dropped when weir re-frames the body, so it is refused
+/// (501, as RFC 9112 §6.1 advises for codings a server does not understand).
+fn check_transfer_coding(headers: &HeaderMap) -> Result<(), ProxyError> {
+    if !headers.contains_key(header::TRANSFER_ENCODING) {
+        return Ok(());
+    }
+    if headers.contains_key(header::CONTENT_LENGTH) {
+        return Err(ProxyError::BadRequest { reason: "both Content-Length and Transfer-Encoding" });
+    }
+    let mut codings = headers
+        .get_all(header::TRANSFER_ENCODING)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+        .map(<[u8]>::trim_ascii);
+    match (codings.next(), codings.next()) {
+        (Some(only), None) if only.eq_ignore_ascii_case(b"chunked") => Ok(()),
+        _ => Err(ProxyError::UnsupportedTransferCoding),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::StatusCode;
+
+    fn request(version: Version, headers: &[(&str, &str)]) -> Request<()> {
+        let mut builder = Request::builder().version(version).uri("/");
+        for (name, value) in headers {
+            builder = builder.header(*name, *value);
+        }
+        builder.body(()).unwrap()
+    }
+
+    fn status(version: Version, headers: &[(&str, &str)]) -> Option<StatusCode> {
+        check(&request(version, headers)).err().map(|e| e.status())
+    }
+
+    #[test]
+    fn one_valid_host_passes() {
+        assert_eq!(status(Version::HTTP_11, &[("host", "example.com:8080")]), None);
+        assert_eq!(status(Version::HTTP_11, &[("host", "[::1]:80")]), None);
+    }
+
+    #[test]
+    fn missing_host_is_refused_in_http11_only() {
+        assert_eq!(status(Version::HTTP_11, &[]), Some(StatusCode::BAD_REQUEST));
+        assert_eq!(status(Version::HTTP_10, &[]), None);
+        assert_eq!(status(Version::HTTP_2, &[]), None);
+    }
+
+    #[test]
+    fn repeated_or_invalid_host_is_refused() {
+        let two = [("host", "a.example"), ("host", "b.example")];
+        assert_eq!(status(Version::HTTP_11, &two), Some(StatusCode::BAD_REQUEST));
+        assert_eq!(status(Version::HTTP_10, &two), Some(StatusCode::BAD_REQUEST));
+        assert_eq!(status(Version::HTTP_11, &[("host", "a b")]), Some(StatusCode::BAD_REQUEST));
+        assert_eq!(status(Version::HTTP_11, &[("host", "a/b")]), Some(StatusCode::BAD_REQUEST));
+    }
+
+    #[test]
+    fn only_a_single_chunked_coding_is_forwarded() {
+        let h = |te: &'static str| [("host", "a"), ("transfer-encoding", te)];
+        assert_eq!(status(Version::HTTP_11, &h("chunked")), None);
+        assert_eq!(status(Version::HTTP_11, &h("Chunked")), None);
+        assert_eq!(status(Version::HTTP_11, &h("gzip, chunked")), Some(StatusCode::NOT_IMPLEMENTED));
+        assert_eq!(status(Version::HTTP_11, &h("chunked, chunked")), Some(StatusCode::NOT_IMPLEMENTED));
+        let two = [("host", "a"), ("transfer-encoding", "gzip"), ("transfer-encoding", "chunked")];
+        assert_eq!(status(Version::HTTP_11, &two), Some(StatusCode::NOT_IMPLEMENTED));
+    }
+
+    #[test]
+    fn content_length_with_transfer_encoding_is_refused() {
+        let both = [("host", "a"), ("transfer-encoding", "chunked"), ("content-length", "5")];
+        assert_eq!(status(Version::HTTP_11, &both), Some(StatusCode::BAD_REQUEST));
+    }
+}

@@ -8,6 +8,8 @@
 //! length and closes the connection after the response (RFC 9112 §6.3). What it
 //! lets through and this module refuses: a missing or repeated `Host`, a `Host` with
 //! bytes no authority has, and transfer codings other than a single `chunked`.
+//! HTTP/1.0 may omit `Host`, but weir forwards HTTP/1.1, which must carry one, and
+//! there is no right value to invent: such a request is refused too.
 //! Reads headers only; allocates nothing.
 
 use http::header::{self, HeaderMap};
@@ -24,7 +26,8 @@ pub fn check<B>(req: &Request<B>) -> Result<(), ProxyError> {
 
 /// RFC 9112 §3.2: a server MUST answer 400 to an HTTP/1.1 request without `Host`,
 /// to any request with more than one, or with an invalid value. Routing and the
-/// upstream would otherwise each pick their own.
+/// upstream would otherwise each pick their own. HTTP/1.0 is held to the same rule
+/// because it leaves as HTTP/1.1.
 fn check_host(headers: &HeaderMap, version: Version) -> Result<(), ProxyError> {
     let mut hosts = headers.get_all(header::HOST).iter();
     match (hosts.next(), hosts.next()) {
@@ -32,8 +35,8 @@ fn check_host(headers: &HeaderMap, version: Version) -> Result<(), ProxyError> {
         (Some(host), None) if !host.as_bytes().iter().all(|&b| is_authority_byte(b)) => {
             Err(ProxyError::BadRequest { reason: "invalid Host header" })
         }
-        // h2 carries the host in `:authority`; HTTP/1.0 may omit it.
-        (None, _) if version == Version::HTTP_11 => Err(ProxyError::BadRequest { reason: "no Host header" }),
+        // h2 carries the host in `:authority`.
+        (None, _) if version < Version::HTTP_2 => Err(ProxyError::BadRequest { reason: "no Host header" }),
         _ => Ok(()),
     }
 }
@@ -89,9 +92,9 @@ mod tests {
     }
 
     #[test]
-    fn missing_host_is_refused_in_http11_only() {
+    fn missing_host_is_refused_in_http1_only() {
         assert_eq!(status(Version::HTTP_11, &[]), Some(StatusCode::BAD_REQUEST));
-        assert_eq!(status(Version::HTTP_10, &[]), None);
+        assert_eq!(status(Version::HTTP_10, &[]), Some(StatusCode::BAD_REQUEST));
         assert_eq!(status(Version::HTTP_2, &[]), None);
     }
 

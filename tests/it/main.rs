@@ -5,6 +5,7 @@ mod cache;
 mod cli;
 mod edge;
 mod failures;
+mod hardening_clients;
 mod headers;
 mod health;
 mod observability;

@@ -7,6 +7,8 @@
 
 #![allow(dead_code)]
 
+pub mod raw;
+
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;

@@ -24,6 +24,9 @@ pub enum Action {
     Stall,
 }
 
+/// How a backend answers the n-th request it framed.
+type Script = dyn Fn(usize, &RawRequest) -> Action + Send + Sync;
+
 /// A plain `200` with a two-byte body.
 pub const OK: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
 
@@ -117,11 +120,7 @@ impl Drop for RawBackend {
     }
 }
 
-async fn serve(
-    mut stream: TcpStream,
-    log: Arc<Mutex<Log>>,
-    script: Arc<dyn Fn(usize, &RawRequest) -> Action + Send + Sync>,
-) {
+async fn serve(mut stream: TcpStream, log: Arc<Mutex<Log>>, script: Arc<Script>) {
     let index = {
         let mut log = log.lock().unwrap();
         log.bytes.push(Vec::new());

@@ -26,6 +26,9 @@ pub enum ProxyError {
     QueueFull { upstream: Box<str> },
     #[error("upstream `{upstream}` had no free slot within {after:?}")]
     QueueTimeout { upstream: Box<str>, after: Duration },
+    /// A response a client could frame differently from weir.
+    #[error("{server} sent a bad response: {reason}")]
+    BadResponse { server: Box<str>, reason: &'static str },
     /// A request an upstream could read differently from weir (see `framing`).
     #[error("bad request: {reason}")]
     BadRequest { reason: &'static str },
@@ -42,7 +45,9 @@ impl ProxyError {
             | ProxyError::QueueFull { .. }
             | ProxyError::QueueTimeout { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
-            ProxyError::Connect { .. } | ProxyError::Upstream { .. } => StatusCode::BAD_GATEWAY,
+            ProxyError::Connect { .. } | ProxyError::Upstream { .. } | ProxyError::BadResponse { .. } => {
+                StatusCode::BAD_GATEWAY
+            }
             ProxyError::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::BadRequest { .. } => StatusCode::BAD_REQUEST,
             ProxyError::UnsupportedTransferCoding => StatusCode::NOT_IMPLEMENTED,
@@ -65,6 +70,7 @@ impl ProxyError {
             ProxyError::RateLimited { .. } => "rate limited",
             ProxyError::QueueFull { .. } => "upstream queue full",
             ProxyError::QueueTimeout { .. } => "upstream queue timed out",
+            ProxyError::BadResponse { .. } => "bad response",
             ProxyError::BadRequest { .. } => "bad request",
             ProxyError::UnsupportedTransferCoding => "unsupported transfer coding",
         }

@@ -240,6 +240,14 @@ async fn attempt(upstream: &Upstream, (index, server): (usize, &Arc<Server>), re
             return Err((error, None));
         }
     };
+    // RFC 9112 §6.3: a length and a coding together may be response splitting, and
+    // hyper keeps the length header while reading the chunks: forwarded, the client
+    // would frame the body by the wrong one. Refused; the connection is not reused.
+    let headers = response.headers();
+    if headers.contains_key(header::TRANSFER_ENCODING) && headers.contains_key(header::CONTENT_LENGTH) {
+        let reason = "both Content-Length and Transfer-Encoding";
+        return Err((ProxyError::BadResponse { server: server.address.clone(), reason }, None));
+    }
     let answered = Instant::now();
     upstream.balancer.observe(index, answered - started, answered);
     server.metrics.requests.inc(response.status());

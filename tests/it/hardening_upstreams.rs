@@ -1,0 +1,105 @@
+//! Broken upstreams, from raw TCP backends: each breakage costs the one request a
+//! `502`/`504` (or a cut response once headers went out), and the next request is
+//! served normally by the same server.
+
+use std::time::{Duration, Instant};
+
+use crate::support::raw::{exchange, statuses, Action, RawBackend, OK};
+use crate::support::{get, Weir};
+
+const CONFIG: &str = r#"
+[[listeners]]
+name = "web"
+listen = "127.0.0.1:0"
+
+[[routes]]
+upstream = "b"
+
+[upstreams.b]
+request_timeout = "250ms"
+servers = [{ address = "{b}" }]
+"#;
+
+const GET: &[u8] = b"GET /first HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n";
+
+/// Starts a backend that answers its first request with `first` and every later one
+/// with `OK`, and weir in front of it.
+async fn start(first: Action) -> (RawBackend, Weir) {
+    let backend =
+        RawBackend::start(move |n, _| if n == 0 { first.clone() } else { Action::Reply(OK.to_vec()) }).await;
+    let weir = Weir::start(&backend.fill(CONFIG), &[]).await;
+    (backend, weir)
+}
+
+/// The first request gets `code`; the next one, on a new connection, gets the
+/// server's `200 ok`.
+async fn first_fails_with(first: Action, code: u16) {
+    let (backend, weir) = start(first).await;
+    let reply = exchange(weir.addr, GET).await;
+    assert_eq!(statuses(&reply), vec![code], "{reply}");
+    let (status, body) = get(&weir.url("/next")).await;
+    assert_eq!((status.as_u16(), body.as_str()), (200, "ok"));
+    assert_eq!(backend.requests().len(), 2);
+}
+
+#[tokio::test]
+async fn garbage_instead_of_a_status_line_is_a_502() {
+    first_fails_with(Action::Reply(b"SSH-2.0-OpenSSH_9.6\r\n\r\n".to_vec()), 502).await;
+}
+
+#[tokio::test]
+async fn a_reset_in_the_middle_of_the_headers_is_a_502() {
+    first_fails_with(Action::ResetAfter(b"HTTP/1.1 200 OK\r\ncontent-le".to_vec()), 502).await;
+}
+
+#[tokio::test]
+async fn a_stall_past_request_timeout_is_a_504() {
+    let started = Instant::now();
+    first_fails_with(Action::Stall, 504).await;
+    assert!(started.elapsed() < Duration::from_secs(3), "{:?}", started.elapsed());
+}
+
+#[tokio::test]
+async fn a_one_mebibyte_header_block_is_a_502() {
+    let mut head = b"HTTP/1.1 200 OK\r\n".to_vec();
+    for i in 0..(1 << 20) / 64 {
+        head.extend_from_slice(format!("x-big-{i:06}: {}\r\n", "v".repeat(48)).as_bytes());
+    }
+    head.extend_from_slice(b"content-length: 2\r\n\r\nok");
+    first_fails_with(Action::Reply(head), 502).await;
+}
+
+#[tokio::test]
+async fn a_reset_in_the_middle_of_the_body_cuts_the_response() {
+    let (backend, weir) =
+        start(Action::ResetAfter(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\npartial".to_vec())).await;
+    let started = Instant::now();
+    let reply = exchange(weir.addr, GET).await;
+    // Headers were already sent: the client sees the 200 and then a connection that
+    // ends before the 100 promised bytes (not a quiet wait for more).
+    assert_eq!(statuses(&reply), vec![200], "{reply}");
+    let body = reply.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    assert!(body.len() < 100, "{reply}");
+    assert!(
+        started.elapsed() < Duration::from_millis(390),
+        "the cut was not passed on: {:?}",
+        started.elapsed()
+    );
+    let (status, body) = get(&weir.url("/next")).await;
+    assert_eq!((status.as_u16(), body.as_str()), (200, "ok"));
+    assert_eq!(backend.requests().len(), 2);
+}
+
+#[tokio::test]
+async fn a_response_with_content_length_and_chunked_is_a_502() {
+    // hyper reads the chunks but keeps `content-length: 3`: forwarded as is, a
+    // keep-alive client would take "hel" as the body and "lo..." as the next response.
+    first_fails_with(
+        Action::Reply(
+            b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"
+                .to_vec(),
+        ),
+        502,
+    )
+    .await;
+}

@@ -6,6 +6,7 @@ mod cli;
 mod edge;
 mod failures;
 mod hardening_clients;
+mod hardening_slow;
 mod hardening_upstreams;
 mod headers;
 mod health;

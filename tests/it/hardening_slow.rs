@@ -1,0 +1,274 @@
+//! Slow, idle and abusive clients: slowloris heads, silent and idle connections,
+//! stalled request bodies, thousands of idle connections, and HTTP/2 rapid reset
+//! and CONTINUATION floods. Each is cut off or bounded, and everyone else is served.
+
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::support::raw::{closed_within, exchange, read_reply, statuses, RawBackend};
+use crate::support::{get, Weir};
+
+const CONFIG: &str = r#"
+[admin]
+listen = "127.0.0.1:0"
+
+[[listeners]]
+name = "web"
+listen = "127.0.0.1:0"
+header_read_timeout = "1s"
+body_read_timeout = "500ms"
+
+[[routes]]
+upstream = "b"
+
+[upstreams.b]
+request_timeout = "5s"
+servers = [{ address = "{b}" }]
+"#;
+
+async fn start(config: &str) -> (RawBackend, Weir) {
+    let backend = RawBackend::recording().await;
+    let weir = Weir::start(&backend.fill(config), &[]).await;
+    (backend, weir)
+}
+
+/// weir still answers a normal request, promptly.
+async fn assert_serves(weir: &Weir) {
+    let started = Instant::now();
+    let (status, body) = tokio::time::timeout(Duration::from_secs(2), get(&weir.url("/ok"))).await.unwrap();
+    assert_eq!((status.as_u16(), body.as_str()), (200, "ok"));
+    assert!(started.elapsed() < Duration::from_secs(1), "{:?}", started.elapsed());
+}
+
+#[tokio::test]
+async fn slowloris_one_header_byte_per_100ms_is_cut_at_header_read_timeout() {
+    let (backend, weir) = start(CONFIG).await;
+    let stream = TcpStream::connect(weir.addr).await.unwrap();
+    let (mut read, mut write) = stream.into_split();
+    let started = Instant::now();
+    let writer = tokio::spawn(async move {
+        write.write_all(b"GET / HTTP/1.1\r\nHost: a\r\nX-Slow: ").await.unwrap();
+        while write.write_all(b"a").await.is_ok() && started.elapsed() < Duration::from_secs(5) {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
+    let mut sink = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), read.read_to_end(&mut sink)).await;
+    let cut = started.elapsed();
+    writer.abort();
+    assert!(cut >= Duration::from_millis(900) && cut < Duration::from_secs(2), "cut after {cut:?}");
+    assert!(backend.requests().is_empty());
+    assert_serves(&weir).await;
+}
+
+#[tokio::test]
+async fn a_connection_that_sends_nothing_is_closed_at_header_read_timeout() {
+    let (_backend, weir) = start(CONFIG).await;
+    let mut stream = TcpStream::connect(weir.addr).await.unwrap();
+    let started = Instant::now();
+    assert!(closed_within(&mut stream, Duration::from_secs(3)).await, "a silent client is held");
+    assert!(started.elapsed() >= Duration::from_millis(900), "{:?}", started.elapsed());
+}
+
+#[tokio::test]
+async fn a_partial_h2_preface_is_closed_at_header_read_timeout() {
+    let (_backend, weir) = start(CONFIG).await;
+    let mut stream = TcpStream::connect(weir.addr).await.unwrap();
+    stream.write_all(b"PRI * HTTP/2.0\r\n").await.unwrap();
+    assert!(closed_within(&mut stream, Duration::from_secs(3)).await, "a stalled preface is held");
+}
+
+#[tokio::test]
+async fn an_idle_keep_alive_connection_is_closed_at_header_read_timeout() {
+    let (_backend, weir) = start(CONFIG).await;
+    let mut stream = TcpStream::connect(weir.addr).await.unwrap();
+    stream.write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n").await.unwrap();
+    let answered = Instant::now();
+    let reply = read_reply(&mut stream).await;
+    assert_eq!(statuses(&reply), vec![200], "{reply}");
+    assert!(closed_within(&mut stream, Duration::from_secs(3)).await, "an idle keep-alive client is held");
+    let idle = answered.elapsed();
+    assert!(idle >= Duration::from_millis(900) && idle < Duration::from_secs(2), "closed after {idle:?}");
+}
+
+#[tokio::test]
+async fn a_stalled_request_body_is_cut_at_body_read_timeout() {
+    let (backend, weir) = start(CONFIG).await;
+    let mut stream = TcpStream::connect(weir.addr).await.unwrap();
+    stream.write_all(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 10\r\n\r\nabc").await.unwrap();
+    let started = Instant::now();
+    let mut reply = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(3), stream.read_to_end(&mut reply)).await;
+    let cut = started.elapsed();
+    assert!(cut >= Duration::from_millis(450) && cut < Duration::from_millis(1500), "cut after {cut:?}");
+    let reply = String::from_utf8_lossy(&reply);
+    assert!(statuses(&reply).iter().all(|&c| c >= 400), "{reply}");
+    // The upstream saw the request start and then an aborted connection: never a
+    // complete request.
+    assert!(backend.saw("POST / HTTP/1.1"));
+    assert!(backend.requests().is_empty(), "{:?}", backend.requests());
+    assert_serves(&weir).await;
+}
+
+#[tokio::test]
+async fn a_slow_but_moving_request_body_is_not_cut() {
+    let (backend, weir) = start(CONFIG).await;
+    let mut stream = TcpStream::connect(weir.addr).await.unwrap();
+    stream.write_all(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\n").await.unwrap();
+    // 5 x 250 ms: longer than body_read_timeout in all, never idle that long.
+    for byte in b"hello" {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        stream.write_all(&[*byte]).await.unwrap();
+    }
+    let reply = read_reply(&mut stream).await;
+    assert_eq!(statuses(&reply), vec![200], "{reply}");
+    assert_eq!(backend.requests()[0].body, b"hello");
+}
+
+/// Resident memory of this process, in KiB.
+fn rss_kib() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// One keep-alive request on a new connection, leaving the connection idle.
+async fn idle_connection(addr: std::net::SocketAddr) -> TcpStream {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream.write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n").await.unwrap();
+    let mut got = Vec::new();
+    let mut chunk = [0u8; 512];
+    while !got.ends_with(b"\r\n\r\nok") {
+        let n = stream.read(&mut chunk).await.unwrap();
+        assert!(n > 0, "closed early");
+        got.extend_from_slice(&chunk[..n]);
+    }
+    stream
+}
+
+#[tokio::test]
+async fn two_thousand_idle_connections_leave_memory_bounded_and_the_proxy_responsive() {
+    const IDLE: usize = 2000;
+    let (_backend, weir) =
+        start(&CONFIG.replace("header_read_timeout = \"1s\"", "header_read_timeout = \"60s\"")).await;
+    // Warm up allocator and pools before the baseline.
+    for _ in 0..20 {
+        idle_connection(weir.addr).await;
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let before = rss_kib();
+    let mut open = Vec::with_capacity(IDLE);
+    for _ in 0..IDLE / 100 {
+        let batch: Vec<_> = (0..100).map(|_| tokio::spawn(idle_connection(weir.addr))).collect();
+        for task in batch {
+            open.push(task.await.unwrap());
+        }
+    }
+    let after = rss_kib();
+    let per_connection = after.saturating_sub(before) as f64 * 1024.0 / IDLE as f64;
+    eprintln!("{IDLE} idle keep-alive connections: RSS {before} KiB -> {after} KiB, {per_connection:.0} B each (client and weir sides)");
+    let metrics = weir.metrics().await;
+    let active = metrics
+        .lines()
+        .find(|l| l.starts_with("weir_connections_active{"))
+        .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .unwrap_or(0.0);
+    assert!(active >= IDLE as f64, "weir holds {active} connections:\n{metrics}");
+    assert_serves(&weir).await;
+    // Both ends of every connection live in this process; tests running beside this
+    // one add noise, so the bound is loose: far below a buffer-per-connection leak.
+    assert!(per_connection < 64.0 * 1024.0, "{per_connection:.0} B per idle connection");
+    drop(open);
+}
+
+#[tokio::test]
+async fn h2_rapid_reset_is_bounded_and_other_clients_are_served() {
+    let (backend, weir) = start(CONFIG).await;
+    let tcp = TcpStream::connect(weir.addr).await.unwrap();
+    let (mut client, connection) = h2::client::handshake(tcp).await.unwrap();
+    let connection = tokio::spawn(connection);
+    let mut sent = 0;
+    for i in 0..5000 {
+        client = match client.ready().await {
+            Ok(client) => client,
+            Err(_) => break,
+        };
+        let request = http::Request::get(format!("http://a/r{i}")).body(()).unwrap();
+        let Ok((response, mut stream)) = client.send_request(request, false) else { break };
+        stream.send_reset(h2::Reason::CANCEL);
+        drop(response);
+        sent += 1;
+    }
+    // The attacker's connection ends (GOAWAY) instead of spinning through resets.
+    let ended = tokio::time::timeout(Duration::from_secs(5), connection).await;
+    assert!(ended.is_ok(), "the connection survived {sent} rapid resets");
+    let reached = backend.requests().len();
+    eprintln!("rapid reset: {sent} streams opened and reset, {reached} reached the backend");
+    assert!(reached < 1000, "{reached} of {sent} reset streams reached the backend");
+    assert_serves(&weir).await;
+}
+
+/// An HTTP/2 frame: 9-byte header and payload.
+fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let len = payload.len() as u32;
+    let mut f = vec![(len >> 16) as u8, (len >> 8) as u8, len as u8, kind, flags];
+    f.extend_from_slice(&stream.to_be_bytes());
+    f.extend_from_slice(payload);
+    f
+}
+
+#[tokio::test]
+async fn h2_continuation_flood_is_cut_off() {
+    let (backend, weir) = start(CONFIG).await;
+    let stream = TcpStream::connect(weir.addr).await.unwrap();
+    let (mut read, mut write) = stream.into_split();
+    // A HEADERS frame without END_HEADERS, then CONTINUATION frames that never end
+    // the block: each carries ~150 literal `x-a: <100 bytes>` fields.
+    let mut field = vec![0x00, 3];
+    field.extend_from_slice(b"x-a");
+    field.push(100);
+    field.extend(std::iter::repeat_n(b'v', 100));
+    let continuation = frame(0x9, 0, 1, &field.repeat(150));
+    const FRAMES: usize = 2000; // ~32 MB if nothing stops it
+    let writer = tokio::spawn(async move {
+        write.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").await?;
+        write.write_all(&frame(0x4, 0, 0, &[])).await?;
+        // :method GET, :scheme http, :path /, :authority a; END_STREAM only.
+        write.write_all(&frame(0x1, 0x1, 1, &[0x82, 0x86, 0x84, 0x41, 0x01, b'a'])).await?;
+        let mut written = 0;
+        for _ in 0..FRAMES {
+            write.write_all(&continuation).await?;
+            written += 1;
+        }
+        Ok::<usize, std::io::Error>(written)
+    });
+    // Read until the server closes: a GOAWAY (frame type 7) and/or EOF.
+    let mut got = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(10), read.read_to_end(&mut got)).await;
+    let written = tokio::time::timeout(Duration::from_secs(5), writer).await;
+    let goaway = got.windows(4).any(|w| w[3] == 0x7);
+    eprintln!("CONTINUATION flood: closed={} goaway={goaway} writer={written:?}", closed.is_ok());
+    assert!(closed.is_ok(), "the flooding connection was not closed");
+    assert!(!matches!(written, Ok(Ok(Ok(n))) if n == FRAMES), "every CONTINUATION frame was accepted");
+    assert!(backend.requests().is_empty());
+    assert_serves(&weir).await;
+}
+
+#[tokio::test]
+async fn the_proxy_serves_while_a_slowloris_holds_connections() {
+    let (_backend, weir) = start(CONFIG).await;
+    let mut slow = Vec::new();
+    for _ in 0..50 {
+        let mut s = TcpStream::connect(weir.addr).await.unwrap();
+        s.write_all(b"GET / HTTP/1.1\r\nHost: a\r\nX-Slow: a").await.unwrap();
+        slow.push(s);
+    }
+    assert_serves(&weir).await;
+    let reply = exchange(weir.addr, b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n").await;
+    assert_eq!(statuses(&reply), vec![200]);
+}

@@ -32,3 +32,22 @@ else
 fi
 
 cargo test --all-targets "$@"
+
+# A short fuzz run when asked (CI sets WEIR_FUZZ_SECONDS, e.g. 30) and the tools are
+# here; see fuzz/README.md for the longer run. A crash fails the test run.
+if [ -n "${WEIR_FUZZ_SECONDS:-}" ]; then
+  if command -v cargo-fuzz >/dev/null 2>&1 && cargo +nightly --version >/dev/null 2>&1; then
+    (
+      cd fuzz
+      # Its own target folder: sanitizer builds would evict the shared one's artifacts.
+      unset CARGO_TARGET_DIR
+      for target in config request; do
+        mkdir -p "corpus/$target"
+        cargo +nightly fuzz run -O "$target" "corpus/$target" "seeds/$target" -- \
+          -max_total_time="$WEIR_FUZZ_SECONDS"
+      done
+    )
+  else
+    echo "WEIR_FUZZ_SECONDS is set but cargo-fuzz or a nightly toolchain is missing: fuzzing skipped" >&2
+  fi
+fi

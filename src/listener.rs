@@ -240,9 +240,11 @@ const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 ///
 /// hyper-util's protocol detection reads until the bytes differ from the h2 preface
 /// (or all 24 match) with no timeout of its own, and hyper's header read timeout only
-/// starts after it: a client that connects and sends nothing, or a few bytes of the
-/// preface, would hold its connection forever. This tracks the same comparison and
-/// disarms once it is decided; from then on reads pass straight through.
+/// starts after it: a client that sends a few bytes of the preface and stops, or a TLS
+/// client silent after its handshake, would hold its connection forever
+/// (`first_bytes` only waits for the first byte of a plain connection). This tracks
+/// the same comparison and disarms once it is decided; from then on reads pass
+/// straight through.
 struct FirstBytes<I> {
     io: I,
     timeout: Duration,

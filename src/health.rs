@@ -60,6 +60,8 @@ pub struct Passive {
     pub count_5xx: bool,
     pub ejection_time: Duration,
     pub max_ejection_time: Duration,
+    /// Most primaries, in percent, passive detection may hold ejected at once.
+    pub max_ejection_percent: u8,
 }
 
 /// What one attempt on a server came to, as passive detection sees it.
@@ -95,6 +97,7 @@ impl HealthPolicy {
                 count_5xx: p.count_5xx,
                 ejection_time: p.ejection_time.0,
                 max_ejection_time: p.max_ejection_time.0,
+                max_ejection_percent: *p.max_ejection_percent.get_ref(),
             },
             slow_start: config.slow_start.map(|d| d.0),
             min_healthy_percent: config.min_healthy_percent.as_ref().map(|p| *p.get_ref()),
@@ -190,10 +193,25 @@ pub fn record(upstream: &Arc<Upstream>, server: &Arc<Server>, outcome: Outcome) 
         Outcome::Failure(why) => why,
         Outcome::Response(_) => "5xx responses",
     };
+    if !server.backup && !may_eject_another(upstream, passive.max_ejection_percent) {
+        tracing::debug!(upstream = %upstream.name, server = %server.address, "not ejected: max_ejection_percent reached");
+        return;
+    }
     mark(upstream, server, false, reason);
     if upstream.health.check.is_none() {
         eject_for_a_while(upstream.clone(), server.clone());
     }
+}
+
+/// Whether one more primary may be ejected: always the first, then only while the
+/// ejected share stays within `max_percent`. Scans the servers, on ejection only.
+fn may_eject_another(upstream: &Upstream, max_percent: u8) -> bool {
+    let (down, total) = upstream
+        .servers
+        .iter()
+        .filter(|s| !s.backup)
+        .fold((0usize, 0usize), |(d, t), s| (d + usize::from(!s.is_healthy()), t + 1));
+    down == 0 || (down + 1) * 100 <= usize::from(max_percent) * total
 }
 
 /// Without an active check, an ejected server comes back after its ejection time:
@@ -360,6 +378,21 @@ servers = [{{ address = "127.0.0.1:1" }}, {{ address = "127.0.0.1:2" }}]
             ejections.push(started.elapsed().as_millis() / 1000);
         }
         assert_eq!(ejections, vec![1, 2, 3, 3]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn passive_ejection_stops_at_max_ejection_percent_but_always_allows_one() {
+        let up =
+            upstream("[upstreams.app.passive_health]\nconsecutive_failures = 1\nmax_ejection_percent = 10");
+        record(&up, &up.servers[0], Outcome::Failure("refused"));
+        assert!(!up.servers[0].is_healthy(), "the first ejection is always allowed");
+        record(&up, &up.servers[1], Outcome::Failure("refused"));
+        assert!(up.servers[1].is_healthy(), "a second would eject 100% of the pool");
+        let up =
+            upstream("[upstreams.app.passive_health]\nconsecutive_failures = 1\nmax_ejection_percent = 100");
+        record(&up, &up.servers[0], Outcome::Failure("refused"));
+        record(&up, &up.servers[1], Outcome::Failure("refused"));
+        assert!(!up.servers[1].is_healthy());
     }
 
     #[tokio::test(start_paused = true)]

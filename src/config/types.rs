@@ -364,6 +364,11 @@ pub struct PassiveHealthConfig {
     pub ejection_time: Dur,
     #[serde(default = "defaults::max_ejection_time")]
     pub max_ejection_time: Dur,
+    /// Passive detection ejects at most this share of the primaries at once (but
+    /// always at least one), as Envoy's outlier detection does, so a wave of errors
+    /// cannot empty the pool. Active checks are not limited by it.
+    #[serde(default = "defaults::max_ejection_percent")]
+    pub max_ejection_percent: Spanned<u8>,
 }
 
 impl Default for PassiveHealthConfig {
@@ -373,6 +378,7 @@ impl Default for PassiveHealthConfig {
             count_5xx: false,
             ejection_time: defaults::ejection_time(),
             max_ejection_time: defaults::max_ejection_time(),
+            max_ejection_percent: defaults::max_ejection_percent(),
         }
     }
 }
@@ -653,6 +659,9 @@ mod defaults {
     }
     pub fn expected_status() -> Spanned<String> {
         Spanned::new(0..0, "200-399".into())
+    }
+    pub fn max_ejection_percent() -> Spanned<u8> {
+        Spanned::new(0..0, 50)
     }
     pub fn consecutive_failures() -> u32 {
         3

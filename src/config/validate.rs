@@ -117,6 +117,14 @@ pub(super) fn validate(config: &Config, src: &Source) -> Result<(), ConfigError>
             ));
         }
         let passive = &up.passive_health;
+        let pct = &passive.max_ejection_percent;
+        if *pct.get_ref() > 100 {
+            return Err(src.error(
+                Some(pct.span()),
+                &format!("{key}.passive_health.max_ejection_percent"),
+                "must be 0 to 100",
+            ));
+        }
         if passive.ejection_time.0.is_zero() || passive.max_ejection_time < passive.ejection_time {
             return Err(src.error(
                 None,

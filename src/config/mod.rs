@@ -147,6 +147,87 @@ servers = [{ address = "127.0.0.1:9000" }]
         let config = parse(text, Path::new("config/example.toml")).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(config.listeners.len(), 2);
         assert!(config.upstreams.contains_key("api_read"));
+        // What `--check` does next: resolve addresses, build TLS client configs.
+        let metrics = crate::metrics::Metrics::new().unwrap();
+        crate::runtime::Runtime::build(&config, None, &metrics).unwrap_or_else(|e| panic!("{e}"));
+    }
+
+    /// Every field of every config struct in `types.rs` is shown in
+    /// `config/example.toml`, set or as a commented-out `# key = value`, so a new key
+    /// cannot land undocumented. Read from the source text: a field is a `pub name:`
+    /// line inside a `pub struct ... {` block, minus `#[serde(skip)]` ones.
+    #[test]
+    fn the_example_config_shows_every_key() {
+        let example = include_str!("../../config/example.toml");
+        let missing: Vec<String> = struct_fields(include_str!("types.rs"))
+            .into_iter()
+            .filter(|(_, field)| !shows_key(example, field))
+            .map(|(owner, field)| format!("{owner}.{field}"))
+            .collect();
+        assert!(missing.is_empty(), "config/example.toml does not show: {missing:?}");
+    }
+
+    /// `(struct, field)` for each serde field of each braced `pub struct` in `source`.
+    fn struct_fields(source: &str) -> Vec<(String, String)> {
+        let mut fields = Vec::new();
+        let mut owner: Option<&str> = None;
+        let mut skip_next = false;
+        for line in source.lines() {
+            let line = line.trim();
+            if let Some(rest) = line.strip_prefix("pub struct ") {
+                owner = rest.strip_suffix(" {").map(str::trim);
+                continue;
+            }
+            if line == "}" {
+                owner = None;
+            }
+            let Some(owner) = owner else { continue };
+            if line.starts_with("#[serde(") && line.contains("skip") {
+                skip_next = true;
+            }
+            let field = line.strip_prefix("pub ").and_then(|rest| rest.split_once(':')).map(|(n, _)| n);
+            if let Some(name) = field {
+                if !std::mem::take(&mut skip_next) {
+                    fields.push((owner.to_string(), name.trim().to_string()));
+                }
+            }
+        }
+        fields
+    }
+
+    /// Whether `toml` sets `key` (or shows it commented out): `key = ` at the start of
+    /// a line or inside an inline table, or `key` as a part of a `[table]` header.
+    fn shows_key(toml: &str, key: &str) -> bool {
+        toml.lines().any(|line| {
+            let line = line.trim_start().trim_start_matches('#').trim_start();
+            let assigns =
+                |text: &str| text.strip_prefix(key).is_some_and(|rest| rest.trim_start().starts_with('='));
+            if assigns(line)
+                || line.match_indices(['{', ',']).any(|(i, _)| assigns(line[i + 1..].trim_start()))
+            {
+                return true;
+            }
+            line.starts_with('[')
+                && line
+                    .split(']')
+                    .next()
+                    .is_some_and(|h| h.trim_matches('[').split('.').any(|part| part == key))
+        })
+    }
+
+    #[test]
+    fn key_finder_sees_set_commented_inline_and_table_keys() {
+        let toml = "a = 1\n# b = 2\nx = [{ c = 1, d = 2 }]\n[e.f]\n[[g]]\n# [h.tls]\nbb=3\n";
+        for key in ["a", "b", "c", "d", "e", "f", "g", "tls", "bb"] {
+            assert!(shows_key(toml, key), "{key}");
+        }
+        for key in ["x1", "e.f", "h.tls", "1"] {
+            assert!(!shows_key(toml, key), "{key}");
+        }
+        let fields = struct_fields(
+            "pub struct A {\n    #[serde(skip)]\n    pub hidden: u8,\n    /// doc: x\n    pub shown: u8,\n}\npub struct T(pub u8);\n",
+        );
+        assert_eq!(fields, vec![("A".to_string(), "shown".to_string())]);
     }
 
     #[test]

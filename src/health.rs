@@ -24,13 +24,12 @@ use std::time::Duration;
 use http::header::{self, HeaderValue};
 use http::uri::PathAndQuery;
 use http::{Request, StatusCode};
-use hyper_util::rt::TokioIo;
-use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{parse_status_ranges, UpstreamConfig};
 use crate::proxy::body::Body;
+use crate::proxy::client;
 use crate::upstream::{Server, Upstream};
 
 /// How one upstream judges its servers; built once per runtime.
@@ -277,7 +276,7 @@ async fn run_checks(upstream: &Arc<Upstream>, server: &Arc<Server>, first: Durat
     let (mut passes, mut failures) = (0u32, 0u32);
     tokio::time::sleep(first).await;
     loop {
-        match probe(server, check).await {
+        match probe(upstream, server, check).await {
             Ok(()) => {
                 server.metrics.checks_passed.inc();
                 failures = 0;
@@ -303,13 +302,11 @@ async fn run_checks(upstream: &Arc<Upstream>, server: &Arc<Server>, first: Durat
 
 /// One check: a fresh connection, `GET path`, a status in the expected ranges, all
 /// within `timeout`.
-async fn probe(server: &Server, check: &ActiveCheck) -> Result<(), String> {
+async fn probe(upstream: &Upstream, server: &Server, check: &ActiveCheck) -> Result<(), String> {
     let attempt = async {
-        let stream = TcpStream::connect(server.addr).await.map_err(|e| format!("connect: {e}"))?;
-        let (mut sender, conn) = hyper::client::conn::http1::handshake::<_, Body>(TokioIo::new(stream))
-            .await
-            .map_err(|e| format!("handshake: {e}"))?;
-        tokio::spawn(conn);
+        // A connection of its own, never the request pool's, but spoken the way the
+        // upstream's requests are (TLS, h2), so a check tests what traffic will meet.
+        let mut sender = client::connect(upstream, server).await.map_err(|e| e.to_string())?;
         let host = match &check.host {
             Some(h) => h.clone(),
             None => HeaderValue::from_str(&server.address).map_err(|e| e.to_string())?,
@@ -317,10 +314,10 @@ async fn probe(server: &Server, check: &ActiveCheck) -> Result<(), String> {
         let req = Request::get(check.path.clone())
             .header(header::HOST, host)
             .header(header::USER_AGENT, USER_AGENT.clone())
-            .header(header::CONNECTION, HeaderValue::from_static("close"))
             .body(Body::Empty)
             .map_err(|e| e.to_string())?;
-        let response = sender.send_request(req).await.map_err(|e| format!("request: {e}"))?;
+        let response =
+            sender.send(req, upstream.tls.is_some()).await.map_err(|(e, _)| format!("request: {e}"))?;
         let status = response.status().as_u16();
         if check.expected.iter().any(|&(lo, hi)| (lo..=hi).contains(&status)) {
             Ok(())

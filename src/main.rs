@@ -1,5 +1,6 @@
 //! The `weir` binary: flags, logging, signals; load the config, bind, run.
 
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -111,15 +112,23 @@ fn run(args: &Args) -> anyhow::Result<()> {
 }
 
 fn print_summary(path: &std::path::Path, config: &Config) {
-    println!("{}: ok", path.display());
+    // A closed stdout (`weir --check | head`) is not an error worth a panic.
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{}: ok", path.display());
     for l in &config.listeners {
-        println!("  listener {} on {}", l.name.get_ref(), l.listen.get_ref());
+        let _ = writeln!(out, "  listener {} on {}", l.name.get_ref(), l.listen.get_ref());
     }
     if let Some(admin) = &config.admin {
-        println!("  admin on {}", admin.listen.get_ref());
+        let _ = writeln!(out, "  admin on {}", admin.listen.get_ref());
     }
-    println!("  {} routes", config.routes.len());
+    let _ = writeln!(out, "  {} routes", config.routes.len());
     for (name, up) in &config.upstreams {
-        println!("  upstream {} ({:?}, {} servers)", name, up.balancer.get_ref(), up.servers.get_ref().len());
+        let _ = writeln!(
+            out,
+            "  upstream {} ({:?}, {} servers)",
+            name,
+            up.balancer.get_ref(),
+            up.servers.get_ref().len()
+        );
     }
 }

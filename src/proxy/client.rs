@@ -50,13 +50,16 @@ impl Sender {
         }
     }
 
-    async fn send(
+    /// Sends `req`; `tls` says which scheme h2 announces. On failure, the request
+    /// comes back if it was not sent.
+    pub(crate) async fn send(
         &mut self,
         req: Request<Body>,
+        tls: bool,
     ) -> Result<Response<Incoming>, (hyper::Error, Option<Request<Body>>)> {
         let result = match self {
             Sender::H1(s) => s.try_send_request(req).await,
-            Sender::H2(s) => s.try_send_request(to_h2(req)).await,
+            Sender::H2(s) => s.try_send_request(to_h2(req, tls)).await,
         };
         result.map_err(|mut e| {
             let unsent = e.take_message();
@@ -83,7 +86,7 @@ pub async fn exchange(upstream: &Upstream, server: &Server, mut req: Request<Bod
         if sender.ready().await.is_err() {
             continue;
         }
-        match sender.send(req).await {
+        match sender.send(req, upstream.tls.is_some()).await {
             Ok(response) => return Ok((response, sender)),
             // Closed before our request went out: nothing sent, try another.
             Err((_, Some(unsent))) => req = unsent,
@@ -99,7 +102,7 @@ pub async fn exchange(upstream: &Upstream, server: &Server, mut req: Request<Bod
     if let Sender::H2(shared) = &sender {
         let _ = server.state.pool.push(Sender::H2(shared.clone()));
     }
-    match sender.send(req).await {
+    match sender.send(req, upstream.tls.is_some()).await {
         Ok(response) => Ok((response, sender)),
         Err((error, unsent)) => Err((upstream_error(server, error), unsent)),
     }
@@ -111,7 +114,7 @@ fn upstream_error(server: &Server, source: hyper::Error) -> ProxyError {
 
 /// Opens a connection within `connect_timeout`: TCP, TLS if configured, then the
 /// upstream's protocol.
-async fn connect(upstream: &Upstream, server: &Server) -> Result<Sender, ProxyError> {
+pub(crate) async fn connect(upstream: &Upstream, server: &Server) -> Result<Sender, ProxyError> {
     let refused = |reason: String| ProxyError::Connect { server: server.address.clone(), reason };
     let setup = async {
         let stream = TcpStream::connect(server.addr).await.map_err(|e| refused(e.to_string()))?;
@@ -165,14 +168,14 @@ where
 
 /// h2 wants the target in absolute form (for `:scheme` and `:authority`) and no
 /// `Host` header.
-fn to_h2(mut req: Request<Body>) -> Request<Body> {
+fn to_h2(mut req: Request<Body>, tls: bool) -> Request<Body> {
     let authority = req
         .headers_mut()
         .remove(header::HOST)
         .and_then(|h| Authority::try_from(h.as_bytes()).ok())
         .unwrap_or_else(|| Authority::from_static("localhost"));
     let mut parts = std::mem::take(req.uri_mut()).into_parts();
-    parts.scheme = Some(Scheme::HTTP);
+    parts.scheme = Some(if tls { Scheme::HTTPS } else { Scheme::HTTP });
     parts.authority = Some(authority);
     if let Ok(uri) = Uri::from_parts(parts) {
         *req.uri_mut() = uri;

@@ -339,7 +339,7 @@ async fn upstream_tls_verifies_the_server_by_sni_and_ca_file() {
             });
         }
     });
-    let config = |sni: &str| {
+    let config = |sni: &str, extra: &str| {
         format!(
             r#"
 [[listeners]]
@@ -354,18 +354,29 @@ ca_file = "backend.pem"
 servers = [{{ address = "{addr}" }}]
 [upstreams.secure.passive_health]
 consecutive_failures = 0
+{extra}
 "#
         )
     };
-    let good = start_in(dir.path(), &config("backend.test"), &[]).await;
+    let good = start_in(dir.path(), &config("backend.test", ""), &[]).await;
     assert_eq!(get(&good.url("/")).await, (StatusCode::OK, "secret".to_string()));
-    let wrong_name = start_in(dir.path(), &config("other.test"), &[]).await;
+    assert_eq!(served.load(SeqCst), 1);
+    // Active checks speak TLS too: a TLS-only server stays healthy under them.
+    let checked = "[upstreams.secure.health_check]\ninterval = \"30ms\"\nunhealthy_threshold = 1";
+    let with_checks = start_in(dir.path(), &config("backend.test", checked), &[]).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(served.load(SeqCst) >= 4, "the checks reached the server over TLS");
+    assert_eq!(get(&with_checks.url("/")).await, (StatusCode::OK, "secret".to_string()));
+    with_checks.shutdown().await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let before = served.load(SeqCst);
+    let wrong_name = start_in(dir.path(), &config("other.test", ""), &[]).await;
     assert_eq!(
         get(&wrong_name.url("/")).await.0,
         StatusCode::BAD_GATEWAY,
         "a certificate for another name is refused"
     );
-    assert_eq!(served.load(SeqCst), 1);
+    assert_eq!(served.load(SeqCst), before, "no TLS session was completed with the wrong name");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -27,7 +27,7 @@ use crate::proxy::retry::RetryBudget;
 use crate::proxy::route::{Route, Router};
 use crate::ratelimit::{Limiter, Settings};
 use crate::tls::{self, TlsError};
-use crate::upstream::{Server, ServerState, Upstream};
+use crate::upstream::{ConnectionSettings, Server, ServerState, Upstream};
 
 /// The ready-to-serve form of one config.
 pub struct Runtime {
@@ -97,12 +97,22 @@ impl Runtime {
         for (name, up) in &config.upstreams {
             let name = name.as_str();
             let old = previous.and_then(|p| p.upstreams.get(name));
+            let connection = ConnectionSettings {
+                h2: up.protocol == UpstreamProtocol::H2,
+                tls: up.tls,
+                sni: up.sni.as_ref().map(|n| n.get_ref().clone()),
+                ca_file: up.ca_file.as_ref().map(|f| config.base_dir.join(f.get_ref())),
+                keepalive: up.keepalive,
+            };
             let mut servers = Vec::new();
             for s in up.servers.get_ref() {
                 let address = s.address.get_ref().as_str();
                 let state = old
-                    .and_then(|o| o.servers.iter().find(|x| &*x.address == address))
-                    .map(|x| x.state.clone())
+                    .and_then(|o| Some((o, o.servers.iter().find(|x| &*x.address == address)?)))
+                    .map(|(o, x)| match o.connection == connection {
+                        true => x.state.clone(),
+                        false => Arc::new(x.state.with_new_pool(up.keepalive)),
+                    })
                     // A server added by a reload is new traffic-wise: it slow-starts.
                     .unwrap_or_else(|| {
                         let joined = if previous.is_some() { health::now_ms() } else { 0 };
@@ -151,6 +161,7 @@ impl Runtime {
                 request_timeout: up.request_timeout.0,
                 h2,
                 tls,
+                connection,
                 health: HealthPolicy::new(up),
                 retry_budget: RetryBudget::new(*up.retry_budget.get_ref()),
                 metrics: metrics.upstream(name),
@@ -426,6 +437,20 @@ burst = 1
         assert!(!Arc::ptr_eq(&second.limiters["one"], &third.limiters["one"]));
         assert!(!Arc::ptr_eq(&queue(&second), &queue(&third)));
         assert_eq!(queue(&third).settings.max_in_flight, 3);
+    }
+
+    #[test]
+    fn changed_connection_settings_give_a_fresh_pool_but_keep_health() {
+        let config = config::parse(ROUTES, Path::new("t.toml")).unwrap();
+        let metrics = Metrics::new().unwrap();
+        let first = Runtime::build(&config, None, &metrics).unwrap();
+        first.upstreams["any"].servers[0].set_healthy(false);
+        let h2 = ROUTES.replace("[upstreams.any]\n", "[upstreams.any]\nprotocol = \"h2\"\n");
+        let changed = config::parse(&h2, Path::new("t.toml")).unwrap();
+        let second = Runtime::build(&changed, Some(&first), &metrics).unwrap();
+        let (old, new) = (&first.upstreams["any"].servers[0], &second.upstreams["any"].servers[0]);
+        assert!(!Arc::ptr_eq(&old.state, &new.state), "HTTP/1.1 connections must not serve an h2 upstream");
+        assert!(!new.is_healthy(), "health survives");
     }
 
     #[test]

@@ -38,6 +38,9 @@ pub struct Upstream {
     /// Speak h2 (one multiplexed connection per server) instead of HTTP/1.1.
     pub h2: bool,
     pub tls: Option<UpstreamTls>,
+    /// What pooled connections are opened with; a reload that changes it gives the
+    /// servers fresh pools (keeping their health).
+    pub connection: ConnectionSettings,
     pub health: HealthPolicy,
     pub retry_budget: RetryBudget,
     pub metrics: UpstreamMetrics,
@@ -58,6 +61,16 @@ pub struct Server {
     pub backup: bool,
     pub state: Arc<ServerState>,
     pub metrics: ServerMetrics,
+}
+
+/// The settings a pooled connection depends on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConnectionSettings {
+    pub h2: bool,
+    pub tls: bool,
+    pub sni: Option<String>,
+    pub ca_file: Option<std::path::PathBuf>,
+    pub keepalive: usize,
 }
 
 /// What must outlive a reload: the health mark, passive-detection counts and the
@@ -90,6 +103,19 @@ impl ServerState {
             readmitted_ms: AtomicU64::new(0),
             recent: RecentErrors::default(),
         }
+    }
+}
+
+impl ServerState {
+    /// A state with `self`'s health but an empty pool, for a server whose connection
+    /// settings changed in a reload.
+    pub fn with_new_pool(&self, keepalive: usize) -> ServerState {
+        let fresh = ServerState::new(keepalive, self.up_since_ms.load(Relaxed));
+        fresh.healthy.store(self.healthy.load(Relaxed), Relaxed);
+        fresh.consecutive_failures.store(self.consecutive_failures.load(Relaxed), Relaxed);
+        fresh.ejections.store(self.ejections.load(Relaxed), Relaxed);
+        fresh.readmitted_ms.store(self.readmitted_ms.load(Relaxed), Relaxed);
+        fresh
     }
 }
 

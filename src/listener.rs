@@ -196,8 +196,12 @@ impl Connection {
     /// Waits until the client sends something; false if it sent nothing within
     /// `timeout` or the listener is stopping.
     async fn first_bytes(&mut self, stream: &tokio::net::TcpStream, timeout: Duration) -> bool {
+        let mut byte = [0u8; 1];
         tokio::select! {
-            ready = tokio::time::timeout(timeout, stream.readable()) => matches!(ready, Ok(Ok(()))),
+            // `peek`, not `readable`: readiness can be reported before any byte is
+            // there (tokio documents false positives), and then the state this wait
+            // exists to defer would be allocated for every idle client.
+            ready = tokio::time::timeout(timeout, stream.peek(&mut byte)) => matches!(ready, Ok(Ok(n)) if n > 0),
             _ = self.stop.changed() => false,
         }
     }

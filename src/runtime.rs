@@ -25,7 +25,7 @@ use crate::proxy::client::{server_name, tls_name, UpstreamTls};
 use crate::proxy::client_ip::TrustedProxies;
 use crate::proxy::retry::RetryBudget;
 use crate::proxy::route::{Route, Router};
-use crate::ratelimit::{Limiter, Settings};
+use crate::ratelimit::{Limiter, Settings, StoreSettings};
 use crate::tls::{self, TlsError};
 use crate::upstream::{ConnectionSettings, Server, ServerState, Upstream};
 
@@ -69,6 +69,8 @@ pub enum BuildError {
     Tls(#[from] TlsError),
     #[error("listeners: more than {max} different listener names since start; restart weir to reuse slots")]
     TooManyListeners { max: usize },
+    #[error("rate_limits.{rate_limit}.store: {reason}")]
+    Store { rate_limit: String, reason: String },
     #[error("access_log.path: cannot open `{path}`: {source}")]
     AccessLog { path: String, source: std::io::Error },
 }
@@ -173,14 +175,28 @@ impl Runtime {
         let mut limiters = HashMap::new();
         for (name, limit) in &config.rate_limits {
             let settings = Settings::from_config(limit);
-            let limiter = previous
+            let store = StoreSettings::from_config(limit);
+            let kept = previous
                 .and_then(|p| p.limiters.get(name.as_str()))
-                .filter(|old| old.settings == settings)
-                .cloned()
-                .unwrap_or_else(|| {
+                .filter(|old| old.settings == settings && old.store_settings() == store.as_ref())
+                .cloned();
+            let limiter = match kept {
+                Some(limiter) => limiter,
+                None => {
                     let counter = metrics.rate_limited_total.with_label_values(&[name]);
-                    Arc::new(Limiter::new(name, settings, counter))
-                });
+                    let limiter = Limiter::new(name, settings, counter);
+                    Arc::new(match store {
+                        None => limiter,
+                        Some(store) => {
+                            let errors = metrics.rate_limit_store_errors_total.with_label_values(&[name]);
+                            limiter.with_store(store, errors).map_err(|e| BuildError::Store {
+                                rate_limit: name.clone(),
+                                reason: e.to_string(),
+                            })?
+                        }
+                    })
+                }
+            };
             limiters.insert(Box::from(name.as_str()), limiter);
         }
 

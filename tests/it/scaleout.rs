@@ -256,3 +256,156 @@ async fn two_processes_share_a_port_with_reuse_port() {
     }
     assert_eq!(b.hits(), before + 20);
 }
+
+/// A tiny DNS server for tests: answers every A query with the current address list
+/// (TTL 0) and every other query with no records. Only what hickory's resolver needs.
+struct Dns {
+    addr: SocketAddr,
+    answers: Arc<std::sync::Mutex<Vec<std::net::Ipv4Addr>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Dns {
+    async fn start(initial: &[[u8; 4]]) -> Dns {
+        let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let addr = socket.local_addr().unwrap();
+        let answers = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let shared = answers.clone();
+        let task = tokio::spawn(async move {
+            let mut buf = [0u8; 512];
+            loop {
+                let Ok((len, from)) = socket.recv_from(&mut buf).await else { return };
+                let ips = shared.lock().unwrap().clone();
+                if let Some(reply) = Self::reply(&buf[..len], &ips) {
+                    let _ = socket.send_to(&reply, from).await;
+                }
+            }
+        });
+        let dns = Dns { addr, answers, task };
+        dns.set(answers_of(initial));
+        dns
+    }
+
+    fn set(&self, ips: Vec<std::net::Ipv4Addr>) {
+        *self.answers.lock().unwrap() = ips;
+    }
+
+    /// The answer to one query: its header and question, then the A records.
+    fn reply(query: &[u8], ips: &[std::net::Ipv4Addr]) -> Option<Vec<u8>> {
+        // The question name starts after the 12-byte header and ends at a zero label.
+        let mut end = 12;
+        while *query.get(end)? != 0 {
+            end += 1 + usize::from(*query.get(end)?);
+        }
+        let question = query.get(12..end + 5)?; // name, zero byte, type and class
+        let qtype = u16::from_be_bytes([query[end + 1], query[end + 2]]);
+        let records: &[std::net::Ipv4Addr] = if qtype == 1 { ips } else { &[] };
+        let mut reply = Vec::with_capacity(512);
+        reply.extend_from_slice(&query[..2]); // id
+        reply.extend_from_slice(&[0x85, 0x80]); // response, authoritative, recursion
+        reply.extend_from_slice(&[0, 1]);
+        reply.extend_from_slice(&(records.len() as u16).to_be_bytes());
+        reply.extend_from_slice(&[0, 0, 0, 0]);
+        reply.extend_from_slice(question);
+        for ip in records {
+            // Name: pointer to the question's; type A, class IN, TTL 0, 4 bytes.
+            reply.extend_from_slice(&[0xc0, 12, 0, 1, 0, 1, 0, 0, 0, 0, 0, 4]);
+            reply.extend_from_slice(&ip.octets());
+        }
+        Some(reply)
+    }
+}
+
+impl Drop for Dns {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+fn answers_of(ips: &[[u8; 4]]) -> Vec<std::net::Ipv4Addr> {
+    ips.iter().map(|ip| std::net::Ipv4Addr::from(*ip)).collect()
+}
+
+/// A server address given as a host name with `resolve` follows the DNS answer:
+/// addresses that appear become servers, vanished ones stop getting traffic, within
+/// two resolve intervals, and no request fails meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_pool_follows_the_dns_answer_without_failed_requests() {
+    // Three backends on one port, at 127.0.0.1, .2 and .3: a name's answers differ
+    // only in the address.
+    let a = Backend::named("a").start().await;
+    let port = a.addr.port();
+    let b = Backend::named("b").at(([127, 0, 0, 2], port).into()).start().await;
+    let c = Backend::named("c").at(([127, 0, 0, 3], port).into()).start().await;
+    let dns = Dns::start(&[[127, 0, 0, 1], [127, 0, 0, 2]]).await;
+    let interval = Duration::from_millis(300);
+    let weir = Weir::start(
+        &format!(
+            r#"
+resolver = "{}"
+[admin]
+listen = "127.0.0.1:0"
+[[listeners]]
+name = "web"
+listen = "127.0.0.1:0"
+[[routes]]
+upstream = "app"
+[upstreams.app]
+resolve = "300ms"
+servers = [{{ address = "backend.test:{port}" }}]
+"#,
+            dns.addr
+        ),
+        &[],
+    )
+    .await;
+
+    // Steady traffic through the whole test; every answer must be a 200.
+    let failures = Arc::new(AtomicUsize::new(0));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let traffic = tokio::spawn({
+        let (url, failures, stop) = (weir.url("/"), failures.clone(), stop.clone());
+        async move {
+            let client = crate::support::client();
+            while !stop.load(SeqCst) {
+                match client.get(url.parse().unwrap()).await {
+                    Ok(r) if r.status() == 200 => {}
+                    _ => {
+                        failures.fetch_add(1, SeqCst);
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while a.hits() == 0 || b.hits() == 0 {
+        assert!(Instant::now() < deadline, "the first answers never both served");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(c.hits(), 0);
+    let metrics = weir.metrics().await;
+    let label = |ip: &str| format!("weir_upstream_server_healthy{{server=\"backend.test:{port} ({ip})\"");
+    assert!(metrics.contains(&label("127.0.0.1")), "{metrics}");
+
+    // 127.0.0.1 vanishes, 127.0.0.3 appears.
+    dns.set(answers_of(&[[127, 0, 0, 2], [127, 0, 0, 3]]));
+    let changed = Instant::now();
+    while c.hits() == 0 {
+        assert!(changed.elapsed() < 2 * interval, "the pool did not follow within two intervals");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // Requests already running on the old pool may still finish at `a`; then none.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let (a_before, b_before, c_before) = (a.hits(), b.hits(), c.hits());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(a.hits(), a_before, "a vanished address still gets traffic");
+    assert!(b.hits() > b_before && c.hits() > c_before, "traffic is not spread over the new answer");
+
+    stop.store(true, SeqCst);
+    traffic.await.unwrap();
+    assert_eq!(failures.load(SeqCst), 0, "requests failed while the pool changed");
+    let metrics = weir.metrics().await;
+    assert!(!metrics.contains(&label("127.0.0.1")), "the vanished server's gauges are still exported");
+    assert!(metrics.contains(&label("127.0.0.3")), "{metrics}");
+}

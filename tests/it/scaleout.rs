@@ -27,6 +27,11 @@ impl Redis {
             return None;
         }
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        Some(Redis::start_on(port).await)
+    }
+
+    /// A fresh redis-server (empty, no scripts loaded) on `port`.
+    async fn start_on(port: u16) -> Redis {
         let child = Command::new("redis-server")
             .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
             .stdout(Stdio::null())
@@ -39,7 +44,7 @@ impl Redis {
             assert!(Instant::now() < deadline, "redis-server did not start on port {port}");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        Some(redis)
+        redis
     }
 
     async fn answers_ping(&self) -> bool {
@@ -159,9 +164,26 @@ async fn two_instances_share_one_limit_through_redis_and_fail_open_without_it() 
         assert_eq!(get(&one.url("/")).await.0, 200);
         assert!(started.elapsed() < Duration::from_millis(500), "a check blocked on the dead store");
     }
-    let metrics = one.metrics().await;
-    let errors = sample(&metrics, "weir_rate_limit_store_errors_total{rate_limit=\"shared\"}");
-    assert!(errors >= 5.0, "store errors not counted:\n{metrics}");
+    let errors = || async {
+        let metrics = one.metrics().await;
+        sample(&metrics, "weir_rate_limit_store_errors_total{rate_limit=\"shared\"}")
+    };
+    assert!(errors().await >= 5.0, "store errors not counted");
+
+    // Redis comes back empty (no bucket, no script): the connection reconnects, the
+    // script is loaded again on NOSCRIPT, and checks use the store again.
+    let port = redis.port;
+    let _redis = Redis::start_on(port).await;
+    let deadline = Instant::now() + Duration::from_secs(3);
+    loop {
+        let before = errors().await;
+        assert_eq!(get(&one.url("/")).await.0, 200);
+        if errors().await == before {
+            break;
+        }
+        assert!(Instant::now() < deadline, "checks never went back to the store");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// `on_store_error = "deny"`: without an answer from the store, requests are refused.

@@ -8,6 +8,8 @@ cd "$(dirname "$0")/.."
 if [ "$(id -u)" -eq 0 ]; then SUDO=""; else SUDO="sudo"; fi
 need=()
 command -v curl >/dev/null 2>&1 || need+=(curl)
+# The scale-out test runs a throwaway redis-server on a loopback port.
+command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
 updated=0
 if ! command -v promtool >/dev/null 2>&1; then
   # promtool ships in Debian's `prometheus` package. Without it the rules check here

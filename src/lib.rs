@@ -11,6 +11,7 @@ pub mod admission;
 pub mod balancer;
 pub mod cache;
 pub mod config;
+pub mod discovery;
 pub mod health;
 pub mod listener;
 pub mod metrics;

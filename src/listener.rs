@@ -111,7 +111,7 @@ impl Listener {
     /// Binds `config.listen` (see `bind_tcp`).
     pub fn bind(config: &ListenerConfig, slot: usize, active: IntGauge) -> std::io::Result<Listener> {
         let addr: SocketAddr = config.listen.get_ref().parse().map_err(std::io::Error::other)?;
-        let socket = bind_tcp(addr)?;
+        let socket = bind_tcp_with(addr, config.reuse_port)?;
         let settings = Arc::new(ArcSwap::from_pointee(Settings::new(config)));
         Ok(Listener { name: config.name.get_ref().clone(), slot, socket, settings, active })
     }
@@ -329,9 +329,20 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for FirstBytes<I> {
 
 /// A non-blocking listening socket with `SO_REUSEADDR` and a backlog of 4096.
 pub fn bind_tcp(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    bind_tcp_with(addr, false)
+}
+
+/// `bind_tcp`, plus `SO_REUSEPORT` when `reuse_port` is set: several processes (each
+/// setting it) may then listen on the same port, and the kernel spreads new
+/// connections among them. Off by default: without it a second weir started by
+/// mistake on a busy port fails loudly instead of silently sharing it.
+pub fn bind_tcp_with(addr: SocketAddr, reuse_port: bool) -> std::io::Result<TcpListener> {
     use socket2::{Domain, Protocol, Socket, Type};
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     socket.set_reuse_address(true)?;
+    if reuse_port {
+        socket.set_reuse_port(true)?;
+    }
     socket.set_nonblocking(true)?;
     socket.bind(&addr.into())?;
     socket.listen(4096)?;

@@ -33,6 +33,7 @@ pub struct Metrics {
     pub upstream_connect_errors_total: IntCounterVec,
     pub upstream_timeouts_total: IntCounterVec,
     pub rate_limited_total: IntCounterVec,
+    pub rate_limit_store_errors_total: IntCounterVec,
     pub connections_active: IntGaugeVec,
     pub config_reloads_total: IntCounterVec,
     pub upstream_queue_depth: IntGaugeVec,
@@ -116,6 +117,11 @@ impl Metrics {
             rate_limited_total: counter(
                 "weir_rate_limited_total",
                 "Requests refused by a rate limit.",
+                &["rate_limit"],
+            )?,
+            rate_limit_store_errors_total: counter(
+                "weir_rate_limit_store_errors_total",
+                "Rate limit checks decided without the shared store (Redis failed, timed out, or is being skipped after a failure).",
                 &["rate_limit"],
             )?,
             connections_active: gauge(

@@ -19,13 +19,14 @@ use crate::admission::{Admission, AdmissionSettings};
 use crate::balancer::{Balancer, Options};
 use crate::cache::{self, Cache};
 use crate::config::{Config, UpstreamProtocol};
+use crate::discovery::{self, Answers};
 use crate::health::{self, Checks, HealthPolicy};
 use crate::metrics::{Metrics, UpstreamMetrics};
 use crate::proxy::client::{server_name, tls_name, UpstreamTls};
 use crate::proxy::client_ip::TrustedProxies;
 use crate::proxy::retry::RetryBudget;
 use crate::proxy::route::{Route, Router};
-use crate::ratelimit::{Limiter, Settings};
+use crate::ratelimit::{Limiter, Settings, StoreSettings};
 use crate::tls::{self, TlsError};
 use crate::upstream::{ConnectionSettings, Server, ServerState, Upstream};
 
@@ -53,6 +54,8 @@ pub struct Runtime {
     pub trusted_proxies: TrustedProxies,
     /// The access log writer, when `[access_log]` is enabled.
     pub access_log: Option<Arc<AccessLog>>,
+    /// The DNS answers the discovered servers were built from (see `discovery`).
+    pub answers: Arc<Answers>,
 }
 
 /// Default `queue_size` of an upstream with `max_in_flight`.
@@ -69,6 +72,8 @@ pub enum BuildError {
     Tls(#[from] TlsError),
     #[error("listeners: more than {max} different listener names since start; restart weir to reuse slots")]
     TooManyListeners { max: usize },
+    #[error("rate_limits.{rate_limit}.store: {reason}")]
+    Store { rate_limit: String, reason: String },
     #[error("access_log.path: cannot open `{path}`: {source}")]
     AccessLog { path: String, source: std::io::Error },
 }
@@ -83,6 +88,19 @@ impl Runtime {
         previous: Option<&Runtime>,
         metrics: &Metrics,
     ) -> Result<Runtime, BuildError> {
+        Self::build_with(config, previous, metrics, &Answers::new())
+    }
+
+    /// `build`, with `fresh` DNS answers for discovered server addresses. An address
+    /// not in `fresh` keeps the answers `previous` was built with, or is looked up
+    /// now if it is new.
+    pub fn build_with(
+        config: &Config,
+        previous: Option<&Runtime>,
+        metrics: &Metrics,
+        fresh: &Answers,
+    ) -> Result<Runtime, BuildError> {
+        let mut answers = Answers::new();
         let mut slots: Vec<Box<str>> = previous.map(|p| p.listener_slots.clone()).unwrap_or_default();
         for l in &config.listeners {
             if !slots.iter().any(|s| **s == **l.name.get_ref()) {
@@ -106,30 +124,54 @@ impl Runtime {
             };
             let mut servers = Vec::new();
             for s in up.servers.get_ref() {
-                let address = s.address.get_ref().as_str();
-                let state = old
-                    .and_then(|o| Some((o, o.servers.iter().find(|x| &*x.address == address)?)))
-                    .map(|(o, x)| match o.connection == connection {
-                        true => x.state.clone(),
-                        false => Arc::new(x.state.with_new_pool(up.keepalive)),
-                    })
-                    // A server added by a reload is new traffic-wise: it slow-starts.
-                    .unwrap_or_else(|| {
-                        let joined = if previous.is_some() { health::now_ms() } else { 0 };
-                        Arc::new(ServerState::new(up.keepalive, joined))
-                    });
-                let server_metrics = metrics.server(name, address);
-                let server = Server {
-                    address: address.into(),
-                    addr: resolve(name, address)?,
-                    tls_name: tls_name(address),
-                    weight: *s.weight.get_ref(),
-                    backup: s.backup,
-                    state,
-                    metrics: server_metrics,
+                let configured = s.address.get_ref().as_str();
+                // A discovered name is one server per address in its answer; any other
+                // address is one server, resolved once here.
+                let found: Vec<(String, SocketAddr)> = if discovery::is_discovered(up, configured) {
+                    let addrs = match fresh
+                        .get(configured)
+                        .or_else(|| previous.and_then(|p| p.answers.get(configured)))
+                    {
+                        Some(addrs) => addrs.clone(),
+                        None => discovery::lookup_blocking(discovery::nameserver(config), configured)
+                            .map_err(|e| BuildError::Resolve {
+                                upstream: name.into(),
+                                address: configured.into(),
+                                reason: e.to_string(),
+                            })?,
+                    };
+                    let labelled = addrs.iter().map(|a| (discovery::label(configured, *a), *a)).collect();
+                    answers.insert(configured.to_string(), addrs);
+                    labelled
+                } else {
+                    vec![(configured.to_string(), resolve(name, configured)?)]
                 };
-                server.metrics.healthy.set(i64::from(server.is_healthy()));
-                servers.push(Arc::new(server));
+                for (address, addr) in found {
+                    let address = address.as_str();
+                    let state = old
+                        .and_then(|o| Some((o, o.servers.iter().find(|x| &*x.address == address)?)))
+                        .map(|(o, x)| match o.connection == connection {
+                            true => x.state.clone(),
+                            false => Arc::new(x.state.with_new_pool(up.keepalive)),
+                        })
+                        // A server added by a reload is new traffic-wise: it slow-starts.
+                        .unwrap_or_else(|| {
+                            let joined = if previous.is_some() { health::now_ms() } else { 0 };
+                            Arc::new(ServerState::new(up.keepalive, joined))
+                        });
+                    let server_metrics = metrics.server(name, address);
+                    let server = Server {
+                        address: address.into(),
+                        addr,
+                        tls_name: tls_name(configured),
+                        weight: *s.weight.get_ref(),
+                        backup: s.backup,
+                        state,
+                        metrics: server_metrics,
+                    };
+                    server.metrics.healthy.set(i64::from(server.is_healthy()));
+                    servers.push(Arc::new(server));
+                }
             }
             let h2 = up.protocol == UpstreamProtocol::H2;
             let tls = if up.tls {
@@ -173,14 +215,28 @@ impl Runtime {
         let mut limiters = HashMap::new();
         for (name, limit) in &config.rate_limits {
             let settings = Settings::from_config(limit);
-            let limiter = previous
+            let store = StoreSettings::from_config(limit);
+            let kept = previous
                 .and_then(|p| p.limiters.get(name.as_str()))
-                .filter(|old| old.settings == settings)
-                .cloned()
-                .unwrap_or_else(|| {
+                .filter(|old| old.settings == settings && old.store_settings() == store.as_ref())
+                .cloned();
+            let limiter = match kept {
+                Some(limiter) => limiter,
+                None => {
                     let counter = metrics.rate_limited_total.with_label_values(&[name]);
-                    Arc::new(Limiter::new(name, settings, counter))
-                });
+                    let limiter = Limiter::new(name, settings, counter);
+                    Arc::new(match store {
+                        None => limiter,
+                        Some(store) => {
+                            let errors = metrics.rate_limit_store_errors_total.with_label_values(&[name]);
+                            limiter.with_store(store, errors).map_err(|e| BuildError::Store {
+                                rate_limit: name.clone(),
+                                reason: e.to_string(),
+                            })?
+                        }
+                    })
+                }
+            };
             limiters.insert(Box::from(name.as_str()), limiter);
         }
 
@@ -255,6 +311,7 @@ impl Runtime {
             listener_slots: slots,
             limiters,
             trusted_proxies: TrustedProxies::new(&config.trusted_proxies),
+            answers: Arc::new(answers),
         })
     }
 
@@ -486,5 +543,79 @@ burst = 1
         assert!(Arc::ptr_eq(&routed, &second.caches["pages"]));
         let third = build(&text.replace("\"1MiB\"", "\"2MiB\""), Some(&second));
         assert!(!Arc::ptr_eq(&second.caches["pages"], &third.caches["pages"]));
+    }
+
+    const DISCOVERED: &str = r#"
+[[listeners]]
+name = "web"
+listen = "127.0.0.1:0"
+[[routes]]
+upstream = "app"
+[upstreams.app]
+resolve = "5s"
+balancer = "consistent_hash"
+hash_key = "path"
+servers = [{ address = "backend.internal:8000" }, { address = "10.0.0.9:8000", backup = true }]
+"#;
+
+    fn answers(last_octets: &[u8]) -> Answers {
+        let addrs = last_octets.iter().map(|o| SocketAddr::from(([10, 0, 0, *o], 8000))).collect();
+        Answers::from([("backend.internal:8000".to_string(), addrs)])
+    }
+
+    /// Which server label each of 1000 keys goes to.
+    fn placement(rt: &Runtime) -> Vec<String> {
+        let up = &rt.upstreams["app"];
+        (0..1000u64)
+            .map(|k| {
+                let key = crate::balancer::PickKey { hash: Some(k.wrapping_mul(0x9e37_79b9_7f4a_7c15)) };
+                let i = up.balancer.pick(&key, |i| !up.servers[i].backup).unwrap();
+                up.servers[i].address.to_string()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn discovered_servers_follow_the_answers_keeping_state_and_most_keys() {
+        let config = config::parse(DISCOVERED, Path::new("t.toml")).unwrap();
+        let metrics = Metrics::new().unwrap();
+        let first = Runtime::build_with(&config, None, &metrics, &answers(&[1, 2, 3])).unwrap();
+        let labels = |rt: &Runtime| {
+            rt.upstreams["app"].servers.iter().map(|s| s.address.to_string()).collect::<Vec<_>>()
+        };
+        assert_eq!(
+            labels(&first),
+            [
+                "backend.internal:8000 (10.0.0.1)",
+                "backend.internal:8000 (10.0.0.2)",
+                "backend.internal:8000 (10.0.0.3)",
+                "10.0.0.9:8000"
+            ]
+        );
+        let two = |rt: &Runtime| rt.upstreams["app"].servers[1].clone();
+        two(&first).set_healthy(false);
+        let before = placement(&first);
+
+        // 10.0.0.1 vanishes, 10.0.0.4 appears.
+        let second = Runtime::build_with(&config, Some(&first), &metrics, &answers(&[2, 3, 4])).unwrap();
+        assert_eq!(second.answers["backend.internal:8000"].len(), 3);
+        let kept = &second.upstreams["app"].servers[0];
+        assert_eq!(&*kept.address, "backend.internal:8000 (10.0.0.2)");
+        assert!(Arc::ptr_eq(&kept.state, &two(&first).state), "health and pool not carried over");
+        assert!(!kept.is_healthy());
+        // Consistent hashing: a key moves only off the vanished address or onto the
+        // new one, never between two servers that stayed.
+        let after = placement(&second);
+        let moved = before.iter().zip(&after).filter(|(b, a)| b != a).count();
+        for (b, a) in before.iter().zip(&after) {
+            if !b.ends_with("(10.0.0.1)") && !a.ends_with("(10.0.0.4)") {
+                assert_eq!(b, a, "a key moved between servers that both stayed");
+            }
+        }
+        assert!((400..=900).contains(&moved), "{moved} of 1000 keys moved; about 5/9 expected (the leaver's third, and two thirds of the newcomer's)");
+
+        // A rebuild without fresh answers (a reload) keeps the last ones.
+        let third = Runtime::build(&config, Some(&second), &metrics).unwrap();
+        assert_eq!(labels(&third), labels(&second));
     }
 }

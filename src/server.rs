@@ -10,7 +10,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering::Relaxed;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -21,6 +21,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::admin::{self, AdminState};
 use crate::config::{self, Config, ConfigError};
+use crate::discovery::{self, Answers};
 use crate::listener::{bind_tcp, Listener, Settings};
 use crate::metrics::Metrics;
 use crate::runtime::{BuildError, Runtime, SharedRuntime};
@@ -62,6 +63,10 @@ struct Listeners {
     runtime: SharedRuntime,
     /// Whether `run` has started: before it, bound listeners wait in `pending`.
     serving: bool,
+    /// The config the runtime was last built from, for rebuilds on new DNS answers.
+    config: Config,
+    /// DNS discovery, one task per upstream with `resolve`; started by `run`.
+    discovery: discovery::Tasks,
 }
 
 struct Entry {
@@ -175,6 +180,8 @@ impl Server {
             tracker: TaskTracker::new(),
             runtime: runtime.clone(),
             serving: false,
+            config: config.clone(),
+            discovery: discovery::Tasks::default(),
         };
         let bound = listeners.bind_new(config, &runtime.load(), &metrics)?;
         listeners.apply(config, bound);
@@ -224,6 +231,9 @@ impl Server {
                 set.start(entry);
             }
             set.entries = entries;
+            let apply = rediscover(&self.runtime, &self.metrics, &self.listeners);
+            let config = set.config.clone();
+            set.discovery.reconcile(&config, &self.runtime, &apply);
             set.tracker.clone()
         };
         let admin_state = Arc::new(AdminState {
@@ -245,6 +255,7 @@ impl Server {
         let accepting: Vec<JoinHandle<()>> = {
             let mut set = self.listeners.lock().unwrap_or_else(|e| e.into_inner());
             set.serving = false;
+            set.discovery.stop();
             set.entries
                 .values_mut()
                 .filter_map(|entry| {
@@ -268,6 +279,36 @@ impl Server {
         // while the process was still running.
         let _ = admin_stop.send(true);
     }
+}
+
+/// The `discovery::Apply` of this server: rebuilds the runtime from the current
+/// config with a new answer set for one discovered address (as a reload would, but
+/// without reading the file), carrying server state over by address. Holds the
+/// listeners weakly, so a stopped server is not kept alive by its tasks.
+fn rediscover(
+    runtime: &SharedRuntime,
+    metrics: &Arc<Metrics>,
+    listeners: &Arc<Mutex<Listeners>>,
+) -> discovery::Apply {
+    let (runtime, metrics) = (runtime.clone(), metrics.clone());
+    let listeners: Weak<Mutex<Listeners>> = Arc::downgrade(listeners);
+    Arc::new(move |address: &str, addrs| {
+        let Some(listeners) = listeners.upgrade() else { return };
+        // The reload lock: a rebuild never interleaves with a reload.
+        let listeners = listeners.lock().unwrap_or_else(|e| e.into_inner());
+        let old = runtime.load_full();
+        let fresh = Answers::from([(address.to_string(), addrs)]);
+        match Runtime::build_with(&listeners.config, Some(&old), &metrics, &fresh) {
+            Ok(new) => {
+                new.start_health();
+                runtime.store(Arc::new(new));
+                old.health.stop();
+            }
+            Err(error) => {
+                tracing::error!(%error, "rebuilding for new DNS answers failed; the old servers keep serving")
+            }
+        }
+    })
 }
 
 /// Reloads the config file into a new runtime.
@@ -303,6 +344,11 @@ impl Reloader {
         // now so each server is probed by one task.
         old.health.stop();
         listeners.apply(&config, bound);
+        if listeners.serving {
+            let apply = rediscover(&self.runtime, &self.metrics, &self.listeners);
+            listeners.discovery.reconcile(&config, &self.runtime, &apply);
+        }
+        listeners.config = config;
         Ok(())
     }
 

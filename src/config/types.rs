@@ -51,6 +51,10 @@ pub struct Config {
     /// Response caches routes may name with `cache = "NAME"`.
     #[serde(default)]
     pub caches: BTreeMap<String, CacheConfig>,
+    /// DNS server (`ip:port`) for upstreams with `resolve`; absent: the system's
+    /// resolv.conf.
+    #[serde(default)]
+    pub resolver: Option<Spanned<String>>,
 }
 
 /// `[access_log]`
@@ -111,6 +115,10 @@ pub struct ListenerConfig {
     /// request (the upstream sees it aborted, never completed).
     #[serde(default = "defaults::body_read_timeout")]
     pub body_read_timeout: Dur,
+    /// Set SO_REUSEPORT, so several weir processes can listen on one port and the
+    /// kernel spreads connections among them.
+    #[serde(default)]
+    pub reuse_port: bool,
 }
 
 /// `[listeners.tls]`
@@ -324,6 +332,10 @@ pub struct UpstreamConfig {
     /// Longest wait in the queue before `503`. Default 2s. Only with `max_in_flight`.
     #[serde(default)]
     pub queue_timeout: Option<Dur>,
+    /// Re-resolve servers whose address is a host name this often; each address in
+    /// the answer becomes a server. Absent: names are resolved once, at (re)load.
+    #[serde(default)]
+    pub resolve: Option<Dur>,
 }
 
 /// `[upstreams.NAME.health_check]`
@@ -406,6 +418,29 @@ pub struct RateLimitConfig {
     /// Keys remembered at most; least recently used keys are forgotten past it.
     #[serde(default = "defaults::max_keys")]
     pub max_keys: Spanned<usize>,
+    /// `redis://host:port/db`: keep the buckets in Redis, shared by every weir
+    /// instance using it. Absent: buckets live in this process.
+    #[serde(default)]
+    pub store: Option<Spanned<String>>,
+    /// Longest wait for the store's answer before `on_store_error` decides.
+    #[serde(default = "defaults::store_timeout")]
+    pub store_timeout: Dur,
+    /// When the store fails or is slow: `local` (default) decides with this
+    /// instance's own bucket, `deny` refuses the request.
+    #[serde(default)]
+    pub on_store_error: OnStoreError,
+}
+
+/// What a rate limit with a `store` does when the store cannot answer in time.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnStoreError {
+    /// Fail open: decide with the local bucket (each instance then admits up to the
+    /// full rate on its own).
+    #[default]
+    Local,
+    /// Fail closed: refuse.
+    Deny,
 }
 
 /// What a rate limit counts requests by.
@@ -677,6 +712,9 @@ mod defaults {
     }
     pub fn max_keys() -> Spanned<usize> {
         Spanned::new(0..0, 100_000)
+    }
+    pub fn store_timeout() -> Dur {
+        Dur(Duration::from_millis(50))
     }
 }
 

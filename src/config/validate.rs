@@ -16,6 +16,8 @@ pub const MAX_LISTENERS: usize = 64;
 pub const MAX_RATE_LIMIT_NAME: usize = 64;
 /// Highest rate: beyond it a token bucket's sub-nanosecond refill is meaningless.
 pub const MAX_RATE: f64 = 1e9;
+/// Shortest `resolve` interval: a DNS query per upstream name this often is plenty.
+pub const MIN_RESOLVE: std::time::Duration = std::time::Duration::from_millis(100);
 
 pub(super) fn validate(config: &Config, src: &Source) -> Result<(), ConfigError> {
     if let Some(admin) = &config.admin {
@@ -180,6 +182,11 @@ pub(super) fn validate(config: &Config, src: &Source) -> Result<(), ConfigError>
         }
         balancer_options(src, &key, up)?;
         check_queue(src, &key, up)?;
+        if let Some(every) = up.resolve {
+            if every.0 < MIN_RESOLVE {
+                return Err(src.error(None, &format!("{key}.resolve"), "must be at least 100ms"));
+            }
+        }
         let mut seen = HashSet::new();
         for (i, s) in servers.iter().enumerate() {
             let skey = format!("{key}.servers[{i}]");
@@ -207,6 +214,9 @@ pub(super) fn validate(config: &Config, src: &Source) -> Result<(), ConfigError>
     }
     for (name, cache) in &config.caches {
         caches(src, name, cache)?;
+    }
+    if let Some(resolver) = &config.resolver {
+        socket_addr(src, "resolver", resolver)?;
     }
 
     let mut seen_routes = HashSet::new();
@@ -422,7 +432,20 @@ fn check_rate_limit(src: &Source, name: &str, limit: &RateLimitConfig) -> Result
     if *limit.burst.get_ref() == 0 {
         return Err(src.error(Some(limit.burst.span()), &format!("{key}.burst"), "must be at least 1"));
     }
-    at_least_one(src, &format!("{key}.max_keys"), &limit.max_keys)
+    at_least_one(src, &format!("{key}.max_keys"), &limit.max_keys)?;
+    if let Some(store) = &limit.store {
+        if let Err(e) = redis::Client::open(store.get_ref().as_str()) {
+            return Err(src.error(
+                Some(store.span()),
+                &format!("{key}.store"),
+                format!("`{}` is not a Redis URL like \"redis://127.0.0.1:6379/0\": {e}", store.get_ref()),
+            ));
+        }
+    }
+    if limit.store_timeout.0.is_zero() {
+        return Err(src.error(None, &format!("{key}.store_timeout"), "must be greater than zero"));
+    }
+    Ok(())
 }
 
 fn at_least_one(src: &Source, key: &str, value: &toml::Spanned<usize>) -> Result<(), ConfigError> {
@@ -727,5 +750,26 @@ burst = 2
         assert!(e.contains("caches.pages.ttl_jitter"), "{e}");
         let e = err(&with("lock_timeout = \"0s\""));
         assert!(e.contains("caches.pages.lock_timeout"), "{e}");
+    }
+
+    #[test]
+    fn scale_out_settings_are_checked() {
+        let shared = LIMITED.replace("burst = 2", "burst = 2\nstore = \"redis://127.0.0.1:6379/0\"");
+        let config = parse(&shared, Path::new("w.toml")).unwrap();
+        let limit = &config.rate_limits["per_client"];
+        assert_eq!(limit.store_timeout.0, std::time::Duration::from_millis(50));
+        assert_eq!(limit.on_store_error, crate::config::OnStoreError::Local);
+        let e = err(&LIMITED.replace("burst = 2", "burst = 2\nstore = \"http://x\""));
+        assert!(e.contains("`rate_limits.per_client.store`: `http://x` is not a Redis URL"), "{e}");
+        let e = err(&shared.replace("burst = 2", "burst = 2\non_store_error = \"maybe\""));
+        assert!(e.contains("on_store_error"), "{e}");
+        let e = err(&shared.replace("burst = 2", "burst = 2\nstore_timeout = \"0ms\""));
+        assert!(e.contains("`rate_limits.per_client.store_timeout`: must be greater than zero"), "{e}");
+        let e = err(&LIMITED.replace("queue_timeout = \"1s\"", "queue_timeout = \"1s\"\nresolve = \"10ms\""));
+        assert!(e.contains("`upstreams.api.resolve`: must be at least 100ms"), "{e}");
+        let e = err(&format!("resolver = \"dns.local\"\n{LIMITED}"));
+        assert!(e.contains("`resolver`"), "{e}");
+        let e = err(&LIMITED.replace("max_connections = 100", "reuse_port = 1"));
+        assert!(e.contains("reuse_port"), "{e}");
     }
 }

@@ -52,10 +52,19 @@ pub async fn handle(rt: &Runtime, req: Request<Incoming>, peer: &Peer) -> Respon
         return logged(response, log);
     };
     let upstream = &route.upstream;
-    let limit = route.limiter.as_deref().map(|limiter| {
-        let client = || client_ip::client_ip(peer.addr.ip(), req.headers(), &rt.trusted_proxies);
-        (limiter, limiter.check(req.headers(), client, started))
-    });
+    let limit = match route.limiter.as_deref() {
+        None => None,
+        Some(limiter) => {
+            let client = || client_ip::client_ip(peer.addr.ip(), req.headers(), &rt.trusted_proxies);
+            // Only a limit kept in Redis awaits; a local one stays a plain call.
+            let decision = if limiter.is_shared() {
+                limiter.check_shared(req.headers(), client, started).await
+            } else {
+                limiter.check(req.headers(), client, started)
+            };
+            Some((limiter, decision))
+        }
+    };
     let mut trace =
         Trace { request_bytes: log.as_ref().and_then(Pending::request_tally), ..Trace::default() };
     let result = match limit {

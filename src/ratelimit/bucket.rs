@@ -33,7 +33,7 @@ pub struct Rate {
 
 impl Rate {
     /// Time to add `tokens` tokens.
-    fn time_for(&self, tokens: f64) -> Duration {
+    pub(super) fn time_for(&self, tokens: f64) -> Duration {
         // Clamped: a tiny rate must not overflow a Duration.
         Duration::from_secs_f64((tokens / self.per_second).clamp(0.0, 1e9))
     }

@@ -23,6 +23,7 @@
 //! every client a fresh burst.
 
 mod bucket;
+mod shared;
 mod store;
 
 use std::net::IpAddr;
@@ -32,9 +33,10 @@ use http::header::{HeaderMap, HeaderName, HeaderValue, RETRY_AFTER};
 use prometheus::IntCounter;
 
 pub use bucket::{Decision, Rate, TokenBucket};
+pub use shared::{SharedStore, StoreError, StoreSettings};
 pub use store::Store;
 
-use crate::config::{RateLimitConfig, RateLimitKey};
+use crate::config::{OnStoreError, RateLimitConfig, RateLimitKey};
 
 pub static RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
 pub static RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
@@ -59,6 +61,17 @@ impl Settings {
     }
 }
 
+impl StoreSettings {
+    /// The shared store settings of `limit`, if it has a `store`.
+    pub fn from_config(limit: &RateLimitConfig) -> Option<StoreSettings> {
+        limit.store.as_ref().map(|url| StoreSettings {
+            url: url.get_ref().clone(),
+            timeout: limit.store_timeout.0,
+            on_error: limit.on_store_error,
+        })
+    }
+}
+
 /// One named rate limit, ready for the request path.
 pub struct Limiter {
     pub name: Box<str>,
@@ -70,6 +83,9 @@ pub struct Limiter {
     prefix: Box<[u8]>,
     /// `weir_rate_limited_total{rate_limit=NAME}`.
     rate_limited: IntCounter,
+    /// Buckets in Redis, shared with other instances; `store` then serves only as
+    /// the fallback when Redis cannot answer.
+    shared: Option<SharedStore>,
 }
 
 impl Limiter {
@@ -88,7 +104,69 @@ impl Limiter {
             policy,
             prefix: format!("\"{name}\";r=").into_bytes().into(),
             rate_limited,
+            shared: None,
         }
+    }
+
+    /// Keeps the buckets in Redis per `settings`; `errors` counts the checks
+    /// decided without it. Connects lazily, on the first check.
+    pub fn with_store(mut self, settings: StoreSettings, errors: IntCounter) -> Result<Limiter, StoreError> {
+        let rate = Rate { per_second: self.settings.rate, burst: f64::from(self.settings.burst.max(1)) };
+        self.shared = Some(SharedStore::new(&self.name, settings, rate, errors)?);
+        Ok(self)
+    }
+
+    /// The shared store's settings, when the buckets are in Redis.
+    pub fn store_settings(&self) -> Option<&StoreSettings> {
+        self.shared.as_ref().map(|s| &s.settings)
+    }
+
+    /// Whether checks must go through `check_shared` (buckets in Redis).
+    #[inline]
+    pub fn is_shared(&self) -> bool {
+        self.shared.is_some()
+    }
+
+    /// `check` for a limit whose buckets are in Redis: one round trip, bounded by
+    /// `store_timeout`; when the store fails, the local bucket decides (or the
+    /// request is refused with `on_store_error = "deny"`). Without a store it is
+    /// `check`.
+    pub async fn check_shared(
+        &self,
+        headers: &HeaderMap,
+        client: impl FnOnce() -> IpAddr,
+        now: Instant,
+    ) -> Decision {
+        let Some(shared) = &self.shared else { return self.check(headers, client, now) };
+        // Hashed with a fixed function, not the store's random key: every instance
+        // must name the same bucket.
+        let key = match &self.settings.key {
+            RateLimitKey::Global => xxhash_rust::xxh3::xxh3_128(b"g"),
+            RateLimitKey::ClientIp => match client() {
+                IpAddr::V4(ip) => xxhash_rust::xxh3::xxh3_128_with_seed(&ip.octets(), 4),
+                IpAddr::V6(ip) => xxhash_rust::xxh3::xxh3_128_with_seed(&ip.octets(), 6),
+            },
+            RateLimitKey::Header(name) => match headers.get(name) {
+                Some(value) => xxhash_rust::xxh3::xxh3_128_with_seed(value.as_bytes(), 1),
+                None => xxhash_rust::xxh3::xxh3_128(b"none"),
+            },
+        };
+        let decision = match shared.try_take(key.to_le_bytes(), &self.name).await {
+            Ok(decision) => decision,
+            Err(_) => {
+                shared.errors.inc();
+                // The fallback bucket is keyed by the shared key rehashed with this
+                // store's random key, like every local bucket.
+                match shared.settings.on_error {
+                    OnStoreError::Local => self.store.try_take(self.store.hash(key), now),
+                    OnStoreError::Deny => Decision::Deny { retry_after: Duration::from_secs(1) },
+                }
+            }
+        };
+        if matches!(decision, Decision::Deny { .. }) {
+            self.rate_limited.inc();
+        }
+        decision
     }
 
     /// Takes a token for this request's key. `client` is asked for the client's

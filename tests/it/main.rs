@@ -14,5 +14,6 @@ mod observability;
 mod proxying;
 mod ratelimit;
 mod routing;
+mod scaleout;
 mod streaming;
 mod support;

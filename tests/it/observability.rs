@@ -427,6 +427,7 @@ fn the_grafana_dashboard_is_valid_json_with_the_promised_panels() {
         "weir_upstream_request_duration_seconds_bucket",
         "weir_upstream_server_healthy",
         "weir_rate_limited_total",
+        "weir_rate_limit_store_errors_total",
         "weir_connections_active",
     ] {
         assert!(exprs.iter().any(|e| e.contains(needle)), "no panel queries {needle}");

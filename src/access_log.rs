@@ -58,6 +58,8 @@ pub struct Entry {
     /// Index into the upstream's servers of the last server tried.
     pub(crate) server: Option<usize>,
     pub(crate) retries: u32,
+    /// `X-Request-Id`, on routes with `request_id`.
+    pub(crate) request_id: Option<HeaderValue>,
     response_bytes: u64,
     duration: Duration,
 }
@@ -116,6 +118,7 @@ impl AccessLog {
             upstream: None,
             server: None,
             retries: 0,
+            request_id: None,
             response_bytes: 0,
             duration: Duration::ZERO,
         });
@@ -191,6 +194,7 @@ pub fn format_line(entry: &Entry, format: AccessLogFormat, line: &mut String) {
                 response_bytes: entry.response_bytes,
                 duration_ms: (duration_ms * 1000.0).round() / 1000.0,
                 retries: entry.retries,
+                request_id: entry.request_id.as_ref().and_then(|v| v.to_str().ok()),
             };
             if let Ok(json) = serde_json::to_string(&record) {
                 line.push_str(&json);
@@ -212,6 +216,11 @@ pub fn format_line(entry: &Entry, format: AccessLogFormat, line: &mut String) {
                 duration_ms,
                 entry.retries,
             );
+            // Only routes with `request_id` have one; other lines stay as they were.
+            if let Some(id) = &entry.request_id {
+                line.push_str(" request_id=");
+                push_escaped(line, id.as_bytes());
+            }
         }
     }
     line.push('\n');
@@ -231,6 +240,8 @@ struct JsonLine<'a> {
     response_bytes: u64,
     duration_ms: f64,
     retries: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    request_id: Option<&'a str>,
 }
 
 /// Client-sent text in a plain line: anything but visible ASCII becomes `\xNN`, so a
@@ -297,6 +308,7 @@ mod tests {
             upstream: None,
             server: None,
             retries: 0,
+            request_id: None,
             response_bytes: 14,
             duration: Duration::from_micros(1500),
         }

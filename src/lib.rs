@@ -20,5 +20,6 @@ pub mod ratelimit;
 pub mod recent;
 pub mod runtime;
 pub mod server;
+pub mod shaping;
 pub mod tls;
 pub mod upstream;

@@ -24,6 +24,7 @@ use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -64,6 +65,8 @@ pub struct Settings {
     /// One permit per open connection; `None` without `max_connections`.
     slots: Option<Arc<Semaphore>>,
     body_read_timeout: Duration,
+    /// A connection with no request in progress this long is closed.
+    idle_timeout: Duration,
 }
 
 impl Settings {
@@ -91,6 +94,7 @@ impl Settings {
             builder,
             handshake_timeout: config.header_read_timeout.0,
             body_read_timeout: config.body_read_timeout.0,
+            idle_timeout: config.idle_timeout.0,
             max_connections,
             slots,
         }
@@ -215,10 +219,17 @@ impl Connection {
         let addr = self.peer.addr;
         let peer = Arc::new(self.peer);
         let runtime = self.runtime;
+        let idle = Arc::new(Idle::new());
+        let activity = idle.clone();
         let service = service_fn(move |req| {
             let rt = runtime.load_full();
             let peer = peer.clone();
-            async move { Ok::<_, Infallible>(proxy::handle(&rt, req, &peer).await) }
+            let busy = activity.begin();
+            async move {
+                let response = proxy::handle(&rt, req, &peer).await;
+                drop(busy);
+                Ok::<_, Infallible>(response)
+            }
         });
         let io = FirstBytes::new(io, self.settings.handshake_timeout);
         let conn = self.settings.builder.serve_connection_with_upgrades(TokioIo::new(io), service);
@@ -230,10 +241,68 @@ impl Connection {
                 conn.as_mut().graceful_shutdown();
                 conn.await
             }
+            _ = idle.expired(self.settings.idle_timeout) => {
+                // Nothing in progress: close. A response still streaming finishes first.
+                conn.as_mut().graceful_shutdown();
+                conn.await
+            }
         };
         if let Err(e) = result {
             tracing::debug!(client = %addr, error = %e, "client connection ended with an error");
         }
+    }
+}
+
+/// When a connection last started or finished a request, and how many are running,
+/// for `idle_timeout`. (For HTTP/1.1, hyper's `header_read_timeout` also runs while a
+/// keep-alive connection waits for its next request, so the shorter of the two wins.)
+struct Idle {
+    since: tokio::time::Instant,
+    /// Milliseconds after `since` of the last request start or end.
+    last_ms: AtomicU64,
+    running: AtomicUsize,
+}
+
+/// A request in progress on a connection.
+struct Busy(Arc<Idle>);
+
+impl Idle {
+    fn new() -> Idle {
+        Idle { since: tokio::time::Instant::now(), last_ms: AtomicU64::new(0), running: AtomicUsize::new(0) }
+    }
+
+    fn touch(&self) {
+        let ms = u64::try_from(self.since.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.last_ms.store(ms, Relaxed);
+    }
+
+    fn begin(self: &Arc<Self>) -> Busy {
+        self.running.fetch_add(1, Relaxed);
+        self.touch();
+        Busy(self.clone())
+    }
+
+    /// Resolves once no request has run for `timeout`.
+    async fn expired(&self, timeout: Duration) {
+        loop {
+            let last = self.since + Duration::from_millis(self.last_ms.load(Relaxed));
+            tokio::time::sleep_until(last + timeout).await;
+            let last = self.since + Duration::from_millis(self.last_ms.load(Relaxed));
+            if self.running.load(Relaxed) == 0 && last + timeout <= tokio::time::Instant::now() {
+                return;
+            }
+            if self.running.load(Relaxed) > 0 {
+                // Check again a full timeout after the request ends at the earliest.
+                tokio::time::sleep(timeout).await;
+            }
+        }
+    }
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        self.0.touch();
+        self.0.running.fetch_sub(1, Relaxed);
     }
 }
 

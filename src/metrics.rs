@@ -47,6 +47,7 @@ pub struct Metrics {
     pub cache_size_bytes: IntGaugeVec,
     pub cache_entries: IntGaugeVec,
     pub cache_evictions_total: IntCounterVec,
+    pub access_denied_total: IntCounterVec,
 }
 
 impl Metrics {
@@ -187,6 +188,11 @@ impl Metrics {
                 "weir_cache_evictions_total",
                 "Entries a cache dropped to stay within max_size.",
                 &["cache"],
+            )?,
+            access_denied_total: counter(
+                "weir_access_denied_total",
+                "Requests refused with 403 by a route's allow/deny lists, by route name.",
+                &["route"],
             )?,
             registry,
         };

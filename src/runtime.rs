@@ -18,15 +18,18 @@ use crate::access_log::AccessLog;
 use crate::admission::{Admission, AdmissionSettings};
 use crate::balancer::{Balancer, Options};
 use crate::cache::{self, Cache};
-use crate::config::{Config, UpstreamProtocol};
+use crate::config::{Config, RouteConfig, UpstreamProtocol};
 use crate::discovery::{self, Answers};
 use crate::health::{self, Checks, HealthPolicy};
 use crate::metrics::{Metrics, UpstreamMetrics};
 use crate::proxy::client::{server_name, tls_name, UpstreamTls};
 use crate::proxy::client_ip::TrustedProxies;
 use crate::proxy::retry::RetryBudget;
-use crate::proxy::route::{Route, Router};
+use crate::proxy::route::{Action, Proxy, Route, Router};
 use crate::ratelimit::{Limiter, Settings, StoreSettings};
+use crate::shaping::sticky::Sticky;
+use crate::shaping::template::Var;
+use crate::shaping::{AccessList, HeaderRules, LocalAnswer, PathRewrite};
 use crate::tls::{self, TlsError};
 use crate::upstream::{ConnectionSettings, Server, ServerState, Upstream};
 
@@ -194,7 +197,9 @@ impl Runtime {
                     .filter(|a| a.settings == settings)
                     .unwrap_or_else(|| Arc::new(Admission::new(settings, metrics.queue(name))))
             });
+            let sticky = up.sticky.as_ref().map(|s| Sticky::new(s, name, &servers));
             let upstream = Upstream {
+                sticky,
                 name: name.into(),
                 balancer: Balancer::new(*up.balancer.get_ref(), &servers, Options::of(up)),
                 balancer_kind: *up.balancer.get_ref(),
@@ -260,24 +265,8 @@ impl Runtime {
                     names.iter().fold(0u64, |mask, n| mask | slot_of(n.get_ref()).map_or(0, |i| 1u64 << i))
                 }
             };
-            let methods = r.methods.as_ref().map(|ms| {
-                ms.iter()
-                    .filter_map(|m| {
-                        http::Method::from_bytes(m.get_ref().to_ascii_uppercase().as_bytes()).ok()
-                    })
-                    .collect()
-            });
-            let route = Route {
-                // Validation guarantees the upstream exists.
-                upstream: upstreams[r.upstream.get_ref().as_str()].clone(),
-                prefix: r.path_prefix.as_ref().map_or("/", |p| p.get_ref()).into(),
-                methods,
-                listeners,
-                // Validation guarantees the rate limit exists.
-                limiter: r.rate_limit.as_ref().and_then(|l| limiters.get(l.get_ref().as_str()).cloned()),
-                // Validation guarantees the cache exists.
-                cache: r.cache.as_ref().and_then(|c| caches.get(c.get_ref().as_str()).cloned()),
-            };
+            let mut route = build_route(r, &upstreams, &limiters, &caches, metrics);
+            route.listeners = listeners;
             router.add(r.host.as_ref().map(|h| h.get_ref().as_str()), route);
         }
         let mut listener_tls = vec![None; slots.len()];
@@ -324,6 +313,75 @@ impl Runtime {
     /// `health.stop()` is called. Needs a tokio runtime.
     pub fn start_health(&self) {
         self.health.start(self.upstreams.values());
+    }
+}
+
+/// One route, ready to match: its action (forward or answer) and its shaping.
+fn build_route(
+    r: &RouteConfig,
+    upstreams: &HashMap<Box<str>, Arc<Upstream>>,
+    limiters: &HashMap<Box<str>, Arc<Limiter>>,
+    caches: &HashMap<Box<str>, Arc<Cache>>,
+    metrics: &Metrics,
+) -> Route {
+    let methods = r.methods.as_ref().map(|ms| {
+        ms.iter()
+            .filter_map(|m| http::Method::from_bytes(m.get_ref().to_ascii_uppercase().as_bytes()).ok())
+            .collect()
+    });
+    let prefix: Box<str> = r.path_prefix.as_ref().map_or("/", |p| p.get_ref()).into();
+    // Validation guarantees exactly one action and that named things exist.
+    let upstream = r.upstream.as_ref().and_then(|u| upstreams.get(u.get_ref().as_str()));
+    let action = match (upstream, &r.redirect, &r.respond) {
+        (Some(upstream), _, _) => Action::Proxy(Proxy {
+            upstream: upstream.clone(),
+            limiter: r.rate_limit.as_ref().and_then(|l| limiters.get(l.get_ref().as_str()).cloned()),
+            rewrite: match (&r.rewrite, r.strip_prefix) {
+                (Some(to), _) => {
+                    Some(PathRewrite { prefix_len: prefix.len(), to: to.get_ref().as_str().into() })
+                }
+                (None, true) => Some(PathRewrite { prefix_len: prefix.len(), to: "".into() }),
+                (None, false) => None,
+            },
+            request_headers: r.request_headers.as_ref().map(HeaderRules::new),
+            request_timeout: r.request_timeout.map_or(upstream.request_timeout, |d| d.0),
+            max_request_body: r.max_request_body.as_ref().map(|m| m.get_ref().0),
+            cache: r.cache.as_ref().and_then(|c| caches.get(c.get_ref().as_str()).cloned()),
+        }),
+        (None, Some(redirect), _) => Action::Answer(
+            LocalAnswer::redirect(redirect)
+                .unwrap_or_else(|| LocalAnswer::status(http::StatusCode::NOT_FOUND)),
+        ),
+        (None, None, Some(respond)) => Action::Answer(
+            LocalAnswer::respond(respond).unwrap_or_else(|| LocalAnswer::status(http::StatusCode::NOT_FOUND)),
+        ),
+        (None, None, None) => Action::Answer(LocalAnswer::status(http::StatusCode::NOT_FOUND)),
+    };
+    let label =
+        r.name.as_ref().map(|n| n.get_ref().as_str()).or(r.upstream.as_ref().map(|u| u.get_ref().as_str()));
+    let access = AccessList::new(
+        &r.allow,
+        &r.deny,
+        metrics.access_denied_total.with_label_values(&[label.unwrap_or("")]),
+    );
+    let response_headers = r.response_headers.as_ref().map(HeaderRules::new);
+    let request_headers = match &action {
+        Action::Proxy(p) => p.request_headers.as_ref(),
+        Action::Answer(_) => None,
+    };
+    let uses = |var: Var| request_headers.into_iter().chain(response_headers.as_ref()).any(|h| h.uses(var));
+    let needs_client_ip = access.is_some() || uses(Var::ClientIp);
+    let request_id = r.request_id || uses(Var::RequestId);
+    Route {
+        prefix,
+        methods,
+        // The caller knows the listener slots.
+        listeners: u64::MAX,
+        action,
+        access,
+        response_headers,
+        request_id,
+        needs_client_ip,
     }
 }
 
@@ -426,7 +484,10 @@ servers = [{ address = "127.0.0.1:1" }]
 
     fn route(rt: &Runtime, listener: usize, method: &str, host: &str, path: &str) -> String {
         let req = Request::builder().method(method).uri(path).header("host", host).body(()).unwrap();
-        rt.router.route(listener, &req).map_or("none".into(), |r| r.upstream.name.to_string())
+        rt.router
+            .route(listener, &req)
+            .and_then(Route::upstream)
+            .map_or("none".into(), |u| u.name.to_string())
     }
 
     #[test]
@@ -481,8 +542,11 @@ burst = 1
         assert!(Arc::ptr_eq(&first.limiters["one"], &second.limiters["one"]));
         let queue = |rt: &Runtime| rt.upstreams["app"].admission.clone().unwrap();
         assert!(Arc::ptr_eq(&queue(&first), &queue(&second)));
-        let route_limiter =
-            |rt: &Runtime| rt.router.route(0, &http::Request::new(())).unwrap().limiter.clone();
+        let route_limiter = |rt: &Runtime| match &rt.router.route(0, &http::Request::new(())).unwrap().action
+        {
+            Action::Proxy(p) => p.limiter.clone(),
+            Action::Answer(_) => None,
+        };
         assert!(Arc::ptr_eq(&route_limiter(&second).unwrap(), &second.limiters["one"]));
 
         let changed = config::parse(
@@ -539,7 +603,10 @@ burst = 1
         let second = build(&text, Some(&first));
         assert!(Arc::ptr_eq(&first.caches["pages"], &second.caches["pages"]));
         let req = Request::builder().uri("/").header("host", "elsewhere").body(()).unwrap();
-        let routed = second.router.route(0, &req).and_then(|r| r.cache.clone()).unwrap();
+        let routed = match second.router.route(0, &req).map(|r| &r.action) {
+            Some(Action::Proxy(p)) => p.cache.clone().unwrap(),
+            _ => panic!("the route proxies"),
+        };
         assert!(Arc::ptr_eq(&routed, &second.caches["pages"]));
         let third = build(&text.replace("\"1MiB\"", "\"2MiB\""), Some(&second));
         assert!(!Arc::ptr_eq(&second.caches["pages"], &third.caches["pages"]));

@@ -25,6 +25,7 @@ use crate::metrics::{ServerMetrics, UpstreamMetrics};
 use crate::proxy::client::{Sender, UpstreamTls};
 use crate::proxy::retry::RetryBudget;
 use crate::recent::RecentErrors;
+use crate::shaping::sticky::Sticky;
 
 /// One pool of servers behind a name, with its balancer.
 pub struct Upstream {
@@ -46,6 +47,8 @@ pub struct Upstream {
     pub metrics: UpstreamMetrics,
     /// `max_in_flight` and its queue; `None` when unlimited.
     pub admission: Option<Arc<Admission>>,
+    /// Sticky sessions; `None` when off.
+    pub sticky: Option<Sticky>,
 }
 
 /// One backend address of an upstream.

@@ -5,6 +5,7 @@
 //! that names the file, the line and column where the text is known, and the key, so
 //! `weir --check` and a refused reload print something a person can act on.
 
+mod shaping;
 mod types;
 mod validate;
 
@@ -12,6 +13,7 @@ use std::fmt;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 
+pub use shaping::*;
 pub use types::*;
 
 /// A config that cannot be used, with where and why.

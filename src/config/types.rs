@@ -13,6 +13,8 @@ use serde::de::{self, Deserializer, Visitor};
 use serde::Deserialize;
 use toml::Spanned;
 
+use super::shaping::{HeaderRulesConfig, RedirectConfig, RespondConfig, StickyConfig};
+
 /// The whole config file.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -119,6 +121,10 @@ pub struct ListenerConfig {
     /// kernel spreads connections among them.
     #[serde(default)]
     pub reuse_port: bool,
+    /// A client connection with no request in progress for this long is closed
+    /// (HTTP/1.1 keep-alive and HTTP/2 alike).
+    #[serde(default = "defaults::idle_timeout")]
+    pub idle_timeout: Dur,
 }
 
 /// `[listeners.tls]`
@@ -156,7 +162,9 @@ pub struct RouteConfig {
     pub host: Option<Spanned<String>>,
     #[serde(default)]
     pub path_prefix: Option<Spanned<String>>,
-    pub upstream: Spanned<String>,
+    /// Where to forward; a route has exactly one of `upstream`, `redirect`, `respond`.
+    #[serde(default)]
+    pub upstream: Option<Spanned<String>>,
     #[serde(default)]
     pub methods: Option<Vec<Spanned<String>>>,
     /// Listener names this route serves; absent means every listener.
@@ -168,6 +176,44 @@ pub struct RouteConfig {
     /// Name of a `[caches.NAME]` that stores this route's GET/HEAD responses.
     #[serde(default)]
     pub cache: Option<Spanned<String>>,
+    /// The route's name in metrics (`weir_access_denied_total{route}`); default: its
+    /// upstream's name.
+    #[serde(default)]
+    pub name: Option<Spanned<String>>,
+    /// Header rules applied before forwarding.
+    #[serde(default)]
+    pub request_headers: Option<HeaderRulesConfig>,
+    /// Header rules applied before answering.
+    #[serde(default)]
+    pub response_headers: Option<HeaderRulesConfig>,
+    /// Keep (from a trusted proxy) or generate `X-Request-Id`, send it upstream,
+    /// return it and log it.
+    #[serde(default)]
+    pub request_id: bool,
+    /// Remove `path_prefix` from the path before forwarding.
+    #[serde(default)]
+    pub strip_prefix: bool,
+    /// Replace `path_prefix` with this before forwarding.
+    #[serde(default)]
+    pub rewrite: Option<Spanned<String>>,
+    /// Answer with a redirect instead of forwarding.
+    #[serde(default)]
+    pub redirect: Option<RedirectConfig>,
+    /// Answer with a fixed response instead of forwarding.
+    #[serde(default)]
+    pub respond: Option<RespondConfig>,
+    /// Client ranges allowed; absent or empty: everyone not denied.
+    #[serde(default)]
+    pub allow: Vec<Cidr>,
+    /// Client ranges refused with `403`; deny wins over allow.
+    #[serde(default)]
+    pub deny: Vec<Cidr>,
+    /// Largest request body; larger gets `413`.
+    #[serde(default)]
+    pub max_request_body: Option<Spanned<ByteSize>>,
+    /// Overrides the upstream's `request_timeout` for this route.
+    #[serde(default)]
+    pub request_timeout: Option<Dur>,
 }
 
 /// `[caches.NAME]`: an RFC 9111 shared response cache held in memory.
@@ -336,6 +382,9 @@ pub struct UpstreamConfig {
     /// the answer becomes a server. Absent: names are resolved once, at (re)load.
     #[serde(default)]
     pub resolve: Option<Dur>,
+    /// Sticky sessions: a signed cookie names the server a client keeps going to.
+    #[serde(default)]
+    pub sticky: Option<StickyConfig>,
 }
 
 /// `[upstreams.NAME.health_check]`
@@ -649,6 +698,9 @@ mod defaults {
     }
     pub fn header_read_timeout() -> Dur {
         Dur(Duration::from_secs(10))
+    }
+    pub fn idle_timeout() -> Dur {
+        Dur(Duration::from_secs(60))
     }
     pub fn max_header_size() -> Spanned<usize> {
         Spanned::new(0..0, 32 * 1024)

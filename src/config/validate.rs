@@ -72,9 +72,11 @@ pub(super) fn validate(config: &Config, src: &Source) -> Result<(), ConfigError>
         if let Some(max) = &l.max_connections {
             at_least_one(src, &format!("{key}.max_connections"), max)?;
         }
-        for (what, d) in
-            [("header_read_timeout", &l.header_read_timeout), ("body_read_timeout", &l.body_read_timeout)]
-        {
+        for (what, d) in [
+            ("header_read_timeout", &l.header_read_timeout),
+            ("body_read_timeout", &l.body_read_timeout),
+            ("idle_timeout", &l.idle_timeout),
+        ] {
             if d.0.is_zero() {
                 return Err(src.error(None, &format!("{key}.{what}"), "must be greater than zero"));
             }
@@ -181,6 +183,7 @@ pub(super) fn validate(config: &Config, src: &Source) -> Result<(), ConfigError>
             }
         }
         balancer_options(src, &key, up)?;
+        super::shaping::check_sticky(src, &key, up)?;
         check_queue(src, &key, up)?;
         if let Some(every) = up.resolve {
             if every.0 < MIN_RESOLVE {
@@ -244,14 +247,17 @@ pub(super) fn validate(config: &Config, src: &Source) -> Result<(), ConfigError>
                 ));
             }
         }
-        if !config.upstreams.contains_key(r.upstream.get_ref().as_str()) {
+        super::shaping::check_route(src, &key, r)?;
+        if let Some(upstream) =
+            r.upstream.as_ref().filter(|u| !config.upstreams.contains_key(u.get_ref().as_str()))
+        {
             return Err(src.error(
-                Some(r.upstream.span()),
+                Some(upstream.span()),
                 &format!("{key}.upstream"),
                 format!(
                     "no upstream named `{}`: define [upstreams.{}]",
-                    r.upstream.get_ref(),
-                    r.upstream.get_ref()
+                    upstream.get_ref(),
+                    upstream.get_ref()
                 ),
             ));
         }
@@ -308,7 +314,7 @@ pub(super) fn validate(config: &Config, src: &Source) -> Result<(), ConfigError>
         );
         if !seen_routes.insert(identity) {
             return Err(src.error(
-                Some(r.upstream.span()),
+                r.upstream.as_ref().or(r.path_prefix.as_ref()).map(|s| s.span()),
                 &key,
                 "an earlier route has the same host, path_prefix, methods and listeners, so this one could never match",
             ));

@@ -20,7 +20,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 
 use bytes::{Buf, Bytes};
@@ -73,8 +73,9 @@ impl From<Bytes> for Body {
     }
 }
 
-/// A client's request body that counts the bytes it forwards and ends with
-/// `BodyTimeout` when no frame arrives for `idle`.
+/// A client's request body that counts the bytes it forwards, ends with
+/// `BodyTimeout` when no frame arrives for `idle`, and with `BodyTooLarge` past its
+/// route's `max_request_body`.
 pub struct RequestBody {
     pub(crate) inner: Incoming,
     /// The upstream's `weir_request_bytes_total`.
@@ -87,6 +88,37 @@ pub struct RequestBody {
     timer: Option<Pin<Box<Sleep>>>,
     /// A frame arrived since the timer was last armed.
     progressed: bool,
+    /// The route's `max_request_body`, if it has one, and the bytes read so far: the
+    /// frame that would cross the limit is not forwarded; the body ends with
+    /// `BodyTooLarge` instead, so the upstream never gets more than the limit.
+    pub(crate) limit: Option<Arc<BodyLimit>>,
+    pub(crate) received: u64,
+}
+
+/// One request's body limit, and whether its body crossed it. Shared with
+/// `forward`, which answers `413` instead of blaming the upstream when the exchange
+/// fails because the body was cut (however the upstream protocol reports the cut).
+#[derive(Debug)]
+pub struct BodyLimit {
+    pub max: u64,
+    crossed: AtomicBool,
+}
+
+impl BodyLimit {
+    pub fn new(max: u64) -> BodyLimit {
+        BodyLimit { max, crossed: AtomicBool::new(false) }
+    }
+
+    pub fn crossed(&self) -> bool {
+        self.crossed.load(Relaxed)
+    }
+}
+
+/// A request body crossed its route's `max_request_body`.
+#[derive(Debug, thiserror::Error)]
+#[error("request body exceeds {limit} bytes")]
+pub struct BodyTooLarge {
+    pub limit: u64,
 }
 
 /// The client sent no request body data within the listener's `body_read_timeout`.
@@ -101,7 +133,7 @@ impl RequestBody {
         tally: Option<Arc<AtomicU64>>,
         idle: Duration,
     ) -> RequestBody {
-        RequestBody { inner, bytes, tally, idle, timer: None, progressed: false }
+        RequestBody { inner, bytes, tally, limit: None, received: 0, idle, timer: None, progressed: false }
     }
 
     fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
@@ -110,6 +142,11 @@ impl RequestBody {
             Poll::Ready(Some(Ok(frame))) => {
                 self.progressed = true;
                 let n = frame.data_ref().map_or(0, |d| d.remaining() as u64);
+                self.received = self.received.saturating_add(n);
+                if let Some(limit) = self.limit.as_ref().filter(|l| self.received > l.max) {
+                    limit.crossed.store(true, Relaxed);
+                    return Poll::Ready(Some(Err(Box::new(BodyTooLarge { limit: limit.max }))));
+                }
                 self.bytes.inc_by(n);
                 if let Some(tally) = &self.tally {
                     tally.fetch_add(n, Relaxed);

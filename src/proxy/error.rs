@@ -34,6 +34,12 @@ pub enum ProxyError {
     BadRequest { reason: &'static str },
     #[error("transfer coding other than chunked")]
     UnsupportedTransferCoding,
+    #[error("request body is larger than the route's max_request_body of {limit} bytes")]
+    BodyTooLarge { limit: u64 },
+    #[error("the client is not allowed by the route's allow/deny lists")]
+    AccessDenied,
+    #[error("the path has a dot-segment or an empty segment")]
+    UnsafePath,
 }
 
 impl ProxyError {
@@ -51,6 +57,9 @@ impl ProxyError {
             ProxyError::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::BadRequest { .. } => StatusCode::BAD_REQUEST,
             ProxyError::UnsupportedTransferCoding => StatusCode::NOT_IMPLEMENTED,
+            ProxyError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ProxyError::AccessDenied => StatusCode::FORBIDDEN,
+            ProxyError::UnsafePath => StatusCode::BAD_REQUEST,
         }
     }
 
@@ -73,12 +82,25 @@ impl ProxyError {
             ProxyError::BadResponse { .. } => "bad response",
             ProxyError::BadRequest { .. } => "bad request",
             ProxyError::UnsupportedTransferCoding => "unsupported transfer coding",
+            ProxyError::BodyTooLarge { .. } => "request body too large",
+            ProxyError::AccessDenied => "access denied",
+            ProxyError::UnsafePath => "unsafe path",
         }
     }
 
-    /// A short plain-text answer with this error's status.
+    /// A short plain-text answer with this error's status. A refused body closes the
+    /// connection: the rest of it is never read.
     pub fn into_response(self) -> Response<Body> {
-        status_response(self.status())
+        let mut response = status_response(self.status());
+        if matches!(self, ProxyError::BodyTooLarge { .. }) {
+            response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        response
+    }
+
+    /// A client's own fault, not the upstream's: no server is blamed for it.
+    pub fn is_client_fault(&self) -> bool {
+        matches!(self, ProxyError::BodyTooLarge { .. } | ProxyError::AccessDenied | ProxyError::UnsafePath)
     }
 }
 
@@ -92,6 +114,9 @@ pub fn status_response(status: StatusCode) -> Response<Body> {
         StatusCode::SERVICE_UNAVAILABLE => b"503 Service Unavailable\n",
         StatusCode::GATEWAY_TIMEOUT => b"504 Gateway Timeout\n",
         StatusCode::TOO_MANY_REQUESTS => b"429 Too Many Requests\n",
+        StatusCode::BAD_REQUEST => b"400 Bad Request\n",
+        StatusCode::FORBIDDEN => b"403 Forbidden\n",
+        StatusCode::PAYLOAD_TOO_LARGE => b"413 Content Too Large\n",
         _ => b"",
     };
     let mut response = Response::new(Body::from_static(body));

@@ -10,7 +10,7 @@
 use std::net::SocketAddr;
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::uri::{PathAndQuery, Uri};
@@ -19,7 +19,7 @@ use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 
-use super::body::{Body, Release, RequestBody, UpstreamBody};
+use super::body::{Body, BodyLimit, Release, RequestBody, UpstreamBody};
 use super::client::{self, TE_TRAILERS};
 use super::error::ProxyError;
 use crate::balancer::PickKey;
@@ -53,8 +53,8 @@ static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host"
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 
-/// What forwarding one request did, for the access log: which server answered (or
-/// failed last) and how many retries it took.
+/// What the route asks of forwarding one request, and what forwarding did, for the
+/// access log: which server answered (or failed last) and how many retries it took.
 #[derive(Default)]
 pub struct Trace {
     /// Index into `upstream.servers` of the last server tried.
@@ -62,6 +62,17 @@ pub struct Trace {
     pub retries: u32,
     /// Where the request body counts its bytes for the access log, if it has one.
     pub request_bytes: Option<Arc<AtomicU64>>,
+    /// The route's limits; the default is the upstream's timeout and no body limit.
+    pub limits: Limits,
+}
+
+/// What a route asks of forwarding beyond its upstream's settings.
+#[derive(Debug, Default)]
+pub struct Limits {
+    /// Until the response headers arrive; `None`: the upstream's `request_timeout`.
+    pub request_timeout: Option<Duration>,
+    /// The route's `max_request_body`, for this request's body.
+    pub body: Option<Arc<BodyLimit>>,
 }
 
 /// Sends `req` to a server of `upstream`. A server that refuses the connection is
@@ -75,21 +86,26 @@ pub async fn forward(
     trace: &mut Trace,
 ) -> Result<Response<Body>, ProxyError> {
     // A body with content is wrapped to count its bytes (`tally`: this request's own
-    // count, if logged).
+    // count, if logged) and to hold it to the route's `max_request_body`.
     let tally = trace.request_bytes.take();
+    let limit = trace.limits.body.clone();
     let req = req.map(|body| {
         if http_body::Body::is_end_stream(&body) {
             Body::Incoming(body)
         } else {
             let bytes = upstream.metrics.request_bytes.clone();
-            Body::Request(RequestBody::new(body, bytes, tally, peer.body_read_timeout))
+            let mut body = RequestBody::new(body, bytes, tally, peer.body_read_timeout);
+            body.limit = limit;
+            Body::Request(body)
         }
     });
     forward_request(upstream, req, peer, trace).await
 }
 
 /// `forward` for a request whose body is already a `Body`: one weir made itself,
-/// such as the cache's background refresh.
+/// such as the cache's background refresh. With sticky sessions, the server the
+/// request's cookie names is tried first, and a response from any other server sets
+/// a new cookie.
 pub async fn forward_request(
     upstream: &Arc<Upstream>,
     req: Request<Body>,
@@ -98,6 +114,9 @@ pub async fn forward_request(
 ) -> Result<Response<Body>, ProxyError> {
     // Only consistent_hash reads the request here; for the others this is a no-op.
     let key: PickKey = upstream.balancer.key(&req, peer.addr.ip());
+    let preferred = upstream.sticky.as_ref().and_then(|s| s.preferred(req.headers()));
+    let timeout = trace.limits.request_timeout.unwrap_or(upstream.request_timeout);
+    let body_limit = trace.limits.body.take();
     let (mut req, mut on_upgrade) = prepare(req, peer);
     upstream.retry_budget.deposit();
     let replayable = is_idempotent(req.method()) && http_body::Body::is_end_stream(req.body());
@@ -105,7 +124,7 @@ pub async fn forward_request(
     let mut tried = Tried::default();
     let mut last_error = None;
     loop {
-        let Some((index, server)) = pick(upstream, &key, &tried, panic) else {
+        let Some((index, server)) = pick(upstream, &key, &tried, panic, preferred) else {
             return Err(
                 last_error.unwrap_or_else(|| ProxyError::NoHealthyServer { upstream: upstream.name.clone() })
             );
@@ -123,9 +142,14 @@ pub async fn forward_request(
         // A copy to replay if the connection drops after the request went out; only
         // worth its allocation when there is another server to replay it on.
         let copy = (replayable && upstream.servers.len() > 1).then(|| copy_head(&req));
-        match attempt(upstream, (index, server), req).await {
-            Ok(response) => {
+        match attempt(upstream, (index, server), req, timeout).await {
+            Ok(mut response) => {
                 health::record(upstream, server, Outcome::Response(response.status()));
+                if let Some(sticky) = upstream.sticky.as_ref().filter(|_| preferred != Some(index)) {
+                    if let Some(cookie) = sticky.set_cookie(index, peer.tls) {
+                        response.headers_mut().append(header::SET_COOKIE, cookie.clone());
+                    }
+                }
                 if response.status() == StatusCode::SWITCHING_PROTOCOLS {
                     if let Some(client) = on_upgrade.take() {
                         return Ok(tunnel(response, client));
@@ -134,6 +158,10 @@ pub async fn forward_request(
                 return Ok(response);
             }
             Err((error, unsent)) => {
+                // The client's body crossed the limit: the server did nothing wrong.
+                if let Some(limit) = body_limit.as_ref().filter(|l| l.crossed()) {
+                    return Err(ProxyError::BodyTooLarge { limit: limit.max });
+                }
                 health::record(upstream, server, Outcome::Failure(error.kind()));
                 let again = match (&error, unsent) {
                     (_, Some(unsent)) => Some(unsent),
@@ -170,20 +198,29 @@ fn copy_head(req: &Request<Body>) -> Request<Body> {
     copy
 }
 
-/// A server this request has not tried: healthy primaries first, then healthy
-/// backups. In panic mode health is ignored. Servers still slow-starting take a
-/// growing share; when the ramp turns every candidate away, it is ignored.
+/// A server this request has not tried: the sticky one (`preferred`) while it is
+/// healthy, else healthy primaries first, then healthy backups. In panic mode health
+/// is ignored. Servers still slow-starting take a growing share; when the ramp turns
+/// every candidate away, it is ignored.
 fn pick<'u>(
     upstream: &'u Upstream,
     key: &PickKey,
     tried: &Tried,
     panic: bool,
+    preferred: Option<usize>,
 ) -> Option<(usize, &'u Arc<Server>)> {
     let servers = &upstream.servers;
     let policy = &upstream.health;
     let candidate = |i: usize, backup: bool| {
         servers.get(i).is_some_and(|s| s.backup == backup && (panic || s.is_healthy()) && !tried.contains(i))
     };
+    // Only a primary is honoured: a session that landed on a backup returns to the
+    // primaries once they are back.
+    if let Some(i) = preferred {
+        if let Some(server) = servers.get(i).filter(|_| candidate(i, false)) {
+            return Some((i, server));
+        }
+    }
     let balancer = &upstream.balancer;
     let pick_among = |backup: bool| {
         balancer
@@ -216,11 +253,15 @@ type Attempt = Result<Response<Body>, (ProxyError, Option<Request<Body>>)>;
 
 /// One try on one server. On a failure before anything was sent, the request comes
 /// back for the next server.
-async fn attempt(upstream: &Upstream, (index, server): (usize, &Arc<Server>), req: Request<Body>) -> Attempt {
+async fn attempt(
+    upstream: &Upstream,
+    (index, server): (usize, &Arc<Server>),
+    req: Request<Body>,
+    timeout: Duration,
+) -> Attempt {
     let in_flight = server.begin();
     let started = Instant::now();
-    let exchange =
-        tokio::time::timeout(upstream.request_timeout, client::exchange(upstream, server, req)).await;
+    let exchange = tokio::time::timeout(timeout, client::exchange(upstream, server, req)).await;
     let (response, sender) = match exchange {
         Ok(Ok(done)) => done,
         Ok(Err((error, unsent))) => {
@@ -231,12 +272,9 @@ async fn attempt(upstream: &Upstream, (index, server): (usize, &Arc<Server>), re
         }
         Err(_) => {
             // A timeout is a latency too: the slowest one a latency-aware balancer sees.
-            upstream.balancer.observe(index, upstream.request_timeout, Instant::now());
+            upstream.balancer.observe(index, timeout, Instant::now());
             server.metrics.timeouts.inc();
-            let error = ProxyError::UpstreamTimeout {
-                server: server.address.clone(),
-                after: upstream.request_timeout,
-            };
+            let error = ProxyError::UpstreamTimeout { server: server.address.clone(), after: timeout };
             return Err((error, None));
         }
     };

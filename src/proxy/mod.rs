@@ -1,6 +1,7 @@
-//! The request path: route -> limit -> (cache) -> admit -> forward -> record, as
-//! plain functions. A route with a cache looks up first and forwards only on a miss
-//! (see `crate::cache`).
+//! The request path: route -> (answer locally | limit -> (cache) -> admit -> forward)
+//! -> record, as plain functions. A route with a cache looks up first and forwards
+//! only on a miss (see `crate::cache`). Shaping (`crate::shaping`: access lists,
+//! request ids, header rules, rewrites, local answers) happens around those steps.
 //!
 //! `handle` reads top to bottom as those steps. Each request loads the current
 //! `Runtime` once (in `listener`) and keeps it to the end, so a reload never changes
@@ -17,27 +18,32 @@ pub mod framing;
 pub mod retry;
 pub mod route;
 
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
-use http::{Request, Response};
+use http::{HeaderValue, Request, Response};
 use hyper::body::Incoming;
 
 use crate::access_log::Pending;
 use crate::admission::Refused;
 use crate::ratelimit::Decision;
 use crate::runtime::Runtime;
+use crate::shaping::template::{Var, Vars};
+use crate::shaping::{self, X_REQUEST_ID};
 use crate::upstream::Upstream;
-use body::Body;
+use body::{Body, BodyLimit};
 use error::ProxyError;
 pub use forward::Peer;
-use forward::Trace;
+use forward::{Limits, Trace};
+use route::{Action, Proxy};
 
-/// One request: route -> limit -> (cache lookup) -> admit -> forward -> (store) ->
-/// record (metrics, then the access log).
+/// One request: route -> (answer locally | limit -> admit -> forward) -> record
+/// (metrics, then the access log). Access lists come first: a refused client costs
+/// no upstream work.
 pub async fn handle(rt: &Runtime, req: Request<Incoming>, peer: &Peer) -> Response<Body> {
     let started = Instant::now();
-    let log = rt.access_log.as_ref().map(|log| log.begin(started, peer.addr, &req));
+    let mut log = rt.access_log.as_ref().map(|log| log.begin(started, peer.addr, &req));
     if let Err(error) = framing::check(&req) {
         tracing::debug!(client = %peer.addr, %error, "refused");
         let mut response = error.into_response();
@@ -46,16 +52,89 @@ pub async fn handle(rt: &Runtime, req: Request<Incoming>, peer: &Peer) -> Respon
         rt.unrouted.record(response.status(), started.elapsed());
         return logged(response, log);
     }
+    // Before routing, so no path that a server would read as another route's can match.
+    if !shaping::path_is_safe(req.uri().path()) {
+        return unrouted(rt, ProxyError::UnsafePath, started, log);
+    }
     let Some(route) = rt.router.route(peer.listener, &req) else {
-        let response = ProxyError::NoRoute.into_response();
-        rt.unrouted.record(response.status(), started.elapsed());
-        return logged(response, log);
+        return unrouted(rt, ProxyError::NoRoute, started, log);
     };
-    let upstream = &route.upstream;
-    let limit = match route.limiter.as_deref() {
+    let client = route
+        .needs_client_ip
+        .then(|| client_ip::client_ip(peer.addr.ip(), req.headers(), &rt.trusted_proxies));
+    let request_id = route
+        .request_id
+        .then(|| shaping::request_id(req.headers(), rt.trusted_proxies.contains(peer.addr.ip())));
+    // `{host}` for response headers, kept before the request is handed on.
+    let host = route.response_headers.as_ref().filter(|h| h.uses(Var::Host)).and_then(|_| host_value(&req));
+    let mut trace =
+        Trace { request_bytes: log.as_ref().and_then(Pending::request_tally), ..Trace::default() };
+    let upstream = route.upstream();
+    let mut response = match (&route.access, &route.action) {
+        (Some(access), _) if !client.is_some_and(|ip| access.admits(ip)) => {
+            access.denied.inc();
+            ProxyError::AccessDenied.into_response()
+        }
+        (_, Action::Answer(answer)) => answer.answer(&Vars {
+            host: route::request_host(&req),
+            path: req.uri().path_and_query().map(|p| p.as_str()),
+            tls: peer.tls,
+            ..Vars::default()
+        }),
+        (_, Action::Proxy(proxy)) => {
+            let shaped = Shaped { client, request_id: request_id.as_ref() };
+            proxy_to(rt, proxy, req, peer, shaped, started, &mut trace).await
+        }
+    };
+    if let Some(id) = &request_id {
+        response.headers_mut().insert(&X_REQUEST_ID, id.clone());
+    }
+    if let Some(rules) = &route.response_headers {
+        let host = host.as_ref().and_then(|h| h.to_str().ok()).map(route::strip_port);
+        let vars =
+            Vars { client_ip: client, request_id: request_id.as_ref(), tls: peer.tls, host, path: None };
+        rules.apply(response.headers_mut(), &vars);
+    }
+    upstream.map_or(&rt.unrouted, |u| &u.metrics).record(response.status(), started.elapsed());
+    if let Some(log) = &mut log {
+        log.entry.upstream = upstream.cloned();
+        log.entry.server = trace.server;
+        log.entry.retries = trace.retries;
+        log.entry.request_id = request_id;
+    }
+    logged(response, log)
+}
+
+/// What `handle` worked out about the client for the proxying steps.
+struct Shaped<'a> {
+    client: Option<IpAddr>,
+    request_id: Option<&'a HeaderValue>,
+}
+
+/// The proxying steps of a route with an upstream: body size -> limit -> shape the
+/// request (id, header rules, path) -> admit -> forward.
+async fn proxy_to(
+    rt: &Runtime,
+    proxy: &Proxy,
+    mut req: Request<Incoming>,
+    peer: &Peer,
+    shaped: Shaped<'_>,
+    started: Instant,
+    trace: &mut Trace,
+) -> Response<Body> {
+    let upstream = &proxy.upstream;
+    // A declared length over the limit is refused before reading a byte of it.
+    if let Some(limit) = proxy.max_request_body.filter(|max| declared_length(&req) > *max) {
+        return ProxyError::BodyTooLarge { limit }.into_response();
+    }
+    let limit = match proxy.limiter.as_deref() {
         None => None,
         Some(limiter) => {
-            let client = || client_ip::client_ip(peer.addr.ip(), req.headers(), &rt.trusted_proxies);
+            let client = || {
+                shaped.client.unwrap_or_else(|| {
+                    client_ip::client_ip(peer.addr.ip(), req.headers(), &rt.trusted_proxies)
+                })
+            };
             // Only a limit kept in Redis awaits; a local one stays a plain call.
             let decision = if limiter.is_shared() {
                 limiter.check_shared(req.headers(), client, started).await
@@ -65,19 +144,24 @@ pub async fn handle(rt: &Runtime, req: Request<Incoming>, peer: &Peer) -> Respon
             Some((limiter, decision))
         }
     };
-    let mut trace =
-        Trace { request_bytes: log.as_ref().and_then(Pending::request_tally), ..Trace::default() };
     let result = match limit {
         Some((_, Decision::Deny { retry_after })) => Err(ProxyError::RateLimited { retry_after }),
-        _ => match &route.cache {
-            None => admit_and_forward(upstream, req, peer, &mut trace).await,
-            // Boxed: the cache's future is kilobytes large, and inline it would grow
-            // every request's future, which hyper moves into place per request.
-            Some(cache) => Box::pin(cache.serve(upstream, req, peer, &mut trace)).await,
-        },
+        _ => {
+            shape_request(proxy, &mut req, peer, &shaped);
+            trace.limits = Limits {
+                request_timeout: Some(proxy.request_timeout),
+                body: proxy.max_request_body.map(|max| Arc::new(BodyLimit::new(max))),
+            };
+            match &proxy.cache {
+                None => admit_and_forward(upstream, req, peer, trace).await,
+                // Boxed: the cache's future is kilobytes large, and inline it would grow
+                // every request's future, which hyper moves into place per request.
+                Some(cache) => Box::pin(cache.serve(upstream, req, peer, trace)).await,
+            }
+        }
     };
     let mut response = result.unwrap_or_else(|error| {
-        if !matches!(error, ProxyError::RateLimited { .. }) {
+        if !matches!(error, ProxyError::RateLimited { .. }) && !error.is_client_fault() {
             tracing::warn!(upstream = %upstream.name, client = %peer.addr, %error, "request failed");
         }
         error.into_response()
@@ -85,16 +169,55 @@ pub async fn handle(rt: &Runtime, req: Request<Incoming>, peer: &Peer) -> Respon
     if let Some((limiter, decision)) = limit {
         limiter.write_headers(&decision, response.headers_mut());
     }
-    upstream.metrics.record(response.status(), started.elapsed());
-    logged(
-        response,
-        log.map(|mut log| {
-            log.entry.upstream = Some(upstream.clone());
-            log.entry.server = trace.server;
-            log.entry.retries = trace.retries;
-            log
-        }),
-    )
+    response
+}
+
+/// The request id, the route's request header rules and its path rewrite.
+fn shape_request(proxy: &Proxy, req: &mut Request<Incoming>, peer: &Peer, shaped: &Shaped) {
+    if let Some(id) = shaped.request_id {
+        req.headers_mut().insert(&X_REQUEST_ID, id.clone());
+    }
+    if let Some(rules) = &proxy.request_headers {
+        let host = rules.uses(Var::Host).then(|| host_value(req)).flatten();
+        let vars = Vars {
+            client_ip: shaped.client,
+            request_id: shaped.request_id,
+            tls: peer.tls,
+            host: host.as_ref().and_then(|h| h.to_str().ok()).map(route::strip_port),
+            path: None,
+        };
+        rules.apply(req.headers_mut(), &vars);
+    }
+    if let Some(uri) = proxy.rewrite.as_ref().and_then(|r| r.apply(req.uri())) {
+        *req.uri_mut() = uri;
+    }
+}
+
+/// The request's `Content-Length`, 0 when absent or unreadable (hyper refuses
+/// malformed ones before we get here).
+fn declared_length<B>(req: &Request<B>) -> u64 {
+    req.headers()
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// The host as sent (URI authority or `Host`), as a cheap handle that outlives the
+/// request.
+fn host_value<B>(req: &Request<B>) -> Option<HeaderValue> {
+    match req.uri().authority() {
+        Some(a) => HeaderValue::from_str(a.as_str()).ok(),
+        None => req.headers().get(http::header::HOST).cloned(),
+    }
+}
+
+/// Answers a request that reached no route (`404`) or was refused before routing
+/// (`400`), counted under `upstream=""`.
+fn unrouted(rt: &Runtime, error: ProxyError, started: Instant, log: Option<Pending>) -> Response<Body> {
+    let response = error.into_response();
+    rt.unrouted.record(response.status(), started.elapsed());
+    logged(response, log)
 }
 
 /// Hands the access log entry to the response body, to be written when the body is

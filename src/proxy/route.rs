@@ -11,27 +11,65 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use http::{header, Method, Request};
 
 use crate::ratelimit::Limiter;
+use crate::shaping::{AccessList, HeaderRules, LocalAnswer, PathRewrite};
 use crate::upstream::Upstream;
 
 /// One `[[routes]]` entry, ready to match.
 pub struct Route {
-    pub upstream: Arc<Upstream>,
     pub prefix: Box<str>,
     /// `None` matches any method.
     pub methods: Option<Box<[Method]>>,
     /// Bit i set: the route serves listener i.
     pub listeners: u64,
+    /// What the route does with a request it matched.
+    pub action: Action,
+    /// `allow` / `deny`, checked before anything else; `None` checks nothing.
+    pub access: Option<AccessList>,
+    /// `response_headers`, applied to every answer of the route.
+    pub response_headers: Option<HeaderRules>,
+    /// Keep or generate `X-Request-Id`.
+    pub request_id: bool,
+    /// Some rule or list reads the client's address (resolved through
+    /// `trusted_proxies`), so it is worked out once up front.
+    pub needs_client_ip: bool,
+}
+
+/// Forward, or answer locally.
+pub enum Action {
+    Proxy(Proxy),
+    Answer(LocalAnswer),
+}
+
+/// A route that forwards to an upstream.
+pub struct Proxy {
+    pub upstream: Arc<Upstream>,
     /// Checked before forwarding; shared by every route naming the same limit.
     pub limiter: Option<Arc<Limiter>>,
+    /// `strip_prefix` or `rewrite`.
+    pub rewrite: Option<PathRewrite>,
+    pub request_headers: Option<HeaderRules>,
+    /// The route's `request_timeout`, else the upstream's.
+    pub request_timeout: Duration,
+    /// `max_request_body` in bytes.
+    pub max_request_body: Option<u64>,
     /// The response cache in front of the upstream, if the route names one.
     pub cache: Option<Arc<crate::cache::Cache>>,
 }
 
 impl Route {
+    /// The upstream, when the route forwards.
+    pub fn upstream(&self) -> Option<&Arc<Upstream>> {
+        match &self.action {
+            Action::Proxy(p) => Some(&p.upstream),
+            Action::Answer(_) => None,
+        }
+    }
+
     fn matches(&self, listener: usize, path: &str, method: &Method) -> bool {
         self.listeners & (1u64 << (listener & 63)) != 0
             && path.starts_with(&*self.prefix)
@@ -111,12 +149,17 @@ pub fn request_host<B>(req: &Request<B>) -> Option<&str> {
         Some(a) => a.as_str(),
         None => req.headers().get(header::HOST)?.to_str().ok()?,
     };
+    Some(strip_port(raw))
+}
+
+/// A host as sent, without userinfo and port.
+pub fn strip_port(raw: &str) -> &str {
     let raw = raw.rsplit_once('@').map_or(raw, |(_, h)| h);
-    Some(match raw.rfind(':') {
+    match raw.rfind(':') {
         // `[::1]:80` has its port after the bracket; `[::1]` has none.
         Some(i) if !raw[i..].contains(']') => &raw[..i],
         _ => raw,
-    })
+    }
 }
 
 /// Lowercases `host` into `buf` without allocating; hosts longer than a DNS name

@@ -15,5 +15,6 @@ mod proxying;
 mod ratelimit;
 mod routing;
 mod scaleout;
+mod shaping;
 mod streaming;
 mod support;

@@ -44,8 +44,17 @@ pub const MAX_REQUEST_ID: usize = 128;
 /// see the module doc. `*` (the `OPTIONS *` target) is safe.
 pub fn path_is_safe(path: &str) -> bool {
     let bytes = path.as_bytes();
-    // Most paths have no dot, percent or backslash and no `//`: one pass decides.
-    if !bytes.iter().any(|b| matches!(b, b'.' | b'%' | b'\\')) && !path.contains("//") {
+    // One pass decides for most paths: a dot-segment needs a `.` right after a `/`,
+    // or an escape (`%2e`, `%2f`, `%5c`), or a `\`; an empty segment needs `//`.
+    // Dots inside names (`app.min.js`) and other escapes take no second look.
+    // Pairs of neighbouring bytes, or-ed without early exit so the loop vectorises.
+    let pairs = bytes.iter().zip(bytes.iter().skip(1));
+    let suspicious = pairs.fold(bytes.last() == Some(&b'\\'), |hit, (&a, &b)| {
+        hit | (a == b'/' && (b == b'.' || b == b'/'))
+            | (a == b'%' && (b == b'2' || b == b'5'))
+            | (a == b'\\')
+    });
+    if !suspicious {
         return true;
     }
     let mut segment_start = 0;

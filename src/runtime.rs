@@ -505,6 +505,44 @@ servers = [{ address = "127.0.0.1:1" }]
     }
 
     #[test]
+    fn routes_compute_only_what_their_shaping_reads() {
+        let text = r#"
+[[listeners]]
+name = "web"
+listen = "127.0.0.1:0"
+[[routes]]
+upstream = "app"
+[[routes]]
+path_prefix = "/ip/"
+upstream = "app"
+response_headers = { set = { X-Seen-From = "{client_ip}" } }
+[[routes]]
+path_prefix = "/id/"
+upstream = "app"
+request_headers = { set = { X-Trace = "t-{request_id}" } }
+[[routes]]
+path_prefix = "/acl/"
+redirect = { to = "https://{host}{path}" }
+deny = ["192.0.2.0/24"]
+[upstreams.app]
+servers = [{ address = "127.0.0.1:1" }]
+"#;
+        let rt = runtime(text);
+        let route = |path: &str| rt.router.route(0, &Request::get(path).body(()).unwrap()).unwrap();
+        let plain = route("/");
+        assert!(!plain.needs_client_ip && !plain.request_id && plain.access.is_none());
+        assert!(plain.response_headers.is_none());
+        assert!(
+            matches!(&plain.action, Action::Proxy(p) if p.rewrite.is_none() && p.request_headers.is_none())
+        );
+        assert!(route("/ip/").needs_client_ip && !route("/ip/").request_id);
+        assert!(route("/id/").request_id && !route("/id/").needs_client_ip);
+        let acl = route("/acl/");
+        assert!(acl.needs_client_ip && acl.upstream().is_none());
+        assert!(matches!(acl.action, Action::Answer(_)));
+    }
+
+    #[test]
     fn routes_can_be_limited_to_listeners() {
         let rt = runtime(ROUTES);
         assert_eq!(route(&rt, 1, "GET", "a", "/admin/x"), "admin");

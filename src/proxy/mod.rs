@@ -36,11 +36,11 @@ use body::{Body, BodyLimit};
 use error::ProxyError;
 pub use forward::Peer;
 use forward::{Limits, Trace};
-use route::{Action, Proxy};
+use route::{Action, Proxy, Route};
 
-/// One request: route -> (answer locally | limit -> admit -> forward) -> record
-/// (metrics, then the access log). Access lists come first: a refused client costs
-/// no upstream work.
+/// One request: route -> (answer locally | limit -> (cache) -> admit -> forward) ->
+/// record (metrics, then the access log). Access lists come first: a refused client
+/// costs no upstream work.
 pub async fn handle(rt: &Runtime, req: Request<Incoming>, peer: &Peer) -> Response<Body> {
     let started = Instant::now();
     let mut log = rt.access_log.as_ref().map(|log| log.begin(started, peer.addr, &req));
@@ -86,15 +86,9 @@ pub async fn handle(rt: &Runtime, req: Request<Incoming>, peer: &Peer) -> Respon
             proxy_to(rt, proxy, req, peer, shaped, started, &mut trace).await
         }
     };
-    if let Some(id) = &request_id {
-        response.headers_mut().insert(&X_REQUEST_ID, id.clone());
-    }
-    if let Some(rules) = &route.response_headers {
-        let host = host.as_ref().and_then(|h| h.to_str().ok()).map(route::strip_port);
-        let vars =
-            Vars { client_ip: client, request_id: request_id.as_ref(), tls: peer.tls, host, path: None };
-        rules.apply(response.headers_mut(), &vars);
-    }
+    let host = host.as_ref().and_then(|h| h.to_str().ok()).map(route::strip_port);
+    let vars = Vars { client_ip: client, request_id: request_id.as_ref(), tls: peer.tls, host, path: None };
+    shape_response(route, &mut response, &vars);
     upstream.map_or(&rt.unrouted, |u| &u.metrics).record(response.status(), started.elapsed());
     if let Some(log) = &mut log {
         log.entry.upstream = upstream.cloned();
@@ -103,6 +97,17 @@ pub async fn handle(rt: &Runtime, req: Request<Incoming>, peer: &Peer) -> Respon
         log.entry.request_id = request_id;
     }
     logged(response, log)
+}
+
+/// The request id and the route's response header rules, on every answer of the
+/// route (forwarded, local, or an error weir made).
+fn shape_response(route: &Route, response: &mut Response<Body>, vars: &Vars) {
+    if let Some(id) = vars.request_id {
+        response.headers_mut().insert(&X_REQUEST_ID, id.clone());
+    }
+    if let Some(rules) = &route.response_headers {
+        rules.apply(response.headers_mut(), vars);
+    }
 }
 
 /// What `handle` worked out about the client for the proxying steps.

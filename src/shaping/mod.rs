@@ -50,9 +50,7 @@ pub fn path_is_safe(path: &str) -> bool {
     // Pairs of neighbouring bytes, or-ed without early exit so the loop vectorises.
     let pairs = bytes.iter().zip(bytes.iter().skip(1));
     let suspicious = pairs.fold(bytes.last() == Some(&b'\\'), |hit, (&a, &b)| {
-        hit | (a == b'/' && (b == b'.' || b == b'/'))
-            | (a == b'%' && (b == b'2' || b == b'5'))
-            | (a == b'\\')
+        hit | (a == b'/' && (b == b'.' || b == b'/')) | (a == b'%' && (b == b'2' || b == b'5')) | (a == b'\\')
     });
     if !suspicious {
         return true;

@@ -429,6 +429,7 @@ fn the_grafana_dashboard_is_valid_json_with_the_promised_panels() {
         "weir_rate_limited_total",
         "weir_rate_limit_store_errors_total",
         "weir_connections_active",
+        "weir_access_denied_total",
     ] {
         assert!(exprs.iter().any(|e| e.contains(needle)), "no panel queries {needle}");
     }

@@ -77,9 +77,9 @@ measure() { # name port command...
   local pid=$!
   for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break; sleep 0.1; done
   oha --no-tui -n 500 -c 4 "http://127.0.0.1:$port/" >/dev/null
-  callgrind_control -z "$pid" >/dev/null
+  callgrind_control -z "$pid" >/dev/null 2>&1
   oha --no-tui -n 5000 -c 4 "http://127.0.0.1:$port/" >/dev/null
-  callgrind_control -d "$pid" >/dev/null
+  callgrind_control -d "$pid" >/dev/null 2>&1
   kill "$pid"; wait "$pid" 2>/dev/null || true
   local total
   total=$(cat "$work/$name.out".* | awk '/^summary:/ {s += $2} END {print s}')

@@ -11,6 +11,7 @@ medians and weir's ratio to each peer. Figures:
 - p50/p99/p99.9: latency at a fixed rate well below saturation (oha -q)
 - mib_s: throughput of 1 MiB responses (wrk)
 - rss_idle / rss_5k: resident memory idle and holding 5,000 idle client connections
+  (measured first, on the fresh process), and the cost per idle connection
 """
 import json, os, re, shutil, socket, statistics, subprocess, sys, tempfile, time, platform, datetime
 
@@ -161,17 +162,21 @@ def measure(name, proc):
     pids = workers(proc, name)
     time.sleep(0.3)
     r = {"rss_idle": rss_kib(pids) / 1024}
+    # Idle connections first, on a fresh process, so the figure is what they cost and
+    # not what earlier load runs left in the allocator.
+    socks = idle_connections(PORTS[name], 5000)
+    time.sleep(1.0)
+    r["rss_5k"] = rss_kib(pids) / 1024
+    r["kib_per_conn"] = (r["rss_5k"] - r["rss_idle"]) * 1024 / 5000
+    for s in socks:
+        s.close()
+    time.sleep(0.5)
     wrk(PORTS[name], "/", 50, "2s")  # warm up pools
     before = cpu_seconds(pids)
     requests, r["rps"], _ = wrk(PORTS[name], "/", 50, DURATION)
     r["cpu_us"] = (cpu_seconds(pids) - before) / requests * 1e6
     r["p50"], r["p99"], r["p99.9"] = oha(PORTS[name])
     _, _, r["mib_s"] = wrk(PORTS[name], "/bytes/1048576", 8, "4s")
-    socks = idle_connections(PORTS[name], 5000)
-    time.sleep(1.0)
-    r["rss_5k"] = rss_kib(pids) / 1024
-    for s in socks:
-        s.close()
     return r
 
 
@@ -205,7 +210,8 @@ def main():
 
 FIELDS = [("rps", "req/s", "higher"), ("cpu_us", "CPU µs/req", "lower"), ("p50", "p50 ms", "lower"),
           ("p99", "p99 ms", "lower"), ("p99.9", "p99.9 ms", "lower"), ("mib_s", "1 MiB MiB/s", "higher"),
-          ("rss_idle", "RSS idle MiB", "lower"), ("rss_5k", "RSS 5k idle conns MiB", "lower")]
+          ("rss_idle", "RSS idle MiB", "lower"), ("rss_5k", "RSS 5k idle conns MiB", "lower"),
+          ("kib_per_conn", "KiB per idle conn", "lower")]
 
 
 def report(results):

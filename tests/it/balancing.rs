@@ -6,7 +6,7 @@ use bytes::Bytes;
 use http::{Request, StatusCode};
 use http_body_util::Full;
 
-use crate::support::{get, send, Backend, Reply, Weir};
+use crate::support::{get, send, Backend, Reply, Weir, WeirProcess};
 
 /// A backend that holds requests to `/slow` for two seconds and answers the rest at once.
 async fn slow_on_demand(name: &str) -> Backend {
@@ -110,6 +110,29 @@ async fn consistent_hash_agrees_across_separately_started_instances() {
     // Different keys spread over every server.
     assert_eq!(served.len(), 3, "{served:?}");
     assert!(served.values().all(|&n| n >= 5), "{served:?}");
+}
+
+/// Two weir processes (the real binary, started one after the other) with the same
+/// config send every key to the same server: no per-process seed, no shared state.
+#[tokio::test]
+async fn consistent_hash_agrees_across_two_weir_processes() {
+    let a = Backend::named("a").start().await;
+    let b = Backend::named("b").start().await;
+    let c = Backend::named("c").start().await;
+    let config = HASHED.replace("listen = \"127.0.0.1:0\"", "listen = \"{port}\"");
+    let first = WeirProcess::start(&config, &[&a, &b, &c]).await;
+    let second = WeirProcess::start(&config, &[&a, &b, &c]).await;
+    for u in 0..40 {
+        let user = format!("user-{u}");
+        let ask = |url: String| {
+            let user = user.clone();
+            async move {
+                let req = Request::get(url).header("x-user", user).body(Full::new(Bytes::new())).unwrap();
+                String::from_utf8_lossy(&send(req).await.2).into_owned()
+            }
+        };
+        assert_eq!(ask(first.url("/")).await, ask(second.url("/")).await, "{user} differs between processes");
+    }
 }
 
 #[tokio::test]

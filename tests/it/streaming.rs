@@ -14,7 +14,7 @@ use http_body_util::BodyExt;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
-use crate::support::Backend;
+use crate::support::{Backend, WeirProcess};
 
 /// 256 MiB each way: buffering it whole anywhere would show plainly in the process's
 /// resident memory, and it still passes through the four debug-build hyper hops
@@ -67,53 +67,20 @@ fn peak_rss(pid: u32) -> u64 {
     kib * 1024
 }
 
-/// weir as a child process on a free port; killed when dropped.
-struct Child(std::process::Child);
-
-impl Drop for Child {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn large_body_streams_both_ways_with_flat_memory() {
     let echo = Backend::named("echo").echo().start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let config = dir.path().join("weir.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[[listeners]]\nname = \"web\"\nlisten = \"127.0.0.1:{port}\"\n[[routes]]\nupstream = \"echo\"\n\
-             [upstreams.echo]\nservers = [{{ address = \"{}\" }}]\n",
-            echo.addr
-        ),
+    let weir = WeirProcess::start(
+        "[[listeners]]\nname = \"web\"\nlisten = \"{port}\"\n[[routes]]\nupstream = \"echo\"\n\
+         [upstreams.echo]\nservers = [{ address = \"{echo}\" }]\n",
+        &[&echo],
     )
-    .unwrap();
-    let weir = Child(
-        std::process::Command::new(env!("CARGO_BIN_EXE_weir"))
-            .arg("--config")
-            .arg(&config)
-            .args(["--log-level", "warn"])
-            .spawn()
-            .unwrap(),
-    );
-    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
-    let mut connected = None;
-    for _ in 0..200 {
-        if let Ok(stream) = TcpStream::connect(addr).await {
-            connected = Some(stream);
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    let stream = connected.expect("weir did not start listening");
+    .await;
+    let stream = TcpStream::connect(weir.addr).await.unwrap();
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.unwrap();
     tokio::spawn(conn);
     let started = Instant::now();
-    let pid = weir.0.id();
+    let pid = weir.child.id();
     let baseline = peak_rss(pid);
     let req = Request::post("/upload").header("host", "stream.test").body(Generated { left: BODY }).unwrap();
     // The echo answers while the upload is still going, so this returns early and

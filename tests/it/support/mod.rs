@@ -321,3 +321,48 @@ pub async fn send(req: Request<Full<Bytes>>) -> (StatusCode, HeaderMap, Bytes) {
     let (parts, body) = response.into_parts();
     (parts.status, parts.headers, body.collect().await.unwrap().to_bytes())
 }
+
+/// weir as its own process (the real binary) on a free port, from a config text with
+/// `{name}` placeholders; killed when dropped.
+pub struct WeirProcess {
+    pub addr: SocketAddr,
+    pub child: std::process::Child,
+    _dir: tempfile::TempDir,
+}
+
+impl WeirProcess {
+    /// Starts the binary on `toml`, whose first listener must say `listen = "{port}"`,
+    /// and waits until it accepts connections.
+    pub async fn start(toml: &str, backends: &[&Backend]) -> WeirProcess {
+        let dir = tempfile::tempdir().unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let config = dir.path().join("weir.toml");
+        std::fs::write(&config, fill(toml, backends).replace("{port}", &addr.to_string())).unwrap();
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_weir"))
+            .arg("--config")
+            .arg(&config)
+            .args(["--log-level", "warn"])
+            .spawn()
+            .unwrap();
+        for _ in 0..300 {
+            if tokio::net::TcpStream::connect(addr).await.is_ok() {
+                return WeirProcess { addr, child, _dir: dir };
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("weir did not start listening on {addr}");
+    }
+
+    /// `http://addr` + `path`.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+}
+
+impl Drop for WeirProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -345,9 +345,11 @@ impl WeirProcess {
             .args(["--log-level", "warn"])
             .spawn()
             .unwrap();
+        // Owned at once, so a failed start below still kills and reaps it.
+        let process = WeirProcess { addr, child, _dir: dir };
         for _ in 0..300 {
             if tokio::net::TcpStream::connect(addr).await.is_ok() {
-                return WeirProcess { addr, child, _dir: dir };
+                return process;
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }

@@ -3,7 +3,7 @@
 
 use std::convert::Infallible;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
+use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,7 +18,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::rustls;
 
-use crate::support::{client, get, Backend, Weir};
+use crate::support::{get, Backend, SteadyLoad, Weir};
 
 /// A self-signed certificate for `names`, written as `<stem>.pem` / `<stem>.key`.
 fn certificate(dir: &Path, stem: &str, names: &[&str]) -> CertificateDer<'static> {
@@ -416,27 +416,7 @@ servers = [{{ address = "{{b}}" }}]
     let down = format!("weir_upstream_server_healthy{{server=\"{dead}\",upstream=\"app\"}} 0");
     assert!(weir.metrics().await.contains(&down));
 
-    let running = Arc::new(AtomicBool::new(true));
-    let (ok, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
-    let mut clients = Vec::new();
-    for _ in 0..4 {
-        let (running, ok, failed, url) = (running.clone(), ok.clone(), failed.clone(), weir.url("/"));
-        clients.push(tokio::spawn(async move {
-            let client = client();
-            while running.load(SeqCst) {
-                match client.get(url.parse().unwrap()).await {
-                    Ok(r) if r.status() == StatusCode::OK => {
-                        let _ = r.into_body().collect().await;
-                        ok.fetch_add(1, SeqCst);
-                    }
-                    other => {
-                        eprintln!("failed: {:?}", other.map(|r| r.status()));
-                        failed.fetch_add(1, SeqCst);
-                    }
-                }
-            }
-        }));
-    }
+    let load = SteadyLoad::start(&weir.url("/"), 4, Duration::ZERO);
     let good = crate::support::fill(
         &config("[[routes]]\npath_prefix = \"/other/\"\nupstream = \"other\""),
         &[&a, &b],
@@ -454,13 +434,10 @@ servers = [{{ address = "{{b}}" }}]
         }
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
-    running.store(false, SeqCst);
-    for c in clients {
-        c.await.unwrap();
-    }
+    let (ok, failed) = load.stop().await;
     assert_eq!((applied, refused), (10, 10));
-    assert_eq!(failed.load(SeqCst), 0, "{} requests succeeded", ok.load(SeqCst));
-    assert!(ok.load(SeqCst) > 50);
+    assert_eq!(failed, 0, "{ok} requests succeeded");
+    assert!(ok > 50);
     assert_eq!(get(&weir.url("/other/x")).await, (StatusCode::OK, "b".to_string()), "the new route is live");
     let metrics = weir.metrics().await;
     assert!(metrics.contains(&down), "health survived the reloads");

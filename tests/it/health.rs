@@ -1,7 +1,7 @@
 //! Health: active checks, passive ejection, retries, backups, panic mode.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
+use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -11,7 +11,7 @@ use http_body_util::Full;
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpListener;
 
-use crate::support::{client, get, send, Backend, Reply, Weir};
+use crate::support::{get, send, Backend, Reply, SteadyLoad, Weir};
 
 const LISTEN: &str = r#"
 [admin]
@@ -92,27 +92,7 @@ unhealthy_threshold = 2
     )
     .await;
 
-    let running = Arc::new(AtomicBool::new(true));
-    let (ok, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
-    let mut clients = Vec::new();
-    for _ in 0..4 {
-        let (running, ok, failed, url) = (running.clone(), ok.clone(), failed.clone(), weir.url("/"));
-        clients.push(tokio::spawn(async move {
-            let client = client();
-            while running.load(SeqCst) {
-                match client.get(url.parse().unwrap()).await {
-                    Ok(r) if r.status() == StatusCode::OK => {
-                        let _ = http_body_util::BodyExt::collect(r.into_body()).await;
-                        ok.fetch_add(1, SeqCst);
-                    }
-                    _ => {
-                        failed.fetch_add(1, SeqCst);
-                    }
-                }
-                tokio::time::sleep(Duration::from_millis(2)).await;
-            }
-        }));
-    }
+    let load = SteadyLoad::start(&weir.url("/"), 4, Duration::from_millis(2));
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(traffic(&b) > 0);
     b.kill();
@@ -125,12 +105,9 @@ unhealthy_threshold = 2
     let took = until_health(&weir, b_addr, 1, Duration::from_secs(2)).await;
     assert!(took <= Duration::from_millis(800), "marked up after {took:?}");
     tokio::time::sleep(Duration::from_millis(300)).await;
-    running.store(false, SeqCst);
-    for c in clients {
-        c.await.unwrap();
-    }
-    assert_eq!(failed.load(SeqCst), 0, "{} requests succeeded", ok.load(SeqCst));
-    assert!(ok.load(SeqCst) > 100);
+    let (ok, failed) = load.stop().await;
+    assert_eq!(failed, 0, "{ok} requests succeeded");
+    assert!(ok > 100);
     assert!(traffic(&b2) > 0, "the restarted server takes traffic again");
 }
 

@@ -368,3 +368,53 @@ impl Drop for WeirProcess {
         let _ = self.child.wait();
     }
 }
+
+/// Steady GET load from several keep-alive clients until `stop`, counting answers:
+/// for tests that change things under traffic and then count failed requests.
+pub struct SteadyLoad {
+    running: Arc<std::sync::atomic::AtomicBool>,
+    ok: Arc<AtomicUsize>,
+    failed: Arc<AtomicUsize>,
+    clients: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl SteadyLoad {
+    /// `clients` loops of GET `url`, each pausing `pause` between requests.
+    pub fn start(url: &str, clients: usize, pause: Duration) -> SteadyLoad {
+        let running = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let (ok, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        let clients = (0..clients)
+            .map(|_| {
+                let (running, ok, failed) = (running.clone(), ok.clone(), failed.clone());
+                let url: http::Uri = url.parse().unwrap();
+                tokio::spawn(async move {
+                    let client = client();
+                    while running.load(SeqCst) {
+                        match client.get(url.clone()).await {
+                            Ok(r) if r.status() == StatusCode::OK => {
+                                let _ = r.into_body().collect().await;
+                                ok.fetch_add(1, SeqCst);
+                            }
+                            _ => {
+                                failed.fetch_add(1, SeqCst);
+                            }
+                        }
+                        if !pause.is_zero() {
+                            tokio::time::sleep(pause).await;
+                        }
+                    }
+                })
+            })
+            .collect();
+        SteadyLoad { running, ok, failed, clients }
+    }
+
+    /// Stops the clients and returns (succeeded, failed).
+    pub async fn stop(self) -> (usize, usize) {
+        self.running.store(false, SeqCst);
+        for c in self.clients {
+            c.await.unwrap();
+        }
+        (self.ok.load(SeqCst), self.failed.load(SeqCst))
+    }
+}

@@ -7,6 +7,8 @@
 
 mod shaping;
 mod types;
+mod units;
+mod upstream;
 mod validate;
 
 use std::fmt;
@@ -15,6 +17,8 @@ use std::path::{Path, PathBuf};
 
 pub use shaping::*;
 pub use types::*;
+pub use units::*;
+pub use upstream::*;
 
 /// A config that cannot be used, with where and why.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -154,15 +158,17 @@ servers = [{ address = "127.0.0.1:9000" }]
         crate::runtime::Runtime::build(&config, None, &metrics).unwrap_or_else(|e| panic!("{e}"));
     }
 
-    /// Every field of every config struct in `types.rs` is shown in
+    /// Every field of every config struct in `types.rs`, `upstream.rs` and `shaping.rs` is shown in
     /// `config/example.toml`, set or as a commented-out `# key = value`, so a new key
     /// cannot land undocumented. Read from the source text: a field is a `pub name:`
     /// line inside a `pub struct ... {` block, minus `#[serde(skip)]` ones.
     #[test]
     fn the_example_config_shows_every_key() {
         let example = include_str!("../../config/example.toml");
-        let missing: Vec<String> = struct_fields(include_str!("types.rs"))
+        let sources = [include_str!("types.rs"), include_str!("upstream.rs"), include_str!("shaping.rs")];
+        let missing: Vec<String> = sources
             .into_iter()
+            .flat_map(struct_fields)
             .filter(|(_, field)| !shows_key(example, field))
             .map(|(owner, field)| format!("{owner}.{field}"))
             .collect();

@@ -16,7 +16,7 @@ use toml::Spanned;
 
 use super::shaping::{HeaderRulesConfig, RedirectConfig, RespondConfig};
 use super::units::{ByteSize, Cidr, Dur, Percent};
-use super::upstream::{BalancerKind, UpstreamConfig, UpstreamProtocol};
+use super::upstream::UpstreamConfig;
 
 /// The whole config file.
 #[derive(Debug, Clone, Deserialize)]
@@ -325,7 +325,7 @@ impl CacheConfig {
     }
 }
 
-pub(super) mod defaults {
+mod defaults {
     use super::*;
 
     pub fn cache_max_size() -> Spanned<ByteSize> {
@@ -334,7 +334,6 @@ pub(super) mod defaults {
     pub fn cache_lock_timeout() -> Dur {
         Dur(Duration::from_secs(5))
     }
-
     pub fn shutdown_timeout() -> Dur {
         Dur(Duration::from_secs(30))
     }
@@ -352,57 +351,6 @@ pub(super) mod defaults {
     }
     pub fn h2_max_concurrent_streams() -> u32 {
         128
-    }
-    pub fn protocol() -> UpstreamProtocol {
-        UpstreamProtocol::Http1
-    }
-    pub fn balancer() -> Spanned<BalancerKind> {
-        Spanned::new(0..0, BalancerKind::RoundRobin)
-    }
-    pub fn connect_timeout() -> Dur {
-        Dur(Duration::from_secs(2))
-    }
-    pub fn request_timeout() -> Dur {
-        Dur(Duration::from_secs(30))
-    }
-    pub fn keepalive() -> usize {
-        64
-    }
-    pub fn retry_budget() -> Spanned<f64> {
-        Spanned::new(0..0, 0.2)
-    }
-    pub fn health_path() -> Spanned<String> {
-        Spanned::new(0..0, "/".into())
-    }
-    pub fn health_interval() -> Dur {
-        Dur(Duration::from_secs(2))
-    }
-    pub fn health_timeout() -> Dur {
-        Dur(Duration::from_secs(1))
-    }
-    pub fn healthy_threshold() -> Spanned<u32> {
-        Spanned::new(0..0, 2)
-    }
-    pub fn unhealthy_threshold() -> Spanned<u32> {
-        Spanned::new(0..0, 3)
-    }
-    pub fn expected_status() -> Spanned<String> {
-        Spanned::new(0..0, "200-399".into())
-    }
-    pub fn max_ejection_percent() -> Spanned<u8> {
-        Spanned::new(0..0, 50)
-    }
-    pub fn consecutive_failures() -> u32 {
-        3
-    }
-    pub fn ejection_time() -> Dur {
-        Dur(Duration::from_secs(10))
-    }
-    pub fn max_ejection_time() -> Dur {
-        Dur(Duration::from_secs(300))
-    }
-    pub fn weight() -> Spanned<u32> {
-        Spanned::new(0..0, 1)
     }
     pub fn max_keys() -> Spanned<usize> {
         Spanned::new(0..0, 100_000)

@@ -5,7 +5,6 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use super::shaping::StickyConfig;
-use super::types::defaults;
 use super::units::Dur;
 
 /// The protocol weir speaks to an upstream's servers.
@@ -216,6 +215,63 @@ pub struct ServerConfig {
     pub weight: Spanned<u32>,
     #[serde(default)]
     pub backup: bool,
+}
+
+mod defaults {
+    use super::*;
+    use std::time::Duration;
+
+    pub fn protocol() -> UpstreamProtocol {
+        UpstreamProtocol::Http1
+    }
+    pub fn balancer() -> Spanned<BalancerKind> {
+        Spanned::new(0..0, BalancerKind::RoundRobin)
+    }
+    pub fn connect_timeout() -> Dur {
+        Dur(Duration::from_secs(2))
+    }
+    pub fn request_timeout() -> Dur {
+        Dur(Duration::from_secs(30))
+    }
+    pub fn keepalive() -> usize {
+        64
+    }
+    pub fn retry_budget() -> Spanned<f64> {
+        Spanned::new(0..0, 0.2)
+    }
+    pub fn health_path() -> Spanned<String> {
+        Spanned::new(0..0, "/".into())
+    }
+    pub fn health_interval() -> Dur {
+        Dur(Duration::from_secs(2))
+    }
+    pub fn health_timeout() -> Dur {
+        Dur(Duration::from_secs(1))
+    }
+    pub fn healthy_threshold() -> Spanned<u32> {
+        Spanned::new(0..0, 2)
+    }
+    pub fn unhealthy_threshold() -> Spanned<u32> {
+        Spanned::new(0..0, 3)
+    }
+    pub fn expected_status() -> Spanned<String> {
+        Spanned::new(0..0, "200-399".into())
+    }
+    pub fn max_ejection_percent() -> Spanned<u8> {
+        Spanned::new(0..0, 50)
+    }
+    pub fn consecutive_failures() -> u32 {
+        3
+    }
+    pub fn ejection_time() -> Dur {
+        Dur(Duration::from_secs(10))
+    }
+    pub fn max_ejection_time() -> Dur {
+        Dur(Duration::from_secs(300))
+    }
+    pub fn weight() -> Spanned<u32> {
+        Spanned::new(0..0, 1)
+    }
 }
 
 #[cfg(test)]

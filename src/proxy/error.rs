@@ -88,11 +88,23 @@ impl ProxyError {
         }
     }
 
-    /// A short plain-text answer with this error's status. A refused body closes the
-    /// connection: the rest of it is never read.
+    /// Whether the client connection must close after this answer: a refused body is
+    /// never read, and a request framed ambiguously leaves the rest of the connection
+    /// unframed too.
+    pub fn closes_connection(&self) -> bool {
+        matches!(
+            self,
+            ProxyError::BodyTooLarge { .. }
+                | ProxyError::BadRequest { .. }
+                | ProxyError::UnsupportedTransferCoding
+        )
+    }
+
+    /// A short plain-text answer with this error's status, closing the connection
+    /// where `closes_connection` says so.
     pub fn into_response(self) -> Response<Body> {
         let mut response = status_response(self.status());
-        if matches!(self, ProxyError::BodyTooLarge { .. }) {
+        if self.closes_connection() {
             response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
         response
@@ -130,6 +142,16 @@ pub fn status_response(status: StatusCode) -> Response<Body> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn refused_framing_and_bodies_close_the_connection_and_others_keep_it() {
+        let close = |e: ProxyError| e.into_response().headers().get(header::CONNECTION).cloned();
+        assert_eq!(close(ProxyError::BadRequest { reason: "two Host headers" }).unwrap(), "close");
+        assert_eq!(close(ProxyError::UnsupportedTransferCoding).unwrap(), "close");
+        assert_eq!(close(ProxyError::BodyTooLarge { limit: 1 }).unwrap(), "close");
+        assert_eq!(close(ProxyError::NoRoute), None);
+        assert_eq!(close(ProxyError::UnsafePath), None);
+    }
 
     #[test]
     fn only_connect_failures_are_retryable() {

@@ -46,11 +46,7 @@ pub async fn handle(rt: &Runtime, req: Request<Incoming>, peer: &Peer) -> Respon
     let mut log = rt.access_log.as_ref().map(|log| log.begin(started, peer.addr, &req));
     if let Err(error) = framing::check(&req) {
         tracing::debug!(client = %peer.addr, %error, "refused");
-        let mut response = error.into_response();
-        // The rest of the connection cannot be trusted to be framed as we think.
-        response.headers_mut().insert(http::header::CONNECTION, http::HeaderValue::from_static("close"));
-        rt.unrouted.record(response.status(), started.elapsed());
-        return logged(response, log);
+        return unrouted(rt, error, started, log);
     }
     // Before routing, so no path that a server would read as another route's can match.
     if !shaping::path_is_safe(req.uri().path()) {

@@ -10,7 +10,7 @@ use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Request, StatusCode};
 use http_body_util::Full;
 
-use crate::support::{client, send, Backend, Reply, Weir};
+use crate::support::{client, get_with, metric, send, Backend, Reply, Weir};
 
 /// weir with one cached route to backend `a`, plus `cache_keys` under `[caches.pages]`.
 async fn weir(a: &Backend, cache_keys: &str) -> Weir {
@@ -75,25 +75,14 @@ fn counting(name: &str) -> crate::support::BackendBuilder {
         .headers(by_path)
 }
 
-async fn get_with(weir: &Weir, path: &str, headers: &[(&str, &str)]) -> (StatusCode, HeaderMap, String) {
-    let mut req = Request::get(weir.url(path));
-    for (n, v) in headers {
-        req = req.header(*n, *v);
-    }
-    let (status, headers, body) = send(req.body(Full::new(Bytes::new())).unwrap()).await;
+/// `get_with`, with the body as text.
+async fn get_text(weir: &Weir, path: &str, headers: &[(&str, &str)]) -> (StatusCode, HeaderMap, String) {
+    let (status, headers, body) = get_with(weir, path, headers).await;
     (status, headers, String::from_utf8_lossy(&body).into_owned())
 }
 
 fn cache_status(h: &HeaderMap) -> &str {
     h.get("cache-status").and_then(|v| v.to_str().ok()).unwrap_or("")
-}
-
-/// The value of a metric line that starts with `prefix`, 0 if absent.
-fn metric(text: &str, prefix: &str) -> f64 {
-    text.lines()
-        .find(|l| l.starts_with(prefix))
-        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
-        .unwrap_or(0.0)
 }
 
 #[tokio::test]
@@ -159,12 +148,12 @@ async fn cache_control_directives_are_honoured() {
     assert_eq!(twice(&weir, &a, "/cc/public%2C_max-age=60", &auth).await, 1, "public");
     assert_eq!(twice(&weir, &a, "/cc/must-revalidate%2C_max-age=60", &auth).await, 1, "must-revalidate");
     // An entry stored without Authorization is not served to a request with it.
-    let (_, h, _) = get_with(&weir, "/cc/max-age=60", &auth).await;
+    let (_, h, _) = get_text(&weir, "/cc/max-age=60", &auth).await;
     assert_eq!(cache_status(&h), "weir; fwd=request");
     // The client's no-cache goes upstream and refreshes the entry.
-    let (_, h, body) = get_with(&weir, "/cc/max-age=60", &[("cache-control", "no-cache")]).await;
+    let (_, h, body) = get_text(&weir, "/cc/max-age=60", &[("cache-control", "no-cache")]).await;
     assert_eq!(cache_status(&h), "weir; fwd=request; stored");
-    let (_, h, again) = get_with(&weir, "/cc/max-age=60", &[]).await;
+    let (_, h, again) = get_text(&weir, "/cc/max-age=60", &[]).await;
     assert_eq!((cache_status(&h), again), ("weir; hit", body));
     assert!(h.get("age").is_some());
 }
@@ -177,12 +166,12 @@ async fn expiry_and_must_revalidate_send_the_next_request_upstream() {
     tokio::time::sleep(Duration::from_millis(1100)).await;
     // Stale, and must-revalidate forbids serving it while revalidating (the entry
     // is dropped at expiry, since no stale window applies).
-    let (_, h, body) = get_with(&weir, "/cc/max-age=1%2C_must-revalidate", &[]).await;
+    let (_, h, body) = get_text(&weir, "/cc/max-age=1%2C_must-revalidate", &[]).await;
     assert_eq!((cache_status(&h), body.as_str()), ("weir; fwd=uri-miss; stored", "2"));
     // Without it, the same expiry is served stale while revalidating.
     assert_eq!(twice(&weir, &a, "/cc/max-age=1", &[]).await, 1);
     tokio::time::sleep(Duration::from_millis(1100)).await;
-    let (_, h, _) = get_with(&weir, "/cc/max-age=1", &[]).await;
+    let (_, h, _) = get_text(&weir, "/cc/max-age=1", &[]).await;
     assert_eq!(cache_status(&h), "weir; hit; detail=stale-while-revalidate");
 }
 
@@ -203,13 +192,13 @@ async fn vary_keeps_variants_apart() {
         .await;
     let weir = weir(&a, "").await;
     for lang in ["en", "fr", "en", "fr", "en"] {
-        let (_, _, body) = get_with(&weir, "/vary", &[("accept-language", lang)]).await;
+        let (_, _, body) = get_text(&weir, "/vary", &[("accept-language", lang)]).await;
         assert_eq!(body, lang);
     }
-    let (_, h, body) = get_with(&weir, "/vary", &[]).await;
+    let (_, h, body) = get_text(&weir, "/vary", &[]).await;
     assert_eq!((body.as_str(), cache_status(&h)), ("none", "weir; fwd=vary-miss; stored"));
     assert_eq!(a.hits(), 3, "one fetch per variant");
-    let (_, h, _) = get_with(&weir, "/vary", &[("accept-language", "fr"), ("user-agent", "other")]).await;
+    let (_, h, _) = get_text(&weir, "/vary", &[("accept-language", "fr"), ("user-agent", "other")]).await;
     assert_eq!(cache_status(&h), "weir; hit");
 }
 
@@ -218,20 +207,20 @@ async fn conditional_requests_get_304_from_a_fresh_entry() {
     let a = counting("a").start().await;
     let weir = weir(&a, "").await;
     // A cold key with a matching validator: 304 to the client, and still stored.
-    let (status, h, _) = get_with(&weir, "/etag", &[("if-none-match", "\"v1\"")]).await;
+    let (status, h, _) = get_text(&weir, "/etag", &[("if-none-match", "\"v1\"")]).await;
     assert_eq!((status, cache_status(&h)), (StatusCode::NOT_MODIFIED, "weir; fwd=uri-miss; stored"));
     tokio::time::sleep(Duration::from_millis(50)).await;
-    let (status, h, body) = get_with(&weir, "/etag", &[]).await;
+    let (status, h, body) = get_text(&weir, "/etag", &[]).await;
     assert_eq!((status, cache_status(&h), body.as_str()), (StatusCode::OK, "weir; hit", "1"));
     assert_eq!(h["etag"], "\"v1\"");
-    let (status, h, body) = get_with(&weir, "/etag", &[("if-none-match", "W/\"v1\"")]).await;
+    let (status, h, body) = get_text(&weir, "/etag", &[("if-none-match", "W/\"v1\"")]).await;
     assert_eq!((status, cache_status(&h), body.as_str()), (StatusCode::NOT_MODIFIED, "weir; hit", ""));
     assert_eq!(h["etag"], "\"v1\"");
     let since = [("if-modified-since", "Thu, 02 Jan 2020 00:00:00 GMT")];
-    assert_eq!(get_with(&weir, "/etag", &since).await.0, StatusCode::NOT_MODIFIED);
+    assert_eq!(get_text(&weir, "/etag", &since).await.0, StatusCode::NOT_MODIFIED);
     let earlier = [("if-modified-since", "Tue, 31 Dec 2019 00:00:00 GMT")];
-    assert_eq!(get_with(&weir, "/etag", &earlier).await.0, StatusCode::OK);
-    assert_eq!(get_with(&weir, "/etag", &[("if-none-match", "\"v2\"")]).await.0, StatusCode::OK);
+    assert_eq!(get_text(&weir, "/etag", &earlier).await.0, StatusCode::OK);
+    assert_eq!(get_text(&weir, "/etag", &[("if-none-match", "\"v2\"")]).await.0, StatusCode::OK);
     assert_eq!(a.hits(), 1);
 }
 
@@ -239,7 +228,7 @@ async fn conditional_requests_get_304_from_a_fresh_entry() {
 async fn head_is_answered_from_a_stored_get() {
     let a = counting("a").start().await;
     let weir = weir(&a, "").await;
-    get_with(&weir, "/cc/max-age=60", &[]).await;
+    get_text(&weir, "/cc/max-age=60", &[]).await;
     let req = Request::head(weir.url("/cc/max-age=60")).body(Full::new(Bytes::new())).unwrap();
     let (status, h, body) = send(req).await;
     assert_eq!((status, cache_status(&h), body.len()), (StatusCode::OK, "weir; hit", 0));
@@ -262,25 +251,25 @@ async fn stale_if_error_serves_the_stale_entry_while_the_backend_is_dead_or_fail
         .await;
     let weir = weir(&a, "stale_if_error = \"30s\"").await;
     for path in ["/cc/max-age=1", "/cc/max-age=1?down"] {
-        assert_eq!(get_with(&weir, path, &[]).await.2, "good");
+        assert_eq!(get_text(&weir, path, &[]).await.2, "good");
     }
     tokio::time::sleep(Duration::from_millis(1100)).await;
     // 5xx from a live backend.
     failing.store(true, SeqCst);
-    let (status, h, body) = get_with(&weir, "/cc/max-age=1", &[]).await;
+    let (status, h, body) = get_text(&weir, "/cc/max-age=1", &[]).await;
     assert_eq!(
         (status, cache_status(&h), body.as_str()),
         (StatusCode::OK, "weir; fwd=stale; detail=stale-if-error", "good")
     );
     // The backend process is gone.
     a.kill();
-    let (status, h, body) = get_with(&weir, "/cc/max-age=1?down", &[]).await;
+    let (status, h, body) = get_text(&weir, "/cc/max-age=1?down", &[]).await;
     assert_eq!(
         (status, cache_status(&h), body.as_str()),
         (StatusCode::OK, "weir; fwd=stale; detail=stale-if-error", "good")
     );
     // Nothing stored: the failure reaches the client.
-    let (status, _, _) = get_with(&weir, "/never-stored", &[]).await;
+    let (status, _, _) = get_text(&weir, "/never-stored", &[]).await;
     assert!(status.is_server_error(), "{status}");
     let m = weir.metrics().await;
     assert_eq!(metric(&m, "weir_cache_requests_total{cache=\"pages\",result=\"stale\"}"), 2.0);
@@ -302,10 +291,10 @@ async fn stale_while_revalidate_answers_at_once_and_refreshes_once_in_the_backgr
         .start()
         .await;
     let weir = weir(&a, "stale_while_revalidate = \"30s\"").await;
-    assert_eq!(get_with(&weir, "/cc/max-age=2", &[]).await.2, "1");
+    assert_eq!(get_text(&weir, "/cc/max-age=2", &[]).await.2, "1");
     tokio::time::sleep(Duration::from_millis(2100)).await;
     let started = std::time::Instant::now();
-    let stale = (0..20).map(|_| get_with(&weir, "/cc/max-age=2", &[]));
+    let stale = (0..20).map(|_| get_text(&weir, "/cc/max-age=2", &[]));
     for (_, h, body) in futures_util::future::join_all(stale).await {
         assert_eq!((cache_status(&h), body.as_str()), ("weir; hit; detail=stale-while-revalidate", "1"));
     }
@@ -313,7 +302,7 @@ async fn stale_while_revalidate_answers_at_once_and_refreshes_once_in_the_backgr
     tokio::time::sleep(Duration::from_millis(900)).await;
     // The refreshed copy answers. (Date has whole seconds, so a fresh copy may
     // already be up to a second old: max-age=2 leaves room.)
-    let (_, h, body) = get_with(&weir, "/cc/max-age=2", &[]).await;
+    let (_, h, body) = get_text(&weir, "/cc/max-age=2", &[]).await;
     assert_eq!((cache_status(&h), body.as_str()), ("weir; hit", "2"));
     assert_eq!(a.hits(), 2, "one background refresh for twenty stale answers");
 }
@@ -330,11 +319,11 @@ async fn negative_ttl_keeps_404s_briefly() {
         .await;
     let weir = weir(&a, "negative_ttl = \"1s\"").await;
     for _ in 0..10 {
-        assert_eq!(get_with(&weir, "/missing", &[]).await.0, StatusCode::NOT_FOUND);
+        assert_eq!(get_text(&weir, "/missing", &[]).await.0, StatusCode::NOT_FOUND);
     }
     assert_eq!(a.hits(), 1, "one miss per window");
     tokio::time::sleep(Duration::from_millis(1100)).await;
-    assert_eq!(get_with(&weir, "/missing", &[]).await.0, StatusCode::NOT_FOUND);
+    assert_eq!(get_text(&weir, "/missing", &[]).await.0, StatusCode::NOT_FOUND);
     assert_eq!(a.hits(), 2);
 }
 
@@ -384,7 +373,7 @@ max_object_size = "8KiB"
     // Over max_object_size: streamed through, never stored.
     let before = a.hits();
     for _ in 0..2 {
-        let (_, h, body) = get_with(&weir, "/big", &[]).await;
+        let (_, h, body) = get_text(&weir, "/big", &[]).await;
         assert_eq!((body.len(), cache_status(&h)), (16 * 1024, "weir; fwd=uri-miss"));
     }
     assert_eq!(a.hits() - before, 2);
@@ -396,7 +385,7 @@ async fn purge_by_key_and_prefix_and_unsafe_methods_invalidate() {
     let weir = weir(&a, "").await;
     let admin = weir.admin.unwrap();
     for path in ["/cc/max-age=60", "/cc/max-age=60?x=1", "/cc/max-age=61"] {
-        get_with(&weir, path, &[]).await;
+        get_text(&weir, path, &[]).await;
     }
     assert_eq!(a.hits(), 3);
     let purge = |query: &str| {

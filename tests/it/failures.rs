@@ -7,17 +7,12 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use crate::support::{get, Backend, Weir};
+use crate::support::{get, metric, Backend, Weir};
 
 /// An address nothing listens on: bound, then closed, so connecting is refused.
 fn refused_addr() -> SocketAddr {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     listener.local_addr().unwrap()
-}
-
-/// The value of one series in Prometheus text, 0 when absent.
-fn metric(text: &str, series: &str) -> f64 {
-    text.lines().find_map(|line| line.strip_prefix(series)?.trim().parse().ok()).unwrap_or(0.0)
 }
 
 fn one_upstream(servers: &str, extra: &str) -> String {

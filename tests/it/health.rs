@@ -11,7 +11,7 @@ use http_body_util::Full;
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpListener;
 
-use crate::support::{get, send, Backend, Reply, SteadyLoad, Weir};
+use crate::support::{dead_addr, get, send, Backend, Reply, SteadyLoad, Weir};
 
 const LISTEN: &str = r#"
 [admin]
@@ -61,12 +61,6 @@ async fn dropper() -> (SocketAddr, Arc<AtomicUsize>) {
         }
     });
     (addr, count)
-}
-
-/// An address nothing listens on.
-async fn dead_addr() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    listener.local_addr().unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

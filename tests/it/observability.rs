@@ -3,7 +3,6 @@
 //! access log's lines, `/status`, and the shipped Grafana dashboard and alert rules.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
 use std::sync::Arc;
@@ -13,14 +12,9 @@ use bytes::Bytes;
 use http::{Method, Request, StatusCode};
 use http_body_util::Full;
 use prometheus_parse::{LineInfo, Scrape, Value};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 
-use crate::support::{get, send, Backend, Reply, Weir};
-
-/// An address nothing listens on.
-async fn dead_addr() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0").await.unwrap().local_addr().unwrap()
-}
+use crate::support::{dead_addr, get, send, Backend, Reply, Weir};
 
 /// A fresh path under the temp dir.
 fn temp_path(name: &str) -> PathBuf {

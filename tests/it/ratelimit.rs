@@ -4,21 +4,15 @@
 
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use http::{HeaderMap, Request, StatusCode};
-use http_body_util::Full;
+use http::{HeaderMap, StatusCode};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::support::{send, Backend, Weir};
+use crate::support::{get_with, Backend, Weir};
 
-/// GET `path` with extra headers: status and response headers.
-async fn get_with(weir: &Weir, headers: &[(&str, &str)]) -> (StatusCode, HeaderMap) {
-    let mut req = Request::get(weir.url("/"));
-    for (name, value) in headers {
-        req = req.header(*name, *value);
-    }
-    let (status, headers, _) = send(req.body(Full::new(Bytes::new())).unwrap()).await;
+/// GET `/` with extra headers: status and headers.
+async fn get_head(weir: &Weir, headers: &[(&str, &str)]) -> (StatusCode, HeaderMap) {
+    let (status, headers, _) = get_with(weir, "/", headers).await;
     (status, headers)
 }
 
@@ -49,15 +43,15 @@ async fn over_the_limit_gets_429_with_headers_and_never_reaches_the_backend() {
     let a = Backend::named("a").start().await;
     let weir = Weir::start(&limited("client_ip", ""), &[&a]).await;
 
-    let (status, h) = get_with(&weir, &[]).await;
+    let (status, h) = get_head(&weir, &[]).await;
     assert_eq!(status, 200);
     assert_eq!(h["ratelimit-policy"], "\"per_client\";q=2;w=20");
     assert_eq!(h["ratelimit"], "\"per_client\";r=1;t=10");
-    let (status, h) = get_with(&weir, &[]).await;
+    let (status, h) = get_head(&weir, &[]).await;
     assert_eq!(status, 200);
     assert_eq!(h["ratelimit"], "\"per_client\";r=0;t=20");
 
-    let (status, h) = get_with(&weir, &[]).await;
+    let (status, h) = get_head(&weir, &[]).await;
     assert_eq!(status, 429);
     assert_eq!(h["retry-after"], "10");
     assert_eq!(h["ratelimit"], "\"per_client\";r=0;t=10");
@@ -74,12 +68,12 @@ async fn one_noisy_key_does_not_limit_another() {
     let a = Backend::named("a").start().await;
     let weir = Weir::start(&limited("header:x-api-key", ""), &[&a]).await;
     for _ in 0..2 {
-        assert_eq!(get_with(&weir, &[("x-api-key", "noisy")]).await.0, 200);
+        assert_eq!(get_head(&weir, &[("x-api-key", "noisy")]).await.0, 200);
     }
-    assert_eq!(get_with(&weir, &[("x-api-key", "noisy")]).await.0, 429);
-    assert_eq!(get_with(&weir, &[("x-api-key", "quiet")]).await.0, 200);
+    assert_eq!(get_head(&weir, &[("x-api-key", "noisy")]).await.0, 429);
+    assert_eq!(get_head(&weir, &[("x-api-key", "quiet")]).await.0, 200);
     // Requests without the header share one bucket of their own.
-    assert_eq!(get_with(&weir, &[]).await.0, 200);
+    assert_eq!(get_head(&weir, &[]).await.0, 200);
     assert_eq!(a.hits(), 4);
 }
 
@@ -90,18 +84,18 @@ async fn forwarded_for_names_the_client_only_behind_a_trusted_proxy() {
     // 127.0.0.1 is a trusted proxy: each forwarded address is its own client.
     let trusted = Weir::start(&limited("client_ip", "trusted_proxies = [\"127.0.0.1/32\"]"), &[&a]).await;
     for _ in 0..2 {
-        assert_eq!(get_with(&trusted, &[("x-forwarded-for", "192.0.2.1")]).await.0, 200);
+        assert_eq!(get_head(&trusted, &[("x-forwarded-for", "192.0.2.1")]).await.0, 200);
     }
-    assert_eq!(get_with(&trusted, &[("x-forwarded-for", "192.0.2.1")]).await.0, 429);
-    assert_eq!(get_with(&trusted, &[("x-forwarded-for", "192.0.2.2")]).await.0, 200);
+    assert_eq!(get_head(&trusted, &[("x-forwarded-for", "192.0.2.1")]).await.0, 429);
+    assert_eq!(get_head(&trusted, &[("x-forwarded-for", "192.0.2.2")]).await.0, 200);
     // A forged left-most entry does not help: the right-most untrusted one counts.
-    assert_eq!(get_with(&trusted, &[("x-forwarded-for", "198.51.100.7, 192.0.2.1")]).await.0, 429);
+    assert_eq!(get_head(&trusted, &[("x-forwarded-for", "198.51.100.7, 192.0.2.1")]).await.0, 429);
 
     // Not trusted: the header is ignored and every request is 127.0.0.1's.
     let untrusted = Weir::start(&limited("client_ip", ""), &[&a]).await;
-    assert_eq!(get_with(&untrusted, &[("x-forwarded-for", "192.0.2.1")]).await.0, 200);
-    assert_eq!(get_with(&untrusted, &[("x-forwarded-for", "192.0.2.2")]).await.0, 200);
-    assert_eq!(get_with(&untrusted, &[("x-forwarded-for", "192.0.2.3")]).await.0, 429);
+    assert_eq!(get_head(&untrusted, &[("x-forwarded-for", "192.0.2.1")]).await.0, 200);
+    assert_eq!(get_head(&untrusted, &[("x-forwarded-for", "192.0.2.2")]).await.0, 200);
+    assert_eq!(get_head(&untrusted, &[("x-forwarded-for", "192.0.2.3")]).await.0, 429);
 }
 
 fn queued(queue_size: usize, queue_timeout: &str) -> String {
@@ -139,7 +133,7 @@ async fn max_in_flight_queues_then_refuses_the_overflow() {
     tokio::time::sleep(Duration::from_millis(100)).await;
     // One in flight, one queued: the queue is full, so the third is refused at once.
     let started = Instant::now();
-    assert_eq!(get_with(&weir, &[]).await.0, 503);
+    assert_eq!(get_head(&weir, &[]).await.0, 503);
     assert!(started.elapsed() < Duration::from_millis(200), "{:?}", started.elapsed());
     assert_eq!(first.await.unwrap(), 200);
     assert_eq!(second.await.unwrap(), 200, "the queued request waited its turn");
@@ -159,7 +153,7 @@ async fn a_queued_request_times_out_with_503() {
     });
     tokio::time::sleep(Duration::from_millis(100)).await;
     let started = Instant::now();
-    assert_eq!(get_with(&weir, &[]).await.0, 503);
+    assert_eq!(get_head(&weir, &[]).await.0, 503);
     let waited = started.elapsed();
     assert!(waited >= Duration::from_millis(100) && waited < Duration::from_millis(450), "{waited:?}");
     assert_eq!(first.await.unwrap(), 200);

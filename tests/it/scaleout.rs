@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::support::{get, Backend, Weir};
+use crate::support::{get, metric, Backend, Weir};
 
 /// A `redis-server` on a free loopback port, persistence off, killed when dropped.
 struct Redis {
@@ -96,11 +96,6 @@ store = "{store}"
     )
 }
 
-/// The value of the sample `name{labels}` in a metrics text, 0 when absent.
-fn sample(metrics: &str, series: &str) -> f64 {
-    metrics.lines().find_map(|l| l.strip_prefix(series)?.trim().parse().ok()).unwrap_or(0.0)
-}
-
 /// Two instances sharing one Redis admit the limit's rate in total, not twice it;
 /// then Redis dies and both keep serving on their local buckets, counting the errors.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -153,11 +148,11 @@ async fn two_instances_share_one_limit_through_redis_and_fail_open_without_it() 
         "admitted {admitted} in {elapsed:.3}s, expected {expected:.0} (within 5%)"
     );
     // Both instances did admit some: the total is shared, not one instance's.
-    let served = |m: &str| sample(m, "weir_requests_total{code=\"200\",upstream=\"app\"}");
+    let served = |m: &str| metric(m, "weir_requests_total{code=\"200\",upstream=\"app\"}");
     let (m1, m2) = (one.metrics().await, two.metrics().await);
     assert!(served(&m1) > 0.0 && served(&m2) > 0.0, "one instance admitted nothing");
-    assert_eq!(sample(&m1, "weir_rate_limit_store_errors_total{rate_limit=\"shared\"}"), 0.0);
-    assert_eq!(sample(&m2, "weir_rate_limit_store_errors_total{rate_limit=\"shared\"}"), 0.0);
+    assert_eq!(metric(&m1, "weir_rate_limit_store_errors_total{rate_limit=\"shared\"}"), 0.0);
+    assert_eq!(metric(&m2, "weir_rate_limit_store_errors_total{rate_limit=\"shared\"}"), 0.0);
 
     // Redis goes away: requests are still served (fail-open), decided locally.
     redis.stop();
@@ -169,7 +164,7 @@ async fn two_instances_share_one_limit_through_redis_and_fail_open_without_it() 
     }
     let errors = || async {
         let metrics = one.metrics().await;
-        sample(&metrics, "weir_rate_limit_store_errors_total{rate_limit=\"shared\"}")
+        metric(&metrics, "weir_rate_limit_store_errors_total{rate_limit=\"shared\"}")
     };
     assert!(errors().await >= 5.0, "store errors not counted");
 
@@ -200,7 +195,7 @@ async fn a_limit_that_fails_closed_refuses_when_the_store_is_down() {
     assert_eq!(get(&weir.url("/")).await.0, 429);
     assert_eq!(a.hits(), 0);
     let metrics = weir.metrics().await;
-    assert_eq!(sample(&metrics, "weir_rate_limit_store_errors_total{rate_limit=\"shared\"}"), 1.0);
+    assert_eq!(metric(&metrics, "weir_rate_limit_store_errors_total{rate_limit=\"shared\"}"), 1.0);
 }
 
 /// The weir binary, for the tests that need separate processes.

@@ -11,7 +11,7 @@ use http_body_util::Full;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::support::{send, Backend, Reply, Weir};
+use crate::support::{get_with, send, Backend, Reply, Weir};
 
 const LISTENER: &str = r#"
 [admin]
@@ -24,14 +24,6 @@ listen = "127.0.0.1:0"
 /// `LISTENER` + `extra` (top-level keys first) + `routes` + one upstream `app` on `{a}`.
 fn config(top: &str, routes: &str, upstream_extra: &str) -> String {
     format!("{top}\n{LISTENER}\n{routes}\n[upstreams.app]\nservers = [{{ address = \"{{a}}\" }}]\n{upstream_extra}\n")
-}
-
-async fn get_with(weir: &Weir, path: &str, headers: &[(&str, &str)]) -> (StatusCode, HeaderMap, Bytes) {
-    let mut req = Request::get(weir.url(path));
-    for (name, value) in headers {
-        req = req.header(*name, *value);
-    }
-    send(req.body(Full::new(Bytes::new())).unwrap()).await
 }
 
 /// Writes `request` as raw bytes and reads until the server closes or 3s pass.

@@ -418,3 +418,23 @@ impl SteadyLoad {
         (self.ok.load(SeqCst), self.failed.load(SeqCst))
     }
 }
+
+/// GET `path` on `weir` with extra request headers: status, headers and body.
+pub async fn get_with(weir: &Weir, path: &str, headers: &[(&str, &str)]) -> (StatusCode, HeaderMap, Bytes) {
+    let mut req = Request::get(weir.url(path));
+    for (name, value) in headers {
+        req = req.header(*name, *value);
+    }
+    send(req.body(Full::new(Bytes::new())).unwrap()).await
+}
+
+/// The value of the sample `series` (name and exact label set) in a metrics text,
+/// 0 when absent.
+pub fn metric(text: &str, series: &str) -> f64 {
+    text.lines().find_map(|line| line.strip_prefix(series)?.trim().parse().ok()).unwrap_or(0.0)
+}
+
+/// An address on 127.0.0.1 that nothing listens on (bound, then closed).
+pub async fn dead_addr() -> SocketAddr {
+    TcpListener::bind("127.0.0.1:0").await.unwrap().local_addr().unwrap()
+}

@@ -370,7 +370,8 @@ fn build_route(
         Action::Answer(_) => None,
     };
     let uses = |var: Var| request_headers.into_iter().chain(response_headers.as_ref()).any(|h| h.uses(var));
-    let needs_client_ip = access.is_some() || uses(Var::ClientIp);
+    let hashes_client = matches!(&action, Action::Proxy(p) if p.upstream.balancer.uses_client_ip());
+    let needs_client_ip = access.is_some() || uses(Var::ClientIp) || hashes_client;
     let request_id = r.request_id || uses(Var::RequestId);
     Route {
         prefix,

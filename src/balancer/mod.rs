@@ -96,6 +96,12 @@ impl Balancer {
         }
     }
 
+    /// Whether picks depend on the client's address (`consistent_hash` keyed on
+    /// `client_ip`), so the route resolves it through `trusted_proxies` first.
+    pub fn uses_client_ip(&self) -> bool {
+        matches!(self, Balancer::ConsistentHash(b) if matches!(b.key(), HashKey::ClientIp))
+    }
+
     /// What this balancer needs to know about `req`, from a client at `client_ip`.
     /// Only `consistent_hash` looks at the request; for the others this is free.
     pub fn key<B>(&self, req: &http::Request<B>, client_ip: IpAddr) -> PickKey {

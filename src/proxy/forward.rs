@@ -59,6 +59,9 @@ static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection"
 pub struct Trace {
     /// Index into `upstream.servers` of the last server tried.
     pub server: Option<usize>,
+    /// The client's address as resolved through `trusted_proxies`, when the route
+    /// needed it; else the balancer uses the TCP peer.
+    pub client_ip: Option<std::net::IpAddr>,
     pub retries: u32,
     /// Where the request body counts its bytes for the access log, if it has one.
     pub request_bytes: Option<Arc<AtomicU64>>,
@@ -113,7 +116,7 @@ pub async fn forward_request(
     trace: &mut Trace,
 ) -> Result<Response<Body>, ProxyError> {
     // Only consistent_hash reads the request here; for the others this is a no-op.
-    let key: PickKey = upstream.balancer.key(&req, peer.addr.ip());
+    let key: PickKey = upstream.balancer.key(&req, trace.client_ip.unwrap_or(peer.addr.ip()));
     let preferred = upstream.sticky.as_ref().and_then(|s| s.preferred(req.headers()));
     let timeout = trace.limits.request_timeout.unwrap_or(upstream.request_timeout);
     let body_limit = trace.limits.body.take();

@@ -149,6 +149,7 @@ async fn proxy_to(
         Some((_, Decision::Deny { retry_after })) => Err(ProxyError::RateLimited { retry_after }),
         _ => {
             shape_request(proxy, &mut req, peer, &shaped);
+            trace.client_ip = shaped.client;
             trace.limits = Limits {
                 request_timeout: Some(proxy.request_timeout),
                 body: proxy.max_request_body.map(|max| Arc::new(BodyLimit::new(max))),

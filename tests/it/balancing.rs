@@ -148,3 +148,33 @@ async fn consistent_hash_without_the_key_takes_turns() {
     seen.sort();
     assert_eq!(seen, vec!["a", "b", "c"]);
 }
+
+/// Behind a trusted proxy, `hash_key = "client_ip"` hashes the client named in
+/// `X-Forwarded-For`, not the proxy: many clients spread over the servers. Without
+/// the trust, the header is ignored and every request hashes the one TCP peer.
+#[tokio::test]
+async fn consistent_hash_on_client_ip_uses_the_client_behind_a_trusted_proxy() {
+    let a = Backend::named("a").start().await;
+    let b = Backend::named("b").start().await;
+    let c = Backend::named("c").start().await;
+    let config = |trusted: &str| {
+        format!(
+            "{trusted}\n[[listeners]]\nname = \"web\"\nlisten = \"127.0.0.1:0\"\n[[routes]]\nupstream = \"app\"\n\
+             [upstreams.app]\nbalancer = \"consistent_hash\"\nhash_key = \"client_ip\"\n\
+             servers = [{{ address = \"{{a}}\" }}, {{ address = \"{{b}}\" }}, {{ address = \"{{c}}\" }}]\n"
+        )
+    };
+    let servers_seen = |weir: Weir| async move {
+        let mut seen = std::collections::HashSet::new();
+        for i in 0..30 {
+            let client = format!("203.0.113.{i}");
+            let (_, _, body) = crate::support::get_with(&weir, "/", &[("x-forwarded-for", &client)]).await;
+            seen.insert(body);
+        }
+        seen.len()
+    };
+    let trusting = Weir::start(&config("trusted_proxies = [\"127.0.0.1/32\"]"), &[&a, &b, &c]).await;
+    assert_eq!(servers_seen(trusting).await, 3, "clients behind the proxy spread over every server");
+    let untrusting = Weir::start(&config(""), &[&a, &b, &c]).await;
+    assert_eq!(servers_seen(untrusting).await, 1, "an untrusted header does not move the hash");
+}

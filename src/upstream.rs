@@ -155,12 +155,6 @@ impl Server {
 /// so an error, an early return or a vanished client cannot leak a count.
 pub struct InFlight(Arc<Server>);
 
-impl InFlight {
-    pub fn server(&self) -> &Arc<Server> {
-        &self.0
-    }
-}
-
 impl Drop for InFlight {
     fn drop(&mut self) {
         self.0.metrics.in_flight.dec();

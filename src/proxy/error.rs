@@ -63,11 +63,6 @@ impl ProxyError {
         }
     }
 
-    /// Safe to try the next server: nothing reached the upstream yet.
-    pub fn retryable(&self) -> bool {
-        matches!(self, ProxyError::Connect { .. })
-    }
-
     /// A short static name of what went wrong, for logs and health reasons.
     pub fn kind(&self) -> &'static str {
         match self {
@@ -154,12 +149,10 @@ mod tests {
     }
 
     #[test]
-    fn only_connect_failures_are_retryable() {
+    fn each_error_has_its_status() {
         let connect = ProxyError::Connect { server: "a".into(), reason: "refused".into() };
-        assert!(connect.retryable());
         assert_eq!(connect.status(), StatusCode::BAD_GATEWAY);
         let timeout = ProxyError::UpstreamTimeout { server: "a".into(), after: Duration::from_secs(1) };
-        assert!(!timeout.retryable());
         assert_eq!(timeout.status(), StatusCode::GATEWAY_TIMEOUT);
         assert_eq!(
             ProxyError::NoHealthyServer { upstream: "u".into() }.status(),
@@ -168,7 +161,6 @@ mod tests {
         assert_eq!(ProxyError::NoRoute.status(), StatusCode::NOT_FOUND);
         let limited = ProxyError::RateLimited { retry_after: Duration::from_secs(1) };
         assert_eq!(limited.status(), StatusCode::TOO_MANY_REQUESTS);
-        assert!(!limited.retryable());
         assert_eq!(ProxyError::QueueFull { upstream: "u".into() }.status(), StatusCode::SERVICE_UNAVAILABLE);
         let queued = ProxyError::QueueTimeout { upstream: "u".into(), after: Duration::from_secs(1) };
         assert_eq!(queued.status(), StatusCode::SERVICE_UNAVAILABLE);

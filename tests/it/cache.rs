@@ -161,17 +161,19 @@ async fn cache_control_directives_are_honoured() {
 #[tokio::test]
 async fn expiry_and_must_revalidate_send_the_next_request_upstream() {
     let a = counting("a").start().await;
+    // max-age=2, not 1: Date has whole seconds, so a copy may be stored up to a
+    // second old, and a 1s lifetime could already be over at the second request.
     let weir = weir(&a, "stale_while_revalidate = \"30s\"").await;
-    assert_eq!(twice(&weir, &a, "/cc/max-age=1%2C_must-revalidate", &[]).await, 1);
-    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(twice(&weir, &a, "/cc/max-age=2%2C_must-revalidate", &[]).await, 1);
+    tokio::time::sleep(Duration::from_millis(2100)).await;
     // Stale, and must-revalidate forbids serving it while revalidating (the entry
     // is dropped at expiry, since no stale window applies).
-    let (_, h, body) = get_text(&weir, "/cc/max-age=1%2C_must-revalidate", &[]).await;
+    let (_, h, body) = get_text(&weir, "/cc/max-age=2%2C_must-revalidate", &[]).await;
     assert_eq!((cache_status(&h), body.as_str()), ("weir; fwd=uri-miss; stored", "2"));
     // Without it, the same expiry is served stale while revalidating.
-    assert_eq!(twice(&weir, &a, "/cc/max-age=1", &[]).await, 1);
-    tokio::time::sleep(Duration::from_millis(1100)).await;
-    let (_, h, _) = get_text(&weir, "/cc/max-age=1", &[]).await;
+    assert_eq!(twice(&weir, &a, "/cc/max-age=2", &[]).await, 1);
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let (_, h, _) = get_text(&weir, "/cc/max-age=2", &[]).await;
     assert_eq!(cache_status(&h), "weir; hit; detail=stale-while-revalidate");
 }
 
@@ -250,20 +252,20 @@ async fn stale_if_error_serves_the_stale_entry_while_the_backend_is_dead_or_fail
         .start()
         .await;
     let weir = weir(&a, "stale_if_error = \"30s\"").await;
-    for path in ["/cc/max-age=1", "/cc/max-age=1?down"] {
+    for path in ["/cc/max-age=2", "/cc/max-age=2?down"] {
         assert_eq!(get_text(&weir, path, &[]).await.2, "good");
     }
-    tokio::time::sleep(Duration::from_millis(1100)).await;
+    tokio::time::sleep(Duration::from_millis(2100)).await;
     // 5xx from a live backend.
     failing.store(true, SeqCst);
-    let (status, h, body) = get_text(&weir, "/cc/max-age=1", &[]).await;
+    let (status, h, body) = get_text(&weir, "/cc/max-age=2", &[]).await;
     assert_eq!(
         (status, cache_status(&h), body.as_str()),
         (StatusCode::OK, "weir; fwd=stale; detail=stale-if-error", "good")
     );
     // The backend process is gone.
     a.kill();
-    let (status, h, body) = get_text(&weir, "/cc/max-age=1?down", &[]).await;
+    let (status, h, body) = get_text(&weir, "/cc/max-age=2?down", &[]).await;
     assert_eq!(
         (status, cache_status(&h), body.as_str()),
         (StatusCode::OK, "weir; fwd=stale; detail=stale-if-error", "good")
@@ -317,12 +319,14 @@ async fn negative_ttl_keeps_404s_briefly() {
         })
         .start()
         .await;
-    let weir = weir(&a, "negative_ttl = \"1s\"").await;
+    // Date has whole seconds, so a stored copy may already be up to a second old:
+    // a 2s window leaves at least one second for the ten requests below.
+    let weir = weir(&a, "negative_ttl = \"2s\"").await;
     for _ in 0..10 {
         assert_eq!(get_text(&weir, "/missing", &[]).await.0, StatusCode::NOT_FOUND);
     }
     assert_eq!(a.hits(), 1, "one miss per window");
-    tokio::time::sleep(Duration::from_millis(1100)).await;
+    tokio::time::sleep(Duration::from_millis(2100)).await;
     assert_eq!(get_text(&weir, "/missing", &[]).await.0, StatusCode::NOT_FOUND);
     assert_eq!(a.hits(), 2);
 }

@@ -306,18 +306,20 @@ async fn probe(upstream: &Upstream, server: &Server, check: &ActiveCheck) -> Res
     let attempt = async {
         // A connection of its own, never the request pool's, but spoken the way the
         // upstream's requests are (TLS, h2), so a check tests what traffic will meet.
-        let mut sender = client::connect(upstream, server).await.map_err(|e| e.to_string())?;
+        let sender = client::connect(upstream, server).await.map_err(|e| e.to_string())?;
         let host = match &check.host {
             Some(h) => h.clone(),
             None => HeaderValue::from_str(&server.address).map_err(|e| e.to_string())?,
         };
-        let req = Request::get(check.path.clone())
+        let mut req = Request::get(check.path.clone())
             .header(header::HOST, host)
             .header(header::USER_AGENT, USER_AGENT.clone())
             .body(Body::Empty)
             .map_err(|e| e.to_string())?;
-        let response =
-            sender.send(req, upstream.tls.is_some()).await.map_err(|(e, _)| format!("request: {e}"))?;
+        let response = sender
+            .send(server, &mut req, upstream.tls.is_some())
+            .await
+            .map_err(|f| format!("request: {}", f.error))?;
         let status = response.status().as_u16();
         if check.expected.iter().any(|&(lo, hi)| (lo..=hi).contains(&status)) {
             Ok(())

@@ -160,22 +160,3 @@ impl Drop for InFlight {
         self.0.metrics.in_flight.dec();
     }
 }
-
-/// A connection lent to one request; handed back to the pool only when that
-/// request's response has been read to its end.
-pub struct PooledConn {
-    pub(crate) sender: Sender,
-    pub(crate) server: Arc<Server>,
-}
-
-impl PooledConn {
-    /// Returns an HTTP/1.1 connection to its server's pool; a full pool closes it.
-    /// (h2 connections never left the pool.)
-    pub fn recycle(self) {
-        if let Sender::H1(sender) = self.sender {
-            if !sender.is_closed() {
-                let _ = self.server.state.pool.push(Sender::H1(sender));
-            }
-        }
-    }
-}

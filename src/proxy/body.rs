@@ -1,8 +1,8 @@
 //! `Body`: the one body type weir sends and answers with, so no body is boxed.
 //!
-//! An upstream response body carries the request's `Release`: when the body reaches
-//! its end the connection goes back to its server's pool; when it is dropped early
-//! (client gone, error) the connection is closed instead. Either way the in-flight
+//! An upstream response body carries the request's `Release`: when an HTTP/1.1 body
+//! reaches its end its connection goes back to its server's pool; when it is dropped
+//! early (client gone, error) the connection is closed instead. Either way the in-flight
 //! count is released exactly once, because `Release` owns the `InFlight` guard.
 //!
 //! Bytes are counted as frames pass: a request body with content is wrapped in
@@ -31,14 +31,18 @@ use prometheus::IntCounter;
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::{Instant, Sleep};
 
+use super::client::Sender;
+use super::h1;
 use crate::access_log::Pending;
-use crate::upstream::{InFlight, PooledConn};
+use crate::upstream::{InFlight, Server};
 
 /// Errors a body can yield while streaming.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// A request or response body: streamed from a peer, or fixed bytes made by weir.
+#[derive(Default)]
 pub enum Body {
+    #[default]
     Empty,
     Full(Option<Bytes>),
     /// A client's request body on its way upstream.
@@ -172,9 +176,46 @@ impl RequestBody {
     }
 }
 
+/// A response body as an upstream connection delivers it.
+pub enum ResponseBody {
+    /// weir's own HTTP/1.1 client; the body owns its connection.
+    H1(h1::Body),
+    /// hyper's h2 client; the connection stays shared in the pool.
+    H2(Incoming),
+}
+
+impl http_body::Body for ResponseBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.get_mut() {
+            ResponseBody::H1(body) => Pin::new(body).poll_frame(cx),
+            ResponseBody::H2(body) => Pin::new(body).poll_frame(cx).map_err(Into::into),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            ResponseBody::H1(body) => body.is_end_stream(),
+            ResponseBody::H2(body) => body.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            ResponseBody::H1(body) => body.size_hint(),
+            ResponseBody::H2(body) => body.size_hint(),
+        }
+    }
+}
+
 /// An upstream response body and what to release when it ends.
 pub struct UpstreamBody {
-    pub(crate) inner: Incoming,
+    pub(crate) inner: ResponseBody,
     pub(crate) release: Option<Release>,
     /// Body bytes relayed so far.
     pub(crate) sent: u64,
@@ -183,14 +224,15 @@ pub struct UpstreamBody {
 }
 
 impl UpstreamBody {
-    pub(crate) fn new(inner: Incoming, release: Release) -> UpstreamBody {
+    pub(crate) fn new(inner: ResponseBody, release: Release) -> UpstreamBody {
         UpstreamBody { inner, release: Some(release), sent: 0, log: None }
     }
 }
 
 /// What a response holds on to until its body is delivered.
 pub struct Release {
-    pub(crate) conn: PooledConn,
+    /// The server that answered, whose pool takes the connection back.
+    pub(crate) server: Arc<Server>,
     pub(crate) in_flight: InFlight,
     /// The upstream's `max_in_flight` slot, if it has a limit.
     pub(crate) slot: Option<OwnedSemaphorePermit>,
@@ -206,15 +248,26 @@ pub fn hold_slot(response: &mut http::Response<Body>, slot: OwnedSemaphorePermit
 }
 
 impl UpstreamBody {
-    /// Takes the in-flight guard for a connection that leaves HTTP (an upgrade): the
-    /// connection is not pooled again.
-    pub fn detach(&mut self) -> Option<InFlight> {
-        self.release.take().map(|r| r.in_flight)
+    /// Takes the in-flight guard and, from an HTTP/1.1 upstream, the connection and
+    /// any bytes read past the 101, for a connection that leaves HTTP (an upgrade):
+    /// it is not pooled again.
+    pub fn detach(&mut self) -> (Option<InFlight>, Option<(h1::Stream, Bytes)>) {
+        let conn = match &mut self.inner {
+            ResponseBody::H1(body) => body.take_upgraded(),
+            ResponseBody::H2(_) => None,
+        };
+        (self.release.take().map(|r| r.in_flight), conn)
     }
 
+    /// The body is complete: an HTTP/1.1 connection that can carry another request
+    /// goes back to its server's pool (a full pool closes it).
     fn finish(&mut self) {
         if let Some(release) = self.release.take() {
-            release.conn.recycle();
+            if let ResponseBody::H1(body) = &mut self.inner {
+                if let Some(conn) = body.take_reusable() {
+                    let _ = release.server.state.pool.push(Sender::H1(conn));
+                }
+            }
         }
     }
 }
@@ -252,7 +305,7 @@ impl http_body::Body for Body {
                     up.sent += n;
                     // Counted before `finish` below takes the release.
                     if let Some(release) = &up.release {
-                        release.conn.server.metrics.response_bytes.inc_by(n);
+                        release.server.metrics.response_bytes.inc_by(n);
                     }
                 }
                 match &polled {
@@ -263,7 +316,7 @@ impl http_body::Body for Body {
                     Poll::Ready(Some(Err(_))) => drop(up.release.take()),
                     _ => {}
                 }
-                polled.map_err(Into::into)
+                polled
             }
             Body::Tee(tee) => tee.poll_frame(cx),
         }

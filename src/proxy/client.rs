@@ -1,30 +1,30 @@
 //! The upstream client: connections to servers (TCP, optionally TLS, then HTTP/1.1
 //! or h2), the per-server pool, and sending one request.
 //!
-//! HTTP/1.1 connections carry one exchange at a time: a connection is taken from the
-//! pool, and the response body hands it back when it ends (`body::Release`). An h2
-//! connection is shared: it goes back into the pool as soon as it is taken, and
-//! every request multiplexes over it. A pooled connection that turns out to be closed
-//! hands the request back unsent and is replaced.
+//! HTTP/1.1 connections are weir's own (`h1`) and carry one exchange at a time: a
+//! connection is taken from the pool, and the response body hands it back when it
+//! ends (`body::UpstreamBody`). An h2 connection (hyper's) is shared: it goes back
+//! into the pool as soon as it is taken, and every request multiplexes over it. A
+//! pooled connection that turns out to be closed leaves the request unsent, and is
+//! replaced.
 
 use http::header::{self, HeaderValue};
 use http::uri::{Authority, Scheme, Uri};
 use http::{Request, Response, Version};
-use hyper::body::Incoming;
-use hyper::client::conn::{http1, http2};
+use hyper::client::conn::http2;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use rustls_pki_types::ServerName;
-use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
-use super::body::Body;
+use super::body::{Body, ResponseBody};
 use super::error::ProxyError;
+use super::h1;
 use crate::upstream::{Server, Upstream};
 
-/// A connection's sending half.
+/// A pooled connection.
 pub enum Sender {
-    H1(http1::SendRequest<Body>),
+    H1(h1::Conn),
     H2(http2::SendRequest<Body>),
 }
 
@@ -35,81 +35,98 @@ pub struct UpstreamTls {
     pub name: Option<ServerName<'static>>,
 }
 
+/// A failed send: the error, and whether the request may have reached the server.
+/// When it did not, the request is still whole and can go elsewhere.
+pub struct SendFailure {
+    pub error: ProxyError,
+    pub sent: bool,
+}
+
 impl Sender {
-    pub fn is_closed(&self) -> bool {
-        match self {
-            Sender::H1(s) => s.is_closed(),
-            Sender::H2(s) => s.is_closed(),
-        }
-    }
-
-    async fn ready(&mut self) -> hyper::Result<()> {
-        match self {
-            Sender::H1(s) => s.ready().await,
-            Sender::H2(s) => s.ready().await,
-        }
-    }
-
-    /// Sends `req`; `tls` says which scheme h2 announces. On failure, the request
-    /// comes back if it was not sent.
+    /// Sends `req` (its body is taken once it is on its way); `tls` says which scheme
+    /// h2 announces.
     pub(crate) async fn send(
-        &mut self,
-        req: Request<Body>,
+        self,
+        server: &Server,
+        req: &mut Request<Body>,
         tls: bool,
-    ) -> Result<Response<Incoming>, (hyper::Error, Option<Request<Body>>)> {
-        let result = match self {
-            Sender::H1(s) => s.try_send_request(req).await,
-            Sender::H2(s) => s.try_send_request(to_h2(req, tls)).await,
-        };
-        result.map_err(|mut e| {
-            let unsent = e.take_message();
-            (e.into_error(), unsent)
-        })
+    ) -> Result<Response<ResponseBody>, SendFailure> {
+        match self {
+            Sender::H1(conn) => match conn.send(req).await {
+                Ok(response) => Ok(response.map(ResponseBody::H1)),
+                Err(h1::SendError { error, sent }) => {
+                    Err(SendFailure { error: h1_error(server, error), sent })
+                }
+            },
+            Sender::H2(mut sender) => {
+                if let Err(e) = sender.ready().await {
+                    return Err(SendFailure { error: upstream_error(server, e.into()), sent: false });
+                }
+                match sender.try_send_request(to_h2(std::mem::take(req), tls)).await {
+                    Ok(response) => Ok(response.map(ResponseBody::H2)),
+                    Err(mut e) => {
+                        let unsent = e.take_message();
+                        let sent = unsent.is_none();
+                        if let Some(unsent) = unsent {
+                            *req = unsent;
+                        }
+                        Err(SendFailure { error: upstream_error(server, e.into_error().into()), sent })
+                    }
+                }
+            }
+        }
     }
 }
 
-/// The outcome of one exchange: the response and the connection it came on, or the
-/// error and, when nothing was sent, the request back.
-pub type Exchange = Result<(Response<Incoming>, Sender), (ProxyError, Option<Request<Body>>)>;
-
 /// Sends on a pooled connection if one is alive, else on a new one.
-pub async fn exchange(upstream: &Upstream, server: &Server, mut req: Request<Body>) -> Exchange {
-    while let Some(mut sender) = server.take_idle() {
-        if let Sender::H2(shared) = &sender {
-            // Multiplexed: leave it in the pool for the requests running beside us.
-            if !shared.is_closed() {
+pub async fn exchange(
+    upstream: &Upstream,
+    server: &Server,
+    req: &mut Request<Body>,
+) -> Result<Response<ResponseBody>, SendFailure> {
+    let tls = upstream.tls.is_some();
+    while let Some(sender) = server.take_idle() {
+        let sender = match sender {
+            Sender::H2(shared) if shared.is_closed() => continue,
+            Sender::H2(shared) => {
+                // Multiplexed: leave it in the pool for the requests running beside us.
                 let _ = server.state.pool.push(Sender::H2(shared.clone()));
+                Sender::H2(shared)
             }
-        }
-        // Waits for an HTTP/1.1 connection to finish its previous exchange; errors if
-        // the server closed it while idle.
-        if sender.ready().await.is_err() {
-            continue;
-        }
-        match sender.send(req, upstream.tls.is_some()).await {
-            Ok(response) => return Ok((response, sender)),
+            Sender::H1(mut conn) => {
+                if !conn.is_reusable() {
+                    continue;
+                }
+                Sender::H1(conn)
+            }
+        };
+        match sender.send(server, req, tls).await {
             // Closed before our request went out: nothing sent, try another.
-            Err((_, Some(unsent))) => req = unsent,
-            Err((error, None)) => return Err((upstream_error(server, error), None)),
+            Err(failure) if !failure.sent => continue,
+            done => return done,
         }
     }
     // Boxed: the TLS handshake makes this future kilobytes large, and inline it would
     // grow every request's future, which hyper moves into place per request.
-    let mut sender = match Box::pin(connect(upstream, server)).await {
+    let sender = match Box::pin(connect(upstream, server)).await {
         Ok(sender) => sender,
-        Err(error) => return Err((error, Some(req))),
+        Err(error) => return Err(SendFailure { error, sent: false }),
     };
     if let Sender::H2(shared) = &sender {
         let _ = server.state.pool.push(Sender::H2(shared.clone()));
     }
-    match sender.send(req, upstream.tls.is_some()).await {
-        Ok(response) => Ok((response, sender)),
-        Err((error, unsent)) => Err((upstream_error(server, error), unsent)),
-    }
+    sender.send(server, req, tls).await
 }
 
-fn upstream_error(server: &Server, source: hyper::Error) -> ProxyError {
+fn upstream_error(server: &Server, source: super::body::BoxError) -> ProxyError {
     ProxyError::Upstream { server: server.address.clone(), source }
+}
+
+fn h1_error(server: &Server, error: h1::Error) -> ProxyError {
+    match error {
+        h1::Error::Bad(reason) => ProxyError::BadResponse { server: server.address.clone(), reason },
+        other => upstream_error(server, other.into()),
+    }
 }
 
 /// Opens a connection within `connect_timeout`: TCP, TLS if configured, then the
@@ -120,14 +137,19 @@ pub(crate) async fn connect(upstream: &Upstream, server: &Server) -> Result<Send
         let stream = TcpStream::connect(server.addr).await.map_err(|e| refused(e.to_string()))?;
         // Requests are small writes that must not wait for Nagle's timer.
         let _ = stream.set_nodelay(true);
-        match &upstream.tls {
-            None => handshake(upstream, server, stream).await,
+        let stream = match &upstream.tls {
+            None => h1::Stream::Tcp(stream),
             Some(tls) => {
                 let name = tls.name.clone().unwrap_or_else(|| server.tls_name.clone());
                 let stream =
                     tls.connector.connect(name, stream).await.map_err(|e| refused(format!("TLS: {e}")))?;
-                handshake(upstream, server, stream).await
+                h1::Stream::Tls(Box::new(stream))
             }
+        };
+        if upstream.h2 {
+            handshake_h2(server, stream).await
+        } else {
+            Ok(Sender::H1(h1::Conn::new(stream)))
         }
     };
     match tokio::time::timeout(upstream.connect_timeout, setup).await {
@@ -136,45 +158,27 @@ pub(crate) async fn connect(upstream: &Upstream, server: &Server) -> Result<Send
     }
 }
 
-async fn handshake<S>(upstream: &Upstream, server: &Server, stream: S) -> Result<Sender, ProxyError>
-where
-    S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
-{
-    let refused =
-        |e: hyper::Error| ProxyError::Connect { server: server.address.clone(), reason: e.to_string() };
-    if upstream.h2 {
-        let (sender, conn) = http2::Builder::new(TokioExecutor::new())
-            .timer(TokioTimer::new())
-            .handshake(TokioIo::new(stream))
-            .await
-            .map_err(refused)?;
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(error = %e, "upstream h2 connection closed with an error");
-            }
-        });
-        Ok(Sender::H2(sender))
-    } else {
-        let (sender, conn) = http1::Builder::new().handshake(TokioIo::new(stream)).await.map_err(refused)?;
-        tokio::spawn(async move {
-            // `with_upgrades` lets a 101 response hand the connection to a tunnel.
-            if let Err(e) = conn.with_upgrades().await {
-                tracing::debug!(error = %e, "upstream connection closed with an error");
-            }
-        });
-        Ok(Sender::H1(sender))
-    }
+async fn handshake_h2(server: &Server, stream: h1::Stream) -> Result<Sender, ProxyError> {
+    let (sender, conn) = http2::Builder::new(TokioExecutor::new())
+        .timer(TokioTimer::new())
+        .handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| ProxyError::Connect { server: server.address.clone(), reason: e.to_string() })?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            tracing::debug!(error = %e, "upstream h2 connection closed with an error");
+        }
+    });
+    Ok(Sender::H2(sender))
 }
 
 /// h2 wants the target in absolute form (for `:scheme` and `:authority`) and no
-/// `Host` header.
+/// `Host` header. A request handed back unsent is already in that form, and keeps its
+/// authority.
 fn to_h2(mut req: Request<Body>, tls: bool) -> Request<Body> {
-    let authority = req
-        .headers_mut()
-        .remove(header::HOST)
-        .and_then(|h| Authority::try_from(h.as_bytes()).ok())
-        .unwrap_or_else(|| Authority::from_static("localhost"));
+    let host = req.headers_mut().remove(header::HOST).and_then(|h| Authority::try_from(h.as_bytes()).ok());
     let mut parts = std::mem::take(req.uri_mut()).into_parts();
+    let authority = host.or(parts.authority.take()).unwrap_or_else(|| Authority::from_static("localhost"));
     parts.scheme = Some(if tls { Scheme::HTTPS } else { Scheme::HTTP });
     parts.authority = Some(authority);
     if let Ok(uri) = Uri::from_parts(parts) {

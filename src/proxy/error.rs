@@ -19,7 +19,7 @@ pub enum ProxyError {
     #[error("{server} sent no response headers within {after:?}")]
     UpstreamTimeout { server: Box<str>, after: Duration },
     #[error("{server} failed the request: {source}")]
-    Upstream { server: Box<str>, source: hyper::Error },
+    Upstream { server: Box<str>, source: super::body::BoxError },
     #[error("rate limited; next request allowed in {retry_after:?}")]
     RateLimited { retry_after: Duration },
     #[error("upstream `{upstream}` is at max_in_flight and its queue is full")]

@@ -24,7 +24,7 @@ use super::client::{self, TE_TRAILERS};
 use super::error::ProxyError;
 use crate::balancer::PickKey;
 use crate::health::{self, Outcome};
-use crate::upstream::{PooledConn, Server, Upstream};
+use crate::upstream::{Server, Upstream};
 
 /// Facts about the client connection a request arrived on, computed once per
 /// connection.
@@ -142,10 +142,11 @@ pub async fn forward_request(
         }
         tried.insert(index);
         trace.server = Some(index);
-        // A copy to replay if the connection drops after the request went out; only
-        // worth its allocation when there is another server to replay it on.
-        let copy = (replayable && upstream.servers.len() > 1).then(|| copy_head(&req));
-        match attempt(upstream, (index, server), req, timeout).await {
+        // The HTTP/1.1 client leaves a bodyless request whole, so it can be sent again
+        // if the connection drops after it went out; h2 consumes it, so a copy is kept,
+        // when there is another server to replay it on.
+        let copy = (upstream.h2 && replayable && upstream.servers.len() > 1).then(|| copy_head(&req));
+        match attempt(upstream, (index, server), &mut req, timeout).await {
             Ok(mut response) => {
                 health::record(upstream, server, Outcome::Response(response.status()));
                 if let Some(sticky) = upstream.sticky.as_ref().filter(|_| preferred != Some(index)) {
@@ -160,24 +161,26 @@ pub async fn forward_request(
                 }
                 return Ok(response);
             }
-            Err((error, unsent)) => {
+            Err((error, sent)) => {
                 // The client's body crossed the limit: the server did nothing wrong.
                 if let Some(limit) = body_limit.as_ref().filter(|l| l.crossed()) {
                     return Err(ProxyError::BodyTooLarge { limit: limit.max });
                 }
                 health::record(upstream, server, Outcome::Failure(error.kind()));
-                let again = match (&error, unsent) {
-                    (_, Some(unsent)) => Some(unsent),
-                    (ProxyError::Upstream { .. }, None) => copy,
-                    _ => None,
-                };
-                match again {
-                    Some(next) => {
-                        req = next;
-                        last_error = Some(error);
-                    }
-                    None => return Err(error),
+                // Unsent: any request may go elsewhere. Sent: only a replayable one, and
+                // only when the connection failed (a timeout or a bad response may
+                // have done the work already).
+                let again = !sent
+                    || (replayable
+                        && matches!(error, ProxyError::Upstream { .. })
+                        && (!upstream.h2 || copy.is_some()));
+                if !again {
+                    return Err(error);
                 }
+                if let (true, Some(copy)) = (sent, copy) {
+                    req = copy;
+                }
+                last_error = Some(error);
             }
         }
     }
@@ -252,43 +255,36 @@ impl Tried {
     }
 }
 
-type Attempt = Result<Response<Body>, (ProxyError, Option<Request<Body>>)>;
+/// A failed try: the error, and whether the request may have reached the server.
+type Attempt = Result<Response<Body>, (ProxyError, bool)>;
 
-/// One try on one server. On a failure before anything was sent, the request comes
-/// back for the next server.
+/// One try on one server. On a failure before anything was sent, `req` is left
+/// whole for the next server.
 async fn attempt(
     upstream: &Upstream,
     (index, server): (usize, &Arc<Server>),
-    req: Request<Body>,
+    req: &mut Request<Body>,
     timeout: Duration,
 ) -> Attempt {
     let in_flight = server.begin();
     let started = Instant::now();
     let exchange = tokio::time::timeout(timeout, client::exchange(upstream, server, req)).await;
-    let (response, sender) = match exchange {
-        Ok(Ok(done)) => done,
-        Ok(Err((error, unsent))) => {
-            if matches!(error, ProxyError::Connect { .. }) {
+    let response = match exchange {
+        Ok(Ok(response)) => response,
+        Ok(Err(failure)) => {
+            if matches!(failure.error, ProxyError::Connect { .. }) {
                 server.metrics.connect_errors.inc();
             }
-            return Err((error, unsent));
+            return Err((failure.error, failure.sent));
         }
         Err(_) => {
             // A timeout is a latency too: the slowest one a latency-aware balancer sees.
             upstream.balancer.observe(index, timeout, Instant::now());
             server.metrics.timeouts.inc();
             let error = ProxyError::UpstreamTimeout { server: server.address.clone(), after: timeout };
-            return Err((error, None));
+            return Err((error, true));
         }
     };
-    // RFC 9112 §6.3: a length and a coding together may be response splitting, and
-    // hyper keeps the length header while reading the chunks: forwarded, the client
-    // would frame the body by the wrong one. Refused; the connection is not reused.
-    let headers = response.headers();
-    if headers.contains_key(header::TRANSFER_ENCODING) && headers.contains_key(header::CONTENT_LENGTH) {
-        let reason = "both Content-Length and Transfer-Encoding";
-        return Err((ProxyError::BadResponse { server: server.address.clone(), reason }, None));
-    }
     let answered = Instant::now();
     upstream.balancer.observe(index, answered - started, answered);
     server.metrics.requests.inc(response.status());
@@ -302,7 +298,7 @@ async fn attempt(
         parts.headers.insert(header::UPGRADE, protocol);
         parts.headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
     }
-    let release = Release { conn: PooledConn { sender, server: server.clone() }, in_flight, slot: None };
+    let release = Release { server: server.clone(), in_flight, slot: None };
     let body = Body::Upstream(UpstreamBody::new(body, release));
     Ok(Response::from_parts(parts, body))
 }
@@ -370,21 +366,29 @@ fn has_token(value: &HeaderValue, token: &str) -> bool {
 /// Joins the client and upstream sides of an upgraded connection and copies bytes
 /// both ways until either closes. The request stays in flight for the tunnel's life.
 fn tunnel(mut response: Response<Body>, client: OnUpgrade) -> Response<Body> {
-    let upstream = hyper::upgrade::on(&mut response);
-    let in_flight = match response.body_mut() {
+    let (in_flight, upstream) = match response.body_mut() {
         Body::Upstream(body) => body.detach(),
-        _ => None,
+        _ => (None, None),
     };
     tokio::spawn(async move {
         let _in_flight = in_flight;
-        match tokio::try_join!(client, upstream) {
-            Ok((client, upstream)) => {
-                let (mut client, mut upstream) = (TokioIo::new(client), TokioIo::new(upstream));
-                if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
-                    tracing::debug!(error = %e, "tunnel closed with an error");
-                }
+        let Some((mut upstream, early)) = upstream else {
+            tracing::debug!("upgrade failed: the upstream connection is not HTTP/1.1");
+            return;
+        };
+        let client = match client.await {
+            Ok(client) => client,
+            Err(e) => return tracing::debug!(error = %e, "upgrade failed"),
+        };
+        let mut client = TokioIo::new(client);
+        // Bytes the server sent right behind its 101 belong to the tunnel.
+        if !early.is_empty() {
+            if let Err(e) = tokio::io::AsyncWriteExt::write_all(&mut client, &early).await {
+                return tracing::debug!(error = %e, "tunnel closed with an error");
             }
-            Err(e) => tracing::debug!(error = %e, "upgrade failed"),
+        }
+        if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
+            tracing::debug!(error = %e, "tunnel closed with an error");
         }
     });
     response

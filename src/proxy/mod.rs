@@ -15,6 +15,7 @@ pub mod client_ip;
 pub mod error;
 pub mod forward;
 pub mod framing;
+pub mod h1;
 pub mod retry;
 pub mod route;
 

@@ -317,7 +317,7 @@ async fn probe(upstream: &Upstream, server: &Server, check: &ActiveCheck) -> Res
             .body(Body::Empty)
             .map_err(|e| e.to_string())?;
         let response = sender
-            .send(server, &mut req, upstream.tls.is_some())
+            .send(server, &mut req, None, upstream.tls.is_some())
             .await
             .map_err(|f| format!("request: {}", f.error))?;
         let status = response.status().as_u16();

@@ -19,6 +19,7 @@ use tokio_rustls::TlsConnector;
 
 use super::body::{Body, ResponseBody};
 use super::error::ProxyError;
+use super::forward::Forwarded;
 use super::h1;
 use crate::upstream::{Server, Upstream};
 
@@ -44,15 +45,17 @@ pub struct SendFailure {
 
 impl Sender {
     /// Sends `req` (its body is taken once it is on its way); `tls` says which scheme
-    /// h2 announces.
+    /// h2 announces. `forwarded`: headers the HTTP/1.1 client adds as it writes the
+    /// head (for h2 they are in the map already).
     pub(crate) async fn send(
         self,
         server: &Server,
         req: &mut Request<Body>,
+        forwarded: Option<&Forwarded>,
         tls: bool,
     ) -> Result<Response<ResponseBody>, SendFailure> {
         match self {
-            Sender::H1(conn) => match conn.send(req).await {
+            Sender::H1(conn) => match conn.send(req, forwarded).await {
                 Ok(response) => Ok(response.map(ResponseBody::H1)),
                 Err(h1::SendError { error, sent }) => {
                     Err(SendFailure { error: h1_error(server, error), sent })
@@ -83,6 +86,7 @@ pub async fn exchange(
     upstream: &Upstream,
     server: &Server,
     req: &mut Request<Body>,
+    forwarded: Option<&Forwarded>,
 ) -> Result<Response<ResponseBody>, SendFailure> {
     let tls = upstream.tls.is_some();
     while let Some(sender) = server.take_idle() {
@@ -100,7 +104,7 @@ pub async fn exchange(
                 Sender::H1(conn)
             }
         };
-        match sender.send(server, req, tls).await {
+        match sender.send(server, req, forwarded, tls).await {
             // Closed before our request went out: nothing sent, try another.
             Err(failure) if !failure.sent => continue,
             done => return done,
@@ -115,7 +119,7 @@ pub async fn exchange(
     if let Sender::H2(shared) = &sender {
         let _ = server.state.pool.push(Sender::H2(shared.clone()));
     }
-    sender.send(server, req, tls).await
+    sender.send(server, req, forwarded, tls).await
 }
 
 fn upstream_error(server: &Server, source: super::body::BoxError) -> ProxyError {

@@ -120,7 +120,16 @@ pub async fn forward_request(
     let preferred = upstream.sticky.as_ref().and_then(|s| s.preferred(req.headers()));
     let timeout = trace.limits.request_timeout.unwrap_or(upstream.request_timeout);
     let body_limit = trace.limits.body.take();
-    let (mut req, mut on_upgrade) = prepare(req, peer);
+    let (mut req, mut on_upgrade, forwarded) = prepare(req, peer);
+    // h2 takes the headers from the map; weir's HTTP/1.1 client writes them into the
+    // head itself, sparing the map a grow and a rehash per request.
+    let forwarded = match upstream.h2 {
+        true => {
+            forwarded.insert_into(req.headers_mut());
+            None
+        }
+        false => Some(forwarded),
+    };
     upstream.retry_budget.deposit();
     let replayable = is_idempotent(req.method()) && http_body::Body::is_end_stream(req.body());
     let panic = upstream.health.in_panic(&upstream.servers);
@@ -146,7 +155,7 @@ pub async fn forward_request(
         // if the connection drops after it went out; h2 consumes it, so a copy is kept,
         // when there is another server to replay it on.
         let copy = (upstream.h2 && replayable && upstream.servers.len() > 1).then(|| copy_head(&req));
-        match attempt(upstream, (index, server), &mut req, timeout).await {
+        match attempt(upstream, (index, server), &mut req, forwarded.as_ref(), timeout).await {
             Ok(mut response) => {
                 health::record(upstream, server, Outcome::Response(response.status()));
                 if let Some(sticky) = upstream.sticky.as_ref().filter(|_| preferred != Some(index)) {
@@ -264,11 +273,12 @@ async fn attempt(
     upstream: &Upstream,
     (index, server): (usize, &Arc<Server>),
     req: &mut Request<Body>,
+    forwarded: Option<&Forwarded>,
     timeout: Duration,
 ) -> Attempt {
     let in_flight = server.begin();
     let started = Instant::now();
-    let exchange = tokio::time::timeout(timeout, client::exchange(upstream, server, req)).await;
+    let exchange = tokio::time::timeout(timeout, client::exchange(upstream, server, req, forwarded)).await;
     let response = match exchange {
         Ok(Ok(response)) => response,
         Ok(Err(failure)) => {
@@ -303,11 +313,54 @@ async fn attempt(
     Ok(Response::from_parts(parts, body))
 }
 
+/// The `X-Forwarded-*` headers weir adds to a request: `-Host` and `-Proto` replace
+/// the client's, and the client's address is appended to its `-For`.
+pub struct Forwarded {
+    /// The host the client asked for, if it named one.
+    pub host: Option<HeaderValue>,
+    pub proto: &'static str,
+    pub ip: HeaderValue,
+}
+
+impl Forwarded {
+    /// Sets the headers in `headers`, for a client that sends from the map (h2).
+    fn insert_into(&self, headers: &mut HeaderMap) {
+        if let Some(host) = &self.host {
+            headers.insert(X_FORWARDED_HOST.clone(), host.clone());
+        }
+        headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(self.proto));
+        append_forwarded_for(headers, &self.ip);
+    }
+
+    /// Whether `name` is one of the headers this replaces.
+    pub fn replaces(name: &HeaderName) -> bool {
+        *name == X_FORWARDED_FOR || *name == X_FORWARDED_HOST || *name == X_FORWARDED_PROTO
+    }
+
+    /// Writes the headers as HTTP/1.1 fields into `out`, joining any `X-Forwarded-For`
+    /// the client sent (which `replaces` skipped) with the client's address.
+    pub fn encode(&self, headers: &HeaderMap, out: &mut Vec<u8>) {
+        out.extend_from_slice(b"x-forwarded-for: ");
+        for value in headers.get_all(&X_FORWARDED_FOR) {
+            out.extend_from_slice(value.as_bytes());
+            out.extend_from_slice(b", ");
+        }
+        out.extend_from_slice(self.ip.as_bytes());
+        if let Some(host) = &self.host {
+            out.extend_from_slice(b"\r\nx-forwarded-host: ");
+            out.extend_from_slice(host.as_bytes());
+        }
+        out.extend_from_slice(b"\r\nx-forwarded-proto: ");
+        out.extend_from_slice(self.proto.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+}
+
 /// Turns a client request into the upstream request: origin-form target, HTTP/1.1,
-/// hop-by-hop headers removed, `X-Forwarded-*` set, `Host` kept. An upgrade request
-/// (WebSocket) keeps its `Upgrade` header, and the client side of the tunnel-to-be
-/// is taken out of the request.
-fn prepare(req: Request<Body>, peer: &Peer) -> (Request<Body>, Option<OnUpgrade>) {
+/// hop-by-hop headers removed, `Host` kept, and the `X-Forwarded-*` headers to add.
+/// An upgrade request (WebSocket) keeps its `Upgrade` header, and the client side of
+/// the tunnel-to-be is taken out of the request.
+fn prepare(req: Request<Body>, peer: &Peer) -> (Request<Body>, Option<OnUpgrade>, Forwarded) {
     let (mut parts, body) = req.into_parts();
     let headers = &mut parts.headers;
     let upgrade = requested_upgrade(headers);
@@ -337,19 +390,15 @@ fn prepare(req: Request<Body>, peer: &Peer) -> (Request<Body>, Option<OnUpgrade>
         }
         None => headers.get(header::HOST).cloned(),
     };
-    if let Some(host) = host {
-        headers.insert(X_FORWARDED_HOST.clone(), host);
-    }
     let proto = if peer.tls { "https" } else { "http" };
-    headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(proto));
-    append_forwarded_for(headers, &peer.ip);
+    let forwarded = Forwarded { host, proto, ip: peer.ip.clone() };
 
     if parts.uri.scheme().is_some() || parts.uri.authority().is_some() {
         let path = parts.uri.path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/"));
         parts.uri = Uri::from(path);
     }
     parts.version = Version::HTTP_11;
-    (Request::from_parts(parts, body), on_upgrade)
+    (Request::from_parts(parts, body), on_upgrade, forwarded)
 }
 
 /// The `Upgrade` protocol, when `Connection` asks for an upgrade.

@@ -30,6 +30,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 
 use super::body::BoxError;
+use super::forward::Forwarded;
 
 /// Most headers a response may carry, as hyper allows.
 const MAX_HEADERS: usize = 100;
@@ -161,8 +162,12 @@ impl Conn {
     /// A request body is uploaded while the response is awaited and, if the server
     /// answers before the upload ends (an echo, an early 413), while the response
     /// body streams: whatever polls the connection also moves the upload along.
-    pub async fn send(mut self, req: &mut Request<super::body::Body>) -> Result<Response<Body>, SendError> {
-        let framing = encode_head(req, &mut self.write);
+    pub async fn send(
+        mut self,
+        req: &mut Request<super::body::Body>,
+        forwarded: Option<&Forwarded>,
+    ) -> Result<Response<Body>, SendError> {
+        let framing = encode_head(req, forwarded, &mut self.write);
         if let Err(e) = self.io.write_all(&self.write).await {
             // A partial head is no request a server could act on.
             return Err(SendError { error: e.into(), sent: false });
@@ -296,10 +301,15 @@ enum Framing {
     Chunked,
 }
 
-/// Writes the request line and headers into `out`, adding the framing header weir
-/// chose when the request has none of its own. The target is origin-form (`prepare`
-/// made it so) and the version 1.1.
-fn encode_head(req: &Request<super::body::Body>, out: &mut Vec<u8>) -> Framing {
+/// Writes the request line and headers into `out`, with weir's `X-Forwarded-*`
+/// headers in place of the client's, and the framing header weir chose when the
+/// request has none of its own. The target is origin-form (`prepare` made it so) and
+/// the version 1.1.
+fn encode_head(
+    req: &Request<super::body::Body>,
+    forwarded: Option<&Forwarded>,
+    out: &mut Vec<u8>,
+) -> Framing {
     out.clear();
     out.extend_from_slice(req.method().as_str().as_bytes());
     out.push(b' ');
@@ -307,7 +317,12 @@ fn encode_head(req: &Request<super::body::Body>, out: &mut Vec<u8>) -> Framing {
     out.extend_from_slice(if target.is_empty() { b"/" } else { target.as_bytes() });
     out.extend_from_slice(b" HTTP/1.1\r\n");
     for (name, value) in req.headers() {
-        push_field(out, name, value);
+        if forwarded.is_none() || !Forwarded::replaces(name) {
+            push_field(out, name, value);
+        }
+    }
+    if let Some(forwarded) = forwarded {
+        forwarded.encode(req.headers(), out);
     }
     let body = req.body();
     let has_length = req.headers().contains_key(header::CONTENT_LENGTH);
@@ -347,8 +362,9 @@ type Head = (http::response::Parts, Option<(State, bool)>);
 /// are needed.
 fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Option<Head>, Error> {
     // Offsets rather than slices, so the head can be split off the buffer and shared
-    // by the header values without a copy.
-    let mut fields = [(0u32, 0u32, 0u32, 0u32); MAX_HEADERS];
+    // by the header values without a copy. Left uninitialised: only the first `count`
+    // are written and read, and zeroing them all would cost more than the parse.
+    let mut fields = [const { std::mem::MaybeUninit::<Field>::uninit() }; MAX_HEADERS];
     let (len, code, minor, count) = {
         let mut storage = [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
         let mut response = httparse::Response::new(&mut []);
@@ -365,18 +381,21 @@ fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Option<Head>, Er
         for (slot, h) in fields.iter_mut().zip(response.headers.iter()) {
             let name = h.name.as_ptr() as usize - base;
             let value = h.value.as_ptr() as usize - base;
-            *slot = (name as u32, h.name.len() as u32, value as u32, h.value.len() as u32);
+            slot.write(Field { name: name..name + h.name.len(), value: value..value + h.value.len() });
         }
         (len, response.code.unwrap_or(0), response.version.unwrap_or(1), response.headers.len())
     };
     let head = buf.split_to(len).freeze();
     let mut headers = HeaderMap::with_capacity(count);
-    for &(name, name_len, value, value_len) in &fields[..count] {
-        let name = &head[name as usize..(name + name_len) as usize];
-        let name = HeaderName::from_bytes(name).map_err(|_| Error::Bad("invalid response header name"))?;
-        let value = head.slice(value as usize..(value + value_len) as usize);
-        let value =
-            HeaderValue::from_maybe_shared(value).map_err(|_| Error::Bad("invalid response header value"))?;
+    let mut framing = ResponseFraming::default();
+    for field in &fields[..count] {
+        // SAFETY: the loop above wrote the first `count` fields (one per header).
+        let field = unsafe { field.assume_init_ref() };
+        let name = HeaderName::from_bytes(&head[field.name.clone()])
+            .map_err(|_| Error::Bad("invalid response header name"))?;
+        let value = HeaderValue::from_maybe_shared(head.slice(field.value.clone()))
+            .map_err(|_| Error::Bad("invalid response header value"))?;
+        framing.note(&name, &value)?;
         headers.append(name, value);
     }
     let status = StatusCode::from_u16(code).map_err(|_| Error::Bad("invalid status code"))?;
@@ -388,81 +407,87 @@ fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Option<Head>, Er
     if status.is_informational() && status != StatusCode::SWITCHING_PROTOCOLS {
         return Ok(Some((parts, None)));
     }
-    let framing = framing(&parts, head_request)?;
+    let framing = framing.decide(&parts, head_request)?;
     Ok(Some((parts, Some(framing))))
 }
 
-/// The response body's framing (RFC 9112 §6.3) and whether the connection outlives it.
-fn framing(parts: &http::response::Parts, head_request: bool) -> Result<(State, bool), Error> {
-    let headers = &parts.headers;
-    let mut reusable = match parts.version {
-        Version::HTTP_11 => !connection_has(headers, "close"),
-        _ => connection_has(headers, "keep-alive"),
-    };
-    if parts.status == StatusCode::SWITCHING_PROTOCOLS {
-        return Ok((State::Upgraded, false));
-    }
-    let te = headers.contains_key(header::TRANSFER_ENCODING);
-    if te && headers.contains_key(header::CONTENT_LENGTH) {
-        // RFC 9112 §6.3: possibly response splitting; the connection is not reused.
-        return Err(Error::Bad("both Content-Length and Transfer-Encoding"));
-    }
-    let length = content_length(headers)?;
-    if head_request || parts.status == StatusCode::NO_CONTENT || parts.status == StatusCode::NOT_MODIFIED {
-        return Ok((State::Done, reusable));
-    }
-    let state = if te {
-        let chunked = headers
-            .get_all(header::TRANSFER_ENCODING)
-            .iter()
-            .next_back()
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.rsplit(',').next())
-            .is_some_and(|last| last.trim().eq_ignore_ascii_case("chunked"));
-        if chunked {
-            State::Chunked(Chunk::Size)
-        } else {
-            reusable = false;
-            State::Eof
+/// Where one response header sits in the head.
+struct Field {
+    name: std::ops::Range<usize>,
+    value: std::ops::Range<usize>,
+}
+
+/// What a response's headers say about its framing, gathered in the one pass that
+/// builds its header map rather than by a lookup per header.
+#[derive(Default)]
+struct ResponseFraming {
+    /// The `Content-Length`; repeated values must agree.
+    length: Option<u64>,
+    /// `Transfer-Encoding` is present; `chunked`: its last coding is chunked.
+    coded: bool,
+    chunked: bool,
+    close: bool,
+    keep_alive: bool,
+}
+
+impl ResponseFraming {
+    fn note(&mut self, name: &HeaderName, value: &HeaderValue) -> Result<(), Error> {
+        if *name == header::CONTENT_LENGTH {
+            for part in value.as_bytes().split(|&b| b == b',') {
+                let part = part.trim_ascii();
+                if part.is_empty() || !part.iter().all(u8::is_ascii_digit) || part.len() > 19 {
+                    return Err(Error::Bad("invalid Content-Length"));
+                }
+                let n = part.iter().fold(0u64, |n, &d| n * 10 + u64::from(d - b'0'));
+                if self.length.is_some_and(|l| l != n) {
+                    return Err(Error::Bad("conflicting Content-Length values"));
+                }
+                self.length = Some(n);
+            }
+        } else if *name == header::TRANSFER_ENCODING {
+            self.coded = true;
+            // The last coding of the last header decides.
+            let last = value.as_bytes().rsplit(|&b| b == b',').next().unwrap_or_default();
+            self.chunked = last.trim_ascii().eq_ignore_ascii_case(b"chunked");
+        } else if *name == header::CONNECTION {
+            for token in value.as_bytes().split(|&b| b == b',').map(<[u8]>::trim_ascii) {
+                self.close |= token.eq_ignore_ascii_case(b"close");
+                self.keep_alive |= token.eq_ignore_ascii_case(b"keep-alive");
+            }
         }
-    } else {
-        match length {
-            Some(0) => State::Done,
-            Some(n) => State::Length(n),
-            None => {
+        Ok(())
+    }
+
+    /// The response body's framing (RFC 9112 §6.3) and whether the connection
+    /// outlives it.
+    fn decide(self, parts: &http::response::Parts, head_request: bool) -> Result<(State, bool), Error> {
+        let mut reusable = match parts.version {
+            Version::HTTP_11 => !self.close,
+            _ => self.keep_alive && !self.close,
+        };
+        if parts.status == StatusCode::SWITCHING_PROTOCOLS {
+            return Ok((State::Upgraded, false));
+        }
+        if self.coded && self.length.is_some() {
+            // RFC 9112 §6.3: possibly response splitting; the connection is not reused.
+            return Err(Error::Bad("both Content-Length and Transfer-Encoding"));
+        }
+        if head_request || parts.status == StatusCode::NO_CONTENT || parts.status == StatusCode::NOT_MODIFIED
+        {
+            return Ok((State::Done, reusable));
+        }
+        let state = match (self.coded, self.length) {
+            (true, _) if self.chunked => State::Chunked(Chunk::Size),
+            (false, Some(0)) => State::Done,
+            (false, Some(n)) => State::Length(n),
+            // A coding other than chunked last, or no length at all: to the close.
+            _ => {
                 reusable = false;
                 State::Eof
             }
-        }
-    };
-    Ok((state, reusable))
-}
-
-/// The one `Content-Length` of a response; repeated values must agree.
-fn content_length(headers: &HeaderMap) -> Result<Option<u64>, Error> {
-    let mut length = None;
-    for value in headers.get_all(header::CONTENT_LENGTH) {
-        for part in value.as_bytes().split(|&b| b == b',') {
-            let part = part.trim_ascii();
-            if part.is_empty() || !part.iter().all(u8::is_ascii_digit) || part.len() > 19 {
-                return Err(Error::Bad("invalid Content-Length"));
-            }
-            let n = part.iter().fold(0u64, |n, &d| n * 10 + u64::from(d - b'0'));
-            if length.is_some_and(|l| l != n) {
-                return Err(Error::Bad("conflicting Content-Length values"));
-            }
-            length = Some(n);
-        }
+        };
+        Ok((state, reusable))
     }
-    Ok(length)
-}
-
-fn connection_has(headers: &HeaderMap, token: &str) -> bool {
-    headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .any(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
 }
 
 /// Where a response body's decoding stands.
@@ -752,6 +777,15 @@ mod tests {
     }
 
     fn request(method: Method, headers: &[(&str, &str)], body: super::super::body::Body) -> Vec<u8> {
+        request_with(method, headers, body, None)
+    }
+
+    fn request_with(
+        method: Method,
+        headers: &[(&str, &str)],
+        body: super::super::body::Body,
+        forwarded: Option<&Forwarded>,
+    ) -> Vec<u8> {
         let mut req = Request::new(body);
         *req.method_mut() = method;
         *req.uri_mut() = "/p?q=1".parse().unwrap();
@@ -760,7 +794,7 @@ mod tests {
                 .append(HeaderName::from_bytes(name.as_bytes()).unwrap(), value.parse().unwrap());
         }
         let mut out = Vec::new();
-        encode_head(&req, &mut out);
+        encode_head(&req, forwarded, &mut out);
         out
     }
 
@@ -775,6 +809,40 @@ mod tests {
         assert_eq!(full, b"PUT /p?q=1 HTTP/1.1\r\ncontent-length: 3\r\n\r\n");
         let kept = request(Method::PUT, &[("content-length", "3")], B::from(Bytes::from_static(b"abc")));
         assert_eq!(kept, b"PUT /p?q=1 HTTP/1.1\r\ncontent-length: 3\r\n\r\n");
+    }
+
+    #[test]
+    fn forwarded_headers_replace_the_clients_and_extend_its_chain() {
+        let forwarded = Forwarded {
+            host: Some(HeaderValue::from_static("a.test")),
+            proto: "https",
+            ip: HeaderValue::from_static("10.0.0.9"),
+        };
+        let head = request_with(
+            Method::GET,
+            &[
+                ("host", "a.test"),
+                ("x-forwarded-for", "1.1.1.1"),
+                ("x-forwarded-proto", "spoofed"),
+                ("x-forwarded-for", "2.2.2.2"),
+                ("x-forwarded-host", "evil.test"),
+                ("accept", "*/*"),
+            ],
+            super::super::body::Body::Empty,
+            Some(&forwarded),
+        );
+        assert_eq!(
+            String::from_utf8(head).unwrap(),
+            "GET /p?q=1 HTTP/1.1\r\nhost: a.test\r\naccept: */*\r\n\
+             x-forwarded-for: 1.1.1.1, 2.2.2.2, 10.0.0.9\r\nx-forwarded-host: a.test\r\n\
+             x-forwarded-proto: https\r\n\r\n"
+        );
+        let bare = Forwarded { host: None, proto: "http", ip: HeaderValue::from_static("10.0.0.9") };
+        let head = request_with(Method::GET, &[], super::super::body::Body::Empty, Some(&bare));
+        assert_eq!(
+            String::from_utf8(head).unwrap(),
+            "GET /p?q=1 HTTP/1.1\r\nx-forwarded-for: 10.0.0.9\r\nx-forwarded-proto: http\r\n\r\n"
+        );
     }
 
     /// A connection whose server writes `parts` one by one, with pauses, then closes.

@@ -127,6 +127,12 @@ impl Listener {
     /// Accepts connections until `stop` changes. Each connection runs on `tracker`, and
     /// when `stop` changes it finishes its in-flight requests and closes.
     pub async fn serve(self, runtime: SharedRuntime, tracker: TaskTracker, mut stop: watch::Receiver<bool>) {
+        let shared = Arc::new(Shared {
+            settings: self.settings.clone(),
+            runtime,
+            active: self.active.clone(),
+            slot: self.slot,
+        });
         loop {
             let slots = self.settings.load().slots.clone();
             let slot = match slots {
@@ -137,7 +143,7 @@ impl Listener {
                     slot = slots.acquire_owned() => slot.ok(),
                 },
             };
-            let (stream, addr) = tokio::select! {
+            let (stream, _) = tokio::select! {
                 _ = stop.changed() => break,
                 accepted = self.socket.accept() => match accepted {
                     Ok(accepted) => accepted,
@@ -150,41 +156,75 @@ impl Listener {
                 },
             };
             let _ = stream.set_nodelay(true);
-            let tls = runtime.load().tls.get(self.slot).cloned().flatten();
-            let settings = self.settings.load_full();
-            let handshake_timeout = settings.handshake_timeout;
-            let mut peer = Peer::new(addr, self.slot, tls.is_some());
-            peer.body_read_timeout = settings.body_read_timeout;
-            let mut connection = Connection { settings, runtime: runtime.clone(), stop: stop.clone(), peer };
-            let active = self.active.clone();
+            let (shared, mut stop) = (shared.clone(), stop.clone());
+            // Until a client sends its first bytes it costs only its socket and this
+            // task, kept small (its future holds the socket, one shared pointer, the
+            // stop signal and the wait): its address, `Peer`, TLS, and hyper's state
+            // and buffers (about 10 KiB) are made, boxed, once there is something to
+            // read. A client that sends nothing is dropped after the header read
+            // timeout.
             tracker.spawn(async move {
-                active.inc();
-                // Until a client sends its first bytes it costs only its socket and
-                // this small task: TLS and hyper's state and buffers (about 10 KiB)
-                // are allocated, boxed, once there is something to read. A client
-                // that sends nothing is dropped after the header read timeout.
-                if connection.first_bytes(&stream, handshake_timeout).await {
-                    match tls {
-                        None => Box::pin(connection.serve(stream)).await,
-                        Some(acceptor) => {
-                            Box::pin(async move {
-                                match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
-                                    Ok(Ok(stream)) => connection.serve(stream).await,
-                                    Ok(Err(e)) => {
-                                        tracing::debug!(client = %addr, error = %e, "TLS handshake failed")
-                                    }
-                                    Err(_) => tracing::debug!(client = %addr, "TLS handshake timed out"),
-                                }
-                            })
-                            .await
-                        }
-                    }
+                shared.active.inc();
+                let timeout = shared.settings.load().handshake_timeout;
+                if first_bytes(&stream, &mut stop, timeout).await {
+                    Box::pin(shared.clone().serve(stream, stop)).await;
                 }
-                active.dec();
+                shared.active.dec();
                 drop(slot);
             });
         }
         tracing::info!(listener = %self.name, "stopped accepting");
+    }
+}
+
+/// What a listener's connections share, behind one pointer each.
+struct Shared {
+    settings: Arc<ArcSwap<Settings>>,
+    runtime: SharedRuntime,
+    active: IntGauge,
+    /// The listener's slot, for `Peer`.
+    slot: usize,
+}
+
+impl Shared {
+    /// Serves a client that has sent its first bytes: TLS if the listener has it,
+    /// then HTTP. Settings and certificates are the ones current at this moment.
+    async fn serve(self: Arc<Self>, stream: tokio::net::TcpStream, stop: watch::Receiver<bool>) {
+        let Ok(addr) = stream.peer_addr() else { return };
+        let settings = self.settings.load_full();
+        let tls = self.runtime.load().tls.get(self.slot).cloned().flatten();
+        let handshake_timeout = settings.handshake_timeout;
+        let mut peer = Peer::new(addr, self.slot, tls.is_some());
+        peer.body_read_timeout = settings.body_read_timeout;
+        let connection = Connection { settings, runtime: self.runtime.clone(), stop, peer };
+        match tls {
+            None => connection.serve(stream).await,
+            Some(acceptor) => match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
+                Ok(Ok(stream)) => connection.serve(stream).await,
+                Ok(Err(e)) => tracing::debug!(client = %addr, error = %e, "TLS handshake failed"),
+                Err(_) => tracing::debug!(client = %addr, "TLS handshake timed out"),
+            },
+        }
+    }
+}
+
+/// Waits until the client sends something; false if it sent nothing within `timeout`
+/// or the listener is stopping. `poll_peek` rather than readiness: readiness can be
+/// reported before any byte is there (tokio documents false positives), and then the
+/// state this wait exists to defer would be allocated for every idle client. It also
+/// keeps no waiter of its own in the future, which every idle client carries.
+async fn first_bytes(
+    stream: &tokio::net::TcpStream,
+    stop: &mut watch::Receiver<bool>,
+    timeout: Duration,
+) -> bool {
+    let peek = std::future::poll_fn(|cx| {
+        let mut byte = [0u8; 1];
+        stream.poll_peek(cx, &mut ReadBuf::new(&mut byte)).map(|peeked| matches!(peeked, Ok(n) if n > 0))
+    });
+    tokio::select! {
+        ready = tokio::time::timeout(timeout, peek) => ready.unwrap_or(false),
+        _ = stop.changed() => false,
     }
 }
 
@@ -197,19 +237,6 @@ struct Connection {
 }
 
 impl Connection {
-    /// Waits until the client sends something; false if it sent nothing within
-    /// `timeout` or the listener is stopping.
-    async fn first_bytes(&mut self, stream: &tokio::net::TcpStream, timeout: Duration) -> bool {
-        let mut byte = [0u8; 1];
-        tokio::select! {
-            // `peek`, not `readable`: readiness can be reported before any byte is
-            // there (tokio documents false positives), and then the state this wait
-            // exists to defer would be allocated for every idle client.
-            ready = tokio::time::timeout(timeout, stream.peek(&mut byte)) => matches!(ready, Ok(Ok(n)) if n > 0),
-            _ = self.stop.changed() => false,
-        }
-    }
-
     /// Serves HTTP/1.1 or h2 on `io` until the client leaves or `stop` changes, then
     /// finishes the request in progress and closes.
     async fn serve<I>(mut self, io: I)

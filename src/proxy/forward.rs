@@ -111,7 +111,7 @@ pub async fn forward(
 /// a new cookie.
 pub async fn forward_request(
     upstream: &Arc<Upstream>,
-    req: Request<Body>,
+    mut req: Request<Body>,
     peer: &Peer,
     trace: &mut Trace,
 ) -> Result<Response<Body>, ProxyError> {
@@ -120,16 +120,7 @@ pub async fn forward_request(
     let preferred = upstream.sticky.as_ref().and_then(|s| s.preferred(req.headers()));
     let timeout = trace.limits.request_timeout.unwrap_or(upstream.request_timeout);
     let body_limit = trace.limits.body.take();
-    let (mut req, mut on_upgrade, forwarded) = prepare(req, peer);
-    // h2 takes the headers from the map; weir's HTTP/1.1 client writes them into the
-    // head itself, sparing the map a grow and a rehash per request.
-    let forwarded = match upstream.h2 {
-        true => {
-            forwarded.insert_into(req.headers_mut());
-            None
-        }
-        false => Some(forwarded),
-    };
+    let (mut on_upgrade, forwarded) = prepare(&mut req, peer, upstream.h2);
     upstream.retry_budget.deposit();
     let replayable = is_idempotent(req.method()) && http_body::Body::is_end_stream(req.body());
     let panic = upstream.health.in_panic(&upstream.servers);
@@ -154,7 +145,8 @@ pub async fn forward_request(
         // The HTTP/1.1 client leaves a bodyless request whole, so it can be sent again
         // if the connection drops after it went out; h2 consumes it, so a copy is kept,
         // when there is another server to replay it on.
-        let copy = (upstream.h2 && replayable && upstream.servers.len() > 1).then(|| copy_head(&req));
+        let copy =
+            (upstream.h2 && replayable && upstream.servers.len() > 1).then(|| Box::new(copy_head(&req)));
         match attempt(upstream, (index, server), &mut req, forwarded.as_ref(), timeout).await {
             Ok(mut response) => {
                 health::record(upstream, server, Outcome::Response(response.status()));
@@ -187,7 +179,7 @@ pub async fn forward_request(
                     return Err(error);
                 }
                 if let (true, Some(copy)) = (sent, copy) {
-                    req = copy;
+                    req = *copy;
                 }
                 last_error = Some(error);
             }
@@ -360,9 +352,11 @@ impl Forwarded {
 /// hop-by-hop headers removed, `Host` kept, and the `X-Forwarded-*` headers to add.
 /// An upgrade request (WebSocket) keeps its `Upgrade` header, and the client side of
 /// the tunnel-to-be is taken out of the request.
-fn prepare(req: Request<Body>, peer: &Peer) -> (Request<Body>, Option<OnUpgrade>, Forwarded) {
-    let (mut parts, body) = req.into_parts();
-    let headers = &mut parts.headers;
+///
+/// In place: the request is the largest value in the request's future, and a copy
+/// made here would be carried by every layer above.
+fn prepare(req: &mut Request<Body>, peer: &Peer, h2: bool) -> (Option<OnUpgrade>, Option<Forwarded>) {
+    let headers = req.headers_mut();
     let upgrade = requested_upgrade(headers);
     // gRPC needs `te: trailers` end to end; any other TE is hop-by-hop.
     let trailers = headers.get(header::TE).is_some_and(|te| has_token(te, "trailers"));
@@ -374,31 +368,36 @@ fn prepare(req: Request<Body>, peer: &Peer) -> (Request<Body>, Option<OnUpgrade>
         Some(protocol) => {
             headers.insert(header::UPGRADE, protocol);
             headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-            parts.extensions.remove::<OnUpgrade>()
+            req.extensions_mut().remove::<OnUpgrade>()
         }
         None => None,
     };
 
-    let host = match parts.uri.authority() {
+    let host = match req.uri().authority() {
         // HTTP/2 and absolute-form requests carry the host in the target.
         Some(authority) => {
             let value = HeaderValue::from_str(authority.as_str()).ok();
             if let Some(v) = &value {
-                headers.insert(header::HOST, v.clone());
+                req.headers_mut().insert(header::HOST, v.clone());
             }
             value
         }
-        None => headers.get(header::HOST).cloned(),
+        None => req.headers().get(header::HOST).cloned(),
     };
     let proto = if peer.tls { "https" } else { "http" };
     let forwarded = Forwarded { host, proto, ip: peer.ip.clone() };
-
-    if parts.uri.scheme().is_some() || parts.uri.authority().is_some() {
-        let path = parts.uri.path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/"));
-        parts.uri = Uri::from(path);
+    if req.uri().scheme().is_some() || req.uri().authority().is_some() {
+        let path = req.uri().path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/"));
+        *req.uri_mut() = Uri::from(path);
     }
-    parts.version = Version::HTTP_11;
-    (Request::from_parts(parts, body), on_upgrade, forwarded)
+    *req.version_mut() = Version::HTTP_11;
+    // h2 takes the headers from the map; weir's HTTP/1.1 client writes them into the
+    // head itself, sparing the map a grow and a rehash per request.
+    if h2 {
+        forwarded.insert_into(req.headers_mut());
+        return (on_upgrade, None);
+    }
+    (on_upgrade, Some(forwarded))
 }
 
 /// The `Upgrade` protocol, when `Connection` asks for an upgrade.

@@ -269,7 +269,11 @@ impl Conn {
             if self.read.len() >= MAX_HEAD {
                 return Poll::Ready(Err(Error::Bad("response headers too large")));
             }
-            self.read.reserve(HEAD_READ);
+            // Reserving only when short of room: the buffer left from the last
+            // response usually has plenty, and `reserve` on a shared buffer costs.
+            if self.read.capacity() - self.read.len() < HEAD_READ / 4 {
+                self.read.reserve(HEAD_READ);
+            }
             if ready!(tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.read))? == 0 {
                 return Poll::Ready(Err(Error::Closed));
             }

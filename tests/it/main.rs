@@ -18,3 +18,4 @@ mod scaleout;
 mod shaping;
 mod streaming;
 mod support;
+mod upstream_h1;

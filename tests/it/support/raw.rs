@@ -20,6 +20,9 @@ pub enum Action {
     Reply(Vec<u8>),
     /// Writes these bytes, then resets the connection (RST, not FIN).
     ResetAfter(Vec<u8>),
+    /// Writes these bytes, then closes the connection (FIN), as a server does when
+    /// it drops an idle keep-alive connection.
+    ReplyAndClose(Vec<u8>),
     /// Never answers; holds the connection.
     Stall,
 }
@@ -165,6 +168,10 @@ async fn serve(mut stream: TcpStream, log: Arc<Mutex<Log>>, script: Arc<Script>)
                     if let Ok(std) = stream.into_std() {
                         let _ = socket2::SockRef::from(&std).set_linger(Some(Duration::ZERO));
                     }
+                    return;
+                }
+                Action::ReplyAndClose(bytes) => {
+                    let _ = stream.write_all(&bytes).await;
                     return;
                 }
                 Action::Stall => {

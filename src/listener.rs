@@ -12,8 +12,13 @@
 //! limit is unchanged; a changed limit counts from zero (connections open under the
 //! old limit finish uncounted).
 //!
-//! Timeouts a client meets: the TLS handshake and the wait for the first bytes
-//! (`FirstBytes`) get `header_read_timeout`; hyper's HTTP/1 header read timeout then
+//! A client that has not sent a byte yet has no task of its own: it waits in its
+//! listener's lobby (`Waiting`, about 0.5 KiB with tokio's registration), and its
+//! connection task, `Peer`, TLS and hyper state are made once it sends something.
+//!
+//! Timeouts a client meets: the wait for the first byte (the lobby's sweep, up to a
+//! quarter late), the TLS handshake and the rest of an h2 preface (`FirstBytes`) get
+//! `header_read_timeout`; hyper's HTTP/1 header read timeout then
 //! covers every request head, including the idle gap between keep-alive requests (it
 //! starts when the previous response is done), so `header_read_timeout` is also the
 //! keep-alive idle limit; a stalled request body gets `body_read_timeout`
@@ -30,13 +35,15 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
+use futures_util::stream::{FuturesUnordered, StreamExt};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use prometheus::IntGauge;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpListener;
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
 use tokio::time::Sleep;
 use tokio_util::task::TaskTracker;
 
@@ -127,51 +134,60 @@ impl Listener {
     /// Accepts connections until `stop` changes. Each connection runs on `tracker`, and
     /// when `stop` changes it finishes its in-flight requests and closes.
     pub async fn serve(self, runtime: SharedRuntime, tracker: TaskTracker, mut stop: watch::Receiver<bool>) {
-        let shared = Arc::new(Shared {
-            settings: self.settings.clone(),
-            runtime,
-            active: self.active.clone(),
-            slot: self.slot,
-        });
+        let shared = Arc::new(Shared { settings: self.settings.clone(), runtime, slot: self.slot });
+        // Clients that have not sent a byte yet wait here, in this task, each as a
+        // small future (`Waiting`: its socket, its permit, when it came): no task,
+        // timer, `Peer`, TLS or hyper state of their own until there is something to
+        // read. A sweep every quarter of the header read timeout shuts the silent
+        // ones past it, and all of them go when `stop` changes.
+        let mut lobby: FuturesUnordered<Waiting> = FuturesUnordered::new();
+        let sweep = tokio::time::sleep(Duration::ZERO);
+        tokio::pin!(sweep);
         loop {
             let slots = self.settings.load().slots.clone();
-            let slot = match slots {
-                None => None,
-                Some(slots) => tokio::select! {
-                    _ = stop.changed() => break,
-                    // The semaphore is never closed.
-                    slot = slots.acquire_owned() => slot.ok(),
-                },
+            let accept = async {
+                // Taken before accepting: at the limit, clients wait in the kernel's
+                // backlog. The semaphore is never closed.
+                let slot = match slots {
+                    None => None,
+                    Some(slots) => slots.acquire_owned().await.ok(),
+                };
+                (self.socket.accept().await, slot)
             };
-            let (stream, _) = tokio::select! {
+            tokio::select! {
                 _ = stop.changed() => break,
-                accepted = self.socket.accept() => match accepted {
-                    Ok(accepted) => accepted,
+                Some(ready) = lobby.next(), if !lobby.is_empty() => {
+                    let Some((stream, slot, active)) = ready else { continue };
+                    let (shared, stop) = (shared.clone(), stop.clone());
+                    tracker.spawn(async move {
+                        Box::pin(shared.serve(stream, stop)).await;
+                        drop((active, slot));
+                    });
+                }
+                () = &mut sweep, if !lobby.is_empty() => {
+                    let timeout = self.settings.load().handshake_timeout;
+                    let now = Instant::now();
+                    for waiting in lobby.iter().filter(|w| now >= w.since + timeout) {
+                        waiting.expire();
+                    }
+                    sweep.as_mut().reset(now + timeout / 4);
+                }
+                (accepted, slot) = accept => match accepted {
+                    Ok((stream, _)) => {
+                        let _ = stream.set_nodelay(true);
+                        if lobby.is_empty() {
+                            sweep.as_mut().reset(Instant::now() + self.settings.load().handshake_timeout / 4);
+                        }
+                        let active = Some(Active::new(&self.active));
+                        lobby.push(Waiting { stream: Some(stream), slot, active, since: Instant::now() });
+                    }
                     Err(e) => {
                         // Out of file descriptors or similar: back off instead of spinning.
                         tracing::warn!(listener = %self.name, error = %e, "accept failed");
                         tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
                     }
                 },
-            };
-            let _ = stream.set_nodelay(true);
-            let (shared, mut stop) = (shared.clone(), stop.clone());
-            // Until a client sends its first bytes it costs only its socket and this
-            // task, kept small (its future holds the socket, one shared pointer, the
-            // stop signal and the wait): its address, `Peer`, TLS, and hyper's state
-            // and buffers (about 10 KiB) are made, boxed, once there is something to
-            // read. A client that sends nothing is dropped after the header read
-            // timeout.
-            tracker.spawn(async move {
-                shared.active.inc();
-                let timeout = shared.settings.load().handshake_timeout;
-                if first_bytes(&stream, &mut stop, timeout).await {
-                    Box::pin(shared.clone().serve(stream, stop)).await;
-                }
-                shared.active.dec();
-                drop(slot);
-            });
+            }
         }
         tracing::info!(listener = %self.name, "stopped accepting");
     }
@@ -181,7 +197,6 @@ impl Listener {
 struct Shared {
     settings: Arc<ArcSwap<Settings>>,
     runtime: SharedRuntime,
-    active: IntGauge,
     /// The listener's slot, for `Peer`.
     slot: usize,
 }
@@ -208,23 +223,60 @@ impl Shared {
     }
 }
 
-/// Waits until the client sends something; false if it sent nothing within `timeout`
-/// or the listener is stopping. `poll_peek` rather than readiness: readiness can be
-/// reported before any byte is there (tokio documents false positives), and then the
-/// state this wait exists to defer would be allocated for every idle client. It also
-/// keeps no waiter of its own in the future, which every idle client carries.
-async fn first_bytes(
-    stream: &tokio::net::TcpStream,
-    stop: &mut watch::Receiver<bool>,
-    timeout: Duration,
-) -> bool {
-    let peek = std::future::poll_fn(|cx| {
+/// A client connection that has not sent a byte yet. It resolves to the connection
+/// once there is something to read, or to `None` when the client leaves or `expire`
+/// shut it.
+struct Waiting {
+    stream: Option<tokio::net::TcpStream>,
+    slot: Option<OwnedSemaphorePermit>,
+    active: Option<Active>,
+    since: Instant,
+}
+
+impl Waiting {
+    /// Closes a client that stayed silent too long: the shutdown also wakes this
+    /// future (the socket reads as ended), which then resolves and is dropped.
+    fn expire(&self) {
+        if let Some(stream) = &self.stream {
+            let _ = socket2::SockRef::from(stream).shutdown(std::net::Shutdown::Both);
+        }
+    }
+}
+
+impl Future for Waiting {
+    type Output = Option<(tokio::net::TcpStream, Option<OwnedSemaphorePermit>, Active)>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let Some(stream) = self.stream.as_ref() else { return Poll::Ready(None) };
+        // `poll_peek` rather than readiness: readiness can be reported before any byte
+        // is there (tokio documents false positives), and then the state this wait
+        // exists to defer would be allocated for every idle client.
         let mut byte = [0u8; 1];
-        stream.poll_peek(cx, &mut ReadBuf::new(&mut byte)).map(|peeked| matches!(peeked, Ok(n) if n > 0))
-    });
-    tokio::select! {
-        ready = tokio::time::timeout(timeout, peek) => ready.unwrap_or(false),
-        _ = stop.changed() => false,
+        match stream.poll_peek(cx, &mut ReadBuf::new(&mut byte)) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(Ok(n)) if n > 0 => {
+                let this = &mut *self;
+                Poll::Ready(this.stream.take().zip(this.active.take()).map(|(s, a)| (s, this.slot.take(), a)))
+            }
+            // Ended (the client left, or `expire`) or failed.
+            Poll::Ready(_) => Poll::Ready(None),
+        }
+    }
+}
+
+/// Counts an open client connection in `weir_active_connections` until dropped.
+struct Active(IntGauge);
+
+impl Active {
+    fn new(gauge: &IntGauge) -> Active {
+        gauge.inc();
+        Active(gauge.clone())
+    }
+}
+
+impl Drop for Active {
+    fn drop(&mut self) {
+        self.0.dec();
     }
 }
 

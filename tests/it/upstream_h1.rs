@@ -132,3 +132,25 @@ async fn conflicting_lengths_and_broken_chunks_are_502() {
     let reply = exchange(weir.addr, GET).await;
     assert!(!reply.contains("hello"), "{reply}");
 }
+
+/// A request body of unknown length (chunked from the client) is sent chunked,
+/// whatever the method, and reaches the server whole.
+#[tokio::test]
+async fn a_chunked_request_body_reaches_the_server_whole() {
+    let backend = RawBackend::recording().await;
+    let weir = Weir::start(&backend.fill(CONFIG), &[]).await;
+    for method in ["POST", "GET"] {
+        let request = format!(
+            "{method} /x HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n\
+             3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n"
+        );
+        let reply = exchange(weir.addr, request.as_bytes()).await;
+        assert_eq!(statuses(&reply), vec![200], "{method}: {reply}");
+    }
+    let requests = backend.requests();
+    assert_eq!(requests.len(), 2);
+    for request in &requests {
+        assert_eq!(request.body, b"abcde", "{}", request.head);
+        assert_eq!(request.header("transfer-encoding"), vec!["chunked"], "{}", request.head);
+    }
+}

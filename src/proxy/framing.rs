@@ -41,10 +41,28 @@ fn check_host(headers: &HeaderMap, version: Version) -> Result<(), ProxyError> {
     }
 }
 
-/// RFC 3986 authority bytes: unreserved, sub-delims, `%`, `:`, `[`, `]`, `@`.
+/// RFC 3986 authority bytes: unreserved, sub-delims, `%`, `:`, `[`, `]`, `@`. A
+/// table, since every request's `Host` goes through it byte by byte.
 fn is_authority_byte(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=%:[]@".contains(&b)
+    AUTHORITY[usize::from(b)]
 }
+
+static AUTHORITY: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        table[b] = c.is_ascii_alphanumeric();
+        b += 1;
+    }
+    let extra = b"-._~!$&'()*+,;=%:[]@";
+    let mut i = 0;
+    while i < extra.len() {
+        table[extra[i] as usize] = true;
+        i += 1;
+    }
+    table
+};
 
 /// RFC 9112 §6.1 and §6.3: `chunked` is the only transfer coding weir decodes, and
 /// a message with both `Transfer-Encoding` and `Content-Length` is ambiguous. Any
@@ -83,6 +101,14 @@ mod tests {
 
     fn status(version: Version, headers: &[(&str, &str)]) -> Option<StatusCode> {
         check(&request(version, headers)).err().map(|e| e.status())
+    }
+
+    #[test]
+    fn the_authority_table_matches_rfc_3986() {
+        for b in 0..=255u8 {
+            let expected = b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=%:[]@".contains(&b);
+            assert_eq!(is_authority_byte(b), expected, "byte {b}");
+        }
     }
 
     #[test]

@@ -149,10 +149,15 @@ impl Conn {
         }
         let mut cx = Context::from_waker(std::task::Waker::noop());
         let mut probe = [0u8; 1];
-        let mut buf = ReadBuf::new(&mut probe);
+        let io = &mut self.io;
+        // Unconstrained: with the task's cooperative budget spent, tokio would answer
+        // Pending without looking, and a closed connection would pass for open.
+        let read = tokio::task::unconstrained(std::future::poll_fn(|cx| {
+            Poll::Ready(Pin::new(&mut *io).poll_read(cx, &mut ReadBuf::new(&mut probe)))
+        }));
         // Pending: nothing to read, the connection is idle and open. TLS may consume a
         // session ticket here and still report Pending, which is right too.
-        matches!(Pin::new(&mut self.io).poll_read(&mut cx, &mut buf), Poll::Pending)
+        matches!(std::future::Future::poll(std::pin::pin!(read), &mut cx), Poll::Ready(Poll::Pending))
     }
 
     /// Sends `req` and reads the response head. The request's body is taken out of

@@ -160,7 +160,7 @@ impl Listener {
                     let Some((stream, slot, active)) = ready else { continue };
                     let (shared, stop) = (shared.clone(), stop.clone());
                     tracker.spawn(async move {
-                        Box::pin(shared.serve(stream, stop)).await;
+                        shared.serve(stream, stop).await;
                         drop((active, slot));
                     });
                 }

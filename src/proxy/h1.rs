@@ -201,7 +201,7 @@ impl Conn {
         .await
         .map_err(|error| SendError { error, sent: true })?;
         let (parts, (state, keep)) = head;
-        let body = Body { conn: Some(self), state, reusable: reusable && keep };
+        let body = Body { conn: Some(self), state, reusable: reusable && keep, failed: None };
         Ok(Response::from_parts(parts, body))
     }
 
@@ -532,6 +532,8 @@ pub struct Body {
     state: State,
     /// Whether the connection can carry another request once the body is done.
     reusable: bool,
+    /// A failure read but not yet reported (see `poll_frame`).
+    failed: Option<Error>,
 }
 
 impl Body {
@@ -682,14 +684,24 @@ impl http_body::Body for Body {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.get_mut();
-        let polled = this.poll_decode(cx);
-        if let Poll::Ready(Some(Err(_))) = &polled {
-            // Whatever is left of the connection is unframed.
-            this.reusable = false;
+        if let Some(error) = this.failed.take() {
             this.state = State::Done;
-            this.conn = None;
+            return Poll::Ready(Some(Err(error.into())));
         }
-        polled.map_err(Into::into)
+        match this.poll_decode(cx) {
+            Poll::Ready(Some(Err(error))) => {
+                // Whatever is left of the connection is unframed. The failure is
+                // reported on the next poll, not this one: hyper writes out what it
+                // holds (the head, the body so far) when a body is pending, and a
+                // client should see the response cut, not vanish unseen.
+                this.reusable = false;
+                this.conn = None;
+                this.failed = Some(error);
+                cx.waker().wake_by_ref();
+                Poll::Pending
+            }
+            polled => polled.map_err(Into::into),
+        }
     }
 
     fn is_end_stream(&self) -> bool {
@@ -877,7 +889,7 @@ mod tests {
         let mut conn = conn_fed(parts).await;
         let (_, (state, keep)) =
             std::future::poll_fn(|cx| conn.poll_head(cx, false)).await.map_err(|e| e.to_string())?;
-        let mut body = Body { conn: Some(conn), state, reusable: keep };
+        let mut body = Body { conn: Some(conn), state, reusable: keep, failed: None };
         let (mut data, mut trailers) = (Vec::new(), None);
         while let Some(frame) = body.frame().await {
             let frame = frame.map_err(|e| e.to_string())?;

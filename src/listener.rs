@@ -157,7 +157,7 @@ impl Listener {
             tokio::select! {
                 _ = stop.changed() => break,
                 Some(ready) = lobby.next(), if !lobby.is_empty() => {
-                    let Some((stream, slot, active)) = ready else { continue };
+                    let Some(Accepted { stream, slot, active }) = ready else { continue };
                     let (shared, stop) = (shared.clone(), stop.clone());
                     tracker.spawn(async move {
                         shared.serve(stream, stop).await;
@@ -178,8 +178,8 @@ impl Listener {
                         if lobby.is_empty() {
                             sweep.as_mut().reset(Instant::now() + self.settings.load().handshake_timeout / 4);
                         }
-                        let active = Some(Active::new(&self.active));
-                        lobby.push(Waiting { stream: Some(stream), slot, active, since: Instant::now() });
+                        let client = Accepted { stream, slot, active: Active::new(&self.active) };
+                        lobby.push(Waiting { client: Some(client), since: Instant::now() });
                     }
                     Err(e) => {
                         // Out of file descriptors or similar: back off instead of spinning.
@@ -227,44 +227,48 @@ impl Shared {
 /// once there is something to read, or to `None` when the client leaves or `expire`
 /// shut it.
 struct Waiting {
-    stream: Option<tokio::net::TcpStream>,
-    slot: Option<OwnedSemaphorePermit>,
-    active: Option<Active>,
+    /// Taken when the wait resolves.
+    client: Option<Accepted>,
     since: Instant,
+}
+
+/// An accepted connection and what it holds until it closes.
+struct Accepted {
+    stream: tokio::net::TcpStream,
+    /// Its `max_connections` permit, if the listener has a limit.
+    slot: Option<OwnedSemaphorePermit>,
+    active: Active,
 }
 
 impl Waiting {
     /// Closes a client that stayed silent too long: the shutdown also wakes this
     /// future (the socket reads as ended), which then resolves and is dropped.
     fn expire(&self) {
-        if let Some(stream) = &self.stream {
-            let _ = socket2::SockRef::from(stream).shutdown(std::net::Shutdown::Both);
+        if let Some(client) = &self.client {
+            let _ = socket2::SockRef::from(&client.stream).shutdown(std::net::Shutdown::Both);
         }
     }
 }
 
 impl Future for Waiting {
-    type Output = Option<(tokio::net::TcpStream, Option<OwnedSemaphorePermit>, Active)>;
+    type Output = Option<Accepted>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let Some(stream) = self.stream.as_ref() else { return Poll::Ready(None) };
+        let Some(client) = self.client.as_ref() else { return Poll::Ready(None) };
         // `poll_peek` rather than readiness: readiness can be reported before any byte
         // is there (tokio documents false positives), and then the state this wait
         // exists to defer would be allocated for every idle client.
         let mut byte = [0u8; 1];
-        match stream.poll_peek(cx, &mut ReadBuf::new(&mut byte)) {
+        match client.stream.poll_peek(cx, &mut ReadBuf::new(&mut byte)) {
             Poll::Pending => Poll::Pending,
-            Poll::Ready(Ok(n)) if n > 0 => {
-                let this = &mut *self;
-                Poll::Ready(this.stream.take().zip(this.active.take()).map(|(s, a)| (s, this.slot.take(), a)))
-            }
+            Poll::Ready(Ok(n)) if n > 0 => Poll::Ready(self.client.take()),
             // Ended (the client left, or `expire`) or failed.
             Poll::Ready(_) => Poll::Ready(None),
         }
     }
 }
 
-/// Counts an open client connection in `weir_active_connections` until dropped.
+/// Counts an open client connection in `weir_connections_active` until dropped.
 struct Active(IntGauge);
 
 impl Active {

@@ -8,7 +8,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::support::raw::{closed_within, exchange, read_reply, statuses, RawBackend};
-use crate::support::{get, Weir};
+use crate::support::{get, metric, Weir};
 
 const CONFIG: &str = r#"
 [admin]
@@ -70,6 +70,32 @@ async fn a_connection_that_sends_nothing_is_closed_at_header_read_timeout() {
     let started = Instant::now();
     assert!(closed_within(&mut stream, Duration::from_secs(3)).await, "a silent client is held");
     assert!(started.elapsed() >= Duration::from_millis(900), "{:?}", started.elapsed());
+}
+
+/// Silent clients wait in the listener's lobby: they hold up no one, count as open
+/// connections while they wait, and are all closed (and uncounted) at the header
+/// read timeout.
+#[tokio::test]
+async fn many_silent_clients_hold_up_no_one_and_all_close_at_header_read_timeout() {
+    let (_backend, weir) = start(CONFIG).await;
+    let started = Instant::now();
+    let mut silent = Vec::new();
+    for _ in 0..200 {
+        silent.push(TcpStream::connect(weir.addr).await.unwrap());
+    }
+    assert_serves(&weir).await;
+    let active = |m: &str| metric(m, "weir_connections_active{listener=\"web\"}");
+    assert!(active(&weir.metrics().await) >= 200.0);
+    for stream in &mut silent {
+        let left = Duration::from_secs(3).saturating_sub(started.elapsed());
+        assert!(closed_within(stream, left).await, "a silent client is held past the timeout");
+    }
+    assert!(started.elapsed() >= Duration::from_millis(900), "{:?}", started.elapsed());
+    let deadline = Instant::now() + Duration::from_secs(1);
+    while active(&weir.metrics().await) != 0.0 {
+        assert!(Instant::now() < deadline, "silent clients still counted after their close");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 #[tokio::test]

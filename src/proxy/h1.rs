@@ -17,6 +17,7 @@
 //! responses, so the client never gets a body framed differently from how weir read it.
 
 use std::collections::VecDeque;
+use std::fmt::Write as _;
 use std::io;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
@@ -181,7 +182,9 @@ impl Conn {
         let body = std::mem::take(req.body_mut());
         if !matches!(framing, Framing::None) && !body.is_end_stream() {
             let chunked = matches!(framing, Framing::Chunked);
-            self.upload = Some(Box::new(Upload { body, chunked, pending: VecDeque::new(), finished: false }));
+            let upload =
+                Upload { body, chunked, pending: VecDeque::new(), finished: false, lines: BytesMut::new() };
+            self.upload = Some(Box::new(upload));
         } else if let Err(e) = self.io.flush().await {
             return Err(SendError { error: e.into(), sent: true });
         }
@@ -237,14 +240,18 @@ impl Conn {
                 Some(Ok(frame)) => match frame.into_data() {
                     Ok(data) if data.is_empty() => {}
                     Ok(data) if up.chunked => {
-                        up.pending.push_back(Bytes::from(format!("{:x}\r\n", data.len())));
+                        // The size line, from a buffer reused once each line is written.
+                        up.lines.reserve(18);
+                        let _ = write!(up.lines, "{:x}\r\n", data.len());
+                        up.pending.push_back(up.lines.split().freeze());
                         up.pending.push_back(data);
                         up.pending.push_back(Bytes::from_static(b"\r\n"));
                     }
                     Ok(data) => up.pending.push_back(data),
+                    // Trailers are a body's last frame. A chunked body ends with them; a
+                    // length-framed one has no place for them and ends at its length.
                     Err(frame) => {
-                        // Trailers end a chunked body; a length-framed one has no
-                        // place for them.
+                        up.finished = true;
                         if let (true, Ok(trailers)) = (up.chunked, frame.into_trailers()) {
                             let mut end = b"0\r\n".to_vec();
                             for (name, value) in &trailers {
@@ -252,7 +259,6 @@ impl Conn {
                             }
                             end.extend_from_slice(b"\r\n");
                             up.pending.push_back(end.into());
-                            up.chunked = false;
                         }
                     }
                 },
@@ -294,6 +300,8 @@ struct Upload {
     pending: VecDeque<Bytes>,
     /// The body's last frame was taken; `pending` holds the rest.
     finished: bool,
+    /// Where chunk-size lines are written.
+    lines: BytesMut,
 }
 
 /// A final response head: its parts, its body's framing and whether the connection

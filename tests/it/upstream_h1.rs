@@ -154,3 +154,19 @@ async fn a_chunked_request_body_reaches_the_server_whole() {
         assert_eq!(request.header("transfer-encoding"), vec!["chunked"], "{}", request.head);
     }
 }
+
+/// A chunked request body's trailers go up after its last chunk, and the body is
+/// terminated once.
+#[tokio::test]
+async fn request_trailers_end_the_chunked_body() {
+    let backend = RawBackend::recording().await;
+    let weir = Weir::start(&backend.fill(CONFIG), &[]).await;
+    let request = b"POST /x HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nTE: trailers\r\n\
+                    Connection: close\r\n\r\n3\r\nabc\r\n0\r\nx-checksum: 3\r\n\r\n";
+    let reply = exchange(weir.addr, request).await;
+    assert_eq!(statuses(&reply), vec![200], "{reply}");
+    let requests = backend.requests();
+    assert_eq!(requests.len(), 1, "{requests:?}");
+    assert_eq!(requests[0].body, b"abc");
+    assert!(backend.saw("\r\n0\r\nx-checksum: 3\r\n\r\n"), "{}", String::from_utf8_lossy(&backend.bytes()));
+}

@@ -108,19 +108,24 @@ def workers(proc, name):
 
 
 def cpu_seconds(pids):
-    total = 0
+    """(user, system) CPU seconds of `pids` so far."""
+    user = system = 0
     for pid in pids:
         with open(f"/proc/{pid}/stat") as f:
             fields = f.read().rsplit(")", 1)[1].split()
-        total += int(fields[11]) + int(fields[12])
-    return total / os.sysconf("SC_CLK_TCK")
+        user += int(fields[11])
+        system += int(fields[12])
+    tick = os.sysconf("SC_CLK_TCK")
+    return user / tick, system / tick
 
 
-def rss_kib(pids):
+def rss_kib(pids, field="VmRSS"):
+    """Resident memory of `pids` in KiB: all of it (`VmRSS`), or only the anonymous
+    pages the process owns (`RssAnon`: heap, stacks, no mapped files)."""
     total = 0
     for pid in pids:
         with open(f"/proc/{pid}/status") as f:
-            total += int(re.search(r"VmRSS:\s+(\d+)", f.read()).group(1))
+            total += int(re.search(field + r":\s+(\d+)", f.read()).group(1))
     return total
 
 
@@ -161,7 +166,7 @@ def idle_connections(port, count):
 def measure(name, proc):
     pids = workers(proc, name)
     time.sleep(0.3)
-    r = {"rss_idle": rss_kib(pids) / 1024}
+    r = {"rss_idle": rss_kib(pids) / 1024, "anon_idle": rss_kib(pids, "RssAnon") / 1024}
     # Idle connections first, on a fresh process, so the figure is what they cost and
     # not what earlier load runs left in the allocator.
     socks = idle_connections(PORTS[name], 5000)
@@ -174,7 +179,10 @@ def measure(name, proc):
     wrk(PORTS[name], "/", 50, "2s")  # warm up pools
     before = cpu_seconds(pids)
     requests, r["rps"], _ = wrk(PORTS[name], "/", 50, DURATION)
-    r["cpu_us"] = (cpu_seconds(pids) - before) / requests * 1e6
+    after = cpu_seconds(pids)
+    r["user_us"] = (after[0] - before[0]) / requests * 1e6
+    r["sys_us"] = (after[1] - before[1]) / requests * 1e6
+    r["cpu_us"] = r["user_us"] + r["sys_us"]
     r["p50"], r["p99"], r["p99.9"] = oha(PORTS[name])
     _, _, r["mib_s"] = wrk(PORTS[name], "/bytes/1048576", 8, "4s")
     return r
@@ -208,10 +216,11 @@ def main():
     report(results)
 
 
-FIELDS = [("rps", "req/s", "higher"), ("cpu_us", "CPU µs/req", "lower"), ("p50", "p50 ms", "lower"),
+FIELDS = [("rps", "req/s", "higher"), ("cpu_us", "CPU µs/req", "lower"), ("user_us", "of it user µs/req", "lower"),
+          ("sys_us", "of it system µs/req", "lower"), ("p50", "p50 ms", "lower"),
           ("p99", "p99 ms", "lower"), ("p99.9", "p99.9 ms", "lower"), ("mib_s", "1 MiB MiB/s", "higher"),
-          ("rss_idle", "RSS idle MiB", "lower"), ("rss_5k", "RSS 5k idle conns MiB", "lower"),
-          ("kib_per_conn", "KiB per idle conn", "lower")]
+          ("rss_idle", "RSS idle MiB", "lower"), ("anon_idle", "of it anonymous MiB", "lower"),
+          ("rss_5k", "RSS 5k idle conns MiB", "lower"), ("kib_per_conn", "KiB per idle conn", "lower")]
 
 
 def report(results):

@@ -1,7 +1,7 @@
 //! The real `weir` binary: `--version`, `--check` on good and bad configs (bad ones
 //! exit 1 naming file:line:column and the key), and graceful shutdown on SIGTERM
 //! (stop accepting, finish the in-flight request while the admin endpoints still
-//! answer, exit 0).
+//! answer, exit 0), and reload on SIGHUP.
 
 use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use http_body_util::BodyExt;
 
-use crate::support::{client, get, Backend};
+use crate::support::{client, get, Backend, WeirProcess};
 
 const WEIR: &str = env!("CARGO_BIN_EXE_weir");
 
@@ -199,4 +199,35 @@ servers = [{{ address = "{}" }}]
     assert_eq!(out.status.code(), Some(0), "weir did not exit 0:\n{stderr}");
     assert!(stderr.contains("drained"), "{stderr}");
     assert!(refused(port).await, "the port still accepts after exit");
+}
+
+/// SIGHUP makes the running binary read its file again: a good config takes over, a
+/// bad one is refused and the last good one keeps serving. (The binary has released
+/// its start-up pages by then, so this also runs the config code from pages faulted
+/// back in.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_the_config_file_and_refuses_a_bad_one() {
+    let a = Backend::named("a").start().await;
+    let b = Backend::named("b").start().await;
+    let config = |upstream: &str| {
+        format!(
+            "workers = 1\n[[listeners]]\nname = \"web\"\nlisten = \"{{port}}\"\n[[routes]]\nupstream = \"u\"\n\
+             [upstreams.u]\nservers = [{{ address = \"{{{upstream}}}\" }}]\n"
+        )
+    };
+    let weir = WeirProcess::start(&config("a"), &[&a, &b]).await;
+    assert_eq!(get(&weir.url("/")).await, (http::StatusCode::OK, "a".to_string()));
+
+    weir.reload(&config("b"), &[&a, &b]);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while get(&weir.url("/")).await.1 != "b" {
+        assert!(Instant::now() < deadline, "SIGHUP did not load the new config");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    weir.reload("workers = 1\n[[routes]]\nupstream = \"nowhere\"\n", &[]);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for _ in 0..5 {
+        assert_eq!(get(&weir.url("/")).await, (http::StatusCode::OK, "b".to_string()));
+    }
 }

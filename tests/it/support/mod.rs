@@ -327,6 +327,8 @@ pub async fn send(req: Request<Full<Bytes>>) -> (StatusCode, HeaderMap, Bytes) {
 pub struct WeirProcess {
     pub addr: SocketAddr,
     pub child: std::process::Child,
+    /// The config file it was started on.
+    pub config: std::path::PathBuf,
     _dir: tempfile::TempDir,
 }
 
@@ -346,7 +348,7 @@ impl WeirProcess {
             .spawn()
             .unwrap();
         // Owned at once, so a failed start below still kills and reaps it.
-        let process = WeirProcess { addr, child, _dir: dir };
+        let process = WeirProcess { addr, child, config, _dir: dir };
         for _ in 0..300 {
             if tokio::net::TcpStream::connect(addr).await.is_ok() {
                 return process;
@@ -359,6 +361,14 @@ impl WeirProcess {
     /// `http://addr` + `path`.
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{}", self.addr, path)
+    }
+
+    /// Replaces its config file, filled as `start` does, and sends SIGHUP.
+    pub fn reload(&self, toml: &str, backends: &[&Backend]) {
+        std::fs::write(&self.config, fill(toml, backends).replace("{port}", &self.addr.to_string())).unwrap();
+        let pid = libc::pid_t::try_from(self.child.id()).unwrap();
+        // SAFETY: signalling our own child by pid.
+        assert_eq!(unsafe { libc::kill(pid, libc::SIGHUP) }, 0);
     }
 }
 

@@ -17,6 +17,7 @@
 //! mirrored in `weir_upstream_server_healthy`; every active check is counted in
 //! `weir_health_checks_total`.
 
+use std::future::Future;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -25,7 +26,6 @@ use http::header::{self, HeaderValue};
 use http::uri::PathAndQuery;
 use http::{Request, StatusCode};
 use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
 
 use crate::config::{parse_status_ranges, UpstreamConfig};
 use crate::proxy::body::Body;
@@ -234,41 +234,17 @@ fn eject_for_a_while(upstream: Arc<Upstream>, server: Arc<Server>) {
     });
 }
 
-/// Active checks of one runtime; dropping it (or `stop`) ends them.
-#[derive(Default)]
-pub struct Checks {
-    token: CancellationToken,
-}
-
-impl Checks {
-    /// Starts one check task per server of each upstream that has a `health_check`.
-    pub fn start<'a>(&self, upstreams: impl IntoIterator<Item = &'a Arc<Upstream>>) {
-        for upstream in upstreams {
-            let Some(check) = &upstream.health.check else { continue };
-            for server in upstream.servers.iter() {
-                let (upstream, server, token) = (upstream.clone(), server.clone(), self.token.clone());
-                // Spread first checks over one interval so servers are not probed in step.
-                let first = check.interval.mul_f64(fastrand::f64());
-                tokio::spawn(async move {
-                    tokio::select! {
-                        _ = token.cancelled() => {}
-                        _ = run_checks(&upstream, &server, first) => {}
-                    }
-                });
-            }
-        }
-    }
-
-    /// Ends every check task of this runtime.
-    pub fn stop(&self) {
-        self.token.cancel();
-    }
-}
-
-impl Drop for Checks {
-    fn drop(&mut self) {
-        self.token.cancel();
-    }
+/// The active checks of `server`, if its upstream has a `health_check`: a task
+/// body that runs until dropped. First checks are spread over one interval so the
+/// servers of a pool are not probed in step.
+pub fn checks(
+    upstream: &Arc<Upstream>,
+    server: &Arc<Server>,
+) -> Option<impl Future<Output = ()> + Send + 'static> {
+    let check = upstream.health.check.as_ref()?;
+    let first = check.interval.mul_f64(fastrand::f64());
+    let (upstream, server) = (upstream.clone(), server.clone());
+    Some(async move { run_checks(&upstream, &server, first).await })
 }
 
 async fn run_checks(upstream: &Arc<Upstream>, server: &Arc<Server>, first: Duration) {

@@ -9,10 +9,12 @@
 //! over the same way when their name and settings are unchanged.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
+use tokio_util::sync::CancellationToken;
 
 use crate::access_log::AccessLog;
 use crate::admission::{Admission, AdmissionSettings};
@@ -20,7 +22,7 @@ use crate::balancer::{Balancer, Options};
 use crate::cache::{self, Cache};
 use crate::config::{Config, RouteConfig, UpstreamProtocol};
 use crate::discovery::{self, Answers};
-use crate::health::{self, Checks, HealthPolicy};
+use crate::health::{self, HealthPolicy};
 use crate::metrics::{Metrics, UpstreamMetrics};
 use crate::proxy::client::{server_name, tls_name, UpstreamTls};
 use crate::proxy::client_ip::TrustedProxies;
@@ -31,7 +33,7 @@ use crate::shaping::sticky::Sticky;
 use crate::shaping::template::Var;
 use crate::shaping::{AccessList, HeaderRules, LocalAnswer, PathRewrite};
 use crate::tls::{self, TlsError};
-use crate::upstream::{ConnectionSettings, Server, ServerState, Upstream};
+use crate::upstream::{self, ConnectionSettings, Server, ServerState, Upstream};
 
 /// The ready-to-serve form of one config.
 pub struct Runtime {
@@ -42,8 +44,9 @@ pub struct Runtime {
     pub caches: HashMap<Box<str>, Arc<Cache>>,
     /// Counts requests that matched no route (`upstream=""`).
     pub unrouted: UpstreamMetrics,
-    /// This runtime's active health checks, started by `start_health`.
-    pub health: Checks,
+    /// This runtime's background tasks (active health checks, idle-pool sweeps),
+    /// started by `start_tasks`.
+    pub tasks: Tasks,
     /// TLS for each listener slot, `None` for plain ones. Part of the runtime so a
     /// reload can renew certificates.
     pub tls: Vec<Option<tokio_rustls::TlsAcceptor>>,
@@ -206,6 +209,7 @@ impl Runtime {
                 servers: servers.into(),
                 connect_timeout: up.connect_timeout.0,
                 request_timeout: up.request_timeout.0,
+                keepalive_timeout: up.keepalive_timeout.0,
                 h2,
                 tls,
                 connection,
@@ -294,7 +298,7 @@ impl Runtime {
             upstreams,
             caches,
             unrouted: metrics.upstream(""),
-            health: Checks::default(),
+            tasks: Tasks::default(),
             access_log,
             tls: listener_tls,
             listener_slots: slots,
@@ -309,10 +313,47 @@ impl Runtime {
         self.listener_slots.iter().position(|s| &**s == name)
     }
 
-    /// Starts the active health checks; they end when this runtime is dropped or
-    /// `health.stop()` is called. Needs a tokio runtime.
-    pub fn start_health(&self) {
-        self.health.start(self.upstreams.values());
+    /// Starts the background tasks: each server's active health checks and each
+    /// upstream's idle-pool sweep. They end when this runtime is dropped or
+    /// `tasks.stop()` is called. Needs a tokio runtime.
+    pub fn start_tasks(&self) {
+        for upstream in self.upstreams.values() {
+            self.tasks.spawn(upstream::keep_pools(upstream.clone()));
+            for server in upstream.servers.iter() {
+                if let Some(checks) = health::checks(upstream, server) {
+                    self.tasks.spawn(checks);
+                }
+            }
+        }
+    }
+}
+
+/// Tasks that live as long as one runtime: `stop`, or dropping it, ends them all.
+/// A reload stops the old runtime's tasks as it starts the new one's, so each server
+/// is checked and swept by one task.
+#[derive(Default)]
+pub struct Tasks(CancellationToken);
+
+impl Tasks {
+    fn spawn(&self, task: impl Future<Output = ()> + Send + 'static) {
+        let token = self.0.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = token.cancelled() => {}
+                _ = task => {}
+            }
+        });
+    }
+
+    /// Ends every task of this runtime.
+    pub fn stop(&self) {
+        self.0.cancel();
+    }
+}
+
+impl Drop for Tasks {
+    fn drop(&mut self) {
+        self.0.cancel();
     }
 }
 

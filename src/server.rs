@@ -160,7 +160,7 @@ impl Server {
     /// Builds the runtime and binds every listener; nothing is served yet.
     pub fn bind(config: &Config, metrics: Arc<Metrics>) -> Result<Server, StartError> {
         let runtime = Runtime::build(config, None, &metrics)?;
-        runtime.start_health();
+        runtime.start_tasks();
         let admin = match &config.admin {
             None => None,
             Some(a) => {
@@ -300,9 +300,9 @@ fn rediscover(
         let fresh = Answers::from([(address.to_string(), addrs)]);
         match Runtime::build_with(&listeners.config, Some(&old), &metrics, &fresh) {
             Ok(new) => {
-                new.start_health();
+                new.start_tasks();
                 runtime.store(Arc::new(new));
-                old.health.stop();
+                old.tasks.stop();
             }
             Err(error) => {
                 tracing::error!(%error, "rebuilding for new DNS answers failed; the old servers keep serving")
@@ -338,11 +338,11 @@ impl Reloader {
         let old = self.runtime.load_full();
         let new = Runtime::build(&config, Some(&old), &self.metrics)?;
         let bound = listeners.bind_new(&config, &new, &self.metrics)?;
-        new.start_health();
+        new.start_tasks();
         self.runtime.store(Arc::new(new));
         // Requests still running on the old runtime finish there, but its checks stop
         // now so each server is probed by one task.
-        old.health.stop();
+        old.tasks.stop();
         listeners.apply(&config, bound);
         if listeners.serving {
             let apply = rediscover(&self.runtime, &self.metrics, &self.listeners);

@@ -36,6 +36,8 @@ pub struct Upstream {
     pub balancer_kind: BalancerKind,
     pub connect_timeout: Duration,
     pub request_timeout: Duration,
+    /// An idle pooled connection unused this long is closed (see `keep_pools`).
+    pub keepalive_timeout: Duration,
     /// Speak h2 (one multiplexed connection per server) instead of HTTP/1.1.
     pub h2: bool,
     pub tls: Option<UpstreamTls>,
@@ -148,6 +150,55 @@ impl Server {
     /// An idle pooled connection, if one is left.
     pub(crate) fn take_idle(&self) -> Option<Sender> {
         self.state.pool.pop()
+    }
+}
+
+impl ServerState {
+    /// Looks over the idle pool once. A connection is closed when its server closed
+    /// it (or sent something unasked), or when this is the `max_sweeps`th sweep in a
+    /// row that found it unused; the rest go back in their order. Returns how many
+    /// were closed.
+    pub(crate) fn sweep_pool(&self, max_sweeps: u32) -> usize {
+        let mut closed = 0;
+        // Each connection idle now is seen once; one returned meanwhile queues behind.
+        for _ in 0..self.pool.len() {
+            let Some(sender) = self.pool.pop() else { break };
+            let kept = match sender {
+                Sender::H1(mut conn) => {
+                    (conn.idle_sweep() < max_sweeps && conn.is_reusable()).then_some(Sender::H1(conn))
+                }
+                // Shared by every request to the server: kept while it is open.
+                Sender::H2(shared) => (!shared.is_closed()).then_some(Sender::H2(shared)),
+            };
+            match kept {
+                // A full pool (requests returned connections meanwhile) closes it.
+                Some(sender) => closed += usize::from(self.pool.push(sender).is_err()),
+                None => closed += 1,
+            }
+        }
+        closed
+    }
+}
+
+/// Keeps `upstream`'s idle connection pools clean while it runs: a sweep every
+/// quarter of `keepalive_timeout` (at most a second apart) closes connections their
+/// server closed, so none lingers half-closed (`CLOSE_WAIT`) until a request would
+/// have found it dead, and connections left unused for `keepalive_timeout`. As nginx
+/// and HAProxy do, an idle connection is dropped within about a second of its server
+/// closing it.
+pub async fn keep_pools(upstream: Arc<Upstream>) {
+    let timeout = upstream.keepalive_timeout;
+    let every = (timeout / 4).clamp(Duration::from_millis(10), Duration::from_secs(1));
+    // Closed at the sweep that finds it unused for the whole timeout: between
+    // `timeout` and `timeout + every` after its last use.
+    let max_sweeps = u32::try_from(timeout.as_nanos().div_ceil(every.as_nanos()) + 1).unwrap_or(u32::MAX);
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        for server in upstream.servers.iter() {
+            server.state.sweep_pool(max_sweeps);
+        }
     }
 }
 

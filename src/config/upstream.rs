@@ -100,6 +100,9 @@ pub struct UpstreamConfig {
     /// Idle keep-alive connections kept per server.
     #[serde(default = "defaults::keepalive")]
     pub keepalive: usize,
+    /// An idle pooled connection unused this long is closed.
+    #[serde(default = "defaults::keepalive_timeout")]
+    pub keepalive_timeout: Dur,
     /// `http1` (default) or `h2` (one multiplexed connection per server; gRPC).
     #[serde(default = "defaults::protocol")]
     pub protocol: UpstreamProtocol,
@@ -235,6 +238,9 @@ mod defaults {
     }
     pub fn keepalive() -> usize {
         64
+    }
+    pub fn keepalive_timeout() -> Dur {
+        Dur(Duration::from_secs(60))
     }
     pub fn retry_budget() -> Spanned<f64> {
         Spanned::new(0..0, 0.2)

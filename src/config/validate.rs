@@ -103,7 +103,11 @@ pub(super) fn validate(config: &Config, src: &Source) -> Result<(), ConfigError>
                 "every server is a backup: at least one primary server is required",
             ));
         }
-        for (what, d) in [("connect_timeout", up.connect_timeout), ("request_timeout", up.request_timeout)] {
+        for (what, d) in [
+            ("connect_timeout", up.connect_timeout),
+            ("request_timeout", up.request_timeout),
+            ("keepalive_timeout", up.keepalive_timeout),
+        ] {
             if d.0.is_zero() {
                 return Err(src.error(None, &format!("{key}.{what}"), "must be greater than zero"));
             }

@@ -134,11 +134,19 @@ pub struct Conn {
     write: Vec<u8>,
     /// A request body still being sent.
     upload: Option<Box<Upload>>,
+    /// Pool sweeps this connection has sat through unused (`upstream::keep_pools`).
+    idle_sweeps: u32,
 }
 
 impl Conn {
     pub fn new(io: Stream) -> Conn {
-        Conn { io, read: BytesMut::new(), write: Vec::new(), upload: None }
+        Conn { io, read: BytesMut::new(), write: Vec::new(), upload: None, idle_sweeps: 0 }
+    }
+
+    /// Counts one more pool sweep passed unused, and returns the count.
+    pub fn idle_sweep(&mut self) -> u32 {
+        self.idle_sweeps = self.idle_sweeps.saturating_add(1);
+        self.idle_sweeps
     }
 
     /// Whether an idle connection can carry another request: the server has not
@@ -173,6 +181,7 @@ impl Conn {
         req: &mut Request<super::body::Body>,
         forwarded: Option<&Forwarded>,
     ) -> Result<Response<Body>, SendError> {
+        self.idle_sweeps = 0;
         let framing = encode_head(req, forwarded, &mut self.write);
         if let Err(e) = self.io.write_all(&self.write).await {
             // A partial head is no request a server could act on.

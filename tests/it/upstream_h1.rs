@@ -170,3 +170,63 @@ async fn request_trailers_end_the_chunked_body() {
     assert_eq!(requests[0].body, b"abc");
     assert!(backend.saw("\r\n0\r\nx-checksum: 3\r\n\r\n"), "{}", String::from_utf8_lossy(&backend.bytes()));
 }
+
+/// TCP states (as `/proc/net/tcp` writes them) of this host's sockets whose remote
+/// end is `port` on 127.0.0.1: weir's connections to a backend listening there.
+fn sockets_to(port: u16) -> Vec<u8> {
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap();
+    let remote = format!("0100007F:{port:04X}");
+    table
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            (fields.get(2) == Some(&remote.as_str())).then(|| u8::from_str_radix(fields[3], 16).unwrap())
+        })
+        .collect()
+}
+
+const ESTABLISHED: u8 = 0x01;
+const CLOSE_WAIT: u8 = 0x08;
+
+/// A server that closes an idle pooled connection gets it closed on weir's side
+/// too, by the pool's sweep, instead of leaving the socket half-closed
+/// (`CLOSE_WAIT`) until some request would take it.
+#[tokio::test]
+async fn a_pooled_connection_the_server_closed_is_released_by_the_sweep() {
+    let backend = RawBackend::start(|_, _| Action::ReplyAndClose(OK.to_vec())).await;
+    let weir = Weir::start(&backend.fill(CONFIG), &[]).await;
+    assert_eq!(statuses(&exchange(weir.addr, GET).await), vec![200]);
+    // The sweep runs every second with the default `keepalive_timeout` of 60 s.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while sockets_to(backend.addr.port()).contains(&CLOSE_WAIT) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the closed connection was kept: {:?}",
+            sockets_to(backend.addr.port())
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// An idle pooled connection is closed once unused for `keepalive_timeout`, and
+/// not before.
+#[tokio::test]
+async fn an_idle_pooled_connection_is_closed_after_keepalive_timeout() {
+    let backend = RawBackend::start(|_, _| Action::Reply(OK.to_vec())).await;
+    let config = backend.fill(CONFIG).replace("request_timeout = \"2s\"", "keepalive_timeout = \"400ms\"");
+    let weir = Weir::start(&config, &[]).await;
+    assert_eq!(statuses(&exchange(weir.addr, GET).await), vec![200]);
+    let port = backend.addr.port();
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    assert_eq!(sockets_to(port), vec![ESTABLISHED], "closed before its keep-alive timeout");
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while sockets_to(port).contains(&ESTABLISHED) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still open after its keep-alive timeout: {:?}",
+            sockets_to(port)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

@@ -17,12 +17,13 @@
 //! connection task, `Peer`, TLS and hyper state are made once it sends something.
 //!
 //! Timeouts a client meets: the wait for the first byte (the lobby's sweep, up to a
-//! quarter late), the TLS handshake and the rest of an h2 preface (`FirstBytes`) get
+//! quarter late), the TLS handshake and the rest of an h2 preface (`ClientIo`) get
 //! `header_read_timeout`; hyper's HTTP/1 header read timeout then
 //! covers every request head, including the idle gap between keep-alive requests (it
 //! starts when the previous response is done), so `header_read_timeout` is also the
 //! keep-alive idle limit; a stalled request body gets `body_read_timeout`
-//! (`proxy::body::ClientBody`).
+//! (`proxy::body::RequestBody`); a client that stops reading its response gets
+//! `send_timeout` (`ClientIo`).
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -72,6 +73,8 @@ pub struct Settings {
     /// One permit per open connection; `None` without `max_connections`.
     slots: Option<Arc<Semaphore>>,
     body_read_timeout: Duration,
+    /// A write to the client that waits this long for it to read fails.
+    send_timeout: Duration,
     /// A connection with no request in progress this long is closed.
     idle_timeout: Duration,
 }
@@ -101,6 +104,7 @@ impl Settings {
             builder,
             handshake_timeout: config.header_read_timeout.0,
             body_read_timeout: config.body_read_timeout.0,
+            send_timeout: config.send_timeout.0,
             idle_timeout: config.idle_timeout.0,
             max_connections,
             slots,
@@ -314,7 +318,7 @@ impl Connection {
                 Ok::<_, Infallible>(response)
             }
         });
-        let io = FirstBytes::new(io, self.settings.handshake_timeout);
+        let io = ClientIo::new(io, self.settings.handshake_timeout, self.settings.send_timeout);
         let conn = self.settings.builder.serve_connection_with_upgrades(TokioIo::new(io), service);
         tokio::pin!(conn);
         let result = tokio::select! {
@@ -392,27 +396,48 @@ impl Drop for Busy {
 /// The connection preface an h2 (prior knowledge) client opens with.
 const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
-/// A client connection whose first bytes must arrive within a timeout.
+/// A client connection with the two timeouts hyper does not keep for us: its first
+/// bytes must arrive within `header_read_timeout`, and a write must find the client
+/// reading within `send_timeout`.
 ///
-/// hyper-util's protocol detection reads until the bytes differ from the h2 preface
-/// (or all 24 match) with no timeout of its own, and hyper's header read timeout only
-/// starts after it: a client that sends a few bytes of the preface and stops, or a TLS
-/// client silent after its handshake, would hold its connection forever
-/// (`first_bytes` only waits for the first byte of a plain connection). This tracks
-/// the same comparison and disarms once it is decided; from then on reads pass
+/// First bytes: hyper-util's protocol detection reads until the bytes differ from the
+/// h2 preface (or all 24 match) with no timeout of its own, and hyper's header read
+/// timeout only starts after it: a client that sends a few bytes of the preface and
+/// stops, or a TLS client silent after its handshake, would hold its connection
+/// forever (the lobby only waits for the first byte of a plain connection). This
+/// tracks the same comparison and disarms once it is decided; from then on reads pass
 /// straight through.
-struct FirstBytes<I> {
+///
+/// Writes: a client that stops reading its response would otherwise hold the write,
+/// and with it the response's upstream connection and in-flight slot, for as long as
+/// it likes (HTTP/1.1, h2 and tunnels alike). The timer starts only when a write has
+/// to wait, and moves on whenever the client takes bytes, so a slow but steady reader
+/// is never cut; a write that completes costs a flag.
+struct ClientIo<I> {
     io: I,
-    timeout: Duration,
+    read_timeout: Duration,
     /// Set on the first read that has to wait; `None` again once disarmed.
-    timer: Option<Pin<Box<Sleep>>>,
+    read_timer: Option<Pin<Box<Sleep>>>,
     /// Bytes read so far that match the h2 preface; `None` once decided.
     matched: Option<usize>,
+    send_timeout: Duration,
+    /// Made on the first write that has to wait, then re-armed in place.
+    send_timer: Option<Pin<Box<Sleep>>>,
+    /// The client took bytes since the send timer was last armed.
+    sent: bool,
 }
 
-impl<I> FirstBytes<I> {
-    fn new(io: I, timeout: Duration) -> FirstBytes<I> {
-        FirstBytes { io, timeout, timer: None, matched: Some(0) }
+impl<I> ClientIo<I> {
+    fn new(io: I, read_timeout: Duration, send_timeout: Duration) -> ClientIo<I> {
+        ClientIo {
+            io,
+            read_timeout,
+            read_timer: None,
+            matched: Some(0),
+            send_timeout,
+            send_timer: None,
+            sent: false,
+        }
     }
 
     /// Follows the preface comparison over newly read bytes.
@@ -422,14 +447,48 @@ impl<I> FirstBytes<I> {
         let n = bytes.len().min(rest.len());
         if bytes[..n] != rest[..n] || matched + n == H2_PREFACE.len() {
             self.matched = None;
-            self.timer = None;
+            self.read_timer = None;
         } else {
             self.matched = Some(matched + n);
         }
     }
+
+    /// A write (or flush) has to wait: `Ready(Err)` once the client has taken nothing
+    /// for `send_timeout`.
+    fn poll_stalled<T>(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<T>> {
+        let deadline = Instant::now() + self.send_timeout;
+        let timer = match &mut self.send_timer {
+            Some(timer) => {
+                if std::mem::take(&mut self.sent) {
+                    timer.as_mut().reset(deadline);
+                }
+                timer
+            }
+            None => self.send_timer.insert(Box::pin(tokio::time::sleep_until(deadline))),
+        };
+        match timer.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "the client read nothing within send_timeout",
+            ))),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    /// Passes a write's result on, noting progress; a wait goes to the send timer.
+    fn wrote(&mut self, cx: &mut Context<'_>, result: Poll<io::Result<usize>>) -> Poll<io::Result<usize>> {
+        match result {
+            Poll::Pending => self.poll_stalled(cx),
+            Poll::Ready(Ok(n)) => {
+                self.sent |= n > 0;
+                Poll::Ready(Ok(n))
+            }
+            error => error,
+        }
+    }
 }
 
-impl<I: AsyncRead + Unpin> AsyncRead for FirstBytes<I> {
+impl<I: AsyncRead + Unpin> AsyncRead for ClientIo<I> {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         if this.matched.is_none() {
@@ -443,8 +502,8 @@ impl<I: AsyncRead + Unpin> AsyncRead for FirstBytes<I> {
             }
             Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
             Poll::Pending => {
-                let timeout = this.timeout;
-                let timer = this.timer.get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+                let timeout = this.read_timeout;
+                let timer = this.read_timer.get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
                 match timer.as_mut().poll(cx) {
                     Poll::Ready(()) => Poll::Ready(Err(io::Error::new(
                         io::ErrorKind::TimedOut,
@@ -457,22 +516,30 @@ impl<I: AsyncRead + Unpin> AsyncRead for FirstBytes<I> {
     }
 }
 
-impl<I: AsyncWrite + Unpin> AsyncWrite for FirstBytes<I> {
+impl<I: AsyncWrite + Unpin> AsyncWrite for ClientIo<I> {
     fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
+        let this = self.get_mut();
+        let result = Pin::new(&mut this.io).poll_write(cx, buf);
+        this.wrote(cx, result)
     }
     fn poll_write_vectored(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
+        let this = self.get_mut();
+        let result = Pin::new(&mut this.io).poll_write_vectored(cx, bufs);
+        this.wrote(cx, result)
     }
     fn is_write_vectored(&self) -> bool {
         self.io.is_write_vectored()
     }
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+        let this = self.get_mut();
+        match Pin::new(&mut this.io).poll_flush(cx) {
+            Poll::Pending => this.poll_stalled(cx),
+            done => done,
+        }
     }
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
@@ -509,7 +576,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_silent_client_is_cut_off_after_the_timeout() {
         let (client, server) = tokio::io::duplex(64);
-        let mut io = FirstBytes::new(server, Duration::from_secs(10));
+        let mut io = ClientIo::new(server, Duration::from_secs(10), Duration::from_secs(10));
         let started = tokio::time::Instant::now();
         let err = io.read(&mut [0; 8]).await.unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::TimedOut);
@@ -520,7 +587,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_partial_h2_preface_is_still_timed() {
         let (mut client, server) = tokio::io::duplex(64);
-        let mut io = FirstBytes::new(server, Duration::from_secs(10));
+        let mut io = ClientIo::new(server, Duration::from_secs(10), Duration::from_secs(10));
         client.write_all(b"PRI * HT").await.unwrap();
         assert_eq!(io.read(&mut [0; 64]).await.unwrap(), 8);
         assert!(io.read(&mut [0; 64]).await.is_err());
@@ -529,7 +596,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn once_http1_is_recognised_reads_wait_without_limit() {
         let (mut client, server) = tokio::io::duplex(64);
-        let mut io = FirstBytes::new(server, Duration::from_secs(10));
+        let mut io = ClientIo::new(server, Duration::from_secs(10), Duration::from_secs(10));
         client.write_all(b"GET / HTTP/1.1\r\n").await.unwrap();
         assert_eq!(io.read(&mut [0; 64]).await.unwrap(), 16);
         let waiting = tokio::time::timeout(Duration::from_secs(60), io.read(&mut [0; 64])).await;

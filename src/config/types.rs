@@ -120,6 +120,10 @@ pub struct ListenerConfig {
     /// request (the upstream sees it aborted, never completed).
     #[serde(default = "defaults::body_read_timeout")]
     pub body_read_timeout: Dur,
+    /// Longest a write to the client may wait for the client to take bytes: one that
+    /// stops reading is cut off (nginx's `send_timeout`).
+    #[serde(default = "defaults::send_timeout")]
+    pub send_timeout: Dur,
     /// Set SO_REUSEPORT, so several weir processes can listen on one port and the
     /// kernel spreads connections among them.
     #[serde(default)]
@@ -347,6 +351,9 @@ mod defaults {
         Spanned::new(0..0, 32 * 1024)
     }
     pub fn body_read_timeout() -> Dur {
+        Dur(Duration::from_secs(60))
+    }
+    pub fn send_timeout() -> Dur {
         Dur(Duration::from_secs(60))
     }
     pub fn h2_max_concurrent_streams() -> u32 {

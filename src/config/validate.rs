@@ -75,6 +75,7 @@ pub(super) fn validate(config: &Config, src: &Source) -> Result<(), ConfigError>
         for (what, d) in [
             ("header_read_timeout", &l.header_read_timeout),
             ("body_read_timeout", &l.body_read_timeout),
+            ("send_timeout", &l.send_timeout),
             ("idle_timeout", &l.idle_timeout),
         ] {
             if d.0.is_zero() {

@@ -298,3 +298,125 @@ async fn the_proxy_serves_while_a_slowloris_holds_connections() {
     let reply = exchange(weir.addr, b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n").await;
     assert_eq!(statuses(&reply), vec![200]);
 }
+
+/// An h2 client that opens a connection, makes one request and then only keeps the
+/// connection (answering pings, sending nothing) is closed at `idle_timeout`, as an
+/// idle HTTP/1.1 one is.
+#[tokio::test]
+async fn an_idle_h2_connection_is_closed_at_idle_timeout() {
+    let config = CONFIG
+        .replace("body_read_timeout = \"500ms\"", "body_read_timeout = \"500ms\"\nidle_timeout = \"400ms\"");
+    let (_backend, weir) = start(&config).await;
+    let tcp = TcpStream::connect(weir.addr).await.unwrap();
+    let (client, connection) = h2::client::handshake(tcp).await.unwrap();
+    let connection = tokio::spawn(connection);
+    let mut client = client.ready().await.unwrap();
+    let (response, _) =
+        client.send_request(http::Request::get("http://a/ok").body(()).unwrap(), true).unwrap();
+    assert_eq!(response.await.unwrap().status(), 200);
+    let started = Instant::now();
+    let ended = tokio::time::timeout(Duration::from_secs(5), connection).await;
+    assert!(ended.is_ok(), "the idle h2 connection was kept past idle_timeout");
+    assert!(started.elapsed() >= Duration::from_millis(300), "closed early: {:?}", started.elapsed());
+}
+
+/// A SETTINGS flood (each frame asks for an acknowledgement) from a client that
+/// never reads them: weir stops taking frames once its acknowledgements back up (so
+/// memory stays bounded), and `send_timeout` then closes the connection. Other
+/// clients are served throughout.
+#[tokio::test]
+async fn h2_settings_flood_is_cut_off() {
+    let config = CONFIG
+        .replace("body_read_timeout = \"500ms\"", "body_read_timeout = \"500ms\"\nsend_timeout = \"1s\"");
+    let (_backend, weir) = start(&config).await;
+    let stream = TcpStream::connect(weir.addr).await.unwrap();
+    let (mut read, mut write) = stream.into_split();
+    write.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").await.unwrap();
+    write.write_all(&frame(0x4, 0, 0, &[])).await.unwrap();
+    let settings = frame(0x4, 0, 0, &[0x00, 0x03, 0x00, 0x00, 0x00, 0x64]);
+    let batch: Vec<u8> = settings.iter().copied().cycle().take(settings.len() * 1000).collect();
+    let started = Instant::now();
+    let mut sent = 0;
+    // Until weir stops taking them (a write waits half a second) or refuses them.
+    while started.elapsed() < Duration::from_secs(10) {
+        match tokio::time::timeout(Duration::from_millis(500), write.write_all(&batch)).await {
+            Ok(Ok(())) => sent += 1000,
+            Ok(Err(_)) | Err(_) => break,
+        }
+    }
+    assert!(started.elapsed() < Duration::from_secs(10), "weir took SETTINGS frames for 10 s ({sent})");
+    eprintln!("settings flood: {sent} SETTINGS frames taken before weir pushed back");
+    assert_serves(&weir).await;
+    // Past `send_timeout` with nobody reading, then read: the acknowledgements owed,
+    // then the end of the connection, which weir closed meanwhile.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let mut buf = vec![0u8; 1 << 16];
+    let ended = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match read.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+    assert!(ended.is_ok(), "the flooding connection is still open");
+}
+
+/// A client that asks for a large response and stops reading is disconnected after
+/// `send_timeout`, so it cannot hold the response's upstream connection forever; a
+/// slow reader that keeps taking bytes is not.
+#[tokio::test]
+async fn a_client_that_stops_reading_is_cut_at_send_timeout() {
+    const SIZE: usize = 64 << 20;
+    let big = bytes::Bytes::from(vec![b'x'; SIZE]);
+    let backend = crate::support::Backend::named("big")
+        .reply(move |_| crate::support::Reply {
+            status: http::StatusCode::OK,
+            body: big.clone(),
+            delay: Duration::ZERO,
+        })
+        .start()
+        .await;
+    let config = "[[listeners]]\nname = \"web\"\nlisten = \"127.0.0.1:0\"\nsend_timeout = \"500ms\"\n\
+                  [[routes]]\nupstream = \"b\"\n[upstreams.b]\nservers = [{ address = \"{big}\" }]\n";
+    let weir = Weir::start(config, &[&backend]).await;
+
+    // A slow reader: 64 KiB every 100 ms keeps its connection well past the timeout.
+    let mut slow = TcpStream::connect(weir.addr).await.unwrap();
+    slow.write_all(b"GET /slow HTTP/1.1\r\nHost: a\r\n\r\n").await.unwrap();
+    let mut buf = vec![0u8; 64 << 10];
+    let mut taken = 0;
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_millis(1500) {
+        let n = slow.read(&mut buf).await.unwrap();
+        assert!(n > 0, "a slow but steady reader was cut off after {taken} bytes");
+        taken += n;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // A reader that stops: after the pause, what is left in the socket buffers is all
+    // it gets before the connection ends.
+    let mut stalled = TcpStream::connect(weir.addr).await.unwrap();
+    stalled.write_all(b"GET /stalled HTTP/1.1\r\nHost: a\r\n\r\n").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(2000)).await;
+    let mut got = 0;
+    let ended = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match stalled.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => got += n,
+            }
+        }
+    })
+    .await;
+    assert!(ended.is_ok(), "the stalled connection was not closed");
+    assert!(got < SIZE, "the whole response arrived ({got} bytes): the stalled client was not cut off");
+    assert_serves_at(&weir).await;
+}
+
+/// `assert_serves` for a weir whose route goes to a working backend.
+async fn assert_serves_at(weir: &Weir) {
+    let (status, _) = tokio::time::timeout(Duration::from_secs(5), get(&weir.url("/ok"))).await.unwrap();
+    assert_eq!(status.as_u16(), 200);
+}

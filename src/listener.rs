@@ -32,7 +32,7 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -49,6 +49,7 @@ use tokio::time::Sleep;
 use tokio_util::task::TaskTracker;
 
 use crate::config::ListenerConfig;
+use crate::proxy::body::Pause;
 use crate::proxy::{self, Peer};
 use crate::runtime::SharedRuntime;
 
@@ -420,24 +421,13 @@ struct ClientIo<I> {
     read_timer: Option<Pin<Box<Sleep>>>,
     /// Bytes read so far that match the h2 preface; `None` once decided.
     matched: Option<usize>,
-    send_timeout: Duration,
-    /// Made on the first write that has to wait, then re-armed in place.
-    send_timer: Option<Pin<Box<Sleep>>>,
-    /// The client took bytes since the send timer was last armed.
-    sent: bool,
+    /// `send_timeout`, for writes that wait.
+    send: Pause,
 }
 
 impl<I> ClientIo<I> {
     fn new(io: I, read_timeout: Duration, send_timeout: Duration) -> ClientIo<I> {
-        ClientIo {
-            io,
-            read_timeout,
-            read_timer: None,
-            matched: Some(0),
-            send_timeout,
-            send_timer: None,
-            sent: false,
-        }
+        ClientIo { io, read_timeout, read_timer: None, matched: Some(0), send: Pause::new(send_timeout) }
     }
 
     /// Follows the preface comparison over newly read bytes.
@@ -456,23 +446,11 @@ impl<I> ClientIo<I> {
     /// A write (or flush) has to wait: `Ready(Err)` once the client has taken nothing
     /// for `send_timeout`.
     fn poll_stalled<T>(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<T>> {
-        let deadline = Instant::now() + self.send_timeout;
-        let timer = match &mut self.send_timer {
-            Some(timer) => {
-                if std::mem::take(&mut self.sent) {
-                    timer.as_mut().reset(deadline);
-                }
-                timer
-            }
-            None => self.send_timer.insert(Box::pin(tokio::time::sleep_until(deadline))),
-        };
-        match timer.as_mut().poll(cx) {
-            Poll::Ready(()) => Poll::Ready(Err(io::Error::new(
-                io::ErrorKind::TimedOut,
-                "the client read nothing within send_timeout",
-            ))),
-            Poll::Pending => Poll::Pending,
-        }
+        ready!(self.send.poll_expired(cx));
+        Poll::Ready(Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            "the client read nothing within send_timeout",
+        )))
     }
 
     /// Passes a write's result on, noting progress; a wait goes to the send timer.
@@ -480,7 +458,9 @@ impl<I> ClientIo<I> {
         match result {
             Poll::Pending => self.poll_stalled(cx),
             Poll::Ready(Ok(n)) => {
-                self.sent |= n > 0;
+                if n > 0 {
+                    self.send.progressed();
+                }
                 Poll::Ready(Ok(n))
             }
             error => error,

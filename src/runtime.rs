@@ -210,6 +210,7 @@ impl Runtime {
                 connect_timeout: up.connect_timeout.0,
                 request_timeout: up.request_timeout.0,
                 keepalive_timeout: up.keepalive_timeout.0,
+                read_timeout: up.read_timeout.0,
                 h2,
                 tls,
                 connection,

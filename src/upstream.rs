@@ -36,6 +36,8 @@ pub struct Upstream {
     pub balancer_kind: BalancerKind,
     pub connect_timeout: Duration,
     pub request_timeout: Duration,
+    /// Longest pause while a server sends a response body.
+    pub read_timeout: Duration,
     /// An idle pooled connection unused this long is closed (see `keep_pools`).
     pub keepalive_timeout: Duration,
     /// Speak h2 (one multiplexed connection per server) instead of HTTP/1.1.

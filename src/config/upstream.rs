@@ -97,6 +97,10 @@ pub struct UpstreamConfig {
     /// Longest wait for the response headers once the request is sent.
     #[serde(default = "defaults::request_timeout")]
     pub request_timeout: Dur,
+    /// Longest pause while a server sends a response body; past it the response is
+    /// cut (nginx's `proxy_read_timeout`, after the headers).
+    #[serde(default = "defaults::read_timeout")]
+    pub read_timeout: Dur,
     /// Idle keep-alive connections kept per server.
     #[serde(default = "defaults::keepalive")]
     pub keepalive: usize,
@@ -238,6 +242,9 @@ mod defaults {
     }
     pub fn keepalive() -> usize {
         64
+    }
+    pub fn read_timeout() -> Dur {
+        Dur(Duration::from_secs(60))
     }
     pub fn keepalive_timeout() -> Dur {
         Dur(Duration::from_secs(60))

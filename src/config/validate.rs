@@ -107,6 +107,7 @@ pub(super) fn validate(config: &Config, src: &Source) -> Result<(), ConfigError>
         for (what, d) in [
             ("connect_timeout", up.connect_timeout),
             ("request_timeout", up.request_timeout),
+            ("read_timeout", up.read_timeout),
             ("keepalive_timeout", up.keepalive_timeout),
         ] {
             if d.0.is_zero() {

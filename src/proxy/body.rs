@@ -17,7 +17,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
@@ -86,12 +86,8 @@ pub struct RequestBody {
     pub(crate) bytes: IntCounter,
     /// This request's own count, for the access log.
     pub(crate) tally: Option<Arc<AtomicU64>>,
-    idle: Duration,
-    /// Made on the first wait (a body already buffered never needs one) and re-armed
-    /// in place, so frames allocate nothing.
-    timer: Option<Pin<Box<Sleep>>>,
-    /// A frame arrived since the timer was last armed.
-    progressed: bool,
+    /// The listener's `body_read_timeout`.
+    pause: Pause,
     /// The route's `max_request_body`, if it has one, and the bytes read so far: the
     /// frame that would cross the limit is not forwarded; the body ends with
     /// `BodyTooLarge` instead, so the upstream never gets more than the limit.
@@ -125,6 +121,11 @@ pub struct BodyTooLarge {
     pub limit: u64,
 }
 
+/// The server sent no response body data within its upstream's `read_timeout`.
+#[derive(Debug, thiserror::Error)]
+#[error("server sent no response body data for {0:?}")]
+pub struct ReadTimeout(pub Duration);
+
 /// The client sent no request body data within the listener's `body_read_timeout`.
 #[derive(Debug, thiserror::Error)]
 #[error("client sent no request body data for {0:?}")]
@@ -137,14 +138,14 @@ impl RequestBody {
         tally: Option<Arc<AtomicU64>>,
         idle: Duration,
     ) -> RequestBody {
-        RequestBody { inner, bytes, tally, limit: None, received: 0, idle, timer: None, progressed: false }
+        RequestBody { inner, bytes, tally, limit: None, received: 0, pause: Pause::new(idle) }
     }
 
     fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match Pin::new(&mut self.inner).poll_frame(cx) {
             Poll::Pending => {}
             Poll::Ready(Some(Ok(frame))) => {
-                self.progressed = true;
+                self.pause.progressed();
                 let n = frame.data_ref().map_or(0, |d| d.remaining() as u64);
                 self.received = self.received.saturating_add(n);
                 if let Some(limit) = self.limit.as_ref().filter(|l| self.received > l.max) {
@@ -159,7 +160,35 @@ impl RequestBody {
             }
             ready => return ready.map_err(Into::into),
         }
-        let deadline = Instant::now() + self.idle;
+        ready!(self.pause.poll_expired(cx));
+        Poll::Ready(Some(Err(BodyTimeout(self.pause.limit).into())))
+    }
+}
+
+/// A limit on pauses in a stream: `poll_expired` is called when the stream has to
+/// wait, and is ready once nothing moved for `limit`. The timer is made on the first
+/// wait (a stream that never waits never needs one) and re-armed in place, so
+/// progress allocates nothing and costs a flag.
+pub(crate) struct Pause {
+    pub(crate) limit: Duration,
+    timer: Option<Pin<Box<Sleep>>>,
+    /// The stream moved since the timer was last armed.
+    progressed: bool,
+}
+
+impl Pause {
+    pub(crate) fn new(limit: Duration) -> Pause {
+        Pause { limit, timer: None, progressed: false }
+    }
+
+    /// The stream moved: the next wait starts a new pause.
+    pub(crate) fn progressed(&mut self) {
+        self.progressed = true;
+    }
+
+    /// The stream has to wait: `Ready` once it has not moved for `limit`.
+    pub(crate) fn poll_expired(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        let deadline = Instant::now() + self.limit;
         let timer = match &mut self.timer {
             Some(timer) => {
                 if std::mem::take(&mut self.progressed) {
@@ -169,10 +198,7 @@ impl RequestBody {
             }
             None => self.timer.insert(Box::pin(tokio::time::sleep_until(deadline))),
         };
-        match timer.as_mut().poll(cx) {
-            Poll::Ready(()) => Poll::Ready(Some(Err(BodyTimeout(self.idle).into()))),
-            Poll::Pending => Poll::Pending,
-        }
+        timer.as_mut().poll(cx)
     }
 }
 
@@ -217,6 +243,9 @@ impl http_body::Body for ResponseBody {
 pub struct UpstreamBody {
     pub(crate) inner: ResponseBody,
     pub(crate) release: Option<Release>,
+    /// The upstream's `read_timeout`: a server that stops sending mid-body has the
+    /// response cut rather than holding the client.
+    pause: Pause,
     /// Body bytes relayed so far.
     pub(crate) sent: u64,
     /// The access log entry, written when this body is dropped.
@@ -224,8 +253,8 @@ pub struct UpstreamBody {
 }
 
 impl UpstreamBody {
-    pub(crate) fn new(inner: ResponseBody, release: Release) -> UpstreamBody {
-        UpstreamBody { inner, release: Some(release), sent: 0, log: None }
+    pub(crate) fn new(inner: ResponseBody, release: Release, read_timeout: Duration) -> UpstreamBody {
+        UpstreamBody { inner, release: Some(release), pause: Pause::new(read_timeout), sent: 0, log: None }
     }
 }
 
@@ -299,8 +328,12 @@ impl http_body::Body for Body {
             Body::Incoming(inner) => Pin::new(inner).poll_frame(cx).map_err(Into::into),
             Body::Request(req) => req.poll_frame(cx),
             Body::Upstream(up) => {
-                let polled = Pin::new(&mut up.inner).poll_frame(cx);
+                let mut polled = Pin::new(&mut up.inner).poll_frame(cx);
+                if polled.is_pending() && up.pause.poll_expired(cx).is_ready() {
+                    polled = Poll::Ready(Some(Err(ReadTimeout(up.pause.limit).into())));
+                }
                 if let Poll::Ready(Some(Ok(frame))) = &polled {
+                    up.pause.progressed();
                     let n = frame.data_ref().map_or(0, |d| d.remaining() as u64);
                     up.sent += n;
                     // Counted before `finish` below takes the release.

@@ -105,3 +105,35 @@ async fn a_response_with_content_length_and_chunked_is_a_502() {
     )
     .await;
 }
+
+/// A server that sends its headers and part of the body, then stops (connection
+/// open): after `read_timeout` the response is cut, so the client is not held, and
+/// the next request is served.
+#[tokio::test]
+async fn a_stall_in_the_middle_of_the_body_cuts_the_response_at_read_timeout() {
+    let backend = RawBackend::start(|n, _| match n {
+        0 => Action::Reply(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\npartial".to_vec()),
+        _ => Action::Reply(OK.to_vec()),
+    })
+    .await;
+    let config = CONFIG.replace("request_timeout = \"250ms\"", "read_timeout = \"300ms\"");
+    let weir = Weir::start(&backend.fill(&config), &[]).await;
+    let mut stream = tokio::net::TcpStream::connect(weir.addr).await.unwrap();
+    tokio::io::AsyncWriteExt::write_all(&mut stream, GET).await.unwrap();
+    let started = Instant::now();
+    let mut reply = Vec::new();
+    let ended = tokio::time::timeout(Duration::from_secs(5), async {
+        let mut chunk = [0u8; 4096];
+        while let Ok(n @ 1..) = tokio::io::AsyncReadExt::read(&mut stream, &mut chunk).await {
+            reply.extend_from_slice(&chunk[..n]);
+        }
+    })
+    .await;
+    let reply = String::from_utf8_lossy(&reply).into_owned();
+    assert!(ended.is_ok(), "the stalled response held the client: {reply}");
+    assert!(started.elapsed() >= Duration::from_millis(250), "cut early: {:?}", started.elapsed());
+    assert_eq!(statuses(&reply), vec![200], "{reply}");
+    assert!(reply.ends_with("partial"), "{reply}");
+    let (status, body) = get(&weir.url("/next")).await;
+    assert_eq!((status.as_u16(), body.as_str()), (200, "ok"));
+}

@@ -216,6 +216,12 @@ impl Runtime {
                 connection,
                 health: HealthPolicy::new(up),
                 retry_budget: RetryBudget::new(*up.retry_budget.get_ref()),
+                retry_on: up
+                    .retry_on
+                    .as_ref()
+                    .and_then(|r| crate::config::parse_status_ranges(r.get_ref()).ok())
+                    .unwrap_or_default()
+                    .into(),
                 metrics: metrics.upstream(name),
                 admission,
             };

@@ -48,6 +48,8 @@ pub struct Upstream {
     pub connection: ConnectionSettings,
     pub health: HealthPolicy,
     pub retry_budget: RetryBudget,
+    /// Response statuses retried on another server (`retry_on`); empty: none.
+    pub retry_on: Box<[(u16, u16)]>,
     pub metrics: UpstreamMetrics,
     /// `max_in_flight` and its queue; `None` when unlimited.
     pub admission: Option<Arc<Admission>>,
@@ -123,6 +125,14 @@ impl ServerState {
         fresh.ejections.store(self.ejections.load(Relaxed), Relaxed);
         fresh.readmitted_ms.store(self.readmitted_ms.load(Relaxed), Relaxed);
         fresh
+    }
+}
+
+impl Upstream {
+    /// Whether a response with `status` should be tried again elsewhere.
+    pub fn retries_on(&self, status: http::StatusCode) -> bool {
+        let code = status.as_u16();
+        self.retry_on.iter().any(|&(low, high)| (low..=high).contains(&code))
     }
 }
 

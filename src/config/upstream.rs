@@ -138,6 +138,11 @@ pub struct UpstreamConfig {
     /// pool does not multiply the load on what is left.
     #[serde(default = "defaults::retry_budget")]
     pub retry_budget: Spanned<f64>,
+    /// Response statuses (`"502-504"`, `"503,429"`) on which an idempotent request
+    /// without a body is tried again on another server, as nginx's
+    /// `proxy_next_upstream http_503`. Absent: only failed connections are retried.
+    #[serde(default)]
+    pub retry_on: Option<Spanned<String>>,
     /// Requests in flight to this upstream at most; more wait in a queue.
     #[serde(default)]
     pub max_in_flight: Option<Spanned<usize>>,

@@ -118,6 +118,17 @@ pub(super) fn validate(config: &Config, src: &Source) -> Result<(), ConfigError>
         if let Some(p) = pct.filter(|p| *p.get_ref() > 100) {
             return Err(src.error(Some(p.span()), &format!("{key}.min_healthy_percent"), "must be 0 to 100"));
         }
+        if let Some(retry_on) = &up.retry_on {
+            let ranges = super::parse_status_ranges(retry_on.get_ref())
+                .map_err(|why| src.error(Some(retry_on.span()), &format!("{key}.retry_on"), why))?;
+            if ranges.iter().any(|&(low, high)| low < 400 || high > 599) {
+                return Err(src.error(
+                    Some(retry_on.span()),
+                    &format!("{key}.retry_on"),
+                    "only error statuses (400-599) can be retried",
+                ));
+            }
+        }
         let budget = &up.retry_budget;
         if !(0.0..=1.0).contains(budget.get_ref()) {
             return Err(src.error(
@@ -592,6 +603,10 @@ servers = [{ address = "127.0.0.1:9000" }, { address = "localhost:9001", weight 
         assert!(e.contains("healthy_threshold`: must be at least 1"), "{e}");
         let e = err(&BASE.replace("weight = 3 }]", "weight = 3 }]\nretry_budget = 2.0"));
         assert!(e.contains("retry_budget"), "{e}");
+        let e = err(&BASE.replace("weight = 3 }]", "weight = 3 }]\nretry_on = \"5xx\""));
+        assert!(e.contains("retry_on"), "{e}");
+        let e = err(&BASE.replace("weight = 3 }]", "weight = 3 }]\nretry_on = \"200-503\""));
+        assert!(e.contains("retry_on`: only error statuses"), "{e}");
         let e = err(&BASE.replace("weight = 3 }]", "weight = 3 }]\nmin_healthy_percent = 150"));
         assert!(e.contains("min_healthy_percent"), "{e}");
     }

@@ -4,7 +4,9 @@
 //! A server that refuses the connection (or does not accept it within
 //! `connect_timeout`) is skipped and the next one tried: nothing was sent, so this is
 //! safe for any method. A pooled connection that turns out to be closed hands the
-//! request back unsent and is simply replaced. The response body carries the
+//! request back unsent and is simply replaced. An idempotent bodyless request is
+//! also sent again after a dropped connection, or an answer with a `retry_on`
+//! status; when no server is left for it, the client gets that last answer. The response body carries the
 //! connection and the in-flight guard (see `body::Release`).
 
 use std::net::SocketAddr;
@@ -80,8 +82,9 @@ pub struct Limits {
 
 /// Sends `req` to a server of `upstream`. A server that refuses the connection is
 /// skipped for the next one; an idempotent request without a body is also retried
-/// when its connection drops before the response headers. Retries draw on the
-/// upstream's retry budget.
+/// when its connection drops before the response headers, or when the answer's
+/// status is in the upstream's `retry_on`. Retries draw on the upstream's retry
+/// budget.
 pub async fn forward(
     upstream: &Arc<Upstream>,
     req: Request<Incoming>,
@@ -125,20 +128,21 @@ pub async fn forward_request(
     let replayable = is_idempotent(req.method()) && http_body::Body::is_end_stream(req.body());
     let panic = upstream.health.in_panic(&upstream.servers);
     let mut tried = Tried::default();
-    let mut last_error = None;
+    let mut last: Option<Failed> = None;
     loop {
         let Some((index, server)) = pick(upstream, &key, &tried, panic, preferred) else {
-            return Err(
-                last_error.unwrap_or_else(|| ProxyError::NoHealthyServer { upstream: upstream.name.clone() })
-            );
+            return match last {
+                Some(failed) => failed.into_result(trace),
+                None => Err(ProxyError::NoHealthyServer { upstream: upstream.name.clone() }),
+            };
         };
-        if let Some(error) = last_error.take() {
+        if let Some(failed) = last.take() {
             if !upstream.retry_budget.try_withdraw() {
-                return Err(error);
+                return failed.into_result(trace);
             }
             upstream.metrics.retries.inc();
             trace.retries += 1;
-            tracing::warn!(upstream = %upstream.name, %error, next = %server.address, "retrying on another server");
+            tracing::warn!(upstream = %upstream.name, why = %failed, next = %server.address, "retrying on another server");
         }
         tried.insert(index);
         trace.server = Some(index);
@@ -150,6 +154,15 @@ pub async fn forward_request(
         match attempt(upstream, (index, server), &mut req, forwarded.as_ref(), timeout).await {
             Ok(mut response) => {
                 health::record(upstream, server, Outcome::Response(response.status()));
+                // A status the upstream retries on: another server may answer better,
+                // and this answer is kept for when none can.
+                if replayable && upstream.retries_on(response.status()) && (!upstream.h2 || copy.is_some()) {
+                    if let Some(copy) = copy {
+                        req = *copy;
+                    }
+                    last = Some(Failed::Answer(Box::new(response), index));
+                    continue;
+                }
                 if let Some(sticky) = upstream.sticky.as_ref().filter(|_| preferred != Some(index)) {
                     if let Some(cookie) = sticky.set_cookie(index, peer.tls) {
                         response.headers_mut().append(header::SET_COOKIE, cookie.clone());
@@ -181,8 +194,39 @@ pub async fn forward_request(
                 if let (true, Some(copy)) = (sent, copy) {
                     req = *copy;
                 }
-                last_error = Some(error);
+                last = Some(Failed::Error(error));
             }
+        }
+    }
+}
+
+/// Why a try did not end the request: an error, or an answer with a status in
+/// `retry_on`. When no retry follows, the client gets it as it is.
+enum Failed {
+    Error(ProxyError),
+    /// The answer, and the index of the server that gave it. Boxed: it lives across
+    /// the next try's await, and inline it would grow every request's future.
+    Answer(Box<Response<Body>>, usize),
+}
+
+impl Failed {
+    /// The request's outcome; an answer is logged as its server's.
+    fn into_result(self, trace: &mut Trace) -> Result<Response<Body>, ProxyError> {
+        match self {
+            Failed::Error(error) => Err(error),
+            Failed::Answer(response, index) => {
+                trace.server = Some(index);
+                Ok(*response)
+            }
+        }
+    }
+}
+
+impl std::fmt::Display for Failed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Failed::Error(error) => error.fmt(f),
+            Failed::Answer(response, _) => write!(f, "answered {}", response.status()),
         }
     }
 }

@@ -182,3 +182,50 @@ async fn client_slower_than_header_read_timeout_is_cut_off() {
     assert!(elapsed >= Duration::from_millis(250), "cut off before the timeout: {elapsed:?}");
     assert_eq!(a.hits(), 0);
 }
+
+/// A backend that answers every request with `503` and its name.
+async fn unavailable(name: &'static str) -> Backend {
+    Backend::named(name)
+        .reply(move |_| crate::support::Reply {
+            status: http::StatusCode::SERVICE_UNAVAILABLE,
+            body: bytes::Bytes::from_static(name.as_bytes()),
+            delay: Duration::ZERO,
+        })
+        .start()
+        .await
+}
+
+/// With `retry_on`, a GET answered `503` is tried on the next server, so clients see
+/// only the healthy server's answers; a POST (not idempotent, has a body) is not.
+#[tokio::test]
+async fn a_status_in_retry_on_is_tried_on_another_server() {
+    let a = unavailable("a").await;
+    let b = Backend::named("b").start().await;
+    let config = one_upstream(r#"{ address = "{a}" }, { address = "{b}" }"#, r#"retry_on = "502-504""#);
+    let weir = Weir::start(&config, &[&a, &b]).await;
+    for _ in 0..10 {
+        assert_eq!(get(&weir.url("/app/x")).await, (http::StatusCode::OK, "b".to_string()));
+    }
+    assert!(a.hits() >= 4, "the 503 server was not tried: {}", a.hits());
+    let retries = metric(&weir.metrics().await, "weir_upstream_retries_total{upstream=\"app\"}");
+    assert!(retries >= 4.0, "{retries} retries counted");
+
+    let mut statuses = Vec::new();
+    for _ in 0..4 {
+        let post =
+            http::Request::post(weir.url("/app/p")).body(http_body_util::Full::new(bytes::Bytes::from("x")));
+        statuses.push(crate::support::send(post.unwrap()).await.0.as_u16());
+    }
+    assert!(statuses.contains(&503), "a POST was retried: {statuses:?}");
+}
+
+/// When no other server can take the retry, the client gets the server's own answer
+/// (status and body), not a `502` of weir's.
+#[tokio::test]
+async fn a_retry_on_status_with_no_server_left_is_passed_on_as_is() {
+    let a = unavailable("a").await;
+    let config = one_upstream(r#"{ address = "{a}" }"#, r#"retry_on = "503""#);
+    let weir = Weir::start(&config, &[&a]).await;
+    assert_eq!(get(&weir.url("/app/x")).await, (http::StatusCode::SERVICE_UNAVAILABLE, "a".to_string()));
+    assert_eq!(a.hits(), 1);
+}

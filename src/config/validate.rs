@@ -4,7 +4,9 @@
 use std::collections::HashSet;
 use std::net::SocketAddr;
 
-use super::{BalancerKind, Config, ConfigError, RateLimitConfig, Source, UpstreamConfig};
+use super::{
+    BalancerKind, Config, ConfigError, ListenerConfig, RateLimitConfig, RouteConfig, Source, UpstreamConfig,
+};
 
 /// Largest server weight. Smooth weighted round-robin precomputes one cycle of picks,
 /// whose length is the sum of the weights, so the cap keeps that table small.
@@ -19,6 +21,8 @@ pub const MAX_RATE: f64 = 1e9;
 /// Shortest `resolve` interval: a DNS query per upstream name this often is plenty.
 pub const MIN_RESOLVE: std::time::Duration = std::time::Duration::from_millis(100);
 
+/// Checks `config` section by section, in file order where the order is the user's
+/// (listeners, routes); the first problem found is the error.
 pub(super) fn validate(config: &Config, src: &Source) -> Result<(), ConfigError> {
     if let Some(admin) = &config.admin {
         socket_addr(src, "admin.listen", &admin.listen)?;
@@ -40,193 +44,18 @@ pub(super) fn validate(config: &Config, src: &Source) -> Result<(), ConfigError>
     }
     let mut names = HashSet::new();
     for (i, l) in config.listeners.iter().enumerate() {
-        let key = format!("listeners[{i}]");
-        if l.name.get_ref().is_empty() {
-            return Err(src.error(Some(l.name.span()), &format!("{key}.name"), "must not be empty"));
-        }
+        listener(src, i, l)?;
         if !names.insert(l.name.get_ref().as_str()) {
             return Err(src.error(
                 Some(l.name.span()),
-                &format!("{key}.name"),
+                &format!("listeners[{i}].name"),
                 format!("listener name `{}` is used twice", l.name.get_ref()),
             ));
-        }
-        socket_addr(src, &format!("{key}.listen"), &l.listen)?;
-        if let Some(tls) = &l.tls {
-            if tls.certificates.get_ref().is_empty() {
-                return Err(src.error(
-                    Some(tls.certificates.span()),
-                    &format!("{key}.tls.certificates"),
-                    "list at least one { cert, key } pair",
-                ));
-            }
-        }
-        let size = *l.max_header_size.get_ref();
-        if !(8192..=1 << 20).contains(&size) {
-            return Err(src.error(
-                Some(l.max_header_size.span()),
-                &format!("{key}.max_header_size"),
-                "must be between 8192 and 1048576 bytes",
-            ));
-        }
-        if let Some(max) = &l.max_connections {
-            at_least_one(src, &format!("{key}.max_connections"), max)?;
-        }
-        for (what, d) in [
-            ("header_read_timeout", &l.header_read_timeout),
-            ("body_read_timeout", &l.body_read_timeout),
-            ("send_timeout", &l.send_timeout),
-            ("idle_timeout", &l.idle_timeout),
-        ] {
-            if d.0.is_zero() {
-                return Err(src.error(None, &format!("{key}.{what}"), "must be greater than zero"));
-            }
         }
     }
 
     for (name, up) in &config.upstreams {
-        let key = format!("upstreams.{name}");
-        if name.is_empty() {
-            return Err(src.error(None, "upstreams", "upstream name must not be empty"));
-        }
-        let servers = up.servers.get_ref();
-        if servers.is_empty() {
-            return Err(src.error(
-                Some(up.servers.span()),
-                &format!("{key}.servers"),
-                "an upstream needs at least one server",
-            ));
-        }
-        if servers.iter().all(|s| s.backup) {
-            return Err(src.error(
-                Some(up.servers.span()),
-                &format!("{key}.servers"),
-                "every server is a backup: at least one primary server is required",
-            ));
-        }
-        for (what, d) in [
-            ("connect_timeout", up.connect_timeout),
-            ("request_timeout", up.request_timeout),
-            ("read_timeout", up.read_timeout),
-            ("keepalive_timeout", up.keepalive_timeout),
-        ] {
-            if d.0.is_zero() {
-                return Err(src.error(None, &format!("{key}.{what}"), "must be greater than zero"));
-            }
-        }
-        let pct = up.min_healthy_percent.as_ref();
-        if let Some(p) = pct.filter(|p| *p.get_ref() > 100) {
-            return Err(src.error(Some(p.span()), &format!("{key}.min_healthy_percent"), "must be 0 to 100"));
-        }
-        if let Some(retry_on) = &up.retry_on {
-            let ranges = super::parse_status_ranges(retry_on.get_ref())
-                .map_err(|why| src.error(Some(retry_on.span()), &format!("{key}.retry_on"), why))?;
-            if ranges.iter().any(|&(low, high)| low < 400 || high > 599) {
-                return Err(src.error(
-                    Some(retry_on.span()),
-                    &format!("{key}.retry_on"),
-                    "only error statuses (400-599) can be retried",
-                ));
-            }
-        }
-        let budget = &up.retry_budget;
-        if !(0.0..=1.0).contains(budget.get_ref()) {
-            return Err(src.error(
-                Some(budget.span()),
-                &format!("{key}.retry_budget"),
-                "must be a share of requests between 0.0 and 1.0",
-            ));
-        }
-        let passive = &up.passive_health;
-        let pct = &passive.max_ejection_percent;
-        if *pct.get_ref() > 100 {
-            return Err(src.error(
-                Some(pct.span()),
-                &format!("{key}.passive_health.max_ejection_percent"),
-                "must be 0 to 100",
-            ));
-        }
-        if passive.ejection_time.0.is_zero() || passive.max_ejection_time < passive.ejection_time {
-            return Err(src.error(
-                None,
-                &format!("{key}.passive_health.max_ejection_time"),
-                "ejection_time must be above zero and max_ejection_time at least ejection_time",
-            ));
-        }
-        if let Some(hc) = &up.health_check {
-            let hkey = format!("{key}.health_check");
-            if !hc.path.get_ref().starts_with('/') {
-                return Err(src.error(Some(hc.path.span()), &format!("{hkey}.path"), "must start with `/`"));
-            }
-            if let Err(why) = super::parse_status_ranges(hc.expected_status.get_ref()) {
-                return Err(src.error(
-                    Some(hc.expected_status.span()),
-                    &format!("{hkey}.expected_status"),
-                    why,
-                ));
-            }
-            for (what, n) in [
-                ("healthy_threshold", &hc.healthy_threshold),
-                ("unhealthy_threshold", &hc.unhealthy_threshold),
-            ] {
-                if *n.get_ref() == 0 {
-                    return Err(src.error(Some(n.span()), &format!("{hkey}.{what}"), "must be at least 1"));
-                }
-            }
-            if hc.interval.0.is_zero() || hc.timeout.0.is_zero() {
-                return Err(src.error(
-                    None,
-                    &format!("{hkey}.interval"),
-                    "interval and timeout must be above zero",
-                ));
-            }
-            if let Some(host) = &hc.host {
-                if http::HeaderValue::from_str(host).is_err() {
-                    return Err(src.error(None, &format!("{hkey}.host"), "is not a valid Host header value"));
-                }
-            }
-        }
-        if !up.tls && (up.sni.is_some() || up.ca_file.is_some()) {
-            let span = up.sni.as_ref().or(up.ca_file.as_ref()).map(|s| s.span());
-            return Err(src.error(span, &format!("{key}.tls"), "`sni` and `ca_file` need `tls = true`"));
-        }
-        if let Some(sni) = &up.sni {
-            if rustls_pki_types::ServerName::try_from(sni.get_ref().as_str()).is_err() {
-                return Err(src.error(
-                    Some(sni.span()),
-                    &format!("{key}.sni"),
-                    "is not a DNS name or IP address",
-                ));
-            }
-        }
-        balancer_options(src, &key, up)?;
-        super::shaping::check_sticky(src, &key, up)?;
-        check_queue(src, &key, up)?;
-        if let Some(every) = up.resolve {
-            if every.0 < MIN_RESOLVE {
-                return Err(src.error(None, &format!("{key}.resolve"), "must be at least 100ms"));
-            }
-        }
-        let mut seen = HashSet::new();
-        for (i, s) in servers.iter().enumerate() {
-            let skey = format!("{key}.servers[{i}]");
-            let weight = *s.weight.get_ref();
-            if !(1..=MAX_WEIGHT).contains(&weight) {
-                return Err(src.error(
-                    Some(s.weight.span()),
-                    &format!("{skey}.weight"),
-                    format!("weight must be between 1 and {MAX_WEIGHT}, got {weight}"),
-                ));
-            }
-            host_port(src, &format!("{skey}.address"), &s.address)?;
-            if !seen.insert(s.address.get_ref().as_str()) {
-                return Err(src.error(
-                    Some(s.address.span()),
-                    &format!("{skey}.address"),
-                    format!("server `{}` is listed twice in this upstream", s.address.get_ref()),
-                ));
-            }
-        }
+        upstream(src, name, up)?;
     }
 
     for (name, limit) in &config.rate_limits {
@@ -241,104 +70,286 @@ pub(super) fn validate(config: &Config, src: &Source) -> Result<(), ConfigError>
 
     let mut seen_routes = HashSet::new();
     for (i, r) in config.routes.iter().enumerate() {
-        let key = format!("routes[{i}]");
-        if let Some(limit) = &r.rate_limit {
-            if !config.rate_limits.contains_key(limit.get_ref().as_str()) {
-                return Err(src.error(
-                    Some(limit.span()),
-                    &format!("{key}.rate_limit"),
-                    format!(
-                        "no rate limit named `{}`: define [rate_limits.{}]",
-                        limit.get_ref(),
-                        limit.get_ref()
-                    ),
-                ));
-            }
-        }
-        if let Some(cache) = &r.cache {
-            if !config.caches.contains_key(cache.get_ref().as_str()) {
-                return Err(src.error(
-                    Some(cache.span()),
-                    &format!("{key}.cache"),
-                    format!("no cache named `{}`: define [caches.{}]", cache.get_ref(), cache.get_ref()),
-                ));
-            }
-        }
-        super::shaping::check_route(src, &key, r)?;
-        if let Some(upstream) =
-            r.upstream.as_ref().filter(|u| !config.upstreams.contains_key(u.get_ref().as_str()))
-        {
-            return Err(src.error(
-                Some(upstream.span()),
-                &format!("{key}.upstream"),
-                format!(
-                    "no upstream named `{}`: define [upstreams.{}]",
-                    upstream.get_ref(),
-                    upstream.get_ref()
-                ),
-            ));
-        }
-        if let Some(host) = &r.host {
-            if let Err(why) = check_host(host.get_ref()) {
-                return Err(src.error(Some(host.span()), &format!("{key}.host"), why));
-            }
-        }
-        if let Some(prefix) = &r.path_prefix {
-            if !prefix.get_ref().starts_with('/') {
-                return Err(src.error(
-                    Some(prefix.span()),
-                    &format!("{key}.path_prefix"),
-                    "must start with `/`",
-                ));
-            }
-        }
-        let mut methods = Vec::new();
-        for m in r.methods.iter().flatten() {
-            if http::Method::from_bytes(m.get_ref().as_bytes()).is_err() || m.get_ref().is_empty() {
-                return Err(src.error(
-                    Some(m.span()),
-                    &format!("{key}.methods"),
-                    format!("`{}` is not an HTTP method", m.get_ref()),
-                ));
-            }
-            methods.push(m.get_ref().to_ascii_uppercase());
-        }
-        if r.methods.as_ref().is_some_and(|m| m.is_empty()) {
-            return Err(src.error(
-                None,
-                &format!("{key}.methods"),
-                "an empty list matches nothing: remove the key to match any method",
-            ));
-        }
-        methods.sort();
-        let mut listeners = Vec::new();
-        for l in r.listeners.iter().flatten() {
-            if !config.listeners.iter().any(|x| x.name.get_ref() == l.get_ref()) {
-                return Err(src.error(
-                    Some(l.span()),
-                    &format!("{key}.listeners"),
-                    format!("no listener named `{}`", l.get_ref()),
-                ));
-            }
-            listeners.push(l.get_ref().clone());
-        }
-        listeners.sort();
-        let identity = (
-            r.host.as_ref().map(|h| h.get_ref().to_ascii_lowercase()),
-            r.path_prefix.as_ref().map_or("/".to_string(), |p| p.get_ref().clone()),
-            methods,
-            listeners,
-        );
-        if !seen_routes.insert(identity) {
+        if !seen_routes.insert(route(config, src, i, r)?) {
             return Err(src.error(
                 r.upstream.as_ref().or(r.path_prefix.as_ref()).map(|s| s.span()),
-                &key,
+                &format!("routes[{i}]"),
                 "an earlier route has the same host, path_prefix, methods and listeners, so this one could never match",
             ));
         }
     }
     Ok(())
 }
+
+/// One `[[listeners]]` entry (the `i`th), on its own.
+fn listener(src: &Source, i: usize, l: &ListenerConfig) -> Result<(), ConfigError> {
+    let key = format!("listeners[{i}]");
+    if l.name.get_ref().is_empty() {
+        return Err(src.error(Some(l.name.span()), &format!("{key}.name"), "must not be empty"));
+    }
+    socket_addr(src, &format!("{key}.listen"), &l.listen)?;
+    if let Some(tls) = &l.tls {
+        if tls.certificates.get_ref().is_empty() {
+            return Err(src.error(
+                Some(tls.certificates.span()),
+                &format!("{key}.tls.certificates"),
+                "list at least one { cert, key } pair",
+            ));
+        }
+    }
+    let size = *l.max_header_size.get_ref();
+    if !(8192..=1 << 20).contains(&size) {
+        return Err(src.error(
+            Some(l.max_header_size.span()),
+            &format!("{key}.max_header_size"),
+            "must be between 8192 and 1048576 bytes",
+        ));
+    }
+    if let Some(max) = &l.max_connections {
+        at_least_one(src, &format!("{key}.max_connections"), max)?;
+    }
+    for (what, d) in [
+        ("header_read_timeout", &l.header_read_timeout),
+        ("body_read_timeout", &l.body_read_timeout),
+        ("send_timeout", &l.send_timeout),
+        ("idle_timeout", &l.idle_timeout),
+    ] {
+        if d.0.is_zero() {
+            return Err(src.error(None, &format!("{key}.{what}"), "must be greater than zero"));
+        }
+    }
+    Ok(())
+}
+
+/// One `[upstreams.NAME]` table.
+fn upstream(src: &Source, name: &str, up: &UpstreamConfig) -> Result<(), ConfigError> {
+    let key = format!("upstreams.{name}");
+    if name.is_empty() {
+        return Err(src.error(None, "upstreams", "upstream name must not be empty"));
+    }
+    let servers = up.servers.get_ref();
+    if servers.is_empty() {
+        return Err(src.error(
+            Some(up.servers.span()),
+            &format!("{key}.servers"),
+            "an upstream needs at least one server",
+        ));
+    }
+    if servers.iter().all(|s| s.backup) {
+        return Err(src.error(
+            Some(up.servers.span()),
+            &format!("{key}.servers"),
+            "every server is a backup: at least one primary server is required",
+        ));
+    }
+    for (what, d) in [
+        ("connect_timeout", up.connect_timeout),
+        ("request_timeout", up.request_timeout),
+        ("read_timeout", up.read_timeout),
+        ("keepalive_timeout", up.keepalive_timeout),
+    ] {
+        if d.0.is_zero() {
+            return Err(src.error(None, &format!("{key}.{what}"), "must be greater than zero"));
+        }
+    }
+    let pct = up.min_healthy_percent.as_ref();
+    if let Some(p) = pct.filter(|p| *p.get_ref() > 100) {
+        return Err(src.error(Some(p.span()), &format!("{key}.min_healthy_percent"), "must be 0 to 100"));
+    }
+    if let Some(retry_on) = &up.retry_on {
+        let ranges = super::parse_status_ranges(retry_on.get_ref())
+            .map_err(|why| src.error(Some(retry_on.span()), &format!("{key}.retry_on"), why))?;
+        if ranges.iter().any(|&(low, high)| low < 400 || high > 599) {
+            return Err(src.error(
+                Some(retry_on.span()),
+                &format!("{key}.retry_on"),
+                "only error statuses (400-599) can be retried",
+            ));
+        }
+    }
+    let budget = &up.retry_budget;
+    if !(0.0..=1.0).contains(budget.get_ref()) {
+        return Err(src.error(
+            Some(budget.span()),
+            &format!("{key}.retry_budget"),
+            "must be a share of requests between 0.0 and 1.0",
+        ));
+    }
+    let passive = &up.passive_health;
+    let pct = &passive.max_ejection_percent;
+    if *pct.get_ref() > 100 {
+        return Err(src.error(
+            Some(pct.span()),
+            &format!("{key}.passive_health.max_ejection_percent"),
+            "must be 0 to 100",
+        ));
+    }
+    if passive.ejection_time.0.is_zero() || passive.max_ejection_time < passive.ejection_time {
+        return Err(src.error(
+            None,
+            &format!("{key}.passive_health.max_ejection_time"),
+            "ejection_time must be above zero and max_ejection_time at least ejection_time",
+        ));
+    }
+    if let Some(hc) = &up.health_check {
+        let hkey = format!("{key}.health_check");
+        if !hc.path.get_ref().starts_with('/') {
+            return Err(src.error(Some(hc.path.span()), &format!("{hkey}.path"), "must start with `/`"));
+        }
+        if let Err(why) = super::parse_status_ranges(hc.expected_status.get_ref()) {
+            return Err(src.error(Some(hc.expected_status.span()), &format!("{hkey}.expected_status"), why));
+        }
+        for (what, n) in
+            [("healthy_threshold", &hc.healthy_threshold), ("unhealthy_threshold", &hc.unhealthy_threshold)]
+        {
+            if *n.get_ref() == 0 {
+                return Err(src.error(Some(n.span()), &format!("{hkey}.{what}"), "must be at least 1"));
+            }
+        }
+        if hc.interval.0.is_zero() || hc.timeout.0.is_zero() {
+            return Err(src.error(
+                None,
+                &format!("{hkey}.interval"),
+                "interval and timeout must be above zero",
+            ));
+        }
+        if let Some(host) = &hc.host {
+            if http::HeaderValue::from_str(host).is_err() {
+                return Err(src.error(None, &format!("{hkey}.host"), "is not a valid Host header value"));
+            }
+        }
+    }
+    if !up.tls && (up.sni.is_some() || up.ca_file.is_some()) {
+        let span = up.sni.as_ref().or(up.ca_file.as_ref()).map(|s| s.span());
+        return Err(src.error(span, &format!("{key}.tls"), "`sni` and `ca_file` need `tls = true`"));
+    }
+    if let Some(sni) = &up.sni {
+        if rustls_pki_types::ServerName::try_from(sni.get_ref().as_str()).is_err() {
+            return Err(src.error(
+                Some(sni.span()),
+                &format!("{key}.sni"),
+                "is not a DNS name or IP address",
+            ));
+        }
+    }
+    balancer_options(src, &key, up)?;
+    super::shaping::check_sticky(src, &key, up)?;
+    check_queue(src, &key, up)?;
+    if let Some(every) = up.resolve {
+        if every.0 < MIN_RESOLVE {
+            return Err(src.error(None, &format!("{key}.resolve"), "must be at least 100ms"));
+        }
+    }
+    let mut seen = HashSet::new();
+    for (i, s) in servers.iter().enumerate() {
+        let skey = format!("{key}.servers[{i}]");
+        let weight = *s.weight.get_ref();
+        if !(1..=MAX_WEIGHT).contains(&weight) {
+            return Err(src.error(
+                Some(s.weight.span()),
+                &format!("{skey}.weight"),
+                format!("weight must be between 1 and {MAX_WEIGHT}, got {weight}"),
+            ));
+        }
+        host_port(src, &format!("{skey}.address"), &s.address)?;
+        if !seen.insert(s.address.get_ref().as_str()) {
+            return Err(src.error(
+                Some(s.address.span()),
+                &format!("{skey}.address"),
+                format!("server `{}` is listed twice in this upstream", s.address.get_ref()),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// One `[[routes]]` entry (the `i`th): what it names exists, what it matches parses.
+/// Returns what it matches on, so the caller can find a route shadowed by an earlier one.
+fn route(config: &Config, src: &Source, i: usize, r: &RouteConfig) -> Result<RouteIdentity, ConfigError> {
+    let key = format!("routes[{i}]");
+    if let Some(limit) = &r.rate_limit {
+        if !config.rate_limits.contains_key(limit.get_ref().as_str()) {
+            return Err(src.error(
+                Some(limit.span()),
+                &format!("{key}.rate_limit"),
+                format!(
+                    "no rate limit named `{}`: define [rate_limits.{}]",
+                    limit.get_ref(),
+                    limit.get_ref()
+                ),
+            ));
+        }
+    }
+    if let Some(cache) = &r.cache {
+        if !config.caches.contains_key(cache.get_ref().as_str()) {
+            return Err(src.error(
+                Some(cache.span()),
+                &format!("{key}.cache"),
+                format!("no cache named `{}`: define [caches.{}]", cache.get_ref(), cache.get_ref()),
+            ));
+        }
+    }
+    super::shaping::check_route(src, &key, r)?;
+    if let Some(upstream) =
+        r.upstream.as_ref().filter(|u| !config.upstreams.contains_key(u.get_ref().as_str()))
+    {
+        return Err(src.error(
+            Some(upstream.span()),
+            &format!("{key}.upstream"),
+            format!("no upstream named `{}`: define [upstreams.{}]", upstream.get_ref(), upstream.get_ref()),
+        ));
+    }
+    if let Some(host) = &r.host {
+        if let Err(why) = check_host(host.get_ref()) {
+            return Err(src.error(Some(host.span()), &format!("{key}.host"), why));
+        }
+    }
+    if let Some(prefix) = &r.path_prefix {
+        if !prefix.get_ref().starts_with('/') {
+            return Err(src.error(Some(prefix.span()), &format!("{key}.path_prefix"), "must start with `/`"));
+        }
+    }
+    let mut methods = Vec::new();
+    for m in r.methods.iter().flatten() {
+        if http::Method::from_bytes(m.get_ref().as_bytes()).is_err() || m.get_ref().is_empty() {
+            return Err(src.error(
+                Some(m.span()),
+                &format!("{key}.methods"),
+                format!("`{}` is not an HTTP method", m.get_ref()),
+            ));
+        }
+        methods.push(m.get_ref().to_ascii_uppercase());
+    }
+    if r.methods.as_ref().is_some_and(|m| m.is_empty()) {
+        return Err(src.error(
+            None,
+            &format!("{key}.methods"),
+            "an empty list matches nothing: remove the key to match any method",
+        ));
+    }
+    methods.sort();
+    let mut listeners = Vec::new();
+    for l in r.listeners.iter().flatten() {
+        if !config.listeners.iter().any(|x| x.name.get_ref() == l.get_ref()) {
+            return Err(src.error(
+                Some(l.span()),
+                &format!("{key}.listeners"),
+                format!("no listener named `{}`", l.get_ref()),
+            ));
+        }
+        listeners.push(l.get_ref().clone());
+    }
+    listeners.sort();
+    Ok((
+        r.host.as_ref().map(|h| h.get_ref().to_ascii_lowercase()),
+        r.path_prefix.as_ref().map_or("/".to_string(), |p| p.get_ref().clone()),
+        methods,
+        listeners,
+    ))
+}
+
+/// Host, path prefix, methods and listeners: two routes alike in all four are one too many.
+type RouteIdentity = (Option<String>, String, Vec<String>, Vec<String>);
 
 /// Largest object a cache stores: entries are weighed in `u32` bytes.
 pub const MAX_OBJECT_SIZE: u64 = 1 << 30;
@@ -522,281 +533,4 @@ fn check_host(host: &str) -> Result<(), String> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::super::parse;
-    use std::path::Path;
-
-    const BASE: &str = r#"
-[[listeners]]
-name = "web"
-listen = "127.0.0.1:0"
-
-[[routes]]
-upstream = "api"
-
-[upstreams.api]
-servers = [{ address = "127.0.0.1:9000" }, { address = "localhost:9001", weight = 3 }]
-"#;
-
-    fn err(text: &str) -> String {
-        parse(text, Path::new("w.toml")).unwrap_err().to_string()
-    }
-
-    #[test]
-    fn unknown_upstream_is_named_with_its_line() {
-        let e = err(&BASE.replace("upstream = \"api\"", "upstream = \"apx\""));
-        assert!(e.starts_with("w.toml:7:12: `routes[0].upstream`: no upstream named `apx`"), "{e}");
-    }
-
-    #[test]
-    fn zero_listener_timeouts_are_refused() {
-        let e =
-            err(&BASE
-                .replace("listen = \"127.0.0.1:0\"", "listen = \"127.0.0.1:0\"\nbody_read_timeout = \"0s\""));
-        assert!(e.contains("`listeners[0].body_read_timeout`: must be greater than zero"), "{e}");
-    }
-
-    #[test]
-    fn zero_weight_is_refused() {
-        let e = err(&BASE.replace("weight = 3", "weight = 0"));
-        assert!(e.contains("`upstreams.api.servers[1].weight`: weight must be between 1"), "{e}");
-    }
-
-    #[test]
-    fn no_servers_is_refused() {
-        let e = err(&BASE.replace(
-            r#"servers = [{ address = "127.0.0.1:9000" }, { address = "localhost:9001", weight = 3 }]"#,
-            "servers = []",
-        ));
-        assert!(e.contains("`upstreams.api.servers`: an upstream needs at least one server"), "{e}");
-    }
-
-    #[test]
-    fn bad_addresses_are_refused() {
-        let e = err(&BASE.replace("127.0.0.1:9000", "127.0.0.1"));
-        assert!(e.contains("servers[0].address"), "{e}");
-        let e = err(&BASE.replace("listen = \"127.0.0.1:0\"", "listen = \"localhost:80\""));
-        assert!(e.contains("listeners[0].listen"), "{e}");
-    }
-
-    #[test]
-    fn bad_hosts_and_prefixes_are_refused() {
-        let e = err(&BASE.replace("upstream = \"api\"", "upstream = \"api\"\nhost = \"a.*.com\""));
-        assert!(e.contains("routes[0].host"), "{e}");
-        let e = err(&BASE.replace("upstream = \"api\"", "upstream = \"api\"\npath_prefix = \"api\""));
-        assert!(e.contains("must start with `/`"), "{e}");
-    }
-
-    #[test]
-    fn duplicate_routes_are_refused() {
-        let e = err(&BASE.replace("[upstreams.api]", "[[routes]]\nupstream = \"api\"\n\n[upstreams.api]"));
-        assert!(e.contains("could never match"), "{e}");
-    }
-
-    #[test]
-    fn health_settings_are_checked() {
-        let e = err(&format!("{BASE}[upstreams.api.health_check]\npath = \"healthz\"\n"));
-        assert!(e.contains("`upstreams.api.health_check.path`: must start with `/`"), "{e}");
-        let e = err(&format!("{BASE}[upstreams.api.health_check]\nexpected_status = \"2xx\"\n"));
-        assert!(e.contains("health_check.expected_status"), "{e}");
-        let e = err(&format!("{BASE}[upstreams.api.health_check]\nhealthy_threshold = 0\n"));
-        assert!(e.contains("healthy_threshold`: must be at least 1"), "{e}");
-        let e = err(&BASE.replace("weight = 3 }]", "weight = 3 }]\nretry_budget = 2.0"));
-        assert!(e.contains("retry_budget"), "{e}");
-        let e = err(&BASE.replace("weight = 3 }]", "weight = 3 }]\nretry_on = \"5xx\""));
-        assert!(e.contains("retry_on"), "{e}");
-        let e = err(&BASE.replace("weight = 3 }]", "weight = 3 }]\nretry_on = \"200-503\""));
-        assert!(e.contains("retry_on`: only error statuses"), "{e}");
-        let e = err(&BASE.replace("weight = 3 }]", "weight = 3 }]\nmin_healthy_percent = 150"));
-        assert!(e.contains("min_healthy_percent"), "{e}");
-    }
-
-    const LIMITED: &str = r#"
-trusted_proxies = ["10.0.0.0/8", "192.0.2.1"]
-
-[[listeners]]
-name = "web"
-listen = "127.0.0.1:0"
-max_connections = 100
-
-[[routes]]
-upstream = "api"
-rate_limit = "per_client"
-
-[upstreams.api]
-servers = [{ address = "127.0.0.1:9000" }]
-max_in_flight = 10
-queue_size = 5
-queue_timeout = "1s"
-
-[rate_limits.per_client]
-key = "client_ip"
-rate = 0.5
-burst = 2
-"#;
-
-    #[test]
-    fn rate_limits_and_overload_settings_load() {
-        let config = parse(LIMITED, Path::new("w.toml")).unwrap();
-        let limit = &config.rate_limits["per_client"];
-        assert_eq!(*limit.rate.get_ref(), 0.5);
-        assert_eq!(*limit.max_keys.get_ref(), 100_000);
-        assert_eq!(config.trusted_proxies.len(), 2);
-        let integer_rate = LIMITED.replace("rate = 0.5", "rate = 100");
-        assert_eq!(
-            *parse(&integer_rate, Path::new("w.toml")).unwrap().rate_limits["per_client"].rate.get_ref(),
-            100.0
-        );
-    }
-
-    #[test]
-    fn unknown_rate_limit_is_named_with_its_line() {
-        let e = err(&LIMITED.replace("rate_limit = \"per_client\"", "rate_limit = \"per_clint\""));
-        assert!(
-            e.starts_with("w.toml:11:14: `routes[0].rate_limit`: no rate limit named `per_clint`"),
-            "{e}"
-        );
-    }
-
-    #[test]
-    fn bad_rate_limit_settings_are_refused() {
-        let e = err(&LIMITED.replace("rate = 0.5", "rate = 0"));
-        assert!(e.starts_with("w.toml:21:8: `rate_limits.per_client.rate`: must be greater than 0"), "{e}");
-        let e = err(&LIMITED.replace("rate = 0.5", "rate = -1.5"));
-        assert!(e.contains("`rate_limits.per_client.rate`"), "{e}");
-        let e = err(&LIMITED.replace("burst = 2", "burst = 0"));
-        assert!(e.contains("`rate_limits.per_client.burst`: must be at least 1"), "{e}");
-        let e = err(&LIMITED.replace("burst = 2", "burst = 2\nmax_keys = 0"));
-        assert!(e.contains("`rate_limits.per_client.max_keys`: must be at least 1"), "{e}");
-        let e = err(&LIMITED.replace("key = \"client_ip\"", "key = \"cookie:x\""));
-        assert!(e.starts_with("w.toml:20:7: `rate_limits.per_client.key`"), "{e}");
-        let e = err(&LIMITED.replace("[rate_limits.per_client]", "[rate_limits.\"per client\"]"));
-        assert!(e.contains("rate limit names are"), "{e}");
-    }
-
-    #[test]
-    fn bad_trusted_proxies_name_their_position() {
-        let e = err(&LIMITED.replace("\"192.0.2.1\"", "\"192.0.2.300\""));
-        // toml gives the array's position for an element's error; the key names the element.
-        assert!(
-            e.starts_with("w.toml:2:19: `trusted_proxies[1]`: `192.0.2.300` is not an address range"),
-            "{e}"
-        );
-    }
-
-    #[test]
-    fn overload_settings_are_checked() {
-        let e = err(&LIMITED.replace("max_connections = 100", "max_connections = 0"));
-        assert!(e.contains("`listeners[0].max_connections`: must be at least 1"), "{e}");
-        let e = err(&LIMITED.replace("max_in_flight = 10", "max_in_flight = 0"));
-        assert!(e.contains("`upstreams.api.max_in_flight`: must be at least 1"), "{e}");
-        let e = err(&LIMITED.replace("max_in_flight = 10\n", ""));
-        assert!(e.starts_with("w.toml:15:14: `upstreams.api.queue_size`: has no effect"), "{e}");
-        let e = err(&LIMITED.replace("queue_timeout = \"1s\"", "queue_timeout = \"0s\""));
-        assert!(e.contains("`upstreams.api.queue_timeout`: must be greater than zero"), "{e}");
-    }
-
-    #[test]
-    fn consistent_hash_without_hash_key_is_refused_at_the_balancer_line() {
-        let e = err(&BASE.replace("[upstreams.api]", "[upstreams.api]\nbalancer = \"consistent_hash\""));
-        assert!(
-            e.starts_with("w.toml:10:12: `upstreams.api.hash_key`: consistent_hash needs a hash_key"),
-            "{e}"
-        );
-    }
-
-    #[test]
-    fn hash_key_with_another_balancer_is_refused() {
-        let e = err(&BASE.replace("[upstreams.api]", "[upstreams.api]\nhash_key = \"path\""));
-        assert!(e.starts_with("w.toml:10:12: `upstreams.api.hash_key`: hash_key is only used with"), "{e}");
-    }
-
-    #[test]
-    fn malformed_hash_key_names_key_and_position() {
-        let e = err(&BASE.replace(
-            "[upstreams.api]",
-            "[upstreams.api]\nbalancer = \"consistent_hash\"\nhash_key = \"header:\"",
-        ));
-        assert!(e.starts_with("w.toml:11:12: `upstreams.api.hash_key`:"), "{e}");
-        assert!(e.contains("names no header"), "{e}");
-    }
-
-    #[test]
-    fn hash_balance_factor_must_exceed_one_and_needs_consistent_hash() {
-        let hashed = "[upstreams.api]\nbalancer = \"consistent_hash\"\nhash_key = \"client_ip\"\n";
-        let e = err(&BASE.replace("[upstreams.api]", &format!("{hashed}hash_balance_factor = 1.0")));
-        assert!(e.starts_with("w.toml:12:23: `upstreams.api.hash_balance_factor`: must be above 1.0"), "{e}");
-        let e = err(&BASE.replace("[upstreams.api]", "[upstreams.api]\nhash_balance_factor = 1.25"));
-        assert!(e.contains("`upstreams.api.hash_balance_factor`: hash_balance_factor is only used"), "{e}");
-        let ok = BASE.replace("[upstreams.api]", &format!("{hashed}hash_balance_factor = 1.25"));
-        assert!(parse(&ok, Path::new("w.toml")).is_ok());
-    }
-
-    #[test]
-    fn unknown_balancer_is_refused_with_its_key() {
-        let e = err(&BASE.replace("[upstreams.api]", "[upstreams.api]\nbalancer = \"fastest\""));
-        assert!(e.contains("`upstreams.api.balancer`"), "{e}");
-        assert!(e.contains("unknown variant `fastest`"), "{e}");
-    }
-
-    #[test]
-    fn access_log_settings_are_checked() {
-        let e = err(&format!("{BASE}[access_log]\nformat = \"xml\"\n"));
-        assert!(e.contains("access_log.format"), "{e}");
-        let e = err(&format!("{BASE}[access_log]\nenabled = true\npath = \"\"\n"));
-        assert!(e.contains("`access_log.path`: must not be empty"), "{e}");
-        let ok =
-            parse(&format!("{BASE}[access_log]\nenabled = true\nformat = \"json\"\n"), Path::new("w.toml"));
-        assert!(ok.unwrap().access_log.enabled);
-        assert!(!parse(BASE, Path::new("w.toml")).unwrap().access_log.enabled, "off by default");
-    }
-
-    #[test]
-    fn unknown_listener_in_route_is_refused() {
-        let e = err(&BASE.replace("upstream = \"api\"", "upstream = \"api\"\nlisteners = [\"webz\"]"));
-        assert!(e.contains("no listener named `webz`"), "{e}");
-    }
-
-    #[test]
-    fn unknown_cache_is_named_with_its_line() {
-        let e = err(&BASE.replace("upstream = \"api\"", "upstream = \"api\"\ncache = \"pagez\""));
-        assert!(e.starts_with("w.toml:8:9: `routes[0].cache`: no cache named `pagez`"), "{e}");
-    }
-
-    #[test]
-    fn cache_sizes_are_checked() {
-        let with = |body: &str| format!("{BASE}\n[caches.pages]\n{body}\n");
-        assert!(parse(&with("max_size = \"64MiB\"\nttl_jitter = \"10%\""), Path::new("w.toml")).is_ok());
-        let e = err(&with("max_size = \"1MiB\"\nmax_object_size = \"2MiB\""));
-        assert!(e.contains("`caches.pages.max_object_size`: must be above zero, at most max_size"), "{e}");
-        let e = err(&with("max_size = \"0B\""));
-        assert!(e.contains("`caches.pages.max_size`: must be above zero"), "{e}");
-        let e = err(&with("max_size = \"12 parsecs\""));
-        assert!(e.contains("caches.pages.max_size") && e.contains("unknown unit"), "{e}");
-        let e = err(&with("ttl_jitter = \"200%\""));
-        assert!(e.contains("caches.pages.ttl_jitter"), "{e}");
-        let e = err(&with("lock_timeout = \"0s\""));
-        assert!(e.contains("caches.pages.lock_timeout"), "{e}");
-    }
-
-    #[test]
-    fn scale_out_settings_are_checked() {
-        let shared = LIMITED.replace("burst = 2", "burst = 2\nstore = \"redis://127.0.0.1:6379/0\"");
-        let config = parse(&shared, Path::new("w.toml")).unwrap();
-        let limit = &config.rate_limits["per_client"];
-        assert_eq!(limit.store_timeout.0, std::time::Duration::from_millis(50));
-        assert_eq!(limit.on_store_error, crate::config::OnStoreError::Local);
-        let e = err(&LIMITED.replace("burst = 2", "burst = 2\nstore = \"http://x\""));
-        assert!(e.contains("`rate_limits.per_client.store`: `http://x` is not a Redis URL"), "{e}");
-        let e = err(&shared.replace("burst = 2", "burst = 2\non_store_error = \"maybe\""));
-        assert!(e.contains("on_store_error"), "{e}");
-        let e = err(&shared.replace("burst = 2", "burst = 2\nstore_timeout = \"0ms\""));
-        assert!(e.contains("`rate_limits.per_client.store_timeout`: must be greater than zero"), "{e}");
-        let e = err(&LIMITED.replace("queue_timeout = \"1s\"", "queue_timeout = \"1s\"\nresolve = \"10ms\""));
-        assert!(e.contains("`upstreams.api.resolve`: must be at least 100ms"), "{e}");
-        let e = err(&format!("resolver = \"dns.local\"\n{LIMITED}"));
-        assert!(e.contains("`resolver`"), "{e}");
-        let e = err(&LIMITED.replace("max_connections = 100", "reuse_port = 1"));
-        assert!(e.contains("reuse_port"), "{e}");
-    }
-}
+mod tests;

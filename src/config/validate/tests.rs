@@ -1,0 +1,268 @@
+//! The checks of `validate`, each from a config that breaks one rule.
+
+use super::super::parse;
+use std::path::Path;
+
+const BASE: &str = r#"
+[[listeners]]
+name = "web"
+listen = "127.0.0.1:0"
+
+[[routes]]
+upstream = "api"
+
+[upstreams.api]
+servers = [{ address = "127.0.0.1:9000" }, { address = "localhost:9001", weight = 3 }]
+"#;
+
+fn err(text: &str) -> String {
+    parse(text, Path::new("w.toml")).unwrap_err().to_string()
+}
+
+#[test]
+fn unknown_upstream_is_named_with_its_line() {
+    let e = err(&BASE.replace("upstream = \"api\"", "upstream = \"apx\""));
+    assert!(e.starts_with("w.toml:7:12: `routes[0].upstream`: no upstream named `apx`"), "{e}");
+}
+
+#[test]
+fn zero_listener_timeouts_are_refused() {
+    let e = err(
+        &BASE.replace("listen = \"127.0.0.1:0\"", "listen = \"127.0.0.1:0\"\nbody_read_timeout = \"0s\"")
+    );
+    assert!(e.contains("`listeners[0].body_read_timeout`: must be greater than zero"), "{e}");
+}
+
+#[test]
+fn zero_weight_is_refused() {
+    let e = err(&BASE.replace("weight = 3", "weight = 0"));
+    assert!(e.contains("`upstreams.api.servers[1].weight`: weight must be between 1"), "{e}");
+}
+
+#[test]
+fn no_servers_is_refused() {
+    let e = err(&BASE.replace(
+        r#"servers = [{ address = "127.0.0.1:9000" }, { address = "localhost:9001", weight = 3 }]"#,
+        "servers = []",
+    ));
+    assert!(e.contains("`upstreams.api.servers`: an upstream needs at least one server"), "{e}");
+}
+
+#[test]
+fn bad_addresses_are_refused() {
+    let e = err(&BASE.replace("127.0.0.1:9000", "127.0.0.1"));
+    assert!(e.contains("servers[0].address"), "{e}");
+    let e = err(&BASE.replace("listen = \"127.0.0.1:0\"", "listen = \"localhost:80\""));
+    assert!(e.contains("listeners[0].listen"), "{e}");
+}
+
+#[test]
+fn bad_hosts_and_prefixes_are_refused() {
+    let e = err(&BASE.replace("upstream = \"api\"", "upstream = \"api\"\nhost = \"a.*.com\""));
+    assert!(e.contains("routes[0].host"), "{e}");
+    let e = err(&BASE.replace("upstream = \"api\"", "upstream = \"api\"\npath_prefix = \"api\""));
+    assert!(e.contains("must start with `/`"), "{e}");
+}
+
+#[test]
+fn duplicate_routes_are_refused() {
+    let e = err(&BASE.replace("[upstreams.api]", "[[routes]]\nupstream = \"api\"\n\n[upstreams.api]"));
+    assert!(e.contains("could never match"), "{e}");
+}
+
+#[test]
+fn health_settings_are_checked() {
+    let e = err(&format!("{BASE}[upstreams.api.health_check]\npath = \"healthz\"\n"));
+    assert!(e.contains("`upstreams.api.health_check.path`: must start with `/`"), "{e}");
+    let e = err(&format!("{BASE}[upstreams.api.health_check]\nexpected_status = \"2xx\"\n"));
+    assert!(e.contains("health_check.expected_status"), "{e}");
+    let e = err(&format!("{BASE}[upstreams.api.health_check]\nhealthy_threshold = 0\n"));
+    assert!(e.contains("healthy_threshold`: must be at least 1"), "{e}");
+    let e = err(&BASE.replace("weight = 3 }]", "weight = 3 }]\nretry_budget = 2.0"));
+    assert!(e.contains("retry_budget"), "{e}");
+    let e = err(&BASE.replace("weight = 3 }]", "weight = 3 }]\nretry_on = \"5xx\""));
+    assert!(e.contains("retry_on"), "{e}");
+    let e = err(&BASE.replace("weight = 3 }]", "weight = 3 }]\nretry_on = \"200-503\""));
+    assert!(e.contains("retry_on`: only error statuses"), "{e}");
+    let e = err(&BASE.replace("weight = 3 }]", "weight = 3 }]\nmin_healthy_percent = 150"));
+    assert!(e.contains("min_healthy_percent"), "{e}");
+}
+
+const LIMITED: &str = r#"
+trusted_proxies = ["10.0.0.0/8", "192.0.2.1"]
+
+[[listeners]]
+name = "web"
+listen = "127.0.0.1:0"
+max_connections = 100
+
+[[routes]]
+upstream = "api"
+rate_limit = "per_client"
+
+[upstreams.api]
+servers = [{ address = "127.0.0.1:9000" }]
+max_in_flight = 10
+queue_size = 5
+queue_timeout = "1s"
+
+[rate_limits.per_client]
+key = "client_ip"
+rate = 0.5
+burst = 2
+"#;
+
+#[test]
+fn rate_limits_and_overload_settings_load() {
+    let config = parse(LIMITED, Path::new("w.toml")).unwrap();
+    let limit = &config.rate_limits["per_client"];
+    assert_eq!(*limit.rate.get_ref(), 0.5);
+    assert_eq!(*limit.max_keys.get_ref(), 100_000);
+    assert_eq!(config.trusted_proxies.len(), 2);
+    let integer_rate = LIMITED.replace("rate = 0.5", "rate = 100");
+    assert_eq!(
+        *parse(&integer_rate, Path::new("w.toml")).unwrap().rate_limits["per_client"].rate.get_ref(),
+        100.0
+    );
+}
+
+#[test]
+fn unknown_rate_limit_is_named_with_its_line() {
+    let e = err(&LIMITED.replace("rate_limit = \"per_client\"", "rate_limit = \"per_clint\""));
+    assert!(e.starts_with("w.toml:11:14: `routes[0].rate_limit`: no rate limit named `per_clint`"), "{e}");
+}
+
+#[test]
+fn bad_rate_limit_settings_are_refused() {
+    let e = err(&LIMITED.replace("rate = 0.5", "rate = 0"));
+    assert!(e.starts_with("w.toml:21:8: `rate_limits.per_client.rate`: must be greater than 0"), "{e}");
+    let e = err(&LIMITED.replace("rate = 0.5", "rate = -1.5"));
+    assert!(e.contains("`rate_limits.per_client.rate`"), "{e}");
+    let e = err(&LIMITED.replace("burst = 2", "burst = 0"));
+    assert!(e.contains("`rate_limits.per_client.burst`: must be at least 1"), "{e}");
+    let e = err(&LIMITED.replace("burst = 2", "burst = 2\nmax_keys = 0"));
+    assert!(e.contains("`rate_limits.per_client.max_keys`: must be at least 1"), "{e}");
+    let e = err(&LIMITED.replace("key = \"client_ip\"", "key = \"cookie:x\""));
+    assert!(e.starts_with("w.toml:20:7: `rate_limits.per_client.key`"), "{e}");
+    let e = err(&LIMITED.replace("[rate_limits.per_client]", "[rate_limits.\"per client\"]"));
+    assert!(e.contains("rate limit names are"), "{e}");
+}
+
+#[test]
+fn bad_trusted_proxies_name_their_position() {
+    let e = err(&LIMITED.replace("\"192.0.2.1\"", "\"192.0.2.300\""));
+    // toml gives the array's position for an element's error; the key names the element.
+    assert!(e.starts_with("w.toml:2:19: `trusted_proxies[1]`: `192.0.2.300` is not an address range"), "{e}");
+}
+
+#[test]
+fn overload_settings_are_checked() {
+    let e = err(&LIMITED.replace("max_connections = 100", "max_connections = 0"));
+    assert!(e.contains("`listeners[0].max_connections`: must be at least 1"), "{e}");
+    let e = err(&LIMITED.replace("max_in_flight = 10", "max_in_flight = 0"));
+    assert!(e.contains("`upstreams.api.max_in_flight`: must be at least 1"), "{e}");
+    let e = err(&LIMITED.replace("max_in_flight = 10\n", ""));
+    assert!(e.starts_with("w.toml:15:14: `upstreams.api.queue_size`: has no effect"), "{e}");
+    let e = err(&LIMITED.replace("queue_timeout = \"1s\"", "queue_timeout = \"0s\""));
+    assert!(e.contains("`upstreams.api.queue_timeout`: must be greater than zero"), "{e}");
+}
+
+#[test]
+fn consistent_hash_without_hash_key_is_refused_at_the_balancer_line() {
+    let e = err(&BASE.replace("[upstreams.api]", "[upstreams.api]\nbalancer = \"consistent_hash\""));
+    assert!(e.starts_with("w.toml:10:12: `upstreams.api.hash_key`: consistent_hash needs a hash_key"), "{e}");
+}
+
+#[test]
+fn hash_key_with_another_balancer_is_refused() {
+    let e = err(&BASE.replace("[upstreams.api]", "[upstreams.api]\nhash_key = \"path\""));
+    assert!(e.starts_with("w.toml:10:12: `upstreams.api.hash_key`: hash_key is only used with"), "{e}");
+}
+
+#[test]
+fn malformed_hash_key_names_key_and_position() {
+    let e = err(&BASE.replace(
+        "[upstreams.api]",
+        "[upstreams.api]\nbalancer = \"consistent_hash\"\nhash_key = \"header:\"",
+    ));
+    assert!(e.starts_with("w.toml:11:12: `upstreams.api.hash_key`:"), "{e}");
+    assert!(e.contains("names no header"), "{e}");
+}
+
+#[test]
+fn hash_balance_factor_must_exceed_one_and_needs_consistent_hash() {
+    let hashed = "[upstreams.api]\nbalancer = \"consistent_hash\"\nhash_key = \"client_ip\"\n";
+    let e = err(&BASE.replace("[upstreams.api]", &format!("{hashed}hash_balance_factor = 1.0")));
+    assert!(e.starts_with("w.toml:12:23: `upstreams.api.hash_balance_factor`: must be above 1.0"), "{e}");
+    let e = err(&BASE.replace("[upstreams.api]", "[upstreams.api]\nhash_balance_factor = 1.25"));
+    assert!(e.contains("`upstreams.api.hash_balance_factor`: hash_balance_factor is only used"), "{e}");
+    let ok = BASE.replace("[upstreams.api]", &format!("{hashed}hash_balance_factor = 1.25"));
+    assert!(parse(&ok, Path::new("w.toml")).is_ok());
+}
+
+#[test]
+fn unknown_balancer_is_refused_with_its_key() {
+    let e = err(&BASE.replace("[upstreams.api]", "[upstreams.api]\nbalancer = \"fastest\""));
+    assert!(e.contains("`upstreams.api.balancer`"), "{e}");
+    assert!(e.contains("unknown variant `fastest`"), "{e}");
+}
+
+#[test]
+fn access_log_settings_are_checked() {
+    let e = err(&format!("{BASE}[access_log]\nformat = \"xml\"\n"));
+    assert!(e.contains("access_log.format"), "{e}");
+    let e = err(&format!("{BASE}[access_log]\nenabled = true\npath = \"\"\n"));
+    assert!(e.contains("`access_log.path`: must not be empty"), "{e}");
+    let ok = parse(&format!("{BASE}[access_log]\nenabled = true\nformat = \"json\"\n"), Path::new("w.toml"));
+    assert!(ok.unwrap().access_log.enabled);
+    assert!(!parse(BASE, Path::new("w.toml")).unwrap().access_log.enabled, "off by default");
+}
+
+#[test]
+fn unknown_listener_in_route_is_refused() {
+    let e = err(&BASE.replace("upstream = \"api\"", "upstream = \"api\"\nlisteners = [\"webz\"]"));
+    assert!(e.contains("no listener named `webz`"), "{e}");
+}
+
+#[test]
+fn unknown_cache_is_named_with_its_line() {
+    let e = err(&BASE.replace("upstream = \"api\"", "upstream = \"api\"\ncache = \"pagez\""));
+    assert!(e.starts_with("w.toml:8:9: `routes[0].cache`: no cache named `pagez`"), "{e}");
+}
+
+#[test]
+fn cache_sizes_are_checked() {
+    let with = |body: &str| format!("{BASE}\n[caches.pages]\n{body}\n");
+    assert!(parse(&with("max_size = \"64MiB\"\nttl_jitter = \"10%\""), Path::new("w.toml")).is_ok());
+    let e = err(&with("max_size = \"1MiB\"\nmax_object_size = \"2MiB\""));
+    assert!(e.contains("`caches.pages.max_object_size`: must be above zero, at most max_size"), "{e}");
+    let e = err(&with("max_size = \"0B\""));
+    assert!(e.contains("`caches.pages.max_size`: must be above zero"), "{e}");
+    let e = err(&with("max_size = \"12 parsecs\""));
+    assert!(e.contains("caches.pages.max_size") && e.contains("unknown unit"), "{e}");
+    let e = err(&with("ttl_jitter = \"200%\""));
+    assert!(e.contains("caches.pages.ttl_jitter"), "{e}");
+    let e = err(&with("lock_timeout = \"0s\""));
+    assert!(e.contains("caches.pages.lock_timeout"), "{e}");
+}
+
+#[test]
+fn scale_out_settings_are_checked() {
+    let shared = LIMITED.replace("burst = 2", "burst = 2\nstore = \"redis://127.0.0.1:6379/0\"");
+    let config = parse(&shared, Path::new("w.toml")).unwrap();
+    let limit = &config.rate_limits["per_client"];
+    assert_eq!(limit.store_timeout.0, std::time::Duration::from_millis(50));
+    assert_eq!(limit.on_store_error, crate::config::OnStoreError::Local);
+    let e = err(&LIMITED.replace("burst = 2", "burst = 2\nstore = \"http://x\""));
+    assert!(e.contains("`rate_limits.per_client.store`: `http://x` is not a Redis URL"), "{e}");
+    let e = err(&shared.replace("burst = 2", "burst = 2\non_store_error = \"maybe\""));
+    assert!(e.contains("on_store_error"), "{e}");
+    let e = err(&shared.replace("burst = 2", "burst = 2\nstore_timeout = \"0ms\""));
+    assert!(e.contains("`rate_limits.per_client.store_timeout`: must be greater than zero"), "{e}");
+    let e = err(&LIMITED.replace("queue_timeout = \"1s\"", "queue_timeout = \"1s\"\nresolve = \"10ms\""));
+    assert!(e.contains("`upstreams.api.resolve`: must be at least 100ms"), "{e}");
+    let e = err(&format!("resolver = \"dns.local\"\n{LIMITED}"));
+    assert!(e.contains("`resolver`"), "{e}");
+    let e = err(&LIMITED.replace("max_connections = 100", "reuse_port = 1"));
+    assert!(e.contains("reuse_port"), "{e}");
+}

@@ -20,7 +20,7 @@ use crate::access_log::AccessLog;
 use crate::admission::{Admission, AdmissionSettings};
 use crate::balancer::{Balancer, Options};
 use crate::cache::{self, Cache};
-use crate::config::{Config, RouteConfig, UpstreamProtocol};
+use crate::config::{Config, RouteConfig, UpstreamConfig, UpstreamProtocol};
 use crate::discovery::{self, Answers};
 use crate::health::{self, HealthPolicy};
 use crate::metrics::{Metrics, UpstreamMetrics};
@@ -119,113 +119,8 @@ impl Runtime {
         let slot_of = |name: &str| slots.iter().position(|s| &**s == name);
         let mut upstreams = HashMap::new();
         for (name, up) in &config.upstreams {
-            let name = name.as_str();
-            let old = previous.and_then(|p| p.upstreams.get(name));
-            let connection = ConnectionSettings {
-                h2: up.protocol == UpstreamProtocol::H2,
-                tls: up.tls,
-                sni: up.sni.as_ref().map(|n| n.get_ref().clone()),
-                ca_file: up.ca_file.as_ref().map(|f| config.base_dir.join(f.get_ref())),
-                keepalive: up.keepalive,
-            };
-            let mut servers = Vec::new();
-            for s in up.servers.get_ref() {
-                let configured = s.address.get_ref().as_str();
-                // A discovered name is one server per address in its answer; any other
-                // address is one server, resolved once here.
-                let found: Vec<(String, SocketAddr)> = if discovery::is_discovered(up, configured) {
-                    let addrs = match fresh
-                        .get(configured)
-                        .or_else(|| previous.and_then(|p| p.answers.get(configured)))
-                    {
-                        Some(addrs) => addrs.clone(),
-                        None => discovery::lookup_blocking(discovery::nameserver(config), configured)
-                            .map_err(|e| BuildError::Resolve {
-                                upstream: name.into(),
-                                address: configured.into(),
-                                reason: e.to_string(),
-                            })?,
-                    };
-                    let labelled = addrs.iter().map(|a| (discovery::label(configured, *a), *a)).collect();
-                    answers.insert(configured.to_string(), addrs);
-                    labelled
-                } else {
-                    vec![(configured.to_string(), resolve(name, configured)?)]
-                };
-                for (address, addr) in found {
-                    let address = address.as_str();
-                    let state = old
-                        .and_then(|o| Some((o, o.servers.iter().find(|x| &*x.address == address)?)))
-                        .map(|(o, x)| match o.connection == connection {
-                            true => x.state.clone(),
-                            false => Arc::new(x.state.with_new_pool(up.keepalive)),
-                        })
-                        // A server added by a reload is new traffic-wise: it slow-starts.
-                        .unwrap_or_else(|| {
-                            let joined = if previous.is_some() { health::now_ms() } else { 0 };
-                            Arc::new(ServerState::new(up.keepalive, joined))
-                        });
-                    let server_metrics = metrics.server(name, address);
-                    let server = Server {
-                        address: address.into(),
-                        addr,
-                        tls_name: tls_name(configured),
-                        weight: *s.weight.get_ref(),
-                        backup: s.backup,
-                        state,
-                        metrics: server_metrics,
-                    };
-                    server.metrics.healthy.set(i64::from(server.is_healthy()));
-                    servers.push(Arc::new(server));
-                }
-            }
-            let h2 = up.protocol == UpstreamProtocol::H2;
-            let tls = if up.tls {
-                let ca = up.ca_file.as_ref().map(|f| config.base_dir.join(f.get_ref()));
-                let client = tls::client_config(ca.as_deref(), h2, &format!("upstreams.{name}.ca_file"))?;
-                Some(UpstreamTls {
-                    connector: tokio_rustls::TlsConnector::from(client),
-                    name: up.sni.as_ref().map(|n| server_name(n.get_ref())),
-                })
-            } else {
-                None
-            };
-            let admission = up.max_in_flight.as_ref().map(|max| {
-                let settings = AdmissionSettings {
-                    max_in_flight: *max.get_ref(),
-                    queue_size: up.queue_size.as_ref().map_or(DEFAULT_QUEUE_SIZE, |q| *q.get_ref()),
-                    queue_timeout: up.queue_timeout.map_or(DEFAULT_QUEUE_TIMEOUT, |d| d.0),
-                };
-                old.and_then(|o| o.admission.clone())
-                    .filter(|a| a.settings == settings)
-                    .unwrap_or_else(|| Arc::new(Admission::new(settings, metrics.queue(name))))
-            });
-            let sticky = up.sticky.as_ref().map(|s| Sticky::new(s, name, &servers));
-            let upstream = Upstream {
-                sticky,
-                name: name.into(),
-                balancer: Balancer::new(*up.balancer.get_ref(), &servers, Options::of(up)),
-                balancer_kind: *up.balancer.get_ref(),
-                servers: servers.into(),
-                connect_timeout: up.connect_timeout.0,
-                request_timeout: up.request_timeout.0,
-                keepalive_timeout: up.keepalive_timeout.0,
-                read_timeout: up.read_timeout.0,
-                h2,
-                tls,
-                connection,
-                health: HealthPolicy::new(up),
-                retry_budget: RetryBudget::new(*up.retry_budget.get_ref()),
-                retry_on: up
-                    .retry_on
-                    .as_ref()
-                    .and_then(|r| crate::config::parse_status_ranges(r.get_ref()).ok())
-                    .unwrap_or_default()
-                    .into(),
-                metrics: metrics.upstream(name),
-                admission,
-            };
-            upstreams.insert(Box::from(name), Arc::new(upstream));
+            let upstream = build_upstream(config, name, up, previous, metrics, fresh, &mut answers)?;
+            upstreams.insert(Box::from(name.as_str()), Arc::new(upstream));
         }
 
         let mut limiters = HashMap::new();
@@ -364,6 +259,125 @@ impl Drop for Tasks {
     }
 }
 
+/// The runtime form of `[upstreams.NAME]`: its servers (a discovered name becomes
+/// one server per address in its answer, recorded in `answers`), carrying each kept
+/// server's state over from `previous`, and its TLS, admission queue and balancer.
+fn build_upstream(
+    config: &Config,
+    name: &str,
+    up: &UpstreamConfig,
+    previous: Option<&Runtime>,
+    metrics: &Metrics,
+    fresh: &Answers,
+    answers: &mut Answers,
+) -> Result<Upstream, BuildError> {
+    let old = previous.and_then(|p| p.upstreams.get(name));
+    let connection = ConnectionSettings {
+        h2: up.protocol == UpstreamProtocol::H2,
+        tls: up.tls,
+        sni: up.sni.as_ref().map(|n| n.get_ref().clone()),
+        ca_file: up.ca_file.as_ref().map(|f| config.base_dir.join(f.get_ref())),
+        keepalive: up.keepalive,
+    };
+    let mut servers = Vec::new();
+    for s in up.servers.get_ref() {
+        let configured = s.address.get_ref().as_str();
+        // A discovered name is one server per address in its answer; any other
+        // address is one server, resolved once here.
+        let found: Vec<(String, SocketAddr)> = if discovery::is_discovered(up, configured) {
+            let addrs =
+                match fresh.get(configured).or_else(|| previous.and_then(|p| p.answers.get(configured))) {
+                    Some(addrs) => addrs.clone(),
+                    None => discovery::lookup_blocking(discovery::nameserver(config), configured).map_err(
+                        |e| BuildError::Resolve {
+                            upstream: name.into(),
+                            address: configured.into(),
+                            reason: e.to_string(),
+                        },
+                    )?,
+                };
+            let labelled = addrs.iter().map(|a| (discovery::label(configured, *a), *a)).collect();
+            answers.insert(configured.to_string(), addrs);
+            labelled
+        } else {
+            vec![(configured.to_string(), resolve(name, configured)?)]
+        };
+        for (address, addr) in found {
+            let address = address.as_str();
+            let state = old
+                .and_then(|o| Some((o, o.servers.iter().find(|x| &*x.address == address)?)))
+                .map(|(o, x)| match o.connection == connection {
+                    true => x.state.clone(),
+                    false => Arc::new(x.state.with_new_pool(up.keepalive)),
+                })
+                // A server added by a reload is new traffic-wise: it slow-starts.
+                .unwrap_or_else(|| {
+                    let joined = if previous.is_some() { health::now_ms() } else { 0 };
+                    Arc::new(ServerState::new(up.keepalive, joined))
+                });
+            let server_metrics = metrics.server(name, address);
+            let server = Server {
+                address: address.into(),
+                addr,
+                tls_name: tls_name(configured),
+                weight: *s.weight.get_ref(),
+                backup: s.backup,
+                state,
+                metrics: server_metrics,
+            };
+            server.metrics.healthy.set(i64::from(server.is_healthy()));
+            servers.push(Arc::new(server));
+        }
+    }
+    let h2 = up.protocol == UpstreamProtocol::H2;
+    let tls = if up.tls {
+        let ca = up.ca_file.as_ref().map(|f| config.base_dir.join(f.get_ref()));
+        let client = tls::client_config(ca.as_deref(), h2, &format!("upstreams.{name}.ca_file"))?;
+        Some(UpstreamTls {
+            connector: tokio_rustls::TlsConnector::from(client),
+            name: up.sni.as_ref().map(|n| server_name(n.get_ref())),
+        })
+    } else {
+        None
+    };
+    let admission = up.max_in_flight.as_ref().map(|max| {
+        let settings = AdmissionSettings {
+            max_in_flight: *max.get_ref(),
+            queue_size: up.queue_size.as_ref().map_or(DEFAULT_QUEUE_SIZE, |q| *q.get_ref()),
+            queue_timeout: up.queue_timeout.map_or(DEFAULT_QUEUE_TIMEOUT, |d| d.0),
+        };
+        old.and_then(|o| o.admission.clone())
+            .filter(|a| a.settings == settings)
+            .unwrap_or_else(|| Arc::new(Admission::new(settings, metrics.queue(name))))
+    });
+    let sticky = up.sticky.as_ref().map(|s| Sticky::new(s, name, &servers));
+    let upstream = Upstream {
+        sticky,
+        name: name.into(),
+        balancer: Balancer::new(*up.balancer.get_ref(), &servers, Options::of(up)),
+        balancer_kind: *up.balancer.get_ref(),
+        servers: servers.into(),
+        connect_timeout: up.connect_timeout.0,
+        request_timeout: up.request_timeout.0,
+        keepalive_timeout: up.keepalive_timeout.0,
+        read_timeout: up.read_timeout.0,
+        h2,
+        tls,
+        connection,
+        health: HealthPolicy::new(up),
+        retry_budget: RetryBudget::new(*up.retry_budget.get_ref()),
+        retry_on: up
+            .retry_on
+            .as_ref()
+            .and_then(|r| crate::config::parse_status_ranges(r.get_ref()).ok())
+            .unwrap_or_default()
+            .into(),
+        metrics: metrics.upstream(name),
+        admission,
+    };
+    Ok(upstream)
+}
+
 /// One route, ready to match: its action (forward or answer) and its shaping.
 fn build_route(
     r: &RouteConfig,
@@ -465,311 +479,4 @@ fn resolve(upstream: &str, address: &str) -> Result<SocketAddr, BuildError> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::config;
-    use http::Request;
-    use std::path::Path;
-
-    fn runtime(text: &str) -> Runtime {
-        let config = config::parse(text, Path::new("t.toml")).unwrap();
-        Runtime::build(&config, None, &Metrics::new().unwrap()).unwrap()
-    }
-
-    const ROUTES: &str = r#"
-[[listeners]]
-name = "web"
-listen = "127.0.0.1:0"
-[[listeners]]
-name = "internal"
-listen = "127.0.0.1:0"
-
-[[routes]]
-upstream = "any"
-[[routes]]
-path_prefix = "/api/"
-upstream = "any_api"
-[[routes]]
-host = "*.example.com"
-path_prefix = "/api/"
-upstream = "wild_api"
-[[routes]]
-host = "*.b.example.com"
-upstream = "wild_b"
-[[routes]]
-host = "shop.example.com"
-upstream = "exact"
-[[routes]]
-host = "shop.example.com"
-path_prefix = "/api/"
-methods = ["GET", "HEAD"]
-upstream = "exact_api_read"
-[[routes]]
-host = "shop.example.com"
-path_prefix = "/api/"
-upstream = "exact_api"
-[[routes]]
-path_prefix = "/admin/"
-listeners = ["internal"]
-upstream = "admin"
-
-[upstreams.any]
-servers = [{ address = "127.0.0.1:1" }]
-[upstreams.any_api]
-servers = [{ address = "127.0.0.1:1" }]
-[upstreams.wild_api]
-servers = [{ address = "127.0.0.1:1" }]
-[upstreams.wild_b]
-servers = [{ address = "127.0.0.1:1" }]
-[upstreams.exact]
-servers = [{ address = "127.0.0.1:1" }]
-[upstreams.exact_api_read]
-servers = [{ address = "127.0.0.1:1" }]
-[upstreams.exact_api]
-servers = [{ address = "127.0.0.1:1" }]
-[upstreams.admin]
-servers = [{ address = "127.0.0.1:1" }]
-"#;
-
-    fn route(rt: &Runtime, listener: usize, method: &str, host: &str, path: &str) -> String {
-        let req = Request::builder().method(method).uri(path).header("host", host).body(()).unwrap();
-        rt.router
-            .route(listener, &req)
-            .and_then(Route::upstream)
-            .map_or("none".into(), |u| u.name.to_string())
-    }
-
-    #[test]
-    fn routing_precedence_follows_the_spec() {
-        let rt = runtime(ROUTES);
-        assert_eq!(route(&rt, 0, "GET", "shop.example.com", "/api/x"), "exact_api_read");
-        assert_eq!(route(&rt, 0, "POST", "shop.example.com", "/api/x"), "exact_api");
-        assert_eq!(route(&rt, 0, "GET", "Shop.Example.COM:8080", "/other"), "exact");
-        assert_eq!(route(&rt, 0, "GET", "x.b.example.com", "/api/x"), "wild_b");
-        assert_eq!(route(&rt, 0, "GET", "x.example.com", "/api/x"), "wild_api");
-        // A wildcard host whose prefixes do not fit falls through to any-host routes.
-        assert_eq!(route(&rt, 0, "GET", "x.example.com", "/other"), "any");
-        assert_eq!(route(&rt, 0, "GET", "example.com", "/api/x"), "any_api");
-        assert_eq!(route(&rt, 0, "GET", "elsewhere", "/"), "any");
-    }
-
-    #[test]
-    fn routes_compute_only_what_their_shaping_reads() {
-        let text = r#"
-[[listeners]]
-name = "web"
-listen = "127.0.0.1:0"
-[[routes]]
-upstream = "app"
-[[routes]]
-path_prefix = "/ip/"
-upstream = "app"
-response_headers = { set = { X-Seen-From = "{client_ip}" } }
-[[routes]]
-path_prefix = "/id/"
-upstream = "app"
-request_headers = { set = { X-Trace = "t-{request_id}" } }
-[[routes]]
-path_prefix = "/acl/"
-redirect = { to = "https://{host}{path}" }
-deny = ["192.0.2.0/24"]
-[upstreams.app]
-servers = [{ address = "127.0.0.1:1" }]
-"#;
-        let rt = runtime(text);
-        let route = |path: &str| rt.router.route(0, &Request::get(path).body(()).unwrap()).unwrap();
-        let plain = route("/");
-        assert!(!plain.needs_client_ip && !plain.request_id && plain.access.is_none());
-        assert!(plain.response_headers.is_none());
-        assert!(
-            matches!(&plain.action, Action::Proxy(p) if p.rewrite.is_none() && p.request_headers.is_none())
-        );
-        assert!(route("/ip/").needs_client_ip && !route("/ip/").request_id);
-        assert!(route("/id/").request_id && !route("/id/").needs_client_ip);
-        let acl = route("/acl/");
-        assert!(acl.needs_client_ip && acl.upstream().is_none());
-        assert!(matches!(acl.action, Action::Answer(_)));
-    }
-
-    #[test]
-    fn routes_can_be_limited_to_listeners() {
-        let rt = runtime(ROUTES);
-        assert_eq!(route(&rt, 1, "GET", "a", "/admin/x"), "admin");
-        assert_eq!(route(&rt, 0, "GET", "a", "/admin/x"), "any");
-    }
-
-    #[test]
-    fn no_match_gives_no_route() {
-        let rt = runtime(&ROUTES.replace("[[routes]]\nupstream = \"any\"\n", ""));
-        assert_eq!(route(&rt, 0, "GET", "a", "/nothing"), "none");
-    }
-
-    const LIMITED: &str = r#"
-[[listeners]]
-name = "web"
-listen = "127.0.0.1:0"
-[[routes]]
-upstream = "app"
-rate_limit = "one"
-[upstreams.app]
-servers = [{ address = "127.0.0.1:1" }]
-max_in_flight = 2
-[rate_limits.one]
-key = "global"
-rate = 1
-burst = 1
-"#;
-
-    #[test]
-    fn limiters_and_queues_survive_a_rebuild_with_the_same_settings() {
-        let metrics = Metrics::new().unwrap();
-        let config = config::parse(LIMITED, Path::new("t.toml")).unwrap();
-        let first = Runtime::build(&config, None, &metrics).unwrap();
-        let second = Runtime::build(&config, Some(&first), &metrics).unwrap();
-        assert!(Arc::ptr_eq(&first.limiters["one"], &second.limiters["one"]));
-        let queue = |rt: &Runtime| rt.upstreams["app"].admission.clone().unwrap();
-        assert!(Arc::ptr_eq(&queue(&first), &queue(&second)));
-        let route_limiter = |rt: &Runtime| match &rt.router.route(0, &http::Request::new(())).unwrap().action
-        {
-            Action::Proxy(p) => p.limiter.clone(),
-            Action::Answer(_) => None,
-        };
-        assert!(Arc::ptr_eq(&route_limiter(&second).unwrap(), &second.limiters["one"]));
-
-        let changed = config::parse(
-            &LIMITED.replace("burst = 1", "burst = 2").replace("= 2\n[rate", "= 3\n[rate"),
-            Path::new("t.toml"),
-        )
-        .unwrap();
-        let third = Runtime::build(&changed, Some(&second), &metrics).unwrap();
-        assert!(!Arc::ptr_eq(&second.limiters["one"], &third.limiters["one"]));
-        assert!(!Arc::ptr_eq(&queue(&second), &queue(&third)));
-        assert_eq!(queue(&third).settings.max_in_flight, 3);
-    }
-
-    #[test]
-    fn changed_connection_settings_give_a_fresh_pool_but_keep_health() {
-        let config = config::parse(ROUTES, Path::new("t.toml")).unwrap();
-        let metrics = Metrics::new().unwrap();
-        let first = Runtime::build(&config, None, &metrics).unwrap();
-        first.upstreams["any"].servers[0].set_healthy(false);
-        let h2 = ROUTES.replace("[upstreams.any]\n", "[upstreams.any]\nprotocol = \"h2\"\n");
-        let changed = config::parse(&h2, Path::new("t.toml")).unwrap();
-        let second = Runtime::build(&changed, Some(&first), &metrics).unwrap();
-        let (old, new) = (&first.upstreams["any"].servers[0], &second.upstreams["any"].servers[0]);
-        assert!(!Arc::ptr_eq(&old.state, &new.state), "HTTP/1.1 connections must not serve an h2 upstream");
-        assert!(!new.is_healthy(), "health survives");
-    }
-
-    #[test]
-    fn server_state_survives_a_rebuild() {
-        let config = config::parse(ROUTES, Path::new("t.toml")).unwrap();
-        let metrics = Metrics::new().unwrap();
-        let first = Runtime::build(&config, None, &metrics).unwrap();
-        first.upstreams["any"].servers[0].set_healthy(false);
-        let second = Runtime::build(&config, Some(&first), &metrics).unwrap();
-        assert!(!second.upstreams["any"].servers[0].is_healthy());
-        assert!(Arc::ptr_eq(
-            &first.upstreams["any"].servers[0].state,
-            &second.upstreams["any"].servers[0].state
-        ));
-    }
-
-    #[test]
-    fn a_cache_survives_a_rebuild_unless_its_settings_change() {
-        let text = format!("{ROUTES}\n[caches.pages]\nmax_size = \"1MiB\"\n").replacen(
-            "upstream = \"any\"\n",
-            "upstream = \"any\"\ncache = \"pages\"\n",
-            1,
-        );
-        let metrics = Metrics::new().unwrap();
-        let build = |text: &str, previous| {
-            Runtime::build(&config::parse(text, Path::new("t.toml")).unwrap(), previous, &metrics).unwrap()
-        };
-        let first = build(&text, None);
-        let second = build(&text, Some(&first));
-        assert!(Arc::ptr_eq(&first.caches["pages"], &second.caches["pages"]));
-        let req = Request::builder().uri("/").header("host", "elsewhere").body(()).unwrap();
-        let routed = match second.router.route(0, &req).map(|r| &r.action) {
-            Some(Action::Proxy(p)) => p.cache.clone().unwrap(),
-            _ => panic!("the route proxies"),
-        };
-        assert!(Arc::ptr_eq(&routed, &second.caches["pages"]));
-        let third = build(&text.replace("\"1MiB\"", "\"2MiB\""), Some(&second));
-        assert!(!Arc::ptr_eq(&second.caches["pages"], &third.caches["pages"]));
-    }
-
-    const DISCOVERED: &str = r#"
-[[listeners]]
-name = "web"
-listen = "127.0.0.1:0"
-[[routes]]
-upstream = "app"
-[upstreams.app]
-resolve = "5s"
-balancer = "consistent_hash"
-hash_key = "path"
-servers = [{ address = "backend.internal:8000" }, { address = "10.0.0.9:8000", backup = true }]
-"#;
-
-    fn answers(last_octets: &[u8]) -> Answers {
-        let addrs = last_octets.iter().map(|o| SocketAddr::from(([10, 0, 0, *o], 8000))).collect();
-        Answers::from([("backend.internal:8000".to_string(), addrs)])
-    }
-
-    /// Which server label each of 1000 keys goes to.
-    fn placement(rt: &Runtime) -> Vec<String> {
-        let up = &rt.upstreams["app"];
-        (0..1000u64)
-            .map(|k| {
-                let key = crate::balancer::PickKey { hash: Some(k.wrapping_mul(0x9e37_79b9_7f4a_7c15)) };
-                let i = up.balancer.pick(&key, |i| !up.servers[i].backup).unwrap();
-                up.servers[i].address.to_string()
-            })
-            .collect()
-    }
-
-    #[test]
-    fn discovered_servers_follow_the_answers_keeping_state_and_most_keys() {
-        let config = config::parse(DISCOVERED, Path::new("t.toml")).unwrap();
-        let metrics = Metrics::new().unwrap();
-        let first = Runtime::build_with(&config, None, &metrics, &answers(&[1, 2, 3])).unwrap();
-        let labels = |rt: &Runtime| {
-            rt.upstreams["app"].servers.iter().map(|s| s.address.to_string()).collect::<Vec<_>>()
-        };
-        assert_eq!(
-            labels(&first),
-            [
-                "backend.internal:8000 (10.0.0.1)",
-                "backend.internal:8000 (10.0.0.2)",
-                "backend.internal:8000 (10.0.0.3)",
-                "10.0.0.9:8000"
-            ]
-        );
-        let two = |rt: &Runtime| rt.upstreams["app"].servers[1].clone();
-        two(&first).set_healthy(false);
-        let before = placement(&first);
-
-        // 10.0.0.1 vanishes, 10.0.0.4 appears.
-        let second = Runtime::build_with(&config, Some(&first), &metrics, &answers(&[2, 3, 4])).unwrap();
-        assert_eq!(second.answers["backend.internal:8000"].len(), 3);
-        let kept = &second.upstreams["app"].servers[0];
-        assert_eq!(&*kept.address, "backend.internal:8000 (10.0.0.2)");
-        assert!(Arc::ptr_eq(&kept.state, &two(&first).state), "health and pool not carried over");
-        assert!(!kept.is_healthy());
-        // Consistent hashing: a key moves only off the vanished address or onto the
-        // new one, never between two servers that stayed.
-        let after = placement(&second);
-        let moved = before.iter().zip(&after).filter(|(b, a)| b != a).count();
-        for (b, a) in before.iter().zip(&after) {
-            if !b.ends_with("(10.0.0.1)") && !a.ends_with("(10.0.0.4)") {
-                assert_eq!(b, a, "a key moved between servers that both stayed");
-            }
-        }
-        assert!((400..=900).contains(&moved), "{moved} of 1000 keys moved; about 5/9 expected (the leaver's third, and two thirds of the newcomer's)");
-
-        // A rebuild without fresh answers (a reload) keeps the last ones.
-        let third = Runtime::build(&config, Some(&second), &metrics).unwrap();
-        assert_eq!(labels(&third), labels(&second));
-    }
-}
+mod tests;

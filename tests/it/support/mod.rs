@@ -385,6 +385,8 @@ pub struct SteadyLoad {
     running: Arc<std::sync::atomic::AtomicBool>,
     ok: Arc<AtomicUsize>,
     failed: Arc<AtomicUsize>,
+    /// What the failures were (status or error), for the assertion message.
+    failures: Arc<std::sync::Mutex<Vec<String>>>,
     clients: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -393,9 +395,11 @@ impl SteadyLoad {
     pub fn start(url: &str, clients: usize, pause: Duration) -> SteadyLoad {
         let running = Arc::new(std::sync::atomic::AtomicBool::new(true));
         let (ok, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        let failures = Arc::new(std::sync::Mutex::new(Vec::new()));
         let clients = (0..clients)
             .map(|_| {
                 let (running, ok, failed) = (running.clone(), ok.clone(), failed.clone());
+                let failures = failures.clone();
                 let url: http::Uri = url.parse().unwrap();
                 tokio::spawn(async move {
                     let client = client();
@@ -405,8 +409,13 @@ impl SteadyLoad {
                                 let _ = r.into_body().collect().await;
                                 ok.fetch_add(1, SeqCst);
                             }
-                            _ => {
+                            other => {
                                 failed.fetch_add(1, SeqCst);
+                                let what = match other {
+                                    Ok(r) => format!("status {}", r.status()),
+                                    Err(e) => format!("error {e:?}"),
+                                };
+                                failures.lock().unwrap().push(what);
                             }
                         }
                         if !pause.is_zero() {
@@ -416,7 +425,7 @@ impl SteadyLoad {
                 })
             })
             .collect();
-        SteadyLoad { running, ok, failed, clients }
+        SteadyLoad { running, ok, failed, failures, clients }
     }
 
     /// Stops the clients and returns (succeeded, failed).
@@ -424,6 +433,10 @@ impl SteadyLoad {
         self.running.store(false, SeqCst);
         for c in self.clients {
             c.await.unwrap();
+        }
+        let failures = self.failures.lock().unwrap();
+        if !failures.is_empty() {
+            eprintln!("steady load failures: {failures:?}");
         }
         (self.ok.load(SeqCst), self.failed.load(SeqCst))
     }

@@ -7,11 +7,15 @@ interleaved rounds so drift in the machine hits them alike; the table reports
 medians and weir's ratio to each peer. Figures:
 
 - rps: requests/s at saturation (wrk, keep-alive HTTP/1.1, small response)
-- cpu_us: proxy CPU time (user+sys from /proc) per request during that run
+- cpu_us: proxy CPU time (user+sys from /proc) per request during that run, and
+  its two parts: user_us (the proxy's own code) and sys_us (the kernel's work for
+  its system calls: the TCP stack, which is the same for every proxy)
 - p50/p99/p99.9: latency at a fixed rate well below saturation (oha -q)
 - mib_s: throughput of 1 MiB responses (wrk)
 - rss_idle / rss_5k: resident memory idle and holding 5,000 idle client connections
-  (measured first, on the fresh process), and the cost per idle connection
+  (measured first, on the fresh process), and the cost per idle connection;
+  anon_idle: the anonymous part of rss_idle (heap, stacks: memory the process owns,
+  where the rest is pages of mapped files such as its binary and libc)
 """
 import json, os, re, shutil, socket, statistics, subprocess, sys, tempfile, time, platform, datetime
 

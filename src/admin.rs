@@ -12,7 +12,7 @@ use bytes::Bytes;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -34,8 +34,15 @@ pub struct AdminState {
     pub ready: AtomicBool,
 }
 
-/// Serves admin requests until `stop` changes.
-pub async fn serve(socket: TcpListener, state: Arc<AdminState>, mut stop: watch::Receiver<bool>) {
+/// Serves admin requests until `stop` changes. A client that takes longer than
+/// `header_read_timeout` to send a request head (the first, or the next on a kept-alive
+/// connection) is closed, so idle or stalled admin connections cannot pile up.
+pub async fn serve(
+    socket: TcpListener,
+    state: Arc<AdminState>,
+    header_read_timeout: std::time::Duration,
+    mut stop: watch::Receiver<bool>,
+) {
     loop {
         let stream = tokio::select! {
             _ = stop.changed() => break,
@@ -55,6 +62,8 @@ pub async fn serve(socket: TcpListener, state: Arc<AdminState>, mut stop: watch:
                 async move { Ok::<_, Infallible>(respond(&state, &req)) }
             });
             let _ = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(header_read_timeout)
                 .serve_connection(TokioIo::new(stream), service)
                 .await;
         });

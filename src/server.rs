@@ -52,6 +52,8 @@ pub struct Server {
     metrics: Arc<Metrics>,
     listeners: Arc<Mutex<Listeners>>,
     admin: Option<TcpListener>,
+    /// `[admin] header_read_timeout`.
+    admin_timeout: Duration,
     shutdown_timeout: Duration,
 }
 
@@ -190,6 +192,7 @@ impl Server {
             metrics,
             listeners: Arc::new(Mutex::new(listeners)),
             admin,
+            admin_timeout: config.admin.as_ref().map_or(Duration::from_secs(10), |a| a.header_read_timeout.0),
             shutdown_timeout: config.shutdown_timeout.0,
         })
     }
@@ -245,7 +248,7 @@ impl Server {
             if let Ok(addr) = socket.local_addr() {
                 tracing::info!(%addr, "admin listening");
             }
-            tokio::spawn(admin::serve(socket, admin_state.clone(), admin_stop_rx));
+            tokio::spawn(admin::serve(socket, admin_state.clone(), self.admin_timeout, admin_stop_rx));
         }
         admin_state.ready.store(true, Relaxed);
 

@@ -92,6 +92,10 @@ pub enum AccessLogFormat {
 #[serde(deny_unknown_fields)]
 pub struct AdminConfig {
     pub listen: Spanned<String>,
+    /// Time an admin client has to send a request's headers, including the wait for
+    /// its next request on a kept-alive connection; a slower one is closed.
+    #[serde(default = "defaults::admin_header_read_timeout")]
+    pub header_read_timeout: Dur,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -352,6 +356,9 @@ mod defaults {
     }
     pub fn body_read_timeout() -> Dur {
         Dur(Duration::from_secs(60))
+    }
+    pub fn admin_header_read_timeout() -> Dur {
+        Dur(Duration::from_secs(10))
     }
     pub fn send_timeout() -> Dur {
         Dur(Duration::from_secs(60))

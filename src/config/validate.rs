@@ -26,6 +26,9 @@ pub const MIN_RESOLVE: std::time::Duration = std::time::Duration::from_millis(10
 pub(super) fn validate(config: &Config, src: &Source) -> Result<(), ConfigError> {
     if let Some(admin) = &config.admin {
         socket_addr(src, "admin.listen", &admin.listen)?;
+        if admin.header_read_timeout.0.is_zero() {
+            return Err(src.error(None, "admin.header_read_timeout", "must be greater than zero"));
+        }
     }
     if let Some(path) = &config.access_log.path {
         if path.get_ref().trim().is_empty() {

@@ -420,3 +420,26 @@ async fn assert_serves_at(weir: &Weir) {
     let (status, _) = tokio::time::timeout(Duration::from_secs(5), get(&weir.url("/ok"))).await.unwrap();
     assert_eq!(status.as_u16(), 200);
 }
+
+/// The admin listener closes clients that send nothing, or half a head, or go quiet
+/// between requests, after its own `header_read_timeout`: idle admin connections
+/// cannot pile up.
+#[tokio::test]
+async fn admin_connections_are_closed_at_their_header_read_timeout() {
+    let config = CONFIG.replace("[admin]\n", "[admin]\nheader_read_timeout = \"300ms\"\n");
+    let (_backend, weir) = start(&config).await;
+    let admin = weir.admin.unwrap();
+    let mut silent = TcpStream::connect(admin).await.unwrap();
+    let mut partial = TcpStream::connect(admin).await.unwrap();
+    partial.write_all(b"GET /healthz HTTP/1.1\r\nHost: a\r\n").await.unwrap();
+    let mut kept = TcpStream::connect(admin).await.unwrap();
+    kept.write_all(b"GET /healthz HTTP/1.1\r\nHost: a\r\n\r\n").await.unwrap();
+    let mut reply = [0u8; 256];
+    let n = kept.read(&mut reply).await.unwrap();
+    assert!(reply[..n].starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&reply[..n]));
+    let started = Instant::now();
+    for (what, stream) in [("silent", &mut silent), ("partial", &mut partial), ("kept-alive", &mut kept)] {
+        assert!(closed_within(stream, Duration::from_secs(3)).await, "a {what} admin client is held");
+    }
+    assert!(started.elapsed() >= Duration::from_millis(200), "{:?}", started.elapsed());
+}

@@ -306,3 +306,51 @@ unhealthy_threshold = 1
     assert_eq!(get(&panicking.url("/")).await.0, StatusCode::OK);
     assert_eq!(get(&strict.url("/")).await.0, StatusCode::SERVICE_UNAVAILABLE);
 }
+
+/// A backend that answers `/slow` after 300 ms and anything else at once.
+async fn slow_on_path(name: &'static str) -> Backend {
+    Backend::named(name)
+        .reply(move |req| Reply {
+            status: StatusCode::OK,
+            body: Bytes::from_static(name.as_bytes()),
+            delay: if req.uri().path() == "/slow" { Duration::from_millis(300) } else { Duration::ZERO },
+        })
+        .start()
+        .await
+}
+
+/// A server killed while it holds many requests fails them all in one instant;
+/// every one of those GETs is retried on the other server (the retry budget's
+/// reserve covers the burst), so no client sees an error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_killed_under_many_concurrent_requests_costs_none_of_them() {
+    let a = slow_on_path("a").await;
+    let mut b = slow_on_path("b").await;
+    let config = format!(
+        "{LISTEN}\n[upstreams.app]\nservers = [{{ address = \"{{a}}\" }}, {{ address = \"{{b}}\" }}]\n"
+    );
+    let weir = Weir::start(&config, &[&a, &b]).await;
+    // Ordinary traffic first: the budget's reserve grows with it.
+    for _ in 0..200 {
+        assert_eq!(get(&weir.url("/")).await.0, StatusCode::OK);
+    }
+    let requests: Vec<_> = (0..40)
+        .map(|_| {
+            let url = weir.url("/slow");
+            tokio::spawn(async move { get(&url).await })
+        })
+        .collect();
+    // Every request is in flight, about half of them on b.
+    while traffic(&b) < 100 + 15 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    b.kill();
+    let mut failed = Vec::new();
+    for request in requests {
+        let (status, body) = request.await.unwrap();
+        if status != StatusCode::OK {
+            failed.push((status, body));
+        }
+    }
+    assert!(failed.is_empty(), "{} of 40 requests failed: {failed:?}", failed.len());
+}

@@ -6,8 +6,9 @@
 //! safe for any method. A pooled connection that turns out to be closed hands the
 //! request back unsent and is simply replaced. An idempotent bodyless request is
 //! also sent again after a dropped connection, or an answer with a `retry_on`
-//! status; when no server is left for it, the client gets that last answer. The response body carries the
-//! connection and the in-flight guard (see `body::Release`).
+//! status; when no server is left for it, the client gets that last answer. The
+//! response body carries the connection and the in-flight guard (see
+//! `body::Release`).
 
 use std::net::SocketAddr;
 use std::sync::atomic::AtomicU64;

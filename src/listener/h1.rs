@@ -225,11 +225,7 @@ impl RequestFraming {
     /// kept once so the request goes on with one.
     fn note(&mut self, name: &HeaderName, value: &HeaderValue) -> Result<bool, StatusCode> {
         if *name == header::CONTENT_LENGTH {
-            let digits = value.as_bytes();
-            if digits.is_empty() || digits.len() > 19 || !digits.iter().all(u8::is_ascii_digit) {
-                return Err(StatusCode::BAD_REQUEST);
-            }
-            let n = digits.iter().fold(0u64, |n, &d| n * 10 + u64::from(d - b'0'));
+            let n = parse_length(value.as_bytes()).ok_or(StatusCode::BAD_REQUEST)?;
             let repeat = self.length.is_some();
             if self.length.is_some_and(|l| l != n) {
                 return Err(StatusCode::BAD_REQUEST);
@@ -521,9 +517,13 @@ pub(super) async fn serve(conn: Connection, stream: TcpStream, first: BytesMut) 
         timer: Box::pin(tokio::time::sleep(Duration::ZERO)),
     };
     let max_head = settings.max_header_size;
-    let mut idle_since = Instant::now();
+    // One `changed` future for the connection's life: made and registered once, not
+    // per request. `stopped` remembers that it resolved (it must not be polled again).
+    let changed = stop.changed();
+    tokio::pin!(changed);
+    let mut stop = Stop { changed, stopped: false };
     loop {
-        let head = server.read_head(&settings, &mut stop, idle_since, max_head).await;
+        let head = server.read_head(&settings, &mut stop, max_head).await;
         let (req, head) = match head {
             Ok(Some(parsed)) => parsed,
             Ok(None) => return,
@@ -553,7 +553,7 @@ pub(super) async fn serve(conn: Connection, stream: TcpStream, first: BytesMut) 
         if head.upgrade && response.status() == StatusCode::SWITCHING_PROTOCOLS && lent.is_none() {
             return server.upgrade(response, &settings).await;
         }
-        let stopping = !matches!(stop.has_changed(), Ok(false));
+        let stopping = poll_fn(|cx| Poll::Ready(stop.poll(cx))).await;
         let mut keep = server.respond(response, &head, stopping).await;
         if let Some(reader) = lent {
             let mut reader = lock(&reader);
@@ -563,25 +563,37 @@ pub(super) async fn serve(conn: Connection, stream: TcpStream, first: BytesMut) 
         if !keep {
             return server.close().await;
         }
-        idle_since = Instant::now();
+    }
+}
+
+/// The listener's `stop` watch, as seen by one connection.
+struct Stop<F> {
+    changed: Pin<F>,
+    stopped: bool,
+}
+
+impl<F: std::ops::DerefMut<Target: std::future::Future>> Stop<F> {
+    /// Whether `stop` has changed; registers for a wake-up when it has not.
+    fn poll(&mut self, cx: &mut Context<'_>) -> bool {
+        if !self.stopped {
+            self.stopped = self.changed.as_mut().poll(cx).is_ready();
+        }
+        self.stopped
     }
 }
 
 impl Server {
     /// Reads and parses the next request head. `Ok(None)`: the connection ends
     /// quietly (the client left, a timeout, or `stop` while idle).
-    async fn read_head(
+    async fn read_head<F: std::ops::DerefMut<Target: std::future::Future>>(
         &mut self,
         settings: &super::Settings,
-        stop: &mut tokio::sync::watch::Receiver<bool>,
-        idle_since: Instant,
+        stop: &mut Stop<F>,
         max_head: usize,
     ) -> Result<Option<(Request<()>, Head)>, StatusCode> {
         let Some(side) = self.read.as_mut() else { return Ok(None) };
-        let started = Instant::now();
-        let mut armed = false;
-        let changed = stop.changed();
-        tokio::pin!(changed);
+        // Set when a read first has to wait: the head's deadline.
+        let mut deadline: Option<Instant> = None;
         loop {
             if !side.buf.is_empty() {
                 if let Some(parsed) = parse_head(&mut side.buf, &mut self.fields, max_head)? {
@@ -598,22 +610,32 @@ impl Server {
                 {
                     return Poll::Ready(matches!(result, Ok(n) if n > 0));
                 }
-                if !armed {
-                    // Armed only when a read has to wait: a pipelined or prompt
-                    // request costs no timer.
-                    let mut deadline = started + settings.handshake_timeout;
+                let deadline = *deadline.get_or_insert_with(|| {
+                    // Right after a response (the buffer empty) this is also the
+                    // keep-alive idle limit.
+                    let now = Instant::now();
+                    let mut limit = settings.handshake_timeout;
                     if side.buf.is_empty() {
-                        deadline = deadline.min(idle_since + settings.idle_timeout);
+                        limit = limit.min(settings.idle_timeout);
+                    }
+                    let deadline = now + limit;
+                    // The timer is moved only when it would fire late: one that fires
+                    // early is re-armed below. So a busy connection resets it about
+                    // once per timeout, not once per request.
+                    if timer.is_elapsed() || timer.deadline() > deadline {
+                        timer.as_mut().reset(deadline);
+                    }
+                    deadline
+                });
+                while timer.as_mut().poll(cx).is_ready() {
+                    if Instant::now() >= deadline {
+                        return Poll::Ready(false);
                     }
                     timer.as_mut().reset(deadline);
-                    armed = true;
-                }
-                if timer.as_mut().poll(cx).is_ready() {
-                    return Poll::Ready(false);
                 }
                 // An idle connection closes at once on `stop`; a head under way is
                 // answered first.
-                if side.buf.is_empty() && changed.as_mut().poll(cx).is_ready() {
+                if side.buf.is_empty() && stop.poll(cx) {
                     return Poll::Ready(false);
                 }
                 Poll::Pending
@@ -641,7 +663,7 @@ impl Server {
             if *name == header::DATE {
                 has_date = true;
             } else if *name == header::CONTENT_LENGTH {
-                length = std::str::from_utf8(value.as_bytes()).ok().and_then(|v| v.parse::<u64>().ok());
+                length = parse_length(value.as_bytes());
             } else if *name == header::CONNECTION {
                 close |= value
                     .as_bytes()
@@ -872,6 +894,14 @@ fn push_field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     out.extend_from_slice(b": ");
     out.extend_from_slice(value);
     out.extend_from_slice(b"\r\n");
+}
+
+/// A `Content-Length` value: digits only, at most 19 of them (no overflow).
+fn parse_length(digits: &[u8]) -> Option<u64> {
+    if digits.is_empty() || digits.len() > 19 || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    Some(digits.iter().fold(0u64, |n, &d| n * 10 + u64::from(d - b'0')))
 }
 
 fn push_length(out: &mut Vec<u8>, n: u64) {

@@ -790,7 +790,8 @@ impl Server {
                 self.write.write_all(&self.out).await?;
                 self.out.clear();
             }
-            if sent > 0 && matches!(framing, Out::Length(n) if sent > n) {
+            // As hyper: a body that knows it is done is not polled for its end.
+            if matches!(framing, Out::Length(n) if sent > n) || body.is_end_stream() {
                 break;
             }
         }

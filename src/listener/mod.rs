@@ -3,7 +3,12 @@
 //!
 //! Each connection computes its `Peer` once; each request loads the current runtime
 //! once and hands it to `proxy::handle`. Slow clients are cut off by the header read
-//! timeout, oversized heads get `431` from hyper's size limit.
+//! timeout, oversized heads get `431`.
+//!
+//! Who serves what: a plain-TCP connection whose first bytes are not the h2 preface
+//! goes to weir's own HTTP/1.1 server (`h1`, the hot path, cheaper per request than
+//! hyper's); h2 with prior knowledge, and every TLS connection, go to hyper-util's
+//! `auto` server. Both feed `proxy::handle` with a `ClientBody`.
 //!
 //! `max_connections`: each connection holds a semaphore permit until it closes, and
 //! the loop takes a permit *before* accepting, so at the limit weir simply stops
@@ -18,9 +23,9 @@
 //!
 //! Timeouts a client meets: the wait for the first byte (the lobby's sweep, up to a
 //! quarter late), the TLS handshake and the rest of an h2 preface (`ClientIo`) get
-//! `header_read_timeout`; hyper's HTTP/1 header read timeout then
-//! covers every request head, including the idle gap between keep-alive requests (it
-//! starts when the previous response is done), so `header_read_timeout` is also the
+//! `header_read_timeout`; the HTTP/1 header read timeout (`h1`'s, or hyper's on TLS)
+//! then covers every request head, including the idle gap between keep-alive requests
+//! (it starts when the previous response is done), so `header_read_timeout` is also the
 //! keep-alive idle limit; a stalled request body gets `body_read_timeout`
 //! (`proxy::body::RequestBody`); a client that stops reading its response gets
 //! `send_timeout` (`ClientIo`).
@@ -339,7 +344,8 @@ impl Connection {
         }
     }
 
-    /// Serves HTTP/1.1 or h2 on `io` with hyper until the client leaves or `stop` changes, then
+    /// Serves HTTP/1.1 or h2 on `io` with hyper (TLS connections, and h2 with prior
+    /// knowledge on plain ones) until the client leaves or `stop` changes, then
     /// finishes the request in progress and closes.
     async fn serve<I>(mut self, io: I)
     where

@@ -174,7 +174,7 @@ fn parse_head(
             headers.append(name, value);
         }
     }
-    let head = framing.decide(&method, version, headers.contains_key(header::UPGRADE))?;
+    let head = framing.decide(&method, version)?;
     let mut req = Request::new(());
     *req.method_mut() = method;
     *req.uri_mut() = uri;
@@ -218,6 +218,7 @@ struct RequestFraming {
     upgrade: bool,
     expect_continue: bool,
     trailers: bool,
+    has_upgrade: bool,
 }
 
 impl RequestFraming {
@@ -243,6 +244,8 @@ impl RequestFraming {
                 self.keep_alive |= token.eq_ignore_ascii_case(b"keep-alive");
                 self.upgrade |= token.eq_ignore_ascii_case(b"upgrade");
             }
+        } else if *name == header::UPGRADE {
+            self.has_upgrade = true;
         } else if *name == header::TE {
             self.trailers |= value
                 .as_bytes()
@@ -256,7 +259,7 @@ impl RequestFraming {
 
     /// The body's framing (RFC 9112 §6) and the connection's fate as the request
     /// sees it.
-    fn decide(self, method: &Method, version: Version, has_upgrade: bool) -> Result<Head, StatusCode> {
+    fn decide(self, method: &Method, version: Version) -> Result<Head, StatusCode> {
         let body = match (self.coded, self.length) {
             // RFC 9112 §6.1: a coding in HTTP/1.0 is faulty framing; a length next to
             // a coding could be read either way by the next hop.
@@ -277,7 +280,7 @@ impl RequestFraming {
             head_method: method == Method::HEAD,
             keep_alive,
             expect_continue: self.expect_continue && version == Version::HTTP_11 && body != Decode::Done,
-            upgrade: self.upgrade && has_upgrade,
+            upgrade: self.upgrade && self.has_upgrade,
             trailers: self.trailers,
         })
     }
@@ -501,6 +504,8 @@ struct Server {
     date: Date,
     /// The head read's deadline (`header_read_timeout`, `idle_timeout`).
     timer: Pin<Box<Sleep>>,
+    /// `timer` was polled since it was last reset and has the task's waker.
+    timer_waits: bool,
 }
 
 /// Serves `stream`, whose first bytes (`first`) are not an h2 preface, until the
@@ -515,13 +520,14 @@ pub(super) async fn serve(conn: Connection, stream: TcpStream, first: BytesMut) 
         fields: Vec::with_capacity(32),
         date: Date { second: 0, text: [b' '; 29] },
         timer: Box::pin(tokio::time::sleep(Duration::ZERO)),
+        timer_waits: false,
     };
     let max_head = settings.max_header_size;
-    // One `changed` future for the connection's life: made and registered once, not
-    // per request. `stopped` remembers that it resolved (it must not be polled again).
+    // One `changed` future for the connection's life, registered once (see `Stop`).
+    let check = stop.clone();
     let changed = stop.changed();
     tokio::pin!(changed);
-    let mut stop = Stop { changed, stopped: false };
+    let mut stop = Stop { changed, registered: false, stopped: false, check };
     loop {
         let head = server.read_head(&settings, &mut stop, max_head).await;
         let (req, head) = match head {
@@ -569,15 +575,23 @@ pub(super) async fn serve(conn: Connection, stream: TcpStream, first: BytesMut) 
 /// The listener's `stop` watch, as seen by one connection.
 struct Stop<F> {
     changed: Pin<F>,
+    /// `changed` was polled once: it holds the task's waker (which stays the same
+    /// for the connection's life) and wakes it when `stop` changes. Polling it again
+    /// would take its lock each time, so from then on `check` is read instead.
+    registered: bool,
     stopped: bool,
+    /// A clone of the receiver, for a look at the version that costs an atomic load.
+    check: tokio::sync::watch::Receiver<bool>,
 }
 
 impl<F: std::ops::DerefMut<Target: std::future::Future>> Stop<F> {
     /// Whether `stop` has changed; registers for a wake-up when it has not.
     fn poll(&mut self, cx: &mut Context<'_>) -> bool {
-        if !self.stopped {
+        if !self.registered {
+            self.registered = true;
             self.stopped = self.changed.as_mut().poll(cx).is_ready();
         }
+        self.stopped |= !matches!(self.check.has_changed(), Ok(false));
         self.stopped
     }
 }
@@ -603,7 +617,7 @@ impl Server {
             if side.buf.capacity() - side.buf.len() < HEAD_READ / 4 {
                 side.buf.reserve(HEAD_READ);
             }
-            let timer = &mut self.timer;
+            let (timer, timer_waits) = (&mut self.timer, &mut self.timer_waits);
             let read = poll_fn(|cx| {
                 if let Poll::Ready(result) =
                     tokio_util::io::poll_read_buf(Pin::new(&mut side.io), cx, &mut side.buf)
@@ -624,14 +638,20 @@ impl Server {
                     // once per timeout, not once per request.
                     if timer.is_elapsed() || timer.deadline() > deadline {
                         timer.as_mut().reset(deadline);
+                        *timer_waits = false;
                     }
                     deadline
                 });
-                while timer.as_mut().poll(cx).is_ready() {
-                    if Instant::now() >= deadline {
-                        return Poll::Ready(false);
+                // A timer already waiting holds this task's waker: it need not be
+                // polled again until it fires.
+                if !*timer_waits || timer.is_elapsed() {
+                    while timer.as_mut().poll(cx).is_ready() {
+                        if Instant::now() >= deadline {
+                            return Poll::Ready(false);
+                        }
+                        timer.as_mut().reset(deadline);
                     }
-                    timer.as_mut().reset(deadline);
+                    *timer_waits = true;
                 }
                 // An idle connection closes at once on `stop`; a head under way is
                 // answered first.

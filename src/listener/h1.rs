@@ -670,62 +670,8 @@ impl Server {
     /// Writes `response`; `true` when the connection may carry another request.
     async fn respond(&mut self, response: Response<ResponseBody>, head: &Head, stopping: bool) -> bool {
         let (parts, mut body) = response.into_parts();
-        let status = parts.status;
-        let out = &mut self.out;
-        out.clear();
-        out.extend_from_slice(b"HTTP/1.1 ");
-        out.extend_from_slice(status.as_str().as_bytes());
-        out.push(b' ');
-        out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
-        out.extend_from_slice(b"\r\n");
-        let (mut has_date, mut length, mut close) = (false, None, false);
-        for (name, value) in &parts.headers {
-            if *name == header::DATE {
-                has_date = true;
-            } else if *name == header::CONTENT_LENGTH {
-                length = parse_length(value.as_bytes());
-            } else if *name == header::CONNECTION {
-                close |= value
-                    .as_bytes()
-                    .split(|&b| b == b',')
-                    .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"close"));
-            }
-            push_field(out, name.as_str().as_bytes(), value.as_bytes());
-        }
-        let mut keep = head.keep_alive && !close && !stopping;
-        let bodyless = head.head_method
-            || status.is_informational()
-            || status == StatusCode::NO_CONTENT
-            || status == StatusCode::NOT_MODIFIED;
-        let framing = if bodyless {
-            if head.head_method && length.is_none() {
-                if let Some(n) = body.size_hint().exact().filter(|&n| n > 0) {
-                    push_length(out, n);
-                }
-            }
-            Out::None
-        } else if let Some(n) = length {
-            Out::Length(n)
-        } else if let Some(n) = body.size_hint().exact() {
-            push_length(out, n);
-            Out::Length(n)
-        } else if head.version == Version::HTTP_11 {
-            out.extend_from_slice(b"transfer-encoding: chunked\r\n");
-            Out::Chunked
-        } else {
-            keep = false;
-            Out::Eof
-        };
-        if keep && head.version == Version::HTTP_10 {
-            out.extend_from_slice(b"connection: keep-alive\r\n");
-        }
-        if !keep && !close {
-            out.extend_from_slice(b"connection: close\r\n");
-        }
-        if !has_date {
-            push_field(out, b"date", self.date.now());
-        }
-        out.extend_from_slice(b"\r\n");
+        let size = body.size_hint().exact();
+        let (framing, keep) = encode_head(&mut self.out, &parts, size, head, stopping, &mut self.date);
         if framing == Out::None {
             return self.write.write_all(&self.out).await.is_ok() && keep;
         }
@@ -799,9 +745,10 @@ impl Server {
             if data.len() <= WRITE_GATHER {
                 self.out.extend_from_slice(&data);
             } else {
-                self.write.write_all(&self.out).await?;
+                // A large frame goes out as it is, behind what is gathered, in one
+                // `writev`.
+                write_both(&mut self.write, &self.out, &data).await?;
                 self.out.clear();
-                self.write.write_all(&data).await?;
             }
             if framing == Out::Chunked {
                 self.out.extend_from_slice(b"\r\n");
@@ -906,6 +853,98 @@ impl Server {
             }
         });
     }
+}
+
+/// Writes the response head into `out` (cleared first): the status line, the
+/// response's headers, and what framing and the connection need: `Content-Length`
+/// when the size is known (`size`, the body's exact size hint), chunked for HTTP/1.1
+/// when not, close-delimited for HTTP/1.0; `Connection: close` when the connection
+/// ends after it, `keep-alive` for an HTTP/1.0 client it stays open for; `Date` unless
+/// the response has one. Returns the body's framing and whether the connection may
+/// carry another request.
+fn encode_head(
+    out: &mut Vec<u8>,
+    parts: &http::response::Parts,
+    size: Option<u64>,
+    head: &Head,
+    stopping: bool,
+    date: &mut Date,
+) -> (Out, bool) {
+    let status = parts.status;
+    out.clear();
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(status.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
+    out.extend_from_slice(b"\r\n");
+    let (mut has_date, mut length, mut close) = (false, None, false);
+    for (name, value) in &parts.headers {
+        if *name == header::DATE {
+            has_date = true;
+        } else if *name == header::CONTENT_LENGTH {
+            // One that is not a number frames nothing: it is left out, and the
+            // body's own size decides.
+            length = parse_length(value.as_bytes());
+            if length.is_none() {
+                continue;
+            }
+        } else if *name == header::CONNECTION {
+            close |=
+                value.as_bytes().split(|&b| b == b',').any(|t| t.trim_ascii().eq_ignore_ascii_case(b"close"));
+        }
+        push_field(out, name.as_str().as_bytes(), value.as_bytes());
+    }
+    let mut keep = head.keep_alive && !close && !stopping;
+    let bodyless = head.head_method
+        || status.is_informational()
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED;
+    let framing = if bodyless {
+        // A HEAD answer tells the length a GET would get, when it is known.
+        if head.head_method && length.is_none() {
+            if let Some(n) = size.filter(|&n| n > 0) {
+                push_length(out, n);
+            }
+        }
+        Out::None
+    } else if let Some(n) = length {
+        Out::Length(n)
+    } else if let Some(n) = size {
+        push_length(out, n);
+        Out::Length(n)
+    } else if head.version == Version::HTTP_11 {
+        out.extend_from_slice(b"transfer-encoding: chunked\r\n");
+        Out::Chunked
+    } else {
+        keep = false;
+        Out::Eof
+    };
+    if keep && head.version == Version::HTTP_10 {
+        out.extend_from_slice(b"connection: keep-alive\r\n");
+    }
+    if !keep && !close {
+        out.extend_from_slice(b"connection: close\r\n");
+    }
+    if !has_date {
+        push_field(out, b"date", date.now());
+    }
+    out.extend_from_slice(b"\r\n");
+    (framing, keep)
+}
+
+/// Writes `a` then `b`, with vectored writes.
+async fn write_both<W: AsyncWrite + Unpin>(io: &mut W, mut a: &[u8], mut b: &[u8]) -> std::io::Result<()> {
+    while !a.is_empty() || !b.is_empty() {
+        let bufs = [std::io::IoSlice::new(a), std::io::IoSlice::new(b)];
+        let n = poll_fn(|cx| Pin::new(&mut *io).poll_write_vectored(cx, &bufs)).await?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        let from_a = n.min(a.len());
+        a = &a[from_a..];
+        b = &b[n - from_a..];
+    }
+    Ok(())
 }
 
 /// `name: value\r\n`.
@@ -1045,6 +1084,63 @@ mod tests {
         ] {
             assert_eq!(refused(bad), StatusCode::BAD_REQUEST, "{}", String::from_utf8_lossy(bad));
         }
+    }
+
+    fn encoded(response: Response<()>, size: Option<u64>, request: &str) -> (String, Out, bool) {
+        let head = head(request);
+        let (parts, ()) = response.into_parts();
+        let mut out = Vec::new();
+        let mut date = Date { second: 0, text: [b' '; 29] };
+        let (framing, keep) = encode_head(&mut out, &parts, size, &head, false, &mut date);
+        (String::from_utf8(out).unwrap(), framing, keep)
+    }
+
+    fn response(status: u16, headers: &[(&str, &str)]) -> Response<()> {
+        let mut builder = Response::builder().status(status);
+        for (name, value) in headers {
+            builder = builder.header(*name, *value);
+        }
+        builder.body(()).unwrap()
+    }
+
+    #[test]
+    fn response_heads_frame_their_bodies() {
+        const GET11: &str = "GET / HTTP/1.1\r\n\r\n";
+        const GET10: &str = "GET / HTTP/1.0\r\n\r\n";
+        let (text, framing, keep) = encoded(response(200, &[("x-a", "1")]), Some(2), GET11);
+        assert!(text.starts_with("HTTP/1.1 200 OK\r\nx-a: 1\r\ncontent-length: 2\r\ndate: "), "{text}");
+        assert!(text.ends_with(" GMT\r\n\r\n"), "{text}");
+        assert_eq!((framing, keep), (Out::Length(2), true));
+        let (text, framing, _) = encoded(response(200, &[("content-length", "5")]), None, GET11);
+        assert_eq!((text.matches("content-length").count(), framing), (1, Out::Length(5)));
+        let (text, framing, _) = encoded(response(200, &[]), None, GET11);
+        assert!(text.contains("transfer-encoding: chunked\r\n"));
+        assert_eq!(framing, Out::Chunked);
+        // HTTP/1.0 cannot take chunks: the close ends the body.
+        let (text, framing, keep) = encoded(response(200, &[]), None, GET10);
+        assert!(text.contains("connection: close\r\n") && !text.contains("transfer-encoding"), "{text}");
+        assert_eq!((framing, keep), (Out::Eof, false));
+        let keep_alive = "GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n";
+        let (text, _, keep) = encoded(response(200, &[]), Some(0), keep_alive);
+        assert!(text.contains("connection: keep-alive\r\n") && keep, "{text}");
+    }
+
+    #[test]
+    fn bodiless_answers_and_closing_ones() {
+        let (text, framing, keep) = encoded(response(204, &[]), Some(0), "GET / HTTP/1.1\r\n\r\n");
+        assert!(!text.contains("content-length"), "{text}");
+        assert_eq!((framing, keep), (Out::None, true));
+        let (text, framing, _) = encoded(response(200, &[]), Some(10), "HEAD / HTTP/1.1\r\n\r\n");
+        assert!(text.contains("content-length: 10\r\n"), "{text}");
+        assert_eq!(framing, Out::None);
+        // A refusal's `Connection: close` ends the connection, and is not doubled.
+        let (text, _, keep) =
+            encoded(response(400, &[("connection", "close")]), Some(0), "GET / HTTP/1.1\r\n\r\n");
+        assert_eq!((text.matches("connection").count(), keep), (1, false));
+        let (text, _, keep) =
+            encoded(response(200, &[("date", "x")]), Some(0), "GET / HTTP/1.1\r\nConnection: close\r\n\r\n");
+        assert_eq!((text.matches("date").count(), keep), (1, false));
+        assert!(text.contains("connection: close\r\n"));
     }
 
     fn decode_all(state: Decode, parts: &[&[u8]]) -> Result<(Vec<u8>, Option<HeaderMap>), &'static str> {

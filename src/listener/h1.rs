@@ -162,24 +162,28 @@ fn parse_head(
     let slice = |(at, len): (u32, u32)| head.slice(at as usize..(at + len) as usize);
     let version = if minor == 0 { Version::HTTP_10 } else { Version::HTTP_11 };
     let uri = parse_target(&method, slice(target))?;
-    let mut headers = HeaderMap::with_capacity(fields.len());
+    // The map is built in place: a map made apart and moved in would cost the drop of
+    // the request's empty one.
+    let mut req = Request::new(());
+    let headers = req.headers_mut();
+    headers.reserve(fields.len());
     let mut framing = RequestFraming::default();
     for field in fields.iter() {
         let (at, len) = field.name;
         let name = HeaderName::from_bytes(&head[at as usize..(at + len) as usize])
             .map_err(|_| StatusCode::BAD_REQUEST)?;
-        let value =
-            HeaderValue::from_maybe_shared(slice(field.value)).map_err(|_| StatusCode::BAD_REQUEST)?;
+        // SAFETY: httparse accepted this value, and it accepts exactly the bytes a
+        // `HeaderValue` may hold (HTAB, 0x20-0x7E, 0x80-0xFF); `http` still checks
+        // this in debug builds.
+        let value = unsafe { HeaderValue::from_maybe_shared_unchecked(slice(field.value)) };
         if framing.note(&name, &value)? {
             headers.append(name, value);
         }
     }
     let head = framing.decide(&method, version)?;
-    let mut req = Request::new(());
     *req.method_mut() = method;
     *req.uri_mut() = uri;
     *req.version_mut() = version;
-    *req.headers_mut() = headers;
     Ok(Some((req, head)))
 }
 

@@ -22,8 +22,8 @@
 //!   to the body and takes it back once the response is written. A body left unread
 //!   then is drained from what is already buffered, else the connection closes, so
 //!   no body byte is ever read as a request.
-//! - `Expect: 100-continue`: the interim answer goes out before the request is
-//!   handled.
+//! - `Expect: 100-continue`: the interim answer goes out when the body is first
+//!   read, as with hyper; a request answered without its body never gets it.
 //! - responses: `Content-Length` when the size is known, chunked for HTTP/1.1 when
 //!   not, close-delimited for HTTP/1.0; HEAD, 1xx, 204 and 304 carry no body; a
 //!   `Date` (formatted at most once a second).
@@ -381,6 +381,12 @@ pub struct Body {
 struct Reader {
     side: Option<ReadSide>,
     state: Decode,
+    /// `Expect: 100-continue` not answered yet: the first poll of the body asks the
+    /// connection (`waker`) to send the `100`, as hyper did, so a request answered
+    /// without its body (a `413`, a `404`) never invites it.
+    expect: bool,
+    wanted: bool,
+    waker: Option<std::task::Waker>,
 }
 
 /// Why a request body ended early.
@@ -398,6 +404,12 @@ fn lock(reader: &Mutex<Reader>) -> MutexGuard<'_, Reader> {
 
 impl Reader {
     fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        if std::mem::take(&mut self.expect) {
+            self.wanted = true;
+            if let Some(waker) = self.waker.take() {
+                waker.wake();
+            }
+        }
         loop {
             let Some(side) = self.side.as_mut() else {
                 return match self.state {
@@ -539,12 +551,14 @@ pub(super) async fn serve(conn: Connection, stream: TcpStream, first: BytesMut) 
             Ok(None) => return,
             Err(status) => return server.refuse(status).await,
         };
-        if head.expect_continue && server.write.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").await.is_err() {
-            return;
-        }
         let lent = match head.body {
             Decode::Done => None,
-            state => Some(Arc::new(Mutex::new(Reader { side: server.read.take(), state }))),
+            state => {
+                let side = server.read.take();
+                let expect = head.expect_continue;
+                let reader = Reader { side, state, expect, wanted: false, waker: None };
+                Some(Arc::new(Mutex::new(reader)))
+            }
         };
         let body = match &lent {
             None => ClientBody::Empty,
@@ -556,10 +570,25 @@ pub(super) async fn serve(conn: Connection, stream: TcpStream, first: BytesMut) 
                 ClientBody::H1(Body { reader: reader.clone(), length })
             }
         };
-        let response = {
-            let rt = runtime.load_full();
-            proxy::handle(&rt, req.map(|()| body), &peer).await
+        let rt = runtime.load_full();
+        let handle = proxy::handle(&rt, req.map(|()| body), &peer);
+        let response = match lent.as_ref().filter(|_| head.expect_continue) {
+            None => handle.await,
+            Some(reader) => {
+                let mut pending: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
+                let write = &mut server.write;
+                tokio::pin!(handle);
+                poll_fn(|cx| {
+                    if !pending.is_empty() && send_continue(reader, write, &mut pending, cx) {
+                        // The client is gone: the body's read fails, and the request with it.
+                        pending = &[];
+                    }
+                    handle.as_mut().poll(cx)
+                })
+                .await
+            }
         };
+        drop(rt);
         if head.upgrade && response.status() == StatusCode::SWITCHING_PROTOCOLS && lent.is_none() {
             return server.upgrade(response, &settings).await;
         }
@@ -574,6 +603,32 @@ pub(super) async fn serve(conn: Connection, stream: TcpStream, first: BytesMut) 
             return server.close().await;
         }
     }
+}
+
+/// Writes what is left of the `100 Continue` once the request's body is wanted
+/// (`pending` shrinks as it goes out); until then leaves the task's waker with the
+/// body. `true` when the write failed.
+fn send_continue<W: AsyncWrite + Unpin>(
+    reader: &Mutex<Reader>,
+    write: &mut W,
+    pending: &mut &[u8],
+    cx: &mut Context<'_>,
+) -> bool {
+    {
+        let mut reader = lock(reader);
+        if !reader.wanted {
+            reader.waker = Some(cx.waker().clone());
+            return false;
+        }
+    }
+    while !pending.is_empty() {
+        match Pin::new(&mut *write).poll_write(cx, pending) {
+            Poll::Ready(Ok(n)) if n > 0 => *pending = &pending[n..],
+            Poll::Ready(_) => return true,
+            Poll::Pending => return false,
+        }
+    }
+    false
 }
 
 /// The listener's `stop` watch, as seen by one connection.

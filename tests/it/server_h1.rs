@@ -121,3 +121,17 @@ async fn an_h2_preface_in_pieces_is_still_h2() {
     tokio::time::timeout(Duration::from_secs(2), client.read_exact(&mut frame)).await.unwrap().unwrap();
     assert_eq!(frame[3], 4, "the server's first frame is its SETTINGS: {frame:?}");
 }
+
+/// `100 Continue` goes out only when the body is wanted: a request answered without
+/// it (no route here) gets the final answer alone.
+#[tokio::test]
+async fn a_request_answered_without_its_body_gets_no_100_continue() {
+    let backend = RawBackend::recording().await;
+    let weir = Weir::start(&backend.fill(CONFIG), &[]).await;
+    let reply = exchange(
+        weir.addr,
+        b"POST /nowhere HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n",
+    )
+    .await;
+    assert_eq!(statuses(&reply), vec![404], "{reply}");
+}

@@ -571,13 +571,15 @@ pub(super) async fn serve(conn: Connection, stream: TcpStream, first: BytesMut) 
             }
         };
         let rt = runtime.load_full();
-        let handle = proxy::handle(&rt, req.map(|()| body), &peer);
+        let req = req.map(|()| body);
+        // Made in each arm, not before: a future made apart and then awaited is
+        // moved into place, a copy of its kilobytes per request.
         let response = match lent.as_ref().filter(|_| head.expect_continue) {
-            None => handle.await,
+            None => proxy::handle(&rt, req, &peer).await,
             Some(reader) => {
                 let mut pending: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
                 let write = &mut server.write;
-                tokio::pin!(handle);
+                let mut handle = std::pin::pin!(proxy::handle(&rt, req, &peer));
                 poll_fn(|cx| {
                     if !pending.is_empty() && send_continue(reader, write, &mut pending, cx) {
                         // The client is gone: the body's read fails, and the request with it.

@@ -190,23 +190,18 @@ fn parse_head(
 /// The request target as a `Uri`: origin-form, absolute-form, `*` for OPTIONS and
 /// authority-form for CONNECT (RFC 9112 §3.2); anything else is refused.
 fn parse_target(method: &Method, target: Bytes) -> Result<Uri, StatusCode> {
-    let ok = match target.first() {
-        Some(b'/') => true,
-        Some(b'*') => target.len() == 1 && method == Method::OPTIONS,
-        Some(_) => true,
-        None => false,
-    };
-    if !ok {
+    let (origin, asterisk) = (target.first() == Some(&b'/'), &target[..] == b"*");
+    if asterisk && method != Method::OPTIONS {
         return Err(StatusCode::BAD_REQUEST);
     }
-    let origin = target[0] == b'/' || target[0] == b'*';
     let uri = Uri::from_maybe_shared(target).map_err(|_| StatusCode::BAD_REQUEST)?;
-    let form_ok =
-        origin || uri.scheme().is_some() || (method == Method::CONNECT && uri.authority().is_some());
-    if !form_ok {
-        return Err(StatusCode::BAD_REQUEST);
+    let absolute = uri.scheme().is_some();
+    let authority = method == Method::CONNECT && uri.authority().is_some();
+    if origin || asterisk || absolute || authority {
+        Ok(uri)
+    } else {
+        Err(StatusCode::BAD_REQUEST)
     }
-    Ok(uri)
 }
 
 /// What a request's headers say about its framing, gathered in the pass that builds

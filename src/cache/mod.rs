@@ -34,14 +34,13 @@ use std::time::{Duration, SystemTime};
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
-use hyper::body::Incoming;
 use tokio::sync::watch;
 use xxhash_rust::xxh3::Xxh3;
 
 use crate::config::CacheConfig;
 use crate::metrics::CacheMetrics;
 use crate::proxy::admit_and_forward;
-use crate::proxy::body::Body;
+use crate::proxy::body::{Body, ClientBody};
 use crate::proxy::error::ProxyError;
 use crate::proxy::forward::{self, Peer, Trace};
 use crate::proxy::route::request_host;
@@ -256,7 +255,7 @@ impl Cache {
     pub async fn serve(
         self: &Arc<Self>,
         upstream: &Arc<Upstream>,
-        req: Request<Incoming>,
+        req: Request<ClientBody>,
         peer: &Peer,
         trace: &mut Trace,
     ) -> Result<Response<Body>, ProxyError> {
@@ -367,7 +366,7 @@ impl Cache {
     fn coalesced(
         &self,
         primary: Key,
-        req: &Request<Incoming>,
+        req: &Request<ClientBody>,
         rules: &RequestRules,
         head: bool,
     ) -> Option<Response<Body>> {
@@ -397,7 +396,7 @@ impl Cache {
     async fn fetch(
         self: &Arc<Self>,
         upstream: &Arc<Upstream>,
-        mut req: Request<Incoming>,
+        mut req: Request<ClientBody>,
         (peer, trace): (&Peer, &mut Trace),
         (primary, lead): (Key, Option<Lead>),
         stale: Option<Arc<Object>>,
@@ -497,7 +496,7 @@ impl Cache {
         self: &Arc<Self>,
         key: Key,
         primary: Key,
-        req: &Request<Incoming>,
+        req: &Request<ClientBody>,
         upstream: &Arc<Upstream>,
         peer: &Peer,
     ) {
@@ -547,7 +546,7 @@ impl Cache {
     async fn pass(
         &self,
         upstream: &Arc<Upstream>,
-        req: Request<Incoming>,
+        req: Request<ClientBody>,
         peer: &Peer,
         trace: &mut Trace,
         fwd: Fwd,

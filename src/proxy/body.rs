@@ -46,7 +46,7 @@ pub enum Body {
     Empty,
     Full(Option<Bytes>),
     /// A client's request body on its way upstream.
-    Incoming(Incoming),
+    Client(ClientBody),
     /// A client's request body with content, counted on its way upstream.
     Request(RequestBody),
     /// An upstream's response body on its way to the client.
@@ -77,11 +77,53 @@ impl From<Bytes> for Body {
     }
 }
 
+/// A client's request body, from whichever server read the request: hyper's (h2,
+/// TLS) or weir's own HTTP/1.1 server (`listener::h1`). One type, so both feed the
+/// same `proxy::handle`.
+pub enum ClientBody {
+    /// No body (weir's server makes none for a bodyless request).
+    Empty,
+    Hyper(Incoming),
+    H1(crate::listener::h1::Body),
+}
+
+impl http_body::Body for ClientBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.get_mut() {
+            ClientBody::Empty => Poll::Ready(None),
+            ClientBody::Hyper(body) => Pin::new(body).poll_frame(cx).map_err(Into::into),
+            ClientBody::H1(body) => Pin::new(body).poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            ClientBody::Empty => true,
+            ClientBody::Hyper(body) => body.is_end_stream(),
+            ClientBody::H1(body) => body.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            ClientBody::Empty => SizeHint::with_exact(0),
+            ClientBody::Hyper(body) => body.size_hint(),
+            ClientBody::H1(body) => body.size_hint(),
+        }
+    }
+}
+
 /// A client's request body that counts the bytes it forwards, ends with
 /// `BodyTimeout` when no frame arrives for `idle`, and with `BodyTooLarge` past its
 /// route's `max_request_body`.
 pub struct RequestBody {
-    pub(crate) inner: Incoming,
+    pub(crate) inner: ClientBody,
     /// The upstream's `weir_request_bytes_total`.
     pub(crate) bytes: IntCounter,
     /// This request's own count, for the access log.
@@ -133,7 +175,7 @@ pub struct BodyTimeout(pub Duration);
 
 impl RequestBody {
     pub fn new(
-        inner: Incoming,
+        inner: ClientBody,
         bytes: IntCounter,
         tally: Option<Arc<AtomicU64>>,
         idle: Duration,
@@ -325,7 +367,7 @@ impl http_body::Body for Body {
         match self.get_mut() {
             Body::Empty => Poll::Ready(None),
             Body::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
-            Body::Incoming(inner) => Pin::new(inner).poll_frame(cx).map_err(Into::into),
+            Body::Client(inner) => Pin::new(inner).poll_frame(cx),
             Body::Request(req) => req.poll_frame(cx),
             Body::Upstream(up) => {
                 let mut polled = Pin::new(&mut up.inner).poll_frame(cx);
@@ -359,7 +401,7 @@ impl http_body::Body for Body {
         match self {
             Body::Empty => true,
             Body::Full(bytes) => bytes.is_none(),
-            Body::Incoming(inner) => inner.is_end_stream(),
+            Body::Client(inner) => inner.is_end_stream(),
             Body::Request(req) => req.inner.is_end_stream(),
             Body::Upstream(up) => up.inner.is_end_stream(),
             Body::Tee(tee) => tee.is_end_stream(),
@@ -370,7 +412,7 @@ impl http_body::Body for Body {
         match self {
             Body::Empty => SizeHint::with_exact(0),
             Body::Full(bytes) => SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64)),
-            Body::Incoming(inner) => inner.size_hint(),
+            Body::Client(inner) => inner.size_hint(),
             Body::Request(req) => req.inner.size_hint(),
             Body::Upstream(up) => up.inner.size_hint(),
             Body::Tee(tee) => tee.size_hint(),

@@ -18,11 +18,10 @@ use std::time::{Duration, Instant};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::uri::{PathAndQuery, Uri};
 use http::{Method, Request, Response, StatusCode, Version};
-use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 
-use super::body::{Body, BodyLimit, Release, RequestBody, UpstreamBody};
+use super::body::{Body, BodyLimit, ClientBody, Release, RequestBody, UpstreamBody};
 use super::client::{self, TE_TRAILERS};
 use super::error::ProxyError;
 use crate::balancer::PickKey;
@@ -88,7 +87,7 @@ pub struct Limits {
 /// budget.
 pub async fn forward(
     upstream: &Arc<Upstream>,
-    req: Request<Incoming>,
+    req: Request<ClientBody>,
     peer: &Peer,
     trace: &mut Trace,
 ) -> Result<Response<Body>, ProxyError> {
@@ -98,7 +97,7 @@ pub async fn forward(
     let limit = trace.limits.body.clone();
     let req = req.map(|body| {
         if http_body::Body::is_end_stream(&body) {
-            Body::Incoming(body)
+            Body::Client(body)
         } else {
             let bytes = upstream.metrics.request_bytes.clone();
             let mut body = RequestBody::new(body, bytes, tally, peer.body_read_timeout);

@@ -24,7 +24,6 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use http::{HeaderValue, Request, Response};
-use hyper::body::Incoming;
 
 use crate::access_log::Pending;
 use crate::admission::Refused;
@@ -33,7 +32,7 @@ use crate::runtime::Runtime;
 use crate::shaping::template::{Var, Vars};
 use crate::shaping::{self, X_REQUEST_ID};
 use crate::upstream::Upstream;
-use body::{Body, BodyLimit};
+use body::{Body, BodyLimit, ClientBody};
 use error::ProxyError;
 pub use forward::Peer;
 use forward::{Limits, Trace};
@@ -42,7 +41,7 @@ use route::{Action, Proxy, Route};
 /// One request: route -> (answer locally | limit -> (cache) -> admit -> forward) ->
 /// record (metrics, then the access log). Access lists come first: a refused client
 /// costs no upstream work.
-pub async fn handle(rt: &Runtime, req: Request<Incoming>, peer: &Peer) -> Response<Body> {
+pub async fn handle(rt: &Runtime, req: Request<ClientBody>, peer: &Peer) -> Response<Body> {
     let started = Instant::now();
     let mut log = rt.access_log.as_ref().map(|log| log.begin(started, peer.addr, &req));
     if let Err(error) = framing::check(&req) {
@@ -118,7 +117,7 @@ struct Shaped<'a> {
 async fn proxy_to(
     rt: &Runtime,
     proxy: &Proxy,
-    mut req: Request<Incoming>,
+    mut req: Request<ClientBody>,
     peer: &Peer,
     shaped: Shaped<'_>,
     started: Instant,
@@ -176,7 +175,7 @@ async fn proxy_to(
 }
 
 /// The request id, the route's request header rules and its path rewrite.
-fn shape_request(proxy: &Proxy, req: &mut Request<Incoming>, peer: &Peer, shaped: &Shaped) {
+fn shape_request(proxy: &Proxy, req: &mut Request<ClientBody>, peer: &Peer, shaped: &Shaped) {
     if let Some(id) = shaped.request_id {
         req.headers_mut().insert(&X_REQUEST_ID, id.clone());
     }
@@ -239,7 +238,7 @@ fn logged(mut response: Response<Body>, log: Option<Pending>) -> Response<Body> 
 /// slot is held until the response body ends.
 pub(crate) async fn admit_and_forward(
     upstream: &Arc<Upstream>,
-    req: Request<Incoming>,
+    req: Request<ClientBody>,
     peer: &Peer,
     trace: &mut Trace,
 ) -> Result<Response<Body>, ProxyError> {

@@ -170,9 +170,17 @@ servers = [{{ address = "{}" }}]
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 
+    // A keep-alive connection left idle after its request: closed at once on SIGTERM.
+    let mut idle = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    tokio::io::AsyncWriteExt::write_all(&mut idle, b"GET /idle HTTP/1.1\r\nHost: a\r\n\r\n").await.unwrap();
+    let mut head = [0u8; 12];
+    tokio::io::AsyncReadExt::read_exact(&mut idle, &mut head).await.unwrap();
+    assert_eq!(&head, b"HTTP/1.1 200");
+
     let url = format!("http://127.0.0.1:{port}/slow");
     let in_flight = tokio::spawn(async move { get(&url).await });
-    while slow.hits() == 0 {
+    // The idle connection's request was the first.
+    while slow.hits() < 2 {
         assert!(Instant::now() < deadline, "the slow request never reached the backend");
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
@@ -190,6 +198,9 @@ servers = [{{ address = "{}" }}]
     assert_eq!(status_of(&format!("http://127.0.0.1:{admin}/healthz")).await, Some(200));
     assert_eq!(status_of(&format!("http://127.0.0.1:{admin}/readyz")).await, Some(503));
     assert!(!in_flight.is_finished(), "the slow request ended before the drain was observed");
+    let idle_closed = crate::support::raw::closed_within(&mut idle, Duration::from_millis(300)).await;
+    assert!(idle_closed, "an idle keep-alive connection was kept through the drain");
+    assert!(!in_flight.is_finished(), "the slow request ended before the idle connection was seen closed");
 
     let (status, body) = in_flight.await.unwrap();
     assert_eq!((status.as_u16(), body.as_str()), (200, "slow"), "the in-flight request was not completed");

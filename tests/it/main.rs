@@ -15,6 +15,7 @@ mod proxying;
 mod ratelimit;
 mod routing;
 mod scaleout;
+mod server_h1;
 mod shaping;
 mod streaming;
 mod support;

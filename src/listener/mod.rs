@@ -3,7 +3,12 @@
 //!
 //! Each connection computes its `Peer` once; each request loads the current runtime
 //! once and hands it to `proxy::handle`. Slow clients are cut off by the header read
-//! timeout, oversized heads get `431` from hyper's size limit.
+//! timeout, oversized heads get `431`.
+//!
+//! Who serves what: a plain-TCP connection whose first bytes are not the h2 preface
+//! goes to weir's own HTTP/1.1 server (`h1`, the hot path, cheaper per request than
+//! hyper's); h2 with prior knowledge, and every TLS connection, go to hyper-util's
+//! `auto` server. Both feed `proxy::handle` with a `ClientBody`.
 //!
 //! `max_connections`: each connection holds a semaphore permit until it closes, and
 //! the loop takes a permit *before* accepting, so at the limit weir simply stops
@@ -18,9 +23,9 @@
 //!
 //! Timeouts a client meets: the wait for the first byte (the lobby's sweep, up to a
 //! quarter late), the TLS handshake and the rest of an h2 preface (`ClientIo`) get
-//! `header_read_timeout`; hyper's HTTP/1 header read timeout then
-//! covers every request head, including the idle gap between keep-alive requests (it
-//! starts when the previous response is done), so `header_read_timeout` is also the
+//! `header_read_timeout`; the HTTP/1 header read timeout (`h1`'s, or hyper's on TLS)
+//! then covers every request head, including the idle gap between keep-alive requests
+//! (it starts when the previous response is done), so `header_read_timeout` is also the
 //! keep-alive idle limit; a stalled request body gets `body_read_timeout`
 //! (`proxy::body::RequestBody`); a client that stops reading its response gets
 //! `send_timeout` (`ClientIo`).
@@ -48,10 +53,15 @@ use tokio::time::Instant;
 use tokio::time::Sleep;
 use tokio_util::task::TaskTracker;
 
+use bytes::{Buf, Bytes, BytesMut};
+
 use crate::config::ListenerConfig;
+use crate::proxy::body::ClientBody;
 use crate::proxy::body::Pause;
 use crate::proxy::{self, Peer};
 use crate::runtime::SharedRuntime;
+
+pub mod h1;
 
 /// A bound client listener and how to serve its connections.
 pub struct Listener {
@@ -78,6 +88,8 @@ pub struct Settings {
     send_timeout: Duration,
     /// A connection with no request in progress this long is closed.
     idle_timeout: Duration,
+    /// Largest request head weir's HTTP/1.1 server reads (hyper's `max_buf_size`).
+    max_header_size: usize,
 }
 
 impl Settings {
@@ -107,6 +119,7 @@ impl Settings {
             body_read_timeout: config.body_read_timeout.0,
             send_timeout: config.send_timeout.0,
             idle_timeout: config.idle_timeout.0,
+            max_header_size: *config.max_header_size.get_ref(),
             max_connections,
             slots,
         }
@@ -218,7 +231,7 @@ impl Shared {
         peer.body_read_timeout = settings.body_read_timeout;
         let connection = Connection { settings, runtime: self.runtime.clone(), stop, peer };
         match tls {
-            None => connection.serve(stream).await,
+            None => connection.serve_plain(stream).await,
             Some(acceptor) => match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
                 Ok(Ok(stream)) => connection.serve(stream).await,
                 Ok(Err(e)) => tracing::debug!(client = %addr, error = %e, "TLS handshake failed"),
@@ -298,7 +311,41 @@ struct Connection {
 }
 
 impl Connection {
-    /// Serves HTTP/1.1 or h2 on `io` until the client leaves or `stop` changes, then
+    /// Serves a plain-TCP client: h2 (prior knowledge) on hyper, anything else on
+    /// weir's own HTTP/1.1 server. The first bytes decide; a client that sends part of
+    /// the h2 preface and stops is cut at `header_read_timeout`.
+    async fn serve_plain(self, mut stream: tokio::net::TcpStream) {
+        let mut first = BytesMut::with_capacity(8 * 1024);
+        let deadline = Instant::now() + self.settings.handshake_timeout;
+        loop {
+            // The lobby hands over a socket with bytes to read: the first read needs
+            // no timer.
+            let read = match stream.try_read_buf(&mut first) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    let read = tokio::io::AsyncReadExt::read_buf(&mut stream, &mut first);
+                    match tokio::time::timeout_at(deadline, read).await {
+                        Ok(read) => read,
+                        Err(_) => return,
+                    }
+                }
+                read => read,
+            };
+            if !matches!(read, Ok(n) if n > 0) {
+                return;
+            }
+            let n = first.len().min(H2_PREFACE.len());
+            if first[..n] != H2_PREFACE[..n] {
+                return h1::serve(self, stream, first).await;
+            }
+            if n == H2_PREFACE.len() {
+                let io = Rewind { early: first.freeze(), io: stream };
+                return self.serve(io).await;
+            }
+        }
+    }
+
+    /// Serves HTTP/1.1 or h2 on `io` with hyper (TLS connections, and h2 with prior
+    /// knowledge on plain ones) until the client leaves or `stop` changes, then
     /// finishes the request in progress and closes.
     async fn serve<I>(mut self, io: I)
     where
@@ -314,7 +361,7 @@ impl Connection {
             let peer = peer.clone();
             let busy = activity.begin();
             async move {
-                let response = proxy::handle(&rt, req, &peer).await;
+                let response = proxy::handle(&rt, req.map(ClientBody::Hyper), &peer).await;
                 drop(busy);
                 Ok::<_, Infallible>(response)
             }
@@ -391,6 +438,47 @@ impl Drop for Busy {
     fn drop(&mut self) {
         self.0.touch();
         self.0.running.fetch_sub(1, Relaxed);
+    }
+}
+
+/// A socket whose first bytes were already read: they are read again first.
+struct Rewind<I> {
+    early: Bytes,
+    io: I,
+}
+
+impl<I: AsyncRead + Unpin> AsyncRead for Rewind<I> {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if !this.early.is_empty() {
+            let n = this.early.len().min(buf.remaining());
+            buf.put_slice(&this.early[..n]);
+            this.early.advance(n);
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut this.io).poll_read(cx, buf)
+    }
+}
+
+impl<I: AsyncWrite + Unpin> AsyncWrite for Rewind<I> {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
+    }
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
     }
 }
 

@@ -1,0 +1,137 @@
+//! weir's own HTTP/1.1 server (`listener::h1`), in raw bytes: what it adds beyond the
+//! hostile-client cases: HTTP/1.0 keep-alive and close-delimited answers, chunked
+//! request bodies, unread bodies on a kept connection, and the h2 preface arriving
+//! in pieces.
+
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::support::raw::{closed_within, exchange, read_reply, statuses, Action, RawBackend, OK};
+use crate::support::Weir;
+
+const CONFIG: &str = r#"
+[[listeners]]
+name = "web"
+listen = "127.0.0.1:0"
+header_read_timeout = "2s"
+
+[[routes]]
+path_prefix = "/b"
+upstream = "b"
+
+[upstreams.b]
+request_timeout = "2s"
+servers = [{ address = "{b}" }]
+"#;
+
+#[tokio::test]
+async fn http10_keeps_the_connection_only_when_asked() {
+    let backend = RawBackend::recording().await;
+    let weir = Weir::start(&backend.fill(CONFIG), &[]).await;
+    let mut client = TcpStream::connect(weir.addr).await.unwrap();
+    client.write_all(b"GET /b/1 HTTP/1.0\r\nHost: a\r\nConnection: keep-alive\r\n\r\n").await.unwrap();
+    let first = read_reply(&mut client).await;
+    assert_eq!(statuses(&first), vec![200], "{first}");
+    assert!(first.to_ascii_lowercase().contains("connection: keep-alive\r\n"), "{first}");
+    client.write_all(b"GET /b/2 HTTP/1.0\r\nHost: a\r\n\r\n").await.unwrap();
+    let mut second = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(2), client.read_to_end(&mut second)).await;
+    assert!(closed.is_ok(), "an HTTP/1.0 request without keep-alive left the connection open");
+    assert_eq!(statuses(&String::from_utf8_lossy(&second)), vec![200]);
+    assert_eq!(backend.requests().len(), 2);
+}
+
+#[tokio::test]
+async fn an_unknown_length_goes_to_http10_clients_delimited_by_the_close() {
+    let chunked = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n";
+    let backend = RawBackend::start(move |_, _| Action::Reply(chunked.to_vec())).await;
+    let weir = Weir::start(&backend.fill(CONFIG), &[]).await;
+    let reply = exchange(weir.addr, b"GET /b HTTP/1.0\r\nHost: a\r\nConnection: keep-alive\r\n\r\n").await;
+    let lower = reply.to_ascii_lowercase();
+    assert!(!lower.contains("transfer-encoding") && !lower.contains("content-length"), "{reply}");
+    assert!(reply.ends_with("\r\n\r\nabcde"), "{reply}");
+    // And HTTP/1.1 clients get it chunked.
+    let reply = exchange(weir.addr, b"GET /b HTTP/1.1\r\nHost: a\r\n\r\n").await;
+    assert!(reply.to_ascii_lowercase().contains("transfer-encoding: chunked\r\n"), "{reply}");
+}
+
+#[tokio::test]
+async fn a_chunked_request_body_is_reframed_and_the_connection_goes_on() {
+    let backend = RawBackend::recording().await;
+    let weir = Weir::start(&backend.fill(CONFIG), &[]).await;
+    let reply = exchange(
+        weir.addr,
+        b"POST /b/up HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n\
+          3;ext=1\r\nabc\r\n2\r\nde\r\n0\r\nx-trailer: 1\r\n\r\n\
+          GET /b/next HTTP/1.1\r\nHost: a\r\n\r\n",
+    )
+    .await;
+    assert_eq!(statuses(&reply), vec![200, 200], "{reply}");
+    let seen = backend.requests();
+    assert_eq!(seen.len(), 2);
+    assert_eq!(seen[0].body, b"abcde");
+    assert_eq!(seen[1].line(), "GET /b/next HTTP/1.1");
+}
+
+/// A body no one reads (the request got no route) is skipped when it is all there,
+/// and the next request on the connection is served; never read as a request.
+#[tokio::test]
+async fn an_unread_body_is_skipped_never_read_as_a_request() {
+    let backend = RawBackend::recording().await;
+    let weir = Weir::start(&backend.fill(CONFIG), &[]).await;
+    let reply = exchange(
+        weir.addr,
+        b"POST /nowhere HTTP/1.1\r\nHost: a\r\nContent-Length: 35\r\n\r\nGET /b/smuggled HTTP/1.1\r\nHost: a\r\n\r\n\
+          GET /b/after HTTP/1.1\r\nHost: a\r\n\r\n",
+    )
+    .await;
+    assert_eq!(statuses(&reply), vec![404, 200], "{reply}");
+    let lines: Vec<String> = backend.requests().iter().map(|r| r.line().to_string()).collect();
+    assert_eq!(lines, ["GET /b/after HTTP/1.1"]);
+}
+
+/// A body still on its way when the answer is done cannot be skipped from what is
+/// buffered: the connection closes after the answer.
+#[tokio::test]
+async fn an_unread_body_still_arriving_closes_the_connection() {
+    let backend = RawBackend::start(|_, _| Action::Reply(OK.to_vec())).await;
+    let weir = Weir::start(&backend.fill(CONFIG), &[]).await;
+    let mut client = TcpStream::connect(weir.addr).await.unwrap();
+    client.write_all(b"POST /nowhere HTTP/1.1\r\nHost: a\r\nContent-Length: 100\r\n\r\nabc").await.unwrap();
+    let mut head = [0u8; 12];
+    client.read_exact(&mut head).await.unwrap();
+    assert_eq!(&head, b"HTTP/1.1 404");
+    assert!(closed_within(&mut client, Duration::from_secs(2)).await);
+}
+
+/// An h2 client whose preface arrives in two pieces is still served as h2.
+#[tokio::test]
+async fn an_h2_preface_in_pieces_is_still_h2() {
+    let backend = RawBackend::recording().await;
+    let weir = Weir::start(&backend.fill(CONFIG), &[]).await;
+    let mut client = TcpStream::connect(weir.addr).await.unwrap();
+    client.write_all(b"PRI * HTTP/2.0\r\n").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    client.write_all(b"\r\nSM\r\n\r\n").await.unwrap();
+    // An empty SETTINGS frame.
+    client.write_all(&[0, 0, 0, 4, 0, 0, 0, 0, 0]).await.unwrap();
+    let mut frame = [0u8; 9];
+    tokio::time::timeout(Duration::from_secs(2), client.read_exact(&mut frame)).await.unwrap().unwrap();
+    assert_eq!(frame[3], 4, "the server's first frame is its SETTINGS: {frame:?}");
+}
+
+/// `100 Continue` goes out only when the body is wanted: a request answered without
+/// it (no route here) gets the final answer alone.
+#[tokio::test]
+async fn a_request_answered_without_its_body_gets_no_100_continue() {
+    let backend = RawBackend::recording().await;
+    let weir = Weir::start(&backend.fill(CONFIG), &[]).await;
+    let reply = exchange(
+        weir.addr,
+        b"POST /nowhere HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n",
+    )
+    .await;
+    assert_eq!(statuses(&reply), vec![404], "{reply}");
+}

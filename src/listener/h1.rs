@@ -586,11 +586,14 @@ pub(super) async fn serve(conn: Connection, stream: TcpStream, first: BytesMut) 
             }
         };
         drop(rt);
-        if head.upgrade && response.status() == StatusCode::SWITCHING_PROTOCOLS && lent.is_none() {
+        let switched = response.status() == StatusCode::SWITCHING_PROTOCOLS;
+        if head.upgrade && switched && lent.is_none() {
             return server.upgrade(response, &settings).await;
         }
         let stopping = poll_fn(|cx| Poll::Ready(stop.poll(cx))).await;
-        let mut keep = server.respond(response, &head, stopping).await;
+        // A 101 that is not tunnelled (its request had a body): the server has left
+        // HTTP, so what the client sends next is not a request; the connection ends.
+        let mut keep = server.respond(response, &head, stopping).await && !switched;
         if let Some(reader) = lent {
             let mut reader = lock(&reader);
             keep &= reader.drain();

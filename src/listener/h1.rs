@@ -55,6 +55,7 @@ use tokio::time::{Instant, Sleep};
 use super::{ClientIo, Connection};
 use crate::proxy;
 use crate::proxy::body::{Body as ResponseBody, BoxError, ClientBody};
+use crate::proxy::framing::{ends_chunked, ConnectionOptions};
 
 /// Most headers a request may carry, as hyper allowed.
 const MAX_HEADERS: usize = 100;
@@ -212,9 +213,7 @@ struct RequestFraming {
     /// `Transfer-Encoding` is present; `chunked`: its last coding is chunked.
     coded: bool,
     chunked: bool,
-    close: bool,
-    keep_alive: bool,
-    upgrade: bool,
+    connection: ConnectionOptions,
     expect_continue: bool,
     trailers: bool,
     has_upgrade: bool,
@@ -234,15 +233,9 @@ impl RequestFraming {
             return Ok(!repeat);
         } else if *name == header::TRANSFER_ENCODING {
             self.coded = true;
-            // The last coding of the last header decides.
-            let last = value.as_bytes().rsplit(|&b| b == b',').next().unwrap_or_default();
-            self.chunked = last.trim_ascii().eq_ignore_ascii_case(b"chunked");
+            self.chunked = ends_chunked(value.as_bytes());
         } else if *name == header::CONNECTION {
-            for token in value.as_bytes().split(|&b| b == b',').map(<[u8]>::trim_ascii) {
-                self.close |= token.eq_ignore_ascii_case(b"close");
-                self.keep_alive |= token.eq_ignore_ascii_case(b"keep-alive");
-                self.upgrade |= token.eq_ignore_ascii_case(b"upgrade");
-            }
+            self.connection.note(value.as_bytes());
         } else if *name == header::UPGRADE {
             self.has_upgrade = true;
         } else if *name == header::TE {
@@ -269,17 +262,13 @@ impl RequestFraming {
             (false, Some(n)) if n > 0 => Decode::Length(n),
             _ => Decode::Done,
         };
-        let keep_alive = match version {
-            Version::HTTP_11 => !self.close,
-            _ => self.keep_alive && !self.close,
-        };
         Ok(Head {
             body,
             version,
             head_method: method == Method::HEAD,
-            keep_alive,
+            keep_alive: self.connection.persist(version),
             expect_continue: self.expect_continue && version == Version::HTTP_11 && body != Decode::Done,
-            upgrade: self.upgrade && self.has_upgrade,
+            upgrade: self.connection.upgrade && self.has_upgrade,
             trailers: self.trailers,
         })
     }

@@ -1,12 +1,13 @@
 //! Requests weir refuses to forward because an upstream could frame them
 //! differently from weir (request smuggling), checked before routing.
 //!
-//! hyper's HTTP/1 parser already refuses most of these (obs-fold, bare CR, NUL and
-//! control characters, invalid names, conflicting `Content-Length`, a
-//! `Transfer-Encoding` that does not end in `chunked`, `Transfer-Encoding` in
-//! HTTP/1.0) and, given both `Content-Length` and `Transfer-Encoding`, drops the
-//! length and closes the connection after the response (RFC 9112 §6.3). What it
-//! lets through and this module refuses: a missing or repeated `Host`, a `Host` with
+//! The HTTP/1 parsers (weir's own server, `listener::h1`, and hyper's on TLS) already
+//! refuse most of these (obs-fold, bare CR, NUL and control characters, invalid
+//! names, conflicting `Content-Length`, a `Transfer-Encoding` that does not end in
+//! `chunked`, `Transfer-Encoding` in HTTP/1.0); given both `Content-Length` and
+//! `Transfer-Encoding`, weir's server refuses the request and hyper drops the length
+//! and closes the connection after the response (RFC 9112 §6.3). What they let
+//! through and this module refuses: a missing or repeated `Host`, a `Host` with
 //! bytes no authority has, and transfer codings other than a single `chunked`.
 //! HTTP/1.0 may omit `Host`, but weir forwards HTTP/1.1, which must carry one, and
 //! there is no right value to invent: such a request is refused too.
@@ -16,6 +17,43 @@ use http::header::{self, HeaderMap};
 use http::{Request, Version};
 
 use super::error::ProxyError;
+
+/// What a message's `Connection` header says about the connection (RFC 9112 §9.3),
+/// noted value by value in the pass that builds a header map. Shared by weir's
+/// HTTP/1.1 server (requests) and client (responses).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct ConnectionOptions {
+    pub close: bool,
+    pub keep_alive: bool,
+    pub upgrade: bool,
+}
+
+impl ConnectionOptions {
+    /// Notes the options of one `Connection` value.
+    pub fn note(&mut self, value: &[u8]) {
+        for token in value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
+            self.close |= token.eq_ignore_ascii_case(b"close");
+            self.keep_alive |= token.eq_ignore_ascii_case(b"keep-alive");
+            self.upgrade |= token.eq_ignore_ascii_case(b"upgrade");
+        }
+    }
+
+    /// Whether the connection may carry another message after this one: in
+    /// HTTP/1.1 unless `close`; in HTTP/1.0 only with `keep-alive`.
+    pub fn persist(&self, version: Version) -> bool {
+        match version {
+            Version::HTTP_11 => !self.close,
+            _ => self.keep_alive && !self.close,
+        }
+    }
+}
+
+/// Whether a `Transfer-Encoding` value ends in `chunked`: only then is a message
+/// framed by chunks (RFC 9112 §6.3). Of several headers, the last one decides.
+pub fn ends_chunked(value: &[u8]) -> bool {
+    let last = value.rsplit(|&b| b == b',').next().unwrap_or_default();
+    last.trim_ascii().eq_ignore_ascii_case(b"chunked")
+}
 
 /// `Ok` when `req` is unambiguous to forward; else the error to answer with.
 pub fn check<B>(req: &Request<B>) -> Result<(), ProxyError> {

@@ -12,6 +12,7 @@ use http::{Response, StatusCode, Version};
 use http_body::{Frame, SizeHint};
 
 use super::super::body::BoxError;
+use super::super::framing::{ends_chunked, ConnectionOptions};
 use super::{Conn, Error, Stream, BODY_READ, HEAD_READ, MAX_CHUNK_LINE, MAX_HEADERS, MAX_TRAILERS};
 
 /// A parsed response head: its parts, and for a final response its body's framing
@@ -86,8 +87,7 @@ struct ResponseFraming {
     /// `Transfer-Encoding` is present; `chunked`: its last coding is chunked.
     coded: bool,
     chunked: bool,
-    close: bool,
-    keep_alive: bool,
+    connection: ConnectionOptions,
 }
 
 impl ResponseFraming {
@@ -106,14 +106,9 @@ impl ResponseFraming {
             }
         } else if *name == header::TRANSFER_ENCODING {
             self.coded = true;
-            // The last coding of the last header decides.
-            let last = value.as_bytes().rsplit(|&b| b == b',').next().unwrap_or_default();
-            self.chunked = last.trim_ascii().eq_ignore_ascii_case(b"chunked");
+            self.chunked = ends_chunked(value.as_bytes());
         } else if *name == header::CONNECTION {
-            for token in value.as_bytes().split(|&b| b == b',').map(<[u8]>::trim_ascii) {
-                self.close |= token.eq_ignore_ascii_case(b"close");
-                self.keep_alive |= token.eq_ignore_ascii_case(b"keep-alive");
-            }
+            self.connection.note(value.as_bytes());
         }
         Ok(())
     }
@@ -121,10 +116,7 @@ impl ResponseFraming {
     /// The response body's framing (RFC 9112 §6.3) and whether the connection
     /// outlives it.
     fn decide(self, parts: &http::response::Parts, head_request: bool) -> Result<(State, bool), Error> {
-        let mut reusable = match parts.version {
-            Version::HTTP_11 => !self.close,
-            _ => self.keep_alive && !self.close,
-        };
+        let mut reusable = self.connection.persist(parts.version);
         if parts.status == StatusCode::SWITCHING_PROTOCOLS {
             return Ok((State::Upgraded, false));
         }

@@ -129,6 +129,32 @@ mod tests {
     use super::*;
     use http::StatusCode;
 
+    #[test]
+    fn connection_options_decide_persistence_per_version() {
+        let of = |values: &[&str]| {
+            let mut options = ConnectionOptions::default();
+            for v in values {
+                options.note(v.as_bytes());
+            }
+            options
+        };
+        assert!(of(&[]).persist(Version::HTTP_11));
+        assert!(!of(&["keep-alive, Close"]).persist(Version::HTTP_11));
+        assert!(!of(&[]).persist(Version::HTTP_10));
+        assert!(of(&[" Keep-Alive "]).persist(Version::HTTP_10));
+        assert!(of(&["x-a", "upgrade"]).upgrade);
+        assert!(!of(&["upgraded"]).upgrade);
+    }
+
+    #[test]
+    fn only_a_last_coding_of_chunked_frames_by_chunks() {
+        assert!(ends_chunked(b"chunked"));
+        assert!(ends_chunked(b"gzip, Chunked "));
+        assert!(!ends_chunked(b"chunked, gzip"));
+        assert!(!ends_chunked(b"xchunked"));
+        assert!(!ends_chunked(b""));
+    }
+
     fn request(version: Version, headers: &[(&str, &str)]) -> Request<()> {
         let mut builder = Request::builder().version(version).uri("/");
         for (name, value) in headers {

@@ -253,6 +253,35 @@ mod tests {
         Err("incomplete")
     }
 
+    proptest::proptest! {
+        /// Whatever a client sends as a chunked body, in any split, decoding ends in
+        /// data, an end or an error: never a panic, and never more data out than in.
+        #[test]
+        fn any_bytes_decode_without_panic(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..512), split in 0usize..512) {
+            let split = split.min(bytes.len());
+            let (a, b) = bytes.split_at(split);
+            if let Ok((body, _)) = decode_all(Decode::Chunked(Chunk::Size), &[a, b]) {
+                proptest::prop_assert!(body.len() <= bytes.len());
+            }
+        }
+
+        /// A body chunked any way decodes to its data.
+        #[test]
+        fn chunked_data_round_trips(chunks in proptest::collection::vec(proptest::collection::vec(proptest::num::u8::ANY, 1..64), 0..8), split in 0usize..1024) {
+            let mut wire = Vec::new();
+            for chunk in &chunks {
+                wire.extend_from_slice(format!("{:x}\r\n", chunk.len()).as_bytes());
+                wire.extend_from_slice(chunk);
+                wire.extend_from_slice(b"\r\n");
+            }
+            wire.extend_from_slice(b"0\r\n\r\n");
+            let split = split.min(wire.len());
+            let (a, b) = wire.split_at(split);
+            let (body, _) = decode_all(Decode::Chunked(Chunk::Size), &[a, b]).unwrap();
+            proptest::prop_assert_eq!(body, chunks.concat());
+        }
+    }
+
     #[test]
     fn chunked_bodies_decode_across_any_split() {
         let wire = b"3;ext=1\r\nabc\r\n2\r\nde\r\n0\r\nx-t: 1\r\n\r\n";

@@ -847,6 +847,31 @@ mod tests {
         parse(text).unwrap_err()
     }
 
+    proptest::proptest! {
+        /// Whatever a client sends as a head, parsing answers a request, "more", or a
+        /// status to refuse it with: never a panic.
+        #[test]
+        fn any_bytes_parse_without_panic(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..600)) {
+            let _ = parse(&bytes);
+        }
+
+        /// A head of printable fields after a valid request line parses or is refused
+        /// with 400 or 431, and a parsed one keeps every field it was given.
+        #[test]
+        fn heads_of_arbitrary_fields_parse_or_are_refused(fields in proptest::collection::vec(("[a-z][a-z0-9-]{0,12}", "[ -~]{0,40}"), 0..20)) {
+            let mut text = String::from("GET /p HTTP/1.1\r\nhost: a\r\n");
+            for (name, value) in &fields {
+                text.push_str(&format!("{name}: {value}\r\n"));
+            }
+            text.push_str("\r\n");
+            match parse(text.as_bytes()) {
+                Ok(Some((req, _))) => proptest::prop_assert!(req.headers().len() >= 1),
+                Ok(None) => proptest::prop_assert!(false, "a complete head was read as partial"),
+                Err(status) => proptest::prop_assert!(status == StatusCode::BAD_REQUEST || status == StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE),
+            }
+        }
+    }
+
     #[test]
     fn a_get_parses_with_its_headers_sharing_the_buffer() {
         let mut buf =

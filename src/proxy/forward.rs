@@ -20,13 +20,15 @@ use http::uri::{PathAndQuery, Uri};
 use http::{Method, Request, Response, StatusCode, Version};
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
 use super::body::{Body, BodyLimit, ClientBody, Release, RequestBody, UpstreamBody};
 use super::client::{self, TE_TRAILERS};
 use super::error::ProxyError;
+use super::h1;
 use crate::balancer::PickKey;
 use crate::health::{self, Outcome};
-use crate::upstream::{Server, Upstream};
+use crate::upstream::{InFlight, Server, Upstream};
 
 /// Facts about the client connection a request arrived on, computed once per
 /// connection.
@@ -463,27 +465,38 @@ fn tunnel(mut response: Response<Body>, client: OnUpgrade) -> Response<Body> {
         _ => (None, None),
     };
     tokio::spawn(async move {
-        let _in_flight = in_flight;
-        let Some((mut upstream, early)) = upstream else {
+        let Some((upstream, early)) = upstream else {
             tracing::debug!("upgrade failed: the upstream connection is not HTTP/1.1");
             return;
         };
-        let client = match client.await {
-            Ok(client) => client,
-            Err(e) => return tracing::debug!(error = %e, "upgrade failed"),
-        };
-        let mut client = TokioIo::new(client);
-        // Bytes the server sent right behind its 101 belong to the tunnel.
-        if !early.is_empty() {
-            if let Err(e) = tokio::io::AsyncWriteExt::write_all(&mut client, &early).await {
-                return tracing::debug!(error = %e, "tunnel closed with an error");
-            }
-        }
-        if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
-            tracing::debug!(error = %e, "tunnel closed with an error");
+        match client.await {
+            Ok(client) => splice(TokioIo::new(client), upstream, &early, &[], in_flight).await,
+            Err(e) => tracing::debug!(error = %e, "upgrade failed"),
         }
     });
     response
+}
+
+/// The tunnel of an upgraded connection, for either client server (hyper's, through
+/// `tunnel`, or weir's HTTP/1.1 server): delivers the bytes each side sent right
+/// behind the handshake (`from_server`, `from_client`), then copies both ways until
+/// either side closes. The request stays in flight (`in_flight`) for the tunnel's life.
+pub(crate) async fn splice<C: AsyncRead + AsyncWrite + Unpin>(
+    mut client: C,
+    mut upstream: h1::Stream,
+    from_server: &[u8],
+    from_client: &[u8],
+    in_flight: Option<InFlight>,
+) {
+    let _in_flight = in_flight;
+    let result = async {
+        client.write_all(from_server).await?;
+        upstream.write_all(from_client).await?;
+        tokio::io::copy_bidirectional(&mut client, &mut upstream).await
+    };
+    if let Err(e) = result.await {
+        tracing::debug!(error = %e, "tunnel closed with an error");
+    }
 }
 
 /// Appends the client's address to any `X-Forwarded-For` it sent, as one header.

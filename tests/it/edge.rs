@@ -2,6 +2,7 @@
 //! WebSocket-style upgrade tunnels, and reload under load.
 
 use std::convert::Infallible;
+use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
 use std::sync::Arc;
@@ -14,7 +15,7 @@ use hyper::body::{Frame, Incoming};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use rustls_pki_types::{CertificateDer, ServerName};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::rustls;
 
@@ -183,27 +184,9 @@ async fn echo_upgrade_backend() -> std::net::SocketAddr {
     addr
 }
 
-#[tokio::test]
-async fn upgrade_requests_are_tunnelled_both_ways_and_count_as_in_flight() {
-    let echo = echo_upgrade_backend().await;
-    let weir = Weir::start(
-        &format!(
-            r#"
-[admin]
-listen = "127.0.0.1:0"
-[[listeners]]
-name = "web"
-listen = "127.0.0.1:0"
-[[routes]]
-upstream = "ws"
-[upstreams.ws]
-servers = [{{ address = "{echo}" }}]
-"#
-        ),
-        &[],
-    )
-    .await;
-    let mut stream = TcpStream::connect(weir.addr).await.unwrap();
+/// Upgrades a connection through weir to `echo`, checks bytes come back both ways
+/// and that the tunnel counts as in flight until the client leaves.
+async fn tunnel_round_trip<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S, weir: &Weir, echo: SocketAddr) {
     stream
         .write_all(
             b"GET /chat HTTP/1.1\r\nHost: ws.test\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
@@ -236,6 +219,43 @@ servers = [{{ address = "{echo}" }}]
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     panic!("the tunnel's in-flight count was not released");
+}
+
+const UPGRADE_CONFIG: &str = r#"
+[admin]
+listen = "127.0.0.1:0"
+[[listeners]]
+name = "web"
+listen = "127.0.0.1:0"
+{tls}
+[[routes]]
+upstream = "ws"
+[upstreams.ws]
+servers = [{ address = "{echo}" }]
+"#;
+
+/// Plain TCP: weir's own HTTP/1.1 server makes the tunnel.
+#[tokio::test]
+async fn upgrade_requests_are_tunnelled_both_ways_and_count_as_in_flight() {
+    let echo = echo_upgrade_backend().await;
+    let config = UPGRADE_CONFIG.replace("{tls}", "").replace("{echo}", &echo.to_string());
+    let weir = Weir::start(&config, &[]).await;
+    tunnel_round_trip(TcpStream::connect(weir.addr).await.unwrap(), &weir, echo).await;
+}
+
+/// Over TLS, hyper's server makes it (`forward::tunnel`).
+#[tokio::test]
+async fn upgrade_requests_over_tls_are_tunnelled_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let cert = certificate(dir.path(), "a", &["ws.test"]);
+    let echo = echo_upgrade_backend().await;
+    let tls = "[listeners.tls]\ncertificates = [{ cert = \"a.pem\", key = \"a.key\" }]";
+    let config = UPGRADE_CONFIG.replace("{tls}", tls).replace("{echo}", &echo.to_string());
+    let weir = start_in(dir.path(), &config, &[]).await;
+    let tcp = TcpStream::connect(weir.addr).await.unwrap();
+    let connector = client_tls(&[&cert], &[b"http/1.1"]);
+    let stream = connector.connect(ServerName::try_from("ws.test").unwrap(), tcp).await.unwrap();
+    tunnel_round_trip(stream, &weir, echo).await;
 }
 
 /// A gRPC-like h2-only backend: answers with a body and `grpc-status` trailers.

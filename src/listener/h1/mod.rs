@@ -55,6 +55,7 @@ use tokio::time::{Instant, Sleep};
 use super::{ClientIo, Connection};
 use crate::proxy;
 use crate::proxy::body::{Body as ResponseBody, BoxError, ClientBody};
+use crate::proxy::forward::splice;
 use crate::proxy::framing::{ends_chunked, ConnectionOptions};
 
 mod body;
@@ -669,27 +670,15 @@ impl Server {
         if self.write.write_all(&self.out).await.is_err() {
             return;
         }
-        let (Some((mut upstream, early)), Some(side)) = (upstream, self.read.take()) else {
+        let (Some((upstream, early)), Some(side)) = (upstream, self.read.take()) else {
             tracing::debug!("upgrade failed: the upstream connection is not HTTP/1.1");
             return;
         };
         let Ok(client) = side.io.reunite(self.write.io) else { return };
-        let mut client = ClientIo::writer(client, settings.send_timeout);
+        let client = ClientIo::writer(client, settings.send_timeout);
         // Not a tracked task, as hyper's upgrades were not: a shutdown does not wait
         // for tunnels.
-        tokio::spawn(async move {
-            let _in_flight = in_flight;
-            // Bytes either side sent right behind the handshake belong to the tunnel.
-            if !early.is_empty() && client.write_all(&early).await.is_err() {
-                return;
-            }
-            if !side.buf.is_empty() && upstream.write_all(&side.buf).await.is_err() {
-                return;
-            }
-            if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
-                tracing::debug!(error = %e, "tunnel closed with an error");
-            }
-        });
+        tokio::spawn(async move { splice(client, upstream, &early, &side.buf, in_flight).await });
     }
 }
 

@@ -534,3 +534,26 @@ async fn a_watched_config_file_reloads_when_it_changes() {
     }
     panic!("the changed file was not reloaded");
 }
+
+/// An upgrade request that carries a body is not tunnelled; if the server still
+/// answers `101`, the client gets it and then the end of the connection, never an
+/// HTTP connection that reads tunnel bytes as requests.
+#[tokio::test]
+async fn a_101_to_an_upgrade_request_with_a_body_ends_the_connection() {
+    let echo = echo_upgrade_backend().await;
+    let config = UPGRADE_CONFIG.replace("{tls}", "").replace("{echo}", &echo.to_string());
+    let weir = Weir::start(&config, &[]).await;
+    let mut stream = TcpStream::connect(weir.addr).await.unwrap();
+    stream
+        .write_all(
+            b"POST /chat HTTP/1.1\r\nHost: ws.test\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+              Content-Length: 3\r\n\r\nabc",
+        )
+        .await
+        .unwrap();
+    let mut reply = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(3), stream.read_to_end(&mut reply)).await;
+    let reply = String::from_utf8_lossy(&reply).to_ascii_lowercase();
+    assert!(read.is_ok(), "the connection stayed open after: {reply}");
+    assert!(reply.starts_with("http/1.1 101"), "{reply}");
+}

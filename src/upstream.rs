@@ -168,10 +168,8 @@ impl Server {
 impl ServerState {
     /// Looks over the idle pool once. A connection is closed when its server closed
     /// it (or sent something unasked), or when this is the `max_sweeps`th sweep in a
-    /// row that found it unused; the rest go back in their order. Returns how many
-    /// were closed.
-    pub(crate) fn sweep_pool(&self, max_sweeps: u32) -> usize {
-        let mut closed = 0;
+    /// row that found it unused; the rest go back in their order.
+    pub(crate) fn sweep_pool(&self, max_sweeps: u32) {
         // Each connection idle now is seen once; one returned meanwhile queues behind.
         for _ in 0..self.pool.len() {
             let Some(sender) = self.pool.pop() else { break };
@@ -182,13 +180,11 @@ impl ServerState {
                 // Shared by every request to the server: kept while it is open.
                 Sender::H2(shared) => (!shared.is_closed()).then_some(Sender::H2(shared)),
             };
-            match kept {
-                // A full pool (requests returned connections meanwhile) closes it.
-                Some(sender) => closed += usize::from(self.pool.push(sender).is_err()),
-                None => closed += 1,
+            // A full pool (requests returned connections meanwhile) closes it too.
+            if let Some(sender) = kept {
+                let _ = self.pool.push(sender);
             }
         }
-        closed
     }
 }
 

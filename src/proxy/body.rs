@@ -20,7 +20,7 @@ use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering::Relaxed};
 use std::sync::Arc;
 
 use bytes::{Buf, Bytes};
@@ -121,7 +121,7 @@ impl http_body::Body for ClientBody {
 
 /// A client's request body that counts the bytes it forwards, ends with
 /// `BodyTimeout` when no frame arrives for `idle`, and with `BodyTooLarge` past its
-/// route's `max_request_body`.
+/// route's `max_request_body`. Whatever ends it early is noted in its `BodyWatch`.
 pub struct RequestBody {
     pub(crate) inner: ClientBody,
     /// The upstream's `weir_request_bytes_total`.
@@ -130,29 +130,75 @@ pub struct RequestBody {
     pub(crate) tally: Option<Arc<AtomicU64>>,
     /// The listener's `body_read_timeout`.
     pause: Pause,
-    /// The route's `max_request_body`, if it has one, and the bytes read so far: the
+    /// Where the body says how it is doing, and the route's `max_request_body`: the
     /// frame that would cross the limit is not forwarded; the body ends with
     /// `BodyTooLarge` instead, so the upstream never gets more than the limit.
-    pub(crate) limit: Option<Arc<BodyLimit>>,
+    pub(crate) watch: Arc<BodyWatch>,
     pub(crate) received: u64,
 }
 
-/// One request's body limit, and whether its body crossed it. Shared with
-/// `forward`, which answers `413` instead of blaming the upstream when the exchange
-/// fails because the body was cut (however the upstream protocol reports the cut).
-#[derive(Debug)]
-pub struct BodyLimit {
-    pub max: u64,
-    crossed: AtomicBool,
+/// How a client's request body ended when it ended early: the client's fault, never
+/// the server's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientFault {
+    /// Crossed the route's `max_request_body` (`413`).
+    TooLarge,
+    /// Broken framing, such as a bad chunk (`400`).
+    Malformed,
+    /// No bytes for the listener's `body_read_timeout` (`408`).
+    Stalled,
+    /// The client went away mid-body (`499`, for the log and metrics only).
+    Aborted,
 }
 
-impl BodyLimit {
-    pub fn new(max: u64) -> BodyLimit {
-        BodyLimit { max, crossed: AtomicBool::new(false) }
+/// One request body's fate, shared between the body, which notes it, and `forward`,
+/// which reads it when an exchange fails: a failure the client caused is answered and
+/// counted as the client's, however the upstream protocol reports the cut (weir's
+/// HTTP/1.1 client returns the body's error, hyper's h2 client resets the stream).
+#[derive(Debug)]
+pub struct BodyWatch {
+    /// The route's `max_request_body`.
+    pub max: Option<u64>,
+    /// `FAULT_NONE` or a `ClientFault` as `fault_code` numbers it.
+    fault: AtomicU8,
+    /// The body last had to wait for the client (its last poll was pending): a
+    /// timeout now is the client's stall, not the server's.
+    waiting: AtomicBool,
+}
+
+const FAULT_NONE: u8 = 0;
+
+impl BodyWatch {
+    pub fn new(max: Option<u64>) -> BodyWatch {
+        BodyWatch { max, fault: AtomicU8::new(FAULT_NONE), waiting: AtomicBool::new(false) }
     }
 
-    pub fn crossed(&self) -> bool {
-        self.crossed.load(Relaxed)
+    /// What the client did wrong, if its body ended early.
+    pub fn fault(&self) -> Option<ClientFault> {
+        match self.fault.load(Relaxed) {
+            1 => Some(ClientFault::TooLarge),
+            2 => Some(ClientFault::Malformed),
+            3 => Some(ClientFault::Stalled),
+            4 => Some(ClientFault::Aborted),
+            _ => None,
+        }
+    }
+
+    /// Whether the body is stuck on the client: it has not ended and its last poll
+    /// waited for the client's next bytes.
+    pub fn waiting_on_client(&self) -> bool {
+        self.waiting.load(Relaxed)
+    }
+
+    fn note(&self, fault: ClientFault) {
+        let code = match fault {
+            ClientFault::TooLarge => 1,
+            ClientFault::Malformed => 2,
+            ClientFault::Stalled => 3,
+            ClientFault::Aborted => 4,
+        };
+        // The first fault is the cause; what follows is its echo.
+        let _ = self.fault.compare_exchange(FAULT_NONE, code, Relaxed, Relaxed);
     }
 }
 
@@ -179,20 +225,22 @@ impl RequestBody {
         bytes: IntCounter,
         tally: Option<Arc<AtomicU64>>,
         idle: Duration,
+        watch: Arc<BodyWatch>,
     ) -> RequestBody {
-        RequestBody { inner, bytes, tally, limit: None, received: 0, pause: Pause::new(idle) }
+        RequestBody { inner, bytes, tally, watch, received: 0, pause: Pause::new(idle) }
     }
 
     fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match Pin::new(&mut self.inner).poll_frame(cx) {
             Poll::Pending => {}
             Poll::Ready(Some(Ok(frame))) => {
+                self.watch.waiting.store(false, Relaxed);
                 self.pause.progressed();
                 let n = frame.data_ref().map_or(0, |d| d.remaining() as u64);
                 self.received = self.received.saturating_add(n);
-                if let Some(limit) = self.limit.as_ref().filter(|l| self.received > l.max) {
-                    limit.crossed.store(true, Relaxed);
-                    return Poll::Ready(Some(Err(Box::new(BodyTooLarge { limit: limit.max }))));
+                if let Some(max) = self.watch.max.filter(|max| self.received > *max) {
+                    self.watch.note(ClientFault::TooLarge);
+                    return Poll::Ready(Some(Err(Box::new(BodyTooLarge { limit: max }))));
                 }
                 self.bytes.inc_by(n);
                 if let Some(tally) = &self.tally {
@@ -200,11 +248,41 @@ impl RequestBody {
                 }
                 return Poll::Ready(Some(Ok(frame)));
             }
-            ready => return ready.map_err(Into::into),
+            Poll::Ready(None) => {
+                self.watch.waiting.store(false, Relaxed);
+                return Poll::Ready(None);
+            }
+            Poll::Ready(Some(Err(e))) => {
+                self.watch.waiting.store(false, Relaxed);
+                self.watch.note(classify(&*e));
+                return Poll::Ready(Some(Err(e)));
+            }
         }
+        self.watch.waiting.store(true, Relaxed);
         ready!(self.pause.poll_expired(cx));
+        self.watch.waiting.store(false, Relaxed);
+        self.watch.note(ClientFault::Stalled);
         Poll::Ready(Some(Err(BodyTimeout(self.pause.limit).into())))
     }
+}
+
+/// Which fault a client body's error is: broken framing (weir's HTTP/1.1 server's
+/// decoder, or hyper's, which reports it as invalid data), else the client went away
+/// (a closed connection, a reset stream, an h2 body that broke its own length).
+fn classify(error: &(dyn std::error::Error + 'static)) -> ClientFault {
+    let mut source = Some(error);
+    while let Some(e) = source {
+        if crate::listener::h1::is_malformed_body(e) {
+            return ClientFault::Malformed;
+        }
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            if io.kind() == std::io::ErrorKind::InvalidData {
+                return ClientFault::Malformed;
+            }
+        }
+        source = e.source();
+    }
+    ClientFault::Aborted
 }
 
 /// A limit on pauses in a stream: `poll_expired` is called when the stream has to

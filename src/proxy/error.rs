@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use http::{header, HeaderValue, Response, StatusCode};
 
-use super::body::Body;
+use super::body::{Body, ClientFault};
 
 /// Why a request got no upstream response.
 #[derive(Debug, thiserror::Error)]
@@ -40,6 +40,25 @@ pub enum ProxyError {
     AccessDenied,
     #[error("the path has a dot-segment or an empty segment")]
     UnsafePath,
+    /// The client's request body broke, stalled or was abandoned: its fault, which no
+    /// server is blamed for.
+    #[error("{}", client_fault_text(*fault))]
+    ClientBody { fault: ClientFault },
+}
+
+fn client_fault_text(fault: ClientFault) -> &'static str {
+    match fault {
+        ClientFault::TooLarge => "the client's request body is too large",
+        ClientFault::Malformed => "the client's request body is malformed",
+        ClientFault::Stalled => "the client stopped sending its request body",
+        ClientFault::Aborted => "the client went away mid-body",
+    }
+}
+
+/// nginx's "client closed request": never seen by the client, which is gone, but
+/// logged and counted so an abort is told apart from a server's failure.
+pub fn client_closed_request() -> StatusCode {
+    StatusCode::from_u16(499).unwrap_or(StatusCode::BAD_REQUEST)
 }
 
 impl ProxyError {
@@ -60,6 +79,12 @@ impl ProxyError {
             ProxyError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ProxyError::AccessDenied => StatusCode::FORBIDDEN,
             ProxyError::UnsafePath => StatusCode::BAD_REQUEST,
+            ProxyError::ClientBody { fault } => match fault {
+                ClientFault::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+                ClientFault::Malformed => StatusCode::BAD_REQUEST,
+                ClientFault::Stalled => StatusCode::REQUEST_TIMEOUT,
+                ClientFault::Aborted => client_closed_request(),
+            },
         }
     }
 
@@ -80,6 +105,12 @@ impl ProxyError {
             ProxyError::BodyTooLarge { .. } => "request body too large",
             ProxyError::AccessDenied => "access denied",
             ProxyError::UnsafePath => "unsafe path",
+            ProxyError::ClientBody { fault } => match fault {
+                ClientFault::TooLarge => "request body too large",
+                ClientFault::Malformed => "malformed request body",
+                ClientFault::Stalled => "request body stalled",
+                ClientFault::Aborted => "client went away",
+            },
         }
     }
 
@@ -92,6 +123,7 @@ impl ProxyError {
             ProxyError::BodyTooLarge { .. }
                 | ProxyError::BadRequest { .. }
                 | ProxyError::UnsupportedTransferCoding
+                | ProxyError::ClientBody { .. }
         )
     }
 
@@ -107,7 +139,13 @@ impl ProxyError {
 
     /// A client's own fault, not the upstream's: no server is blamed for it.
     pub fn is_client_fault(&self) -> bool {
-        matches!(self, ProxyError::BodyTooLarge { .. } | ProxyError::AccessDenied | ProxyError::UnsafePath)
+        matches!(
+            self,
+            ProxyError::BodyTooLarge { .. }
+                | ProxyError::AccessDenied
+                | ProxyError::UnsafePath
+                | ProxyError::ClientBody { .. }
+        )
     }
 }
 
@@ -123,6 +161,7 @@ pub fn status_response(status: StatusCode) -> Response<Body> {
         StatusCode::TOO_MANY_REQUESTS => b"429 Too Many Requests\n",
         StatusCode::BAD_REQUEST => b"400 Bad Request\n",
         StatusCode::FORBIDDEN => b"403 Forbidden\n",
+        StatusCode::REQUEST_TIMEOUT => b"408 Request Timeout\n",
         StatusCode::PAYLOAD_TOO_LARGE => b"413 Content Too Large\n",
         _ => b"",
     };

@@ -22,7 +22,7 @@ use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
-use super::body::{Body, BodyLimit, ClientBody, Release, RequestBody, UpstreamBody};
+use super::body::{Body, BodyWatch, ClientBody, ClientFault, Release, RequestBody, UpstreamBody};
 use super::client::{self, TE_TRAILERS};
 use super::error::ProxyError;
 use super::h1;
@@ -79,7 +79,7 @@ pub struct Limits {
     /// Until the response headers arrive; `None`: the upstream's `request_timeout`.
     pub request_timeout: Option<Duration>,
     /// The route's `max_request_body`, for this request's body.
-    pub body: Option<Arc<BodyLimit>>,
+    pub max_body: Option<u64>,
 }
 
 /// Sends `req` to a server of `upstream`. A server that refuses the connection is
@@ -94,20 +94,21 @@ pub async fn forward(
     trace: &mut Trace,
 ) -> Result<Response<Body>, ProxyError> {
     // A body with content is wrapped to count its bytes (`tally`: this request's own
-    // count, if logged) and to hold it to the route's `max_request_body`.
+    // count, if logged), to hold it to the route's `max_request_body`, and to say
+    // whether it failed by the client's fault (`watch`).
     let tally = trace.request_bytes.take();
-    let limit = trace.limits.body.clone();
+    let mut watch = None;
     let req = req.map(|body| {
         if http_body::Body::is_end_stream(&body) {
             Body::Client(body)
         } else {
             let bytes = upstream.metrics.request_bytes.clone();
-            let mut body = RequestBody::new(body, bytes, tally, peer.body_read_timeout);
-            body.limit = limit;
-            Body::Request(body)
+            let shared = Arc::new(BodyWatch::new(trace.limits.max_body));
+            watch = Some(shared.clone());
+            Body::Request(RequestBody::new(body, bytes, tally, peer.body_read_timeout, shared))
         }
     });
-    forward_request(upstream, req, peer, trace).await
+    send(upstream, req, peer, trace, watch).await
 }
 
 /// `forward` for a request whose body is already a `Body`: one weir made itself,
@@ -116,15 +117,25 @@ pub async fn forward(
 /// a new cookie.
 pub async fn forward_request(
     upstream: &Arc<Upstream>,
+    req: Request<Body>,
+    peer: &Peer,
+    trace: &mut Trace,
+) -> Result<Response<Body>, ProxyError> {
+    send(upstream, req, peer, trace, None).await
+}
+
+/// `forward_request`, with the client body's `watch` when it has one.
+async fn send(
+    upstream: &Arc<Upstream>,
     mut req: Request<Body>,
     peer: &Peer,
     trace: &mut Trace,
+    watch: Option<Arc<BodyWatch>>,
 ) -> Result<Response<Body>, ProxyError> {
     // Only consistent_hash reads the request here; for the others this is a no-op.
     let key: PickKey = upstream.balancer.key(&req, trace.client_ip.unwrap_or(peer.addr.ip()));
     let preferred = upstream.sticky.as_ref().and_then(|s| s.preferred(req.headers()));
     let timeout = trace.limits.request_timeout.unwrap_or(upstream.request_timeout);
-    let body_limit = trace.limits.body.take();
     let (mut on_upgrade, forwarded) = prepare(&mut req, peer, upstream.h2);
     upstream.retry_budget.deposit();
     let replayable = is_idempotent(req.method()) && http_body::Body::is_end_stream(req.body());
@@ -153,7 +164,9 @@ pub async fn forward_request(
         // when there is another server to replay it on.
         let copy =
             (upstream.h2 && replayable && upstream.servers.len() > 1).then(|| Box::new(copy_head(&req)));
-        match attempt(upstream, (index, server), &mut req, forwarded.as_ref(), timeout).await {
+        let tried =
+            attempt(upstream, (index, server), &mut req, forwarded.as_ref(), timeout, watch.as_deref());
+        match tried.await {
             Ok(mut response) => {
                 health::record(upstream, server, Outcome::Response(response.status()));
                 // A status the upstream retries on: another server may answer better,
@@ -178,9 +191,13 @@ pub async fn forward_request(
                 return Ok(response);
             }
             Err((error, sent)) => {
-                // The client's body crossed the limit: the server did nothing wrong.
-                if let Some(limit) = body_limit.as_ref().filter(|l| l.crossed()) {
-                    return Err(ProxyError::BodyTooLarge { limit: limit.max });
+                // The client's body failed (too large, malformed, stalled, abandoned):
+                // the server did nothing wrong, and is not blamed or retried.
+                if let Some(error) = watch.as_deref().and_then(client_fault) {
+                    return Err(error);
+                }
+                if error.is_client_fault() {
+                    return Err(error);
                 }
                 health::record(upstream, server, Outcome::Failure(error.kind()));
                 // Unsent: any request may go elsewhere. Sent: only a replayable one, and
@@ -200,6 +217,14 @@ pub async fn forward_request(
             }
         }
     }
+}
+
+/// The answer to a request whose body the client spoiled, if it did.
+fn client_fault(watch: &BodyWatch) -> Option<ProxyError> {
+    Some(match watch.fault()? {
+        ClientFault::TooLarge => ProxyError::BodyTooLarge { limit: watch.max.unwrap_or(0) },
+        fault => ProxyError::ClientBody { fault },
+    })
 }
 
 /// Why a try did not end the request: an error, or an answer with a status in
@@ -313,6 +338,7 @@ async fn attempt(
     req: &mut Request<Body>,
     forwarded: Option<&Forwarded>,
     timeout: Duration,
+    watch: Option<&BodyWatch>,
 ) -> Attempt {
     let in_flight = server.begin();
     let started = Instant::now();
@@ -324,6 +350,11 @@ async fn attempt(
                 server.metrics.connect_errors.inc();
             }
             return Err((failure.error, failure.sent));
+        }
+        // The server waited for a body the client was not sending: the client's stall,
+        // whichever limit ran out first.
+        Err(_) if watch.is_some_and(BodyWatch::waiting_on_client) => {
+            return Err((ProxyError::ClientBody { fault: ClientFault::Stalled }, true));
         }
         Err(_) => {
             // A timeout is a latency too: the slowest one a latency-aware balancer sees.

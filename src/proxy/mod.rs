@@ -32,7 +32,7 @@ use crate::runtime::Runtime;
 use crate::shaping::template::{Var, Vars};
 use crate::shaping::{self, X_REQUEST_ID};
 use crate::upstream::Upstream;
-use body::{Body, BodyLimit, ClientBody};
+use body::{Body, ClientBody};
 use error::ProxyError;
 pub use forward::Peer;
 use forward::{Limits, Trace};
@@ -150,10 +150,8 @@ async fn proxy_to(
         _ => {
             shape_request(proxy, &mut req, peer, &shaped);
             trace.client_ip = shaped.client;
-            trace.limits = Limits {
-                request_timeout: Some(proxy.request_timeout),
-                body: proxy.max_request_body.map(|max| Arc::new(BodyLimit::new(max))),
-            };
+            trace.limits =
+                Limits { request_timeout: Some(proxy.request_timeout), max_body: proxy.max_request_body };
             match &proxy.cache {
                 None => admit_and_forward(upstream, req, peer, trace).await,
                 // Boxed: the cache's future is kilobytes large, and inline it would grow

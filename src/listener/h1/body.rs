@@ -148,6 +148,12 @@ enum BodyError {
     Closed,
 }
 
+/// Whether `error` is this decoder's verdict on a malformed request body (rather than
+/// the client going away), so the proxy answers `400` and blames no server.
+pub fn is_malformed(error: &(dyn std::error::Error + 'static)) -> bool {
+    matches!(error.downcast_ref::<BodyError>(), Some(BodyError::Bad(_)))
+}
+
 pub(super) fn lock(reader: &Mutex<Reader>) -> MutexGuard<'_, Reader> {
     reader.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }

@@ -60,7 +60,7 @@ use crate::proxy::framing::{ends_chunked, ConnectionOptions};
 
 mod body;
 
-pub use body::Body;
+pub use body::{is_malformed as is_malformed_body, Body};
 use body::{lock, Chunk, Decode, Reader};
 
 /// Most headers a request may carry, as hyper allowed.

@@ -548,20 +548,45 @@ fn append_forwarded_for(headers: &mut HeaderMap, ip: &HeaderValue) {
     }
 }
 
-/// Removes hop-by-hop headers (RFC 9110 §7.6.1) and every header that `Connection`
-/// names, except `Host`, which routing and the upstream both rely on.
-pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    // One pass over the names first: most messages carry none of these, and a scan
-    // of a few standard names is cheaper than hashing each of them for a lookup.
-    let found = headers.keys().any(|name| {
+/// Strips a client's request of its hop-by-hop headers and of every header its
+/// `Connection` names, keeping only what weir honours of them, in a form weir wrote:
+/// an upgrade (`Upgrade` with `Connection: upgrade`) and `TE: trailers`. `handle`
+/// calls it first, before routing, shaping or the cache read a header, so a client's
+/// `Connection` can never remove a header weir adds, nor hide one from a cache key.
+pub fn strip_client_hop_by_hop(headers: &mut HeaderMap) {
+    if !has_hop_by_hop(headers) {
+        return;
+    }
+    let upgrade = requested_upgrade(headers);
+    let trailers = headers.get(header::TE).is_some_and(|te| has_token(te, "trailers"));
+    strip_hop_by_hop(headers);
+    if trailers {
+        headers.insert(header::TE, TE_TRAILERS.clone());
+    }
+    if let Some(protocol) = upgrade {
+        headers.insert(header::UPGRADE, protocol);
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    }
+}
+
+/// Whether any hop-by-hop header is present. One pass over the names: most messages
+/// carry none of these, and a scan of a few standard names is cheaper than hashing
+/// each of them for a lookup.
+fn has_hop_by_hop(headers: &HeaderMap) -> bool {
+    headers.keys().any(|name| {
         name == header::CONNECTION
             || name == header::TE
             || name == header::TRANSFER_ENCODING
             || name == header::UPGRADE
             || name == KEEP_ALIVE
             || name == PROXY_CONNECTION
-    });
-    if !found {
+    })
+}
+
+/// Removes hop-by-hop headers (RFC 9110 §7.6.1) and every header that `Connection`
+/// names, except `Host`, which routing and the upstream both rely on.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    if !has_hop_by_hop(headers) {
         return;
     }
     if headers.contains_key(header::CONNECTION) {
@@ -597,6 +622,25 @@ mod tests {
         strip_hop_by_hop(&mut h);
         let left: Vec<_> = h.keys().map(|k| k.as_str()).collect();
         assert_eq!(left, vec!["host", "x-kept"]);
+    }
+
+    #[test]
+    fn a_clients_hop_by_hop_is_stripped_but_its_upgrade_and_trailers_kept_in_weirs_words() {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade, x-secret, keep-alive"));
+        h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        h.insert(header::TE, HeaderValue::from_static("trailers, deflate"));
+        h.insert("x-secret", HeaderValue::from_static("1"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        strip_client_hop_by_hop(&mut h);
+        assert_eq!(h[header::CONNECTION], "upgrade");
+        assert_eq!(h[header::UPGRADE], "websocket");
+        assert_eq!(h[header::TE], "trailers");
+        assert_eq!(h.len(), 3, "{h:?}");
+        let mut plain = HeaderMap::new();
+        plain.insert("x-kept", HeaderValue::from_static("1"));
+        strip_client_hop_by_hop(&mut plain);
+        assert_eq!(plain.len(), 1);
     }
 
     #[test]

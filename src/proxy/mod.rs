@@ -3,7 +3,9 @@
 //! only on a miss (see `crate::cache`). Shaping (`crate::shaping`: access lists,
 //! request ids, header rules, rewrites, local answers) happens around those steps.
 //!
-//! `handle` reads top to bottom as those steps. Each request loads the current
+//! `handle` reads top to bottom as those steps. Before any of them, the client's
+//! hop-by-hop headers and those its `Connection` names are stripped, once: every
+//! later step reads and adds headers knowing the client can no longer take them away. Each request loads the current
 //! `Runtime` once (in `listener`) and keeps it to the end, so a reload never changes
 //! routes or servers under a request that is already running. A request refused by
 //! its rate limit never reaches `admit` or the upstream; one refused by the
@@ -41,13 +43,16 @@ use route::{Action, Proxy, Route};
 /// One request: route -> (answer locally | limit -> (cache) -> admit -> forward) ->
 /// record (metrics, then the access log). Access lists come first: a refused client
 /// costs no upstream work.
-pub async fn handle(rt: &Runtime, req: Request<ClientBody>, peer: &Peer) -> Response<Body> {
+pub async fn handle(rt: &Runtime, mut req: Request<ClientBody>, peer: &Peer) -> Response<Body> {
     let started = Instant::now();
     let mut log = rt.access_log.as_ref().map(|log| log.begin(started, peer.addr, &req));
     if let Err(error) = framing::check(&req) {
         tracing::debug!(client = %peer.addr, %error, "refused");
         return unrouted(rt, error, started, log);
     }
+    // First, once: what the client's `Connection` names is the client's own, and no
+    // later step (routing, limits, shaping, the cache key) may read it or lose to it.
+    forward::strip_client_hop_by_hop(req.headers_mut());
     // Before routing, so no path that a server would read as another route's can match.
     if !shaping::path_is_safe(req.uri().path()) {
         return unrouted(rt, ProxyError::UnsafePath, started, log);

@@ -11,6 +11,7 @@ mod hardening_slow;
 mod hardening_upstreams;
 mod headers;
 mod health;
+mod hop_by_hop;
 mod observability;
 mod proxying;
 mod ratelimit;

@@ -1,0 +1,103 @@
+//! A client's `Connection` header names only the client's own headers: weir strips
+//! them (and the hop-by-hop fields) once, first, before routing, shaping and the
+//! cache read any header, so a client can neither strip what weir adds nor make the
+//! cache file an answer under a variant it was not made for.
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, StatusCode};
+
+use crate::support::{Backend, Reply, WeirProcess};
+
+const SHAPED: &str = r#"
+[[listeners]]
+name = "web"
+listen = "{port}"
+
+[[routes]]
+upstream = "app"
+request_id = true
+request_headers = { set = { "X-Real-IP" = "{client_ip}", "X-Route" = "shaped" } }
+
+[upstreams.app]
+servers = [{ address = "{app}" }]
+"#;
+
+#[tokio::test]
+async fn connection_cannot_strip_headers_weir_adds() {
+    let app = Backend::named("app").start().await;
+    let weir = WeirProcess::start(SHAPED, &[&app]).await;
+    let (status, _, _) = crate::support::send(
+        http::Request::get(weir.url("/"))
+            .header("connection", "X-Request-Id, X-Real-IP, x-route, x-client-secret")
+            .header("x-client-secret", "1")
+            .body(http_body_util::Full::<Bytes>::default())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let seen = app.seen();
+    let h = &seen[0].headers;
+    assert!(h.contains_key("x-request-id"), "{h:?}");
+    assert_eq!(h["x-real-ip"], "127.0.0.1", "{h:?}");
+    assert_eq!(h["x-route"], "shaped", "{h:?}");
+    assert!(!h.contains_key("x-client-secret"), "a header the client's Connection named went up: {h:?}");
+}
+
+const CACHED: &str = r#"
+[[listeners]]
+name = "web"
+listen = "{port}"
+
+[[routes]]
+upstream = "app"
+cache = "pages"
+
+[upstreams.app]
+servers = [{ address = "{app}" }]
+
+[caches.pages]
+max_size = "1MiB"
+"#;
+
+#[tokio::test]
+async fn connection_cannot_poison_a_vary_variant() {
+    // The answer depends on the Accept-Language the server was sent.
+    let app = Backend::named("app")
+        .reply(|req| Reply {
+            status: StatusCode::OK,
+            body: Bytes::from(
+                req.headers()
+                    .get("accept-language")
+                    .map_or("none".to_string(), |v| v.to_str().unwrap().to_string()),
+            ),
+            delay: std::time::Duration::ZERO,
+        })
+        .headers(|_| {
+            let mut h = HeaderMap::new();
+            h.insert("cache-control", HeaderValue::from_static("max-age=60"));
+            h.insert("vary", HeaderValue::from_static("Accept-Language"));
+            h
+        })
+        .start()
+        .await;
+    let weir = WeirProcess::start(CACHED, &[&app]).await;
+    let get = |headers: &'static [(&'static str, &'static str)]| {
+        let url = weir.url("/page");
+        async move {
+            let mut req = http::Request::get(url);
+            for (name, value) in headers {
+                req = req.header(*name, *value);
+            }
+            let (status, _, body) =
+                crate::support::send(req.body(http_body_util::Full::<Bytes>::default()).unwrap()).await;
+            assert_eq!(status, StatusCode::OK);
+            String::from_utf8(body.to_vec()).unwrap()
+        }
+    };
+    // The attacker's request: the header is named in Connection, so it never goes up.
+    let poisoned = get(&[("accept-language", "fr"), ("connection", "accept-language")]).await;
+    assert_eq!(poisoned, "none");
+    // A real French client gets the French page, not the one made without the header.
+    assert_eq!(get(&[("accept-language", "fr")]).await, "fr");
+    assert_eq!(get(&[]).await, "none");
+}

@@ -204,7 +204,10 @@ async fn watch(upstream: String, spec: Spec, runtime: SharedRuntime, apply: Appl
                     let changed = runtime.load().answers.get(name) != Some(&addrs);
                     if changed {
                         tracing::info!(%upstream, address = %name, servers = ?addrs, "DNS answer changed");
-                        apply(name, addrs);
+                        // Rebuilding may resolve other names and takes the reload
+                        // lock: off the request threads, as a reload is.
+                        let (apply, name) = (apply.clone(), name.clone());
+                        let _ = tokio::task::spawn_blocking(move || apply(&name, addrs)).await;
                     }
                 }
                 Err(error) => {

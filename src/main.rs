@@ -90,7 +90,7 @@ fn run(args: &Args) -> anyhow::Result<()> {
         let mut hangup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
         tokio::spawn(async move {
             while hangup.recv().await.is_some() {
-                match reloader.reload() {
+                match reloader.reload().await {
                     Ok(()) => tracing::info!("config reloaded"),
                     Err(e) => {
                         tracing::error!(error = %e, "config reload refused; the old config keeps serving")

@@ -44,6 +44,8 @@ pub enum ReloadError {
     Build(#[from] BuildError),
     #[error(transparent)]
     Bind(#[from] StartError),
+    #[error("the reload panicked: {0}")]
+    Panicked(String),
 }
 
 /// Bound listeners and the runtime they serve, ready to run.
@@ -327,7 +329,20 @@ impl Reloader {
     /// Loads, validates and builds the config, binds any new listener, then swaps it
     /// all in. On any error the running config stays. Either way the result is
     /// counted.
-    pub fn reload(&self) -> Result<(), ReloadError> {
+    ///
+    /// The work runs on tokio's blocking pool: building reads files and resolves
+    /// names, which may take seconds, and on a request thread (the only one, with
+    /// `workers = 1`) it would stall every request meanwhile.
+    pub async fn reload(&self) -> Result<(), ReloadError> {
+        let this = self.clone();
+        match tokio::task::spawn_blocking(move || this.reload_blocking()).await {
+            Ok(result) => result,
+            Err(e) => Err(ReloadError::Panicked(e.to_string())),
+        }
+    }
+
+    /// `reload` on the calling thread.
+    pub fn reload_blocking(&self) -> Result<(), ReloadError> {
         let result = self.try_reload();
         let label = if result.is_ok() { "success" } else { "failure" };
         self.metrics.config_reloads_total.with_label_values(&[label]).inc();
@@ -376,7 +391,7 @@ impl Reloader {
                 continue;
             }
             last = now;
-            match self.reload() {
+            match self.reload().await {
                 Ok(()) => tracing::info!(path = %self.path.display(), "config file changed: reloaded"),
                 Err(e) => {
                     tracing::error!(error = %e, "config file changed but was refused; the old config keeps serving")

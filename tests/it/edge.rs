@@ -445,7 +445,7 @@ servers = [{{ address = "{{b}}" }}]
     let (mut refused, mut applied) = (0, 0);
     for i in 0..20 {
         std::fs::write(&path, if i % 2 == 0 { &bad } else { &good }).unwrap();
-        match weir.reloader.reload() {
+        match weir.reloader.reload().await {
             Ok(()) => applied += 1,
             Err(e) => {
                 assert!(e.to_string().contains("no upstream named `missing`"), "{e}");
@@ -486,7 +486,7 @@ async fn reload_binds_added_listeners_and_closes_removed_ones() {
 
     let added = TWO_LISTENERS.replace("{extra}", "[[listeners]]\nname = \"extra\"\nlisten = \"127.0.0.1:0\"");
     std::fs::write(&path, crate::support::fill(&added, &[&app])).unwrap();
-    weir.reloader.reload().unwrap();
+    weir.reloader.reload().await.unwrap();
     let extra = weir.reloader.listener_addr("extra").expect("the new listener is bound");
     assert_eq!(get(&format!("http://{extra}/")).await.1, "app");
     assert_eq!(weir.reloader.listener_addr("web"), Some(web), "an unchanged listener keeps its socket");
@@ -495,7 +495,7 @@ async fn reload_binds_added_listeners_and_closes_removed_ones() {
         .replace("name = \"web\"", "name = \"gone\"")
         .replace("[[listeners]]\nname = \"gone\"\nlisten = \"127.0.0.1:0\"\n", "");
     std::fs::write(&path, crate::support::fill(&moved, &[&app])).unwrap();
-    weir.reloader.reload().unwrap();
+    weir.reloader.reload().await.unwrap();
     assert_eq!(weir.reloader.listener_addr("web"), None);
     let mut refused = false;
     for _ in 0..50 {

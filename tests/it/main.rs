@@ -15,6 +15,7 @@ mod hop_by_hop;
 mod observability;
 mod proxying;
 mod ratelimit;
+mod reload;
 mod routing;
 mod scaleout;
 mod server_h1;

@@ -373,9 +373,9 @@ healthy_threshold = 1
     );
 
     // Reloads are counted by result.
-    weir.reloader.reload().unwrap();
+    weir.reloader.reload().await.unwrap();
     std::fs::write(&config_path, "not = [valid").unwrap();
-    assert!(weir.reloader.reload().is_err());
+    assert!(weir.reloader.reload().await.is_err());
     let s = scrape(&weir).await;
     assert_eq!(value(&s, "weir_config_reloads_total", &[("result", "success")]), 1.0);
     assert_eq!(value(&s, "weir_config_reloads_total", &[("result", "failure")]), 1.0);

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use crate::support::dns::{answers_of, Dns};
 use crate::support::{get, metric, Backend, Weir};
 
 /// A `redis-server` on a free loopback port, persistence off, killed when dropped.
@@ -275,75 +276,6 @@ async fn two_processes_share_a_port_with_reuse_port() {
         assert_eq!(fresh_get(port).await.as_deref(), Some("b"));
     }
     assert_eq!(b.hits(), before + 20);
-}
-
-/// A tiny DNS server for tests: answers every A query with the current address list
-/// (TTL 0) and every other query with no records. Only what hickory's resolver needs.
-struct Dns {
-    addr: SocketAddr,
-    answers: Arc<std::sync::Mutex<Vec<std::net::Ipv4Addr>>>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Dns {
-    async fn start(initial: &[[u8; 4]]) -> Dns {
-        let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
-        let addr = socket.local_addr().unwrap();
-        let answers = Arc::new(std::sync::Mutex::new(Vec::new()));
-        let shared = answers.clone();
-        let task = tokio::spawn(async move {
-            let mut buf = [0u8; 512];
-            loop {
-                let Ok((len, from)) = socket.recv_from(&mut buf).await else { return };
-                let ips = shared.lock().unwrap().clone();
-                if let Some(reply) = Self::reply(&buf[..len], &ips) {
-                    let _ = socket.send_to(&reply, from).await;
-                }
-            }
-        });
-        let dns = Dns { addr, answers, task };
-        dns.set(answers_of(initial));
-        dns
-    }
-
-    fn set(&self, ips: Vec<std::net::Ipv4Addr>) {
-        *self.answers.lock().unwrap() = ips;
-    }
-
-    /// The answer to one query: its header and question, then the A records.
-    fn reply(query: &[u8], ips: &[std::net::Ipv4Addr]) -> Option<Vec<u8>> {
-        // The question name starts after the 12-byte header and ends at a zero label.
-        let mut end = 12;
-        while *query.get(end)? != 0 {
-            end += 1 + usize::from(*query.get(end)?);
-        }
-        let question = query.get(12..end + 5)?; // name, zero byte, type and class
-        let qtype = u16::from_be_bytes([query[end + 1], query[end + 2]]);
-        let records: &[std::net::Ipv4Addr] = if qtype == 1 { ips } else { &[] };
-        let mut reply = Vec::with_capacity(512);
-        reply.extend_from_slice(&query[..2]); // id
-        reply.extend_from_slice(&[0x85, 0x80]); // response, authoritative, recursion
-        reply.extend_from_slice(&[0, 1]);
-        reply.extend_from_slice(&(records.len() as u16).to_be_bytes());
-        reply.extend_from_slice(&[0, 0, 0, 0]);
-        reply.extend_from_slice(question);
-        for ip in records {
-            // Name: pointer to the question's; type A, class IN, TTL 0, 4 bytes.
-            reply.extend_from_slice(&[0xc0, 12, 0, 1, 0, 1, 0, 0, 0, 0, 0, 4]);
-            reply.extend_from_slice(&ip.octets());
-        }
-        Some(reply)
-    }
-}
-
-impl Drop for Dns {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-fn answers_of(ips: &[[u8; 4]]) -> Vec<std::net::Ipv4Addr> {
-    ips.iter().map(|ip| std::net::Ipv4Addr::from(*ip)).collect()
 }
 
 /// A server address given as a host name with `resolve` follows the DNS answer:

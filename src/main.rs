@@ -124,6 +124,10 @@ fn run(args: &Args) -> anyhow::Result<()> {
 /// Only the segments from the ELF header to the end of the text are released: they
 /// are mapped from the file and never written. The writable segments after them
 /// (relocated pointers, statics) are left alone.
+///
+/// Linux only: the two symbols are what GNU ld, gold, lld and mold define for ELF.
+/// Elsewhere it does nothing.
+#[cfg(target_os = "linux")]
 fn release_startup_pages() {
     extern "C" {
         // Defined by the linker: the first byte of the first segment, and the end of
@@ -144,6 +148,9 @@ fn release_startup_pages() {
         let _ = unsafe { libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_DONTNEED) };
     }
 }
+
+#[cfg(not(target_os = "linux"))]
+fn release_startup_pages() {}
 
 fn print_summary(path: &std::path::Path, config: &Config) {
     // A closed stdout (`weir --check | head`) is not an error worth a panic.

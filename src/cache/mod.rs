@@ -1142,7 +1142,7 @@ mod tests {
         emit_selecting(&names, &fwd, &mut |b| stream.extend_from_slice(b));
         assert_eq!(
             stream,
-            b"accept-encoding\0gzip\x01\0x-forwarded-host\0app.test:1337\x01\0x-forwarded-for\0127.0.0.1\x01\0"
+            b"accept-encoding\x00gzip\x01\x00x-forwarded-host\x00app.test:1337\x01\x00x-forwarded-for\x00127.0.0.1\x01\x00"
         );
     }
 

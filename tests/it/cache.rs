@@ -400,7 +400,8 @@ async fn purge_by_key_and_prefix_and_unsafe_methods_invalidate() {
     };
     // The key has the port the client named (not the scheme's default).
     let port = weir.addr.port();
-    let (status, _, body) = purge(&format!("key=http%3A%2F%2F127.0.0.1%3A{port}%2Fcc%2Fmax-age%3D60%3Fx%3D1")).await;
+    let (status, _, body) =
+        purge(&format!("key=http%3A%2F%2F127.0.0.1%3A{port}%2Fcc%2Fmax-age%3D60%3Fx%3D1")).await;
     assert_eq!((status, &body[..]), (StatusCode::OK, &b"purged 1\n"[..]));
     assert_eq!(twice(&weir, &a, "/cc/max-age=60?x=1", &[]).await, 1, "purged key fetched again");
     assert_eq!(twice(&weir, &a, "/cc/max-age=60", &[]).await, 0, "other keys kept");

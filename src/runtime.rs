@@ -408,7 +408,11 @@ fn build_route(
             request_headers: r.request_headers.as_ref().map(HeaderRules::new),
             request_timeout: r.request_timeout.map_or(upstream.request_timeout, |d| d.0),
             max_request_body: r.max_request_body.as_ref().map(|m| m.get_ref().0),
-            cache: r.cache.as_ref().and_then(|c| caches.get(c.get_ref().as_str()).cloned()),
+            cache: r
+                .cache
+                .as_ref()
+                .and_then(|c| caches.get(c.get_ref().as_str()).cloned())
+                .map(|cache| cache::RouteCache { cache, route: cache::route_identity(r) }),
         }),
         (None, Some(redirect), _) => Action::Answer(
             LocalAnswer::redirect(redirect)

@@ -20,9 +20,16 @@
 //! in-flight fetches) is shared by the runtimes of successive reloads while its
 //! name and settings stay the same.
 //!
-//! A key is a 128-bit hash of the canonical URL, `scheme://host/path?query` with
-//! the host lowercased and without its port; that URL is also what the admin purge
-//! names (`DELETE /cache/NAME?key=URL` or `?prefix=URL-PREFIX`).
+//! A key is a 128-bit XXH3 hash, seeded with a random secret of this cache, of the
+//! route's identity, the listener, and the canonical URL
+//! `scheme://host[:port]/path?query`: the host as forwarded, lowercased, with its
+//! port unless it is the scheme's default, and the path and query as the client sent
+//! them (before `rewrite` or `strip_prefix`). Every stored object keeps that material
+//! whole and a lookup compares it, so a hash collision is a miss, never another
+//! URL's answer. The URL is what the admin purge names (`DELETE /cache/NAME?key=URL`
+//! or `?prefix=URL-PREFIX`). A variant's key adds the values of the headers `Vary`
+//! names as the request is forwarded: after the route's header rules, with weir's own
+//! `X-Forwarded-*`.
 
 pub mod policy;
 pub mod store;
@@ -33,24 +40,37 @@ use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::uri::PathAndQuery;
 use http::{Method, Request, Response, StatusCode};
 use tokio::sync::watch;
 use xxhash_rust::xxh3::Xxh3;
 
-use crate::config::CacheConfig;
+use crate::config::{CacheConfig, RouteConfig};
 use crate::metrics::CacheMetrics;
 use crate::proxy::admit_and_forward;
 use crate::proxy::body::{Body, ClientBody};
 use crate::proxy::error::ProxyError;
 use crate::proxy::forward::{self, Peer, Trace};
-use crate::proxy::route::request_host;
 use crate::upstream::Upstream;
 use policy::{current_age, Freshness, RequestRules, Rules};
-use store::{Entry, Key, Object, Store};
+use store::{Entry, Key, Object, Place, Store};
 pub use tee::Tee;
 
 /// RFC 9211's response header.
 pub static CACHE_STATUS: HeaderName = HeaderName::from_static("cache-status");
+
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+
+/// Headers some frameworks read as the request's real URL or method: on a cached
+/// route they would make the upstream answer something else than the URL the answer
+/// is stored under.
+static OVERRIDES: [HeaderName; 3] = [
+    HeaderName::from_static("x-original-url"),
+    HeaderName::from_static("x-rewrite-url"),
+    HeaderName::from_static("x-http-method-override"),
+];
 
 /// A cache's settings, compared on reload to decide whether the store is kept.
 #[derive(Debug, Clone, PartialEq)]
@@ -59,6 +79,11 @@ pub struct Settings {
     pub max_object_size: u64,
     pub lock_timeout: Duration,
     pub rules: Rules,
+    /// A client's `no-cache`, `max-age` or `Pragma: no-cache` may bypass a stored
+    /// entry (and replace it).
+    pub honor_client_no_cache: bool,
+    /// Remove `OVERRIDES` from requests on the cache's routes.
+    pub strip_override_headers: bool,
 }
 
 impl Settings {
@@ -75,6 +100,8 @@ impl Settings {
                 stale_while_revalidate: d(config.stale_while_revalidate).unwrap_or_default(),
                 stale_if_error: d(config.stale_if_error).unwrap_or_default(),
             },
+            honor_client_no_cache: config.honor_client_no_cache,
+            strip_override_headers: config.strip_override_headers,
         }
     }
 }
@@ -83,6 +110,9 @@ impl Settings {
 pub struct Cache {
     pub name: Box<str>,
     pub settings: Settings,
+    /// Seeds every key: keys cannot be predicted from outside, so collisions cannot
+    /// be built ahead (a lookup compares the stored URL anyway).
+    seed: u64,
     store: Store,
     /// One entry per key being fetched; the fetching request leads, others wait.
     flights: moka::sync::Cache<Key, Arc<Flight>>,
@@ -133,9 +163,9 @@ impl Drop for Lead {
 pub(crate) struct Pending {
     lead: Lead,
     primary: Key,
-    url: Box<str>,
-    /// The request's headers, for the variant key if the response has `Vary`.
-    request_headers: HeaderMap,
+    place: Place,
+    /// The request as forwarded, for the variant key if the response has `Vary`.
+    request: Forwarded,
     status: StatusCode,
     headers: HeaderMap,
     freshness: Freshness,
@@ -149,8 +179,9 @@ impl Pending {
         headers.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
         let names = policy::vary(&headers).unwrap_or_default();
         let keep = self.freshness.keep_for();
-        let entry = Entry {
-            url: self.url.clone(),
+        let mut entry = Entry {
+            place: self.place.clone(),
+            selecting: Box::default(),
             status: self.status,
             headers,
             body,
@@ -161,12 +192,20 @@ impl Pending {
             cache.store.insert(self.primary, Object::Response(entry));
         } else {
             let nonce = match cache.store.get(self.primary).as_deref() {
-                Some(Object::Vary { names: n, nonce, .. }) if **n == *names => *nonce,
+                Some(Object::Vary { names: n, nonce, place, .. })
+                    if **n == *names && *place == self.place =>
+                {
+                    *nonce
+                }
                 _ => fastrand::u64(..),
             };
-            let variant = variant_key(self.primary, nonce, &names, &self.request_headers);
+            let request = self.request.view();
+            let variant = cache.variant_key(self.primary, nonce, &names, &request);
+            let mut selecting = Vec::new();
+            emit_selecting(&names, &request, &mut |b| selecting.extend_from_slice(b));
+            entry.selecting = selecting.into();
             cache.store.insert(variant, Object::Response(entry));
-            let marker = Object::Vary { url: self.url, names: names.into(), nonce, keep };
+            let marker = Object::Vary { place: self.place, names: names.into(), nonce, keep };
             cache.store.insert(self.primary, marker);
         }
         self.lead.finish(Outcome::Stored);
@@ -239,11 +278,26 @@ struct Asked<'a> {
     conditional: &'a HeaderMap,
 }
 
+/// What the proxy tells the cache about a request beyond the request itself.
+pub struct Client {
+    /// The route's identity (`route_identity`).
+    pub route: u64,
+    /// The path and query the client sent, when the route rewrote them.
+    pub path: Option<PathAndQuery>,
+}
+
+/// A route's cache, with the route's identity for its keys.
+pub struct RouteCache {
+    pub cache: Arc<Cache>,
+    pub route: u64,
+}
+
 impl Cache {
     pub fn new(name: &str, settings: Settings, metrics: CacheMetrics) -> Arc<Cache> {
         let metrics = Arc::new(metrics);
         Arc::new(Cache {
             name: name.into(),
+            seed: fastrand::u64(..),
             store: Store::new(settings.max_size, metrics.clone()),
             flights: moka::sync::Cache::builder().build(),
             settings,
@@ -251,32 +305,62 @@ impl Cache {
         })
     }
 
+    /// Removes the headers that would let a client change the URL or method the
+    /// upstream acts on (`X-Original-URL`, `X-Rewrite-URL`, `X-HTTP-Method-Override`),
+    /// unless the cache is told to keep them. Called before the route's header rules,
+    /// so a rule may still set them.
+    pub fn strip_overrides(&self, headers: &mut HeaderMap) {
+        if self.settings.strip_override_headers {
+            for name in &OVERRIDES {
+                headers.remove(name);
+            }
+        }
+    }
+
     /// Answers `req` from the cache or from `upstream`, storing what may be stored.
+    /// `req` is the request as shaped for the upstream (header rules applied, path
+    /// rewritten); `client` has what the key needs from before the rewrite.
     pub async fn serve(
         self: &Arc<Self>,
         upstream: &Arc<Upstream>,
         req: Request<ClientBody>,
         peer: &Peer,
         trace: &mut Trace,
+        client: Client,
     ) -> Result<Response<Body>, ProxyError> {
         let head = req.method() == Method::HEAD;
         if !(head || req.method() == Method::GET) {
-            return self.pass(upstream, req, peer, trace, Fwd::Method).await;
+            let invalidates = (!req.method().is_safe())
+                .then(|| Target::of(&req, peer, &client).map(|t| t.key(self.seed)))
+                .flatten();
+            return self.pass(upstream, req, peer, trace, Fwd::Method, invalidates).await;
         }
-        if req.headers().contains_key(header::UPGRADE) {
-            return self.pass(upstream, req, peer, trace, Fwd::Bypass).await;
+        // A body on a GET or HEAD has no defined meaning, but an upstream may read it:
+        // its answer is not what the URL alone asks for.
+        if req.headers().contains_key(header::UPGRADE) || has_body(&req) {
+            return self.pass(upstream, req, peer, trace, Fwd::Bypass, None).await;
         }
-        let rules = RequestRules::of(req.headers());
-        let primary = key(&req, peer);
+        let Some(target) = Target::of(&req, peer, &client) else {
+            return self.pass(upstream, req, peer, trace, Fwd::Bypass, None).await;
+        };
+        let mut rules = RequestRules::of(req.headers());
+        if !self.settings.honor_client_no_cache {
+            // Otherwise any client could replace a fresh entry at will, which turns
+            // every way of poisoning the cache into an immediate one.
+            rules.no_cache = false;
+            rules.max_age = None;
+        }
+        let primary = target.key(self.seed);
         let now = SystemTime::now();
         let mut stale = None;
-        let (lock_key, mut fwd) = match self.lookup(primary, req.headers()) {
+        let forwarded = Forwarding::of(&req, peer);
+        let (lock_key, mut fwd) = match self.lookup(primary, &target, &forwarded) {
             Lookup::Found(key, object) => {
                 let Object::Response(entry) = &*object else {
-                    return self.pass(upstream, req, peer, trace, Fwd::Bypass).await;
+                    return self.pass(upstream, req, peer, trace, Fwd::Bypass, None).await;
                 };
                 if rules.authorization && !entry.freshness.shared_with_authorization {
-                    return self.pass(upstream, req, peer, trace, Fwd::Request).await;
+                    return self.pass(upstream, req, peer, trace, Fwd::Request, None).await;
                 }
                 let age = current_age(&entry.freshness, entry.response_time, now);
                 let lifetime = entry.freshness.lifetime;
@@ -288,7 +372,7 @@ impl Cache {
                     }
                     if age >= lifetime && age < lifetime + entry.freshness.stale_while_revalidate {
                         self.metrics.stale.inc();
-                        self.refresh(key, primary, &req, upstream, peer);
+                        self.refresh(key, primary, &target, &req, upstream, peer);
                         return Ok(respond(entry, age, Status::Revalidating, &asked));
                     }
                 }
@@ -324,7 +408,9 @@ impl Cache {
                     };
                 match outcome {
                     Outcome::Stored => {
-                        if let Some(response) = self.coalesced(primary, &req, &rules, head) {
+                        if let Some(response) =
+                            self.coalesced(primary, &target, &forwarded, &req, &rules, head)
+                        {
                             return Ok(response);
                         }
                     }
@@ -344,19 +430,27 @@ impl Cache {
             }
         }
         self.metrics.miss.inc();
+        let lead = lead.map(|lead| (lead, target.place(), forwarded.to_owned_without_headers()));
         self.fetch(upstream, req, (peer, trace), (primary, lead), stale, fwd, &rules).await
     }
 
-    /// The entry for `primary` and this request's variant of it.
-    fn lookup(&self, primary: Key, headers: &HeaderMap) -> Lookup {
+    /// The entry for `primary` and this request's variant of it, if what is stored
+    /// there was stored for this very request.
+    fn lookup(&self, primary: Key, target: &Target, request: &Forwarding) -> Lookup {
         let Some(object) = self.store.get(primary) else { return Lookup::UriMiss };
+        if !target.is(object.place()) {
+            // Another URL (or route) under the same hash.
+            return Lookup::UriMiss;
+        }
         match &*object {
             Object::Response(_) => Lookup::Found(primary, object),
             Object::Vary { names, nonce, .. } => {
-                let key = variant_key(primary, *nonce, names, headers);
+                let key = self.variant_key(primary, *nonce, names, request);
                 match self.store.get(key) {
-                    Some(variant) => Lookup::Found(key, variant),
-                    None => Lookup::VaryMiss(key),
+                    Some(variant) if is_variant(&variant, target, names, request) => {
+                        Lookup::Found(key, variant)
+                    }
+                    _ => Lookup::VaryMiss(key),
                 }
             }
         }
@@ -366,11 +460,13 @@ impl Cache {
     fn coalesced(
         &self,
         primary: Key,
+        target: &Target,
+        request: &Forwarding,
         req: &Request<ClientBody>,
         rules: &RequestRules,
         head: bool,
     ) -> Option<Response<Body>> {
-        let Lookup::Found(_, object) = self.lookup(primary, req.headers()) else { return None };
+        let Lookup::Found(_, object) = self.lookup(primary, target, request) else { return None };
         let Object::Response(entry) = &*object else { return None };
         if rules.authorization && !entry.freshness.shared_with_authorization {
             return None;
@@ -398,7 +494,7 @@ impl Cache {
         upstream: &Arc<Upstream>,
         mut req: Request<ClientBody>,
         (peer, trace): (&Peer, &mut Trace),
-        (primary, lead): (Key, Option<Lead>),
+        (primary, lead): (Key, Option<(Lead, Place, Forwarded)>),
         stale: Option<Arc<Object>>,
         fwd: Fwd,
         rules: &RequestRules,
@@ -411,7 +507,11 @@ impl Cache {
             None => HeaderMap::new(),
         };
         let asked = Asked { head, conditional: &conditional };
-        let stored_as = lead.as_ref().map(|_| (url(&req, peer), req.headers().clone()));
+        // The headers as they go upstream, for the variant key.
+        let lead = lead.map(|(lead, place, mut forwarded)| {
+            forwarded.headers = req.headers().clone();
+            (lead, place, forwarded)
+        });
         let request_time = SystemTime::now();
         let result = admit_and_forward(upstream, req, peer, trace).await;
         let response_time = SystemTime::now();
@@ -424,11 +524,11 @@ impl Cache {
                 return failed.map(|r| tag(r, Status::Forward(fwd, false)));
             }
         };
-        let (Some(lead), Some((url, request_headers))) = (lead, stored_as) else {
+        let Some((lead, place, forwarded)) = lead else {
             return Ok(tag(response, Status::Forward(fwd, false)));
         };
         let teed =
-            self.tee(response, lead, primary, url, request_headers, rules, (request_time, response_time));
+            self.tee(response, lead, (primary, place), forwarded, rules, (request_time, response_time));
         match teed {
             (response, true) if policy::not_modified(&conditional, response.headers()) => {
                 let status = Status::Forward(fwd, true);
@@ -443,14 +543,12 @@ impl Cache {
 
     /// Wraps the body of a storable response so it is stored once complete (`true`);
     /// an unstorable one comes back as it was, its lead finished (`false`).
-    #[allow(clippy::too_many_arguments)]
     fn tee(
         &self,
         response: Response<Body>,
         lead: Lead,
-        primary: Key,
-        url: Box<str>,
-        request_headers: HeaderMap,
+        (primary, place): (Key, Place),
+        request: Forwarded,
         rules: &RequestRules,
         times: (SystemTime, SystemTime),
     ) -> (Response<Body>, bool) {
@@ -479,8 +577,8 @@ impl Cache {
         let pending = Pending {
             lead,
             primary,
-            url,
-            request_headers,
+            place,
+            request,
             status: parts.status,
             headers: parts.headers.clone(),
             freshness,
@@ -496,6 +594,7 @@ impl Cache {
         self: &Arc<Self>,
         key: Key,
         primary: Key,
+        target: &Target,
         req: &Request<ClientBody>,
         upstream: &Arc<Upstream>,
         peer: &Peer,
@@ -508,12 +607,10 @@ impl Cache {
             return;
         }
         let lead = Lead { cache: self.clone(), key, flight: flight.into_value(), outcome: Outcome::Failed };
-        let mut copy = Request::new(Body::Empty);
-        *copy.uri_mut() = req.uri().clone();
-        *copy.version_mut() = req.version();
-        *copy.headers_mut() = req.headers().clone();
-        take_conditionals(copy.headers_mut());
-        let url = url(req, peer);
+        let copy = refresh_request(req);
+        let place = target.place();
+        let mut forwarded = Forwarding::of(req, peer).to_owned_without_headers();
+        forwarded.headers = copy.headers().clone();
         let peer = Peer {
             addr: peer.addr,
             listener: peer.listener,
@@ -523,8 +620,7 @@ impl Cache {
         };
         let (cache, upstream) = (self.clone(), upstream.clone());
         tokio::spawn(async move {
-            let request_headers = copy.headers().clone();
-            let rules = RequestRules::of(&request_headers);
+            let rules = RequestRules::of(copy.headers());
             let request_time = SystemTime::now();
             let mut trace = Trace::default();
             let Ok(response) = forward::forward_request(&upstream, copy, &peer, &mut trace).await else {
@@ -534,7 +630,7 @@ impl Cache {
                 return;
             }
             let times = (request_time, SystemTime::now());
-            let (response, stored) = cache.tee(response, lead, primary, url, request_headers, &rules, times);
+            let (response, stored) = cache.tee(response, lead, (primary, place), forwarded, &rules, times);
             if stored {
                 drain(response.into_body()).await;
             }
@@ -542,7 +638,8 @@ impl Cache {
     }
 
     /// A request the cache does not answer: forwarded as is. A successful unsafe
-    /// method invalidates what is stored for its URL (RFC 9111 §4.4).
+    /// method invalidates what is stored for its URL on this route (RFC 9111 §4.4):
+    /// `invalidates` is its key.
     async fn pass(
         &self,
         upstream: &Arc<Upstream>,
@@ -550,12 +647,11 @@ impl Cache {
         peer: &Peer,
         trace: &mut Trace,
         fwd: Fwd,
+        invalidates: Option<Key>,
     ) -> Result<Response<Body>, ProxyError> {
         self.metrics.bypass.inc();
-        let invalidates = !req.method().is_safe();
-        let key = invalidates.then(|| key(&req, peer));
         let response = admit_and_forward(upstream, req, peer, trace).await?;
-        if let Some(key) = key {
+        if let Some(key) = invalidates {
             if response.status().is_success() || response.status().is_redirection() {
                 self.store.remove(key);
             }
@@ -563,15 +659,108 @@ impl Cache {
         Ok(tag(response, Status::Forward(fwd, false)))
     }
 
-    /// Removes what is stored for `url` exactly; returns how many objects.
+    /// The key of one variant: the URL's key, its marker's nonce, and the values of
+    /// the request headers the response varies on.
+    fn variant_key(&self, primary: Key, nonce: u64, names: &[HeaderName], request: &Forwarding) -> Key {
+        let mut hasher = Xxh3::with_seed(self.seed);
+        hasher.update(&primary.to_le_bytes());
+        hasher.update(&nonce.to_le_bytes());
+        emit_selecting(names, request, &mut |b| hasher.update(b));
+        hasher.digest128()
+    }
+
+    /// Removes what is stored for `url` exactly, on every route; returns how many
+    /// objects. The URL is read as a client would send it: the host's case and a
+    /// default port do not matter.
     pub fn purge_url(&self, url: &str) -> usize {
-        self.store.purge_url(url)
+        match canonical(url) {
+            Some(url) => self.store.purge_url(&url),
+            None => self.store.purge_url(url),
+        }
     }
 
     /// Removes everything stored under URLs starting with `prefix`.
     pub fn purge_prefix(&self, prefix: &str) -> usize {
         self.store.purge_prefix(prefix)
     }
+}
+
+/// The identity of a route in the keys of its cache: a hash of everything its
+/// config says, without the positions in the file. Two routes differ in identity
+/// when anything that could change the answer differs (upstream, rewrite, access
+/// list, header rules...), and a route keeps its identity, and the entries stored
+/// through it, across reloads that leave it unchanged.
+pub fn route_identity(route: &RouteConfig) -> u64 {
+    xxhash_rust::xxh3::xxh3_64(without_spans(&format!("{route:?}")).as_bytes())
+}
+
+/// `text` without the `span: A..B, ` parts that `Spanned`'s `Debug` writes.
+fn without_spans(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find("span: ") {
+        out.push_str(&rest[..at]);
+        let after = &rest[at + "span: ".len()..];
+        let digits = |s: &str| s.len() - s.trim_start_matches(|c: char| c.is_ascii_digit()).len();
+        let a = digits(after);
+        let span = after[a..].strip_prefix("..").and_then(|s| {
+            let b = digits(s);
+            s[b..].strip_prefix(", ").filter(|_| a > 0 && b > 0)
+        });
+        match span {
+            Some(tail) => rest = tail,
+            None => {
+                out.push_str("span: ");
+                rest = after;
+            }
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+/// Whether a GET or HEAD carries a body (a length above zero, or a body still to
+/// come).
+fn has_body<B: http_body::Body>(req: &Request<B>) -> bool {
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .is_some_and(|v| v.as_bytes().iter().any(|b| (b'1'..=b'9').contains(b)));
+    declared || req.headers().contains_key(header::TRANSFER_ENCODING) || !req.body().is_end_stream()
+}
+
+/// The request the background refresh sends: a bodyless `GET` for the same target
+/// with the client's end-to-end headers, less anything that describes the client's
+/// own message (its framing, `Expect`, an upgrade, hop-by-hop headers) or narrows the
+/// answer (validators, ranges). A `Content-Length` copied onto a request without a
+/// body would leave the upstream reading the next request on the connection as that
+/// body.
+fn refresh_request<B>(req: &Request<B>) -> Request<Body> {
+    let mut copy = Request::new(Body::Empty);
+    *copy.method_mut() = Method::GET;
+    *copy.uri_mut() = req.uri().clone();
+    *copy.version_mut() = req.version();
+    let headers = copy.headers_mut();
+    *headers = req.headers().clone();
+    forward::strip_hop_by_hop(headers);
+    for name in [
+        header::CONTENT_LENGTH,
+        header::TRANSFER_ENCODING,
+        header::EXPECT,
+        header::UPGRADE,
+        header::CONNECTION,
+        header::TE,
+        header::TRAILER,
+        header::IF_MATCH,
+        header::IF_NONE_MATCH,
+        header::IF_MODIFIED_SINCE,
+        header::IF_UNMODIFIED_SINCE,
+        header::IF_RANGE,
+        header::RANGE,
+    ] {
+        headers.remove(name);
+    }
+    copy
 }
 
 /// The answer from a stored entry: a `304` if the client's validators match it.
@@ -642,62 +831,203 @@ async fn drain(mut body: Body) {
     }
 }
 
-/// The request's key: a hash of its canonical URL, computed without allocating.
-fn key<B>(req: &Request<B>, peer: &Peer) -> Key {
-    let mut hasher = Xxh3::new();
-    hasher.update(scheme(peer).as_bytes());
-    if let Some(host) = request_host(req) {
+/// The request's place in the cache, borrowed from it: what its primary key is
+/// made of.
+struct Target<'a> {
+    route: u64,
+    listener: usize,
+    tls: bool,
+    /// The host as forwarded (URI authority, else `Host`), port included.
+    host: &'a str,
+    /// The path and query as the client sent them.
+    path: &'a str,
+}
+
+impl<'a> Target<'a> {
+    /// `None` when the host is not plain text: such a request is not cached.
+    fn of<B>(req: &'a Request<B>, peer: &Peer, client: &'a Client) -> Option<Target<'a>> {
+        let host = match req.uri().authority() {
+            Some(a) => a.as_str(),
+            None => match req.headers().get(header::HOST) {
+                Some(h) => h.to_str().ok()?,
+                None => "",
+            },
+        };
+        let path = match &client.path {
+            Some(p) => p.as_str(),
+            None => req.uri().path_and_query().map_or("/", |p| p.as_str()),
+        };
+        Some(Target { route: client.route, listener: peer.listener, tls: peer.tls, host, path })
+    }
+
+    /// Writes the canonical URL, `scheme://host[:port]/path?query`: the host
+    /// lowercased, its port dropped only when it is the scheme's default.
+    fn emit(&self, out: &mut impl FnMut(&[u8])) {
+        out(if self.tls { b"https://" } else { b"http://" });
+        let (host, port) = split_port(self.host);
+        // Userinfo (which has no place there) is forwarded as sent: kept as sent.
+        let (userinfo, name) = match host.rfind('@') {
+            Some(at) => host.split_at(at + 1),
+            None => ("", host),
+        };
+        out(userinfo.as_bytes());
         let mut buf = [0u8; 64];
-        for chunk in host.as_bytes().chunks(buf.len()) {
-            let out = &mut buf[..chunk.len()];
-            out.copy_from_slice(chunk);
-            out.make_ascii_lowercase();
-            hasher.update(out);
+        for chunk in name.as_bytes().chunks(buf.len()) {
+            let lower = &mut buf[..chunk.len()];
+            lower.copy_from_slice(chunk);
+            lower.make_ascii_lowercase();
+            out(lower);
+        }
+        let default = if self.tls { 443 } else { 80 };
+        if let Some(port) = port.filter(|p| !p.is_empty() && p.parse::<u16>().ok() != Some(default)) {
+            out(b":");
+            out(port.as_bytes());
+        }
+        out(self.path.as_bytes());
+    }
+
+    fn key(&self, seed: u64) -> Key {
+        let mut hasher = Xxh3::with_seed(seed);
+        hasher.update(&self.route.to_le_bytes());
+        hasher.update(&(self.listener as u64).to_le_bytes());
+        self.emit(&mut |b| hasher.update(b));
+        hasher.digest128()
+    }
+
+    /// Whether `place` is this request's, compared part by part without building
+    /// the URL.
+    fn is(&self, place: &Place) -> bool {
+        if place.route != self.route || place.listener != self.listener {
+            return false;
+        }
+        let mut rest = place.url.as_bytes();
+        let mut same = true;
+        self.emit(&mut |part| match rest.strip_prefix(part) {
+            Some(tail) if same => rest = tail,
+            _ => same = false,
+        });
+        same && rest.is_empty()
+    }
+
+    fn place(&self) -> Place {
+        let mut url = Vec::with_capacity(self.host.len() + self.path.len() + 8);
+        self.emit(&mut |b| url.extend_from_slice(b));
+        Place { route: self.route, listener: self.listener, url: String::from_utf8_lossy(&url).into() }
+    }
+}
+
+/// `host[:port]` split at the port's colon; `[v6]` has its port after the bracket.
+fn split_port(raw: &str) -> (&str, Option<&str>) {
+    match raw.rfind(':') {
+        Some(i) if !raw[i..].contains(']') => (&raw[..i], Some(&raw[i + 1..])),
+        _ => (raw, None),
+    }
+}
+
+/// A purge URL in the form keys use (host lowercased, default port dropped), if it
+/// is an absolute `http` or `https` URL.
+fn canonical(url: &str) -> Option<String> {
+    let (tls, rest) = match url.split_once("://")? {
+        (s, rest) if s.eq_ignore_ascii_case("http") => (false, rest),
+        (s, rest) if s.eq_ignore_ascii_case("https") => (true, rest),
+        _ => return None,
+    };
+    let (host, path) = rest.find('/').map_or((rest, "/"), |i| rest.split_at(i));
+    let target = Target { route: 0, listener: 0, tls, host, path };
+    Some(String::from(target.place().url))
+}
+
+/// The request as it is forwarded, as far as a variant key reads it: its headers
+/// after the route's rules, plus the `X-Forwarded-*` values weir sends instead of
+/// the client's.
+struct Forwarding<'a> {
+    headers: &'a HeaderMap,
+    /// What weir sends as `X-Forwarded-Host`: the host as forwarded.
+    host: Option<&'a [u8]>,
+    tls: bool,
+    /// The client's address, appended to `X-Forwarded-For`.
+    ip: &'a HeaderValue,
+}
+
+impl<'a> Forwarding<'a> {
+    fn of<B>(req: &'a Request<B>, peer: &'a Peer) -> Forwarding<'a> {
+        let host = match req.uri().authority() {
+            Some(a) => Some(a.as_str().as_bytes()),
+            None => req.headers().get(header::HOST).map(HeaderValue::as_bytes),
+        };
+        Forwarding { headers: req.headers(), host, tls: peer.tls, ip: &peer.ip }
+    }
+
+    /// An owned copy, its headers left empty for the caller to fill.
+    fn to_owned_without_headers(&self) -> Forwarded {
+        Forwarded {
+            headers: HeaderMap::new(),
+            host: self.host.map(Box::from),
+            tls: self.tls,
+            ip: self.ip.clone(),
         }
     }
-    hasher.update(path_and_query(req).as_bytes());
-    hasher.digest128()
 }
 
-/// The key of a canonical URL as the admin purge names it.
-pub fn url_key(url: &str) -> Key {
-    xxhash_rust::xxh3::xxh3_128(url.as_bytes())
+/// `Forwarding`, owned, for a response still on its way to the store.
+struct Forwarded {
+    headers: HeaderMap,
+    host: Option<Box<[u8]>>,
+    tls: bool,
+    ip: HeaderValue,
 }
 
-/// The canonical URL: what `key` hashes, as text.
-fn url<B>(req: &Request<B>, peer: &Peer) -> Box<str> {
-    let host = request_host(req).unwrap_or("").to_ascii_lowercase();
-    format!("{}{host}{}", scheme(peer), path_and_query(req)).into()
-}
-
-fn scheme(peer: &Peer) -> &'static str {
-    if peer.tls {
-        "https://"
-    } else {
-        "http://"
+impl Forwarded {
+    fn view(&self) -> Forwarding<'_> {
+        Forwarding { headers: &self.headers, host: self.host.as_deref(), tls: self.tls, ip: &self.ip }
     }
 }
 
-fn path_and_query<B>(req: &Request<B>) -> &str {
-    req.uri().path_and_query().map_or("/", |p| p.as_str())
-}
-
-/// The key of one variant: the URL's key, its marker's nonce, and the values of the
-/// request headers the response varies on.
-fn variant_key(primary: Key, nonce: u64, names: &[HeaderName], headers: &HeaderMap) -> Key {
-    let mut hasher = Xxh3::new();
-    hasher.update(&primary.to_le_bytes());
-    hasher.update(&nonce.to_le_bytes());
+/// Writes the values of `names` in the request as forwarded: per name, the name, a
+/// 0, each value followed by a 1, and a 0 (header values hold neither byte, so two
+/// different sets of values never write the same bytes).
+fn emit_selecting(names: &[HeaderName], request: &Forwarding, out: &mut impl FnMut(&[u8])) {
     for name in names {
-        hasher.update(name.as_str().as_bytes());
-        hasher.update(&[0]);
-        for value in headers.get_all(name) {
-            hasher.update(value.as_bytes());
-            hasher.update(&[1]);
+        out(name.as_str().as_bytes());
+        out(&[0]);
+        if *name == X_FORWARDED_HOST {
+            if let Some(host) = request.host {
+                out(host);
+                out(&[1]);
+            }
+        } else if *name == X_FORWARDED_PROTO {
+            out(if request.tls { b"https" } else { b"http" });
+            out(&[1]);
+        } else if *name == X_FORWARDED_FOR {
+            for value in request.headers.get_all(name) {
+                out(value.as_bytes());
+                out(b", ");
+            }
+            out(request.ip.as_bytes());
+            out(&[1]);
+        } else {
+            for value in request.headers.get_all(name) {
+                out(value.as_bytes());
+                out(&[1]);
+            }
         }
-        hasher.update(&[0xff]);
+        out(&[0]);
     }
-    hasher.digest128()
+}
+
+/// Whether `object` is the variant of `target` that `request` selects.
+fn is_variant(object: &Object, target: &Target, names: &[HeaderName], request: &Forwarding) -> bool {
+    let Object::Response(entry) = object else { return false };
+    if !target.is(&entry.place) {
+        return false;
+    }
+    let mut rest = &*entry.selecting;
+    let mut same = true;
+    emit_selecting(names, request, &mut |part| match rest.strip_prefix(part) {
+        Some(tail) if same => rest = tail,
+        _ => same = false,
+    });
+    same && rest.is_empty()
 }
 
 #[cfg(test)]
@@ -708,31 +1038,166 @@ mod tests {
         Peer::new(([127, 0, 0, 1], 1).into(), 0, tls)
     }
 
-    #[test]
-    fn the_key_is_the_hash_of_the_canonical_url() {
-        let req =
-            Request::builder().uri("/a/b?x=1").header("host", "Shop.Example.com:8080").body(()).unwrap();
-        assert_eq!(&*url(&req, &peer(false)), "http://shop.example.com/a/b?x=1");
-        assert_eq!(key(&req, &peer(false)), url_key("http://shop.example.com/a/b?x=1"));
-        assert_ne!(key(&req, &peer(true)), key(&req, &peer(false)));
-        let long_host = format!("{}.example.com", "A".repeat(100));
-        let req = Request::builder().uri("/").header("host", &long_host).body(()).unwrap();
-        assert_eq!(key(&req, &peer(false)), url_key(&format!("http://{}/", long_host.to_ascii_lowercase())));
+    fn target<'a>(req: &'a Request<()>, tls: bool, client: &'a Client) -> Target<'a> {
+        let peer = peer(tls);
+        Target::of(req, &peer, client).unwrap()
+    }
+
+    fn url(req: &Request<()>, tls: bool) -> Box<str> {
+        target(req, tls, &Client { route: 7, path: None }).place().url
     }
 
     #[test]
-    fn variants_differ_by_the_named_headers_only() {
-        let names = [header::ACCEPT_ENCODING];
-        let mut gzip = HeaderMap::new();
-        gzip.insert(header::ACCEPT_ENCODING, HeaderValue::from_static("gzip"));
-        gzip.insert(header::USER_AGENT, HeaderValue::from_static("a"));
-        let mut gzip_other_agent = gzip.clone();
-        gzip_other_agent.insert(header::USER_AGENT, HeaderValue::from_static("b"));
-        let mut br = gzip.clone();
-        br.insert(header::ACCEPT_ENCODING, HeaderValue::from_static("br"));
-        assert_eq!(variant_key(1, 7, &names, &gzip), variant_key(1, 7, &names, &gzip_other_agent));
-        assert_ne!(variant_key(1, 7, &names, &gzip), variant_key(1, 7, &names, &br));
-        assert_ne!(variant_key(1, 7, &names, &gzip), variant_key(1, 8, &names, &gzip));
+    fn the_url_keeps_a_port_that_is_not_the_default_and_lowercases_the_host() {
+        let req = |host: &str| Request::builder().uri("/a/b?x=1").header("host", host).body(()).unwrap();
+        assert_eq!(&*url(&req("Shop.Example.com:8080"), false), "http://shop.example.com:8080/a/b?x=1");
+        assert_eq!(&*url(&req("Shop.Example.com:80"), false), "http://shop.example.com/a/b?x=1");
+        assert_eq!(&*url(&req("shop.example.com:"), false), "http://shop.example.com/a/b?x=1");
+        assert_eq!(&*url(&req("shop.example.com:443"), true), "https://shop.example.com/a/b?x=1");
+        assert_eq!(&*url(&req("shop.example.com:443"), false), "http://shop.example.com:443/a/b?x=1");
+        assert_eq!(&*url(&req("[::1]:8080"), false), "http://[::1]:8080/a/b?x=1");
+        assert_eq!(&*url(&req("[::1]"), false), "http://[::1]/a/b?x=1");
+        let long_host = format!("{}.example.com", "A".repeat(100));
+        assert_eq!(
+            &*url(&req(&long_host), false),
+            format!("http://{}/a/b?x=1", long_host.to_ascii_lowercase())
+        );
+    }
+
+    #[test]
+    fn the_key_covers_route_listener_scheme_and_client_path_and_matches_only_its_place() {
+        let seed = 99;
+        let req = Request::builder().uri("/a").header("host", "Shop.example").body(()).unwrap();
+        let route7 = Client { route: 7, path: None };
+        let route8 = Client { route: 8, path: None };
+        let rewritten = Client { route: 7, path: Some(PathAndQuery::from_static("/private/a")) };
+        let t = target(&req, false, &route7);
+        assert_ne!(t.key(seed), target(&req, false, &route8).key(seed));
+        assert_ne!(t.key(seed), target(&req, true, &route7).key(seed));
+        assert_ne!(t.key(seed), t.key(seed + 1));
+        assert_eq!(&*target(&req, false, &rewritten).place().url, "http://shop.example/private/a");
+        let other_listener = Peer::new(([127, 0, 0, 1], 1).into(), 1, false);
+        let t1 = Target::of(&req, &other_listener, &route7).unwrap();
+        assert_ne!(t.key(seed), t1.key(seed));
+        let place = t.place();
+        assert!(t.is(&place));
+        assert!(!t1.is(&place));
+        assert!(!target(&req, false, &route8).is(&place));
+        let mut longer = place.clone();
+        longer.url = "http://shop.example/ab".into();
+        assert!(!t.is(&longer));
+        let mut shorter = place.clone();
+        shorter.url = "http://shop.example/".into();
+        assert!(!t.is(&shorter));
+    }
+
+    #[test]
+    fn purge_urls_are_read_in_key_form() {
+        assert_eq!(canonical("HTTP://Shop.Example:80/a?b").as_deref(), Some("http://shop.example/a?b"));
+        assert_eq!(canonical("https://shop.example:8443").as_deref(), Some("https://shop.example:8443/"));
+        assert_eq!(canonical("shop.example/a"), None);
+    }
+
+    #[test]
+    fn route_identity_ignores_positions_in_the_file() {
+        let parse = |text: &str| crate::config::parse(text, std::path::Path::new("t.toml")).unwrap();
+        let base = "[[listeners]]\nname = \"web\"\nlisten = \"127.0.0.1:0\"\n[upstreams.app]\nservers = [{ address = \"127.0.0.1:1\" }]\n[caches.c]\n";
+        let route = "[[routes]]\nupstream = \"app\"\ncache = \"c\"\npath_prefix = \"/p/\"\n";
+        let a = parse(&format!("{route}{base}"));
+        let b = parse(&format!("# moved\n\n{route}{base}"));
+        let c = parse(&format!("{}{base}", route.replace("/p/", "/q/")));
+        let id = |c: &crate::config::Config| route_identity(&c.routes[0]);
+        assert!(format!("{:?}", a.routes[0]).contains("span: "), "the test reads spans");
+        assert_eq!(id(&a), id(&b));
+        assert_ne!(id(&a), id(&c));
+        assert_eq!(
+            without_spans("Spanned { span: 1..20, value: 3 } span: x"),
+            "Spanned { value: 3 } span: x"
+        );
+    }
+
+    #[test]
+    fn variants_differ_by_the_named_headers_as_forwarded() {
+        let cache = Cache::new("t", test_settings(), crate::metrics::Metrics::new().unwrap().cache("t"));
+        let names = [header::ACCEPT_ENCODING, X_FORWARDED_HOST.clone(), X_FORWARDED_FOR.clone()];
+        let peer = peer(false);
+        let req = |pairs: &[(&str, &str)]| {
+            let mut b = Request::builder().uri("/").header("host", "app.test:1337");
+            for (n, v) in pairs {
+                b = b.header(*n, *v);
+            }
+            b.body(()).unwrap()
+        };
+        let key = |r: &Request<()>| cache.variant_key(1, 7, &names, &Forwarding::of(r, &peer));
+        let gzip = req(&[("accept-encoding", "gzip"), ("user-agent", "a")]);
+        assert_eq!(key(&gzip), key(&req(&[("accept-encoding", "gzip"), ("user-agent", "b")])));
+        assert_ne!(key(&gzip), key(&req(&[("accept-encoding", "br")])));
+        // The client's X-Forwarded-Host is not what goes upstream: it selects nothing.
+        assert_eq!(key(&gzip), key(&req(&[("accept-encoding", "gzip"), ("x-forwarded-host", "evil")])));
+        // Its X-Forwarded-For is, with the client's address appended.
+        assert_ne!(key(&gzip), key(&req(&[("accept-encoding", "gzip"), ("x-forwarded-for", "1.2.3.4")])));
+        let fwd = Forwarding::of(&gzip, &peer);
+        assert_ne!(cache.variant_key(1, 7, &names, &fwd), cache.variant_key(1, 8, &names, &fwd));
+        let mut stream = Vec::new();
+        emit_selecting(&names, &fwd, &mut |b| stream.extend_from_slice(b));
+        assert_eq!(
+            stream,
+            b"accept-encoding\x00gzip\x01\x00x-forwarded-host\x00app.test:1337\x01\x00x-forwarded-for\x00127.0.0.1\x01\x00"
+        );
+    }
+
+    #[test]
+    fn the_refresh_request_is_a_bare_get_without_the_clients_framing() {
+        let req = Request::builder()
+            .method("HEAD")
+            .uri("/a")
+            .header("host", "app.test")
+            .header("content-length", "40")
+            .header("transfer-encoding", "chunked")
+            .header("expect", "100-continue")
+            .header("connection", "x-secret")
+            .header("x-secret", "1")
+            .header("upgrade", "h2c")
+            .header("if-none-match", "\"v1\"")
+            .header("range", "bytes=0-1")
+            .header("accept-language", "fr")
+            .body(())
+            .unwrap();
+        let copy = refresh_request(&req);
+        assert_eq!(copy.method(), Method::GET);
+        let left: Vec<_> = copy.headers().keys().map(|k| k.as_str()).collect();
+        assert_eq!(left, ["host", "accept-language"]);
+    }
+
+    #[test]
+    fn a_body_on_a_get_is_seen() {
+        let with = |name: &str, value: &str| {
+            has_body(
+                &Request::builder().header(name, value).body(http_body_util::Empty::<Bytes>::new()).unwrap(),
+            )
+        };
+        assert!(with("content-length", "40"));
+        assert!(!with("content-length", "0"));
+        assert!(!with("content-length", "000"));
+        assert!(with("transfer-encoding", "chunked"));
+        assert!(!with("accept", "*/*"));
+    }
+
+    fn test_settings() -> Settings {
+        Settings {
+            max_size: 1 << 20,
+            max_object_size: 1 << 16,
+            lock_timeout: Duration::from_secs(1),
+            rules: Rules {
+                default_ttl: None,
+                negative_ttl: None,
+                ttl_jitter: 0.0,
+                stale_while_revalidate: Duration::ZERO,
+                stale_if_error: Duration::ZERO,
+            },
+            honor_client_no_cache: false,
+            strip_override_headers: true,
+        }
     }
 
     #[test]

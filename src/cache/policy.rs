@@ -8,7 +8,8 @@
 //! the safer side of what the RFC allows: a response with `no-cache` or `Set-Cookie`
 //! is not stored at all (weir does not revalidate upstream, and a shared cookie is a
 //! leak), and `default_ttl` (the heuristic freshness of §4.2.2) applies only where
-//! the response names no freshness and its status is cacheable by default.
+//! the response names no freshness and its status is cacheable by default, and never
+//! to a request carrying `Cookie` or `Authorization`.
 
 use std::time::{Duration, SystemTime};
 
@@ -88,26 +89,28 @@ pub struct RequestRules {
     pub max_age: Option<u64>,
     /// Carries `Authorization`: only responses that allow it are shared (§3.5).
     pub authorization: bool,
+    /// Carries `Cookie` or `Authorization`: the answer may be this user's own, so
+    /// it is stored only when the upstream says how long (no heuristic lifetime).
+    pub credentials: bool,
 }
 
 impl RequestRules {
     pub fn of(headers: &HeaderMap) -> RequestRules {
+        let authorization = headers.contains_key(header::AUTHORIZATION);
+        let credentials = authorization || headers.contains_key(header::COOKIE);
         if !headers.contains_key(header::CACHE_CONTROL) {
             let pragma = headers
                 .get(header::PRAGMA)
                 .is_some_and(|p| p.to_str().is_ok_and(|p| p.to_ascii_lowercase().contains("no-cache")));
-            return RequestRules {
-                no_cache: pragma,
-                authorization: headers.contains_key(header::AUTHORIZATION),
-                ..RequestRules::default()
-            };
+            return RequestRules { no_cache: pragma, authorization, credentials, ..RequestRules::default() };
         }
         let cc = CacheControl::parse(headers);
         RequestRules {
             no_store: cc.no_store,
             no_cache: cc.no_cache || cc.max_age == Some(0),
             max_age: cc.max_age,
-            authorization: headers.contains_key(header::AUTHORIZATION),
+            authorization,
+            credentials,
         }
     }
 }
@@ -156,6 +159,9 @@ pub enum NotStored {
     SetCookie,
     VaryStar,
     Authorization,
+    /// The request carries credentials and the upstream gave no explicit `public`,
+    /// `s-maxage` or `max-age`.
+    Credentials,
     /// Nothing says how long it stays fresh, and no `default_ttl`/`negative_ttl`.
     NoFreshness,
 }
@@ -200,6 +206,11 @@ pub fn storable(
     let shared_with_authorization = cc.public || cc.s_maxage.is_some() || cc.must_revalidate;
     if request.authorization && !shared_with_authorization {
         return Err(NotStored::Authorization);
+    }
+    // As Varnish and nginx: a page asked for with a cookie is stored only if the
+    // upstream says so, never on `default_ttl`, `negative_ttl` or `Expires` alone.
+    if request.credentials && !(cc.public || cc.s_maxage.is_some() || cc.max_age.is_some()) {
+        return Err(NotStored::Credentials);
     }
     let date = date(headers).unwrap_or(response_time);
     let explicit = match (cc.s_maxage, cc.max_age) {
@@ -513,6 +524,31 @@ mod tests {
         assert_eq!(RequestRules::of(&headers(&[("cache-control", "max-age=5")])).max_age, Some(5));
         assert!(RequestRules::of(&headers(&[("cache-control", "no-store")])).no_store);
         assert!(RequestRules::of(&headers(&[("authorization", "Basic x")])).authorization);
+        assert!(RequestRules::of(&headers(&[("authorization", "Basic x")])).credentials);
+        assert!(
+            RequestRules::of(&headers(&[("cookie", "sid=1"), ("cache-control", "max-age=5")])).credentials
+        );
+        assert!(!RequestRules::of(&headers(&[("accept", "*/*")])).credentials);
+    }
+
+    #[test]
+    fn credentials_need_explicit_freshness() {
+        let req = RequestRules { credentials: true, ..RequestRules::default() };
+        let r = Rules {
+            default_ttl: Some(Duration::from_secs(60)),
+            negative_ttl: Some(Duration::from_secs(5)),
+            ..rules()
+        };
+        let with = |status: u16, pairs: &[(&str, &str)]| {
+            storable(StatusCode::from_u16(status).unwrap(), &headers(pairs), &req, &r, (at(0), at(0)), 0.0)
+        };
+        assert_eq!(with(200, &[]), Err(NotStored::Credentials));
+        assert_eq!(with(404, &[]), Err(NotStored::Credentials));
+        let expires = httpdate::fmt_http_date(at(30));
+        assert_eq!(with(200, &[("expires", &expires)]), Err(NotStored::Credentials));
+        assert!(with(200, &[("cache-control", "max-age=5")]).is_ok());
+        assert!(with(200, &[("cache-control", "s-maxage=5")]).is_ok());
+        assert_eq!(with(200, &[("cache-control", "public")]).unwrap().lifetime, Duration::from_secs(60));
     }
 
     #[test]

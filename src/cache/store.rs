@@ -3,10 +3,13 @@
 //! eviction) go first. Each entry expires on its own once neither fresh nor usable
 //! stale.
 //!
-//! Keys are 128-bit hashes (see `mod.rs`), so a lookup allocates nothing. A URL whose
-//! response varies holds a `Vary` marker naming the request headers that select a
-//! variant; the variants live under keys derived from the marker's nonce, so
-//! replacing or removing the marker orphans them and they age out.
+//! Keys are 128-bit hashes (see `mod.rs`), so a lookup allocates nothing; every
+//! object also keeps what its key was made of (`Place`, and a variant's selecting
+//! header values), which a lookup compares before using it, so no hash is trusted as
+//! if it were the URL. A URL whose response varies holds a `Vary` marker naming the
+//! request headers that select a variant; the variants live under keys derived from
+//! the marker's nonce, so replacing or removing the marker orphans them and they age
+//! out.
 //!
 //! Writers are the request that fetched a response and the admin purge; every
 //! request reads. moka applies writes to its bookkeeping in batches; an insert runs
@@ -23,15 +26,27 @@ use moka::notification::RemovalCause;
 use super::policy::Freshness;
 use crate::metrics::CacheMetrics;
 
-/// A hash of the canonical URL (and, for variants, the selecting headers).
+/// A keyed hash of the route, listener and canonical URL (and, for variants, the
+/// selecting headers).
 pub type Key = u128;
+
+/// What a primary key is made of, kept whole in each object stored under it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Place {
+    /// The identity of the route the request took (see `cache::route_identity`).
+    pub route: u64,
+    /// The listener slot it arrived on.
+    pub listener: usize,
+    /// The canonical URL, `scheme://host[:port]/path?query`, as the client sent it.
+    pub url: Box<str>,
+}
 
 /// What a key holds.
 pub enum Object {
     /// The response at this URL varies on `names`; variants are under keys derived
     /// from `nonce`.
     Vary {
-        url: Box<str>,
+        place: Place,
         names: Box<[HeaderName]>,
         nonce: u64,
         keep: Duration,
@@ -41,7 +56,10 @@ pub enum Object {
 
 /// One stored response.
 pub struct Entry {
-    pub url: Box<str>,
+    pub place: Place,
+    /// For a variant, the values of the headers that selected it, as
+    /// `cache::emit_selecting` writes them; empty otherwise.
+    pub selecting: Box<[u8]>,
     pub status: StatusCode,
     /// As received, hop-by-hop headers removed, `Content-Length` set to the body's.
     pub headers: HeaderMap,
@@ -52,10 +70,17 @@ pub struct Entry {
 }
 
 impl Object {
+    pub fn place(&self) -> &Place {
+        match self {
+            Object::Vary { place, .. } => place,
+            Object::Response(e) => &e.place,
+        }
+    }
+
     fn url(&self) -> &str {
         match self {
-            Object::Vary { url, .. } => url,
-            Object::Response(e) => &e.url,
+            Object::Vary { place, .. } => &place.url,
+            Object::Response(e) => &e.place.url,
         }
     }
 
@@ -70,11 +95,12 @@ impl Object {
     fn weight(&self) -> u32 {
         const OVERHEAD: usize = 160;
         let bytes = match self {
-            Object::Vary { url, names, .. } => {
-                url.len() + names.iter().map(|n| n.as_str().len() + 24).sum::<usize>()
+            Object::Vary { place, names, .. } => {
+                place.url.len() + names.iter().map(|n| n.as_str().len() + 24).sum::<usize>()
             }
             Object::Response(e) => {
-                e.url.len()
+                e.place.url.len()
+                    + e.selecting.len()
                     + e.body.len()
                     + e.headers.iter().map(|(n, v)| n.as_str().len() + v.len() + 32).sum::<usize>()
             }

@@ -253,6 +253,14 @@ pub struct CacheConfig {
     /// upstream anyway.
     #[serde(default = "defaults::cache_lock_timeout")]
     pub lock_timeout: Dur,
+    /// Let a client's `no-cache`, `max-age` or `Pragma: no-cache` bypass and replace
+    /// a stored entry. Off: any client could replace any entry at will.
+    #[serde(default)]
+    pub honor_client_no_cache: bool,
+    /// Remove `X-Original-URL`, `X-Rewrite-URL` and `X-HTTP-Method-Override` from
+    /// requests on the cache's routes.
+    #[serde(default = "defaults::yes")]
+    pub strip_override_headers: bool,
 }
 
 /// One `[rate_limits.NAME]`: a token bucket per key.
@@ -341,6 +349,9 @@ mod defaults {
     }
     pub fn cache_lock_timeout() -> Dur {
         Dur(Duration::from_secs(5))
+    }
+    pub fn yes() -> bool {
+        true
     }
     pub fn shutdown_timeout() -> Dur {
         Dur(Duration::from_secs(30))

@@ -153,6 +153,12 @@ async fn proxy_to(
     let result = match limit {
         Some((_, Decision::Deny { retry_after })) => Err(ProxyError::RateLimited { retry_after }),
         _ => {
+            // The cache keys on the URL the client asked for, before any rewrite, and
+            // never sees the URL-override headers a client sent.
+            let client_path = proxy.cache.as_ref().and_then(|c| {
+                c.cache.strip_overrides(req.headers_mut());
+                proxy.rewrite.as_ref().and_then(|_| req.uri().path_and_query().cloned())
+            });
             shape_request(proxy, &mut req, peer, &shaped);
             trace.client_ip = shaped.client;
             trace.limits =
@@ -161,7 +167,10 @@ async fn proxy_to(
                 None => admit_and_forward(upstream, req, peer, trace).await,
                 // Boxed: the cache's future is kilobytes large, and inline it would grow
                 // every request's future, which hyper moves into place per request.
-                Some(cache) => Box::pin(cache.serve(upstream, req, peer, trace)).await,
+                Some(c) => {
+                    let client = crate::cache::Client { route: c.route, path: client_path };
+                    Box::pin(c.cache.serve(upstream, req, peer, trace, client)).await
+                }
             }
         }
     };

@@ -58,7 +58,7 @@ pub struct Proxy {
     /// `max_request_body` in bytes.
     pub max_request_body: Option<u64>,
     /// The response cache in front of the upstream, if the route names one.
-    pub cache: Option<Arc<crate::cache::Cache>>,
+    pub cache: Option<crate::cache::RouteCache>,
 }
 
 impl Route {

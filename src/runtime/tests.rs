@@ -216,7 +216,7 @@ fn a_cache_survives_a_rebuild_unless_its_settings_change() {
     assert!(Arc::ptr_eq(&first.caches["pages"], &second.caches["pages"]));
     let req = Request::builder().uri("/").header("host", "elsewhere").body(()).unwrap();
     let routed = match second.router.route(0, &req).map(|r| &r.action) {
-        Some(Action::Proxy(p)) => p.cache.clone().unwrap(),
+        Some(Action::Proxy(p)) => p.cache.as_ref().unwrap().cache.clone(),
         _ => panic!("the route proxies"),
     };
     assert!(Arc::ptr_eq(&routed, &second.caches["pages"]));

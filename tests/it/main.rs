@@ -2,6 +2,7 @@
 
 mod balancing;
 mod cache;
+mod cache_poisoning;
 mod cli;
 mod client_faults;
 mod edge;

@@ -279,6 +279,14 @@ pub struct RateLimitConfig {
     /// instance's own bucket, `deny` refuses the request.
     #[serde(default)]
     pub on_store_error: OnStoreError,
+    /// With `key = "client_ip"`: IPv4 clients in one block of this prefix length
+    /// (0 to 32, default 32) share a bucket.
+    #[serde(default)]
+    pub ipv4_prefix: Option<Spanned<u32>>,
+    /// With `key = "client_ip"`: IPv6 clients in one block of this prefix length
+    /// (0 to 128, default 64: one subscriber usually holds a whole /64) share a bucket.
+    #[serde(default)]
+    pub ipv6_prefix: Option<Spanned<u32>>,
 }
 
 /// What a rate limit with a `store` does when the store cannot answer in time.

@@ -482,6 +482,22 @@ fn check_rate_limit(src: &Source, name: &str, limit: &RateLimitConfig) -> Result
     if limit.store_timeout.0.is_zero() {
         return Err(src.error(None, &format!("{key}.store_timeout"), "must be greater than zero"));
     }
+    for (what, prefix, max) in
+        [("ipv4_prefix", &limit.ipv4_prefix, 32), ("ipv6_prefix", &limit.ipv6_prefix, 128)]
+    {
+        let Some(prefix) = prefix else { continue };
+        let pkey = format!("{key}.{what}");
+        if limit.key != super::RateLimitKey::ClientIp {
+            return Err(src.error(Some(prefix.span()), &pkey, "is only used with key = \"client_ip\""));
+        }
+        if *prefix.get_ref() > max {
+            return Err(src.error(
+                Some(prefix.span()),
+                &pkey,
+                format!("must be a prefix length from 0 to {max}, got {}", prefix.get_ref()),
+            ));
+        }
+    }
     Ok(())
 }
 

@@ -266,3 +266,24 @@ fn scale_out_settings_are_checked() {
     let e = err(&LIMITED.replace("max_connections = 100", "reuse_port = 1"));
     assert!(e.contains("reuse_port"), "{e}");
 }
+
+#[test]
+fn client_ip_prefixes_are_checked() {
+    let ok = LIMITED.replace("burst = 2", "burst = 2\nipv4_prefix = 24\nipv6_prefix = 48");
+    let config = parse(&ok, Path::new("w.toml")).unwrap();
+    let settings = crate::ratelimit::Settings::from_config(&config.rate_limits["per_client"]);
+    assert_eq!((settings.ipv4_prefix, settings.ipv6_prefix), (24, 48));
+    let e = err(&LIMITED.replace("burst = 2", "burst = 2\nipv6_prefix = 129"));
+    assert!(
+        e.starts_with(
+            "w.toml:23:15: `rate_limits.per_client.ipv6_prefix`: must be a prefix length from 0 to 128"
+        ),
+        "{e}"
+    );
+    let e = err(&LIMITED.replace("burst = 2", "burst = 2\nipv4_prefix = 33"));
+    assert!(e.contains("`rate_limits.per_client.ipv4_prefix`: must be a prefix length from 0 to 32"), "{e}");
+    let e = err(&LIMITED
+        .replace("burst = 2", "burst = 2\nipv4_prefix = 24")
+        .replace("\"client_ip\"", "\"global\""));
+    assert!(e.contains("`rate_limits.per_client.ipv4_prefix`: is only used with key = \"client_ip\""), "{e}");
+}

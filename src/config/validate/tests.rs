@@ -287,3 +287,17 @@ fn client_ip_prefixes_are_checked() {
         .replace("\"client_ip\"", "\"global\""));
     assert!(e.contains("`rate_limits.per_client.ipv4_prefix`: is only used with key = \"client_ip\""), "{e}");
 }
+
+#[test]
+fn admin_hosts_are_names_with_an_optional_port() {
+    let with = |hosts: &str| format!("[admin]\nlisten = \"127.0.0.1:9901\"\nhosts = {hosts}\n{BASE}");
+    let config = parse(
+        &with("[\"admin.internal\", \"a.test:8443\", \"[::1]:9901\", \"10.0.0.5\"]"),
+        Path::new("w.toml"),
+    );
+    assert_eq!(config.unwrap().admin.unwrap().hosts.len(), 4);
+    for bad in ["*.internal", "a.test:99999", "a b", "", "a.test/x", "[::1"] {
+        let e = err(&with(&format!("[\"ok.test\", {bad:?}]")));
+        assert!(e.starts_with("w.toml:3:21: `admin.hosts[1]`: "), "{bad}: {e}");
+    }
+}

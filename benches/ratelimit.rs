@@ -15,7 +15,7 @@ use weir::ratelimit::{Limiter, Settings};
 
 fn limiter(max_keys: usize) -> Limiter {
     // A burst no bench run can exhaust, so every check takes the same (admit) path.
-    let settings = Settings { key: RateLimitKey::ClientIp, rate: 1e6, burst: u32::MAX, max_keys };
+    let settings = Settings::new(RateLimitKey::ClientIp, 1e6, u32::MAX, max_keys);
     Limiter::new("bench", settings, IntCounter::with_opts(Opts::new("b", "b")).expect("valid opts"))
 }
 

@@ -3,8 +3,19 @@
 //! current runtime's upstreams and servers for an operator with curl) and
 //! `DELETE /cache/NAME?key=URL` or `?prefix=URL-PREFIX` (purge a response cache of
 //! the current runtime). Served apart from client traffic, HTTP/1.1 only.
+//!
+//! Who may ask: a request whose `Host` is not one of the listener's own names (the
+//! address the client connected to, `localhost` on loopback, `[admin] hosts`) gets
+//! `421`, so a web page an operator opens cannot reach the listener through DNS
+//! rebinding (its requests carry the attacker's name). `/healthz` and `/readyz` are
+//! exempt: they reveal nothing, and probes name the listener in their own ways. A
+//! purge (anything that changes state) needs `Authorization: Bearer` with the token
+//! of `[admin] token_file` when one is set, and is refused outright on a non-loopback
+//! listener without one: anyone who can reach such a listener could otherwise empty
+//! the caches. Both refusals are counted.
 
 use std::convert::Infallible;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::Arc;
 
@@ -18,7 +29,7 @@ use tokio::sync::watch;
 
 use serde::Serialize;
 
-use crate::config::BalancerKind;
+use crate::config::{AdminConfig, AdminToken, BalancerKind, Config};
 use crate::health;
 use crate::metrics::Metrics;
 use crate::proxy::body::Body;
@@ -34,6 +45,87 @@ pub struct AdminState {
     pub ready: AtomicBool,
 }
 
+/// Who may use the admin endpoints: the part of `[admin]` a reload may change, so a
+/// reload can add a name or rotate the token. Held by the runtime.
+#[derive(Debug, Default)]
+pub struct AdminAccess {
+    /// `[admin] hosts`: lowercased names without a trailing dot, each with the port
+    /// it must come with (`None`: any).
+    pub hosts: Box<[(Box<str>, Option<u16>)]>,
+    pub token: Option<AdminToken>,
+}
+
+impl AdminAccess {
+    pub fn from_config(config: &Config) -> AdminAccess {
+        let Some(admin) = &config.admin else { return AdminAccess::default() };
+        let hosts = admin
+            .hosts
+            .iter()
+            .filter_map(|h| {
+                let (name, port) = split_host(h.get_ref())?;
+                Some((normal_name(name).into(), port))
+            })
+            .collect();
+        AdminAccess { hosts, token: admin.token.clone() }
+    }
+}
+
+/// What to tell an operator about an admin listener anyone on the network can reach
+/// without a token, if that is this one.
+pub fn exposure_warning(admin: &AdminConfig) -> Option<String> {
+    let addr: SocketAddr = admin.listen.get_ref().parse().ok()?;
+    (admin.token_file.is_none() && !addr.ip().to_canonical().is_loopback()).then(|| {
+        format!(
+            "the admin listener on {addr} is not on loopback and has no [admin] token_file: \
+             anyone who can reach it reads /metrics and /status, and cache purges are refused \
+             until a token is set"
+        )
+    })
+}
+
+/// `host`, `host:port`, `[v6]` or `[v6]:port` as (name without brackets, port);
+/// `None` if the port is not a port.
+pub fn split_host(raw: &str) -> Option<(&str, Option<u16>)> {
+    let port = |p: &str| p.parse::<u16>().ok();
+    if let Some(rest) = raw.strip_prefix('[') {
+        let (ip, after) = rest.split_once(']')?;
+        return match after {
+            "" => Some((ip, None)),
+            _ => Some((ip, Some(port(after.strip_prefix(':')?)?))),
+        };
+    }
+    match raw.split_once(':') {
+        Some((name, p)) => Some((name, Some(port(p)?))),
+        None => Some((raw, None)),
+    }
+}
+
+/// A name as compared: lowercase, without one trailing dot.
+fn normal_name(name: &str) -> String {
+    let name = name.strip_suffix('.').unwrap_or(name);
+    name.to_ascii_lowercase()
+}
+
+/// Whether `host` (the request's `Host`, or its absolute-form authority) names this
+/// listener, reached at `local`. No host at all passes: every browser sends one, so
+/// its absence is not a rebinding page.
+fn host_allowed(host: Option<&str>, local: SocketAddr, access: &AdminAccess) -> bool {
+    let Some(raw) = host else { return true };
+    let Some((name, port)) = split_host(raw) else { return false };
+    let name = normal_name(name);
+    if access.hosts.iter().any(|(n, p)| **n == *name && p.is_none_or(|p| Some(p) == port)) {
+        return true;
+    }
+    if port.is_some_and(|p| p != local.port()) {
+        return false;
+    }
+    let local_ip = local.ip().to_canonical();
+    match name.parse::<IpAddr>() {
+        Ok(ip) => ip.to_canonical() == local_ip,
+        Err(_) => name == "localhost" && local_ip.is_loopback(),
+    }
+}
+
 /// Serves admin requests until `stop` changes. A client that takes longer than
 /// `header_read_timeout` to send a request head (the first, or the next on a kept-alive
 /// connection) is closed, so idle or stalled admin connections cannot pile up.
@@ -43,6 +135,9 @@ pub async fn serve(
     header_read_timeout: std::time::Duration,
     mut stop: watch::Receiver<bool>,
 ) {
+    // Whether the listener is bound to loopback only: what a purge without a
+    // configured token is allowed on.
+    let loopback = socket.local_addr().is_ok_and(|a| a.ip().to_canonical().is_loopback());
     loop {
         let stream = tokio::select! {
             _ = stop.changed() => break,
@@ -55,11 +150,14 @@ pub async fn serve(
                 }
             },
         };
+        // The address this client reached: on a wildcard bind, which of the host's
+        // addresses it used, and so the one its `Host` may name.
+        let Ok(local) = stream.local_addr() else { continue };
         let state = state.clone();
         tokio::spawn(async move {
             let service = service_fn(move |req| {
                 let state = state.clone();
-                async move { Ok::<_, Infallible>(respond(&state, &req)) }
+                async move { Ok::<_, Infallible>(respond(&state, local, loopback, &req)) }
             });
             let _ = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
@@ -70,9 +168,27 @@ pub async fn serve(
     }
 }
 
-fn respond(state: &AdminState, req: &Request<Incoming>) -> Response<Body> {
-    if let Some(name) = req.uri().path().strip_prefix("/cache/") {
-        return purge(state, name, req);
+fn respond(state: &AdminState, local: SocketAddr, loopback: bool, req: &Request<Incoming>) -> Response<Body> {
+    let path = req.uri().path();
+    if path != "/healthz" && path != "/readyz" {
+        let host = match req.uri().authority() {
+            Some(authority) => Some(authority.as_str()),
+            None => match req.headers().get(header::HOST).map(HeaderValue::to_str) {
+                Some(Ok(host)) => Some(host),
+                Some(Err(_)) => Some(""),
+                None => None,
+            },
+        };
+        if !host_allowed(host, local, &state.runtime.load().admin) {
+            state.metrics.admin_misdirected_total.inc();
+            return text(
+                StatusCode::MISDIRECTED_REQUEST,
+                "this Host is not a name of the admin listener: use its address or add the name to [admin] hosts\n",
+            );
+        }
+    }
+    if let Some(name) = path.strip_prefix("/cache/") {
+        return purge(state, loopback, name, req);
     }
     if req.method() != Method::GET && req.method() != Method::HEAD {
         return text(StatusCode::METHOD_NOT_ALLOWED, "use GET\n");
@@ -101,11 +217,15 @@ fn respond(state: &AdminState, req: &Request<Incoming>) -> Response<Body> {
 
 /// `DELETE /cache/NAME?key=URL` removes one URL (every variant);
 /// `?prefix=URL-PREFIX` every URL that starts with it. Answers how many objects went.
-fn purge(state: &AdminState, name: &str, req: &Request<Incoming>) -> Response<Body> {
+fn purge(state: &AdminState, loopback: bool, name: &str, req: &Request<Incoming>) -> Response<Body> {
     if req.method() != Method::DELETE {
         return text(StatusCode::METHOD_NOT_ALLOWED, "use DELETE /cache/NAME?key=URL or ?prefix=URL\n");
     }
     let runtime = state.runtime.load();
+    if let Some(refusal) = refusal(&runtime.admin, loopback, req) {
+        state.metrics.admin_unauthorized_total.inc();
+        return refusal;
+    }
     let Some(cache) = runtime.caches.get(name) else {
         return text(StatusCode::NOT_FOUND, "no such cache\n");
     };
@@ -117,6 +237,10 @@ fn purge(state: &AdminState, name: &str, req: &Request<Incoming>) -> Response<Bo
         })
     };
     let purged = match (param("key"), param("prefix")) {
+        // An empty prefix is every URL: a slip, not a request to empty the cache.
+        (Some(v), None) | (None, Some(v)) if v.is_empty() => {
+            return text(StatusCode::BAD_REQUEST, "key and prefix must not be empty\n")
+        }
         (Some(url), None) => cache.purge_url(&url),
         (None, Some(prefix)) => cache.purge_prefix(&prefix),
         _ => return text(StatusCode::BAD_REQUEST, "give one of key=URL or prefix=URL-PREFIX\n"),
@@ -126,6 +250,35 @@ fn purge(state: &AdminState, name: &str, req: &Request<Incoming>) -> Response<Bo
         .headers_mut()
         .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
     response
+}
+
+/// Why a change of state is refused, if it is: it needs the configured token, or,
+/// with none configured, a loopback listener.
+fn refusal(access: &AdminAccess, loopback: bool, req: &Request<Incoming>) -> Option<Response<Body>> {
+    let Some(token) = &access.token else {
+        return (!loopback).then(|| {
+            text(
+                StatusCode::FORBIDDEN,
+                "purging through a non-loopback admin listener needs [admin] token_file\n",
+            )
+        });
+    };
+    let offered = req.headers().get(header::AUTHORIZATION).and_then(|v| bearer(v.as_bytes()));
+    if offered.is_some_and(|offered| token.matches(offered)) {
+        return None;
+    }
+    let mut refusal = text(StatusCode::UNAUTHORIZED, "send Authorization: Bearer TOKEN\n");
+    refusal
+        .headers_mut()
+        .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"weir admin\""));
+    Some(refusal)
+}
+
+/// The token of an `Authorization: Bearer TOKEN` value (scheme in any case).
+fn bearer(value: &[u8]) -> Option<&[u8]> {
+    let (scheme, token) = value.split_at_checked(6)?;
+    let token = token.strip_prefix(b" ")?.trim_ascii();
+    (scheme.eq_ignore_ascii_case(b"bearer") && !token.is_empty()).then_some(token)
 }
 
 /// Decodes `%XX` escapes and `+` (a space) in a query value; `None` if malformed.
@@ -235,6 +388,54 @@ pub fn status_json(rt: &Runtime) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hosts_split_into_name_and_port() {
+        assert_eq!(split_host("a.test"), Some(("a.test", None)));
+        assert_eq!(split_host("a.test:80"), Some(("a.test", Some(80))));
+        assert_eq!(split_host("[::1]:9901"), Some(("::1", Some(9901))));
+        assert_eq!(split_host("[::1]"), Some(("::1", None)));
+        assert_eq!(split_host("a.test:x"), None);
+        assert_eq!(split_host("::1"), None);
+        assert_eq!(split_host("[::1]x"), None);
+    }
+
+    #[test]
+    fn own_names_pass_and_others_do_not() {
+        let access = AdminAccess { hosts: vec![("admin.internal".into(), None)].into(), token: None };
+        let v4: SocketAddr = "127.0.0.1:9901".parse().unwrap();
+        let v6: SocketAddr = "[::1]:9901".parse().unwrap();
+        let lan: SocketAddr = "10.0.0.5:9901".parse().unwrap();
+        for (host, local, want) in [
+            (Some("127.0.0.1:9901"), v4, true),
+            (Some("localhost:9901"), v4, true),
+            (Some("[::1]:9901"), v6, true),
+            (Some("localhost"), v6, true),
+            (Some("10.0.0.5:9901"), lan, true),
+            (Some("localhost:9901"), lan, false),
+            (Some("Admin.Internal.:80"), lan, true),
+            (Some("evil.test:9901"), v4, false),
+            (Some("127.0.0.1:9902"), v4, false),
+            (Some(""), v4, false),
+            (None, v4, true),
+        ] {
+            assert_eq!(host_allowed(host, local, &access), want, "{host:?} on {local}");
+        }
+    }
+
+    #[test]
+    fn bearer_tokens_are_read_and_compared() {
+        assert_eq!(bearer(b"Bearer abc"), Some(&b"abc"[..]));
+        assert_eq!(bearer(b"bearer  abc "), Some(&b"abc"[..]));
+        assert_eq!(bearer(b"Bearer"), None);
+        assert_eq!(bearer(b"Bearer "), None);
+        assert_eq!(bearer(b"Basic abc"), None);
+        assert_eq!(bearer(b"Bearerabc"), None);
+        let token = AdminToken::new(b"abc");
+        assert!(token.matches(b"abc"));
+        assert!(!token.matches(b"abd") && !token.matches(b"ab") && !token.matches(b""));
+        assert_eq!(format!("{token:?}"), "AdminToken(..)");
+    }
 
     #[test]
     fn query_values_are_percent_decoded() {

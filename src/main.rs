@@ -161,6 +161,9 @@ fn print_summary(path: &std::path::Path, config: &Config) {
     }
     if let Some(admin) = &config.admin {
         let _ = writeln!(out, "  admin on {}", admin.listen.get_ref());
+        if let Some(warning) = weir::admin::exposure_warning(admin) {
+            let _ = writeln!(out, "  warning: {warning}");
+        }
     }
     let _ = writeln!(out, "  {} routes", config.routes.len());
     for (name, up) in &config.upstreams {

@@ -48,6 +48,8 @@ pub struct Metrics {
     pub cache_entries: IntGaugeVec,
     pub cache_evictions_total: IntCounterVec,
     pub access_denied_total: IntCounterVec,
+    pub admin_misdirected_total: IntCounter,
+    pub admin_unauthorized_total: IntCounter,
 }
 
 impl Metrics {
@@ -194,6 +196,22 @@ impl Metrics {
                 "Requests refused with 403 by a route's allow/deny lists, by route name.",
                 &["route"],
             )?,
+            admin_misdirected_total: {
+                let c = IntCounter::new(
+                    "weir_admin_misdirected_total",
+                    "Admin requests refused with 421 because their Host is not a name of the admin listener.",
+                )?;
+                registry.register(Box::new(c.clone()))?;
+                c
+            },
+            admin_unauthorized_total: {
+                let c = IntCounter::new(
+                    "weir_admin_unauthorized_total",
+                    "Admin requests that change state refused for want of the right bearer token (401 or 403).",
+                )?;
+                registry.register(Box::new(c.clone()))?;
+                c
+            },
             registry,
         };
         // Both results exist from the start, so `increase(...{result="failure"})` has a

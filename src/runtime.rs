@@ -62,6 +62,8 @@ pub struct Runtime {
     pub access_log: Option<Arc<AccessLog>>,
     /// The DNS answers the discovered servers were built from (see `discovery`).
     pub answers: Arc<Answers>,
+    /// `[admin] hosts` and token: here so that a reload changes them.
+    pub admin: crate::admin::AdminAccess,
 }
 
 /// Default `queue_size` of an upstream with `max_in_flight`.
@@ -207,6 +209,7 @@ impl Runtime {
             limiters,
             trusted_proxies: TrustedProxies::new(&config.trusted_proxies),
             answers: Arc::new(answers),
+            admin: crate::admin::AdminAccess::from_config(config),
         })
     }
 

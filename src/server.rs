@@ -3,7 +3,8 @@
 //! a new config becomes a new `Runtime` swapped in whole, or is refused and counted
 //! while the old one keeps serving. A reload binds listeners the new config adds,
 //! closes the ones it drops (their open connections finish their requests first) and
-//! applies changed limits to the ones it keeps. The admin listener stays as started.
+//! applies changed limits to the ones it keeps. The admin listener stays as started
+//! (its `hosts` and token are in the runtime, so they follow reloads).
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -175,6 +176,9 @@ impl Server {
                 };
                 let addr: SocketAddr =
                     a.listen.get_ref().parse().map_err(|e| error(std::io::Error::other(e)))?;
+                if let Some(warning) = admin::exposure_warning(a) {
+                    tracing::warn!("{warning}");
+                }
                 Some(bind_tcp(addr).map_err(error)?)
             }
         };

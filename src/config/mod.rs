@@ -69,6 +69,9 @@ pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
     })?;
     validate::validate(&config, &source)?;
     config.base_dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
+    if let Some(admin) = &mut config.admin {
+        admin.token = validate::admin_token(admin, &source, &config.base_dir)?;
+    }
     Ok(config)
 }
 

@@ -96,6 +96,50 @@ pub struct AdminConfig {
     /// its next request on a kept-alive connection; a slower one is closed.
     #[serde(default = "defaults::admin_header_read_timeout")]
     pub header_read_timeout: Dur,
+    /// Names the admin listener answers to in `Host`, besides its own address (and
+    /// `localhost` on loopback): `name` (any port) or `name:port`. Others get `421`,
+    /// so a web page cannot reach it through DNS rebinding.
+    #[serde(default)]
+    pub hosts: Vec<Spanned<String>>,
+    /// File holding the bearer token that purges (and any other change made through
+    /// the admin listener) must send; required for them on a non-loopback `listen`.
+    #[serde(default)]
+    pub token_file: Option<Spanned<String>>,
+    /// The token read from `token_file` when the config was loaded.
+    #[serde(skip)]
+    pub token: Option<AdminToken>,
+}
+
+/// The admin bearer token, held as its SHA-256 digest: compared in constant time and
+/// never printed (`Config` is `Debug`).
+#[derive(Clone, PartialEq, Eq)]
+pub struct AdminToken([u8; 32]);
+
+impl AdminToken {
+    pub fn new(token: &[u8]) -> AdminToken {
+        AdminToken(Self::digest(token))
+    }
+
+    fn digest(bytes: &[u8]) -> [u8; 32] {
+        let mut out = [0; 32];
+        out.copy_from_slice(ring::digest::digest(&ring::digest::SHA256, bytes).as_ref());
+        out
+    }
+
+    /// Whether `offered` is the token. Digests of equal length are compared without
+    /// an early exit, so the time taken says nothing about how much of it matched
+    /// (nor, through the digest, about its length).
+    pub fn matches(&self, offered: &[u8]) -> bool {
+        let offered = Self::digest(offered);
+        let differ = self.0.iter().zip(offered).fold(0u8, |acc, (a, b)| acc | (a ^ b));
+        std::hint::black_box(differ) == 0
+    }
+}
+
+impl std::fmt::Debug for AdminToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AdminToken(..)")
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -287,6 +331,14 @@ pub struct RateLimitConfig {
     /// instance's own bucket, `deny` refuses the request.
     #[serde(default)]
     pub on_store_error: OnStoreError,
+    /// With `key = "client_ip"`: IPv4 clients in one block of this prefix length
+    /// (0 to 32, default 32) share a bucket.
+    #[serde(default)]
+    pub ipv4_prefix: Option<Spanned<u32>>,
+    /// With `key = "client_ip"`: IPv6 clients in one block of this prefix length
+    /// (0 to 128, default 64: one subscriber usually holds a whole /64) share a bucket.
+    #[serde(default)]
+    pub ipv6_prefix: Option<Spanned<u32>>,
 }
 
 /// What a rate limit with a `store` does when the store cannot answer in time.

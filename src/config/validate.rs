@@ -29,6 +29,11 @@ pub(super) fn validate(config: &Config, src: &Source) -> Result<(), ConfigError>
         if admin.header_read_timeout.0.is_zero() {
             return Err(src.error(None, "admin.header_read_timeout", "must be greater than zero"));
         }
+        for (i, host) in admin.hosts.iter().enumerate() {
+            if let Err(why) = check_admin_host(host.get_ref()) {
+                return Err(src.error(Some(host.span()), &format!("admin.hosts[{i}]"), why));
+            }
+        }
     }
     if let Some(path) = &config.access_log.path {
         if path.get_ref().trim().is_empty() {
@@ -482,6 +487,22 @@ fn check_rate_limit(src: &Source, name: &str, limit: &RateLimitConfig) -> Result
     if limit.store_timeout.0.is_zero() {
         return Err(src.error(None, &format!("{key}.store_timeout"), "must be greater than zero"));
     }
+    for (what, prefix, max) in
+        [("ipv4_prefix", &limit.ipv4_prefix, 32), ("ipv6_prefix", &limit.ipv6_prefix, 128)]
+    {
+        let Some(prefix) = prefix else { continue };
+        let pkey = format!("{key}.{what}");
+        if limit.key != super::RateLimitKey::ClientIp {
+            return Err(src.error(Some(prefix.span()), &pkey, "is only used with key = \"client_ip\""));
+        }
+        if *prefix.get_ref() > max {
+            return Err(src.error(
+                Some(prefix.span()),
+                &pkey,
+                format!("must be a prefix length from 0 to {max}, got {}", prefix.get_ref()),
+            ));
+        }
+    }
     Ok(())
 }
 
@@ -522,6 +543,47 @@ fn host_port(src: &Source, key: &str, text: &toml::Spanned<String>) -> Result<()
             format!("`{value}` is not a host with a port, e.g. \"10.0.0.1:8000\" or \"app.internal:8000\""),
         ))
     }
+}
+
+/// Reads `[admin] token_file` (relative to `base`, the config file's folder): one
+/// line of visible ASCII, surrounding whitespace ignored. A file that cannot be read
+/// or holds no usable token is an error at the key, as a bad value would be.
+pub(super) fn admin_token(
+    admin: &super::AdminConfig,
+    src: &Source,
+    base: &std::path::Path,
+) -> Result<Option<super::AdminToken>, ConfigError> {
+    let Some(file) = &admin.token_file else { return Ok(None) };
+    let path = base.join(file.get_ref());
+    let error = |why: String| src.error(Some(file.span()), "admin.token_file", why);
+    let text = std::fs::read(&path).map_err(|e| error(format!("cannot read `{}`: {e}", path.display())))?;
+    let token = text.trim_ascii();
+    if token.is_empty() {
+        return Err(error(format!("`{}` is empty: put the admin bearer token in it", path.display())));
+    }
+    // What a client can send after `Bearer ` in a header; anything else could never match.
+    if !token.iter().all(|b| b.is_ascii_graphic()) {
+        return Err(error(format!(
+            "`{}` must hold one token of visible ASCII characters (no spaces or control characters)",
+            path.display()
+        )));
+    }
+    Ok(Some(super::AdminToken::new(token)))
+}
+
+/// An `[admin] hosts` entry: a host name or IP (IPv6 in brackets), with an optional port.
+fn check_admin_host(entry: &str) -> Result<(), String> {
+    let bad = || {
+        format!("`{entry}` is not a host name with an optional port, e.g. \"admin.internal\" or \"admin.internal:9901\"")
+    };
+    let (name, _port) = crate::admin::split_host(entry).ok_or_else(bad)?;
+    let ip = name.parse::<std::net::IpAddr>().is_ok();
+    if name.is_empty()
+        || !(ip || name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.' || c == '_'))
+    {
+        return Err(bad());
+    }
+    Ok(())
 }
 
 fn check_host(host: &str) -> Result<(), String> {

@@ -142,14 +142,24 @@ impl Router {
     }
 }
 
-/// The request's host without its port: the URI authority (HTTP/2, absolute-form)
-/// or the `Host` header.
+/// The request's host as routing (and anything keyed on the host) sees it: the URI
+/// authority (HTTP/2, absolute-form) or the `Host` header, through `host_name`.
+/// Not lowercased: callers that compare it lowercase it themselves.
 pub fn request_host<B>(req: &Request<B>) -> Option<&str> {
     let raw = match req.uri().authority() {
         Some(a) => a.as_str(),
         None => req.headers().get(header::HOST)?.to_str().ok()?,
     };
-    Some(strip_port(raw))
+    Some(host_name(raw))
+}
+
+/// A host as sent, normalised: without userinfo and port, and without one trailing
+/// dot. `acl.test.` is the same name as `acl.test` (a fully qualified spelling), so
+/// it must meet that host's routes and their `allow` lists, not fall through to an
+/// any-host route (nginx strips the dot the same way). A slice, never a copy.
+pub fn host_name(raw: &str) -> &str {
+    let host = strip_port(raw);
+    host.strip_suffix('.').unwrap_or(host)
 }
 
 /// A host as sent, without userinfo and port.
@@ -169,4 +179,20 @@ fn lowercase<'b>(host: &str, buf: &'b mut [u8; 256]) -> Option<&'b str> {
     out.copy_from_slice(host.as_bytes());
     out.make_ascii_lowercase();
     std::str::from_utf8(out).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_names_lose_port_userinfo_and_one_trailing_dot() {
+        assert_eq!(host_name("acl.test"), "acl.test");
+        assert_eq!(host_name("acl.test."), "acl.test");
+        assert_eq!(host_name("acl.test.:8080"), "acl.test");
+        assert_eq!(host_name("u@acl.test.:8080"), "acl.test");
+        assert_eq!(host_name("acl.test.."), "acl.test.");
+        assert_eq!(host_name("[::1]:80"), "[::1]");
+        assert_eq!(host_name("."), "");
+    }
 }

@@ -6,11 +6,15 @@
 //! - here: which key a request counts against, the counter of refusals, and the
 //!   `RateLimit-Policy` / `RateLimit` / `Retry-After` response headers.
 //!
-//! Keys: `client_ip` hashes the client's address octets (see `proxy::client_ip` for
-//! `trusted_proxies`); `header:NAME` hashes the header's first value, and requests
-//! without the header all share one bucket (refusing them would make the header a
-//! precondition of the route, which is an access rule, not a rate); `global` is one
-//! bucket. The key is never copied: its bytes are hashed in place.
+//! Keys: `client_ip` hashes the client's address (see `proxy::client_ip` for
+//! `trusted_proxies`) cut to its network prefix (`ipv4_prefix`, default /32, and
+//! `ipv6_prefix`, default /64: one IPv6 subscriber usually holds a whole /64, so
+//! keying per /128 would hand it 2^64 fresh buckets); `header:NAME` hashes the
+//! header's first value, and requests without the header all share one bucket
+//! (refusing them would make the header a precondition of the route, which is an
+//! access rule, not a rate); `global` is one bucket. The key is never copied: its
+//! bytes are hashed in place, with a random key per process (local buckets) or the
+//! seed shared through Redis (see `shared`).
 //!
 //! Headers follow draft-ietf-httpapi-ratelimit-headers (-11): the policy is
 //! `"NAME";q=BURST;w=WINDOW`, with WINDOW the seconds an empty bucket takes to fill,
@@ -48,15 +52,85 @@ pub struct Settings {
     pub rate: f64,
     pub burst: u32,
     pub max_keys: usize,
+    /// `client_ip` keys: the bits of an IPv4 / IPv6 address that name the client.
+    pub ipv4_prefix: u8,
+    pub ipv6_prefix: u8,
 }
 
+/// Default `ipv4_prefix`: one bucket per address.
+pub const DEFAULT_IPV4_PREFIX: u8 = 32;
+/// Default `ipv6_prefix`: one bucket per /64, what one subscriber or host usually holds.
+pub const DEFAULT_IPV6_PREFIX: u8 = 64;
+
 impl Settings {
-    pub fn from_config(limit: &RateLimitConfig) -> Settings {
+    /// Settings with the default address prefixes.
+    pub fn new(key: RateLimitKey, rate: f64, burst: u32, max_keys: usize) -> Settings {
         Settings {
-            key: limit.key.clone(),
-            rate: *limit.rate.get_ref(),
-            burst: *limit.burst.get_ref(),
-            max_keys: *limit.max_keys.get_ref(),
+            key,
+            rate,
+            burst,
+            max_keys,
+            ipv4_prefix: DEFAULT_IPV4_PREFIX,
+            ipv6_prefix: DEFAULT_IPV6_PREFIX,
+        }
+    }
+
+    pub fn from_config(limit: &RateLimitConfig) -> Settings {
+        // Validation keeps the prefixes within 0..=32 and 0..=128.
+        let prefix = |p: &Option<toml::Spanned<u32>>, default: u8| {
+            p.as_ref().map_or(default, |p| u8::try_from(*p.get_ref()).unwrap_or(default))
+        };
+        Settings {
+            ipv4_prefix: prefix(&limit.ipv4_prefix, DEFAULT_IPV4_PREFIX),
+            ipv6_prefix: prefix(&limit.ipv6_prefix, DEFAULT_IPV6_PREFIX),
+            ..Settings::new(
+                limit.key.clone(),
+                *limit.rate.get_ref(),
+                *limit.burst.get_ref(),
+                *limit.max_keys.get_ref(),
+            )
+        }
+    }
+
+    /// What a request counts against, before hashing. `client` is asked for the
+    /// client's address only when the key is `client_ip`.
+    fn key_of<'h>(&self, headers: &'h HeaderMap, client: impl FnOnce() -> IpAddr) -> KeyBytes<'h> {
+        match &self.key {
+            RateLimitKey::Global => KeyBytes::Global,
+            RateLimitKey::ClientIp => match client().to_canonical() {
+                IpAddr::V4(ip) => {
+                    let mask = u32::MAX.checked_shl(32 - u32::from(self.ipv4_prefix.min(32))).unwrap_or(0);
+                    KeyBytes::V4((u32::from(ip) & mask).to_be_bytes())
+                }
+                IpAddr::V6(ip) => {
+                    let mask = u128::MAX.checked_shl(128 - u32::from(self.ipv6_prefix.min(128))).unwrap_or(0);
+                    KeyBytes::V6((u128::from(ip) & mask).to_be_bytes())
+                }
+            },
+            RateLimitKey::Header(name) => KeyBytes::Header(headers.get(name).map(HeaderValue::as_bytes)),
+        }
+    }
+}
+
+/// The bytes a request's bucket is named by: an address cut to its prefix, a header
+/// value (`None`: no header, apart from every value, the empty one too), or nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum KeyBytes<'h> {
+    Global,
+    V4([u8; 4]),
+    V6([u8; 16]),
+    Header(Option<&'h [u8]>),
+}
+
+impl KeyBytes<'_> {
+    /// A tag that keeps the kinds apart, and the bytes: what the shared hash covers.
+    fn tagged(&self) -> (u8, &[u8]) {
+        match self {
+            KeyBytes::Global => (b'g', b""),
+            KeyBytes::V4(octets) => (4, octets),
+            KeyBytes::V6(octets) => (6, octets),
+            KeyBytes::Header(Some(value)) => (1, value),
+            KeyBytes::Header(None) => (0, b""),
         }
     }
 }
@@ -138,25 +212,15 @@ impl Limiter {
         now: Instant,
     ) -> Decision {
         let Some(shared) = &self.shared else { return self.check(headers, client, now) };
-        // Hashed with a fixed function, not the store's random key: every instance
-        // must name the same bucket.
-        let key = match &self.settings.key {
-            RateLimitKey::Global => xxhash_rust::xxh3::xxh3_128(b"g"),
-            RateLimitKey::ClientIp => match client() {
-                IpAddr::V4(ip) => xxhash_rust::xxh3::xxh3_128_with_seed(&ip.octets(), 4),
-                IpAddr::V6(ip) => xxhash_rust::xxh3::xxh3_128_with_seed(&ip.octets(), 6),
-            },
-            RateLimitKey::Header(name) => match headers.get(name) {
-                Some(value) => xxhash_rust::xxh3::xxh3_128_with_seed(value.as_bytes(), 1),
-                None => xxhash_rust::xxh3::xxh3_128(b"none"),
-            },
-        };
-        let decision = match shared.try_take(key.to_le_bytes(), &self.name).await {
+        let key = self.settings.key_of(headers, client);
+        // Hashed in the store with the seed every instance shares, so they name the
+        // same bucket and no client can work out (or aim at) another's.
+        let (tag, bytes) = key.tagged();
+        let decision = match shared.try_take(tag, bytes, &self.name).await {
             Ok(decision) => decision,
             Err(_) => {
                 shared.errors.inc();
-                // The fallback bucket is keyed by the shared key rehashed with this
-                // store's random key, like every local bucket.
+                // The fallback bucket is keyed like every local bucket.
                 match shared.settings.on_error {
                     OnStoreError::Local => self.store.try_take(self.store.hash(key), now),
                     OnStoreError::Deny => Decision::Deny { retry_after: Duration::from_secs(1) },
@@ -172,15 +236,7 @@ impl Limiter {
     /// Takes a token for this request's key. `client` is asked for the client's
     /// address only when the key is `client_ip`. Refusals are counted.
     pub fn check(&self, headers: &HeaderMap, client: impl FnOnce() -> IpAddr, now: Instant) -> Decision {
-        let key = match &self.settings.key {
-            RateLimitKey::Global => 0,
-            RateLimitKey::ClientIp => match client() {
-                IpAddr::V4(ip) => self.store.hash(ip.octets()),
-                IpAddr::V6(ip) => self.store.hash(ip.octets()),
-            },
-            // `None` (no header) hashes apart from every value, the empty one too.
-            RateLimitKey::Header(name) => self.store.hash(headers.get(name).map(HeaderValue::as_bytes)),
-        };
+        let key = self.store.hash(self.settings.key_of(headers, client));
         let decision = self.store.try_take(key, now);
         if matches!(decision, Decision::Deny { .. }) {
             self.rate_limited.inc();
@@ -263,7 +319,29 @@ mod tests {
 
     fn limiter(key: RateLimitKey, rate: f64, burst: u32) -> Limiter {
         let counter = IntCounter::with_opts(Opts::new("t", "t")).unwrap();
-        Limiter::new("per_client", Settings { key, rate, burst, max_keys: 1000 }, counter)
+        Limiter::new("per_client", Settings::new(key, rate, burst, 1000), counter)
+    }
+
+    #[test]
+    fn client_ip_keys_cover_the_prefix() {
+        let mut settings = Settings::new(RateLimitKey::ClientIp, 1.0, 1, 1000);
+        let h = HeaderMap::new();
+        let key = |s: &Settings, ip: &str| s.key_of(&h, || ip.parse().unwrap());
+        assert_eq!(key(&settings, "2001:db8:1:2::1"), key(&settings, "2001:db8:1:2:ffff::9"));
+        assert_ne!(key(&settings, "2001:db8:1:2::1"), key(&settings, "2001:db8:1:3::1"));
+        assert_ne!(key(&settings, "192.0.2.1"), key(&settings, "192.0.2.2"));
+        // A mapped IPv4 address is the IPv4 client.
+        assert_eq!(key(&settings, "::ffff:192.0.2.1"), key(&settings, "192.0.2.1"));
+        settings.ipv4_prefix = 24;
+        settings.ipv6_prefix = 128;
+        assert_eq!(key(&settings, "192.0.2.1"), key(&settings, "192.0.2.200"));
+        assert_ne!(key(&settings, "192.0.2.1"), key(&settings, "192.0.3.1"));
+        assert_ne!(key(&settings, "2001:db8:1:2::1"), key(&settings, "2001:db8:1:2::2"));
+        settings.ipv4_prefix = 0;
+        settings.ipv6_prefix = 0;
+        assert_eq!(key(&settings, "192.0.2.1"), key(&settings, "203.0.113.9"));
+        assert_eq!(key(&settings, "2001:db8::1"), key(&settings, "fe80::1"));
+        assert_ne!(key(&settings, "0.0.0.0"), key(&settings, "::"));
     }
 
     fn local() -> IpAddr {

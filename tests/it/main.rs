@@ -1,5 +1,6 @@
 //! weir's integration tests: one binary, real sockets on 127.0.0.1, real HTTP.
 
+mod admin;
 mod balancing;
 mod cache;
 mod cache_poisoning;

@@ -210,3 +210,33 @@ servers = [{ address = "{a}" }]
         .unwrap();
     assert_eq!(a.hits(), 2);
 }
+
+/// `client_ip` keys cover the client's network, not its single address: two IPv6
+/// clients in one /64 (the default `ipv6_prefix`) share a bucket, another /64 has its
+/// own, and IPv4 clients are still one per address. With `ipv6_prefix = 48` the
+/// neighbouring /64 is the same client too.
+#[tokio::test]
+async fn ipv6_clients_share_a_bucket_per_64_by_default() {
+    let a = Backend::named("a").start().await;
+    let trusted = "trusted_proxies = [\"127.0.0.1/32\"]";
+    let weir = Weir::start(&limited("client_ip", trusted), &[&a]).await;
+    let from = |ip: &'static str| [("x-forwarded-for", ip)];
+    assert_eq!(get_head(&weir, &from("2001:db8:1:2::1")).await.0, 200);
+    assert_eq!(get_head(&weir, &from("2001:db8:1:2::1")).await.0, 200);
+    // Another address of the same /64: the same, spent bucket.
+    assert_eq!(get_head(&weir, &from("2001:db8:1:2:8000::77")).await.0, 429);
+    // The next /64 is another client.
+    assert_eq!(get_head(&weir, &from("2001:db8:1:3::1")).await.0, 200);
+    // IPv4 clients are one per address (ipv4_prefix 32).
+    for _ in 0..2 {
+        assert_eq!(get_head(&weir, &from("192.0.2.1")).await.0, 200);
+    }
+    assert_eq!(get_head(&weir, &from("192.0.2.2")).await.0, 200);
+
+    let config = limited("client_ip", trusted).replace("burst = 2", "burst = 2\nipv6_prefix = 48");
+    let weir = Weir::start(&config, &[&a]).await;
+    assert_eq!(get_head(&weir, &from("2001:db8:1:2::1")).await.0, 200);
+    assert_eq!(get_head(&weir, &from("2001:db8:1:3::1")).await.0, 200);
+    assert_eq!(get_head(&weir, &from("2001:db8:1:ffff::1")).await.0, 429);
+    assert_eq!(get_head(&weir, &from("2001:db8:2::1")).await.0, 200);
+}

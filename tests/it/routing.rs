@@ -119,3 +119,32 @@ async fn routing_precedence_end_to_end() {
         assert_eq!(got, want, "{method} {host} {path}");
     }
 }
+
+/// `Host: acl.test.` (the fully qualified spelling, one trailing dot) is the host
+/// `acl.test`: it meets that host's route and its `allow` list, instead of falling
+/// through to the any-host route and skipping the list.
+#[tokio::test]
+async fn a_host_with_a_trailing_dot_meets_its_exact_route_and_allow_list() {
+    let backends = [Backend::named("private").start().await, Backend::named("public").start().await];
+    let config = r#"
+[[listeners]]
+name = "web"
+listen = "127.0.0.1:0"
+[[routes]]
+host = "acl.test"
+upstream = "private"
+allow = ["10.0.0.0/8"]
+[[routes]]
+upstream = "public"
+[upstreams.private]
+servers = [{ address = "{private}" }]
+[upstreams.public]
+servers = [{ address = "{public}" }]
+"#;
+    let weir = Weir::start(config, &[&backends[0], &backends[1]]).await;
+    for host in ["acl.test", "acl.test.", "ACL.Test.:8080"] {
+        assert_eq!(who(&weir, &backends, Method::GET, host, "/").await, "403", "{host}");
+    }
+    assert_eq!(who(&weir, &backends, Method::GET, "acl.test..", "/").await, "public");
+    assert_eq!(who(&weir, &backends, Method::GET, "other.test.", "/").await, "public");
+}

@@ -199,6 +199,70 @@ async fn a_limit_that_fails_closed_refuses_when_the_store_is_down() {
     assert_eq!(metric(&metrics, "weir_rate_limit_store_errors_total{rate_limit=\"shared\"}"), 1.0);
 }
 
+/// Shared bucket names are keyed by a seed kept in Redis: both instances take it from
+/// there, so they still share buckets, while the name in Redis is not the unkeyed
+/// XXH3-128 of the key that anyone can compute (and aim other keys at). When the seed
+/// goes missing (a flushed Redis), both instances adopt the new one and keep sharing.
+#[tokio::test]
+async fn shared_bucket_names_are_keyed_by_a_seed_both_instances_take_from_redis() {
+    let Some(redis) = Redis::start().await else { return };
+    let a = Backend::named("a").start().await;
+    let config = shared_limit(&redis.url(), 1, 2, "store_timeout = \"400ms\"")
+        .replace("key = \"global\"", "key = \"header:x-api-key\"")
+        .replace("rate = 1\n", "rate = 0.01\n");
+    let one = Weir::start(&config, &[&a]).await;
+    let two = Weir::start(&config, &[&a]).await;
+    let status = |weir: &Weir, key: &'static str| {
+        let url = weir.url("/");
+        async move {
+            let req = http::Request::get(url).header("x-api-key", key).body(Default::default()).unwrap();
+            crate::support::send(req).await.0.as_u16()
+        }
+    };
+    let shares_one_bucket = || async {
+        let got = [
+            status(&one, "k").await,
+            status(&two, "k").await,
+            status(&one, "k").await,
+            status(&two, "k").await,
+        ];
+        assert_eq!(got, [200, 200, 429, 429], "the instances do not share the bucket");
+    };
+    shares_one_bucket().await;
+    assert_eq!(status(&two, "other").await, 200, "another key has its own bucket");
+
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut redis_conn = client.get_multiplexed_async_connection().await.unwrap();
+    let bucket_names = || async {
+        let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+        let names: Vec<Vec<u8>> =
+            redis::cmd("KEYS").arg("weir:rl:shared:*").query_async(&mut conn).await.unwrap();
+        assert_eq!(names.len(), 2, "one bucket per key");
+        names
+    };
+    let unkeyed = xxhash_rust::xxh3::xxh3_128_with_seed(b"k", 1).to_le_bytes();
+    let names = bucket_names().await;
+    for name in &names {
+        assert_eq!(name.len(), "weir:rl:shared:".len() + 16);
+        assert_ne!(name[name.len() - 16..], unkeyed, "the bucket is named by the unkeyed hash");
+    }
+    let seed: Option<String> =
+        redis::cmd("GET").arg("weir:rl:seed").query_async(&mut redis_conn).await.unwrap();
+    let seed = seed.expect("no seed in Redis");
+    assert_eq!(seed.len(), 64, "{seed}");
+
+    // The seed disappears: the instances adopt a new one and still share.
+    let _: i64 = redis::cmd("DEL").arg("weir:rl:seed").query_async(&mut redis_conn).await.unwrap();
+    shares_one_bucket().await;
+    let new_seed: Option<String> =
+        redis::cmd("GET").arg("weir:rl:seed").query_async(&mut redis_conn).await.unwrap();
+    assert_ne!(new_seed.as_deref(), Some(seed.as_str()), "the seed was not replaced");
+    assert!(new_seed.is_some());
+    let (m1, m2) = (one.metrics().await, two.metrics().await);
+    assert_eq!(metric(&m1, "weir_rate_limit_store_errors_total{rate_limit=\"shared\"}"), 0.0);
+    assert_eq!(metric(&m2, "weir_rate_limit_store_errors_total{rate_limit=\"shared\"}"), 0.0);
+}
+
 /// The weir binary, for the tests that need separate processes.
 const WEIR: &str = env!("CARGO_BIN_EXE_weir");
 

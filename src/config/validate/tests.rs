@@ -266,3 +266,38 @@ fn scale_out_settings_are_checked() {
     let e = err(&LIMITED.replace("max_connections = 100", "reuse_port = 1"));
     assert!(e.contains("reuse_port"), "{e}");
 }
+
+#[test]
+fn client_ip_prefixes_are_checked() {
+    let ok = LIMITED.replace("burst = 2", "burst = 2\nipv4_prefix = 24\nipv6_prefix = 48");
+    let config = parse(&ok, Path::new("w.toml")).unwrap();
+    let settings = crate::ratelimit::Settings::from_config(&config.rate_limits["per_client"]);
+    assert_eq!((settings.ipv4_prefix, settings.ipv6_prefix), (24, 48));
+    let e = err(&LIMITED.replace("burst = 2", "burst = 2\nipv6_prefix = 129"));
+    assert!(
+        e.starts_with(
+            "w.toml:23:15: `rate_limits.per_client.ipv6_prefix`: must be a prefix length from 0 to 128"
+        ),
+        "{e}"
+    );
+    let e = err(&LIMITED.replace("burst = 2", "burst = 2\nipv4_prefix = 33"));
+    assert!(e.contains("`rate_limits.per_client.ipv4_prefix`: must be a prefix length from 0 to 32"), "{e}");
+    let e = err(&LIMITED
+        .replace("burst = 2", "burst = 2\nipv4_prefix = 24")
+        .replace("\"client_ip\"", "\"global\""));
+    assert!(e.contains("`rate_limits.per_client.ipv4_prefix`: is only used with key = \"client_ip\""), "{e}");
+}
+
+#[test]
+fn admin_hosts_are_names_with_an_optional_port() {
+    let with = |hosts: &str| format!("[admin]\nlisten = \"127.0.0.1:9901\"\nhosts = {hosts}\n{BASE}");
+    let config = parse(
+        &with("[\"admin.internal\", \"a.test:8443\", \"[::1]:9901\", \"10.0.0.5\"]"),
+        Path::new("w.toml"),
+    );
+    assert_eq!(config.unwrap().admin.unwrap().hosts.len(), 4);
+    for bad in ["*.internal", "a.test:99999", "a b", "", "a.test/x", "[::1"] {
+        let e = err(&with(&format!("[\"ok.test\", {bad:?}]")));
+        assert!(e.starts_with("w.toml:3:21: `admin.hosts[1]`: "), "{bad}: {e}");
+    }
+}

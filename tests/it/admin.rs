@@ -179,7 +179,7 @@ async fn a_reload_rotates_the_admin_token() {
     assert_eq!(ask(addr, "DELETE", "/cache/pages?key=http://x/", &host, "").await.0, 401);
     assert_eq!(purge("first").await, 200);
     std::fs::write(&token_file, "second\n").unwrap();
-    weir.reloader.reload().unwrap();
+    weir.reloader.reload().await.unwrap();
     assert_eq!(purge("first").await, 401);
     assert_eq!(purge("second").await, 200);
 }

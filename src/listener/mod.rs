@@ -100,6 +100,8 @@ pub struct Settings {
     idle_timeout: Duration,
     /// Largest request head weir's HTTP/1.1 server reads (hyper's `max_buf_size`).
     max_header_size: usize,
+    /// Forward header names with `_` (`Peer::underscores_in_headers`).
+    underscores_in_headers: bool,
 }
 
 impl Settings {
@@ -130,6 +132,7 @@ impl Settings {
             send_timeout: config.send_timeout.0,
             idle_timeout: config.idle_timeout.0,
             max_header_size: *config.max_header_size.get_ref(),
+            underscores_in_headers: config.underscores_in_headers,
             max_connections,
             slots,
         }
@@ -239,6 +242,7 @@ impl Shared {
         let handshake_timeout = settings.handshake_timeout;
         let mut peer = Peer::new(addr, self.slot, tls.is_some());
         peer.body_read_timeout = settings.body_read_timeout;
+        peer.underscores_in_headers = settings.underscores_in_headers;
         let connection = Connection { settings, runtime: self.runtime.clone(), stop, peer };
         match tls {
             None => connection.serve_plain(stream).await,

@@ -40,6 +40,8 @@ pub enum ProxyError {
     AccessDenied,
     #[error("the path has a dot-segment or an empty segment")]
     UnsafePath,
+    #[error("more request header fields than allowed")]
+    HeadersTooLarge,
 }
 
 impl ProxyError {
@@ -60,6 +62,7 @@ impl ProxyError {
             ProxyError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ProxyError::AccessDenied => StatusCode::FORBIDDEN,
             ProxyError::UnsafePath => StatusCode::BAD_REQUEST,
+            ProxyError::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
         }
     }
 
@@ -80,6 +83,7 @@ impl ProxyError {
             ProxyError::BodyTooLarge { .. } => "request body too large",
             ProxyError::AccessDenied => "access denied",
             ProxyError::UnsafePath => "unsafe path",
+            ProxyError::HeadersTooLarge => "too many header fields",
         }
     }
 
@@ -124,6 +128,7 @@ pub fn status_response(status: StatusCode) -> Response<Body> {
         StatusCode::BAD_REQUEST => b"400 Bad Request\n",
         StatusCode::FORBIDDEN => b"403 Forbidden\n",
         StatusCode::PAYLOAD_TOO_LARGE => b"413 Content Too Large\n",
+        StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE => b"431 Request Header Fields Too Large\n",
         _ => b"",
     };
     let mut response = Response::new(Body::from_static(body));

@@ -42,12 +42,15 @@ pub struct Peer {
     /// Longest pause allowed in the client's request body (the listener's
     /// `body_read_timeout`).
     pub body_read_timeout: std::time::Duration,
+    /// Forward header names with `_` (the listener's `underscores_in_headers`).
+    pub underscores_in_headers: bool,
 }
 
 impl Peer {
     pub fn new(addr: SocketAddr, listener: usize, tls: bool) -> Peer {
         let ip = HeaderValue::from_str(&addr.ip().to_string()).unwrap_or(HeaderValue::from_static("unknown"));
-        Peer { addr, listener, tls, ip, body_read_timeout: std::time::Duration::from_secs(60) }
+        let body_read_timeout = std::time::Duration::from_secs(60);
+        Peer { addr, listener, tls, ip, body_read_timeout, underscores_in_headers: false }
     }
 }
 

@@ -41,13 +41,14 @@ use route::{Action, Proxy, Route};
 /// One request: route -> (answer locally | limit -> (cache) -> admit -> forward) ->
 /// record (metrics, then the access log). Access lists come first: a refused client
 /// costs no upstream work.
-pub async fn handle(rt: &Runtime, req: Request<ClientBody>, peer: &Peer) -> Response<Body> {
+pub async fn handle(rt: &Runtime, mut req: Request<ClientBody>, peer: &Peer) -> Response<Body> {
     let started = Instant::now();
     let mut log = rt.access_log.as_ref().map(|log| log.begin(started, peer.addr, &req));
     if let Err(error) = framing::check(&req) {
         tracing::debug!(client = %peer.addr, %error, "refused");
         return unrouted(rt, error, started, log);
     }
+    framing::sanitize(&mut req, peer.underscores_in_headers);
     // Before routing, so no path that a server would read as another route's can match.
     if !shaping::path_is_safe(req.uri().path()) {
         return unrouted(rt, ProxyError::UnsafePath, started, log);
@@ -176,6 +177,7 @@ async fn proxy_to(
 
 /// The request id, the route's request header rules and its path rewrite.
 fn shape_request(proxy: &Proxy, req: &mut Request<ClientBody>, peer: &Peer, shaped: &Shaped) {
+    proxy.upgrades.restrict(req.headers_mut());
     if let Some(id) = shaped.request_id {
         req.headers_mut().insert(&X_REQUEST_ID, id.clone());
     }

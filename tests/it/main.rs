@@ -8,6 +8,7 @@ mod failures;
 mod hardening_clients;
 mod hardening_slow;
 mod hardening_upstreams;
+mod hygiene;
 mod headers;
 mod health;
 mod observability;

@@ -409,7 +409,10 @@ fn build_route(
             request_timeout: r.request_timeout.map_or(upstream.request_timeout, |d| d.0),
             max_request_body: r.max_request_body.as_ref().map(|m| m.get_ref().0),
             cache: r.cache.as_ref().and_then(|c| caches.get(c.get_ref().as_str()).cloned()),
-            upgrades: r.upgrades.as_ref().map_or_else(Upgrades::default, |u| Upgrades::new(u.iter().map(|p| p.get_ref()))),
+            upgrades: r
+                .upgrades
+                .as_ref()
+                .map_or_else(Upgrades::default, |u| Upgrades::new(u.iter().map(|p| p.get_ref()))),
         }),
         (None, Some(redirect), _) => Action::Answer(
             LocalAnswer::redirect(redirect)

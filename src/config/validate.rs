@@ -336,7 +336,10 @@ fn route(config: &Config, src: &Source, i: usize, r: &RouteConfig) -> Result<Rou
             return Err(src.error(
                 Some(protocol.span()),
                 &format!("{key}.upgrades"),
-                format!("`{}` is not an Upgrade protocol name (a token such as `websocket`)", protocol.get_ref()),
+                format!(
+                    "`{}` is not an Upgrade protocol name (a token such as `websocket`)",
+                    protocol.get_ref()
+                ),
             ));
         }
     }

@@ -577,7 +577,8 @@ async fn tls_exchange(weir: &Weir, root: &CertificateDer<'static>, alpn: &[&[u8]
     }
 }
 
-const H2_PREFACE_AND_SETTINGS: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00";
+const H2_PREFACE_AND_SETTINGS: &[u8] =
+    b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00";
 
 #[tokio::test]
 async fn alpn_alone_decides_the_protocol_on_tls() {

@@ -59,7 +59,8 @@ async fn userinfo_in_host_is_refused_and_dropped_from_absolute_form_targets() {
     assert!(backend.requests().is_empty(), "refused before forwarding");
 
     let reply =
-        exchange(weir.addr, b"GET http://user:pw@app.test:8080/p HTTP/1.1\r\nHost: app.test:8080\r\n\r\n").await;
+        exchange(weir.addr, b"GET http://user:pw@app.test:8080/p HTTP/1.1\r\nHost: app.test:8080\r\n\r\n")
+            .await;
     assert_eq!(statuses(&reply), [200], "{reply}");
     let seen = only(&backend.requests()).clone();
     assert_eq!(seen.line(), "GET /p HTTP/1.1");

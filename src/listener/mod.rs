@@ -337,6 +337,7 @@ impl Connection {
     /// `header_read_timeout`.
     async fn serve_plain(self, mut stream: tokio::net::TcpStream) {
         let mut first = BytesMut::with_capacity(8 * 1024);
+        let mut line = FirstLine::default();
         let deadline = Instant::now() + self.settings.handshake_timeout;
         loop {
             // The lobby hands over a socket with bytes to read: the first read needs
@@ -356,7 +357,7 @@ impl Connection {
             }
             let n = first.len().min(H2_PREFACE.len());
             if first[..n] != H2_PREFACE[..n] {
-                match speaks_http1(&first, self.settings.max_header_size) {
+                match line.speaks_http1(&first, self.settings.max_header_size) {
                     Some(true) => return h1::serve(self, stream, first).await,
                     Some(false) => {
                         tracing::debug!(client = %self.peer.addr, "neither HTTP/1 nor h2: closed");
@@ -448,18 +449,36 @@ where
     }
 }
 
-/// Whether the first bytes of a plain connection (not an h2 preface) open an HTTP/1
-/// request: its first line ends in ` HTTP/1.0` or ` HTTP/1.1`. `None`: the line is
-/// not complete yet (a line longer than a head may be is left to `h1`, for its `431`).
-/// Empty lines before it are skipped, as RFC 9112 §2.2 lets a server do.
-fn speaks_http1(first: &[u8], max_head: usize) -> Option<bool> {
-    let start = first.iter().position(|&b| b != b'\r' && b != b'\n').unwrap_or(first.len());
-    let Some(end) = first[start..].iter().position(|&b| b == b'\n') else {
-        return (first.len() >= max_head).then_some(true);
-    };
-    let line = &first[start..start + end];
-    let line = line.strip_suffix(b"\r").unwrap_or(line);
-    Some(line.ends_with(b" HTTP/1.1") || line.ends_with(b" HTTP/1.0"))
+/// The first line of a plain connection that is not an h2 preface, found across
+/// reads: each byte is looked at once, however the line is split.
+#[derive(Default)]
+struct FirstLine {
+    /// Where the line starts: after any empty lines, which RFC 9112 §2.2 lets a
+    /// server skip.
+    start: usize,
+    /// Bytes already searched for the line's end.
+    scanned: usize,
+}
+
+impl FirstLine {
+    /// Whether the connection opens an HTTP/1 request: its first line ends in
+    /// ` HTTP/1.0` or ` HTTP/1.1`. `None`: the line is not complete yet (one longer
+    /// than a head may be is left to `h1`, for its `431`).
+    fn speaks_http1(&mut self, first: &[u8], max_head: usize) -> Option<bool> {
+        while let Some(at) = first[self.scanned..].iter().position(|&b| b == b'\n') {
+            let end = self.scanned + at;
+            let line = &first[self.start..end];
+            let line = line.strip_suffix(b"\r").unwrap_or(line);
+            self.scanned = end + 1;
+            if line.is_empty() {
+                self.start = self.scanned;
+                continue;
+            }
+            return Some(line.ends_with(b" HTTP/1.1") || line.ends_with(b" HTTP/1.0"));
+        }
+        self.scanned = first.len();
+        (first.len() >= max_head).then_some(true)
+    }
 }
 
 /// When a connection last started or finished a request, and how many are running,
@@ -717,15 +736,33 @@ mod tests {
 
     #[test]
     fn only_an_http1_first_line_goes_to_the_http1_server() {
-        assert_eq!(speaks_http1(b"GET / HTTP/1.1\r\nHost: a\r\n", 8192), Some(true));
-        assert_eq!(speaks_http1(b"\r\nGET / HTTP/1.0\r\n", 8192), Some(true));
-        assert_eq!(speaks_http1(b"GET / HTTP/1.1\n", 8192), Some(true));
-        assert_eq!(speaks_http1(b"GET / HTTP/1.1", 8192), None);
-        assert_eq!(speaks_http1(b"INVALID CONNECTION PREFACE\r\n\r\n", 8192), Some(false));
-        assert_eq!(speaks_http1(b"GET / HTTP/2.0\r\n", 8192), Some(false));
-        assert_eq!(speaks_http1(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03\n", 8192), Some(false));
+        let speaks = |bytes: &[u8], max| FirstLine::default().speaks_http1(bytes, max);
+        assert_eq!(speaks(b"GET / HTTP/1.1\r\nHost: a\r\n", 8192), Some(true));
+        assert_eq!(speaks(b"\r\n\nGET / HTTP/1.0\r\n", 8192), Some(true));
+        assert_eq!(speaks(b"GET / HTTP/1.1\n", 8192), Some(true));
+        assert_eq!(speaks(b"GET / HTTP/1.1", 8192), None);
+        assert_eq!(speaks(b"INVALID CONNECTION PREFACE\r\n\r\n", 8192), Some(false));
+        assert_eq!(speaks(b"GET / HTTP/2.0\r\n", 8192), Some(false));
+        assert_eq!(speaks(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03\n", 8192), Some(false));
         // Too long to be a head at all: h1 answers it with 431.
-        assert_eq!(speaks_http1(&[b'a'; 64], 64), Some(true));
+        assert_eq!(speaks(&[b'a'; 64], 64), Some(true));
+    }
+
+    #[test]
+    fn a_first_line_split_anywhere_is_read_the_same() {
+        let bytes = b"\r\nGET /a HTTP/1.1\r\nHost: a\r\n\r\n";
+        for split in 0..bytes.len() {
+            let mut line = FirstLine::default();
+            let early = line.speaks_http1(&bytes[..split], 8192);
+            let answer = early.or_else(|| line.speaks_http1(bytes, 8192));
+            assert_eq!(answer, Some(true), "split at {split}");
+        }
+        // A byte at a time: each read looks only at the new byte.
+        let mut line = FirstLine::default();
+        for n in 1..=16 {
+            assert_eq!(line.speaks_http1(&b"GET /aaaaaaaaaaaaaaaaaaaa"[..n], 8192), None);
+            assert_eq!(line.scanned, n);
+        }
     }
 
     #[tokio::test(start_paused = true)]

@@ -99,9 +99,10 @@ weir_pid=$!
 pids+=("$weir_pid")
 
 ready=0
-for _ in $(seq 1 100); do
-  if curl -fsS -o /dev/null "http://127.0.0.1:$h2c_port/" 2>/dev/null &&
-    curl -fsSk -o /dev/null "https://127.0.0.1:$tls_port/" 2>/dev/null; then
+for _ in $(seq 1 300); do
+  if (exec 3<>"/dev/tcp/127.0.0.1/$backend_port") 2>/dev/null &&
+    (exec 3<>"/dev/tcp/127.0.0.1/$h2c_port") 2>/dev/null &&
+    (exec 3<>"/dev/tcp/127.0.0.1/$tls_port") 2>/dev/null; then
     ready=1
     break
   fi

@@ -111,6 +111,7 @@ impl Settings {
             .timer(TokioTimer::new())
             .header_read_timeout(config.header_read_timeout.0)
             .max_buf_size(*config.max_header_size.get_ref())
+            .max_headers(crate::proxy::framing::MAX_HEADERS)
             .keep_alive(true);
         let mut http2 = http2::Builder::new(TokioExecutor::new());
         http2

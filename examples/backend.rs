@@ -1,14 +1,15 @@
 //! A small demo and benchmark backend: answers every request with a short text
-//! naming itself, or with `size` bytes for `GET /bytes/<size>`.
+//! naming itself, or with `size` bytes for `GET /bytes/<size>`, once it has read the
+//! request's body (as most applications do; a request whose body fails gets no
+//! answer, and its connection closes).
 //!
 //!     cargo run --release --example backend -- 127.0.0.1:9001 one
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
 
 use bytes::Bytes;
 use http::{Request, Response};
-use http_body_util::Full;
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -31,8 +32,10 @@ async fn main() -> std::io::Result<()> {
             let service = service_fn(move |req: Request<Incoming>| {
                 let hello = hello.clone();
                 async move {
-                    let body = match req
-                        .uri()
+                    let (parts, body) = req.into_parts();
+                    body.collect().await?;
+                    let body = match parts
+                        .uri
                         .path()
                         .strip_prefix("/bytes/")
                         .and_then(|n| n.parse::<usize>().ok())
@@ -40,7 +43,7 @@ async fn main() -> std::io::Result<()> {
                         Some(size) => Bytes::from(vec![b'x'; size.min(64 << 20)]),
                         None => hello,
                     };
-                    Ok::<_, Infallible>(Response::new(Full::new(body)))
+                    Ok::<_, hyper::Error>(Response::new(Full::new(body)))
                 }
             });
             let _ = auto::Builder::new(TokioExecutor::new())

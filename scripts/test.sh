@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Runs every test: unit, property, integration (real sockets on 127.0.0.1) and the
-# benches' smoke runs, and checks the Prometheus alert rules. Installs the system tools
-# the tests use when they are missing.
+# Runs every test: unit, property, integration (real sockets on 127.0.0.1), the
+# benches' smoke runs and HTTP/2 conformance (scripts/h2spec.sh), and checks the
+# Prometheus alert rules. Installs the system tools the tests use when they are
+# missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -34,6 +35,10 @@ else
 fi
 
 cargo test --all-targets "$@"
+
+# HTTP/2 conformance (h2spec) against weir's h2c and TLS listeners; skipped with a
+# note when h2spec is not there.
+./scripts/h2spec.sh
 
 # A short fuzz run when asked (CI sets WEIR_FUZZ_SECONDS, e.g. 30) and the tools are
 # here; see fuzz/README.md for the longer run. A crash fails the test run.

@@ -27,7 +27,7 @@ use crate::metrics::{Metrics, UpstreamMetrics};
 use crate::proxy::client::{server_name, tls_name, UpstreamTls};
 use crate::proxy::client_ip::TrustedProxies;
 use crate::proxy::retry::RetryBudget;
-use crate::proxy::route::{Action, Proxy, Route, Router};
+use crate::proxy::route::{Action, Proxy, Route, Router, Upgrades};
 use crate::ratelimit::{Limiter, Settings, StoreSettings};
 use crate::shaping::sticky::Sticky;
 use crate::shaping::template::Var;
@@ -416,6 +416,10 @@ fn build_route(
                 .as_ref()
                 .and_then(|c| caches.get(c.get_ref().as_str()).cloned())
                 .map(|cache| cache::RouteCache { cache, route: cache::route_identity(r) }),
+            upgrades: r
+                .upgrades
+                .as_ref()
+                .map_or_else(Upgrades::default, |u| Upgrades::new(u.iter().map(|p| p.get_ref()))),
         }),
         (None, Some(redirect), _) => Action::Answer(
             LocalAnswer::redirect(redirect)

@@ -617,6 +617,7 @@ impl Cache {
             tls: peer.tls,
             ip: peer.ip.clone(),
             body_read_timeout: peer.body_read_timeout,
+            underscores_in_headers: peer.underscores_in_headers,
         };
         let (cache, upstream) = (self.clone(), upstream.clone());
         tokio::spawn(async move {

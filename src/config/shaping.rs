@@ -97,6 +97,7 @@ pub(super) fn check_route(src: &Source, key: &str, r: &RouteConfig) -> Result<()
             ("rewrite", r.rewrite.is_some()),
             ("max_request_body", r.max_request_body.is_some()),
             ("request_timeout", r.request_timeout.is_some()),
+            ("upgrades", r.upgrades.is_some()),
         ];
         if let Some((what, _)) = stray.iter().find(|(_, set)| *set) {
             return Err(src.error(

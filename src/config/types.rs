@@ -180,6 +180,10 @@ pub struct ListenerConfig {
     /// (HTTP/1.1 keep-alive and HTTP/2 alike).
     #[serde(default = "defaults::idle_timeout")]
     pub idle_timeout: Dur,
+    /// Forward request header names that contain `_`; by default they are dropped
+    /// (nginx's `underscores_in_headers`).
+    #[serde(default)]
+    pub underscores_in_headers: bool,
 }
 
 /// `[listeners.tls]`
@@ -260,6 +264,10 @@ pub struct RouteConfig {
     /// Overrides the upstream's `request_timeout` for this route.
     #[serde(default)]
     pub request_timeout: Option<Dur>,
+    /// `Upgrade` protocols tunnelled to the upstream (default `["websocket"]`); a
+    /// request offering any other goes on as a plain request, its `Upgrade` removed.
+    #[serde(default)]
+    pub upgrades: Option<Vec<Spanned<String>>>,
 }
 
 /// `[caches.NAME]`: an RFC 9111 shared response cache held in memory.

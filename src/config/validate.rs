@@ -336,6 +336,18 @@ fn route(config: &Config, src: &Source, i: usize, r: &RouteConfig) -> Result<Rou
         ));
     }
     methods.sort();
+    for protocol in r.upgrades.iter().flatten() {
+        if !crate::proxy::route::Upgrades::is_protocol_name(protocol.get_ref()) {
+            return Err(src.error(
+                Some(protocol.span()),
+                &format!("{key}.upgrades"),
+                format!(
+                    "`{}` is not an Upgrade protocol name (a token such as `websocket`)",
+                    protocol.get_ref()
+                ),
+            ));
+        }
+    }
     let mut listeners = Vec::new();
     for l in r.listeners.iter().flatten() {
         if !config.listeners.iter().any(|x| x.name.get_ref() == l.get_ref()) {

@@ -7,8 +7,15 @@
 //!
 //! Who serves what: a plain-TCP connection whose first bytes are not the h2 preface
 //! goes to weir's own HTTP/1.1 server (`h1`, the hot path, cheaper per request than
-//! hyper's); h2 with prior knowledge, and every TLS connection, go to hyper-util's
-//! `auto` server. Both feed `proxy::handle` with a `ClientBody`.
+//! hyper's), provided its first line ends in `HTTP/1.0` or `HTTP/1.1`: anything else
+//! (an h2 client with a broken preface, TLS sent to a plain port) speaks neither
+//! protocol and is closed without an HTTP/1.1 answer it could not read. h2 with prior
+//! knowledge goes to hyper's h2 server. On TLS, ALPN alone decides (RFC 9113 §3.3):
+//! `h2` is served as HTTP/2 only (a bad preface gets the connection closed, never an
+//! HTTP/1.1 `400`), `http/1.1` or no ALPN at all as HTTP/1.1 only, on hyper's
+//! servers; this is nginx's choice (HAProxy sniffs for a preface when there is no
+//! ALPN, but an HTTP/2 client over TLS must use ALPN). All feed `proxy::handle` with
+//! a `ClientBody`.
 //!
 //! `max_connections`: each connection holds a semaphore permit until it closes, and
 //! the loop takes a permit *before* accepting, so at the limit weir simply stops
@@ -42,9 +49,9 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use futures_util::stream::{FuturesUnordered, StreamExt};
+use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
 use prometheus::IntGauge;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpListener;
@@ -76,7 +83,10 @@ pub struct Listener {
 
 /// How a listener serves connections: what a reload may change without rebinding.
 pub struct Settings {
-    builder: auto::Builder<TokioExecutor>,
+    /// hyper's HTTP/1.1 server, for TLS connections that did not agree on h2.
+    http1: http1::Builder,
+    /// hyper's HTTP/2 server: h2 with prior knowledge, or agreed by ALPN.
+    http2: http2::Builder<TokioExecutor>,
     /// A TLS handshake, and the wait for a connection's first bytes, get as long as
     /// a request head.
     handshake_timeout: Duration,
@@ -90,19 +100,21 @@ pub struct Settings {
     idle_timeout: Duration,
     /// Largest request head weir's HTTP/1.1 server reads (hyper's `max_buf_size`).
     max_header_size: usize,
+    /// Forward header names with `_` (`Peer::underscores_in_headers`).
+    underscores_in_headers: bool,
 }
 
 impl Settings {
     pub fn new(config: &ListenerConfig) -> Settings {
-        let mut builder = auto::Builder::new(TokioExecutor::new());
-        builder
-            .http1()
+        let mut http1 = http1::Builder::new();
+        http1
             .timer(TokioTimer::new())
             .header_read_timeout(config.header_read_timeout.0)
             .max_buf_size(*config.max_header_size.get_ref())
+            .max_headers(crate::proxy::framing::MAX_HEADERS)
             .keep_alive(true);
-        builder
-            .http2()
+        let mut http2 = http2::Builder::new(TokioExecutor::new());
+        http2
             .timer(TokioTimer::new())
             .max_concurrent_streams(config.h2_max_concurrent_streams)
             // Rapid reset (CVE-2023-44487): a client may only have so many streams
@@ -114,12 +126,14 @@ impl Settings {
         let max_connections = config.max_connections.as_ref().map(|m| *m.get_ref());
         let slots = max_connections.map(|max| Arc::new(Semaphore::new(max.clamp(1, Semaphore::MAX_PERMITS))));
         Settings {
-            builder,
+            http1,
+            http2,
             handshake_timeout: config.header_read_timeout.0,
             body_read_timeout: config.body_read_timeout.0,
             send_timeout: config.send_timeout.0,
             idle_timeout: config.idle_timeout.0,
             max_header_size: *config.max_header_size.get_ref(),
+            underscores_in_headers: config.underscores_in_headers,
             max_connections,
             slots,
         }
@@ -229,11 +243,18 @@ impl Shared {
         let handshake_timeout = settings.handshake_timeout;
         let mut peer = Peer::new(addr, self.slot, tls.is_some());
         peer.body_read_timeout = settings.body_read_timeout;
+        peer.underscores_in_headers = settings.underscores_in_headers;
         let connection = Connection { settings, runtime: self.runtime.clone(), stop, peer };
         match tls {
             None => connection.serve_plain(stream).await,
             Some(acceptor) => match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
-                Ok(Ok(stream)) => connection.serve(stream).await,
+                Ok(Ok(stream)) => {
+                    let protocol = match stream.get_ref().1.alpn_protocol() {
+                        Some(b"h2") => Protocol::Http2,
+                        _ => Protocol::Http1,
+                    };
+                    connection.serve(stream, protocol).await
+                }
                 Ok(Err(e)) => tracing::debug!(client = %addr, error = %e, "TLS handshake failed"),
                 Err(_) => tracing::debug!(client = %addr, "TLS handshake timed out"),
             },
@@ -311,11 +332,13 @@ struct Connection {
 }
 
 impl Connection {
-    /// Serves a plain-TCP client: h2 (prior knowledge) on hyper, anything else on
-    /// weir's own HTTP/1.1 server. The first bytes decide; a client that sends part of
-    /// the h2 preface and stops is cut at `header_read_timeout`.
+    /// Serves a plain-TCP client: h2 (prior knowledge) on hyper, HTTP/1 on weir's own
+    /// HTTP/1.1 server, anything else is closed. The first bytes decide; a client that
+    /// sends part of the h2 preface or of its first line and stops is cut at
+    /// `header_read_timeout`.
     async fn serve_plain(self, mut stream: tokio::net::TcpStream) {
         let mut first = BytesMut::with_capacity(8 * 1024);
+        let mut line = FirstLine::default();
         let deadline = Instant::now() + self.settings.handshake_timeout;
         loop {
             // The lobby hands over a socket with bytes to read: the first read needs
@@ -335,19 +358,26 @@ impl Connection {
             }
             let n = first.len().min(H2_PREFACE.len());
             if first[..n] != H2_PREFACE[..n] {
-                return h1::serve(self, stream, first).await;
+                match line.speaks_http1(&first, self.settings.max_header_size) {
+                    Some(true) => return h1::serve(self, stream, first).await,
+                    Some(false) => {
+                        tracing::debug!(client = %self.peer.addr, "neither HTTP/1 nor h2: closed");
+                        return;
+                    }
+                    None => continue,
+                }
             }
             if n == H2_PREFACE.len() {
                 let io = Rewind { early: first.freeze(), io: stream };
-                return self.serve(io).await;
+                return self.serve(io, Protocol::Http2).await;
             }
         }
     }
 
-    /// Serves HTTP/1.1 or h2 on `io` with hyper (TLS connections, and h2 with prior
+    /// Serves `protocol` on `io` with hyper (TLS connections, and h2 with prior
     /// knowledge on plain ones) until the client leaves or `stop` changes, then
     /// finishes the request in progress and closes.
-    async fn serve<I>(mut self, io: I)
+    async fn serve<I>(self, io: I, protocol: Protocol)
     where
         I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
@@ -366,25 +396,89 @@ impl Connection {
                 Ok::<_, Infallible>(response)
             }
         });
-        let io = ClientIo::new(io, self.settings.handshake_timeout, self.settings.send_timeout);
-        let conn = self.settings.builder.serve_connection_with_upgrades(TokioIo::new(io), service);
-        tokio::pin!(conn);
-        let result = tokio::select! {
-            result = conn.as_mut() => result,
-            _ = self.stop.changed() => {
-                // Idle keep-alive connections close at once.
-                conn.as_mut().graceful_shutdown();
-                conn.await
+        let io = TokioIo::new(ClientIo::new(io, self.settings.handshake_timeout, self.settings.send_timeout));
+        let (settings, stop) = (&self.settings, self.stop);
+        let result = match protocol {
+            Protocol::Http1 => {
+                let conn = settings.http1.serve_connection(io, service).with_upgrades();
+                until_idle(conn, |c| c.graceful_shutdown(), stop, &idle, settings.idle_timeout).await
             }
-            _ = idle.expired(self.settings.idle_timeout) => {
-                // Nothing in progress: close. A response still streaming finishes first.
-                conn.as_mut().graceful_shutdown();
-                conn.await
+            Protocol::Http2 => {
+                let conn = settings.http2.serve_connection(io, service);
+                until_idle(conn, |c| c.graceful_shutdown(), stop, &idle, settings.idle_timeout).await
             }
         };
         if let Err(e) = result {
             tracing::debug!(client = %addr, error = %e, "client connection ended with an error");
         }
+    }
+}
+
+/// The protocol a hyper-served connection speaks: one, never a guess per connection
+/// once ALPN or the h2 preface has said which.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Protocol {
+    Http1,
+    Http2,
+}
+
+/// Drives a hyper connection to its end; when `stop` changes or no request has run
+/// for `idle_timeout`, asks it to finish what is in progress (`shutdown`) and close.
+async fn until_idle<C, E>(
+    conn: C,
+    shutdown: impl FnOnce(Pin<&mut C>),
+    mut stop: watch::Receiver<bool>,
+    idle: &Idle,
+    idle_timeout: Duration,
+) -> Result<(), E>
+where
+    C: Future<Output = Result<(), E>>,
+{
+    tokio::pin!(conn);
+    tokio::select! {
+        result = conn.as_mut() => result,
+        // Idle keep-alive connections close at once.
+        _ = stop.changed() => {
+            shutdown(conn.as_mut());
+            conn.await
+        }
+        // Nothing in progress: close. A response still streaming finishes first.
+        _ = idle.expired(idle_timeout) => {
+            shutdown(conn.as_mut());
+            conn.await
+        }
+    }
+}
+
+/// The first line of a plain connection that is not an h2 preface, found across
+/// reads: each byte is looked at once, however the line is split.
+#[derive(Default)]
+struct FirstLine {
+    /// Where the line starts: after any empty lines, which RFC 9112 §2.2 lets a
+    /// server skip.
+    start: usize,
+    /// Bytes already searched for the line's end.
+    scanned: usize,
+}
+
+impl FirstLine {
+    /// Whether the connection opens an HTTP/1 request: its first line ends in
+    /// ` HTTP/1.0` or ` HTTP/1.1`. `None`: the line is not complete yet (one longer
+    /// than a head may be is left to `h1`, for its `431`).
+    fn speaks_http1(&mut self, first: &[u8], max_head: usize) -> Option<bool> {
+        while let Some(at) = first[self.scanned..].iter().position(|&b| b == b'\n') {
+            let end = self.scanned + at;
+            let line = &first[self.start..end];
+            let line = line.strip_suffix(b"\r").unwrap_or(line);
+            self.scanned = end + 1;
+            if line.is_empty() {
+                self.start = self.scanned;
+                continue;
+            }
+            return Some(line.ends_with(b" HTTP/1.1") || line.ends_with(b" HTTP/1.0"));
+        }
+        self.scanned = first.len();
+        (first.len() >= max_head).then_some(true)
     }
 }
 
@@ -640,6 +734,37 @@ pub fn bind_tcp_with(addr: SocketAddr, reuse_port: bool) -> std::io::Result<TcpL
 mod tests {
     use super::*;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    #[test]
+    fn only_an_http1_first_line_goes_to_the_http1_server() {
+        let speaks = |bytes: &[u8], max| FirstLine::default().speaks_http1(bytes, max);
+        assert_eq!(speaks(b"GET / HTTP/1.1\r\nHost: a\r\n", 8192), Some(true));
+        assert_eq!(speaks(b"\r\n\nGET / HTTP/1.0\r\n", 8192), Some(true));
+        assert_eq!(speaks(b"GET / HTTP/1.1\n", 8192), Some(true));
+        assert_eq!(speaks(b"GET / HTTP/1.1", 8192), None);
+        assert_eq!(speaks(b"INVALID CONNECTION PREFACE\r\n\r\n", 8192), Some(false));
+        assert_eq!(speaks(b"GET / HTTP/2.0\r\n", 8192), Some(false));
+        assert_eq!(speaks(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03\n", 8192), Some(false));
+        // Too long to be a head at all: h1 answers it with 431.
+        assert_eq!(speaks(&[b'a'; 64], 64), Some(true));
+    }
+
+    #[test]
+    fn a_first_line_split_anywhere_is_read_the_same() {
+        let bytes = b"\r\nGET /a HTTP/1.1\r\nHost: a\r\n\r\n";
+        for split in 0..bytes.len() {
+            let mut line = FirstLine::default();
+            let early = line.speaks_http1(&bytes[..split], 8192);
+            let answer = early.or_else(|| line.speaks_http1(bytes, 8192));
+            assert_eq!(answer, Some(true), "split at {split}");
+        }
+        // A byte at a time: each read looks only at the new byte.
+        let mut line = FirstLine::default();
+        for n in 1..=16 {
+            assert_eq!(line.speaks_http1(&b"GET /aaaaaaaaaaaaaaaaaaaa"[..n], 8192), None);
+            assert_eq!(line.scanned, n);
+        }
+    }
 
     #[tokio::test(start_paused = true)]
     async fn a_silent_client_is_cut_off_after_the_timeout() {

@@ -44,6 +44,8 @@ pub enum ProxyError {
     /// server is blamed for.
     #[error("{}", client_fault_text(*fault))]
     ClientBody { fault: ClientFault },
+    #[error("more request header fields than allowed")]
+    HeadersTooLarge,
 }
 
 fn client_fault_text(fault: ClientFault) -> &'static str {
@@ -85,6 +87,7 @@ impl ProxyError {
                 ClientFault::Stalled => StatusCode::REQUEST_TIMEOUT,
                 ClientFault::Aborted => client_closed_request(),
             },
+            ProxyError::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
         }
     }
 
@@ -111,6 +114,7 @@ impl ProxyError {
                 ClientFault::Stalled => "request body stalled",
                 ClientFault::Aborted => "client went away",
             },
+            ProxyError::HeadersTooLarge => "too many header fields",
         }
     }
 
@@ -163,6 +167,7 @@ pub fn status_response(status: StatusCode) -> Response<Body> {
         StatusCode::FORBIDDEN => b"403 Forbidden\n",
         StatusCode::REQUEST_TIMEOUT => b"408 Request Timeout\n",
         StatusCode::PAYLOAD_TOO_LARGE => b"413 Content Too Large\n",
+        StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE => b"431 Request Header Fields Too Large\n",
         _ => b"",
     };
     let mut response = Response::new(Body::from_static(body));

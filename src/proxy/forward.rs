@@ -42,12 +42,15 @@ pub struct Peer {
     /// Longest pause allowed in the client's request body (the listener's
     /// `body_read_timeout`).
     pub body_read_timeout: std::time::Duration,
+    /// Forward header names with `_` (the listener's `underscores_in_headers`).
+    pub underscores_in_headers: bool,
 }
 
 impl Peer {
     pub fn new(addr: SocketAddr, listener: usize, tls: bool) -> Peer {
         let ip = HeaderValue::from_str(&addr.ip().to_string()).unwrap_or(HeaderValue::from_static("unknown"));
-        Peer { addr, listener, tls, ip, body_read_timeout: std::time::Duration::from_secs(60) }
+        let body_read_timeout = std::time::Duration::from_secs(60);
+        Peer { addr, listener, tls, ip, body_read_timeout, underscores_in_headers: false }
     }
 }
 
@@ -137,6 +140,8 @@ async fn send(
     let preferred = upstream.sticky.as_ref().and_then(|s| s.preferred(req.headers()));
     let timeout = trace.limits.request_timeout.unwrap_or(upstream.request_timeout);
     let (mut on_upgrade, forwarded) = prepare(&mut req, peer, upstream.h2);
+    // Whether an upgrade goes up: only then may a `101` come back.
+    let upgrading = req.headers().contains_key(header::UPGRADE);
     upstream.retry_budget.deposit();
     let replayable = is_idempotent(req.method()) && http_body::Body::is_end_stream(req.body());
     let panic = upstream.health.in_panic(&upstream.servers);
@@ -184,6 +189,12 @@ async fn send(
                     }
                 }
                 if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+                    // A switch nobody asked for (the route refused the client's
+                    // `Upgrade`) would make the connection a blind tunnel.
+                    if !upgrading {
+                        let reason = "101 to a request that asked for no upgrade";
+                        return Err(ProxyError::BadResponse { server: server.address.clone(), reason });
+                    }
                     if let Some(client) = on_upgrade.take() {
                         return Ok(tunnel(response, client));
                     }

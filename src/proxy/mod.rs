@@ -53,6 +53,7 @@ pub async fn handle(rt: &Runtime, mut req: Request<ClientBody>, peer: &Peer) -> 
     // First, once: what the client's `Connection` names is the client's own, and no
     // later step (routing, limits, shaping, the cache key) may read it or lose to it.
     forward::strip_client_hop_by_hop(req.headers_mut());
+    framing::sanitize(&mut req, peer.underscores_in_headers);
     // Before routing, so no path that a server would read as another route's can match.
     if !shaping::path_is_safe(req.uri().path()) {
         return unrouted(rt, ProxyError::UnsafePath, started, log);
@@ -188,6 +189,7 @@ async fn proxy_to(
 
 /// The request id, the route's request header rules and its path rewrite.
 fn shape_request(proxy: &Proxy, req: &mut Request<ClientBody>, peer: &Peer, shaped: &Shaped) {
+    proxy.upgrades.restrict(req.headers_mut());
     if let Some(id) = shaped.request_id {
         req.headers_mut().insert(&X_REQUEST_ID, id.clone());
     }

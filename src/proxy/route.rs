@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::{header, Method, Request};
+use http::{header, HeaderMap, Method, Request};
 
 use crate::ratelimit::Limiter;
 use crate::shaping::{AccessList, HeaderRules, LocalAnswer, PathRewrite};
@@ -59,6 +59,57 @@ pub struct Proxy {
     pub max_request_body: Option<u64>,
     /// The response cache in front of the upstream, if the route names one.
     pub cache: Option<crate::cache::RouteCache>,
+    /// The `Upgrade` protocols the route tunnels.
+    pub upgrades: Upgrades,
+}
+
+/// The `Upgrade` protocols a route tunnels (its `upgrades`, default `websocket`).
+///
+/// A request offering any other, `h2c` above all, is forwarded as a plain request
+/// with its `Upgrade` removed, as nginx does with any upgrade it is not told to pass:
+/// the client still gets its answer (curl's `--http2` over `http://` offers h2c on
+/// every request), and the upstream is never asked to switch. An h2c upgrade that
+/// went through would turn the connection into h2 that weir tunnels blind, so that
+/// every request on it would skip routing, access lists and limits ("h2c smuggling").
+#[derive(Debug, Clone)]
+pub struct Upgrades(Box<[Box<str>]>);
+
+impl Default for Upgrades {
+    fn default() -> Upgrades {
+        Upgrades(Box::new(["websocket".into()]))
+    }
+}
+
+impl Upgrades {
+    pub fn new<'a>(protocols: impl IntoIterator<Item = &'a String>) -> Upgrades {
+        Upgrades(protocols.into_iter().map(|p| p.to_ascii_lowercase().into_boxed_str()).collect())
+    }
+
+    /// Whether `name` can be listed: a token (RFC 9110 §5.6.2), without a version.
+    pub fn is_protocol_name(name: &str) -> bool {
+        !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+    }
+
+    /// Whether each protocol an `Upgrade` value offers (`name` or `name/version`) is
+    /// listed.
+    fn allows(&self, value: &[u8]) -> bool {
+        let mut offered = value.split(|&b| b == b',').map(<[u8]>::trim_ascii).filter(|p| !p.is_empty());
+        offered.all(|p| {
+            let name = p.split(|&b| b == b'/').next().unwrap_or_default();
+            self.0.iter().any(|allowed| allowed.as_bytes().eq_ignore_ascii_case(name))
+        })
+    }
+
+    /// Removes `Upgrade` from a request that offers a protocol the route does not
+    /// tunnel; the upstream then gets a plain request (the `Connection: upgrade` left
+    /// behind names no upgrade and goes with the other hop-by-hop headers).
+    pub fn restrict(&self, headers: &mut HeaderMap) {
+        let mut values = headers.get_all(header::UPGRADE).iter().peekable();
+        if values.peek().is_none() || values.all(|v| self.allows(v.as_bytes())) {
+            return;
+        }
+        headers.remove(header::UPGRADE);
+    }
 }
 
 impl Route {
@@ -194,5 +245,39 @@ mod tests {
         assert_eq!(host_name("acl.test.."), "acl.test.");
         assert_eq!(host_name("[::1]:80"), "[::1]");
         assert_eq!(host_name("."), "");
+    }
+
+    use http::HeaderValue;
+
+    fn restricted(upgrades: &Upgrades, values: &[&'static str]) -> Vec<String> {
+        let mut headers = HeaderMap::new();
+        for v in values {
+            headers.append(header::UPGRADE, HeaderValue::from_static(v));
+        }
+        upgrades.restrict(&mut headers);
+        headers.get_all(header::UPGRADE).iter().map(|v| v.to_str().unwrap().to_string()).collect()
+    }
+
+    #[test]
+    fn only_listed_upgrade_protocols_are_kept() {
+        let default = Upgrades::default();
+        assert_eq!(restricted(&default, &["WebSocket"]), ["WebSocket"]);
+        assert!(restricted(&default, &["h2c"]).is_empty());
+        assert!(restricted(&default, &["websocket, h2c"]).is_empty(), "every offer must be listed");
+        assert!(restricted(&default, &["websocket", "h2c"]).is_empty());
+        assert!(restricted(&default, &["websocketx"]).is_empty());
+        let listed = Upgrades::new(&["h2c".to_string(), "TLS".to_string()]);
+        assert_eq!(restricted(&listed, &["h2c"]), ["h2c"]);
+        assert_eq!(restricted(&listed, &["tls/1.2"]), ["tls/1.2"]);
+        assert!(restricted(&Upgrades::new(&[]), &["websocket"]).is_empty());
+    }
+
+    #[test]
+    fn protocol_names_are_tokens() {
+        assert!(Upgrades::is_protocol_name("websocket"));
+        assert!(Upgrades::is_protocol_name("h2c"));
+        assert!(!Upgrades::is_protocol_name(""));
+        assert!(!Upgrades::is_protocol_name("tls/1.2"));
+        assert!(!Upgrades::is_protocol_name("a b"));
     }
 }

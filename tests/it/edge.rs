@@ -557,3 +557,65 @@ async fn a_101_to_an_upgrade_request_with_a_body_ends_the_connection() {
     assert!(read.is_ok(), "the connection stayed open after: {reply}");
     assert!(reply.starts_with("http/1.1 101"), "{reply}");
 }
+
+/// Writes `bytes` on a TLS connection to `weir` that agreed on `alpn` (none: no ALPN
+/// offered) and returns what comes back before the connection closes or goes quiet.
+async fn tls_exchange(weir: &Weir, root: &CertificateDer<'static>, alpn: &[&[u8]], bytes: &[u8]) -> Vec<u8> {
+    let tcp = TcpStream::connect(weir.addr).await.unwrap();
+    let name = ServerName::try_from("a.test".to_string()).unwrap();
+    let mut tls = client_tls(&[root], alpn).connect(name, tcp).await.unwrap();
+    let agreed = tls.get_ref().1.alpn_protocol().map(<[u8]>::to_vec);
+    assert_eq!(agreed.as_deref(), alpn.first().copied(), "ALPN as offered");
+    tls.write_all(bytes).await.unwrap();
+    let mut out = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        match tokio::time::timeout(Duration::from_millis(1500), tls.read(&mut chunk)).await {
+            Ok(Ok(n)) if n > 0 => out.extend_from_slice(&chunk[..n]),
+            _ => return out,
+        }
+    }
+}
+
+const H2_PREFACE_AND_SETTINGS: &[u8] =
+    b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00";
+
+#[tokio::test]
+async fn alpn_alone_decides_the_protocol_on_tls() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = certificate(dir.path(), "a", &["a.test"]);
+    certificate(dir.path(), "b", &["b.test"]);
+    let app = Backend::named("app").start().await;
+    let weir = start_in(dir.path(), TLS_CONFIG, &[&app]).await;
+
+    // h2 agreed: an invalid preface ends the connection (h2spec 3.5/2), and gets no
+    // HTTP/1.1 answer, which an h2 client would read as a frame.
+    let reply = tls_exchange(&weir, &root, &[b"h2"], b"INVALID CONNECTION PREFACE\r\n\r\n").await;
+    assert!(!reply.starts_with(b"HTTP/1.1"), "{}", String::from_utf8_lossy(&reply));
+    // A real h2 client still gets h2: the server's SETTINGS frame first.
+    let reply = tls_exchange(&weir, &root, &[b"h2"], H2_PREFACE_AND_SETTINGS).await;
+    assert_eq!(reply.get(3), Some(&4), "a SETTINGS frame: {reply:?}");
+
+    // http/1.1 agreed, or no ALPN at all (as nginx): HTTP/1.1 only, so the h2 preface
+    // is an HTTP/1.1 request line it refuses, never the start of an h2 connection.
+    for alpn in [&[&b"http/1.1"[..]][..], &[]] {
+        let reply = tls_exchange(&weir, &root, alpn, H2_PREFACE_AND_SETTINGS).await;
+        assert!(reply.is_empty() || reply.starts_with(b"HTTP/1.1 "), "{alpn:?}: {reply:?}");
+        let reply = tls_exchange(&weir, &root, alpn, b"GET / HTTP/1.1\r\nHost: a.test\r\n\r\n").await;
+        assert!(reply.starts_with(b"HTTP/1.1 200"), "{alpn:?}: {}", String::from_utf8_lossy(&reply));
+    }
+}
+
+#[tokio::test]
+async fn a_plain_connection_that_speaks_neither_http1_nor_h2_is_closed_unanswered() {
+    let app = Backend::named("app").start().await;
+    let weir = Weir::start(
+        "[[listeners]]\nname = \"web\"\nlisten = \"127.0.0.1:0\"\n[[routes]]\nupstream = \"app\"\n[upstreams.app]\nservers = [{ address = \"{app}\" }]\n",
+        &[&app],
+    )
+    .await;
+    let reply = crate::support::raw::exchange(weir.addr, b"INVALID CONNECTION PREFACE\r\n\r\n").await;
+    assert_eq!(reply, "", "an h2 client with a broken preface cannot read an HTTP/1.1 answer");
+    let reply = crate::support::raw::exchange(weir.addr, b"GET / HTTP/1.1\r\nHost: a\r\n\r\n").await;
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+}

@@ -14,6 +14,7 @@ mod hardening_upstreams;
 mod headers;
 mod health;
 mod hop_by_hop;
+mod hygiene;
 mod observability;
 mod proxying;
 mod ratelimit;

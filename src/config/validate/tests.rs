@@ -301,3 +301,17 @@ fn admin_hosts_are_names_with_an_optional_port() {
         assert!(e.starts_with("w.toml:3:21: `admin.hosts[1]`: "), "{bad}: {e}");
     }
 }
+
+#[test]
+fn upgrades_must_be_protocol_names_on_forwarding_routes() {
+    let e =
+        err(&BASE.replace("upstream = \"api\"", "upstream = \"api\"\nupgrades = [\"websocket\", \"h2c/1\"]"));
+    assert!(
+        e.starts_with("w.toml:8:26: `routes[0].upgrades`: `h2c/1` is not an Upgrade protocol name"),
+        "{e}"
+    );
+    let e = err(&BASE.replace("upstream = \"api\"", "respond = { status = 204 }\nupgrades = []"));
+    assert!(e.contains("`routes[0].upgrades`: only applies to a route that forwards"), "{e}");
+    let ok = BASE.replace("upstream = \"api\"", "upstream = \"api\"\nupgrades = []");
+    assert!(parse(&ok, Path::new("w.toml")).is_ok());
+}

@@ -56,15 +56,13 @@ use super::{ClientIo, Connection};
 use crate::proxy;
 use crate::proxy::body::{Body as ResponseBody, BoxError, ClientBody};
 use crate::proxy::forward::splice;
-use crate::proxy::framing::{ends_chunked, ConnectionOptions};
+use crate::proxy::framing::{ends_chunked, ConnectionOptions, MAX_HEADERS};
 
 mod body;
 
 pub use body::{is_malformed as is_malformed_body, Body};
 use body::{lock, Chunk, Decode, Reader};
 
-/// Most headers a request may carry, as hyper allowed.
-const MAX_HEADERS: usize = 100;
 /// How much room a read of a head asks for.
 const HEAD_READ: usize = 8 * 1024;
 /// Response body bytes gathered before a write; larger frames are written as they are.

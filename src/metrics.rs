@@ -35,6 +35,7 @@ pub struct Metrics {
     pub rate_limited_total: IntCounterVec,
     pub rate_limit_store_errors_total: IntCounterVec,
     pub connections_active: IntGaugeVec,
+    pub tunnels_active: IntGaugeVec,
     pub config_reloads_total: IntCounterVec,
     pub upstream_queue_depth: IntGaugeVec,
     pub upstream_queue_wait: HistogramVec,
@@ -130,6 +131,11 @@ impl Metrics {
             connections_active: gauge(
                 "weir_connections_active",
                 "Client connections open, by listener.",
+                &["listener"],
+            )?,
+            tunnels_active: gauge(
+                "weir_tunnels_active",
+                "Upgraded connections (WebSocket and other tunnels) open, by listener; each is also in weir_connections_active.",
                 &["listener"],
             )?,
             config_reloads_total: counter(

@@ -23,7 +23,7 @@ use tokio_util::task::TaskTracker;
 use crate::admin::{self, AdminState};
 use crate::config::{self, Config, ConfigError};
 use crate::discovery::{self, Answers};
-use crate::listener::{bind_tcp, Listener, Settings};
+use crate::listener::{bind_tcp, Gauges, Listener, Settings};
 use crate::metrics::Metrics;
 use crate::runtime::{BuildError, Runtime, SharedRuntime};
 
@@ -98,8 +98,11 @@ impl Listeners {
                 continue;
             }
             let slot = runtime.listener_slot(name).expect("build gives every configured listener a slot");
-            let active = metrics.connections_active.with_label_values(&[name]);
-            let listener = Listener::bind(l, slot, active).map_err(|source| StartError::Bind {
+            let gauges = Gauges {
+                active: metrics.connections_active.with_label_values(&[name]),
+                tunnels: metrics.tunnels_active.with_label_values(&[name]),
+            };
+            let listener = Listener::bind(l, slot, gauges).map_err(|source| StartError::Bind {
                 what: format!("listener `{name}`"),
                 addr: l.listen.get_ref().clone(),
                 source,

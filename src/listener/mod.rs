@@ -65,6 +65,7 @@ use bytes::{Buf, Bytes, BytesMut};
 use crate::config::ListenerConfig;
 use crate::proxy::body::ClientBody;
 use crate::proxy::body::Pause;
+use crate::proxy::forward::Tunnel;
 use crate::proxy::{self, Peer};
 use crate::runtime::SharedRuntime;
 
@@ -79,6 +80,8 @@ pub struct Listener {
     /// Swapped in place when a reload changes the listener's limits.
     pub settings: Arc<ArcSwap<Settings>>,
     active: IntGauge,
+    /// `weir_tunnels_active` for this listener.
+    tunnels: IntGauge,
 }
 
 /// How a listener serves connections: what a reload may change without rebinding.
@@ -152,11 +155,18 @@ impl Settings {
 
 impl Listener {
     /// Binds `config.listen` (see `bind_tcp`).
-    pub fn bind(config: &ListenerConfig, slot: usize, active: IntGauge) -> std::io::Result<Listener> {
+    pub fn bind(config: &ListenerConfig, slot: usize, gauges: Gauges) -> std::io::Result<Listener> {
         let addr: SocketAddr = config.listen.get_ref().parse().map_err(std::io::Error::other)?;
         let socket = bind_tcp_with(addr, config.reuse_port)?;
+        Ok(Listener::on(config, slot, gauges, socket))
+    }
+
+    /// A listener for `config` on a socket already bound (one handed over by the
+    /// process weir replaces).
+    pub fn on(config: &ListenerConfig, slot: usize, gauges: Gauges, socket: TcpListener) -> Listener {
         let settings = Arc::new(ArcSwap::from_pointee(Settings::new(config)));
-        Ok(Listener { name: config.name.get_ref().clone(), slot, socket, settings, active })
+        let Gauges { active, tunnels } = gauges;
+        Listener { name: config.name.get_ref().clone(), slot, socket, settings, active, tunnels }
     }
 
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
@@ -166,7 +176,8 @@ impl Listener {
     /// Accepts connections until `stop` changes. Each connection runs on `tracker`, and
     /// when `stop` changes it finishes its in-flight requests and closes.
     pub async fn serve(self, runtime: SharedRuntime, tracker: TaskTracker, mut stop: watch::Receiver<bool>) {
-        let shared = Arc::new(Shared { settings: self.settings.clone(), runtime, slot: self.slot });
+        let tunnels = self.tunnels.clone();
+        let shared = Arc::new(Shared { settings: self.settings.clone(), runtime, slot: self.slot, tunnels });
         // Clients that have not sent a byte yet wait here, in this task, each as a
         // small future (`Waiting`: its socket, its permit, when it came): no task,
         // timer, `Peer`, TLS or hyper state of their own until there is something to
@@ -225,12 +236,20 @@ impl Listener {
     }
 }
 
+/// A listener's series of `weir_connections_active` and `weir_tunnels_active`,
+/// resolved once when it is bound.
+pub struct Gauges {
+    pub active: IntGauge,
+    pub tunnels: IntGauge,
+}
+
 /// What a listener's connections share, behind one pointer each.
 struct Shared {
     settings: Arc<ArcSwap<Settings>>,
     runtime: SharedRuntime,
     /// The listener's slot, for `Peer`.
     slot: usize,
+    tunnels: IntGauge,
 }
 
 impl Shared {
@@ -244,7 +263,8 @@ impl Shared {
         let mut peer = Peer::new(addr, self.slot, tls.is_some());
         peer.body_read_timeout = settings.body_read_timeout;
         peer.underscores_in_headers = settings.underscores_in_headers;
-        let connection = Connection { settings, runtime: self.runtime.clone(), stop, peer };
+        let tunnels = self.tunnels.clone();
+        let connection = Connection { settings, runtime: self.runtime.clone(), stop, peer, tunnels };
         match tls {
             None => connection.serve_plain(stream).await,
             Some(acceptor) => match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
@@ -307,7 +327,8 @@ impl Future for Waiting {
     }
 }
 
-/// Counts an open client connection in `weir_connections_active` until dropped.
+/// Counts an open client connection in `weir_connections_active`, or a tunnel in
+/// `weir_tunnels_active`, until dropped.
 struct Active(IntGauge);
 
 impl Active {
@@ -329,6 +350,9 @@ struct Connection {
     runtime: SharedRuntime,
     stop: watch::Receiver<bool>,
     peer: Peer,
+    /// `weir_tunnels_active`: an upgrade's tunnel runs on its connection's task (and
+    /// so holds its permit and its place in the drain), counted here too.
+    tunnels: IntGauge,
 }
 
 impl Connection {
@@ -391,7 +415,10 @@ impl Connection {
             let peer = peer.clone();
             let busy = activity.begin();
             async move {
-                let response = proxy::handle(&rt, req.map(ClientBody::Hyper), &peer).await;
+                let mut response = proxy::handle(&rt, req.map(ClientBody::Hyper), &peer).await;
+                if let Some(tunnel) = response.extensions_mut().remove::<Tunnel>() {
+                    *busy.0.tunnel.lock().unwrap_or_else(|e| e.into_inner()) = Some(tunnel);
+                }
                 drop(busy);
                 Ok::<_, Infallible>(response)
             }
@@ -410,6 +437,12 @@ impl Connection {
         };
         if let Err(e) = result {
             tracing::debug!(client = %addr, error = %e, "client connection ended with an error");
+        }
+        // hyper's connection ends once it has handed the socket to the upgrade.
+        let tunnel = idle.tunnel.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(tunnel) = tunnel {
+            let _counted = Active::new(&self.tunnels);
+            tunnel.run().await;
         }
     }
 }
@@ -490,6 +523,9 @@ struct Idle {
     /// Milliseconds after `since` of the last request start or end.
     last_ms: AtomicU64,
     running: AtomicUsize,
+    /// The tunnel of an upgrade answered on this connection, for its task to run
+    /// once hyper lets the connection go.
+    tunnel: std::sync::Mutex<Option<Tunnel>>,
 }
 
 /// A request in progress on a connection.
@@ -497,7 +533,12 @@ struct Busy(Arc<Idle>);
 
 impl Idle {
     fn new() -> Idle {
-        Idle { since: tokio::time::Instant::now(), last_ms: AtomicU64::new(0), running: AtomicUsize::new(0) }
+        Idle {
+            since: tokio::time::Instant::now(),
+            last_ms: AtomicU64::new(0),
+            running: AtomicUsize::new(0),
+            tunnel: std::sync::Mutex::new(None),
+        }
     }
 
     fn touch(&self) {

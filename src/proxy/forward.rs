@@ -499,14 +499,38 @@ fn has_token(value: &HeaderValue, token: &str) -> bool {
     value.to_str().is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
 }
 
-/// Joins the client and upstream sides of an upgraded connection and copies bytes
-/// both ways until either closes. The request stays in flight for the tunnel's life.
+/// Makes the tunnel of an upgrade answered on hyper's server and leaves it in the
+/// response (`Tunnel`) for the client connection's task to run once the `101` is out.
 fn tunnel(mut response: Response<Body>, client: OnUpgrade) -> Response<Body> {
     let (in_flight, upstream) = match response.body_mut() {
         Body::Upstream(body) => body.detach(),
         _ => (None, None),
     };
-    tokio::spawn(async move {
+    let parts = TunnelParts { client, upstream, in_flight };
+    response.extensions_mut().insert(Tunnel(Arc::new(std::sync::Mutex::new(Some(parts)))));
+    response
+}
+
+/// An upgrade's tunnel on hyper's server, run by the client connection's own task
+/// (`listener` takes it out of the response) rather than a task of its own: so the
+/// tunnel keeps the connection's `max_connections` permit, stays in
+/// `weir_connections_active` and is waited for by a shutdown's drain. Shared and
+/// locked only because response extensions must be `Clone`; made once per upgrade.
+#[derive(Clone)]
+pub struct Tunnel(Arc<std::sync::Mutex<Option<TunnelParts>>>);
+
+struct TunnelParts {
+    client: OnUpgrade,
+    upstream: Option<(h1::Stream, bytes::Bytes)>,
+    in_flight: Option<InFlight>,
+}
+
+impl Tunnel {
+    /// Waits for hyper to hand over the client's side (once the `101` is written),
+    /// then copies both ways until either side closes.
+    pub async fn run(self) {
+        let parts = self.0.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let Some(TunnelParts { client, upstream, in_flight }) = parts else { return };
         let Some((upstream, early)) = upstream else {
             tracing::debug!("upgrade failed: the upstream connection is not HTTP/1.1");
             return;
@@ -515,8 +539,7 @@ fn tunnel(mut response: Response<Body>, client: OnUpgrade) -> Response<Body> {
             Ok(client) => splice(TokioIo::new(client), upstream, &early, &[], in_flight).await,
             Err(e) => tracing::debug!(error = %e, "upgrade failed"),
         }
-    });
-    response
+    }
 }
 
 /// The tunnel of an upgraded connection, for either client server (hyper's, through

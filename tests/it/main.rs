@@ -25,4 +25,5 @@ mod server_h1;
 mod shaping;
 mod streaming;
 mod support;
+mod tunnels;
 mod upstream_h1;

@@ -47,6 +47,7 @@ use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body::Body as _;
+use prometheus::IntGauge;
 use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
@@ -300,7 +301,7 @@ struct Server {
 /// Serves `stream`, whose first bytes (`first`) are not an h2 preface, until the
 /// client leaves, a timeout, an error, or `stop`.
 pub(super) async fn serve(conn: Connection, stream: TcpStream, first: BytesMut) {
-    let Connection { settings, runtime, mut stop, peer } = conn;
+    let Connection { settings, runtime, mut stop, peer, tunnels } = conn;
     let (read, write) = stream.into_split();
     let mut server = Server {
         read: Some(ReadSide { io: read, buf: first }),
@@ -366,7 +367,7 @@ pub(super) async fn serve(conn: Connection, stream: TcpStream, first: BytesMut) 
         drop(rt);
         let switched = response.status() == StatusCode::SWITCHING_PROTOCOLS;
         if head.upgrade && switched && lent.is_none() {
-            return server.upgrade(response, &settings).await;
+            return server.upgrade(response, &settings, &tunnels).await;
         }
         let stopping = poll_fn(|cx| Poll::Ready(stop.poll(cx))).await;
         // A 101 that is not tunnelled (its request had a body): the server has left
@@ -653,7 +654,12 @@ impl Server {
     /// Answers an upgrade with its `101`, then joins the client and upstream sockets
     /// and copies bytes both ways until either closes. The tunnel counts as a request
     /// in flight on its server for its whole life.
-    async fn upgrade(mut self, mut response: Response<ResponseBody>, settings: &super::Settings) {
+    async fn upgrade(
+        mut self,
+        mut response: Response<ResponseBody>,
+        settings: &super::Settings,
+        tunnels: &IntGauge,
+    ) {
         let (in_flight, upstream) = match response.body_mut().upstream_mut() {
             Some(body) => body.detach(),
             None => (None, None),
@@ -674,9 +680,10 @@ impl Server {
         };
         let Ok(client) = side.io.reunite(self.write.io) else { return };
         let client = ClientIo::writer(client, settings.send_timeout);
-        // Not a tracked task, as hyper's upgrades were not: a shutdown does not wait
-        // for tunnels.
-        tokio::spawn(async move { splice(client, upstream, &early, &side.buf, in_flight).await });
+        // On this connection's task: the tunnel keeps its `max_connections` permit,
+        // its place in `weir_connections_active` and in a shutdown's drain.
+        let _counted = super::Active::new(tunnels);
+        splice(client, upstream, &early, &side.buf, in_flight).await
     }
 }
 

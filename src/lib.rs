@@ -12,6 +12,8 @@ pub mod balancer;
 pub mod cache;
 pub mod config;
 pub mod discovery;
+#[cfg(unix)]
+pub mod handover;
 pub mod health;
 pub mod listener;
 pub mod metrics;

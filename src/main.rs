@@ -11,6 +11,7 @@ use tokio::signal::unix::{signal, SignalKind};
 use tracing_subscriber::EnvFilter;
 
 use weir::config::{self, Config};
+use weir::handover;
 use weir::metrics::Metrics;
 use weir::runtime::Runtime;
 use weir::server::Server;
@@ -31,6 +32,14 @@ struct Args {
     /// Log as JSON lines instead of plain text.
     #[arg(long)]
     log_json: bool,
+    /// Listen on this Unix socket for a new weir taking over the listening sockets
+    /// (binary upgrade); once it serves, this process drains and exits.
+    #[arg(long, value_name = "PATH")]
+    upgrade_socket: Option<PathBuf>,
+    /// Take the listening sockets over from the weir whose `--upgrade-socket` is
+    /// PATH instead of binding them, then have it drain and exit.
+    #[arg(long, value_name = "PATH")]
+    take_over: Option<PathBuf>,
 }
 
 fn main() -> ExitCode {
@@ -80,9 +89,36 @@ fn run(args: &Args) -> anyhow::Result<()> {
         builder.worker_threads(config.workers);
     }
     let tokio = builder.enable_all().build().context("starting the async runtime")?;
+    let (inherited, old_process) = match &args.take_over {
+        None => (handover::Sockets::default(), None),
+        Some(path) => {
+            let context = || format!("taking the listening sockets over from {}", path.display());
+            let (sockets, control) = handover::take_over(path).with_context(context)?;
+            (sockets, Some(control))
+        }
+    };
     tokio.block_on(async {
-        let server = Server::bind(&config, metrics)?;
+        let server = Server::bind_inheriting(&config, metrics, inherited.listeners, inherited.admin)?;
         release_startup_pages();
+        // Bound and built: the old process may stop accepting. Until this one's
+        // accept loops run, clients wait in the shared backlog.
+        if let Some(old) = old_process {
+            old.ready().context("telling the old process to drain")?;
+        }
+        let offer = match &args.upgrade_socket {
+            None => None,
+            Some(path) => Some(
+                handover::Offer::bind(path)
+                    .with_context(|| format!("listening for a hand-over on {}", path.display()))?,
+            ),
+        };
+        let sockets = server.handover_sockets();
+        let handed_over = async move {
+            match offer {
+                Some(offer) => offer.handed_over(sockets).await,
+                None => std::future::pending().await,
+            }
+        };
         let reloader = server.reloader(args.config.clone());
         if config.watch {
             tokio::spawn(reloader.clone().watch(std::time::Duration::from_secs(1)));
@@ -105,6 +141,7 @@ fn run(args: &Args) -> anyhow::Result<()> {
                 tokio::select! {
                     _ = terminate.recv() => {}
                     _ = interrupt.recv() => {}
+                    () = handed_over => {}
                 }
             })
             .await;

@@ -72,6 +72,9 @@ struct Listeners {
     config: Config,
     /// DNS discovery, one task per upstream with `resolve`; started by `run`.
     discovery: discovery::Tasks,
+    /// Sockets handed over by the process this one replaces, by listener name: used
+    /// instead of binding when the address is the same.
+    inherited: HashMap<String, std::net::TcpListener>,
 }
 
 struct Entry {
@@ -81,12 +84,16 @@ struct Entry {
     stop: watch::Sender<bool>,
     pending: Option<Listener>,
     task: Option<JoinHandle<()>>,
+    /// A duplicate of the listening socket, to hand to a process taking over;
+    /// closed when shutdown starts, so the port then refuses.
+    #[cfg(unix)]
+    handover: Option<std::os::fd::OwnedFd>,
 }
 
 impl Listeners {
     /// Binds what `config` adds or moves; changes nothing on error.
     fn bind_new(
-        &self,
+        &mut self,
         config: &Config,
         runtime: &Runtime,
         metrics: &Metrics,
@@ -102,11 +109,15 @@ impl Listeners {
                 active: metrics.connections_active.with_label_values(&[name]),
                 tunnels: metrics.tunnels_active.with_label_values(&[name]),
             };
-            let listener = Listener::bind(l, slot, gauges).map_err(|source| StartError::Bind {
+            let error = |source| StartError::Bind {
                 what: format!("listener `{name}`"),
                 addr: l.listen.get_ref().clone(),
                 source,
-            })?;
+            };
+            let listener = match inherit(&mut self.inherited, name, l.listen.get_ref()) {
+                Some(socket) => Listener::on(l, slot, gauges, TcpListener::from_std(socket).map_err(error)?),
+                None => Listener::bind(l, slot, gauges).map_err(error)?,
+            };
             bound.push(listener);
         }
         Ok(bound)
@@ -135,6 +146,8 @@ impl Listeners {
                 }
                 (_, Some(listener)) => {
                     let (stop, _) = watch::channel(false);
+                    #[cfg(unix)]
+                    let handover = std::os::fd::AsFd::as_fd(&listener.socket).try_clone_to_owned().ok();
                     let mut entry = Entry {
                         listen: l.listen.get_ref().clone(),
                         addr: listener.local_addr().ok(),
@@ -142,6 +155,8 @@ impl Listeners {
                         stop,
                         pending: Some(listener),
                         task: None,
+                        #[cfg(unix)]
+                        handover,
                     };
                     if self.serving {
                         self.start(&mut entry);
@@ -164,9 +179,32 @@ impl Listeners {
     }
 }
 
+/// Takes the inherited socket for listener `name` if it is bound to `listen`.
+fn inherit(
+    inherited: &mut HashMap<String, std::net::TcpListener>,
+    name: &str,
+    listen: &str,
+) -> Option<std::net::TcpListener> {
+    let socket = inherited.remove(name)?;
+    let same = listen.parse::<SocketAddr>().ok().is_some_and(|want| socket.local_addr().ok() == Some(want));
+    same.then_some(socket)
+}
+
 impl Server {
     /// Builds the runtime and binds every listener; nothing is served yet.
     pub fn bind(config: &Config, metrics: Arc<Metrics>) -> Result<Server, StartError> {
+        Server::bind_inheriting(config, metrics, HashMap::new(), None)
+    }
+
+    /// `bind`, serving on sockets handed over by the process this one replaces
+    /// (`handover`) where a listener's name and address match, the admin listener's
+    /// where its address does; the rest are bound. Unused ones are closed.
+    pub fn bind_inheriting(
+        config: &Config,
+        metrics: Arc<Metrics>,
+        listeners: HashMap<String, std::net::TcpListener>,
+        admin: Option<std::net::TcpListener>,
+    ) -> Result<Server, StartError> {
         let runtime = Runtime::build(config, None, &metrics)?;
         runtime.start_tasks();
         let admin = match &config.admin {
@@ -182,10 +220,14 @@ impl Server {
                 if let Some(warning) = admin::exposure_warning(a) {
                     tracing::warn!("{warning}");
                 }
-                Some(bind_tcp(addr).map_err(error)?)
+                match admin.filter(|s| s.local_addr().ok() == Some(addr)) {
+                    Some(socket) => Some(TcpListener::from_std(socket).map_err(error)?),
+                    None => Some(bind_tcp(addr).map_err(error)?),
+                }
             }
         };
         let runtime: SharedRuntime = Arc::new(ArcSwap::from_pointee(runtime));
+        let inherited = listeners;
         let mut listeners = Listeners {
             entries: HashMap::new(),
             tracker: TaskTracker::new(),
@@ -193,9 +235,11 @@ impl Server {
             serving: false,
             config: config.clone(),
             discovery: discovery::Tasks::default(),
+            inherited,
         };
         let bound = listeners.bind_new(config, &runtime.load(), &metrics)?;
         listeners.apply(config, bound);
+        listeners.inherited.clear();
         Ok(Server {
             runtime,
             metrics,
@@ -220,6 +264,30 @@ impl Server {
     /// The bound admin address, if there is an admin listener.
     pub fn admin_addr(&self) -> Option<SocketAddr> {
         self.admin.as_ref().and_then(|a| a.local_addr().ok())
+    }
+
+    /// The current listening sockets (duplicates), named for `handover`: what a
+    /// process taking over from this one receives. Listeners follow reloads.
+    #[cfg(unix)]
+    pub fn handover_sockets(&self) -> impl Fn() -> Vec<(String, std::os::fd::OwnedFd)> + Send + 'static {
+        use std::os::fd::AsFd;
+        let listeners = Arc::downgrade(&self.listeners);
+        let admin = self.admin.as_ref().and_then(|a| a.as_fd().try_clone_to_owned().ok());
+        move || {
+            let mut sockets = Vec::new();
+            if let Some(listeners) = listeners.upgrade() {
+                let listeners = listeners.lock().unwrap_or_else(|e| e.into_inner());
+                for (name, entry) in &listeners.entries {
+                    if let Some(fd) = entry.handover.as_ref().and_then(|fd| fd.try_clone().ok()) {
+                        sockets.push((format!("listener {name}"), fd));
+                    }
+                }
+            }
+            if let Some(fd) = admin.as_ref().and_then(|fd| fd.try_clone().ok()) {
+                sockets.push(("admin".to_string(), fd));
+            }
+            sockets
+        }
     }
 
     /// A handle that reloads this server's config from `path`.
@@ -272,6 +340,10 @@ impl Server {
                 .values_mut()
                 .filter_map(|entry| {
                     let _ = entry.stop.send(true);
+                    #[cfg(unix)]
+                    {
+                        entry.handover = None;
+                    }
                     entry.task.take()
                 })
                 .collect()

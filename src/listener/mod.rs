@@ -71,6 +71,12 @@ use crate::runtime::SharedRuntime;
 
 pub mod h1;
 
+/// How long an idle HTTP/1.1 connection stays open once its listener stops, for a
+/// request already on its way: a busy keep-alive client gets its next answer (with
+/// `Connection: close`) instead of a connection closed under its request, which it
+/// could not tell from a failure. A client idle this long is not sending.
+const STOP_GRACE: Duration = Duration::from_millis(100);
+
 /// A bound client listener and how to serve its connections.
 pub struct Listener {
     pub name: String,
@@ -184,8 +190,7 @@ impl Listener {
         // read. A sweep every quarter of the header read timeout shuts the silent
         // ones past it, and all of them go when `stop` changes.
         let mut lobby: FuturesUnordered<Waiting> = FuturesUnordered::new();
-        let sweep = tokio::time::sleep(Duration::ZERO);
-        tokio::pin!(sweep);
+        let mut sweep = Box::pin(tokio::time::sleep(Duration::ZERO));
         loop {
             let slots = self.settings.load().slots.clone();
             let accept = async {
@@ -200,20 +205,10 @@ impl Listener {
             tokio::select! {
                 _ = stop.changed() => break,
                 Some(ready) = lobby.next(), if !lobby.is_empty() => {
-                    let Some(Accepted { stream, slot, active }) = ready else { continue };
-                    let (shared, stop) = (shared.clone(), stop.clone());
-                    tracker.spawn(async move {
-                        shared.serve(stream, stop).await;
-                        drop((active, slot));
-                    });
+                    shared.admit(ready, &tracker, &stop);
                 }
                 () = &mut sweep, if !lobby.is_empty() => {
-                    let timeout = self.settings.load().handshake_timeout;
-                    let now = Instant::now();
-                    for waiting in lobby.iter().filter(|w| now >= w.since + timeout) {
-                        waiting.expire();
-                    }
-                    sweep.as_mut().reset(now + timeout / 4);
+                    sweep_lobby(&lobby, sweep.as_mut(), self.settings.load().handshake_timeout);
                 }
                 (accepted, slot) = accept => match accepted {
                     Ok((stream, _)) => {
@@ -233,7 +228,35 @@ impl Listener {
             }
         }
         tracing::info!(listener = %self.name, "stopped accepting");
+        // Clients accepted before the stop are still served (one request each, as
+        // the stop closes their connections after it); dropping them would reset
+        // connections the client saw accepted, as in a binary upgrade's hand-over.
+        if !lobby.is_empty() {
+            let settings = self.settings.clone();
+            let tracked = tracker.clone();
+            tracker.spawn(async move {
+                loop {
+                    tokio::select! {
+                        ready = lobby.next() => match ready {
+                            Some(ready) => shared.admit(ready, &tracked, &stop),
+                            None => break,
+                        },
+                        () = &mut sweep => sweep_lobby(&lobby, sweep.as_mut(), settings.load().handshake_timeout),
+                    }
+                }
+            });
+        }
     }
+}
+
+/// Shuts the lobby's clients silent for longer than `timeout`; the sweep comes
+/// again a quarter of it later.
+fn sweep_lobby(lobby: &FuturesUnordered<Waiting>, sweep: Pin<&mut Sleep>, timeout: Duration) {
+    let now = Instant::now();
+    for waiting in lobby.iter().filter(|w| now >= w.since + timeout) {
+        waiting.expire();
+    }
+    sweep.reset(now + timeout / 4);
 }
 
 /// A listener's series of `weir_connections_active` and `weir_tunnels_active`,
@@ -253,6 +276,16 @@ struct Shared {
 }
 
 impl Shared {
+    /// Starts serving a client that left the lobby with bytes to read.
+    fn admit(self: &Arc<Self>, ready: Option<Accepted>, tracker: &TaskTracker, stop: &watch::Receiver<bool>) {
+        let Some(Accepted { stream, slot, active }) = ready else { return };
+        let (shared, stop) = (self.clone(), stop.clone());
+        tracker.spawn(async move {
+            shared.serve(stream, stop).await;
+            drop((active, slot));
+        });
+    }
+
     /// Serves a client that has sent its first bytes: TLS if the listener has it,
     /// then HTTP. Settings and certificates are the ones current at this moment.
     async fn serve(self: Arc<Self>, stream: tokio::net::TcpStream, stop: watch::Receiver<bool>) {

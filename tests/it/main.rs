@@ -8,6 +8,7 @@ mod cli;
 mod client_faults;
 mod edge;
 mod failures;
+mod handover;
 mod hardening_clients;
 mod hardening_slow;
 mod hardening_upstreams;

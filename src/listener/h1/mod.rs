@@ -446,6 +446,8 @@ impl Server {
         let Some(side) = self.read.as_mut() else { return Ok(None) };
         // Set when a read first has to wait: the head's deadline.
         let mut deadline: Option<Instant> = None;
+        // Set when `stop` is seen while idle: when the connection closes.
+        let mut closing: Option<Instant> = None;
         loop {
             if !side.buf.is_empty() {
                 if let Some(parsed) = parse_head(&mut side.buf, &mut self.fields, max_head)? {
@@ -491,10 +493,22 @@ impl Server {
                     }
                     *timer_waits = true;
                 }
-                // An idle connection closes at once on `stop`; a head under way is
-                // answered first.
+                // An idle connection closes on `stop` once `STOP_GRACE` passes with
+                // nothing from the client: a request already on its way (a busy
+                // client's next one) is answered, with `Connection: close`, instead
+                // of meeting a closed connection. A head under way is answered too.
                 if side.buf.is_empty() && stop.poll(cx) {
-                    return Poll::Ready(false);
+                    let close = *closing.get_or_insert_with(|| Instant::now() + super::STOP_GRACE);
+                    if Instant::now() >= close {
+                        return Poll::Ready(false);
+                    }
+                    if timer.deadline() > close {
+                        timer.as_mut().reset(close);
+                    }
+                    if timer.as_mut().poll(cx).is_ready() {
+                        cx.waker().wake_by_ref();
+                    }
+                    *timer_waits = true;
                 }
                 Poll::Pending
             })

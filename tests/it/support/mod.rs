@@ -337,6 +337,11 @@ impl WeirProcess {
     /// Starts the binary on `toml`, whose first listener must say `listen = "{port}"`,
     /// and waits until it accepts connections.
     pub async fn start(toml: &str, backends: &[&Backend]) -> WeirProcess {
+        WeirProcess::start_with(toml, backends, &[]).await
+    }
+
+    /// `start`, with more command-line arguments.
+    pub async fn start_with(toml: &str, backends: &[&Backend], args: &[&std::ffi::OsStr]) -> WeirProcess {
         let dir = tempfile::tempdir().unwrap();
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
@@ -346,6 +351,7 @@ impl WeirProcess {
             .arg("--config")
             .arg(&config)
             .args(["--log-level", "warn"])
+            .args(args)
             .spawn()
             .unwrap();
         // Owned at once, so a failed start below still kills and reaps it.

@@ -1,0 +1,177 @@
+//! Binary upgrade without a refused connection: a running weir hands its listening
+//! sockets to a new weir process over a Unix socket (the descriptors themselves, as
+//! `SCM_RIGHTS` ancillary data), as nginx's `USR2` and HAProxy's `-x` do. Both
+//! processes then hold the same sockets, so a client connecting meanwhile waits in
+//! their shared backlog and is accepted by whichever calls `accept`; once the new
+//! process says it serves, the old one stops accepting and drains as on SIGTERM.
+//!
+//! The exchange, on one connection to the old process's `--upgrade-socket`:
+//! 1. the old process sends one message: `weir-handover 1\n`, a line per socket
+//!    (`listener NAME` or `admin`) and `end\n`, with the sockets attached in the
+//!    same order;
+//! 2. the new process builds its runtime on them (binding only what it did not
+//!    receive) and writes `ready\n`;
+//! 3. the old process stops accepting and drains. A new process that fails before
+//!    `ready` just closes the connection, and the old one keeps serving.
+//!
+//! This module only moves sockets; `server` decides which to use.
+
+use std::collections::HashMap;
+use std::io::{self, IoSlice, IoSliceMut, Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+
+use nix::sys::socket::{recvmsg, sendmsg, ControlMessage, ControlMessageOwned, MsgFlags};
+use tokio::io::{AsyncBufReadExt, BufReader, Interest};
+use tokio::net::UnixListener;
+
+const HELLO: &str = "weir-handover 1\n";
+const END: &str = "end\n";
+/// More sockets than one message carries (`SCM_MAX_FD` is 253 on Linux) is more
+/// listeners than any config has.
+const MAX_SOCKETS: usize = 253;
+
+/// The sockets received from the old process.
+#[derive(Default)]
+pub struct Sockets {
+    /// By listener name.
+    pub listeners: HashMap<String, std::net::TcpListener>,
+    pub admin: Option<std::net::TcpListener>,
+}
+
+/// The connection to the old process, to tell it when to stop.
+pub struct Control(UnixStream);
+
+/// In the new process: takes the listening sockets of the weir process whose
+/// `--upgrade-socket` is `path`.
+pub fn take_over(path: &Path) -> io::Result<(Sockets, Control)> {
+    let mut stream = UnixStream::connect(path)?;
+    let mut text = vec![0u8; 64 * 1024];
+    let mut fds: Vec<OwnedFd> = Vec::new();
+    let mut space = nix::cmsg_space!([RawFd; MAX_SOCKETS]);
+    let mut iov = [IoSliceMut::new(&mut text)];
+    let received = recvmsg::<()>(stream.as_raw_fd(), &mut iov, Some(&mut space), MsgFlags::MSG_CMSG_CLOEXEC)
+        .map_err(io::Error::from)?;
+    let mut len = received.bytes;
+    for message in received.cmsgs().map_err(io::Error::from)? {
+        if let ControlMessageOwned::ScmRights(raw) = message {
+            // SAFETY: the kernel just installed these descriptors in this process,
+            // and nothing else owns them.
+            fds.extend(raw.into_iter().map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }));
+        }
+    }
+    // The text may arrive in more than one read; the sockets came with its first byte.
+    while !text[..len].ends_with(END.as_bytes()) {
+        if len == text.len() {
+            return Err(io::Error::other("hand-over message too long"));
+        }
+        match stream.read(&mut text[len..])? {
+            0 => return Err(io::Error::other("the old process closed the hand-over early")),
+            n => len += n,
+        }
+    }
+    let text = std::str::from_utf8(&text[..len]).map_err(io::Error::other)?;
+    let Some(lines) = text.strip_prefix(HELLO) else {
+        return Err(io::Error::other("not a weir hand-over socket (or another version)"));
+    };
+    let names: Vec<&str> = lines.lines().take_while(|l| *l != "end").collect();
+    if names.len() != fds.len() {
+        return Err(io::Error::other(format!("{} sockets named but {} received", names.len(), fds.len())));
+    }
+    let mut sockets = Sockets::default();
+    for (name, fd) in names.into_iter().zip(fds) {
+        let socket = std::net::TcpListener::from(fd);
+        socket.set_nonblocking(true)?;
+        match name.strip_prefix("listener ") {
+            Some(listener) => {
+                sockets.listeners.insert(listener.to_string(), socket);
+            }
+            None if name == "admin" => sockets.admin = Some(socket),
+            None => return Err(io::Error::other(format!("unknown socket `{name}` in the hand-over"))),
+        }
+    }
+    Ok((sockets, Control(stream)))
+}
+
+impl Control {
+    /// Tells the old process that this one serves: it stops accepting and drains.
+    pub fn ready(mut self) -> io::Result<()> {
+        self.0.write_all(b"ready\n")
+    }
+}
+
+/// In the running process: the Unix socket a new process takes the sockets over on.
+pub struct Offer {
+    listener: UnixListener,
+    path: PathBuf,
+}
+
+impl Offer {
+    /// Listens on `path` (a stale socket file there is replaced), readable and
+    /// writable by this user only: whoever connects gets the listening sockets and
+    /// can stop this process.
+    pub fn bind(path: &Path) -> io::Result<Offer> {
+        match std::fs::remove_file(path) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
+        let listener = UnixListener::bind(path)?;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+        Ok(Offer { listener, path: path.to_path_buf() })
+    }
+
+    /// Serves hand-overs until a new process has taken the sockets and said it
+    /// serves; then resolves (the caller shuts down as on SIGTERM). `sockets` gives
+    /// the current sockets (they change with reloads), each with its name line.
+    /// One new process at a time; one that fails leaves this process serving.
+    pub async fn handed_over(self, sockets: impl Fn() -> Vec<(String, OwnedFd)>) {
+        loop {
+            let stream = match self.listener.accept().await {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    tracing::warn!(path = %self.path.display(), error = %e, "hand-over accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            match offer(stream, &sockets()).await {
+                Ok(true) => {
+                    tracing::info!("a new process took the listening sockets over: draining");
+                    return;
+                }
+                Ok(false) => tracing::warn!("the new process left before it was ready; serving on"),
+                Err(e) => tracing::warn!(error = %e, "hand-over failed; serving on"),
+            }
+        }
+    }
+}
+
+/// Sends `sockets` on `stream` and waits for `ready`: `Ok(false)` when the new
+/// process closes the connection first.
+async fn offer(stream: tokio::net::UnixStream, sockets: &[(String, OwnedFd)]) -> io::Result<bool> {
+    let mut text = String::from(HELLO);
+    for (name, _) in sockets {
+        text.push_str(name);
+        text.push('\n');
+    }
+    text.push_str(END);
+    let fds: Vec<RawFd> = sockets.iter().map(|(_, fd)| fd.as_raw_fd()).collect();
+    let rights = [ControlMessage::ScmRights(&fds)];
+    let mut sent = 0;
+    while sent < text.len() {
+        let bytes = &text.as_bytes()[sent..];
+        // The sockets go with the first bytes only.
+        let cmsgs: &[ControlMessage] = if sent == 0 { &rights } else { &[] };
+        sent += stream
+            .async_io(Interest::WRITABLE, || {
+                sendmsg::<()>(stream.as_raw_fd(), &[IoSlice::new(bytes)], cmsgs, MsgFlags::empty(), None)
+                    .map_err(io::Error::from)
+            })
+            .await?;
+    }
+    let mut line = String::new();
+    BufReader::new(stream).read_line(&mut line).await?;
+    Ok(line == "ready\n")
+}

@@ -232,6 +232,8 @@ impl Listener {
         // the stop closes their connections after it); dropping them would reset
         // connections the client saw accepted, as in a binary upgrade's hand-over.
         if !lobby.is_empty() {
+            // Seen by this loop, the stop must still read as news to the connections.
+            stop.mark_changed();
             let settings = self.settings.clone();
             let tracked = tracker.clone();
             tracker.spawn(async move {
@@ -443,14 +445,24 @@ impl Connection {
         let runtime = self.runtime;
         let idle = Arc::new(Idle::new());
         let activity = idle.clone();
+        // HTTP/1.1 only: h2 says it with GOAWAY, and has no `Connection` header.
+        let stopping = (protocol == Protocol::Http1).then(|| self.stop.clone());
         let service = service_fn(move |req| {
             let rt = runtime.load_full();
             let peer = peer.clone();
             let busy = activity.begin();
+            // A request that arrives in the `STOP_GRACE` after a stop is answered
+            // with `Connection: close`, as weir's own HTTP/1.1 server does.
+            let close = stopping.as_ref().is_some_and(|stop| !matches!(stop.has_changed(), Ok(false)));
             async move {
                 let mut response = proxy::handle(&rt, req.map(ClientBody::Hyper), &peer).await;
                 if let Some(tunnel) = response.extensions_mut().remove::<Tunnel>() {
                     *busy.0.tunnel.lock().unwrap_or_else(|e| e.into_inner()) = Some(tunnel);
+                }
+                if close && response.status() != http::StatusCode::SWITCHING_PROTOCOLS {
+                    response
+                        .headers_mut()
+                        .insert(http::header::CONNECTION, http::HeaderValue::from_static("close"));
                 }
                 drop(busy);
                 Ok::<_, Infallible>(response)
@@ -503,8 +515,12 @@ where
     tokio::pin!(conn);
     tokio::select! {
         result = conn.as_mut() => result,
-        // Idle keep-alive connections close at once.
+        // A request on its way gets `STOP_GRACE` to arrive (see `Connection::serve`),
+        // then idle keep-alive connections close.
         _ = stop.changed() => {
+            if let Ok(result) = tokio::time::timeout(STOP_GRACE, conn.as_mut()).await {
+                return result;
+            }
             shutdown(conn.as_mut());
             conn.await
         }

@@ -9,8 +9,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use http::StatusCode;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use rustls_pki_types::ServerName;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio_rustls::rustls;
 
 use crate::support::{get, Backend, SteadyLoad, WeirProcess};
 
@@ -173,4 +175,118 @@ async fn a_take_over_from_nothing_fails_and_names_the_socket() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("nobody.sock"), "{stderr}");
+}
+
+/// Reads one response (head and `Content-Length` body) and returns its head,
+/// lowercased; empty when the connection ends first.
+async fn read_response<S: AsyncRead + Unpin>(stream: &mut S) -> String {
+    let mut bytes = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        if let Some(end) = bytes.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&bytes[..end]).to_ascii_lowercase();
+            let length: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .map_or(0, |v| v.trim().parse().unwrap());
+            while bytes.len() < end + 4 + length {
+                match stream.read(&mut chunk).await {
+                    Ok(n) if n > 0 => bytes.extend_from_slice(&chunk[..n]),
+                    _ => return String::new(),
+                }
+            }
+            return head;
+        }
+        match tokio::time::timeout(Duration::from_secs(5), stream.read(&mut chunk)).await {
+            Ok(Ok(n)) if n > 0 => bytes.extend_from_slice(&chunk[..n]),
+            _ => return String::new(),
+        }
+    }
+}
+
+/// On an idle keep-alive connection: a request, SIGTERM, and as soon as the port
+/// refuses, another request. It is answered (with `Connection: close`), not met by
+/// a connection closed under it: what a busy client sees in a hand-over's drain.
+async fn answered_after_stop<S: AsyncRead + AsyncWrite + Unpin>(weir: &WeirProcess, stream: &mut S) {
+    let request = b"GET /a HTTP/1.1\r\nHost: a\r\n\r\n";
+    stream.write_all(request).await.unwrap();
+    assert!(read_response(stream).await.starts_with("http/1.1 200"));
+
+    let pid = libc::pid_t::try_from(weir.child.id()).unwrap();
+    // SAFETY: signalling our own child by pid.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while TcpStream::connect(weir.addr).await.is_ok() {
+        assert!(Instant::now() < deadline, "still accepting after SIGTERM");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    stream.write_all(request).await.unwrap();
+    let head = read_response(stream).await;
+    assert!(head.starts_with("http/1.1 200"), "a request right after the stop got {head:?}");
+    assert!(head.contains("connection: close"), "{head}");
+}
+
+#[tokio::test]
+async fn a_request_on_its_way_when_the_drain_starts_is_answered() {
+    let app = Backend::named("app").start().await;
+    let config = CONFIG.replace("[admin]\nlisten = \"{admin}\"\n", "");
+    let weir = WeirProcess::start(&config, &[&app]).await;
+    let mut stream = TcpStream::connect(weir.addr).await.unwrap();
+    answered_after_stop(&weir, &mut stream).await;
+}
+
+#[tokio::test]
+async fn a_request_on_its_way_when_the_drain_starts_is_answered_over_tls() {
+    let dir = tempfile::tempdir().unwrap();
+    let generated = rcgen::generate_simple_self_signed(vec!["a.test".to_string()]).unwrap();
+    let (cert, key) = (dir.path().join("a.pem"), dir.path().join("a.key"));
+    std::fs::write(&cert, generated.cert.pem()).unwrap();
+    std::fs::write(&key, generated.signing_key.serialize_pem()).unwrap();
+    let tls = format!(
+        "listen = \"{{port}}\"\n[listeners.tls]\ncertificates = [{{ cert = \"{}\", key = \"{}\" }}]\n",
+        cert.display(),
+        key.display()
+    );
+    let config = CONFIG.replace("[admin]\nlisten = \"{admin}\"\n", "").replace("listen = \"{port}\"\n", &tls);
+    let app = Backend::named("app").start().await;
+    let weir = WeirProcess::start(&config, &[&app]).await;
+
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(generated.cert.der().clone()).unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut client = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    client.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let tcp = TcpStream::connect(weir.addr).await.unwrap();
+    let name = ServerName::try_from("a.test".to_string()).unwrap();
+    let mut stream = tokio_rustls::TlsConnector::from(Arc::new(client)).connect(name, tcp).await.unwrap();
+    answered_after_stop(&weir, &mut stream).await;
+}
+
+/// A client accepted before the stop but silent until after it is still served: it
+/// saw its connection accepted, and a reset would be a failure to it.
+#[tokio::test]
+async fn a_client_accepted_before_the_drain_and_silent_until_after_is_served() {
+    let app = Backend::named("app").start().await;
+    let config = CONFIG.replace("[admin]\nlisten = \"{admin}\"\n", "");
+    let weir = WeirProcess::start(&config, &[&app]).await;
+    let mut stream = TcpStream::connect(weir.addr).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+
+    let pid = libc::pid_t::try_from(weir.child.id()).unwrap();
+    // SAFETY: signalling our own child by pid.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while TcpStream::connect(weir.addr).await.is_ok() {
+        assert!(Instant::now() < deadline, "still accepting after SIGTERM");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    stream.write_all(b"GET /late HTTP/1.1\r\nHost: a\r\n\r\n").await.unwrap();
+    let head = read_response(&mut stream).await;
+    assert!(head.starts_with("http/1.1 200"), "a client accepted before the stop got {head:?}");
+    assert!(head.contains("connection: close"), "{head}");
 }

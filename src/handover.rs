@@ -48,6 +48,8 @@ pub struct Control(UnixStream);
 /// `--upgrade-socket` is `path`.
 pub fn take_over(path: &Path) -> io::Result<(Sockets, Control)> {
     let mut stream = UnixStream::connect(path)?;
+    // A process that accepts and never answers must not hang this one's start.
+    stream.set_read_timeout(Some(std::time::Duration::from_secs(10)))?;
     let mut text = vec![0u8; 64 * 1024];
     let mut fds: Vec<OwnedFd> = Vec::new();
     let mut space = nix::cmsg_space!([RawFd; MAX_SOCKETS]);
@@ -109,16 +111,22 @@ pub struct Offer {
 }
 
 impl Offer {
-    /// Listens on `path` (a stale socket file there is replaced), readable and
-    /// writable by this user only: whoever connects gets the listening sockets and
-    /// can stop this process.
+    /// Listens on `path` (replacing what is there: a stale socket, or the one of
+    /// the process this one took over from), readable and writable by this user
+    /// only, since whoever connects gets the listening sockets and can stop this
+    /// process. The socket is made under a temporary name and renamed into place,
+    /// so it is never reachable with looser permissions.
     pub fn bind(path: &Path) -> io::Result<Offer> {
-        match std::fs::remove_file(path) {
+        let mut temporary = path.as_os_str().to_owned();
+        temporary.push(format!(".{}", std::process::id()));
+        let temporary = PathBuf::from(temporary);
+        match std::fs::remove_file(&temporary) {
             Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
             _ => {}
         }
-        let listener = UnixListener::bind(path)?;
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+        let listener = UnixListener::bind(&temporary)?;
+        std::fs::set_permissions(&temporary, std::fs::Permissions::from_mode(0o600))?;
+        std::fs::rename(&temporary, path)?;
         Ok(Offer { listener, path: path.to_path_buf() })
     }
 
@@ -174,4 +182,59 @@ async fn offer(stream: tokio::net::UnixStream, sockets: &[(String, OwnedFd)]) ->
     let mut line = String::new();
     BufReader::new(stream).read_line(&mut line).await?;
     Ok(line == "ready\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::AsFd;
+
+    #[tokio::test]
+    async fn the_sockets_cross_by_name_and_ready_ends_the_offer() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("upgrade.sock");
+        let web = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let admin = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let (web_addr, admin_addr) = (web.local_addr().unwrap(), admin.local_addr().unwrap());
+        let offer = Offer::bind(&path).unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let sockets = move || {
+            vec![
+                ("listener web".to_string(), web.as_fd().try_clone_to_owned().unwrap()),
+                ("admin".to_string(), admin.as_fd().try_clone_to_owned().unwrap()),
+            ]
+        };
+        let offered = tokio::spawn(offer.handed_over(sockets));
+
+        // A process that leaves before `ready` changes nothing.
+        let quitter = path.clone();
+        let (taken, _control) =
+            tokio::task::spawn_blocking(move || take_over(&quitter)).await.unwrap().unwrap();
+        assert_eq!(taken.listeners["web"].local_addr().unwrap(), web_addr);
+        drop(_control);
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        assert!(!offered.is_finished());
+
+        let taker = path.clone();
+        let (taken, control) = tokio::task::spawn_blocking(move || take_over(&taker)).await.unwrap().unwrap();
+        assert_eq!(taken.listeners.len(), 1);
+        assert_eq!(taken.listeners["web"].local_addr().unwrap(), web_addr);
+        assert_eq!(taken.admin.unwrap().local_addr().unwrap(), admin_addr);
+        control.ready().unwrap();
+        tokio::time::timeout(std::time::Duration::from_secs(5), offered).await.unwrap().unwrap();
+    }
+
+    #[test]
+    fn a_socket_that_is_not_weirs_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("other.sock");
+        let other = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        std::thread::spawn(move || {
+            let (mut stream, _) = other.accept().unwrap();
+            stream.write_all(b"hello\nend\n").unwrap();
+        });
+        let error = take_over(&path).err().unwrap();
+        assert!(error.to_string().contains("not a weir hand-over socket"), "{error}");
+    }
 }

@@ -5,6 +5,10 @@
 //! closes the ones it drops (their open connections finish their requests first) and
 //! applies changed limits to the ones it keeps. The admin listener stays as started
 //! (its `hosts` and token are in the runtime, so they follow reloads).
+//!
+//! A binary upgrade (`handover`) starts a process on sockets inherited from the one
+//! it replaces: `bind_inheriting` uses them where a listener's name and address
+//! match, and `handover_sockets` gives this process's sockets to its successor.
 
 use std::collections::HashMap;
 use std::future::Future;

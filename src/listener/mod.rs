@@ -24,6 +24,11 @@
 //! limit is unchanged; a changed limit counts from zero (connections open under the
 //! old limit finish uncounted).
 //!
+//! Tunnels (upgraded connections) run on their connection's task, on either server:
+//! they keep its permit, its place in `weir_connections_active` and in the drain, and
+//! count in `weir_tunnels_active`. On `stop` a listener serves the clients it already
+//! accepted, and an idle HTTP/1 connection gets `STOP_GRACE` for a request on its way.
+//!
 //! A client that has not sent a byte yet has no task of its own: it waits in its
 //! listener's lobby (`Waiting`, about 0.5 KiB with tokio's registration), and its
 //! connection task, `Peer`, TLS and hyper state are made once it sends something.

@@ -100,11 +100,6 @@ fn run(args: &Args) -> anyhow::Result<()> {
     tokio.block_on(async {
         let server = Server::bind_inheriting(&config, metrics, inherited.listeners, inherited.admin)?;
         release_startup_pages();
-        // Bound and built: the old process may stop accepting. Until this one's
-        // accept loops run, clients wait in the shared backlog.
-        if let Some(old) = old_process {
-            old.ready().context("telling the old process to drain")?;
-        }
         let offer = match &args.upgrade_socket {
             None => None,
             Some(path) => Some(
@@ -112,6 +107,11 @@ fn run(args: &Args) -> anyhow::Result<()> {
                     .with_context(|| format!("listening for a hand-over on {}", path.display()))?,
             ),
         };
+        // Bound and built: the old process may stop accepting. Until this one's
+        // accept loops run, clients wait in the shared backlog.
+        if let Some(old) = old_process {
+            old.ready().context("telling the old process to drain")?;
+        }
         let sockets = server.handover_sockets();
         let handed_over = async move {
             match offer {

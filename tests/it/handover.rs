@@ -290,3 +290,48 @@ async fn a_client_accepted_before_the_drain_and_silent_until_after_is_served() {
     assert!(head.starts_with("http/1.1 200"), "a client accepted before the stop got {head:?}");
     assert!(head.contains("connection: close"), "{head}");
 }
+
+/// A new process that fails after taking the sockets (here: another listener's port
+/// is taken) exits 1, and the old one never stops serving.
+#[tokio::test]
+async fn a_new_process_that_fails_leaves_the_old_one_serving() {
+    let app = Backend::named("app").start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let control = dir.path().join("upgrade.sock");
+    let config = CONFIG.replace("[admin]\nlisten = \"{admin}\"\n", "");
+    let old =
+        WeirProcess::start_with(&config, &[&app], &[OsStr::new("--upgrade-socket"), control.as_os_str()])
+            .await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !control.exists() {
+        assert!(Instant::now() < deadline, "the old process never made its upgrade socket");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let extra = format!(
+        "[[listeners]]\nname = \"extra\"\nlisten = \"{}\"\n\n[[routes]]",
+        taken.local_addr().unwrap()
+    );
+    let failing = dir.path().join("failing.toml");
+    std::fs::write(&failing, std::fs::read_to_string(&old.config).unwrap().replacen("[[routes]]", &extra, 1))
+        .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_weir"))
+        .arg("--config")
+        .arg(&failing)
+        .arg("--take-over")
+        .arg(&control)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("extra"), "{stderr}");
+
+    let load = SteadyLoad::start(&old.url("/steady"), 2, Duration::from_millis(5));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (ok, failed) = load.stop().await;
+    assert_eq!(failed, 0);
+    assert!(ok > 10, "{ok}");
+    let mut old = old;
+    assert!(old.child.try_wait().unwrap().is_none(), "the old process stopped");
+}

@@ -20,7 +20,7 @@ use crate::access_log::AccessLog;
 use crate::admission::{Admission, AdmissionSettings};
 use crate::balancer::{Balancer, Options};
 use crate::cache::{self, Cache};
-use crate::config::{Config, RouteConfig, UpstreamConfig, UpstreamProtocol};
+use crate::config::{Config, RouteConfig, StatusSet, UpstreamConfig, UpstreamProtocol};
 use crate::discovery::{self, Answers};
 use crate::health::{self, HealthPolicy};
 use crate::metrics::{Metrics, UpstreamMetrics};
@@ -369,12 +369,7 @@ fn build_upstream(
         connection,
         health: HealthPolicy::new(up),
         retry_budget: RetryBudget::new(*up.retry_budget.get_ref()),
-        retry_on: up
-            .retry_on
-            .as_ref()
-            .and_then(|r| crate::config::parse_status_ranges(r.get_ref()).ok())
-            .unwrap_or_default()
-            .into(),
+        retry_on: up.retry_on.as_ref().map_or(StatusSet::EMPTY, |r| *r.get_ref()),
         metrics: metrics.upstream(name),
         admission,
     };

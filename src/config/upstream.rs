@@ -5,7 +5,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use super::shaping::StickyConfig;
-use super::units::Dur;
+use super::units::{Dur, StatusSet};
 
 /// The protocol weir speaks to an upstream's servers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -142,7 +142,7 @@ pub struct UpstreamConfig {
     /// without a body is tried again on another server, as nginx's
     /// `proxy_next_upstream http_503`. Absent: only failed connections are retried.
     #[serde(default)]
-    pub retry_on: Option<Spanned<String>>,
+    pub retry_on: Option<Spanned<StatusSet>>,
     /// Requests in flight to this upstream at most; more wait in a queue.
     #[serde(default)]
     pub max_in_flight: Option<Spanned<usize>>,
@@ -178,7 +178,7 @@ pub struct HealthCheckConfig {
     pub unhealthy_threshold: Spanned<u32>,
     /// Statuses that pass: `"200-399"`, `"200"`, `"200,204"`.
     #[serde(default = "defaults::expected_status")]
-    pub expected_status: Spanned<String>,
+    pub expected_status: Spanned<StatusSet>,
     /// `Host` header sent with checks; default: the server's address.
     #[serde(default)]
     pub host: Option<String>,
@@ -272,8 +272,8 @@ mod defaults {
     pub fn unhealthy_threshold() -> Spanned<u32> {
         Spanned::new(0..0, 3)
     }
-    pub fn expected_status() -> Spanned<String> {
-        Spanned::new(0..0, "200-399".into())
+    pub fn expected_status() -> Spanned<StatusSet> {
+        Spanned::new(0..0, StatusSet::range(200, 399).expect("200-399 is a status range"))
     }
     pub fn max_ejection_percent() -> Spanned<u8> {
         Spanned::new(0..0, 50)

@@ -78,14 +78,13 @@ impl HealthPolicy {
     /// Builds the policy from a validated upstream config.
     pub fn new(config: &UpstreamConfig) -> HealthPolicy {
         let check = config.health_check.as_ref().map(|hc| ActiveCheck {
-            path: PathAndQuery::try_from(hc.path.get_ref().as_str())
-                .unwrap_or_else(|_| PathAndQuery::from_static("/")),
+            path: hc.path.get_ref().0.clone(),
             interval: hc.interval.0,
             timeout: hc.timeout.0,
             healthy_threshold: *hc.healthy_threshold.get_ref(),
             unhealthy_threshold: *hc.unhealthy_threshold.get_ref(),
             expected: *hc.expected_status.get_ref(),
-            host: hc.host.as_deref().and_then(|h| HeaderValue::from_str(h).ok()),
+            host: hc.host.as_ref().map(|h| h.0.clone()),
         });
         let p = &config.passive_health;
         HealthPolicy {

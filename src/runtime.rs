@@ -384,11 +384,7 @@ fn build_route(
     caches: &HashMap<Box<str>, Arc<Cache>>,
     metrics: &Metrics,
 ) -> Route {
-    let methods = r.methods.as_ref().map(|ms| {
-        ms.iter()
-            .filter_map(|m| http::Method::from_bytes(m.get_ref().to_ascii_uppercase().as_bytes()).ok())
-            .collect()
-    });
+    let methods = r.methods.as_ref().map(|ms| ms.iter().map(|m| m.get_ref().0.clone()).collect());
     let prefix: Box<str> = r.path_prefix.as_ref().map_or("/", |p| p.get_ref()).into();
     // Validation guarantees exactly one action and that named things exist.
     let upstream = r.upstream.as_ref().and_then(|u| upstreams.get(u.get_ref().as_str()));

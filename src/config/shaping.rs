@@ -1,6 +1,6 @@
 //! The TOML schema of request shaping (issue 11): header rules, redirects, fixed
-//! answers and sticky sessions. Checked in `validate::shaping`, built into
-//! `crate::shaping` types by `Runtime::build`.
+//! answers and sticky sessions, and their checks (`check_route`, `check_sticky`,
+//! called from `validate`). `Runtime::build` turns them into `crate::shaping` types.
 
 use std::collections::BTreeMap;
 

@@ -159,6 +159,61 @@ impl<'de> Deserialize<'de> for Percent {
     }
 }
 
+/// A path with an optional query (`/healthz?full=1`), as sent in a request line:
+/// starts with `/` and is checked when the config is read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UriPath(pub http::uri::PathAndQuery);
+
+impl UriPath {
+    pub fn parse(text: &str) -> Result<UriPath, String> {
+        if !text.starts_with('/') {
+            return Err("must start with `/`".into());
+        }
+        http::uri::PathAndQuery::try_from(text)
+            .map(UriPath)
+            .map_err(|_| format!("`{text}` is not a path: spaces, control characters and `#` must be percent-encoded"))
+    }
+}
+
+impl<'de> Deserialize<'de> for UriPath {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        UriPath::parse(&text).map_err(de::Error::custom)
+    }
+}
+
+/// A header value (visible ASCII and spaces), checked when the config is read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HeaderText(pub http::HeaderValue);
+
+impl<'de> Deserialize<'de> for HeaderText {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        http::HeaderValue::from_str(&text)
+            .map(HeaderText)
+            .map_err(|_| de::Error::custom(format!("`{}` is not a valid header value", text.escape_debug())))
+    }
+}
+
+/// An HTTP method, uppercased (`get` is `GET`), checked when the config is read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MethodName(pub http::Method);
+
+impl MethodName {
+    pub fn parse(text: &str) -> Result<MethodName, String> {
+        http::Method::from_bytes(text.to_ascii_uppercase().as_bytes())
+            .map(MethodName)
+            .map_err(|_| format!("`{}` is not an HTTP method", text.escape_debug()))
+    }
+}
+
+impl<'de> Deserialize<'de> for MethodName {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        MethodName::parse(&text).map_err(de::Error::custom)
+    }
+}
+
 /// A set of response statuses (100 to 599), written `"200-399"`, `"503"` or
 /// `"502-504,429"`: `expected_status` and `retry_on`. Parsed once, when the config is
 /// read, so the runtime never parses it again; a lookup is one bit test.
@@ -314,6 +369,20 @@ mod tests {
         assert_eq!(StatusSet::range(200, 399), StatusSet::parse("200-399").ok());
         assert_eq!(StatusSet::range(400, 300), None);
         assert_eq!(StatusSet::range(0, 300), None);
+    }
+
+    #[test]
+    fn paths_methods_and_header_values_are_checked_once() {
+        assert_eq!(UriPath::parse("/healthz?full=1").unwrap().0.as_str(), "/healthz?full=1");
+        assert!(UriPath::parse("healthz").unwrap_err().contains("must start with `/`"));
+        assert!(UriPath::parse("/a b").unwrap_err().contains("is not a path"));
+        assert_eq!(MethodName::parse("get").unwrap().0, http::Method::GET);
+        assert_eq!(MethodName::parse("PURGE").unwrap().0.as_str(), "PURGE");
+        assert!(MethodName::parse("").is_err());
+        assert!(MethodName::parse("GE T").is_err());
+        let value = |text: &str| HeaderText::deserialize(de::value::StrDeserializer::<de::value::Error>::new(text));
+        assert_eq!(value("example.com").unwrap().0, "example.com");
+        assert!(value("a\nb").is_err());
     }
 
     #[test]

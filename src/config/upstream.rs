@@ -5,7 +5,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use super::shaping::StickyConfig;
-use super::units::{Dur, StatusSet};
+use super::units::{Dur, HeaderText, StatusSet, UriPath};
 
 /// The protocol weir speaks to an upstream's servers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -167,7 +167,7 @@ pub struct UpstreamConfig {
 #[serde(deny_unknown_fields)]
 pub struct HealthCheckConfig {
     #[serde(default = "defaults::health_path")]
-    pub path: Spanned<String>,
+    pub path: Spanned<UriPath>,
     #[serde(default = "defaults::health_interval")]
     pub interval: Dur,
     #[serde(default = "defaults::health_timeout")]
@@ -181,7 +181,7 @@ pub struct HealthCheckConfig {
     pub expected_status: Spanned<StatusSet>,
     /// `Host` header sent with checks; default: the server's address.
     #[serde(default)]
-    pub host: Option<String>,
+    pub host: Option<HeaderText>,
 }
 
 /// `[upstreams.NAME.passive_health]`
@@ -257,8 +257,8 @@ mod defaults {
     pub fn retry_budget() -> Spanned<f64> {
         Spanned::new(0..0, 0.2)
     }
-    pub fn health_path() -> Spanned<String> {
-        Spanned::new(0..0, "/".into())
+    pub fn health_path() -> Spanned<UriPath> {
+        Spanned::new(0..0, UriPath(http::uri::PathAndQuery::from_static("/")))
     }
     pub fn health_interval() -> Dur {
         Dur(Duration::from_secs(2))

@@ -80,6 +80,51 @@ use crate::shaping::template::{Template, Var};
 /// The shaping keys of `routes[i]` (`key`): exactly one action, keys that need an
 /// upstream only beside one, header rules and templates parse.
 pub(super) fn check_route(src: &Source, key: &str, r: &RouteConfig) -> Result<(), ConfigError> {
+    check_action(src, key, r)?;
+    if let Some(name) = &r.name {
+        let n = name.get_ref();
+        let ok = !n.is_empty()
+            && n.len() <= MAX_ROUTE_NAME
+            && n.bytes().all(|b| b.is_ascii_alphanumeric() || b"_-.".contains(&b));
+        if !ok {
+            return Err(src.error(
+                Some(name.span()),
+                &format!("{key}.name"),
+                format!("route names are 1 to {MAX_ROUTE_NAME} letters, digits, `_`, `-` or `.`"),
+            ));
+        }
+    }
+    for (what, rules) in [("request_headers", &r.request_headers), ("response_headers", &r.response_headers)]
+    {
+        if let Some(rules) = rules {
+            check_rules(src, &format!("{key}.{what}"), rules)?;
+        }
+    }
+    check_rewrite(src, key, r)?;
+    if let Some(redirect) = &r.redirect {
+        check_redirect(src, &format!("{key}.redirect"), redirect)?;
+    }
+    if let Some(respond) = &r.respond {
+        check_respond(src, &format!("{key}.respond"), respond)?;
+    }
+    if let Some(max) = &r.max_request_body {
+        if max.get_ref().0 == 0 {
+            return Err(src.error(
+                Some(max.span()),
+                &format!("{key}.max_request_body"),
+                "must be greater than zero",
+            ));
+        }
+    }
+    if r.request_timeout.is_some_and(|d| d.0.is_zero()) {
+        return Err(src.error(None, &format!("{key}.request_timeout"), "must be greater than zero"));
+    }
+    Ok(())
+}
+
+/// Exactly one of `upstream`, `redirect` and `respond`; the keys that shape
+/// forwarding only beside an `upstream`.
+fn check_action(src: &Source, key: &str, r: &RouteConfig) -> Result<(), ConfigError> {
     let actions = [r.upstream.is_some(), r.redirect.is_some(), r.respond.is_some()];
     if actions.iter().filter(|a| **a).count() != 1 {
         return Err(src.error(
@@ -106,25 +151,11 @@ pub(super) fn check_route(src: &Source, key: &str, r: &RouteConfig) -> Result<()
             ));
         }
     }
-    if let Some(name) = &r.name {
-        let n = name.get_ref();
-        let ok = !n.is_empty()
-            && n.len() <= MAX_ROUTE_NAME
-            && n.bytes().all(|b| b.is_ascii_alphanumeric() || b"_-.".contains(&b));
-        if !ok {
-            return Err(src.error(
-                Some(name.span()),
-                &format!("{key}.name"),
-                format!("route names are 1 to {MAX_ROUTE_NAME} letters, digits, `_`, `-` or `.`"),
-            ));
-        }
-    }
-    for (what, rules) in [("request_headers", &r.request_headers), ("response_headers", &r.response_headers)]
-    {
-        if let Some(rules) = rules {
-            check_rules(src, &format!("{key}.{what}"), rules)?;
-        }
-    }
+    Ok(())
+}
+
+/// `rewrite`: a bare path, and not beside `strip_prefix`.
+fn check_rewrite(src: &Source, key: &str, r: &RouteConfig) -> Result<(), ConfigError> {
     if r.strip_prefix && r.rewrite.is_some() {
         return Err(src.error(
             r.rewrite.as_ref().map(Spanned::span),
@@ -145,47 +176,41 @@ pub(super) fn check_route(src: &Source, key: &str, r: &RouteConfig) -> Result<()
             ));
         }
     }
-    if let Some(redirect) = &r.redirect {
-        if !matches!(*redirect.status.get_ref(), 301 | 302 | 307 | 308) {
+    Ok(())
+}
+
+/// `redirect` (`key`): a redirect status and a target template that parses.
+fn check_redirect(src: &Source, key: &str, redirect: &RedirectConfig) -> Result<(), ConfigError> {
+    if !matches!(*redirect.status.get_ref(), 301 | 302 | 307 | 308) {
+        return Err(src.error(
+            Some(redirect.status.span()),
+            &format!("{key}.status"),
+            "must be 301, 302, 307 or 308",
+        ));
+    }
+    if let Err(why) = Template::parse(redirect.to.get_ref(), Var::REDIRECT) {
+        return Err(src.error(Some(redirect.to.span()), &format!("{key}.to"), why));
+    }
+    Ok(())
+}
+
+/// `respond` (`key`): a status a server could answer with and a valid content type.
+fn check_respond(src: &Source, key: &str, respond: &RespondConfig) -> Result<(), ConfigError> {
+    if !(200..=599).contains(respond.status.get_ref()) {
+        return Err(src.error(
+            Some(respond.status.span()),
+            &format!("{key}.status"),
+            "must be between 200 and 599",
+        ));
+    }
+    if let Some(ct) = &respond.content_type {
+        if http::HeaderValue::from_str(ct.get_ref()).is_err() {
             return Err(src.error(
-                Some(redirect.status.span()),
-                &format!("{key}.redirect.status"),
-                "must be 301, 302, 307 or 308",
+                Some(ct.span()),
+                &format!("{key}.content_type"),
+                "is not a valid header value",
             ));
         }
-        if let Err(why) = Template::parse(redirect.to.get_ref(), Var::REDIRECT) {
-            return Err(src.error(Some(redirect.to.span()), &format!("{key}.redirect.to"), why));
-        }
-    }
-    if let Some(respond) = &r.respond {
-        if !(200..=599).contains(respond.status.get_ref()) {
-            return Err(src.error(
-                Some(respond.status.span()),
-                &format!("{key}.respond.status"),
-                "must be between 200 and 599",
-            ));
-        }
-        if let Some(ct) = &respond.content_type {
-            if http::HeaderValue::from_str(ct.get_ref()).is_err() {
-                return Err(src.error(
-                    Some(ct.span()),
-                    &format!("{key}.respond.content_type"),
-                    "is not a valid header value",
-                ));
-            }
-        }
-    }
-    if let Some(max) = &r.max_request_body {
-        if max.get_ref().0 == 0 {
-            return Err(src.error(
-                Some(max.span()),
-                &format!("{key}.max_request_body"),
-                "must be greater than zero",
-            ));
-        }
-    }
-    if r.request_timeout.is_some_and(|d| d.0.is_zero()) {
-        return Err(src.error(None, &format!("{key}.request_timeout"), "must be greater than zero"));
     }
     Ok(())
 }

@@ -169,9 +169,9 @@ impl UriPath {
         if !text.starts_with('/') {
             return Err("must start with `/`".into());
         }
-        http::uri::PathAndQuery::try_from(text)
-            .map(UriPath)
-            .map_err(|_| format!("`{text}` is not a path: spaces, control characters and `#` must be percent-encoded"))
+        http::uri::PathAndQuery::try_from(text).map(UriPath).map_err(|_| {
+            format!("`{text}` is not a path: spaces, control characters and `#` must be percent-encoded")
+        })
     }
 }
 
@@ -380,7 +380,8 @@ mod tests {
         assert_eq!(MethodName::parse("PURGE").unwrap().0.as_str(), "PURGE");
         assert!(MethodName::parse("").is_err());
         assert!(MethodName::parse("GE T").is_err());
-        let value = |text: &str| HeaderText::deserialize(de::value::StrDeserializer::<de::value::Error>::new(text));
+        let value =
+            |text: &str| HeaderText::deserialize(de::value::StrDeserializer::<de::value::Error>::new(text));
         assert_eq!(value("example.com").unwrap().0, "example.com");
         assert!(value("a\nb").is_err());
     }

@@ -127,7 +127,8 @@ fn check_refuses_values_the_runtime_could_not_use_at_their_line() {
         ),
         (
             GOOD.replace("upstream = \"api\"", "upstream = \"api\"\nmethods = [\"GET\", \"GE T\"]"),
-            "\"GE T\"",
+            // toml places an error inside a list at the list; the key names the entry.
+            "[\"GET\"",
             "routes[0].methods[1]",
         ),
     ];

@@ -473,13 +473,8 @@ fn build_route(
                 .and_then(|c| caches.get(c.get_ref().as_str()).cloned())
                 .map(|cache| cache::RouteCache { cache, route: cache::route_identity(r) }),
         }),
-        (None, Some(redirect), _) => Action::Answer(
-            LocalAnswer::redirect(redirect)
-                .unwrap_or_else(|| LocalAnswer::status(http::StatusCode::NOT_FOUND)),
-        ),
-        (None, None, Some(respond)) => Action::Answer(
-            LocalAnswer::respond(respond).unwrap_or_else(|| LocalAnswer::status(http::StatusCode::NOT_FOUND)),
-        ),
+        (None, Some(redirect), _) => Action::Answer(LocalAnswer::redirect(redirect)),
+        (None, None, Some(respond)) => Action::Answer(LocalAnswer::respond(respond)),
         (None, None, None) => Action::Answer(LocalAnswer::status(http::StatusCode::NOT_FOUND)),
     };
     let label =

@@ -214,6 +214,20 @@ impl<'de> Deserialize<'de> for MethodName {
     }
 }
 
+/// An HTTP status code (100 to 999), checked when the config is read; which codes
+/// a key allows is validation's business.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HttpStatus(pub http::StatusCode);
+
+impl<'de> Deserialize<'de> for HttpStatus {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let code = u16::deserialize(deserializer)?;
+        http::StatusCode::from_u16(code)
+            .map(HttpStatus)
+            .map_err(|_| de::Error::custom(format!("`{code}` is not an HTTP status code")))
+    }
+}
+
 /// A set of response statuses (100 to 599), written `"200-399"`, `"503"` or
 /// `"502-504,429"`: `expected_status` and `retry_on`. Parsed once, when the config is
 /// read, so the runtime never parses it again; a lookup is one bit test.

@@ -1,6 +1,9 @@
 //! Value types of the config with units and their parsers: durations (`"250ms"`),
-//! sizes (`"256MiB"`), percentages (`"10%"`), CIDR ranges and status lists. Each
-//! parser's error says what was expected, and serde attaches the key and position.
+//! sizes (`"256MiB"`), percentages (`"10%"`), CIDR ranges and status sets; and the
+//! values the runtime uses in a parsed form (paths, header values, methods, status
+//! codes), parsed here once as the config is read so that building the runtime has
+//! nothing left to refuse. Each parser's error says what was expected, and serde
+//! attaches the key and position.
 
 use std::fmt;
 use std::time::Duration;

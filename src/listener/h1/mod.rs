@@ -9,7 +9,7 @@
 //! httparse straight from the connection's read buffer, its header values share that
 //! buffer, `proxy::handle` runs inline in the connection's future, and the response
 //! head is written into a buffer the connection keeps, with a small body in the same
-//! `write`. TLS connections and h2 stay on hyper (`listener::Connection::serve_hyper`).
+//! `write`. TLS connections and h2 stay on hyper (`listener::Connection::serve`).
 //!
 //! What it owns, per connection (RFC 9112):
 //! - request heads: `400` for a malformed head or ambiguous framing (both

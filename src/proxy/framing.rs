@@ -16,6 +16,8 @@
 use http::header::{self, HeaderMap};
 use http::{Request, Version};
 
+pub mod chunked;
+
 use super::error::ProxyError;
 
 /// What a message's `Connection` header says about the connection (RFC 9112 §9.3),

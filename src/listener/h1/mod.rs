@@ -56,12 +56,13 @@ use super::{ClientIo, Connection};
 use crate::proxy;
 use crate::proxy::body::{Body as ResponseBody, BoxError, ClientBody};
 use crate::proxy::forward::splice;
+use crate::proxy::framing::chunked::Chunked;
 use crate::proxy::framing::{ends_chunked, ConnectionOptions};
 
 mod body;
 
 pub use body::Body;
-use body::{lock, Chunk, Decode, Reader};
+use body::{lock, Decode, Reader};
 
 /// Most headers a request may carry, as hyper allowed.
 const MAX_HEADERS: usize = 100;
@@ -239,7 +240,7 @@ impl RequestFraming {
             (true, _) if version == Version::HTTP_10 => return Err(StatusCode::BAD_REQUEST),
             (true, Some(_)) => return Err(StatusCode::BAD_REQUEST),
             (true, None) if !self.chunked => return Err(StatusCode::BAD_REQUEST),
-            (true, None) => Decode::Chunked(Chunk::Size),
+            (true, None) => Decode::Chunked(Chunked::new()),
             (false, Some(n)) if n > 0 => Decode::Length(n),
             _ => Decode::Done,
         };
@@ -909,7 +910,7 @@ mod tests {
         assert_eq!(head("POST / HTTP/1.1\r\nContent-Length: 5\r\n\r\n").body, Decode::Length(5));
         assert_eq!(head("POST / HTTP/1.1\r\nContent-Length: 0\r\n\r\n").body, Decode::Done);
         let chunked = head("POST / HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\n\r\n");
-        assert_eq!(chunked.body, Decode::Chunked(Chunk::Size));
+        assert_eq!(chunked.body, Decode::Chunked(Chunked::new()));
         assert!(!head("GET / HTTP/1.1\r\nConnection: close\r\n\r\n").keep_alive);
         assert!(!head("GET / HTTP/1.0\r\n\r\n").keep_alive);
         assert!(head("GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n").keep_alive);

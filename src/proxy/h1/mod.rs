@@ -45,9 +45,6 @@ use response::{parse_head, State};
 const MAX_HEADERS: usize = 100;
 /// Largest response head (status line and headers) accepted.
 const MAX_HEAD: usize = 64 * 1024;
-/// Largest chunk-size line or trailer section accepted.
-const MAX_CHUNK_LINE: usize = 4 * 1024;
-const MAX_TRAILERS: usize = 16 * 1024;
 /// How much room a read of body bytes asks for: large reads keep 1 MiB bodies cheap.
 const BODY_READ: usize = 64 * 1024;
 const HEAD_READ: usize = 8 * 1024;

@@ -6,14 +6,15 @@ use std::io;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Response, StatusCode, Version};
 use http_body::{Frame, SizeHint};
 
 use super::super::body::BoxError;
+use super::super::framing::chunked::{Chunked, Decoded};
 use super::super::framing::{ends_chunked, ConnectionOptions};
-use super::{Conn, Error, Stream, BODY_READ, HEAD_READ, MAX_CHUNK_LINE, MAX_HEADERS, MAX_TRAILERS};
+use super::{Conn, Error, Stream, BODY_READ, MAX_HEADERS};
 
 /// A parsed response head: its parts, and for a final response its body's framing
 /// and whether the connection may be reused after it (`None` for a 1xx).
@@ -129,7 +130,7 @@ impl ResponseFraming {
             return Ok((State::Done, reusable));
         }
         let state = match (self.coded, self.length) {
-            (true, _) if self.chunked => State::Chunked(Chunk::Size),
+            (true, _) if self.chunked => State::Chunked(Chunked::new()),
             (false, Some(0)) => State::Done,
             (false, Some(n)) => State::Length(n),
             // A coding other than chunked last, or no length at all: to the close.
@@ -147,21 +148,12 @@ impl ResponseFraming {
 pub(super) enum State {
     /// This many bytes are left.
     Length(u64),
-    Chunked(Chunk),
+    Chunked(Chunked),
     /// Until the server closes the connection.
     Eof,
     Done,
     /// A 101: the connection now belongs to the tunnel.
     Upgraded,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub(super) enum Chunk {
-    Size,
-    Data(u64),
-    /// The CRLF after a chunk's data.
-    DataEnd,
-    Trailers,
 }
 
 /// A response body read from its connection, which it owns until the end.
@@ -245,64 +237,19 @@ impl Body {
                     let data = self.buffered().split().freeze();
                     return Poll::Ready(Some(Ok(Frame::data(data))));
                 }
-                State::Chunked(Chunk::Size) => match httparse::parse_chunk_size(self.buffered()) {
-                    Ok(httparse::Status::Complete((used, size))) => {
-                        self.buffered().advance(used);
-                        self.state =
-                            State::Chunked(if size == 0 { Chunk::Trailers } else { Chunk::Data(size) });
-                    }
-                    Ok(httparse::Status::Partial) => {
-                        if self.buffered().len() > MAX_CHUNK_LINE {
-                            return Poll::Ready(Some(Err(Error::Bad("chunk size line too long"))));
-                        }
-                        ready!(self.fill_or_fail_poll(cx))?;
-                    }
-                    Err(_) => return Poll::Ready(Some(Err(Error::Bad("invalid chunk size")))),
-                },
-                State::Chunked(Chunk::Data(left)) => {
-                    let data = ready!(self.poll_data(cx, left))?;
-                    let left = left - data.len() as u64;
-                    self.state = State::Chunked(if left == 0 { Chunk::DataEnd } else { Chunk::Data(left) });
-                    return Poll::Ready(Some(Ok(Frame::data(data))));
-                }
-                State::Chunked(Chunk::DataEnd) => {
-                    if self.buffered().len() < 2 {
-                        ready!(self.fill_or_fail_poll(cx))?;
-                        continue;
-                    }
-                    if &self.buffered()[..2] != b"\r\n" {
-                        return Poll::Ready(Some(Err(Error::Bad("chunk data not followed by CRLF"))));
-                    }
-                    self.buffered().advance(2);
-                    self.state = State::Chunked(Chunk::Size);
-                }
-                State::Chunked(Chunk::Trailers) => {
-                    let buf = self.buffered();
-                    if buf.starts_with(b"\r\n") {
-                        buf.advance(2);
-                        self.state = State::Done;
-                        return Poll::Ready(None);
-                    }
-                    let mut fields = [httparse::EMPTY_HEADER; 32];
-                    match httparse::parse_headers(buf, &mut fields) {
-                        Ok(httparse::Status::Complete((used, fields))) => {
-                            let mut trailers = HeaderMap::with_capacity(fields.len());
-                            for f in fields {
-                                if let (Ok(name), Ok(value)) = (
-                                    HeaderName::from_bytes(f.name.as_bytes()),
-                                    HeaderValue::from_bytes(f.value),
-                                ) {
-                                    trailers.append(name, value);
-                                }
-                            }
-                            buf.advance(used);
+                State::Chunked(ref mut chunked) => {
+                    let conn = self.conn.as_mut().expect("a body being read has its connection");
+                    match chunked.decode(&mut conn.read).map_err(Error::Bad)? {
+                        Decoded::Data(data) => return Poll::Ready(Some(Ok(Frame::data(data)))),
+                        Decoded::Trailers(trailers) => {
                             self.state = State::Done;
                             return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
                         }
-                        Ok(httparse::Status::Partial) if buf.len() <= MAX_TRAILERS => {
-                            ready!(self.fill_or_fail_poll(cx))?;
+                        Decoded::End => {
+                            self.state = State::Done;
+                            return Poll::Ready(None);
                         }
-                        _ => return Poll::Ready(Some(Err(Error::Bad("invalid chunked trailers")))),
+                        Decoded::More => ready!(self.fill_or_fail_poll(cx))?,
                     }
                 }
             }
@@ -311,7 +258,7 @@ impl Body {
 
     /// Reads more bytes mid-body; the connection ending here cuts the body short.
     fn fill_or_fail_poll(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
-        match ready!(self.poll_fill(cx, HEAD_READ)) {
+        match ready!(self.poll_fill(cx, BODY_READ)) {
             Ok(0) => Poll::Ready(Err(Error::ClosedMidBody)),
             Ok(_) => Poll::Ready(Ok(())),
             Err(e) => Poll::Ready(Err(e.into())),
@@ -393,7 +340,7 @@ mod tests {
         assert_eq!(framing_of("HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n"), (State::Done, true));
         assert_eq!(
             framing_of("HTTP/1.1 200 OK\r\ntransfer-encoding: gzip, chunked\r\n\r\n"),
-            (State::Chunked(Chunk::Size), true)
+            (State::Chunked(Chunked::new()), true)
         );
         // Not chunked last, or no length at all: the body runs to the close.
         assert_eq!(framing_of("HTTP/1.1 200 OK\r\ntransfer-encoding: gzip\r\n\r\n"), (State::Eof, false));

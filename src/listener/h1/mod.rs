@@ -706,12 +706,18 @@ fn encode_head(
     out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
     out.extend_from_slice(b"\r\n");
     let (mut has_date, mut length, mut close) = (false, None, false);
+    // RFC 9110 §8.6: no `Content-Length` with a 1xx, 204 or 304.
+    let no_length =
+        status.is_informational() || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED;
     for (name, value) in &parts.headers {
         if *name == header::DATE {
             has_date = true;
         } else if *name == header::CONTENT_LENGTH {
             // One that is not a number frames nothing: it is left out, and the
-            // body's own size decides.
+            // body's own size decides. A repeat goes out once.
+            if no_length || length.is_some() {
+                continue;
+            }
             length = parse_length(value.as_bytes());
             if length.is_none() {
                 continue;
@@ -980,6 +986,19 @@ mod tests {
         let keep_alive = "GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n";
         let (text, _, keep) = encoded(response(200, &[]), Some(0), keep_alive);
         assert!(text.contains("connection: keep-alive\r\n") && keep, "{text}");
+    }
+
+    #[test]
+    fn no_content_and_not_modified_carry_no_length_and_a_repeat_goes_out_once() {
+        const GET11: &str = "GET / HTTP/1.1\r\n\r\n";
+        let (text, framing, _) = encoded(response(204, &[("content-length", "0")]), Some(0), GET11);
+        assert!(!text.contains("content-length"), "{text}");
+        assert_eq!(framing, Out::None);
+        let (text, _, _) = encoded(response(304, &[("content-length", "9")]), Some(0), GET11);
+        assert!(!text.contains("content-length"), "{text}");
+        let twice = response(200, &[("content-length", "2"), ("content-length", "2")]);
+        let (text, framing, _) = encoded(twice, Some(2), GET11);
+        assert_eq!((text.matches("content-length").count(), framing), (1, Out::Length(2)), "{text}");
     }
 
     #[test]

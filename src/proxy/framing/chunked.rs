@@ -358,12 +358,12 @@ mod tests {
         for bad in [
             &b"zz\r\nabc\r\n0\r\n\r\n"[..],
             b"3\r\nabcX\r\n0\r\n\r\n",
-            b"\r\n\r\n",                          // an empty size line is no last chunk
-            b"3\nabc\r\n0\r\n\r\n",               // bare LF ending the size line
-            b"3;a=b\nabc\r\n0\r\n\r\n",           // bare LF in an extension
-            b"3;a\x00\r\nabc\r\n0\r\n\r\n",       // a control byte in an extension
-            b"0\r\nx-t: 1\n\r\n",                 // bare LF in the trailers
-            b"0\r\nx-t: 1\r\n\n",                 // bare LF ending the trailers
+            b"\r\n\r\n",                    // an empty size line is no last chunk
+            b"3\nabc\r\n0\r\n\r\n",         // bare LF ending the size line
+            b"3;a=b\nabc\r\n0\r\n\r\n",     // bare LF in an extension
+            b"3;a\x00\r\nabc\r\n0\r\n\r\n", // a control byte in an extension
+            b"0\r\nx-t: 1\n\r\n",           // bare LF in the trailers
+            b"0\r\nx-t: 1\r\n\n",           // bare LF ending the trailers
             b"0\r\nbad name: 1\r\n\r\n",
             b"+3\r\nabc\r\n0\r\n\r\n",
             b"0x3\r\nabc\r\n0\r\n\r\n",

@@ -587,7 +587,8 @@ mod tests {
         let post = request(Method::POST, &[("content-length", "41"), ("expect", "100-continue")], B::Empty);
         assert_eq!(text(post), "POST /p?q=1 HTTP/1.1\r\ncontent-length: 0\r\n\r\n");
         let body = B::from(Bytes::from_static(b"abc"));
-        let chunked = request(Method::POST, &[("transfer-encoding", "chunked"), ("content-length", "9")], body);
+        let chunked =
+            request(Method::POST, &[("transfer-encoding", "chunked"), ("content-length", "9")], body);
         assert_eq!(text(chunked), "POST /p?q=1 HTTP/1.1\r\ncontent-length: 3\r\n\r\n");
         let hop = request(
             Method::GET,
@@ -601,7 +602,11 @@ mod tests {
             ],
             B::Empty,
         );
-        assert_eq!(text(hop), "GET /p?q=1 HTTP/1.1\r\nx-a: 1\r\n\r\n", "no upgrade without Connection: upgrade");
+        assert_eq!(
+            text(hop),
+            "GET /p?q=1 HTTP/1.1\r\nx-a: 1\r\n\r\n",
+            "no upgrade without Connection: upgrade"
+        );
         let upgrade = request(
             Method::GET,
             &[("upgrade", "websocket"), ("connection", "upgrade"), ("te", "trailers")],

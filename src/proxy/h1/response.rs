@@ -50,14 +50,31 @@ pub(super) fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Optio
     let head = buf.split_to(len).freeze();
     let mut headers = HeaderMap::with_capacity(count);
     let mut framing = ResponseFraming::default();
+    // RFC 9110 §8.6: these carry no body, and no `Content-Length` goes on with them.
+    let bodiless = matches!(code, 100..=199 | 204 | 304);
     for field in &fields[..count] {
         // SAFETY: the loop above wrote the first `count` fields (one per header).
         let field = unsafe { field.assume_init_ref() };
         let name = HeaderName::from_bytes(&head[field.name.clone()])
             .map_err(|_| Error::Bad("invalid response header name"))?;
-        let value = HeaderValue::from_maybe_shared(head.slice(field.value.clone()))
+        let mut value = HeaderValue::from_maybe_shared(head.slice(field.value.clone()))
             .map_err(|_| Error::Bad("invalid response header value"))?;
-        framing.note(&name, &value)?;
+        if name == header::CONTENT_LENGTH {
+            if bodiless {
+                continue;
+            }
+            // Equal repeats (`5, 5`, or two fields) go on as one field of one number.
+            let repeat = framing.length.is_some();
+            framing.note(&name, &value)?;
+            if repeat {
+                continue;
+            }
+            if let Some(n) = framing.length.filter(|_| value.as_bytes().contains(&b',')) {
+                value = HeaderValue::from(n);
+            }
+        } else {
+            framing.note(&name, &value)?;
+        }
         headers.append(name, value);
     }
     let status = StatusCode::from_u16(code).map_err(|_| Error::Bad("invalid status code"))?;
@@ -120,6 +137,10 @@ impl ResponseFraming {
         let mut reusable = self.connection.persist(parts.version);
         if parts.status == StatusCode::SWITCHING_PROTOCOLS {
             return Ok((State::Upgraded, false));
+        }
+        if self.coded && parts.version == Version::HTTP_10 {
+            // RFC 9112 §6.1: faulty framing. Refused, as hyper does.
+            return Err(Error::Bad("Transfer-Encoding in an HTTP/1.0 response"));
         }
         if self.coded && self.length.is_some() {
             // RFC 9112 §6.3: possibly response splitting; the connection is not reused.
@@ -358,6 +379,23 @@ mod tests {
             panic!("HEAD response not parsed")
         };
         assert_eq!(framing, (State::Done, true), "a response to HEAD has no body");
+    }
+
+    #[test]
+    fn bodiless_responses_lose_their_length_and_repeats_go_on_once() {
+        let parts = |text: &str| head(text, false).unwrap().unwrap().0;
+        let no_content = parts("HTTP/1.1 204 No Content\r\ncontent-length: 0\r\n\r\n");
+        assert!(!no_content.headers.contains_key(header::CONTENT_LENGTH));
+        let not_modified = parts("HTTP/1.1 304 Not Modified\r\ncontent-length: 9\r\netag: \"a\"\r\n\r\n");
+        assert!(!not_modified.headers.contains_key(header::CONTENT_LENGTH));
+        let twice = parts("HTTP/1.1 200 OK\r\ncontent-length: 2\r\nContent-Length: 2\r\n\r\n");
+        assert_eq!(twice.headers.get_all(header::CONTENT_LENGTH).iter().collect::<Vec<_>>(), ["2"]);
+        let listed = parts("HTTP/1.1 200 OK\r\ncontent-length: 2, 2\r\n\r\n");
+        assert_eq!(listed.headers.get_all(header::CONTENT_LENGTH).iter().collect::<Vec<_>>(), ["2"]);
+        assert_eq!(
+            bad("HTTP/1.0 200 OK\r\ntransfer-encoding: chunked\r\n\r\n"),
+            "Transfer-Encoding in an HTTP/1.0 response"
+        );
     }
 
     #[test]

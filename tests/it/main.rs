@@ -3,6 +3,7 @@
 mod balancing;
 mod cache;
 mod cli;
+mod codec_strict;
 mod edge;
 mod failures;
 mod hardening_clients;

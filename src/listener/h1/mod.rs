@@ -170,6 +170,14 @@ fn parse_head(
     Ok(Some((req, head)))
 }
 
+/// Whether `buf` holds the blank line that ends a head (CRLF CRLF, or with bare LFs,
+/// which httparse takes too) ending at or after `from`.
+fn has_head_end(buf: &[u8], from: usize) -> bool {
+    (from.max(1)..buf.len()).any(|p| {
+        buf[p] == b'\n' && (buf[p - 1] == b'\n' || (p >= 2 && buf[p - 1] == b'\r' && buf[p - 2] == b'\n'))
+    })
+}
+
 /// The request target as a `Uri`: origin-form, absolute-form, `*` for OPTIONS and
 /// authority-form for CONNECT (RFC 9112 §3.2); anything else is refused.
 fn parse_target(method: &Method, target: Bytes) -> Result<Uri, StatusCode> {
@@ -448,11 +456,21 @@ impl Server {
         let Some(side) = self.read.as_mut() else { return Ok(None) };
         // Set when a read first has to wait: the head's deadline.
         let mut deadline: Option<Instant> = None;
+        // How much of the buffer is known to hold no head's end. The first bytes are
+        // parsed at once (a head usually comes whole); after a partial head only the
+        // new bytes are scanned for its end, and it is parsed again only once the end
+        // is there, so a head sent a byte at a time costs one pass, not one per byte.
+        let mut scanned = 0;
         loop {
             if !side.buf.is_empty() {
-                if let Some(parsed) = parse_head(&mut side.buf, &mut self.fields, max_head)? {
-                    return Ok(Some(parsed));
+                if scanned == 0 || has_head_end(&side.buf, scanned) {
+                    if let Some(parsed) = parse_head(&mut side.buf, &mut self.fields, max_head)? {
+                        return Ok(Some(parsed));
+                    }
+                } else if side.buf.len() >= max_head {
+                    return Err(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
                 }
+                scanned = side.buf.len();
             }
             if side.buf.capacity() - side.buf.len() < HEAD_READ / 4 {
                 side.buf.reserve(HEAD_READ);
@@ -898,6 +916,19 @@ mod tests {
         }
         many.extend_from_slice(b"\r\n");
         assert_eq!(refused(&many), StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
+    }
+
+    #[test]
+    fn a_head_end_is_found_in_the_new_bytes_only() {
+        let head = b"GET / HTTP/1.1\r\nHost: a\r\n\r\n";
+        for at in 0..head.len() {
+            assert_eq!(has_head_end(&head[..at], 0), false, "{at}");
+        }
+        assert!(has_head_end(head, 0));
+        // The end straddles what was scanned and what is new.
+        assert!(has_head_end(head, head.len() - 1));
+        assert!(has_head_end(b"GET / HTTP/1.1\nHost: a\n\n", 20));
+        assert!(has_head_end(b"GET / HTTP/1.1\r\nHost: a\n\r\n", 25));
     }
 
     #[test]

@@ -619,6 +619,29 @@ mod tests {
     }
 
     #[test]
+    fn an_upload_that_disagrees_with_its_length_fails_as_a_request_body_error() {
+        use super::super::body::Body as B;
+        let mut long = Upload::new(B::Empty, Framing::Length(3));
+        assert!(matches!(long.push(Bytes::from_static(b"abcd")), Err(Error::RequestBody(_))));
+        let mut short = Upload::new(B::Empty, Framing::Length(3));
+        short.push(Bytes::from_static(b"ab")).unwrap();
+        assert!(matches!(short.end(None), Err(Error::RequestBody(_))));
+        let mut exact = Upload::new(B::Empty, Framing::Length(3));
+        exact.push(Bytes::from_static(b"abc")).unwrap();
+        exact.end(None).unwrap();
+        assert_eq!(&exact.gather[..], b"abc");
+        let mut chunked = Upload::new(B::Empty, Framing::Chunked);
+        chunked.push(Bytes::from_static(b"abc")).unwrap();
+        chunked.push(Bytes::from(vec![b'x'; UPLOAD_COPY + 1])).unwrap();
+        chunked.end(None).unwrap();
+        assert_eq!(chunked.pending.len(), 2, "a large frame is queued as it is");
+        assert_eq!(&chunked.pending[0][..], b"3\r\nabc\r\n2001\r\n");
+        assert_eq!(&chunked.gather[..], b"\r\n0\r\n\r\n");
+        chunked.written(chunked.queued());
+        assert_eq!(chunked.queued(), 0);
+    }
+
+    #[test]
     fn forwarded_headers_replace_the_clients_and_extend_its_chain() {
         let forwarded = Forwarded {
             host: Some(HeaderValue::from_static("a.test")),

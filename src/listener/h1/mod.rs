@@ -922,7 +922,7 @@ mod tests {
     fn a_head_end_is_found_in_the_new_bytes_only() {
         let head = b"GET / HTTP/1.1\r\nHost: a\r\n\r\n";
         for at in 0..head.len() {
-            assert_eq!(has_head_end(&head[..at], 0), false, "{at}");
+            assert!(!has_head_end(&head[..at], 0), "{at}");
         }
         assert!(has_head_end(head, 0));
         // The end straddles what was scanned and what is new.

@@ -219,3 +219,40 @@ async fn request_trailers_that_would_reshape_the_request_are_dropped() {
     let trailers = wire.rsplit_once("\r\n0\r\n").map_or("", |(_, t)| t);
     assert_eq!(trailers, "x-checksum: 3\r\n\r\n", "{wire}");
 }
+
+/// The same over h2c: the trailers of an HTTP/2 request body are filtered on their
+/// way to an HTTP/1.1 server too.
+#[tokio::test]
+async fn h2_request_trailers_that_would_reshape_the_request_are_dropped() {
+    use bytes::Bytes;
+    use http_body_util::StreamBody;
+    use hyper::body::Frame;
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+
+    let backend = RawBackend::recording().await;
+    let weir = Weir::start(&backend.fill(CONFIG), &[]).await;
+    let stream = TcpStream::connect(weir.addr).await.unwrap();
+    let (mut sender, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream)).await.unwrap();
+    tokio::spawn(conn);
+    let mut trailers = http::HeaderMap::new();
+    for (name, value) in
+        [("content-length", "99"), ("host", "evil"), ("authorization", "x"), ("x-checksum", "3")]
+    {
+        trailers.insert(name, value.parse().unwrap());
+    }
+    let frames: Vec<Result<Frame<Bytes>, std::convert::Infallible>> =
+        vec![Ok(Frame::data(Bytes::from_static(b"abc"))), Ok(Frame::trailers(trailers))];
+    let req = http::Request::post("http://a/x")
+        .header("te", "trailers")
+        .body(StreamBody::new(futures_util::stream::iter(frames)))
+        .unwrap();
+    let response = sender.send_request(req).await.unwrap();
+    assert_eq!(response.status(), 200);
+    let requests = backend.requests();
+    assert_eq!(requests.len(), 1, "{requests:?}");
+    assert_eq!(requests[0].body, b"abc");
+    let wire = String::from_utf8_lossy(&backend.bytes()).to_ascii_lowercase();
+    let trailers = wire.rsplit_once("\r\n0\r\n").map_or("", |(_, t)| t);
+    assert_eq!(trailers, "x-checksum: 3\r\n\r\n", "{wire}");
+}

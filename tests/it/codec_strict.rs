@@ -79,8 +79,9 @@ stale_while_revalidate = "30s"
 }
 
 /// RFC 9112 §7.1 on request bodies: a bare LF in a size line, an extension or the
-/// trailers, an empty size line, or a size that is not hex refuses the request and
-/// closes the connection; the request hidden behind it never reaches the server.
+/// trailers, an empty size line, a size that is not hex, or over 16 KiB of chunk
+/// extensions refuses the request and closes the connection; the request hidden
+/// behind it never reaches the server.
 #[tokio::test]
 async fn loose_chunked_request_bodies_are_refused_and_the_connection_closed() {
     const HIDDEN: &str = "GET /hidden HTTP/1.1\r\nHost: a\r\n\r\n";
@@ -91,6 +92,8 @@ async fn loose_chunked_request_bodies_are_refused_and_the_connection_closed() {
         "3\r\nabc\r\n0\r\nx: 1\n\r\n", // bare LF in the trailers
         "0\r\n\n",                     // bare LF ending the trailers
         "-3\r\nabc\r\n0\r\n\r\n",
+        // Over 16 KiB of chunk extensions in one body.
+        &format!("1;{}\r\nx\r\n", "e".repeat(1000)).repeat(17),
     ] {
         let backend = RawBackend::recording().await;
         let weir = Weir::start(&backend.fill(CONFIG), &[]).await;

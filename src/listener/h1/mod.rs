@@ -17,7 +17,8 @@
 //!   does not end in `chunked`, `Transfer-Encoding` in HTTP/1.0), `431` for a head
 //!   over `max_header_size` or over 100 headers; either closes the connection.
 //!   `proxy::framing` then refuses what is well-formed but unsafe to forward.
-//! - request bodies by length or chunks (extensions skipped, trailers passed on),
+//! - request bodies by length or chunks (strictly, by `proxy::framing::chunked`:
+//!   extensions skipped and bounded, trailers passed on),
 //!   read by whoever polls the request's `Body` (`body`): the connection lends its read side
 //!   to the body and takes it back once the response is written. A body left unread
 //!   then is drained from what is already buffered, else the connection closes, so

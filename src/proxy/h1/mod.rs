@@ -11,10 +11,12 @@
 //! hands it back to the pool.
 //!
 //! Framing follows RFC 9112 §6: a response to HEAD, a 1xx, 204 or 304 has no body; a
-//! chunked response is decoded (trailers kept); otherwise `Content-Length`; a response
-//! with neither is read to the connection's close. A length together with a transfer
-//! coding, conflicting lengths, obs-fold and oversized heads are refused as bad
-//! responses, so the client never gets a body framed differently from how weir read it.
+//! chunked response is decoded strictly (`framing::chunked`, trailers kept); otherwise
+//! `Content-Length`; a response with neither is read to the connection's close. A
+//! length together with a transfer coding, a transfer coding in HTTP/1.0, conflicting
+//! lengths, obs-fold and oversized heads are refused as bad responses, so the client
+//! never gets a body framed differently from how weir read it. A request's framing is
+//! weir's own, from its body, never from its headers (`encode_head`).
 //!
 //! This file is the connection and the request side; `response` parses response heads
 //! and decodes response bodies.

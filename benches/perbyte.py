@@ -18,7 +18,7 @@ ROUNDS rounds; the ratio is weir's median over nginx's.
     cargo build --release --bin weir && benches/perbyte.py [ROUNDS]
 
 WEIR=path picks another weir binary; ONLY=text runs only the cases whose label
-contains it (e.g. ONLY=head).
+contains it (e.g. ONLY=head); BIG=1 adds a 256 KiB head (slow).
 
 Needs nginx (installed with apt-get when missing).
 """
@@ -193,7 +193,8 @@ def main():
 error_log {work}/proxy.err warn; events {{ worker_connections 1024; }}
 http {{
   access_log off; {temp} client_max_body_size 0;
-  large_client_header_buffers 4 64k; client_header_buffer_size 1k;
+  large_client_header_buffers 4 1m; client_header_buffer_size 1k;
+  client_header_timeout 120s;
   upstream o {{ server 127.0.0.1:{ORIGIN}; keepalive 8; }}
   server {{
     listen 127.0.0.1:{NGINX};
@@ -209,7 +210,8 @@ workers = 1
 [[listeners]]
 name = "bench"
 listen = "127.0.0.1:{WEIR_PORT}"
-max_header_size = 65536
+max_header_size = 1048576
+header_read_timeout = "120s"
 [[routes]]
 upstream = "o"
 [upstreams.o]
@@ -234,6 +236,9 @@ servers = [{{ address = "127.0.0.1:{ORIGIN}" }}]
             ("8 KiB head, 1 byte per write", lambda port: bytewise_head(port, 8 * 1024)),
             ("32 KiB head, 1 byte per write", lambda port: bytewise_head(port, 32 * 1024)),
         ]
+        if os.environ.get("BIG"):
+            # Slow (about 20 s a request): shows the cost per byte stays flat.
+            cases.append(("256 KiB head, 1 byte per write", lambda port: bytewise_head(port, 256 * 1024)))
         print(f"CPU seconds of the proxy process, median of {ROUNDS} rounds")
         print("| case | weir | nginx | weir / nginx |")
         print("| --- | ---: | ---: | ---: |")

@@ -259,3 +259,34 @@ async fn h2_request_trailers_that_would_reshape_the_request_are_dropped() {
     let trailers = wire.rsplit_once("\r\n0\r\n").map_or("", |(_, t)| t);
     assert_eq!(trailers, "x-checksum: 3\r\n\r\n", "{wire}");
 }
+
+/// A body whose client declared its length goes up length-framed, from an HTTP/1.1
+/// client and from an h2c one: the length is the body's (its exact size), written
+/// by weir.
+#[tokio::test]
+async fn a_declared_length_still_goes_up_as_content_length() {
+    use bytes::Bytes;
+    use http_body_util::Full;
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+
+    let backend = RawBackend::recording().await;
+    let weir = Weir::start(&backend.fill(CONFIG), &[]).await;
+    let post = b"POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello";
+    assert_eq!(statuses(&exchange(weir.addr, post).await), vec![200]);
+    let stream = TcpStream::connect(weir.addr).await.unwrap();
+    let (mut sender, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream)).await.unwrap();
+    tokio::spawn(conn);
+    let req = http::Request::post("http://a/x")
+        .header("content-length", "5")
+        .body(Full::new(Bytes::from_static(b"hello")))
+        .unwrap();
+    assert_eq!(sender.send_request(req).await.unwrap().status(), 200);
+    let requests = backend.requests();
+    assert_eq!(requests.len(), 2, "{requests:?}");
+    for request in &requests {
+        assert_eq!(request.header("content-length"), ["5"], "{}", request.head);
+        assert!(request.header("transfer-encoding").is_empty(), "{}", request.head);
+        assert_eq!(request.body, b"hello");
+    }
+}

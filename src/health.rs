@@ -27,7 +27,7 @@ use http::uri::PathAndQuery;
 use http::{Request, StatusCode};
 use tokio::time::Instant;
 
-use crate::config::{parse_status_ranges, UpstreamConfig};
+use crate::config::{StatusSet, UpstreamConfig};
 use crate::proxy::body::Body;
 use crate::proxy::client;
 use crate::upstream::{Server, Upstream};
@@ -48,7 +48,7 @@ pub struct ActiveCheck {
     pub timeout: Duration,
     pub healthy_threshold: u32,
     pub unhealthy_threshold: u32,
-    pub expected: Vec<(u16, u16)>,
+    pub expected: StatusSet,
     pub host: Option<HeaderValue>,
 }
 
@@ -78,15 +78,13 @@ impl HealthPolicy {
     /// Builds the policy from a validated upstream config.
     pub fn new(config: &UpstreamConfig) -> HealthPolicy {
         let check = config.health_check.as_ref().map(|hc| ActiveCheck {
-            path: PathAndQuery::try_from(hc.path.get_ref().as_str())
-                .unwrap_or_else(|_| PathAndQuery::from_static("/")),
+            path: hc.path.get_ref().0.clone(),
             interval: hc.interval.0,
             timeout: hc.timeout.0,
             healthy_threshold: *hc.healthy_threshold.get_ref(),
             unhealthy_threshold: *hc.unhealthy_threshold.get_ref(),
-            // Validation already parsed it; the fallback is the default range.
-            expected: parse_status_ranges(hc.expected_status.get_ref()).unwrap_or_else(|_| vec![(200, 399)]),
-            host: hc.host.as_deref().and_then(|h| HeaderValue::from_str(h).ok()),
+            expected: *hc.expected_status.get_ref(),
+            host: hc.host.as_ref().map(|h| h.0.clone()),
         });
         let p = &config.passive_health;
         HealthPolicy {
@@ -296,11 +294,11 @@ async fn probe(upstream: &Upstream, server: &Server, check: &ActiveCheck) -> Res
             .send(server, &mut req, None, upstream.tls.is_some())
             .await
             .map_err(|f| format!("request: {}", f.error))?;
-        let status = response.status().as_u16();
-        if check.expected.iter().any(|&(lo, hi)| (lo..=hi).contains(&status)) {
+        let status = response.status();
+        if check.expected.contains(status) {
             Ok(())
         } else {
-            Err(format!("status {status}"))
+            Err(format!("status {}", status.as_u16()))
         }
     };
     match tokio::time::timeout(check.timeout, attempt).await {

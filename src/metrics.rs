@@ -58,167 +58,66 @@ impl Metrics {
     /// a programming error caught by the tests.
     pub fn new() -> Result<Metrics, prometheus::Error> {
         let registry = Registry::new();
-        let counter = |name: &str, help: &str, labels: &[&str]| -> Result<IntCounterVec, prometheus::Error> {
-            let c = IntCounterVec::new(Opts::new(name, help), labels)?;
-            registry.register(Box::new(c.clone()))?;
-            Ok(c)
-        };
-        let gauge = |name: &str, help: &str, labels: &[&str]| -> Result<IntGaugeVec, prometheus::Error> {
-            let g = IntGaugeVec::new(Opts::new(name, help), labels)?;
-            registry.register(Box::new(g.clone()))?;
-            Ok(g)
-        };
-        let histogram = |name: &str,
-                         help: &str,
-                         labels: &[&str]|
-         -> Result<HistogramVec, prometheus::Error> {
-            let h =
-                HistogramVec::new(HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec()), labels)?;
-            registry.register(Box::new(h.clone()))?;
-            Ok(h)
-        };
+        let families = Families { registry: &registry };
+        let ClientFamilies {
+            requests_total,
+            request_duration,
+            request_bytes_total,
+            response_bytes_total,
+            connections_active,
+            tunnels_active,
+        } = families.client()?;
+        let UpstreamFamilies {
+            upstream_requests_total,
+            upstream_request_duration,
+            upstream_server_healthy,
+            upstream_server_in_flight,
+            upstream_connect_errors_total,
+            upstream_timeouts_total,
+            upstream_queue_depth,
+            upstream_queue_wait,
+            health_checks_total,
+            upstream_retries_total,
+        } = families.upstream()?;
+        let PolicyFamilies { rate_limited_total, rate_limit_store_errors_total, access_denied_total } =
+            families.policy()?;
+        let CacheFamilies { cache_requests_total, cache_size_bytes, cache_entries, cache_evictions_total } =
+            families.cache()?;
+        let OperationFamilies {
+            config_reloads_total,
+            access_log_dropped_total,
+            admin_misdirected_total,
+            admin_unauthorized_total,
+        } = families.operations()?;
         let metrics = Metrics {
-            requests_total: counter(
-                "weir_requests_total",
-                "Client requests answered, by upstream (\"\" when no route matched) and status code.",
-                &["upstream", "code"],
-            )?,
-            request_duration: histogram(
-                "weir_request_duration_seconds",
-                "Time from a request's arrival to its response headers, by upstream.",
-                &["upstream"],
-            )?,
-            upstream_requests_total: counter(
-                "weir_upstream_requests_total",
-                "Requests sent to each upstream server that got a response, by status code.",
-                &["upstream", "server", "code"],
-            )?,
-            upstream_request_duration: histogram(
-                "weir_upstream_request_duration_seconds",
-                "Time from sending a request to a server to its response headers.",
-                &["upstream", "server"],
-            )?,
-            upstream_server_healthy: gauge(
-                "weir_upstream_server_healthy",
-                "1 while a server is considered healthy, 0 while it is marked down.",
-                &["upstream", "server"],
-            )?,
-            upstream_server_in_flight: gauge(
-                "weir_upstream_server_in_flight",
-                "Requests sent to a server whose response has not been fully delivered.",
-                &["upstream", "server"],
-            )?,
-            upstream_connect_errors_total: counter(
-                "weir_upstream_connect_errors_total",
-                "Connections to a server that were refused, failed or timed out.",
-                &["upstream", "server"],
-            )?,
-            upstream_timeouts_total: counter(
-                "weir_upstream_timeouts_total",
-                "Requests whose server did not answer within request_timeout.",
-                &["upstream", "server"],
-            )?,
-            rate_limited_total: counter(
-                "weir_rate_limited_total",
-                "Requests refused by a rate limit.",
-                &["rate_limit"],
-            )?,
-            rate_limit_store_errors_total: counter(
-                "weir_rate_limit_store_errors_total",
-                "Rate limit checks decided without the shared store (Redis failed, timed out, or is being skipped after a failure).",
-                &["rate_limit"],
-            )?,
-            connections_active: gauge(
-                "weir_connections_active",
-                "Client connections open, by listener.",
-                &["listener"],
-            )?,
-            tunnels_active: gauge(
-                "weir_tunnels_active",
-                "Upgraded connections (WebSocket and other tunnels) open, by listener; each is also in weir_connections_active.",
-                &["listener"],
-            )?,
-            config_reloads_total: counter(
-                "weir_config_reloads_total",
-                "Config reloads, by result (success or failure).",
-                &["result"],
-            )?,
-            upstream_queue_depth: gauge(
-                "weir_upstream_queue_depth",
-                "Requests waiting for a free max_in_flight slot of an upstream.",
-                &["upstream"],
-            )?,
-            upstream_queue_wait: histogram(
-                "weir_upstream_queue_wait_seconds",
-                "Time requests that had to queue waited for an upstream slot (admitted or not).",
-                &["upstream"],
-            )?,
-            health_checks_total: counter(
-                "weir_health_checks_total",
-                "Active health checks of each server, by result (pass or fail).",
-                &["upstream", "server", "result"],
-            )?,
-            upstream_retries_total: counter(
-                "weir_upstream_retries_total",
-                "Requests sent again to another server after a failed attempt.",
-                &["upstream"],
-            )?,
-            request_bytes_total: counter(
-                "weir_request_bytes_total",
-                "Request body bytes forwarded to each upstream.",
-                &["upstream"],
-            )?,
-            response_bytes_total: counter(
-                "weir_response_bytes_total",
-                "Response body bytes relayed from each upstream to clients.",
-                &["upstream"],
-            )?,
-            access_log_dropped_total: {
-                let c = IntCounter::new(
-                    "weir_access_log_dropped_total",
-                    "Access log lines dropped because the writer fell behind.",
-                )?;
-                registry.register(Box::new(c.clone()))?;
-                c
-            },
-            cache_requests_total: counter(
-                "weir_cache_requests_total",
-                "Requests on cached routes, by cache and result (hit, miss, stale, coalesced, bypass).",
-                &["cache", "result"],
-            )?,
-            cache_size_bytes: gauge(
-                "weir_cache_size_bytes",
-                "Bytes held by a cache: bodies, headers and keys.",
-                &["cache"],
-            )?,
-            cache_entries: gauge("weir_cache_entries", "Objects held by a cache.", &["cache"])?,
-            cache_evictions_total: counter(
-                "weir_cache_evictions_total",
-                "Entries a cache dropped to stay within max_size.",
-                &["cache"],
-            )?,
-            access_denied_total: counter(
-                "weir_access_denied_total",
-                "Requests refused with 403 by a route's allow/deny lists, by route name.",
-                &["route"],
-            )?,
-            admin_misdirected_total: {
-                let c = IntCounter::new(
-                    "weir_admin_misdirected_total",
-                    "Admin requests refused with 421 because their Host is not a name of the admin listener.",
-                )?;
-                registry.register(Box::new(c.clone()))?;
-                c
-            },
-            admin_unauthorized_total: {
-                let c = IntCounter::new(
-                    "weir_admin_unauthorized_total",
-                    "Admin requests that change state refused for want of the right bearer token (401 or 403).",
-                )?;
-                registry.register(Box::new(c.clone()))?;
-                c
-            },
             registry,
+            requests_total,
+            request_duration,
+            upstream_requests_total,
+            upstream_request_duration,
+            upstream_server_healthy,
+            upstream_server_in_flight,
+            upstream_connect_errors_total,
+            upstream_timeouts_total,
+            rate_limited_total,
+            rate_limit_store_errors_total,
+            connections_active,
+            tunnels_active,
+            config_reloads_total,
+            upstream_queue_depth,
+            upstream_queue_wait,
+            health_checks_total,
+            upstream_retries_total,
+            request_bytes_total,
+            response_bytes_total,
+            access_log_dropped_total,
+            cache_requests_total,
+            cache_size_bytes,
+            cache_entries,
+            cache_evictions_total,
+            access_denied_total,
+            admin_misdirected_total,
+            admin_unauthorized_total,
         };
         // Both results exist from the start, so `increase(...{result="failure"})` has a
         // series to work on before the first failed reload.
@@ -276,6 +175,240 @@ impl Metrics {
         let _ = self.upstream_server_healthy.remove_label_values(&labels);
         let _ = self.upstream_server_in_flight.remove_label_values(&labels);
     }
+}
+
+/// Registers families in one registry; the groups below are `Metrics::new`'s parts.
+struct Families<'a> {
+    registry: &'a Registry,
+}
+
+type Made<T> = Result<T, prometheus::Error>;
+
+impl Families<'_> {
+    fn counter(&self, name: &str, help: &str, labels: &[&str]) -> Made<IntCounterVec> {
+        let c = IntCounterVec::new(Opts::new(name, help), labels)?;
+        self.registry.register(Box::new(c.clone()))?;
+        Ok(c)
+    }
+
+    /// A counter without labels.
+    fn single(&self, name: &str, help: &str) -> Made<IntCounter> {
+        let c = IntCounter::new(name, help)?;
+        self.registry.register(Box::new(c.clone()))?;
+        Ok(c)
+    }
+
+    fn gauge(&self, name: &str, help: &str, labels: &[&str]) -> Made<IntGaugeVec> {
+        let g = IntGaugeVec::new(Opts::new(name, help), labels)?;
+        self.registry.register(Box::new(g.clone()))?;
+        Ok(g)
+    }
+
+    fn histogram(&self, name: &str, help: &str, labels: &[&str]) -> Made<HistogramVec> {
+        let h = HistogramVec::new(HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec()), labels)?;
+        self.registry.register(Box::new(h.clone()))?;
+        Ok(h)
+    }
+
+    /// What clients sent and got, and their connections.
+    fn client(&self) -> Made<ClientFamilies> {
+        Ok(ClientFamilies {
+            requests_total: self.counter(
+                "weir_requests_total",
+                "Client requests answered, by upstream (\"\" when no route matched) and status code.",
+                &["upstream", "code"],
+            )?,
+            request_duration: self.histogram(
+                "weir_request_duration_seconds",
+                "Time from a request's arrival to its response headers, by upstream.",
+                &["upstream"],
+            )?,
+            request_bytes_total: self.counter(
+                "weir_request_bytes_total",
+                "Request body bytes forwarded to each upstream.",
+                &["upstream"],
+            )?,
+            response_bytes_total: self.counter(
+                "weir_response_bytes_total",
+                "Response body bytes relayed from each upstream to clients.",
+                &["upstream"],
+            )?,
+            connections_active: self.gauge(
+                "weir_connections_active",
+                "Client connections open, by listener.",
+                &["listener"],
+            )?,
+            tunnels_active: self.gauge(
+                "weir_tunnels_active",
+                "Upgraded connections (WebSocket and other tunnels) open, by listener; each is also in weir_connections_active.",
+                &["listener"],
+            )?,
+        })
+    }
+
+    /// Upstream servers: their answers, health, load, queue and retries.
+    fn upstream(&self) -> Made<UpstreamFamilies> {
+        let per_server = &["upstream", "server"];
+        Ok(UpstreamFamilies {
+            upstream_requests_total: self.counter(
+                "weir_upstream_requests_total",
+                "Requests sent to each upstream server that got a response, by status code.",
+                &["upstream", "server", "code"],
+            )?,
+            upstream_request_duration: self.histogram(
+                "weir_upstream_request_duration_seconds",
+                "Time from sending a request to a server to its response headers.",
+                per_server,
+            )?,
+            upstream_server_healthy: self.gauge(
+                "weir_upstream_server_healthy",
+                "1 while a server is considered healthy, 0 while it is marked down.",
+                per_server,
+            )?,
+            upstream_server_in_flight: self.gauge(
+                "weir_upstream_server_in_flight",
+                "Requests sent to a server whose response has not been fully delivered.",
+                per_server,
+            )?,
+            upstream_connect_errors_total: self.counter(
+                "weir_upstream_connect_errors_total",
+                "Connections to a server that were refused, failed or timed out.",
+                per_server,
+            )?,
+            upstream_timeouts_total: self.counter(
+                "weir_upstream_timeouts_total",
+                "Requests whose server did not answer within request_timeout.",
+                per_server,
+            )?,
+            upstream_queue_depth: self.gauge(
+                "weir_upstream_queue_depth",
+                "Requests waiting for a free max_in_flight slot of an upstream.",
+                &["upstream"],
+            )?,
+            upstream_queue_wait: self.histogram(
+                "weir_upstream_queue_wait_seconds",
+                "Time requests that had to queue waited for an upstream slot (admitted or not).",
+                &["upstream"],
+            )?,
+            health_checks_total: self.counter(
+                "weir_health_checks_total",
+                "Active health checks of each server, by result (pass or fail).",
+                &["upstream", "server", "result"],
+            )?,
+            upstream_retries_total: self.counter(
+                "weir_upstream_retries_total",
+                "Requests sent again to another server after a failed attempt.",
+                &["upstream"],
+            )?,
+        })
+    }
+
+    /// Requests refused by a route's rate limit or access lists.
+    fn policy(&self) -> Made<PolicyFamilies> {
+        Ok(PolicyFamilies {
+            rate_limited_total: self.counter(
+                "weir_rate_limited_total",
+                "Requests refused by a rate limit.",
+                &["rate_limit"],
+            )?,
+            rate_limit_store_errors_total: self.counter(
+                "weir_rate_limit_store_errors_total",
+                "Rate limit checks decided without the shared store (Redis failed, timed out, or is being skipped after a failure).",
+                &["rate_limit"],
+            )?,
+            access_denied_total: self.counter(
+                "weir_access_denied_total",
+                "Requests refused with 403 by a route's allow/deny lists, by route name.",
+                &["route"],
+            )?,
+        })
+    }
+
+    fn cache(&self) -> Made<CacheFamilies> {
+        Ok(CacheFamilies {
+            cache_requests_total: self.counter(
+                "weir_cache_requests_total",
+                "Requests on cached routes, by cache and result (hit, miss, stale, coalesced, bypass).",
+                &["cache", "result"],
+            )?,
+            cache_size_bytes: self.gauge(
+                "weir_cache_size_bytes",
+                "Bytes held by a cache: bodies, headers and keys.",
+                &["cache"],
+            )?,
+            cache_entries: self.gauge("weir_cache_entries", "Objects held by a cache.", &["cache"])?,
+            cache_evictions_total: self.counter(
+                "weir_cache_evictions_total",
+                "Entries a cache dropped to stay within max_size.",
+                &["cache"],
+            )?,
+        })
+    }
+
+    /// weir's own running: reloads, the access log writer, the admin listener.
+    fn operations(&self) -> Made<OperationFamilies> {
+        Ok(OperationFamilies {
+            config_reloads_total: self.counter(
+                "weir_config_reloads_total",
+                "Config reloads, by result (success or failure).",
+                &["result"],
+            )?,
+            access_log_dropped_total: self.single(
+                "weir_access_log_dropped_total",
+                "Access log lines dropped because the writer fell behind.",
+            )?,
+            admin_misdirected_total: self.single(
+                "weir_admin_misdirected_total",
+                "Admin requests refused with 421 because their Host is not a name of the admin listener.",
+            )?,
+            admin_unauthorized_total: self.single(
+                "weir_admin_unauthorized_total",
+                "Admin requests that change state refused for want of the right bearer token (401 or 403).",
+            )?,
+        })
+    }
+}
+
+struct ClientFamilies {
+    requests_total: IntCounterVec,
+    request_duration: HistogramVec,
+    request_bytes_total: IntCounterVec,
+    response_bytes_total: IntCounterVec,
+    connections_active: IntGaugeVec,
+    tunnels_active: IntGaugeVec,
+}
+
+struct UpstreamFamilies {
+    upstream_requests_total: IntCounterVec,
+    upstream_request_duration: HistogramVec,
+    upstream_server_healthy: IntGaugeVec,
+    upstream_server_in_flight: IntGaugeVec,
+    upstream_connect_errors_total: IntCounterVec,
+    upstream_timeouts_total: IntCounterVec,
+    upstream_queue_depth: IntGaugeVec,
+    upstream_queue_wait: HistogramVec,
+    health_checks_total: IntCounterVec,
+    upstream_retries_total: IntCounterVec,
+}
+
+struct PolicyFamilies {
+    rate_limited_total: IntCounterVec,
+    rate_limit_store_errors_total: IntCounterVec,
+    access_denied_total: IntCounterVec,
+}
+
+struct CacheFamilies {
+    cache_requests_total: IntCounterVec,
+    cache_size_bytes: IntGaugeVec,
+    cache_entries: IntGaugeVec,
+    cache_evictions_total: IntCounterVec,
+}
+
+struct OperationFamilies {
+    config_reloads_total: IntCounterVec,
+    access_log_dropped_total: IntCounter,
+    admin_misdirected_total: IntCounter,
+    admin_unauthorized_total: IntCounter,
 }
 
 impl Metrics {

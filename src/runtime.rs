@@ -20,7 +20,7 @@ use crate::access_log::AccessLog;
 use crate::admission::{Admission, AdmissionSettings};
 use crate::balancer::{Balancer, Options};
 use crate::cache::{self, Cache};
-use crate::config::{Config, RouteConfig, UpstreamConfig, UpstreamProtocol};
+use crate::config::{Config, RouteConfig, StatusSet, UpstreamConfig, UpstreamProtocol};
 use crate::discovery::{self, Answers};
 use crate::health::{self, HealthPolicy};
 use crate::metrics::{Metrics, UpstreamMetrics};
@@ -109,82 +109,21 @@ impl Runtime {
         fresh: &Answers,
     ) -> Result<Runtime, BuildError> {
         let mut answers = Answers::new();
-        let mut slots: Vec<Box<str>> = previous.map(|p| p.listener_slots.clone()).unwrap_or_default();
-        for l in &config.listeners {
-            if !slots.iter().any(|s| **s == **l.name.get_ref()) {
-                slots.push(l.name.get_ref().as_str().into());
-            }
-        }
-        if slots.len() > 64 {
-            return Err(BuildError::TooManyListeners { max: 64 });
-        }
-        let slot_of = |name: &str| slots.iter().position(|s| &**s == name);
+        let slots = listener_slots(config, previous)?;
         let mut upstreams = HashMap::new();
         for (name, up) in &config.upstreams {
             let upstream = build_upstream(config, name, up, previous, metrics, fresh, &mut answers)?;
             upstreams.insert(Box::from(name.as_str()), Arc::new(upstream));
         }
-
-        let mut limiters = HashMap::new();
-        for (name, limit) in &config.rate_limits {
-            let settings = Settings::from_config(limit);
-            let store = StoreSettings::from_config(limit);
-            let kept = previous
-                .and_then(|p| p.limiters.get(name.as_str()))
-                .filter(|old| old.settings == settings && old.store_settings() == store.as_ref())
-                .cloned();
-            let limiter = match kept {
-                Some(limiter) => limiter,
-                None => {
-                    let counter = metrics.rate_limited_total.with_label_values(&[name]);
-                    let limiter = Limiter::new(name, settings, counter);
-                    Arc::new(match store {
-                        None => limiter,
-                        Some(store) => {
-                            let errors = metrics.rate_limit_store_errors_total.with_label_values(&[name]);
-                            limiter.with_store(store, errors).map_err(|e| BuildError::Store {
-                                rate_limit: name.clone(),
-                                reason: e.to_string(),
-                            })?
-                        }
-                    })
-                }
-            };
-            limiters.insert(Box::from(name.as_str()), limiter);
-        }
-
-        let mut caches = HashMap::new();
-        for (name, c) in &config.caches {
-            let settings = cache::Settings::of(c);
-            let kept =
-                previous.and_then(|p| p.caches.get(name.as_str())).filter(|old| old.settings == settings);
-            let cache = match kept {
-                Some(old) => old.clone(),
-                None => Cache::new(name, settings, metrics.cache(name)),
-            };
-            caches.insert(Box::from(name.as_str()), cache);
-        }
-
+        let limiters = build_limiters(config, previous, metrics)?;
+        let caches = build_caches(config, previous, metrics);
         let mut router = Router::default();
         for r in &config.routes {
-            let listeners = match &r.listeners {
-                None => u64::MAX,
-                Some(names) => {
-                    names.iter().fold(0u64, |mask, n| mask | slot_of(n.get_ref()).map_or(0, |i| 1u64 << i))
-                }
-            };
             let mut route = build_route(r, &upstreams, &limiters, &caches, metrics);
-            route.listeners = listeners;
+            route.listeners = listener_mask(r, &slots);
             router.add(r.host.as_ref().map(|h| h.get_ref().as_str()), route);
         }
-        let mut listener_tls = vec![None; slots.len()];
-        for (i, l) in config.listeners.iter().enumerate() {
-            if let (Some(t), Some(slot)) = (&l.tls, slot_of(l.name.get_ref())) {
-                let key = format!("listeners[{i}].tls.certificates");
-                let server = tls::server_config(t.certificates.get_ref(), &config.base_dir, &key)?;
-                listener_tls[slot] = Some(tokio_rustls::TlsAcceptor::from(server));
-            }
-        }
+        let listener_tls = listener_tls(config, &slots)?;
         if let Some(previous) = previous {
             forget_removed_servers(previous, &upstreams, metrics);
         }
@@ -215,7 +154,7 @@ impl Runtime {
 
     /// The stable slot of the listener called `name`.
     pub fn listener_slot(&self, name: &str) -> Option<usize> {
-        self.listener_slots.iter().position(|s| &**s == name)
+        slot_of(&self.listener_slots, name)
     }
 
     /// Starts the background tasks: each server's active health checks and each
@@ -231,6 +170,108 @@ impl Runtime {
             }
         }
     }
+}
+
+/// Each listener's stable slot: the previous runtime's slots first, so a route's
+/// listener mask and a listener's index survive reloads, then new names.
+fn listener_slots(config: &Config, previous: Option<&Runtime>) -> Result<Vec<Box<str>>, BuildError> {
+    let mut slots: Vec<Box<str>> = previous.map(|p| p.listener_slots.clone()).unwrap_or_default();
+    for l in &config.listeners {
+        if !slots.iter().any(|s| **s == **l.name.get_ref()) {
+            slots.push(l.name.get_ref().as_str().into());
+        }
+    }
+    if slots.len() > 64 {
+        return Err(BuildError::TooManyListeners { max: 64 });
+    }
+    Ok(slots)
+}
+
+fn slot_of(slots: &[Box<str>], name: &str) -> Option<usize> {
+    slots.iter().position(|s| &**s == name)
+}
+
+/// The bitmask of the listener slots route `r` serves; every bit when it names none.
+fn listener_mask(r: &RouteConfig, slots: &[Box<str>]) -> u64 {
+    match &r.listeners {
+        None => u64::MAX,
+        Some(names) => {
+            names.iter().fold(0u64, |mask, n| mask | slot_of(slots, n.get_ref()).map_or(0, |i| 1u64 << i))
+        }
+    }
+}
+
+/// Each listener's TLS acceptor, by slot; `None` for plain listeners.
+fn listener_tls(
+    config: &Config,
+    slots: &[Box<str>],
+) -> Result<Vec<Option<tokio_rustls::TlsAcceptor>>, BuildError> {
+    let mut acceptors = vec![None; slots.len()];
+    for (i, l) in config.listeners.iter().enumerate() {
+        if let (Some(t), Some(slot)) = (&l.tls, slot_of(slots, l.name.get_ref())) {
+            let key = format!("listeners[{i}].tls.certificates");
+            let server = tls::server_config(t.certificates.get_ref(), &config.base_dir, &key)?;
+            acceptors[slot] = Some(tokio_rustls::TlsAcceptor::from(server));
+        }
+    }
+    Ok(acceptors)
+}
+
+/// Each `[rate_limits.NAME]`: the previous runtime's limiter when its settings are
+/// unchanged (its buckets live on), else a new one.
+fn build_limiters(
+    config: &Config,
+    previous: Option<&Runtime>,
+    metrics: &Metrics,
+) -> Result<HashMap<Box<str>, Arc<Limiter>>, BuildError> {
+    let mut limiters = HashMap::new();
+    for (name, limit) in &config.rate_limits {
+        let settings = Settings::from_config(limit);
+        let store = StoreSettings::from_config(limit);
+        let kept = previous
+            .and_then(|p| p.limiters.get(name.as_str()))
+            .filter(|old| old.settings == settings && old.store_settings() == store.as_ref())
+            .cloned();
+        let limiter = match kept {
+            Some(limiter) => limiter,
+            None => {
+                let counter = metrics.rate_limited_total.with_label_values(&[name]);
+                let limiter = Limiter::new(name, settings, counter);
+                Arc::new(match store {
+                    None => limiter,
+                    Some(store) => {
+                        let errors = metrics.rate_limit_store_errors_total.with_label_values(&[name]);
+                        limiter.with_store(store, errors).map_err(|e| BuildError::Store {
+                            rate_limit: name.clone(),
+                            reason: e.to_string(),
+                        })?
+                    }
+                })
+            }
+        };
+        limiters.insert(Box::from(name.as_str()), limiter);
+    }
+    Ok(limiters)
+}
+
+/// Each `[caches.NAME]`: the previous runtime's cache when its settings are
+/// unchanged (its entries live on), else an empty one.
+fn build_caches(
+    config: &Config,
+    previous: Option<&Runtime>,
+    metrics: &Metrics,
+) -> HashMap<Box<str>, Arc<Cache>> {
+    let mut caches = HashMap::new();
+    for (name, c) in &config.caches {
+        let settings = cache::Settings::of(c);
+        let kept = previous.and_then(|p| p.caches.get(name.as_str())).filter(|old| old.settings == settings);
+        let cache = match kept {
+            Some(old) => old.clone(),
+            None => Cache::new(name, settings, metrics.cache(name)),
+        };
+        caches.insert(Box::from(name.as_str()), cache);
+    }
+    caches
 }
 
 /// Tasks that live as long as one runtime: `stop`, or dropping it, ends them all.
@@ -285,64 +326,23 @@ fn build_upstream(
     let mut servers = Vec::new();
     for s in up.servers.get_ref() {
         let configured = s.address.get_ref().as_str();
-        // A discovered name is one server per address in its answer; any other
-        // address is one server, resolved once here.
-        let found: Vec<(String, SocketAddr)> = if discovery::is_discovered(up, configured) {
-            let addrs =
-                match fresh.get(configured).or_else(|| previous.and_then(|p| p.answers.get(configured))) {
-                    Some(addrs) => addrs.clone(),
-                    None => discovery::lookup_blocking(discovery::nameserver(config), configured).map_err(
-                        |e| BuildError::Resolve {
-                            upstream: name.into(),
-                            address: configured.into(),
-                            reason: e.to_string(),
-                        },
-                    )?,
-                };
-            let labelled = addrs.iter().map(|a| (discovery::label(configured, *a), *a)).collect();
-            answers.insert(configured.to_string(), addrs);
-            labelled
-        } else {
-            vec![(configured.to_string(), resolve(name, configured)?)]
-        };
-        for (address, addr) in found {
+        for (address, addr) in server_addresses(config, name, up, configured, previous, fresh, answers)? {
             let address = address.as_str();
-            let state = old
-                .and_then(|o| Some((o, o.servers.iter().find(|x| &*x.address == address)?)))
-                .map(|(o, x)| match o.connection == connection {
-                    true => x.state.clone(),
-                    false => Arc::new(x.state.with_new_pool(up.keepalive)),
-                })
-                // A server added by a reload is new traffic-wise: it slow-starts.
-                .unwrap_or_else(|| {
-                    let joined = if previous.is_some() { health::now_ms() } else { 0 };
-                    Arc::new(ServerState::new(up.keepalive, joined))
-                });
-            let server_metrics = metrics.server(name, address);
             let server = Server {
                 address: address.into(),
                 addr,
                 tls_name: tls_name(configured),
                 weight: *s.weight.get_ref(),
                 backup: s.backup,
-                state,
-                metrics: server_metrics,
+                state: server_state(old, address, &connection, up.keepalive, previous.is_some()),
+                metrics: metrics.server(name, address),
             };
             server.metrics.healthy.set(i64::from(server.is_healthy()));
             servers.push(Arc::new(server));
         }
     }
     let h2 = up.protocol == UpstreamProtocol::H2;
-    let tls = if up.tls {
-        let ca = up.ca_file.as_ref().map(|f| config.base_dir.join(f.get_ref()));
-        let client = tls::client_config(ca.as_deref(), h2, &format!("upstreams.{name}.ca_file"))?;
-        Some(UpstreamTls {
-            connector: tokio_rustls::TlsConnector::from(client),
-            name: up.sni.as_ref().map(|n| server_name(n.get_ref())),
-        })
-    } else {
-        None
-    };
+    let tls = upstream_tls(config, name, up, h2)?;
     let admission = up.max_in_flight.as_ref().map(|max| {
         let settings = AdmissionSettings {
             max_in_flight: *max.get_ref(),
@@ -369,16 +369,76 @@ fn build_upstream(
         connection,
         health: HealthPolicy::new(up),
         retry_budget: RetryBudget::new(*up.retry_budget.get_ref()),
-        retry_on: up
-            .retry_on
-            .as_ref()
-            .and_then(|r| crate::config::parse_status_ranges(r.get_ref()).ok())
-            .unwrap_or_default()
-            .into(),
+        retry_on: up.retry_on.as_ref().map_or(StatusSet::EMPTY, |r| *r.get_ref()),
         metrics: metrics.upstream(name),
         admission,
     };
     Ok(upstream)
+}
+
+/// The servers one configured `address` of upstream `name` stands for, as (metric
+/// label, socket address): a discovered name is one server per address in its answer
+/// (recorded in `answers`); any other address is one server, resolved once here.
+fn server_addresses(
+    config: &Config,
+    name: &str,
+    up: &UpstreamConfig,
+    configured: &str,
+    previous: Option<&Runtime>,
+    fresh: &Answers,
+    answers: &mut Answers,
+) -> Result<Vec<(String, SocketAddr)>, BuildError> {
+    if !discovery::is_discovered(up, configured) {
+        return Ok(vec![(configured.to_string(), resolve(name, configured)?)]);
+    }
+    let addrs = match fresh.get(configured).or_else(|| previous.and_then(|p| p.answers.get(configured))) {
+        Some(addrs) => addrs.clone(),
+        None => discovery::lookup_blocking(discovery::nameserver(config), configured).map_err(|e| {
+            BuildError::Resolve { upstream: name.into(), address: configured.into(), reason: e.to_string() }
+        })?,
+    };
+    let labelled = addrs.iter().map(|a| (discovery::label(configured, *a), *a)).collect();
+    answers.insert(configured.to_string(), addrs);
+    Ok(labelled)
+}
+
+/// The state of server `address`: carried over from the previous upstream `old`
+/// (with a fresh pool when the `connection` settings changed), or new.
+fn server_state(
+    old: Option<&Arc<Upstream>>,
+    address: &str,
+    connection: &ConnectionSettings,
+    keepalive: usize,
+    reloading: bool,
+) -> Arc<ServerState> {
+    old.and_then(|o| Some((o, o.servers.iter().find(|x| &*x.address == address)?)))
+        .map(|(o, x)| match o.connection == *connection {
+            true => x.state.clone(),
+            false => Arc::new(x.state.with_new_pool(keepalive)),
+        })
+        // A server added by a reload is new traffic-wise: it slow-starts.
+        .unwrap_or_else(|| {
+            let joined = if reloading { health::now_ms() } else { 0 };
+            Arc::new(ServerState::new(keepalive, joined))
+        })
+}
+
+/// The TLS client side of upstream `name`, when it speaks TLS.
+fn upstream_tls(
+    config: &Config,
+    name: &str,
+    up: &UpstreamConfig,
+    h2: bool,
+) -> Result<Option<UpstreamTls>, BuildError> {
+    if !up.tls {
+        return Ok(None);
+    }
+    let ca = up.ca_file.as_ref().map(|f| config.base_dir.join(f.get_ref()));
+    let client = tls::client_config(ca.as_deref(), h2, &format!("upstreams.{name}.ca_file"))?;
+    Ok(Some(UpstreamTls {
+        connector: tokio_rustls::TlsConnector::from(client),
+        name: up.sni.as_ref().map(|n| server_name(n.get_ref())),
+    }))
 }
 
 /// One route, ready to match: its action (forward or answer) and its shaping.
@@ -389,11 +449,7 @@ fn build_route(
     caches: &HashMap<Box<str>, Arc<Cache>>,
     metrics: &Metrics,
 ) -> Route {
-    let methods = r.methods.as_ref().map(|ms| {
-        ms.iter()
-            .filter_map(|m| http::Method::from_bytes(m.get_ref().to_ascii_uppercase().as_bytes()).ok())
-            .collect()
-    });
+    let methods = r.methods.as_ref().map(|ms| ms.iter().map(|m| m.get_ref().0.clone()).collect());
     let prefix: Box<str> = r.path_prefix.as_ref().map_or("/", |p| p.get_ref()).into();
     // Validation guarantees exactly one action and that named things exist.
     let upstream = r.upstream.as_ref().and_then(|u| upstreams.get(u.get_ref().as_str()));
@@ -421,13 +477,8 @@ fn build_route(
                 .as_ref()
                 .map_or_else(Upgrades::default, |u| Upgrades::new(u.iter().map(|p| p.get_ref()))),
         }),
-        (None, Some(redirect), _) => Action::Answer(
-            LocalAnswer::redirect(redirect)
-                .unwrap_or_else(|| LocalAnswer::status(http::StatusCode::NOT_FOUND)),
-        ),
-        (None, None, Some(respond)) => Action::Answer(
-            LocalAnswer::respond(respond).unwrap_or_else(|| LocalAnswer::status(http::StatusCode::NOT_FOUND)),
-        ),
+        (None, Some(redirect), _) => Action::Answer(LocalAnswer::redirect(redirect)),
+        (None, None, Some(respond)) => Action::Answer(LocalAnswer::respond(respond)),
         (None, None, None) => Action::Answer(LocalAnswer::status(http::StatusCode::NOT_FOUND)),
     };
     let label =

@@ -19,7 +19,7 @@ use rustls_pki_types::ServerName;
 
 use crate::admission::Admission;
 use crate::balancer::Balancer;
-use crate::config::BalancerKind;
+use crate::config::{BalancerKind, StatusSet};
 use crate::health::HealthPolicy;
 use crate::metrics::{ServerMetrics, UpstreamMetrics};
 use crate::proxy::client::{Sender, UpstreamTls};
@@ -49,7 +49,7 @@ pub struct Upstream {
     pub health: HealthPolicy,
     pub retry_budget: RetryBudget,
     /// Response statuses retried on another server (`retry_on`); empty: none.
-    pub retry_on: Box<[(u16, u16)]>,
+    pub retry_on: StatusSet,
     pub metrics: UpstreamMetrics,
     /// `max_in_flight` and its queue; `None` when unlimited.
     pub admission: Option<Arc<Admission>>,
@@ -131,8 +131,7 @@ impl ServerState {
 impl Upstream {
     /// Whether a response with `status` should be tried again elsewhere.
     pub fn retries_on(&self, status: http::StatusCode) -> bool {
-        let code = status.as_u16();
-        self.retry_on.iter().any(|&(low, high)| (low..=high).contains(&code))
+        self.retry_on.contains(status)
     }
 }
 

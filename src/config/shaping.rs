@@ -1,13 +1,13 @@
 //! The TOML schema of request shaping (issue 11): header rules, redirects, fixed
-//! answers and sticky sessions. Checked in `validate::shaping`, built into
-//! `crate::shaping` types by `Runtime::build`.
+//! answers and sticky sessions, and their checks (`check_route`, `check_sticky`,
+//! called from `validate`). `Runtime::build` turns them into `crate::shaping` types.
 
 use std::collections::BTreeMap;
 
 use serde::Deserialize;
 use toml::Spanned;
 
-use super::Dur;
+use super::{Dur, HeaderText, HttpStatus};
 
 /// `request_headers` / `response_headers`: applied remove, then set, then add.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -15,10 +15,10 @@ use super::Dur;
 pub struct HeaderRulesConfig {
     /// Replace (or create) each header with one value.
     #[serde(default)]
-    pub set: BTreeMap<String, Spanned<String>>,
+    pub set: BTreeMap<String, Spanned<HeaderTemplate>>,
     /// Append a value, keeping any already there.
     #[serde(default)]
-    pub add: BTreeMap<String, Spanned<String>>,
+    pub add: BTreeMap<String, Spanned<HeaderTemplate>>,
     /// Drop every value of each header.
     #[serde(default)]
     pub remove: Vec<Spanned<String>>,
@@ -29,26 +29,26 @@ pub struct HeaderRulesConfig {
 #[serde(deny_unknown_fields)]
 pub struct RedirectConfig {
     /// The `Location`; may use `{host}`, `{path}` (path and query) and `{scheme}`.
-    pub to: Spanned<String>,
+    pub to: Spanned<RedirectTarget>,
     /// 301, 302, 307 or 308; default 302 (not cached for good by browsers).
     #[serde(default = "default_redirect_status")]
-    pub status: Spanned<u16>,
+    pub status: Spanned<HttpStatus>,
 }
 
-fn default_redirect_status() -> Spanned<u16> {
-    Spanned::new(0..0, 302)
+fn default_redirect_status() -> Spanned<HttpStatus> {
+    Spanned::new(0..0, HttpStatus(http::StatusCode::FOUND))
 }
 
 /// `respond = { status = 403, body = "...", content_type = "..." }`
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RespondConfig {
-    pub status: Spanned<u16>,
+    pub status: Spanned<HttpStatus>,
     #[serde(default)]
     pub body: String,
     /// Default `text/plain; charset=utf-8`.
     #[serde(default)]
-    pub content_type: Option<Spanned<String>>,
+    pub content_type: Option<Spanned<HeaderText>>,
 }
 
 /// `sticky = { cookie = "NAME", ttl = "1h", secret = "..." }` on an upstream.
@@ -66,6 +66,28 @@ pub struct StickyConfig {
     pub secret: Option<Spanned<String>>,
 }
 
+/// A header rule's value, `{variables}` and all, parsed when the config is read.
+#[derive(Debug, Clone)]
+pub struct HeaderTemplate(pub Template);
+
+impl<'de> Deserialize<'de> for HeaderTemplate {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        Template::parse(&text, Var::HEADER).map(HeaderTemplate).map_err(serde::de::Error::custom)
+    }
+}
+
+/// A redirect's `Location`, `{variables}` and all, parsed when the config is read.
+#[derive(Debug, Clone)]
+pub struct RedirectTarget(pub Template);
+
+impl<'de> Deserialize<'de> for RedirectTarget {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        Template::parse(&text, Var::REDIRECT).map(RedirectTarget).map_err(serde::de::Error::custom)
+    }
+}
+
 /// Headers a rule may not touch: they frame the message or belong to one hop, so
 /// changing them would let the upstream read the request differently from weir.
 const FORBIDDEN_HEADERS: &[&str] =
@@ -78,8 +100,53 @@ use super::{ConfigError, RouteConfig, Source, UpstreamConfig};
 use crate::shaping::template::{Template, Var};
 
 /// The shaping keys of `routes[i]` (`key`): exactly one action, keys that need an
-/// upstream only beside one, header rules and templates parse.
+/// upstream only beside one, header rules name headers weir lets them touch.
 pub(super) fn check_route(src: &Source, key: &str, r: &RouteConfig) -> Result<(), ConfigError> {
+    check_action(src, key, r)?;
+    if let Some(name) = &r.name {
+        let n = name.get_ref();
+        let ok = !n.is_empty()
+            && n.len() <= MAX_ROUTE_NAME
+            && n.bytes().all(|b| b.is_ascii_alphanumeric() || b"_-.".contains(&b));
+        if !ok {
+            return Err(src.error(
+                Some(name.span()),
+                &format!("{key}.name"),
+                format!("route names are 1 to {MAX_ROUTE_NAME} letters, digits, `_`, `-` or `.`"),
+            ));
+        }
+    }
+    for (what, rules) in [("request_headers", &r.request_headers), ("response_headers", &r.response_headers)]
+    {
+        if let Some(rules) = rules {
+            check_rules(src, &format!("{key}.{what}"), rules)?;
+        }
+    }
+    check_rewrite(src, key, r)?;
+    if let Some(redirect) = &r.redirect {
+        check_redirect(src, &format!("{key}.redirect"), redirect)?;
+    }
+    if let Some(respond) = &r.respond {
+        check_respond(src, &format!("{key}.respond"), respond)?;
+    }
+    if let Some(max) = &r.max_request_body {
+        if max.get_ref().0 == 0 {
+            return Err(src.error(
+                Some(max.span()),
+                &format!("{key}.max_request_body"),
+                "must be greater than zero",
+            ));
+        }
+    }
+    if r.request_timeout.is_some_and(|d| d.0.is_zero()) {
+        return Err(src.error(None, &format!("{key}.request_timeout"), "must be greater than zero"));
+    }
+    Ok(())
+}
+
+/// Exactly one of `upstream`, `redirect` and `respond`; the keys that shape
+/// forwarding only beside an `upstream`.
+fn check_action(src: &Source, key: &str, r: &RouteConfig) -> Result<(), ConfigError> {
     let actions = [r.upstream.is_some(), r.redirect.is_some(), r.respond.is_some()];
     if actions.iter().filter(|a| **a).count() != 1 {
         return Err(src.error(
@@ -107,25 +174,11 @@ pub(super) fn check_route(src: &Source, key: &str, r: &RouteConfig) -> Result<()
             ));
         }
     }
-    if let Some(name) = &r.name {
-        let n = name.get_ref();
-        let ok = !n.is_empty()
-            && n.len() <= MAX_ROUTE_NAME
-            && n.bytes().all(|b| b.is_ascii_alphanumeric() || b"_-.".contains(&b));
-        if !ok {
-            return Err(src.error(
-                Some(name.span()),
-                &format!("{key}.name"),
-                format!("route names are 1 to {MAX_ROUTE_NAME} letters, digits, `_`, `-` or `.`"),
-            ));
-        }
-    }
-    for (what, rules) in [("request_headers", &r.request_headers), ("response_headers", &r.response_headers)]
-    {
-        if let Some(rules) = rules {
-            check_rules(src, &format!("{key}.{what}"), rules)?;
-        }
-    }
+    Ok(())
+}
+
+/// `rewrite`: a bare path, and not beside `strip_prefix`.
+fn check_rewrite(src: &Source, key: &str, r: &RouteConfig) -> Result<(), ConfigError> {
     if r.strip_prefix && r.rewrite.is_some() {
         return Err(src.error(
             r.rewrite.as_ref().map(Spanned::span),
@@ -146,47 +199,30 @@ pub(super) fn check_route(src: &Source, key: &str, r: &RouteConfig) -> Result<()
             ));
         }
     }
-    if let Some(redirect) = &r.redirect {
-        if !matches!(*redirect.status.get_ref(), 301 | 302 | 307 | 308) {
-            return Err(src.error(
-                Some(redirect.status.span()),
-                &format!("{key}.redirect.status"),
-                "must be 301, 302, 307 or 308",
-            ));
-        }
-        if let Err(why) = Template::parse(redirect.to.get_ref(), Var::REDIRECT) {
-            return Err(src.error(Some(redirect.to.span()), &format!("{key}.redirect.to"), why));
-        }
+    Ok(())
+}
+
+/// `redirect` (`key`): a redirect status. Its target was parsed as it was read.
+fn check_redirect(src: &Source, key: &str, redirect: &RedirectConfig) -> Result<(), ConfigError> {
+    if !matches!(redirect.status.get_ref().0.as_u16(), 301 | 302 | 307 | 308) {
+        return Err(src.error(
+            Some(redirect.status.span()),
+            &format!("{key}.status"),
+            "must be 301, 302, 307 or 308",
+        ));
     }
-    if let Some(respond) = &r.respond {
-        if !(200..=599).contains(respond.status.get_ref()) {
-            return Err(src.error(
-                Some(respond.status.span()),
-                &format!("{key}.respond.status"),
-                "must be between 200 and 599",
-            ));
-        }
-        if let Some(ct) = &respond.content_type {
-            if http::HeaderValue::from_str(ct.get_ref()).is_err() {
-                return Err(src.error(
-                    Some(ct.span()),
-                    &format!("{key}.respond.content_type"),
-                    "is not a valid header value",
-                ));
-            }
-        }
-    }
-    if let Some(max) = &r.max_request_body {
-        if max.get_ref().0 == 0 {
-            return Err(src.error(
-                Some(max.span()),
-                &format!("{key}.max_request_body"),
-                "must be greater than zero",
-            ));
-        }
-    }
-    if r.request_timeout.is_some_and(|d| d.0.is_zero()) {
-        return Err(src.error(None, &format!("{key}.request_timeout"), "must be greater than zero"));
+    Ok(())
+}
+
+/// `respond` (`key`): a status a server could answer with. Its content type was
+/// checked as it was read.
+fn check_respond(src: &Source, key: &str, respond: &RespondConfig) -> Result<(), ConfigError> {
+    if !(200..=599).contains(&respond.status.get_ref().0.as_u16()) {
+        return Err(src.error(
+            Some(respond.status.span()),
+            &format!("{key}.status"),
+            "must be between 200 and 599",
+        ));
     }
     Ok(())
 }
@@ -213,9 +249,6 @@ fn check_rules(src: &Source, key: &str, rules: &HeaderRulesConfig) -> Result<(),
     for (what, map) in [("set", &rules.set), ("add", &rules.add)] {
         for (name, value) in map {
             check_name(&format!("{what}.{name}"), name, value.span())?;
-            if let Err(why) = Template::parse(value.get_ref(), Var::HEADER) {
-                return Err(src.error(Some(value.span()), &format!("{key}.{what}.{name}"), why));
-            }
         }
     }
     for (i, name) in rules.remove.iter().enumerate() {
@@ -344,6 +377,27 @@ request_timeout = "2s""#,
         assert!(e.contains("`routes[0].redirect.to`: unknown variable"), "{e}");
         let e = err(&BASE.replace("upstream = \"api\"\n", "respond = { status = 99 }\n"));
         assert!(e.contains("`routes[0].respond.status`"), "{e}");
+    }
+
+    /// Templates, statuses and content types are parsed as the config is read: the
+    /// error names the key and the value's line, and the config holds the parsed value.
+    #[test]
+    fn templates_and_answers_are_parsed_once() {
+        let e = err(&with_route("request_headers = { add = { X-A = \"{nope}\" } }"));
+        assert!(e.starts_with("w.toml:9:35: `routes[0].request_headers.add.X-A`: unknown variable"), "{e}");
+        let e =
+            err(&BASE
+                .replace("upstream = \"api\"\n", "respond = { status = 200, content_type = \"a\\nb\" }\n"));
+        assert!(e.starts_with("w.toml:8:42: `routes[0].respond.content_type`"), "{e}");
+        let e = err(&BASE.replace("upstream = \"api\"\n", "respond = { status = 1000 }\n"));
+        assert!(e.contains("`routes[0].respond.status`: `1000` is not an HTTP status code"), "{e}");
+
+        let text = BASE
+            .replace("upstream = \"api\"\n", "redirect = { to = \"https://{host}{path}\", status = 308 }\n");
+        let config = parse(&text, Path::new("w.toml")).unwrap_or_else(|e| panic!("{e}"));
+        let redirect = config.routes[0].redirect.as_ref().unwrap();
+        assert!(redirect.to.get_ref().0.uses(crate::shaping::template::Var::Host));
+        assert_eq!(redirect.status.get_ref().0, http::StatusCode::PERMANENT_REDIRECT);
     }
 
     #[test]

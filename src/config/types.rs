@@ -15,7 +15,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use super::shaping::{HeaderRulesConfig, RedirectConfig, RespondConfig};
-use super::units::{ByteSize, Cidr, Dur, Percent};
+use super::units::{ByteSize, Cidr, Dur, MethodName, Percent};
 use super::upstream::UpstreamConfig;
 
 /// The whole config file.
@@ -216,7 +216,7 @@ pub struct RouteConfig {
     #[serde(default)]
     pub upstream: Option<Spanned<String>>,
     #[serde(default)]
-    pub methods: Option<Vec<Spanned<String>>>,
+    pub methods: Option<Vec<Spanned<MethodName>>>,
     /// Listener names this route serves; absent means every listener.
     #[serde(default)]
     pub listeners: Option<Vec<Spanned<String>>>,

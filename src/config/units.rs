@@ -1,6 +1,9 @@
 //! Value types of the config with units and their parsers: durations (`"250ms"`),
-//! sizes (`"256MiB"`), percentages (`"10%"`), CIDR ranges and status lists. Each
-//! parser's error says what was expected, and serde attaches the key and position.
+//! sizes (`"256MiB"`), percentages (`"10%"`), CIDR ranges and status sets; and the
+//! values the runtime uses in a parsed form (paths, header values, methods, status
+//! codes), parsed here once as the config is read so that building the runtime has
+//! nothing left to refuse. Each parser's error says what was expected, and serde
+//! attaches the key and position.
 
 use std::fmt;
 use std::time::Duration;
@@ -159,36 +162,245 @@ impl<'de> Deserialize<'de> for Percent {
     }
 }
 
-/// Parses an `expected_status` list: `"200-399"`, `"200"`, `"200,204,300-399"`.
-pub fn parse_status_ranges(text: &str) -> Result<Vec<(u16, u16)>, String> {
-    let bad = || format!("`{text}` is not a status list like \"200-399\" or \"200,204\"");
-    let mut ranges = Vec::new();
-    for part in text.split(',').map(str::trim) {
-        let (lo, hi) = part.split_once('-').unwrap_or((part, part));
-        let lo: u16 = lo.trim().parse().map_err(|_| bad())?;
-        let hi: u16 = hi.trim().parse().map_err(|_| bad())?;
-        if !(100..=599).contains(&lo) || !(100..=599).contains(&hi) || lo > hi {
-            return Err(bad());
+/// A path with an optional query (`/healthz?full=1`), as sent in a request line:
+/// starts with `/` and is checked when the config is read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UriPath(pub http::uri::PathAndQuery);
+
+impl UriPath {
+    pub fn parse(text: &str) -> Result<UriPath, String> {
+        if !text.starts_with('/') {
+            return Err("must start with `/`".into());
         }
-        ranges.push((lo, hi));
+        http::uri::PathAndQuery::try_from(text).map(UriPath).map_err(|_| {
+            format!("`{text}` is not a path: spaces, control characters and `#` must be percent-encoded")
+        })
     }
-    Ok(ranges)
+}
+
+impl<'de> Deserialize<'de> for UriPath {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        UriPath::parse(&text).map_err(de::Error::custom)
+    }
+}
+
+/// A header value (visible ASCII and spaces), checked when the config is read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HeaderText(pub http::HeaderValue);
+
+impl<'de> Deserialize<'de> for HeaderText {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        http::HeaderValue::from_str(&text)
+            .map(HeaderText)
+            .map_err(|_| de::Error::custom(format!("`{}` is not a valid header value", text.escape_debug())))
+    }
+}
+
+/// An HTTP method, uppercased (`get` is `GET`), checked when the config is read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MethodName(pub http::Method);
+
+impl MethodName {
+    pub fn parse(text: &str) -> Result<MethodName, String> {
+        http::Method::from_bytes(text.to_ascii_uppercase().as_bytes())
+            .map(MethodName)
+            .map_err(|_| format!("`{}` is not an HTTP method", text.escape_debug()))
+    }
+}
+
+impl<'de> Deserialize<'de> for MethodName {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        MethodName::parse(&text).map_err(de::Error::custom)
+    }
+}
+
+/// An HTTP status code (100 to 999), checked when the config is read; which codes
+/// a key allows is validation's business.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HttpStatus(pub http::StatusCode);
+
+impl<'de> Deserialize<'de> for HttpStatus {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let code = u16::deserialize(deserializer)?;
+        http::StatusCode::from_u16(code)
+            .map(HttpStatus)
+            .map_err(|_| de::Error::custom(format!("`{code}` is not an HTTP status code")))
+    }
+}
+
+/// A set of response statuses (100 to 599), written `"200-399"`, `"503"` or
+/// `"502-504,429"`: `expected_status` and `retry_on`. Parsed once, when the config is
+/// read, so the runtime never parses it again; a lookup is one bit test.
+#[derive(Clone, Copy, PartialEq, Eq, Default)]
+pub struct StatusSet {
+    /// Bit `code` is set when `code` is in the set; only 100..=599 ever are.
+    bits: [u64; 10],
+}
+
+impl StatusSet {
+    pub const EMPTY: StatusSet = StatusSet { bits: [0; 10] };
+    const LOWEST: u16 = 100;
+    const HIGHEST: u16 = 599;
+
+    /// `low..=high`, both within 100..=599 and `low <= high`; `None` otherwise.
+    pub fn range(low: u16, high: u16) -> Option<StatusSet> {
+        let mut set = StatusSet::EMPTY;
+        set.insert(low, high)?;
+        Some(set)
+    }
+
+    fn insert(&mut self, low: u16, high: u16) -> Option<()> {
+        if low < Self::LOWEST || high > Self::HIGHEST || low > high {
+            return None;
+        }
+        for code in low..=high {
+            self.bits[usize::from(code / 64)] |= 1 << (code % 64);
+        }
+        Some(())
+    }
+
+    /// Parses a comma-separated list of statuses and `low-high` ranges.
+    pub fn parse(text: &str) -> Result<StatusSet, String> {
+        let bad = || format!("`{text}` is not a status list like \"200-399\" or \"200,204\"");
+        let mut set = StatusSet::EMPTY;
+        for part in text.split(',').map(str::trim) {
+            let (low, high) = part.split_once('-').unwrap_or((part, part));
+            let low: u16 = low.trim().parse().map_err(|_| bad())?;
+            let high: u16 = high.trim().parse().map_err(|_| bad())?;
+            set.insert(low, high).ok_or_else(bad)?;
+        }
+        Ok(set)
+    }
+
+    pub fn contains(&self, status: http::StatusCode) -> bool {
+        self.contains_code(status.as_u16())
+    }
+
+    pub fn contains_code(&self, code: u16) -> bool {
+        let word = usize::from(code / 64);
+        word < self.bits.len() && self.bits[word] & (1 << (code % 64)) != 0
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.bits == [0; 10]
+    }
+
+    /// Whether every status in the set lies in `low..=high`.
+    pub fn is_within(&self, low: u16, high: u16) -> bool {
+        self.ranges().all(|(l, h)| l >= low && h <= high)
+    }
+
+    /// The set as maximal runs `(low, high)`, in ascending order.
+    pub fn ranges(&self) -> impl Iterator<Item = (u16, u16)> + '_ {
+        let mut code = Self::LOWEST;
+        std::iter::from_fn(move || {
+            while code <= Self::HIGHEST && !self.contains_code(code) {
+                code += 1;
+            }
+            if code > Self::HIGHEST {
+                return None;
+            }
+            let low = code;
+            while code < Self::HIGHEST && self.contains_code(code + 1) {
+                code += 1;
+            }
+            let high = code;
+            code += 1;
+            Some((low, high))
+        })
+    }
+}
+
+/// Written as in the config: `200-399,404`.
+impl fmt::Debug for StatusSet {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, (low, high)) in self.ranges().enumerate() {
+            let sep = if i == 0 { "" } else { "," };
+            if low == high {
+                write!(f, "{sep}{low}")?;
+            } else {
+                write!(f, "{sep}{low}-{high}")?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl<'de> Deserialize<'de> for StatusSet {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        StatusSet::parse(&text).map_err(de::Error::custom)
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn runs(text: &str) -> Vec<(u16, u16)> {
+        StatusSet::parse(text).unwrap().ranges().collect()
+    }
+
     #[test]
     fn status_lists_parse() {
-        assert_eq!(parse_status_ranges("200-399").unwrap(), vec![(200, 399)]);
-        assert_eq!(
-            parse_status_ranges("200, 204,300-302").unwrap(),
-            vec![(200, 200), (204, 204), (300, 302)]
-        );
-        assert!(parse_status_ranges("2xx").is_err());
-        assert!(parse_status_ranges("399-200").is_err());
-        assert!(parse_status_ranges("").is_err());
+        assert_eq!(runs("200-399"), vec![(200, 399)]);
+        assert_eq!(runs("200, 204,300-302"), vec![(200, 200), (204, 204), (300, 302)]);
+        // Overlapping and touching parts merge; order does not matter.
+        assert_eq!(runs("503,500-502, 504 ,501"), vec![(500, 504)]);
+        assert_eq!(runs("100-599"), vec![(100, 599)]);
+        assert!(StatusSet::parse("2xx").is_err());
+        assert!(StatusSet::parse("399-200").is_err());
+        assert!(StatusSet::parse("").is_err());
+        assert!(StatusSet::parse("200,").is_err());
+        assert!(StatusSet::parse("99").is_err());
+        assert!(StatusSet::parse("600").is_err());
+        assert!(StatusSet::parse("500-600").is_err());
+        assert!(StatusSet::parse("-5").is_err());
+    }
+
+    #[test]
+    fn status_sets_answer_membership_at_the_edges() {
+        let set = StatusSet::parse("100,200-202,599").unwrap();
+        for code in [100, 200, 201, 202, 599] {
+            assert!(set.contains_code(code), "{code}");
+        }
+        for code in [0, 99, 101, 199, 203, 598, 600, 639, 640, 999, u16::MAX] {
+            assert!(!set.contains_code(code), "{code}");
+        }
+        assert!(set.contains(http::StatusCode::OK));
+        assert!(!set.contains(http::StatusCode::from_u16(999).unwrap()));
+        assert!(StatusSet::EMPTY.is_empty() && !set.is_empty());
+        assert!(StatusSet::EMPTY.ranges().next().is_none());
+    }
+
+    #[test]
+    fn status_sets_know_their_bounds_and_print_as_written() {
+        let set = StatusSet::parse("502-504,429").unwrap();
+        assert!(set.is_within(400, 599));
+        assert!(!set.is_within(500, 599));
+        assert!(StatusSet::EMPTY.is_within(400, 599));
+        assert_eq!(format!("{set:?}"), "429,502-504");
+        assert_eq!(StatusSet::range(200, 399), StatusSet::parse("200-399").ok());
+        assert_eq!(StatusSet::range(400, 300), None);
+        assert_eq!(StatusSet::range(0, 300), None);
+    }
+
+    #[test]
+    fn paths_methods_and_header_values_are_checked_once() {
+        assert_eq!(UriPath::parse("/healthz?full=1").unwrap().0.as_str(), "/healthz?full=1");
+        assert!(UriPath::parse("healthz").unwrap_err().contains("must start with `/`"));
+        assert!(UriPath::parse("/a b").unwrap_err().contains("is not a path"));
+        assert_eq!(MethodName::parse("get").unwrap().0, http::Method::GET);
+        assert_eq!(MethodName::parse("PURGE").unwrap().0.as_str(), "PURGE");
+        assert!(MethodName::parse("").is_err());
+        assert!(MethodName::parse("GE T").is_err());
+        let value =
+            |text: &str| HeaderText::deserialize(de::value::StrDeserializer::<de::value::Error>::new(text));
+        assert_eq!(value("example.com").unwrap().0, "example.com");
+        assert!(value("a\nb").is_err());
     }
 
     #[test]

@@ -5,7 +5,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use super::shaping::StickyConfig;
-use super::units::Dur;
+use super::units::{Dur, HeaderText, StatusSet, UriPath};
 
 /// The protocol weir speaks to an upstream's servers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -142,7 +142,7 @@ pub struct UpstreamConfig {
     /// without a body is tried again on another server, as nginx's
     /// `proxy_next_upstream http_503`. Absent: only failed connections are retried.
     #[serde(default)]
-    pub retry_on: Option<Spanned<String>>,
+    pub retry_on: Option<Spanned<StatusSet>>,
     /// Requests in flight to this upstream at most; more wait in a queue.
     #[serde(default)]
     pub max_in_flight: Option<Spanned<usize>>,
@@ -167,7 +167,7 @@ pub struct UpstreamConfig {
 #[serde(deny_unknown_fields)]
 pub struct HealthCheckConfig {
     #[serde(default = "defaults::health_path")]
-    pub path: Spanned<String>,
+    pub path: Spanned<UriPath>,
     #[serde(default = "defaults::health_interval")]
     pub interval: Dur,
     #[serde(default = "defaults::health_timeout")]
@@ -178,10 +178,10 @@ pub struct HealthCheckConfig {
     pub unhealthy_threshold: Spanned<u32>,
     /// Statuses that pass: `"200-399"`, `"200"`, `"200,204"`.
     #[serde(default = "defaults::expected_status")]
-    pub expected_status: Spanned<String>,
+    pub expected_status: Spanned<StatusSet>,
     /// `Host` header sent with checks; default: the server's address.
     #[serde(default)]
-    pub host: Option<String>,
+    pub host: Option<HeaderText>,
 }
 
 /// `[upstreams.NAME.passive_health]`
@@ -257,8 +257,8 @@ mod defaults {
     pub fn retry_budget() -> Spanned<f64> {
         Spanned::new(0..0, 0.2)
     }
-    pub fn health_path() -> Spanned<String> {
-        Spanned::new(0..0, "/".into())
+    pub fn health_path() -> Spanned<UriPath> {
+        Spanned::new(0..0, UriPath(http::uri::PathAndQuery::from_static("/")))
     }
     pub fn health_interval() -> Dur {
         Dur(Duration::from_secs(2))
@@ -272,8 +272,8 @@ mod defaults {
     pub fn unhealthy_threshold() -> Spanned<u32> {
         Spanned::new(0..0, 3)
     }
-    pub fn expected_status() -> Spanned<String> {
-        Spanned::new(0..0, "200-399".into())
+    pub fn expected_status() -> Spanned<StatusSet> {
+        Spanned::new(0..0, StatusSet::range(200, 399).expect("200-399 is a status range"))
     }
     pub fn max_ejection_percent() -> Spanned<u8> {
         Spanned::new(0..0, 50)

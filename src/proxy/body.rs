@@ -233,8 +233,11 @@ impl RequestBody {
     fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match Pin::new(&mut self.inner).poll_frame(cx) {
             Poll::Pending => {}
-            Poll::Ready(Some(Ok(frame))) => {
+            Poll::Ready(Some(Ok(mut frame))) => {
                 self.watch.waiting.store(false, Relaxed);
+                if let Some(trailers) = frame.trailers_mut() {
+                    super::framing::strip_forbidden_trailers(trailers);
+                }
                 self.pause.progressed();
                 let n = frame.data_ref().map_or(0, |d| d.remaining() as u64);
                 self.received = self.received.saturating_add(n);

@@ -8,7 +8,9 @@
 //! nothing. Without `trusted_proxies` the header is never read, so a client cannot
 //! choose its own identity by sending it.
 //!
-//! Rate limits read this today; access lists and request ids are meant to as well.
+//! Rate limits, access lists (`allow`/`deny`), the `{client_ip}` header variable and
+//! `consistent_hash` on `client_ip` read it. Request ids use only `TrustedProxies`:
+//! an incoming `X-Request-Id` is kept when the peer is a trusted proxy.
 
 use std::net::IpAddr;
 

@@ -25,6 +25,8 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::uri::{Authority, Uri};
 use http::{Request, Version};
 
+pub mod chunked;
+
 use super::error::ProxyError;
 
 /// What a message's `Connection` header says about the connection (RFC 9112 §9.3),
@@ -67,6 +69,46 @@ pub fn ends_chunked(value: &[u8]) -> bool {
 /// Most header fields a request may carry, in HTTP/1.1 (weir's server and hyper's
 /// stop parsing there) and HTTP/2 alike.
 pub const MAX_HEADERS: usize = 100;
+/// Fields a sender must not put in trailers (RFC 9110 §6.5.1): framing, routing,
+/// request modifiers, authentication, response control, how to process the content,
+/// and the hop-by-hop ones. A recipient that merged them into the header section
+/// (many do) would let a body's end reshape its request, so they are dropped from a
+/// request's trailers before forwarding.
+static FORBIDDEN_TRAILERS: [&str; 26] = [
+    "content-length",
+    "transfer-encoding",
+    "host",
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "upgrade",
+    "trailer",
+    "expect",
+    "max-forwards",
+    "cache-control",
+    "pragma",
+    "range",
+    "if-match",
+    "if-none-match",
+    "if-modified-since",
+    "if-unmodified-since",
+    "if-range",
+    "authorization",
+    "proxy-authorization",
+    "cookie",
+    "content-encoding",
+    "content-type",
+    "content-range",
+    "age",
+];
+
+/// Removes from `trailers` the fields no trailer may carry (`FORBIDDEN_TRAILERS`).
+pub fn strip_forbidden_trailers(trailers: &mut HeaderMap) {
+    for name in FORBIDDEN_TRAILERS {
+        trailers.remove(name);
+    }
+}
 
 /// `Ok` when `req` is unambiguous to forward; else the error to answer with.
 pub fn check<B>(req: &Request<B>) -> Result<(), ProxyError> {
@@ -370,6 +412,19 @@ mod tests {
         let mut absolute = Request::builder().uri("http://user:pw@a.test:8080/p?q").body(()).unwrap();
         sanitize(&mut absolute, false);
         assert_eq!(absolute.uri(), "http://a.test:8080/p?q");
+    }
+
+    #[test]
+    fn trailers_that_would_reshape_a_request_are_dropped() {
+        let mut t = HeaderMap::new();
+        for name in ["content-length", "Host", "transfer-encoding", "connection", "x-checksum", "grpc-status"]
+        {
+            t.append(http::HeaderName::from_bytes(name.as_bytes()).unwrap(), "1".parse().unwrap());
+        }
+        strip_forbidden_trailers(&mut t);
+        let mut left: Vec<_> = t.keys().map(|k| k.as_str()).collect();
+        left.sort_unstable();
+        assert_eq!(left, ["grpc-status", "x-checksum"]);
     }
 
     #[test]

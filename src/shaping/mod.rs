@@ -31,7 +31,7 @@ use http::uri::{PathAndQuery, Uri};
 use http::{Response, StatusCode};
 use prometheus::IntCounter;
 
-use crate::config::{Cidr, HeaderRulesConfig, RedirectConfig, RespondConfig};
+use crate::config::{Cidr, HeaderRulesConfig, HeaderTemplate, RedirectConfig, RespondConfig};
 use crate::proxy::body::Body;
 use template::{Template, Var, Vars};
 
@@ -123,13 +123,12 @@ pub struct HeaderRules {
 }
 
 impl HeaderRules {
-    /// Builds validated rules (names and templates were checked at load).
+    /// Builds validated rules: templates were parsed as the config was read, and
+    /// validation refused any name `HeaderName` would not take.
     pub fn new(config: &HeaderRulesConfig) -> HeaderRules {
         let name = |n: &str| HeaderName::from_bytes(n.to_ascii_lowercase().as_bytes()).ok();
-        let pairs = |map: &std::collections::BTreeMap<String, toml::Spanned<String>>| {
-            map.iter()
-                .filter_map(|(n, v)| Some((name(n)?, Template::parse(v.get_ref(), Var::HEADER).ok()?)))
-                .collect()
+        let pairs = |map: &std::collections::BTreeMap<String, toml::Spanned<HeaderTemplate>>| {
+            map.iter().filter_map(|(n, v)| Some((name(n)?, v.get_ref().0.clone()))).collect()
         };
         HeaderRules {
             remove: config.remove.iter().filter_map(|n| name(n.get_ref())).collect(),
@@ -203,23 +202,20 @@ pub enum LocalAnswer {
 }
 
 impl LocalAnswer {
-    pub fn redirect(config: &RedirectConfig) -> Option<LocalAnswer> {
-        Some(LocalAnswer::Redirect {
-            status: StatusCode::from_u16(*config.status.get_ref()).ok()?,
-            to: Template::parse(config.to.get_ref(), Var::REDIRECT).ok()?,
-        })
+    pub fn redirect(config: &RedirectConfig) -> LocalAnswer {
+        LocalAnswer::Redirect { status: config.status.get_ref().0, to: config.to.get_ref().0.clone() }
     }
 
-    pub fn respond(config: &RespondConfig) -> Option<LocalAnswer> {
+    pub fn respond(config: &RespondConfig) -> LocalAnswer {
         let content_type = match &config.content_type {
-            Some(ct) => HeaderValue::from_str(ct.get_ref()).ok()?,
+            Some(ct) => ct.get_ref().0.clone(),
             None => HeaderValue::from_static("text/plain; charset=utf-8"),
         };
-        Some(LocalAnswer::Respond {
-            status: StatusCode::from_u16(*config.status.get_ref()).ok()?,
+        LocalAnswer::Respond {
+            status: config.status.get_ref().0,
             body: Bytes::from(config.body.clone()),
             content_type,
-        })
+        }
     }
 
     /// A bare status with an empty body.

@@ -105,6 +105,45 @@ fn check_refuses_bad_configs_naming_file_line_column_and_key() {
     }
 }
 
+/// Values the runtime needs in a parsed form (statuses, the health check's path and
+/// Host, route methods) are parsed once, as the config is read: one the runtime could
+/// not use is refused at its line, not replaced by a default when the runtime is built
+/// (a health check path with a space used to be checked as `/`).
+#[test]
+fn check_refuses_values_the_runtime_could_not_use_at_their_line() {
+    let health = |line: &str| format!("{GOOD}\n[upstreams.api.health_check]\n{line}\n");
+    let cases = [
+        (health("path = \"/status page\""), "\"/status page\"", "upstreams.api.health_check.path"),
+        (health("host = \"a\\u0001b\""), "\"a\\u0001b\"", "upstreams.api.health_check.host"),
+        (
+            health("expected_status = \"200-600\""),
+            "\"200-600\"",
+            "upstreams.api.health_check.expected_status",
+        ),
+        (
+            GOOD.replace("connect_timeout", "retry_on = \"5xx\"\nconnect_timeout"),
+            "\"5xx\"",
+            "upstreams.api.retry_on",
+        ),
+        (
+            GOOD.replace("upstream = \"api\"", "upstream = \"api\"\nmethods = [\"GET\", \"GE T\"]"),
+            // toml places an error inside a list at the list; the key names the entry.
+            "[\"GET\"",
+            "routes[0].methods[1]",
+        ),
+    ];
+    for (text, at, key) in cases {
+        let config = TempConfig::new(&text);
+        let path = config.0.to_str().unwrap();
+        let out = weir(&["--config", path, "--check"]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{key}: {stderr}");
+        let (line, column) = position(&text, at);
+        let want = format!("{path}:{line}:{column}: `{key}`");
+        assert!(stderr.contains(&want), "{key}: want `{want}` in:\n{stderr}");
+    }
+}
+
 #[test]
 fn missing_config_file_exits_1() {
     let out = weir(&["--config", "/nonexistent/weir.toml", "--check"]);

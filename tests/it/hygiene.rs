@@ -114,6 +114,22 @@ async fn switching_backend() -> RawBackend {
     .await
 }
 
+/// A switch nobody asked for is a bad response, never a tunnel: the upstream cannot
+/// turn a plain request (or one whose upgrade the route refused) into a blind tunnel.
+#[tokio::test]
+async fn a_101_to_a_request_that_asked_for_no_upgrade_is_a_502() {
+    let backend = RawBackend::start(|_, _| {
+        Action::Reply(
+            b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\n".to_vec(),
+        )
+    })
+    .await;
+    let weir = start(&backend, CONFIG).await;
+    let plain = b"GET / HTTP/1.1\r\nHost: a\r\n\r\n";
+    assert_eq!(statuses(&exchange(weir.addr, plain).await), [502]);
+    assert_eq!(statuses(&exchange(weir.addr, H2C_UPGRADE).await), [502]);
+}
+
 const H2C_UPGRADE: &[u8] = b"GET / HTTP/1.1\r\nHost: a\r\nConnection: Upgrade, HTTP2-Settings\r\n\
 Upgrade: h2c\r\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n\r\n";
 

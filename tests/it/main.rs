@@ -6,6 +6,7 @@ mod cache;
 mod cache_poisoning;
 mod cli;
 mod client_faults;
+mod codec_strict;
 mod edge;
 mod failures;
 mod handover;

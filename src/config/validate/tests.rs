@@ -88,6 +88,34 @@ fn health_settings_are_checked() {
     assert!(e.contains("min_healthy_percent"), "{e}");
 }
 
+/// Values the runtime uses parsed are parsed as the config is read, so the runtime
+/// build has nothing left to refuse or to replace with a default.
+#[test]
+fn parsed_values_are_refused_where_they_are_written() {
+    let e = err(&format!("{BASE}[upstreams.api.health_check]\npath = \"/a b\"\n"));
+    assert!(e.starts_with("w.toml:12:8: `upstreams.api.health_check.path`: `/a b` is not a path"), "{e}");
+    let e = err(&format!("{BASE}[upstreams.api.health_check]\nhost = \"a\\nb\"\n"));
+    assert!(e.starts_with("w.toml:12:8: `upstreams.api.health_check.host`"), "{e}");
+    let e = err(&BASE.replace("upstream = \"api\"", "upstream = \"api\"\nmethods = [\"get\", \"\"]"));
+    assert!(e.starts_with("w.toml:8:11: `routes[0].methods[1]`: `` is not an HTTP method"), "{e}");
+
+    let text = format!(
+        "{}[upstreams.api.health_check]\npath = \"/ready?full=1\"\nhost = \"api.internal\"\nexpected_status = \"200,204\"\n",
+        BASE.replace("upstream = \"api\"", "upstream = \"api\"\nmethods = [\"get\", \"PURGE\"]")
+            .replace("weight = 3 }]", "weight = 3 }]\nretry_on = \"503,502\"")
+    );
+    let config = parse(&text, Path::new("w.toml")).unwrap_or_else(|e| panic!("{e}"));
+    let up = &config.upstreams["api"];
+    let hc = up.health_check.as_ref().unwrap();
+    assert_eq!(hc.path.get_ref().0.as_str(), "/ready?full=1");
+    assert_eq!(hc.host.as_ref().unwrap().0, "api.internal");
+    assert_eq!(format!("{:?}", hc.expected_status.get_ref()), "200,204");
+    assert_eq!(format!("{:?}", up.retry_on.as_ref().unwrap().get_ref()), "502-503");
+    let methods: Vec<&str> =
+        config.routes[0].methods.iter().flatten().map(|m| m.get_ref().0.as_str()).collect();
+    assert_eq!(methods, ["GET", "PURGE"]);
+}
+
 const LIMITED: &str = r#"
 trusted_proxies = ["10.0.0.0/8", "192.0.2.1"]
 

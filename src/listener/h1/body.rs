@@ -7,37 +7,25 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{ready, Context, Poll};
 
-use bytes::{Buf, Bytes, BytesMut};
-use http::header::{HeaderMap, HeaderName, HeaderValue};
+use bytes::{Bytes, BytesMut};
 use http_body::{Frame, SizeHint};
 
 use super::ReadSide;
 use crate::proxy::body::BoxError;
+use crate::proxy::framing::chunked::{Chunked, Decoded};
 
 /// How much room a read of body bytes asks for.
 const BODY_READ: usize = 64 * 1024;
-/// Largest chunk-size line and trailer section accepted.
-const MAX_CHUNK_LINE: usize = 4 * 1024;
-const MAX_TRAILERS: usize = 16 * 1024;
 
 /// Where a request body's decoding stands.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub(super) enum Decode {
     /// This many bytes are left.
     Length(u64),
-    Chunked(Chunk),
+    Chunked(Chunked),
     Done,
     /// Broken framing or a lost connection: the connection cannot go on.
     Failed,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub(super) enum Chunk {
-    Size,
-    Data(u64),
-    /// The CRLF after a chunk's data.
-    DataEnd,
-    Trailers,
 }
 
 /// One step of decoding a request body from buffered bytes.
@@ -50,72 +38,30 @@ enum Step {
 
 /// Decodes the next frame of a body from `buf` alone.
 fn decode(state: &mut Decode, buf: &mut BytesMut) -> Result<Step, &'static str> {
-    loop {
-        match *state {
-            Decode::Done => return Ok(Step::End),
-            Decode::Failed => return Err("the request body failed earlier"),
-            Decode::Length(left) | Decode::Chunked(Chunk::Data(left)) => {
-                if buf.is_empty() {
-                    return Ok(Step::More);
-                }
-                let n = (buf.len() as u64).min(left);
-                let data = buf.split_to(n as usize).freeze();
-                let left = left - n;
-                *state = match *state {
-                    Decode::Length(_) if left == 0 => Decode::Done,
-                    Decode::Length(_) => Decode::Length(left),
-                    _ if left == 0 => Decode::Chunked(Chunk::DataEnd),
-                    _ => Decode::Chunked(Chunk::Data(left)),
-                };
-                return Ok(Step::Frame(Frame::data(data)));
+    match state {
+        Decode::Done => Ok(Step::End),
+        Decode::Failed => Err("the request body failed earlier"),
+        Decode::Length(left) => {
+            if buf.is_empty() {
+                return Ok(Step::More);
             }
-            Decode::Chunked(Chunk::Size) => match httparse::parse_chunk_size(buf) {
-                Ok(httparse::Status::Complete((used, size))) => {
-                    buf.advance(used);
-                    *state = Decode::Chunked(if size == 0 { Chunk::Trailers } else { Chunk::Data(size) });
-                }
-                Ok(httparse::Status::Partial) if buf.len() <= MAX_CHUNK_LINE => return Ok(Step::More),
-                _ => return Err("invalid chunk size line"),
-            },
-            Decode::Chunked(Chunk::DataEnd) => {
-                if buf.len() < 2 {
-                    return Ok(Step::More);
-                }
-                if &buf[..2] != b"\r\n" {
-                    return Err("chunk data not followed by CRLF");
-                }
-                buf.advance(2);
-                *state = Decode::Chunked(Chunk::Size);
+            let n = (buf.len() as u64).min(*left);
+            let data = buf.split_to(n as usize).freeze();
+            *left -= n;
+            if *left == 0 {
+                *state = Decode::Done;
             }
-            Decode::Chunked(Chunk::Trailers) => {
-                if buf.starts_with(b"\r\n") {
-                    buf.advance(2);
-                    *state = Decode::Done;
-                    return Ok(Step::End);
-                }
-                if buf.len() < 2 {
-                    return Ok(Step::More);
-                }
-                let mut fields = [httparse::EMPTY_HEADER; 32];
-                match httparse::parse_headers(buf, &mut fields) {
-                    Ok(httparse::Status::Complete((used, fields))) => {
-                        let mut trailers = HeaderMap::with_capacity(fields.len());
-                        for f in fields {
-                            if let (Ok(name), Ok(value)) =
-                                (HeaderName::from_bytes(f.name.as_bytes()), HeaderValue::from_bytes(f.value))
-                            {
-                                trailers.append(name, value);
-                            }
-                        }
-                        buf.advance(used);
-                        *state = Decode::Done;
-                        return Ok(Step::Frame(Frame::trailers(trailers)));
-                    }
-                    Ok(httparse::Status::Partial) if buf.len() <= MAX_TRAILERS => return Ok(Step::More),
-                    _ => return Err("invalid chunked trailers"),
-                }
-            }
+            Ok(Step::Frame(Frame::data(data)))
         }
+        Decode::Chunked(chunked) => Ok(match chunked.decode(buf)? {
+            Decoded::Data(data) => Step::Frame(Frame::data(data)),
+            Decoded::Trailers(trailers) => Step::Frame(Frame::trailers(trailers)),
+            Decoded::End => {
+                *state = Decode::Done;
+                Step::End
+            }
+            Decoded::More => Step::More,
+        }),
     }
 }
 
@@ -240,18 +186,15 @@ impl http_body::Body for Body {
 mod tests {
     use super::*;
 
-    fn decode_all(state: Decode, parts: &[&[u8]]) -> Result<(Vec<u8>, Option<HeaderMap>), &'static str> {
+    fn decode_all(state: Decode, parts: &[&[u8]]) -> Result<Vec<u8>, &'static str> {
         let (mut state, mut buf) = (state, BytesMut::new());
-        let (mut body, mut trailers) = (Vec::new(), None);
+        let mut body = Vec::new();
         for part in parts {
             buf.extend_from_slice(part);
             loop {
                 match decode(&mut state, &mut buf)? {
-                    Step::Frame(frame) => match frame.into_data() {
-                        Ok(data) => body.extend_from_slice(&data),
-                        Err(frame) => trailers = frame.into_trailers().ok(),
-                    },
-                    Step::End => return Ok((body, trailers)),
+                    Step::Frame(frame) => body.extend_from_slice(&frame.into_data().unwrap_or_default()),
+                    Step::End => return Ok(body),
                     Step::More => break,
                 }
             }
@@ -259,46 +202,11 @@ mod tests {
         Err("incomplete")
     }
 
-    proptest::proptest! {
-        /// Whatever a client sends as a chunked body, in any split, decoding ends in
-        /// data, an end or an error: never a panic, and never more data out than in.
-        #[test]
-        fn any_bytes_decode_without_panic(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..512), split in 0usize..512) {
-            let split = split.min(bytes.len());
-            let (a, b) = bytes.split_at(split);
-            if let Ok((body, _)) = decode_all(Decode::Chunked(Chunk::Size), &[a, b]) {
-                proptest::prop_assert!(body.len() <= bytes.len());
-            }
-        }
-
-        /// A body chunked any way decodes to its data.
-        #[test]
-        fn chunked_data_round_trips(chunks in proptest::collection::vec(proptest::collection::vec(proptest::num::u8::ANY, 1..64), 0..8), split in 0usize..1024) {
-            let mut wire = Vec::new();
-            for chunk in &chunks {
-                wire.extend_from_slice(format!("{:x}\r\n", chunk.len()).as_bytes());
-                wire.extend_from_slice(chunk);
-                wire.extend_from_slice(b"\r\n");
-            }
-            wire.extend_from_slice(b"0\r\n\r\n");
-            let split = split.min(wire.len());
-            let (a, b) = wire.split_at(split);
-            let (body, _) = decode_all(Decode::Chunked(Chunk::Size), &[a, b]).unwrap();
-            proptest::prop_assert_eq!(body, chunks.concat());
-        }
-    }
-
     #[test]
-    fn chunked_bodies_decode_across_any_split() {
-        let wire = b"3;ext=1\r\nabc\r\n2\r\nde\r\n0\r\nx-t: 1\r\n\r\n";
-        for split in 0..wire.len() {
-            let (a, b) = wire.split_at(split);
-            let (body, trailers) = decode_all(Decode::Chunked(Chunk::Size), &[a, b]).unwrap();
-            assert_eq!(body, b"abcde", "split at {split}");
-            assert_eq!(trailers.unwrap()["x-t"], "1");
-        }
-        assert!(decode_all(Decode::Chunked(Chunk::Size), &[b"zz\r\nabc\r\n"]).is_err());
-        assert!(decode_all(Decode::Chunked(Chunk::Size), &[b"3\r\nabcX\r\n"]).is_err());
-        assert_eq!(decode_all(Decode::Length(3), &[b"a", b"bcGET"]).unwrap().0, b"abc");
+    fn bodies_end_at_their_framing() {
+        assert_eq!(decode_all(Decode::Length(3), &[b"a", b"bcGET"]).unwrap(), b"abc");
+        let chunked = Decode::Chunked(Chunked::new());
+        assert_eq!(decode_all(chunked, &[b"3\r\nabc\r\n0\r", b"\n\r\nGET"]).unwrap(), b"abc");
+        assert!(decode_all(chunked, &[b"3\r\nabc\r\n\r\nGET"]).is_err());
     }
 }

@@ -9,7 +9,7 @@
 //! httparse straight from the connection's read buffer, its header values share that
 //! buffer, `proxy::handle` runs inline in the connection's future, and the response
 //! head is written into a buffer the connection keeps, with a small body in the same
-//! `write`. TLS connections and h2 stay on hyper (`listener::Connection::serve_hyper`).
+//! `write`. TLS connections and h2 stay on hyper (`listener::Connection::serve`).
 //!
 //! What it owns, per connection (RFC 9112):
 //! - request heads: `400` for a malformed head or ambiguous framing (both
@@ -17,7 +17,8 @@
 //!   does not end in `chunked`, `Transfer-Encoding` in HTTP/1.0), `431` for a head
 //!   over `max_header_size` or over 100 headers; either closes the connection.
 //!   `proxy::framing` then refuses what is well-formed but unsafe to forward.
-//! - request bodies by length or chunks (extensions skipped, trailers passed on),
+//! - request bodies by length or chunks (strictly, by `proxy::framing::chunked`:
+//!   extensions skipped and bounded, trailers passed on),
 //!   read by whoever polls the request's `Body` (`body`): the connection lends its read side
 //!   to the body and takes it back once the response is written. A body left unread
 //!   then is drained from what is already buffered, else the connection closes, so
@@ -57,12 +58,13 @@ use super::{ClientIo, Connection};
 use crate::proxy;
 use crate::proxy::body::{Body as ResponseBody, BoxError, ClientBody};
 use crate::proxy::forward::splice;
+use crate::proxy::framing::chunked::Chunked;
 use crate::proxy::framing::{ends_chunked, ConnectionOptions, MAX_HEADERS};
 
 mod body;
 
 pub use body::{is_malformed as is_malformed_body, Body};
-use body::{lock, Chunk, Decode, Reader};
+use body::{lock, Decode, Reader};
 
 /// How much room a read of a head asks for.
 const HEAD_READ: usize = 8 * 1024;
@@ -168,6 +170,14 @@ fn parse_head(
     Ok(Some((req, head)))
 }
 
+/// Whether `buf` holds the blank line that ends a head (CRLF CRLF, or with bare LFs,
+/// which httparse takes too) ending at or after `from`.
+fn has_head_end(buf: &[u8], from: usize) -> bool {
+    (from.max(1)..buf.len()).any(|p| {
+        buf[p] == b'\n' && (buf[p - 1] == b'\n' || (p >= 2 && buf[p - 1] == b'\r' && buf[p - 2] == b'\n'))
+    })
+}
+
 /// The request target as a `Uri`: origin-form, absolute-form, `*` for OPTIONS and
 /// authority-form for CONNECT (RFC 9112 §3.2); anything else is refused.
 fn parse_target(method: &Method, target: Bytes) -> Result<Uri, StatusCode> {
@@ -238,7 +248,7 @@ impl RequestFraming {
             (true, _) if version == Version::HTTP_10 => return Err(StatusCode::BAD_REQUEST),
             (true, Some(_)) => return Err(StatusCode::BAD_REQUEST),
             (true, None) if !self.chunked => return Err(StatusCode::BAD_REQUEST),
-            (true, None) => Decode::Chunked(Chunk::Size),
+            (true, None) => Decode::Chunked(Chunked::new()),
             (false, Some(n)) if n > 0 => Decode::Length(n),
             _ => Decode::Done,
         };
@@ -446,13 +456,23 @@ impl Server {
         let Some(side) = self.read.as_mut() else { return Ok(None) };
         // Set when a read first has to wait: the head's deadline.
         let mut deadline: Option<Instant> = None;
+        // How much of the buffer is known to hold no head's end. The first bytes are
+        // parsed at once (a head usually comes whole); after a partial head only the
+        // new bytes are scanned for its end, and it is parsed again only once the end
+        // is there, so a head sent a byte at a time costs one pass, not one per byte.
+        let mut scanned = 0;
         // Set when `stop` is seen while idle: when the connection closes.
         let mut closing: Option<Instant> = None;
         loop {
             if !side.buf.is_empty() {
-                if let Some(parsed) = parse_head(&mut side.buf, &mut self.fields, max_head)? {
-                    return Ok(Some(parsed));
+                if scanned == 0 || has_head_end(&side.buf, scanned) {
+                    if let Some(parsed) = parse_head(&mut side.buf, &mut self.fields, max_head)? {
+                        return Ok(Some(parsed));
+                    }
+                } else if side.buf.len() >= max_head {
+                    return Err(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
                 }
+                scanned = side.buf.len();
             }
             if side.buf.capacity() - side.buf.len() < HEAD_READ / 4 {
                 side.buf.reserve(HEAD_READ);
@@ -724,12 +744,18 @@ fn encode_head(
     out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
     out.extend_from_slice(b"\r\n");
     let (mut has_date, mut length, mut close) = (false, None, false);
+    // RFC 9110 §8.6: no `Content-Length` with a 1xx, 204 or 304.
+    let no_length =
+        status.is_informational() || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED;
     for (name, value) in &parts.headers {
         if *name == header::DATE {
             has_date = true;
         } else if *name == header::CONTENT_LENGTH {
             // One that is not a number frames nothing: it is left out, and the
-            // body's own size decides.
+            // body's own size decides. A repeat goes out once.
+            if no_length || length.is_some() {
+                continue;
+            }
             length = parse_length(value.as_bytes());
             if length.is_none() {
                 continue;
@@ -913,6 +939,19 @@ mod tests {
     }
 
     #[test]
+    fn a_head_end_is_found_in_the_new_bytes_only() {
+        let head = b"GET / HTTP/1.1\r\nHost: a\r\n\r\n";
+        for at in 0..head.len() {
+            assert!(!has_head_end(&head[..at], 0), "{at}");
+        }
+        assert!(has_head_end(head, 0));
+        // The end straddles what was scanned and what is new.
+        assert!(has_head_end(head, head.len() - 1));
+        assert!(has_head_end(b"GET / HTTP/1.1\nHost: a\n\n", 20));
+        assert!(has_head_end(b"GET / HTTP/1.1\r\nHost: a\n\r\n", 25));
+    }
+
+    #[test]
     fn targets_in_every_form() {
         let req = parse(b"GET http://h.example/p HTTP/1.1\r\n\r\n").unwrap().unwrap().0;
         assert_eq!(req.uri().authority().unwrap(), "h.example");
@@ -928,7 +967,7 @@ mod tests {
         assert_eq!(head("POST / HTTP/1.1\r\nContent-Length: 5\r\n\r\n").body, Decode::Length(5));
         assert_eq!(head("POST / HTTP/1.1\r\nContent-Length: 0\r\n\r\n").body, Decode::Done);
         let chunked = head("POST / HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\n\r\n");
-        assert_eq!(chunked.body, Decode::Chunked(Chunk::Size));
+        assert_eq!(chunked.body, Decode::Chunked(Chunked::new()));
         assert!(!head("GET / HTTP/1.1\r\nConnection: close\r\n\r\n").keep_alive);
         assert!(!head("GET / HTTP/1.0\r\n\r\n").keep_alive);
         assert!(head("GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n").keep_alive);
@@ -998,6 +1037,19 @@ mod tests {
         let keep_alive = "GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n";
         let (text, _, keep) = encoded(response(200, &[]), Some(0), keep_alive);
         assert!(text.contains("connection: keep-alive\r\n") && keep, "{text}");
+    }
+
+    #[test]
+    fn no_content_and_not_modified_carry_no_length_and_a_repeat_goes_out_once() {
+        const GET11: &str = "GET / HTTP/1.1\r\n\r\n";
+        let (text, framing, _) = encoded(response(204, &[("content-length", "0")]), Some(0), GET11);
+        assert!(!text.contains("content-length"), "{text}");
+        assert_eq!(framing, Out::None);
+        let (text, _, _) = encoded(response(304, &[("content-length", "9")]), Some(0), GET11);
+        assert!(!text.contains("content-length"), "{text}");
+        let twice = response(200, &[("content-length", "2"), ("content-length", "2")]);
+        let (text, framing, _) = encoded(twice, Some(2), GET11);
+        assert_eq!((text.matches("content-length").count(), framing), (1, Out::Length(2)), "{text}");
     }
 
     #[test]

@@ -11,16 +11,17 @@
 //! hands it back to the pool.
 //!
 //! Framing follows RFC 9112 §6: a response to HEAD, a 1xx, 204 or 304 has no body; a
-//! chunked response is decoded (trailers kept); otherwise `Content-Length`; a response
-//! with neither is read to the connection's close. A length together with a transfer
-//! coding, conflicting lengths, obs-fold and oversized heads are refused as bad
-//! responses, so the client never gets a body framed differently from how weir read it.
+//! chunked response is decoded strictly (`framing::chunked`, trailers kept); otherwise
+//! `Content-Length`; a response with neither is read to the connection's close. A
+//! length together with a transfer coding, a transfer coding in HTTP/1.0, conflicting
+//! lengths, obs-fold and oversized heads are refused as bad responses, so the client
+//! never gets a body framed differently from how weir read it. A request's framing is
+//! weir's own, from its body, never from its headers (`encode_head`).
 //!
 //! This file is the connection and the request side; `response` parses response heads
 //! and decodes response bodies.
 
 use std::collections::VecDeque;
-use std::fmt::Write as _;
 use std::io;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
@@ -45,9 +46,6 @@ use response::{parse_head, State};
 const MAX_HEADERS: usize = 100;
 /// Largest response head (status line and headers) accepted.
 const MAX_HEAD: usize = 64 * 1024;
-/// Largest chunk-size line or trailer section accepted.
-const MAX_CHUNK_LINE: usize = 4 * 1024;
-const MAX_TRAILERS: usize = 16 * 1024;
 /// How much room a read of body bytes asks for: large reads keep 1 MiB bodies cheap.
 const BODY_READ: usize = 64 * 1024;
 const HEAD_READ: usize = 8 * 1024;
@@ -198,10 +196,7 @@ impl Conn {
         let head_request = req.method() == Method::HEAD;
         let body = std::mem::take(req.body_mut());
         if !matches!(framing, Framing::None) && !body.is_end_stream() {
-            let chunked = matches!(framing, Framing::Chunked);
-            let upload =
-                Upload { body, chunked, pending: VecDeque::new(), finished: false, lines: BytesMut::new() };
-            self.upload = Some(Box::new(upload));
+            self.upload = Some(Box::new(Upload::new(body, framing)));
         } else if let Err(e) = self.io.flush().await {
             return Err(SendError { error: e.into(), sent: true });
         }
@@ -225,61 +220,50 @@ impl Conn {
         Ok(Response::from_parts(parts, body))
     }
 
-    /// Moves the request body's upload along: writes what is pending, then takes the
-    /// next frame. `Ready(Ok)` once the whole body is written, or when there is none.
+    /// Moves the request body's upload along: takes the frames that are ready and
+    /// writes them gathered, so a body of many small frames costs a write per batch,
+    /// not three per frame. `Ready(Ok)` once the whole body is written, or when there
+    /// is none.
     fn poll_upload(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
         let Conn { io, upload, .. } = self;
         let Some(up) = upload.as_mut() else { return Poll::Ready(Ok(())) };
         loop {
-            while let Some(front) = up.pending.front_mut() {
-                let n = ready!(Pin::new(&mut *io).poll_write(cx, front))?;
-                if n == 0 {
-                    return Poll::Ready(Err(io::Error::from(io::ErrorKind::WriteZero).into()));
-                }
-                front.advance(n);
-                if front.is_empty() {
-                    up.pending.pop_front();
+            while !up.finished && up.queued() < UPLOAD_GATHER {
+                match Pin::new(&mut up.body).poll_frame(cx) {
+                    // What is gathered goes out while the body waits.
+                    Poll::Pending => break,
+                    Poll::Ready(None) => up.end(None)?,
+                    Poll::Ready(Some(Err(e))) => return Poll::Ready(Err(Error::RequestBody(e))),
+                    Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
+                        Ok(data) => up.push(data)?,
+                        Err(frame) => up.end(frame.into_trailers().ok())?,
+                    },
                 }
             }
-            if up.finished {
+            if up.queued() == 0 {
+                if !up.finished {
+                    // The body is pending, and has the task's waker.
+                    return Poll::Pending;
+                }
                 ready!(Pin::new(&mut *io).poll_flush(cx))?;
                 *upload = None;
                 return Poll::Ready(Ok(()));
             }
-            match ready!(Pin::new(&mut up.body).poll_frame(cx)) {
-                None => {
-                    up.finished = true;
-                    if up.chunked {
-                        up.pending.push_back(Bytes::from_static(b"0\r\n\r\n"));
-                    }
-                }
-                Some(Err(e)) => return Poll::Ready(Err(Error::RequestBody(e))),
-                Some(Ok(frame)) => match frame.into_data() {
-                    Ok(data) if data.is_empty() => {}
-                    Ok(data) if up.chunked => {
-                        // The size line, from a buffer reused once each line is written.
-                        up.lines.reserve(18);
-                        let _ = write!(up.lines, "{:x}\r\n", data.len());
-                        up.pending.push_back(up.lines.split().freeze());
-                        up.pending.push_back(data);
-                        up.pending.push_back(Bytes::from_static(b"\r\n"));
-                    }
-                    Ok(data) => up.pending.push_back(data),
-                    // Trailers are a body's last frame. A chunked body ends with them; a
-                    // length-framed one has no place for them and ends at its length.
-                    Err(frame) => {
-                        up.finished = true;
-                        if let (true, Ok(trailers)) = (up.chunked, frame.into_trailers()) {
-                            let mut end = b"0\r\n".to_vec();
-                            for (name, value) in &trailers {
-                                push_field(&mut end, name, value);
-                            }
-                            end.extend_from_slice(b"\r\n");
-                            up.pending.push_back(end.into());
-                        }
-                    }
-                },
+            let mut slices = [io::IoSlice::new(&[]); 16];
+            let mut count = 0;
+            for piece in up.pending.iter().take(slices.len() - 1) {
+                slices[count] = io::IoSlice::new(piece);
+                count += 1;
             }
+            if count == up.pending.len() && !up.gather.is_empty() {
+                slices[count] = io::IoSlice::new(&up.gather);
+                count += 1;
+            }
+            let n = ready!(Pin::new(&mut *io).poll_write_vectored(cx, &slices[..count]))?;
+            if n == 0 {
+                return Poll::Ready(Err(io::Error::from(io::ErrorKind::WriteZero).into()));
+            }
+            up.written(n);
         }
     }
 
@@ -313,12 +297,136 @@ impl Conn {
 struct Upload {
     body: super::body::Body,
     chunked: bool,
-    /// Encoded pieces not yet written.
+    /// Of a length-framed body: the bytes the head announced and the body still owes.
+    left: u64,
+    /// Large data frames, written as they are (ahead of `gather`).
     pending: VecDeque<Bytes>,
-    /// The body's last frame was taken; `pending` holds the rest.
+    pending_len: usize,
+    /// Encoded bytes for the next write: chunk lines, small data, CRLFs.
+    gather: BytesMut,
+    /// The body's last frame was taken; `pending` and `gather` hold the rest.
     finished: bool,
-    /// Where chunk-size lines are written.
-    lines: BytesMut,
+}
+
+/// Encoded upload bytes gathered before a write; and the largest data frame copied
+/// into the gathering buffer rather than queued as it is.
+const UPLOAD_GATHER: usize = 64 * 1024;
+const UPLOAD_COPY: usize = 8 * 1024;
+
+/// A request body that sent more or fewer bytes than the length weir wrote in the
+/// head: the server would read the difference as (or wait for) another request.
+#[derive(Debug, thiserror::Error)]
+#[error("request body {0} than the Content-Length sent")]
+struct LengthMismatch(&'static str);
+
+impl Upload {
+    fn new(body: super::body::Body, framing: Framing) -> Upload {
+        let (chunked, left) = match framing {
+            Framing::Length(n) => (false, n),
+            _ => (true, 0),
+        };
+        Upload {
+            body,
+            chunked,
+            left,
+            pending: VecDeque::new(),
+            pending_len: 0,
+            gather: BytesMut::new(),
+            finished: false,
+        }
+    }
+
+    fn queued(&self) -> usize {
+        self.pending_len + self.gather.len()
+    }
+
+    /// Encodes one data frame.
+    fn push(&mut self, data: Bytes) -> Result<(), Error> {
+        if data.is_empty() {
+            return Ok(());
+        }
+        if self.chunked {
+            let mut hex = [0u8; 16];
+            self.gather.extend_from_slice(hex_len(data.len(), &mut hex));
+            self.gather.extend_from_slice(b"\r\n");
+        } else {
+            if data.len() as u64 > self.left {
+                return Err(Error::RequestBody(Box::new(LengthMismatch("longer"))));
+            }
+            self.left -= data.len() as u64;
+        }
+        if data.len() <= UPLOAD_COPY {
+            self.gather.extend_from_slice(&data);
+        } else {
+            if !self.gather.is_empty() {
+                let gathered = self.gather.split().freeze();
+                self.pending_len += gathered.len();
+                self.pending.push_back(gathered);
+            }
+            self.pending_len += data.len();
+            self.pending.push_back(data);
+        }
+        if self.chunked {
+            self.gather.extend_from_slice(b"\r\n");
+        }
+        Ok(())
+    }
+
+    /// Encodes the body's end, with its trailers if it has any: a chunked body ends
+    /// with them; a length-framed one has no place for them and ends at its length.
+    fn end(&mut self, trailers: Option<http::HeaderMap>) -> Result<(), Error> {
+        self.finished = true;
+        if !self.chunked {
+            if self.left > 0 {
+                return Err(Error::RequestBody(Box::new(LengthMismatch("shorter"))));
+            }
+            return Ok(());
+        }
+        self.gather.extend_from_slice(b"0\r\n");
+        for (name, value) in trailers.iter().flatten() {
+            let (name, value) = (name.as_str().as_bytes(), value.as_bytes());
+            self.gather.extend_from_slice(name);
+            self.gather.extend_from_slice(b": ");
+            self.gather.extend_from_slice(value);
+            self.gather.extend_from_slice(b"\r\n");
+        }
+        self.gather.extend_from_slice(b"\r\n");
+        Ok(())
+    }
+
+    /// `n` bytes of the queue were written.
+    fn written(&mut self, mut n: usize) {
+        while n > 0 {
+            let Some(front) = self.pending.front_mut() else {
+                self.gather.advance(n);
+                break;
+            };
+            let m = n.min(front.len());
+            front.advance(m);
+            self.pending_len -= m;
+            n -= m;
+            if front.is_empty() {
+                self.pending.pop_front();
+            }
+        }
+        if self.gather.is_empty() {
+            // Back to the start of its memory, for the next batch.
+            self.gather.clear();
+        }
+    }
+}
+
+/// `n` in lowercase hex, for a chunk-size line.
+fn hex_len(mut n: usize, buf: &mut [u8; 16]) -> &[u8] {
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b"0123456789abcdef"[n & 0xf];
+        n >>= 4;
+        if n == 0 {
+            return &buf[i..];
+        }
+    }
 }
 
 /// A final response head: its parts, its body's framing and whether the connection
@@ -326,19 +434,31 @@ struct Upload {
 type FinalHead = (http::response::Parts, (State, bool));
 
 /// How a request body is framed on the wire.
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, Debug, PartialEq)]
 enum Framing {
     /// No body.
     None,
-    /// `Content-Length`, as the client sent it or weir added it.
-    Length,
+    /// `Content-Length`: the body's exact size.
+    Length(u64),
     Chunked,
 }
 
+/// Header names of hop-by-hop fields that `http` has no constant for.
+static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+
 /// Writes the request line and headers into `out`, with weir's `X-Forwarded-*`
-/// headers in place of the client's, and the framing header weir chose when the
-/// request has none of its own. The target is origin-form (`prepare` made it so) and
-/// the version 1.1.
+/// headers in place of the client's. The target is origin-form (`prepare` made it
+/// so) and the version 1.1.
+///
+/// The framing is always weir's, never the header map's: `Content-Length`,
+/// `Transfer-Encoding` and `Expect` in the map are dropped, and the head says what the
+/// body will send (its exact size, chunks when that is unknown, nothing when there is
+/// no body), so a request whose headers were copied from another (a cache refresh, a
+/// retry) cannot announce a body it does not carry. Of the other hop-by-hop fields
+/// only an upgrade's `Upgrade` with `Connection: upgrade`, and `TE: trailers`, go
+/// out: a `Connection` naming other fields could make the next hop drop the framing
+/// weir wrote.
 fn encode_head(
     req: &Request<super::body::Body>,
     forwarded: Option<&Forwarded>,
@@ -350,19 +470,45 @@ fn encode_head(
     let target = req.uri().path_and_query().map_or("/", |p| p.as_str());
     out.extend_from_slice(if target.is_empty() { b"/" } else { target.as_bytes() });
     out.extend_from_slice(b" HTTP/1.1\r\n");
+    let (mut upgrade, mut connection_upgrade, mut te_trailers) = (None, false, false);
     for (name, value) in req.headers() {
+        if *name == header::CONTENT_LENGTH || *name == header::TRANSFER_ENCODING || *name == header::EXPECT {
+            continue;
+        }
+        if *name == header::CONNECTION {
+            connection_upgrade |= value
+                .as_bytes()
+                .split(|&b| b == b',')
+                .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"upgrade"));
+            continue;
+        }
+        if *name == header::UPGRADE {
+            upgrade = Some(value);
+            continue;
+        }
+        if *name == header::TE {
+            te_trailers |= value.as_bytes().trim_ascii().eq_ignore_ascii_case(b"trailers");
+            continue;
+        }
+        if *name == KEEP_ALIVE || *name == PROXY_CONNECTION {
+            continue;
+        }
         if forwarded.is_none() || !Forwarded::replaces(name) {
             push_field(out, name, value);
         }
+    }
+    if let (Some(protocol), true) = (upgrade, connection_upgrade) {
+        push_field(out, &header::UPGRADE, protocol);
+        out.extend_from_slice(b"connection: upgrade\r\n");
+    }
+    if te_trailers {
+        out.extend_from_slice(b"te: trailers\r\n");
     }
     if let Some(forwarded) = forwarded {
         forwarded.encode(req.headers(), out);
     }
     let body = req.body();
-    let has_length = req.headers().contains_key(header::CONTENT_LENGTH);
-    let framing = if has_length {
-        Framing::Length
-    } else if body.is_end_stream() {
+    let framing = if body.is_end_stream() {
         // RFC 9110 §8.6: a body-carrying method without a body says so.
         if matches!(*req.method(), Method::POST | Method::PUT | Method::PATCH) {
             out.extend_from_slice(b"content-length: 0\r\n");
@@ -372,7 +518,7 @@ fn encode_head(
         out.extend_from_slice(b"content-length: ");
         out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
         out.extend_from_slice(b"\r\n");
-        Framing::Length
+        Framing::Length(n)
     } else {
         out.extend_from_slice(b"transfer-encoding: chunked\r\n");
         Framing::Chunked
@@ -430,6 +576,71 @@ mod tests {
         assert_eq!(full, b"PUT /p?q=1 HTTP/1.1\r\ncontent-length: 3\r\n\r\n");
         let kept = request(Method::PUT, &[("content-length", "3")], B::from(Bytes::from_static(b"abc")));
         assert_eq!(kept, b"PUT /p?q=1 HTTP/1.1\r\ncontent-length: 3\r\n\r\n");
+    }
+
+    #[test]
+    fn framing_headers_in_the_map_never_reach_the_head() {
+        use super::super::body::Body as B;
+        let text = |head: Vec<u8>| String::from_utf8(head).unwrap();
+        // A request copied from a client's (a cache refresh) with the client's length
+        // but no body: the server must not wait for one.
+        let stale = request(Method::GET, &[("host", "a"), ("content-length", "41")], B::Empty);
+        assert_eq!(text(stale), "GET /p?q=1 HTTP/1.1\r\nhost: a\r\n\r\n");
+        let post = request(Method::POST, &[("content-length", "41"), ("expect", "100-continue")], B::Empty);
+        assert_eq!(text(post), "POST /p?q=1 HTTP/1.1\r\ncontent-length: 0\r\n\r\n");
+        let body = B::from(Bytes::from_static(b"abc"));
+        let chunked =
+            request(Method::POST, &[("transfer-encoding", "chunked"), ("content-length", "9")], body);
+        assert_eq!(text(chunked), "POST /p?q=1 HTTP/1.1\r\ncontent-length: 3\r\n\r\n");
+        let hop = request(
+            Method::GET,
+            &[
+                ("connection", "content-length, x-a"),
+                ("keep-alive", "timeout=5"),
+                ("proxy-connection", "keep-alive"),
+                ("te", "gzip"),
+                ("upgrade", "websocket"),
+                ("x-a", "1"),
+            ],
+            B::Empty,
+        );
+        assert_eq!(
+            text(hop),
+            "GET /p?q=1 HTTP/1.1\r\nx-a: 1\r\n\r\n",
+            "no upgrade without Connection: upgrade"
+        );
+        let upgrade = request(
+            Method::GET,
+            &[("upgrade", "websocket"), ("connection", "upgrade"), ("te", "trailers")],
+            B::Empty,
+        );
+        assert_eq!(
+            text(upgrade),
+            "GET /p?q=1 HTTP/1.1\r\nupgrade: websocket\r\nconnection: upgrade\r\nte: trailers\r\n\r\n"
+        );
+    }
+
+    #[test]
+    fn an_upload_that_disagrees_with_its_length_fails_as_a_request_body_error() {
+        use super::super::body::Body as B;
+        let mut long = Upload::new(B::Empty, Framing::Length(3));
+        assert!(matches!(long.push(Bytes::from_static(b"abcd")), Err(Error::RequestBody(_))));
+        let mut short = Upload::new(B::Empty, Framing::Length(3));
+        short.push(Bytes::from_static(b"ab")).unwrap();
+        assert!(matches!(short.end(None), Err(Error::RequestBody(_))));
+        let mut exact = Upload::new(B::Empty, Framing::Length(3));
+        exact.push(Bytes::from_static(b"abc")).unwrap();
+        exact.end(None).unwrap();
+        assert_eq!(&exact.gather[..], b"abc");
+        let mut chunked = Upload::new(B::Empty, Framing::Chunked);
+        chunked.push(Bytes::from_static(b"abc")).unwrap();
+        chunked.push(Bytes::from(vec![b'x'; UPLOAD_COPY + 1])).unwrap();
+        chunked.end(None).unwrap();
+        assert_eq!(chunked.pending.len(), 2, "a large frame is queued as it is");
+        assert_eq!(&chunked.pending[0][..], b"3\r\nabc\r\n2001\r\n");
+        assert_eq!(&chunked.gather[..], b"\r\n0\r\n\r\n");
+        chunked.written(chunked.queued());
+        assert_eq!(chunked.queued(), 0);
     }
 
     #[test]

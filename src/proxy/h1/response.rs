@@ -6,14 +6,15 @@ use std::io;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Response, StatusCode, Version};
 use http_body::{Frame, SizeHint};
 
 use super::super::body::BoxError;
+use super::super::framing::chunked::{Chunked, Decoded};
 use super::super::framing::{ends_chunked, ConnectionOptions};
-use super::{Conn, Error, Stream, BODY_READ, HEAD_READ, MAX_CHUNK_LINE, MAX_HEADERS, MAX_TRAILERS};
+use super::{Conn, Error, Stream, BODY_READ, MAX_HEADERS};
 
 /// A parsed response head: its parts, and for a final response its body's framing
 /// and whether the connection may be reused after it (`None` for a 1xx).
@@ -49,14 +50,31 @@ pub(super) fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Optio
     let head = buf.split_to(len).freeze();
     let mut headers = HeaderMap::with_capacity(count);
     let mut framing = ResponseFraming::default();
+    // RFC 9110 §8.6: these carry no body, and no `Content-Length` goes on with them.
+    let bodiless = matches!(code, 100..=199 | 204 | 304);
     for field in &fields[..count] {
         // SAFETY: the loop above wrote the first `count` fields (one per header).
         let field = unsafe { field.assume_init_ref() };
         let name = HeaderName::from_bytes(&head[field.name.clone()])
             .map_err(|_| Error::Bad("invalid response header name"))?;
-        let value = HeaderValue::from_maybe_shared(head.slice(field.value.clone()))
+        let mut value = HeaderValue::from_maybe_shared(head.slice(field.value.clone()))
             .map_err(|_| Error::Bad("invalid response header value"))?;
-        framing.note(&name, &value)?;
+        if name == header::CONTENT_LENGTH {
+            if bodiless {
+                continue;
+            }
+            // Equal repeats (`5, 5`, or two fields) go on as one field of one number.
+            let repeat = framing.length.is_some();
+            framing.note(&name, &value)?;
+            if repeat {
+                continue;
+            }
+            if let Some(n) = framing.length.filter(|_| value.as_bytes().contains(&b',')) {
+                value = HeaderValue::from(n);
+            }
+        } else {
+            framing.note(&name, &value)?;
+        }
         headers.append(name, value);
     }
     let status = StatusCode::from_u16(code).map_err(|_| Error::Bad("invalid status code"))?;
@@ -120,6 +138,10 @@ impl ResponseFraming {
         if parts.status == StatusCode::SWITCHING_PROTOCOLS {
             return Ok((State::Upgraded, false));
         }
+        if self.coded && parts.version == Version::HTTP_10 {
+            // RFC 9112 §6.1: faulty framing. Refused, as hyper does.
+            return Err(Error::Bad("Transfer-Encoding in an HTTP/1.0 response"));
+        }
         if self.coded && self.length.is_some() {
             // RFC 9112 §6.3: possibly response splitting; the connection is not reused.
             return Err(Error::Bad("both Content-Length and Transfer-Encoding"));
@@ -129,7 +151,7 @@ impl ResponseFraming {
             return Ok((State::Done, reusable));
         }
         let state = match (self.coded, self.length) {
-            (true, _) if self.chunked => State::Chunked(Chunk::Size),
+            (true, _) if self.chunked => State::Chunked(Chunked::new()),
             (false, Some(0)) => State::Done,
             (false, Some(n)) => State::Length(n),
             // A coding other than chunked last, or no length at all: to the close.
@@ -147,21 +169,12 @@ impl ResponseFraming {
 pub(super) enum State {
     /// This many bytes are left.
     Length(u64),
-    Chunked(Chunk),
+    Chunked(Chunked),
     /// Until the server closes the connection.
     Eof,
     Done,
     /// A 101: the connection now belongs to the tunnel.
     Upgraded,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub(super) enum Chunk {
-    Size,
-    Data(u64),
-    /// The CRLF after a chunk's data.
-    DataEnd,
-    Trailers,
 }
 
 /// A response body read from its connection, which it owns until the end.
@@ -245,64 +258,19 @@ impl Body {
                     let data = self.buffered().split().freeze();
                     return Poll::Ready(Some(Ok(Frame::data(data))));
                 }
-                State::Chunked(Chunk::Size) => match httparse::parse_chunk_size(self.buffered()) {
-                    Ok(httparse::Status::Complete((used, size))) => {
-                        self.buffered().advance(used);
-                        self.state =
-                            State::Chunked(if size == 0 { Chunk::Trailers } else { Chunk::Data(size) });
-                    }
-                    Ok(httparse::Status::Partial) => {
-                        if self.buffered().len() > MAX_CHUNK_LINE {
-                            return Poll::Ready(Some(Err(Error::Bad("chunk size line too long"))));
-                        }
-                        ready!(self.fill_or_fail_poll(cx))?;
-                    }
-                    Err(_) => return Poll::Ready(Some(Err(Error::Bad("invalid chunk size")))),
-                },
-                State::Chunked(Chunk::Data(left)) => {
-                    let data = ready!(self.poll_data(cx, left))?;
-                    let left = left - data.len() as u64;
-                    self.state = State::Chunked(if left == 0 { Chunk::DataEnd } else { Chunk::Data(left) });
-                    return Poll::Ready(Some(Ok(Frame::data(data))));
-                }
-                State::Chunked(Chunk::DataEnd) => {
-                    if self.buffered().len() < 2 {
-                        ready!(self.fill_or_fail_poll(cx))?;
-                        continue;
-                    }
-                    if &self.buffered()[..2] != b"\r\n" {
-                        return Poll::Ready(Some(Err(Error::Bad("chunk data not followed by CRLF"))));
-                    }
-                    self.buffered().advance(2);
-                    self.state = State::Chunked(Chunk::Size);
-                }
-                State::Chunked(Chunk::Trailers) => {
-                    let buf = self.buffered();
-                    if buf.starts_with(b"\r\n") {
-                        buf.advance(2);
-                        self.state = State::Done;
-                        return Poll::Ready(None);
-                    }
-                    let mut fields = [httparse::EMPTY_HEADER; 32];
-                    match httparse::parse_headers(buf, &mut fields) {
-                        Ok(httparse::Status::Complete((used, fields))) => {
-                            let mut trailers = HeaderMap::with_capacity(fields.len());
-                            for f in fields {
-                                if let (Ok(name), Ok(value)) = (
-                                    HeaderName::from_bytes(f.name.as_bytes()),
-                                    HeaderValue::from_bytes(f.value),
-                                ) {
-                                    trailers.append(name, value);
-                                }
-                            }
-                            buf.advance(used);
+                State::Chunked(ref mut chunked) => {
+                    let conn = self.conn.as_mut().expect("a body being read has its connection");
+                    match chunked.decode(&mut conn.read).map_err(Error::Bad)? {
+                        Decoded::Data(data) => return Poll::Ready(Some(Ok(Frame::data(data)))),
+                        Decoded::Trailers(trailers) => {
                             self.state = State::Done;
                             return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
                         }
-                        Ok(httparse::Status::Partial) if buf.len() <= MAX_TRAILERS => {
-                            ready!(self.fill_or_fail_poll(cx))?;
+                        Decoded::End => {
+                            self.state = State::Done;
+                            return Poll::Ready(None);
                         }
-                        _ => return Poll::Ready(Some(Err(Error::Bad("invalid chunked trailers")))),
+                        Decoded::More => ready!(self.fill_or_fail_poll(cx))?,
                     }
                 }
             }
@@ -311,7 +279,7 @@ impl Body {
 
     /// Reads more bytes mid-body; the connection ending here cuts the body short.
     fn fill_or_fail_poll(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
-        match ready!(self.poll_fill(cx, HEAD_READ)) {
+        match ready!(self.poll_fill(cx, BODY_READ)) {
             Ok(0) => Poll::Ready(Err(Error::ClosedMidBody)),
             Ok(_) => Poll::Ready(Ok(())),
             Err(e) => Poll::Ready(Err(e.into())),
@@ -393,7 +361,7 @@ mod tests {
         assert_eq!(framing_of("HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n"), (State::Done, true));
         assert_eq!(
             framing_of("HTTP/1.1 200 OK\r\ntransfer-encoding: gzip, chunked\r\n\r\n"),
-            (State::Chunked(Chunk::Size), true)
+            (State::Chunked(Chunked::new()), true)
         );
         // Not chunked last, or no length at all: the body runs to the close.
         assert_eq!(framing_of("HTTP/1.1 200 OK\r\ntransfer-encoding: gzip\r\n\r\n"), (State::Eof, false));
@@ -411,6 +379,23 @@ mod tests {
             panic!("HEAD response not parsed")
         };
         assert_eq!(framing, (State::Done, true), "a response to HEAD has no body");
+    }
+
+    #[test]
+    fn bodiless_responses_lose_their_length_and_repeats_go_on_once() {
+        let parts = |text: &str| head(text, false).unwrap().unwrap().0;
+        let no_content = parts("HTTP/1.1 204 No Content\r\ncontent-length: 0\r\n\r\n");
+        assert!(!no_content.headers.contains_key(header::CONTENT_LENGTH));
+        let not_modified = parts("HTTP/1.1 304 Not Modified\r\ncontent-length: 9\r\netag: \"a\"\r\n\r\n");
+        assert!(!not_modified.headers.contains_key(header::CONTENT_LENGTH));
+        let twice = parts("HTTP/1.1 200 OK\r\ncontent-length: 2\r\nContent-Length: 2\r\n\r\n");
+        assert_eq!(twice.headers.get_all(header::CONTENT_LENGTH).iter().collect::<Vec<_>>(), ["2"]);
+        let listed = parts("HTTP/1.1 200 OK\r\ncontent-length: 2, 2\r\n\r\n");
+        assert_eq!(listed.headers.get_all(header::CONTENT_LENGTH).iter().collect::<Vec<_>>(), ["2"]);
+        assert_eq!(
+            bad("HTTP/1.0 200 OK\r\ntransfer-encoding: chunked\r\n\r\n"),
+            "Transfer-Encoding in an HTTP/1.0 response"
+        );
     }
 
     #[test]

@@ -114,45 +114,61 @@ async fn a_new_process_takes_the_sockets_over_under_load_with_nothing_dropped() 
     }
 
     let load = SteadyLoad::start(&old.url("/steady"), 4, Duration::from_millis(2));
-    let fresh = NewConnections::start(old.addr);
+    let fresh = [NewConnections::start(old.addr), NewConnections::start(old.addr)];
     tokio::time::sleep(Duration::from_millis(300)).await;
 
-    let new = std::process::Command::new(env!("CARGO_BIN_EXE_weir"))
+    // Twice: the new process offers the upgrade socket in turn.
+    let first = take_over(&old.config, &control);
+    exits_after_draining(&mut old.child).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut first = Child(first);
+    let second = Child(take_over(&old.config, &control));
+    exits_after_draining(&mut first.0).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let (ok, failed) = load.stop().await;
+    let (mut answered, mut broken, mut refused) = (0, 0, 0);
+    for loop_ in fresh {
+        let [a, b, r] = loop_.stop().await;
+        (answered, broken, refused) = (answered + a, broken + b, refused + r);
+    }
+    eprintln!("two hand-overs under load: {ok} keep-alive and {answered} new-connection requests answered");
+    assert_eq!((failed, broken, refused), (0, 0, 0), "requests failed or connections were refused");
+    assert!(ok > 200 && answered > 100, "too little load to tell: {ok} keep-alive, {answered} new");
+
+    // The last process serves alone now, on the same port and admin port.
+    let mut second = second;
+    assert!(second.0.try_wait().unwrap().is_none(), "the new process exited");
+    assert_eq!(get(&old.url("/after")).await.0, StatusCode::OK);
+    assert_eq!(get(&format!("http://{admin}/healthz")).await.0, StatusCode::OK);
+}
+
+/// Starts weir on `config` taking over from the process at `control`, offering it
+/// in turn.
+fn take_over(config: &std::path::Path, control: &std::path::Path) -> std::process::Child {
+    std::process::Command::new(env!("CARGO_BIN_EXE_weir"))
         .arg("--config")
-        .arg(&old.config)
+        .arg(config)
         .args(["--log-level", "warn"])
         .arg("--upgrade-socket")
-        .arg(&control)
+        .arg(control)
         .arg("--take-over")
-        .arg(&control)
+        .arg(control)
         .spawn()
-        .unwrap();
-    let mut new = Child(new);
+        .unwrap()
+}
 
-    // The old process drains and exits on its own, with success.
+/// Waits for a process that was taken over from to drain and exit 0 on its own.
+async fn exits_after_draining(child: &mut std::process::Child) {
     let deadline = Instant::now() + Duration::from_secs(10);
     let status = loop {
-        if let Some(status) = old.child.try_wait().unwrap() {
+        if let Some(status) = child.try_wait().unwrap() {
             break status;
         }
         assert!(Instant::now() < deadline, "the old process did not exit after the hand-over");
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
     assert!(status.success(), "the old process exited with {status}");
-    tokio::time::sleep(Duration::from_millis(300)).await;
-
-    let (ok, failed) = load.stop().await;
-    let [answered, broken, refused] = fresh.stop().await;
-    eprintln!("hand-over under load: {ok} keep-alive and {answered} new-connection requests answered");
-    assert_eq!((failed, broken, refused), (0, 0, 0), "requests failed or connections were refused");
-    assert!(ok > 100 && answered > 50, "too little load to tell: {ok} keep-alive, {answered} new");
-
-    // The new process serves alone now, on the same port and admin port, and can
-    // be taken over in turn.
-    assert!(new.0.try_wait().unwrap().is_none(), "the new process exited");
-    assert_eq!(get(&old.url("/after")).await.0, StatusCode::OK);
-    assert_eq!(get(&format!("http://{admin}/healthz")).await.0, StatusCode::OK);
-    assert!(control.exists(), "the new process offers the upgrade socket");
 }
 
 #[tokio::test]

@@ -483,3 +483,23 @@ impl Reloader {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_inherited_socket_is_used_only_under_its_name_and_address() {
+        let socket = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = socket.local_addr().unwrap().to_string();
+        let mut inherited = HashMap::from([("web".to_string(), socket)]);
+        assert!(inherit(&mut inherited, "api", &addr).is_none());
+        assert!(inherit(&mut inherited, "web", &addr).is_some());
+        // Taken once; a moved listener closes what it was handed.
+        assert!(inherit(&mut inherited, "web", &addr).is_none());
+        let socket = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut inherited = HashMap::from([("web".to_string(), socket)]);
+        assert!(inherit(&mut inherited, "web", "127.0.0.1:1").is_none());
+        assert!(inherited.is_empty());
+    }
+}

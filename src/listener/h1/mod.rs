@@ -31,12 +31,15 @@
 //! - keep-alive: HTTP/1.1 by default, HTTP/1.0 with `keep-alive`; `Connection:
 //!   close` from either side ends it (a refused request's answer carries one).
 //! - upgrades: a `101` to an upgrade request joins the client socket with the
-//!   upstream connection detached from the response body.
+//!   upstream connection detached from the response body, on the connection's own
+//!   task (its `max_connections` permit and place in the drain), counted in
+//!   `weir_tunnels_active`.
 //! - timeouts: `header_read_timeout` for each head (from the end of the previous
 //!   response, so it is also the keep-alive idle limit), `idle_timeout` between
 //!   requests, `send_timeout` on writes (`ClientIo`); `body_read_timeout` is the
 //!   request body's (`proxy::body::RequestBody`). When `stop` changes an idle
-//!   connection closes at once, a busy one after its response.
+//!   connection closes after `STOP_GRACE` without a request, a busy one after its
+//!   response.
 
 use std::future::{poll_fn, Future as _};
 use std::pin::Pin;

@@ -351,3 +351,37 @@ async fn a_new_process_that_fails_leaves_the_old_one_serving() {
     let mut old = old;
     assert!(old.child.try_wait().unwrap().is_none(), "the old process stopped");
 }
+
+/// A tunnel open in the old process stays with it: it keeps echoing after the new
+/// process has taken over, until the old one's `shutdown_timeout` closes it.
+#[tokio::test]
+async fn a_tunnel_in_the_old_process_runs_on_through_the_hand_over() {
+    let ws = crate::tunnels::echo_backend().await;
+    let dir = tempfile::tempdir().unwrap();
+    let control = dir.path().join("upgrade.sock");
+    let config = CONFIG
+        .replace("[admin]\nlisten = \"{admin}\"\n", "")
+        .replace("shutdown_timeout = \"5s\"", "shutdown_timeout = \"2s\"")
+        .replace("{app}", &ws.to_string());
+    let mut old =
+        WeirProcess::start_with(&config, &[], &[OsStr::new("--upgrade-socket"), control.as_os_str()]).await;
+    let (mut tunnel, _) = tokio_tungstenite::connect_async(format!("ws://{}/chat", old.addr)).await.unwrap();
+    assert!(crate::tunnels::echoes(&mut tunnel, "before").await);
+
+    let _new = Child(take_over(&old.config, &control));
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_millis(1200) {
+        assert!(
+            crate::tunnels::echoes(&mut tunnel, "during").await,
+            "cut {:?} into the hand-over",
+            started.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // New clients reach the new process meanwhile.
+    let (mut fresh, _) = tokio_tungstenite::connect_async(format!("ws://{}/chat", old.addr)).await.unwrap();
+    assert!(crate::tunnels::echoes(&mut fresh, "new").await);
+    exits_after_draining(&mut old.child).await;
+    assert!(!crate::tunnels::echoes(&mut tunnel, "after").await, "the old process's tunnel outlived it");
+    assert!(crate::tunnels::echoes(&mut fresh, "still").await);
+}

@@ -39,7 +39,7 @@ servers = [{ address = "{ws}" }]
 "#;
 
 /// A WebSocket server that echoes every text and binary message.
-async fn echo_backend() -> SocketAddr {
+pub(crate) async fn echo_backend() -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
@@ -81,7 +81,10 @@ async fn open(weir: &WeirProcess) -> Ws {
 }
 
 /// Sends `text` and expects it back within a second.
-async fn echoes<S: AsyncRead + AsyncWrite + Unpin>(ws: &mut WebSocketStream<S>, text: &str) -> bool {
+pub(crate) async fn echoes<S: AsyncRead + AsyncWrite + Unpin>(
+    ws: &mut WebSocketStream<S>,
+    text: &str,
+) -> bool {
     if ws.send(Message::text(text)).await.is_err() {
         return false;
     }

@@ -6,6 +6,7 @@ mod cache;
 mod cache_poisoning;
 mod cli;
 mod client_faults;
+mod config_errors;
 mod edge;
 mod failures;
 mod hardening_clients;

@@ -104,7 +104,11 @@ impl Source<'_> {
         ConfigError {
             file: self.path.to_path_buf(),
             // Defaults carry an empty 0..0 span: no position rather than a wrong one.
-            position: span.filter(|s| s.end > 0).map(|s| self.line_column(s.start)),
+            // A value that has no span of its own (a duration) is found by its key.
+            position: span
+                .filter(|s| s.end > 0)
+                .or_else(|| shape::span_of_key(self.text, key))
+                .map(|s| self.line_column(s.start)),
             key: key.to_string(),
             message: message.into(),
         }

@@ -217,6 +217,20 @@ fn header_keys(header: &str) -> Vec<String> {
     keys
 }
 
+/// Where the value of `key` (`upstreams.api.servers[1].address`) was written, if it
+/// was: for errors about values that carry no span of their own.
+pub(super) fn span_of_key(text: &str, key: &str) -> Option<Range<usize>> {
+    let mut path = Vec::new();
+    for part in key.split('.') {
+        let mut pieces = part.split('[');
+        path.push(Segment::Key(pieces.next()?.to_string()));
+        for index in pieces {
+            path.push(Segment::Index(index.strip_suffix(']')?.parse().ok()?));
+        }
+    }
+    span_of(text, &path)
+}
+
 /// Where the value at `path` was written, read from `text` again with every value's
 /// span (only when there is an error to report).
 fn span_of(text: &str, path: &[Segment]) -> Option<Range<usize>> {
@@ -369,5 +383,8 @@ mod tests {
         assert_eq!(span(&[k("a"), i(1)]), Some("\"yy\""));
         assert_eq!(span(&[k("b"), i(0), k("c"), k("d"), i(1)]), Some("22"));
         assert_eq!(span(&[k("b"), i(1)]), None);
+        assert_eq!(span_of_key(text, "b[0].c.d[1]").map(|s| &text[s]), Some("22"));
+        assert_eq!(span_of_key(text, "a").map(|s| &text[s]), Some("[\"x\", \"yy\"]"));
+        assert_eq!(span_of_key(text, "b[0].e"), None);
     }
 }

@@ -274,8 +274,10 @@ fn health_check(src: &Source, key: &str, hc: &HealthCheckConfig) -> Result<(), C
             return Err(src.error(Some(n.span()), &format!("{key}.{what}"), "must be at least 1"));
         }
     }
-    if hc.interval.0.is_zero() || hc.timeout.0.is_zero() {
-        return Err(src.error(None, &format!("{key}.interval"), "interval and timeout must be above zero"));
+    for (what, d) in [("interval", hc.interval), ("timeout", hc.timeout)] {
+        if d.0.is_zero() {
+            return Err(src.error(None, &format!("{key}.{what}"), "must be greater than zero"));
+        }
     }
     Ok(())
 }

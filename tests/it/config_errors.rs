@@ -87,7 +87,8 @@ fn check_names_the_line_of_a_server_name_that_does_not_resolve() {
     let dir = TempDir::with_config(&text);
     let stderr = refused(&dir);
     let at = place(&dir.config(), &text, "\"no-such-host.invalid:80\"");
-    let want = format!("{at}: `upstreams.api.servers[1].address`: cannot resolve `no-such-host.invalid:80`: ");
+    let want =
+        format!("{at}: `upstreams.api.servers[1].address`: cannot resolve `no-such-host.invalid:80`: ");
     assert!(stderr.contains(&want), "want `{want}` in:\n{stderr}");
 }
 
@@ -178,7 +179,11 @@ fn check_summary_uses_config_spellings_and_plurals() {
     let lines: Vec<&str> = stdout.lines().skip(2).collect();
     assert_eq!(
         lines,
-        ["  1 route", "  upstream api (round_robin, 1 server)", "  upstream pool (least_connections, 2 servers)"],
+        [
+            "  1 route",
+            "  upstream api (round_robin, 1 server)",
+            "  upstream pool (least_connections, 2 servers)"
+        ],
         "{stdout}"
     );
 }

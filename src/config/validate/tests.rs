@@ -482,3 +482,22 @@ fn shape_mistakes_get_a_hint() {
         assert_eq!(e, want, "in:\n{text}");
     }
 }
+
+/// Values with no span of their own (durations) are still pointed at, found by key.
+#[test]
+fn values_without_a_span_are_found_by_their_key() {
+    let listener =
+        |line: &str| BASE.replace("listen = \"127.0.0.1:0\"", &format!("listen = \"127.0.0.1:0\"\n{line}"));
+    let text = listener("body_read_timeout = \"0s\"");
+    assert!(err(&text)
+        .starts_with(&format!("{}: `listeners[0].body_read_timeout`: must be", place(&text, "\"0s\""))));
+    let text = format!("{BASE}resolve = \"10ms\"\n");
+    assert!(err(&text)
+        .starts_with(&format!("{}: `upstreams.api.resolve`: must be at least", place(&text, "\"10ms\""))));
+    let text = format!("{BASE}[upstreams.api.health_check]\ntimeout = \"0ms\"\n");
+    let e = err(&text);
+    assert!(
+        e.starts_with(&format!("{}: `upstreams.api.health_check.timeout`: must be", place(&text, "\"0ms\""))),
+        "{e}"
+    );
+}

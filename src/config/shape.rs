@@ -54,7 +54,8 @@ pub(super) fn serde_error(src: &Source, e: serde_path_to_error::Error<toml::de::
         .collect();
     let inner = e.into_inner();
     let message = inner.message().trim_end().to_string();
-    if let Some(hint) = hint(src.text, &path, &message) {
+    let written = inner.span().and_then(|s| src.text.get(s.start..));
+    if let Some(hint) = hint(src.text, &path, &message, written) {
         return src.error(hint.span.or(inner.span()), &dotted(&path[..hint.key_len]), hint.hint);
     }
     // toml places an error inside a list at the list: find the entry's own span.
@@ -65,8 +66,9 @@ pub(super) fn serde_error(src: &Source, e: serde_path_to_error::Error<toml::de::
     src.error(span, &dotted(&path), message)
 }
 
-/// A hint for a shape mistake serde reported as `message` at `path`.
-fn hint(text: &str, path: &[Segment], message: &str) -> Option<Hint> {
+/// A hint for a shape mistake serde reported as `message` at `path`, where the value
+/// `written` (its text from where serde points on) is.
+fn hint(text: &str, path: &[Segment], message: &str, written: Option<&str>) -> Option<Hint> {
     // A table written as a list (of tables): serde reads a struct from a sequence,
     // so the path has an index where there is no list.
     for (at, segment) in path.iter().enumerate().skip(1) {
@@ -97,6 +99,14 @@ fn hint(text: &str, path: &[Segment], message: &str) -> Option<Hint> {
     let Some(Segment::Key(last)) = path.last() else { return None };
     let keys = keys(path);
     let header = header(&keys);
+    // What toml says when a list is given for a name (`balancer = ["random"]`).
+    if message == "wanted string or table" && written.is_some_and(|w| w.starts_with('[')) {
+        return Some(Hint {
+            key_len: path.len(),
+            span: None,
+            hint: format!("`{last}` takes one value, not a list"),
+        });
+    }
     let found = message.strip_prefix("invalid type: ")?;
     let (found, expected) = found.split_once(", expected ")?;
     let hint = match (found, expected) {

@@ -254,12 +254,18 @@ fn passive_health(src: &Source, key: &str, up: &UpstreamConfig) -> Result<(), Co
             "must be 0 to 100",
         ));
     }
-    if passive.ejection_time.0.is_zero() || passive.max_ejection_time < passive.ejection_time {
-        return Err(src.error(
-            None,
-            &format!("{key}.passive_health.max_ejection_time"),
-            "ejection_time must be above zero and max_ejection_time at least ejection_time",
-        ));
+    let (ejection, max) =
+        (format!("{key}.passive_health.ejection_time"), format!("{key}.passive_health.max_ejection_time"));
+    if passive.ejection_time.0.is_zero() {
+        return Err(src.error(None, &ejection, "must be greater than zero"));
+    }
+    if passive.max_ejection_time < passive.ejection_time {
+        // At `max_ejection_time` if it is written, else at the `ejection_time` past it.
+        let error = src.error(None, &max, "max_ejection_time must be at least ejection_time");
+        return Err(match error.position {
+            Some(_) => error,
+            None => src.error(None, &ejection, "must be at most max_ejection_time (default 5m)"),
+        });
     }
     Ok(())
 }

@@ -144,6 +144,16 @@ fn a_port_in_use_names_the_listener_and_its_line_once() {
     let os = std::io::Error::from_raw_os_error(libc::EADDRINUSE).to_string();
     let told = stderr.matches(&os).count();
     assert_eq!(told, 1, "the OS error is not said once:\n{stderr}");
+
+    // The admin listener alike.
+    let text = format!("{}[admin]\nlisten = \"127.0.0.1:{port}\"\n", text.replace(&port.to_string(), "0"));
+    let dir = TempDir::with_config(&text);
+    let out = weir(&dir.config(), &[]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let at = place(&dir.config(), &text, &format!("\"127.0.0.1:{port}\""));
+    let want = format!("{at}: `admin.listen`: the admin listener cannot listen on 127.0.0.1:{port}: {os}\n");
+    assert!(stderr.contains(&want), "want `{want}` in:\n{stderr}");
     drop(taken);
 }
 

@@ -470,6 +470,18 @@ fn shape_mistakes_get_a_hint() {
             "`tls` is one table, not a list: write `[listeners.tls]` or `tls = { ... }`",
         ),
         (
+            format!("{listener}{rest}balancer = [\"random\"]\n"),
+            "[\"random\"]",
+            "upstreams.api.balancer",
+            "`balancer` takes one value, not a list",
+        ),
+        (
+            format!("{listener}{}", rest.replace("upstream = \"api\"", "upstream = \"api\"\nallow = \"10.0.0.0/8\"")),
+            "\"10.0.0.0/8\"",
+            "routes[0].allow",
+            "`allow` is a list: put the value in brackets, `allow = [\"10.0.0.0/8\"]`",
+        ),
+        (
             format!("{listener}{rest}[[upstreams.api.health_check]]\npath = \"/\"\n"),
             "[[upstreams.api.health_check]]",
             "upstreams.api.health_check",
@@ -500,4 +512,22 @@ fn values_without_a_span_are_found_by_their_key() {
         e.starts_with(&format!("{}: `upstreams.api.health_check.timeout`: must be", place(&text, "\"0ms\""))),
         "{e}"
     );
+}
+
+#[test]
+fn ejection_times_point_at_the_one_to_change() {
+    let text = format!("{BASE}[upstreams.api.passive_health]\nejection_time = \"10m\"\n");
+    let e = err(&text);
+    let want = format!(
+        "{}: `upstreams.api.passive_health.ejection_time`: must be at most max_ejection_time",
+        place(&text, "\"10m\"")
+    );
+    assert!(e.starts_with(&want), "{e}");
+    let text = format!("{text}max_ejection_time = \"1m\"\n");
+    let e = err(&text);
+    let want = format!(
+        "{}: `upstreams.api.passive_health.max_ejection_time`: max_ejection_time must be at least",
+        place(&text, "\"1m\"")
+    );
+    assert!(e.starts_with(&want), "{e}");
 }

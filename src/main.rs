@@ -202,14 +202,14 @@ fn print_summary(path: &std::path::Path, config: &Config) {
             let _ = writeln!(out, "  warning: {warning}");
         }
     }
-    let _ = writeln!(out, "  {} routes", config.routes.len());
+    let _ = writeln!(out, "  {}", count(config.routes.len(), "route"));
     for (name, up) in &config.upstreams {
-        let _ = writeln!(
-            out,
-            "  upstream {} ({:?}, {} servers)",
-            name,
-            up.balancer.get_ref(),
-            up.servers.get_ref().len()
-        );
+        let (balancer, servers) = (up.balancer.get_ref().name(), count(up.servers.get_ref().len(), "server"));
+        let _ = writeln!(out, "  upstream {name} ({balancer}, {servers})");
     }
+}
+
+/// `1 route`, `2 routes`.
+fn count(n: usize, what: &str) -> String {
+    format!("{n} {what}{}", if n == 1 { "" } else { "s" })
 }

@@ -20,7 +20,7 @@ use crate::access_log::AccessLog;
 use crate::admission::{Admission, AdmissionSettings};
 use crate::balancer::{Balancer, Options};
 use crate::cache::{self, Cache};
-use crate::config::{Config, RouteConfig, StatusSet, UpstreamConfig, UpstreamProtocol};
+use crate::config::{Config, ConfigError, RouteConfig, StatusSet, UpstreamConfig, UpstreamProtocol};
 use crate::discovery::{self, Answers};
 use crate::health::{self, HealthPolicy};
 use crate::metrics::{Metrics, UpstreamMetrics};
@@ -34,6 +34,7 @@ use crate::shaping::template::Var;
 use crate::shaping::{AccessList, HeaderRules, LocalAnswer, PathRewrite};
 use crate::tls::{self, TlsError};
 use crate::upstream::{self, ConnectionSettings, Server, ServerState, Upstream};
+use toml::Spanned;
 
 /// The ready-to-serve form of one config.
 pub struct Runtime {
@@ -71,20 +72,13 @@ pub const DEFAULT_QUEUE_SIZE: usize = 256;
 /// Default `queue_timeout` of an upstream with `max_in_flight`.
 pub const DEFAULT_QUEUE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 
-/// Why a validated config still could not be turned into a runtime.
+/// Why a validated config still could not be turned into a runtime: a server name
+/// that does not resolve, a certificate, key or CA file that cannot be used, a log
+/// file that cannot be opened. Named, like a parse error, by the file, line and
+/// column of the value and its key.
 #[derive(Debug, thiserror::Error)]
-pub enum BuildError {
-    #[error("upstreams.{upstream}: cannot resolve server `{address}`: {reason}")]
-    Resolve { upstream: String, address: String, reason: String },
-    #[error(transparent)]
-    Tls(#[from] TlsError),
-    #[error("listeners: more than {max} different listener names since start; restart weir to reuse slots")]
-    TooManyListeners { max: usize },
-    #[error("rate_limits.{rate_limit}.store: {reason}")]
-    Store { rate_limit: String, reason: String },
-    #[error("access_log.path: cannot open `{path}`: {source}")]
-    AccessLog { path: String, source: std::io::Error },
-}
+#[error(transparent)]
+pub struct BuildError(#[from] pub ConfigError);
 
 /// The current runtime, shared by every connection; replaced whole on reload.
 pub type SharedRuntime = Arc<ArcSwap<Runtime>>;
@@ -132,9 +126,14 @@ impl Runtime {
             previous.and_then(|p| p.access_log.as_ref()),
             &metrics.access_log_dropped_total,
         )
-        .map_err(|source| BuildError::AccessLog {
-            path: config.access_log.path.as_ref().map_or("(stderr)".into(), |p| p.get_ref().clone()),
-            source,
+        .map_err(|e| {
+            let path = config.access_log.path.as_ref();
+            let shown = path.map_or("(stderr)".into(), |p| p.get_ref().clone());
+            config.origin.error(
+                path.map(Spanned::span),
+                "access_log.path",
+                format!("cannot open `{shown}`: {e}"),
+            )
         })?;
         Ok(Runtime {
             router,
@@ -176,13 +175,20 @@ impl Runtime {
 /// listener mask and a listener's index survive reloads, then new names.
 fn listener_slots(config: &Config, previous: Option<&Runtime>) -> Result<Vec<Box<str>>, BuildError> {
     let mut slots: Vec<Box<str>> = previous.map(|p| p.listener_slots.clone()).unwrap_or_default();
-    for l in &config.listeners {
+    for (i, l) in config.listeners.iter().enumerate() {
         if !slots.iter().any(|s| **s == **l.name.get_ref()) {
             slots.push(l.name.get_ref().as_str().into());
         }
-    }
-    if slots.len() > 64 {
-        return Err(BuildError::TooManyListeners { max: 64 });
+        if slots.len() > 64 {
+            return Err(config
+                .origin
+                .error(
+                    Some(l.name.span()),
+                    &format!("listeners[{i}].name"),
+                    "more than 64 different listener names since start; restart weir to reuse slots",
+                )
+                .into());
+        }
     }
     Ok(slots)
 }
@@ -210,7 +216,15 @@ fn listener_tls(
     for (i, l) in config.listeners.iter().enumerate() {
         if let (Some(t), Some(slot)) = (&l.tls, slot_of(slots, l.name.get_ref())) {
             let key = format!("listeners[{i}].tls.certificates");
-            let server = tls::server_config(t.certificates.get_ref(), &config.base_dir, &key)?;
+            let server =
+                tls::server_config(t.certificates.get_ref(), &config.base_dir, &key).map_err(|e| {
+                    // The certificate or key file at fault, else the list.
+                    let files = t.certificates.get_ref().iter().enumerate().flat_map(|(j, pair)| {
+                        [(format!("{key}[{j}].cert"), &pair.cert), (format!("{key}[{j}].key"), &pair.key)]
+                    });
+                    let span = files.into_iter().find(|(k, _)| *k == e.key).map(|(_, file)| file.span());
+                    tls_error(config, span.or(Some(t.certificates.span())), e)
+                })?;
             acceptors[slot] = Some(tokio_rustls::TlsAcceptor::from(server));
         }
     }
@@ -241,9 +255,9 @@ fn build_limiters(
                     None => limiter,
                     Some(store) => {
                         let errors = metrics.rate_limit_store_errors_total.with_label_values(&[name]);
-                        limiter.with_store(store, errors).map_err(|e| BuildError::Store {
-                            rate_limit: name.clone(),
-                            reason: e.to_string(),
+                        limiter.with_store(store, errors).map_err(|e| {
+                            let at = limit.store.as_ref().map(Spanned::span);
+                            config.origin.error(at, &format!("rate_limits.{name}.store"), e.to_string())
                         })?
                     }
                 })
@@ -324,9 +338,17 @@ fn build_upstream(
         keepalive: up.keepalive,
     };
     let mut servers = Vec::new();
-    for s in up.servers.get_ref() {
+    for (i, s) in up.servers.get_ref().iter().enumerate() {
         let configured = s.address.get_ref().as_str();
-        for (address, addr) in server_addresses(config, name, up, configured, previous, fresh, answers)? {
+        let addresses =
+            server_addresses(config, up, configured, previous, fresh, answers).map_err(|why| {
+                config.origin.error(
+                    Some(s.address.span()),
+                    &format!("upstreams.{name}.servers[{i}].address"),
+                    format!("cannot resolve `{configured}`: {why}"),
+                )
+            })?;
+        for (address, addr) in addresses {
             let address = address.as_str();
             let server = Server {
                 address: address.into(),
@@ -376,26 +398,25 @@ fn build_upstream(
     Ok(upstream)
 }
 
-/// The servers one configured `address` of upstream `name` stands for, as (metric
+/// The servers one configured `address` of upstream `up` stands for, as (metric
 /// label, socket address): a discovered name is one server per address in its answer
-/// (recorded in `answers`); any other address is one server, resolved once here.
+/// (recorded in `answers`); any other address is one server, resolved once here. The
+/// error is why the name did not resolve.
 fn server_addresses(
     config: &Config,
-    name: &str,
     up: &UpstreamConfig,
     configured: &str,
     previous: Option<&Runtime>,
     fresh: &Answers,
     answers: &mut Answers,
-) -> Result<Vec<(String, SocketAddr)>, BuildError> {
+) -> Result<Vec<(String, SocketAddr)>, String> {
     if !discovery::is_discovered(up, configured) {
-        return Ok(vec![(configured.to_string(), resolve(name, configured)?)]);
+        return Ok(vec![(configured.to_string(), resolve(configured)?)]);
     }
     let addrs = match fresh.get(configured).or_else(|| previous.and_then(|p| p.answers.get(configured))) {
         Some(addrs) => addrs.clone(),
-        None => discovery::lookup_blocking(discovery::nameserver(config), configured).map_err(|e| {
-            BuildError::Resolve { upstream: name.into(), address: configured.into(), reason: e.to_string() }
-        })?,
+        None => discovery::lookup_blocking(discovery::nameserver(config), configured)
+            .map_err(|e| e.to_string())?,
     };
     let labelled = addrs.iter().map(|a| (discovery::label(configured, *a), *a)).collect();
     answers.insert(configured.to_string(), addrs);
@@ -434,7 +455,8 @@ fn upstream_tls(
         return Ok(None);
     }
     let ca = up.ca_file.as_ref().map(|f| config.base_dir.join(f.get_ref()));
-    let client = tls::client_config(ca.as_deref(), h2, &format!("upstreams.{name}.ca_file"))?;
+    let client = tls::client_config(ca.as_deref(), h2, &format!("upstreams.{name}.ca_file"))
+        .map_err(|e| tls_error(config, up.ca_file.as_ref().map(Spanned::span), e))?;
     Ok(Some(UpstreamTls {
         connector: tokio_rustls::TlsConnector::from(client),
         name: up.sni.as_ref().map(|n| server_name(n.get_ref())),
@@ -527,17 +549,20 @@ fn forget_removed_servers(
 }
 
 /// Resolves `host:port` once, at build time.
-fn resolve(upstream: &str, address: &str) -> Result<SocketAddr, BuildError> {
-    let error =
-        |reason: String| BuildError::Resolve { upstream: upstream.into(), address: address.into(), reason };
+fn resolve(address: &str) -> Result<SocketAddr, String> {
     if let Ok(addr) = address.parse() {
         return Ok(addr);
     }
-    address
-        .to_socket_addrs()
-        .map_err(|e| error(e.to_string()))?
-        .next()
-        .ok_or_else(|| error("no addresses found".into()))
+    address.to_socket_addrs().map_err(|e| e.to_string())?.next().ok_or_else(|| "no addresses found".into())
+}
+
+/// A certificate, key or CA file that cannot be used, at `span`: the value naming it.
+fn tls_error(config: &Config, span: Option<std::ops::Range<usize>>, e: TlsError) -> BuildError {
+    let message = match e.file.as_os_str().is_empty() {
+        true => e.reason,
+        false => format!("cannot use `{}`: {}", e.file.display(), e.reason),
+    };
+    config.origin.error(span, &e.key, message).into()
 }
 
 #[cfg(test)]

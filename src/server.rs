@@ -36,8 +36,10 @@ use crate::runtime::{BuildError, Runtime, SharedRuntime};
 pub enum StartError {
     #[error(transparent)]
     Build(#[from] BuildError),
-    #[error("cannot listen on {addr} ({what}): {source}")]
-    Bind { what: String, addr: String, source: std::io::Error },
+    /// A listener that cannot be bound, at its `listen` value. The OS error is in the
+    /// message only (not a source too), so it is printed once.
+    #[error(transparent)]
+    Bind(ConfigError),
 }
 
 /// Why a reload was refused; the old config keeps serving.
@@ -103,7 +105,7 @@ impl Listeners {
         metrics: &Metrics,
     ) -> Result<Vec<Listener>, StartError> {
         let mut bound = Vec::new();
-        for l in &config.listeners {
+        for (i, l) in config.listeners.iter().enumerate() {
             let name = l.name.get_ref();
             if self.entries.get(name).is_some_and(|e| e.listen == *l.listen.get_ref()) {
                 continue;
@@ -113,10 +115,13 @@ impl Listeners {
                 active: metrics.connections_active.with_label_values(&[name]),
                 tunnels: metrics.tunnels_active.with_label_values(&[name]),
             };
-            let error = |source| StartError::Bind {
-                what: format!("listener `{name}`"),
-                addr: l.listen.get_ref().clone(),
-                source,
+            let error = |e: std::io::Error| {
+                let why = format!("listener `{name}` cannot listen on {}: {e}", l.listen.get_ref());
+                StartError::Bind(config.origin.error(
+                    Some(l.listen.span()),
+                    &format!("listeners[{i}].listen"),
+                    why,
+                ))
             };
             let listener = match inherit(&mut self.inherited, name, l.listen.get_ref()) {
                 Some(socket) => Listener::on(l, slot, gauges, TcpListener::from_std(socket).map_err(error)?),
@@ -214,10 +219,9 @@ impl Server {
         let admin = match &config.admin {
             None => None,
             Some(a) => {
-                let error = |source| StartError::Bind {
-                    what: "admin".into(),
-                    addr: a.listen.get_ref().clone(),
-                    source,
+                let error = |e: std::io::Error| {
+                    let why = format!("the admin listener cannot listen on {}: {e}", a.listen.get_ref());
+                    StartError::Bind(config.origin.error(Some(a.listen.span()), "admin.listen", why))
                 };
                 let addr: SocketAddr =
                     a.listen.get_ref().parse().map_err(|e| error(std::io::Error::other(e)))?;

@@ -5,6 +5,7 @@
 //! that names the file, the line and column where the text is known, and the key, so
 //! `weir --check` and a refused reload print something a person can act on.
 
+mod shape;
 mod shaping;
 mod types;
 mod units;
@@ -60,19 +61,31 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
 pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
     let source = Source { text, path };
     let deserializer = toml::Deserializer::new(text);
-    let mut config: Config = serde_path_to_error::deserialize(deserializer).map_err(|e| {
-        // `Spanned` fields add serde_spanned's private field to the path; users wrote
-        // the key without it.
-        let key = e.path().to_string().replace(".$__serde_spanned_private_value", "");
-        let inner = e.into_inner();
-        source.error(inner.span(), if key == "." { "" } else { &key }, inner.message())
-    })?;
+    let mut config: Config =
+        serde_path_to_error::deserialize(deserializer).map_err(|e| shape::serde_error(&source, e))?;
     validate::validate(&config, &source)?;
     config.base_dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
     if let Some(admin) = &mut config.admin {
         admin.token = validate::admin_token(admin, &source, &config.base_dir)?;
     }
+    config.origin = Origin { path: path.to_path_buf(), text: text.into() };
     Ok(config)
+}
+
+/// The file and text a `Config` was read from, kept so that what goes wrong after
+/// parsing (a server name that does not resolve, a certificate file that cannot be
+/// read, a port already taken) is still reported at its line, like a parse error.
+#[derive(Debug, Clone, Default)]
+pub struct Origin {
+    path: PathBuf,
+    text: std::sync::Arc<str>,
+}
+
+impl Origin {
+    /// An error at `span` (a `Spanned` value's) of this config, naming `key`.
+    pub fn error(&self, span: Option<Range<usize>>, key: &str, message: impl Into<String>) -> ConfigError {
+        Source { text: &self.text, path: &self.path }.error(span, key, message)
+    }
 }
 
 /// The text being loaded, to turn byte spans into lines and columns.
@@ -91,10 +104,20 @@ impl Source<'_> {
         ConfigError {
             file: self.path.to_path_buf(),
             // Defaults carry an empty 0..0 span: no position rather than a wrong one.
-            position: span.filter(|s| s.end > 0).map(|s| self.line_column(s.start)),
+            // A value that has no span of its own (a duration) is found by its key.
+            position: span
+                .filter(|s| s.end > 0)
+                .or_else(|| shape::span_of_key(self.text, key))
+                .map(|s| self.line_column(s.start)),
             key: key.to_string(),
             message: message.into(),
         }
+    }
+
+    /// `file:line:column` of `span`, to point at a second place in one message.
+    pub(crate) fn place(&self, span: Range<usize>) -> String {
+        let (line, column) = self.line_column(span.start);
+        format!("{}:{line}:{column}", self.path.display())
     }
 
     fn line_column(&self, offset: usize) -> (usize, usize) {

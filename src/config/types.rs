@@ -25,6 +25,9 @@ pub struct Config {
     /// Folder of the config file: relative paths (certificates) resolve from it.
     #[serde(skip)]
     pub base_dir: std::path::PathBuf,
+    /// The file and text this config was read from, for errors found after parsing.
+    #[serde(skip)]
+    pub origin: super::Origin,
     /// Worker threads; 0 means one per CPU core.
     #[serde(default)]
     pub workers: usize,

@@ -33,6 +33,20 @@ pub enum BalancerKind {
     PeakEwma,
 }
 
+impl BalancerKind {
+    /// The name as written in the config.
+    pub fn name(self) -> &'static str {
+        match self {
+            BalancerKind::RoundRobin => "round_robin",
+            BalancerKind::LeastConnections => "least_connections",
+            BalancerKind::ConsistentHash => "consistent_hash",
+            BalancerKind::Random => "random",
+            BalancerKind::PowerOfTwo => "power_of_two",
+            BalancerKind::PeakEwma => "peak_ewma",
+        }
+    }
+}
+
 /// What `consistent_hash` hashes, written `client_ip`, `header:NAME`, `cookie:NAME`,
 /// `path` or `query:NAME`.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -63,6 +63,8 @@ pub(super) fn validate(config: &Config, src: &Source) -> Result<(), ConfigError>
         }
     }
 
+    listen_addresses(config, src)?;
+
     for (name, up) in &config.upstreams {
         upstream(src, name, up)?;
     }
@@ -88,6 +90,43 @@ pub(super) fn validate(config: &Config, src: &Source) -> Result<(), ConfigError>
         }
     }
     Ok(())
+}
+
+/// No two listeners (the admin one included) on one address: the second bind would
+/// fail only when weir starts, or when a reload brings it in.
+fn listen_addresses(config: &Config, src: &Source) -> Result<(), ConfigError> {
+    let admin = config.admin.iter().map(|a| ("admin.listen".to_string(), &a.listen));
+    let listeners =
+        config.listeners.iter().enumerate().map(|(i, l)| (format!("listeners[{i}].listen"), &l.listen));
+    let mut seen: Vec<(String, SocketAddr, std::ops::Range<usize>)> = Vec::new();
+    for (key, listen) in admin.chain(listeners) {
+        let addr = socket_addr(src, &key, listen)?;
+        if let Some((other, other_addr, span)) = seen.iter().find(|(_, a, _)| overlap(*a, addr)) {
+            let what = if *other_addr == addr {
+                "is also".to_string()
+            } else {
+                format!("overlaps `{other_addr}`, which is")
+            };
+            return Err(src.error(
+                Some(listen.span()),
+                &key,
+                format!(
+                    "`{addr}` {what} `{other}` at {}: one address can be listened on once",
+                    src.place(span.clone())
+                ),
+            ));
+        }
+        seen.push((key, addr, listen.span()));
+    }
+    Ok(())
+}
+
+/// Whether binding `a` and `b` both would fail: the same port (not 0, which picks a
+/// free one) on the same address, or on any address and one that it covers (`[::]`
+/// covers IPv4 too, as weir's sockets are dual-stack).
+fn overlap(a: SocketAddr, b: SocketAddr) -> bool {
+    let covers = |x: SocketAddr, y: SocketAddr| x.ip().is_unspecified() && (x.is_ipv6() || y.is_ipv4());
+    a.port() != 0 && a.port() == b.port() && (a.ip() == b.ip() || covers(a, b) || covers(b, a))
 }
 
 /// One `[[listeners]]` entry (the `i`th), on its own.
@@ -215,12 +254,18 @@ fn passive_health(src: &Source, key: &str, up: &UpstreamConfig) -> Result<(), Co
             "must be 0 to 100",
         ));
     }
-    if passive.ejection_time.0.is_zero() || passive.max_ejection_time < passive.ejection_time {
-        return Err(src.error(
-            None,
-            &format!("{key}.passive_health.max_ejection_time"),
-            "ejection_time must be above zero and max_ejection_time at least ejection_time",
-        ));
+    let (ejection, max) =
+        (format!("{key}.passive_health.ejection_time"), format!("{key}.passive_health.max_ejection_time"));
+    if passive.ejection_time.0.is_zero() {
+        return Err(src.error(None, &ejection, "must be greater than zero"));
+    }
+    if passive.max_ejection_time < passive.ejection_time {
+        // At `max_ejection_time` if it is written, else at the `ejection_time` past it.
+        let error = src.error(None, &max, "max_ejection_time must be at least ejection_time");
+        return Err(match error.position {
+            Some(_) => error,
+            None => src.error(None, &ejection, "must be at most max_ejection_time (default 5m)"),
+        });
     }
     Ok(())
 }
@@ -235,8 +280,10 @@ fn health_check(src: &Source, key: &str, hc: &HealthCheckConfig) -> Result<(), C
             return Err(src.error(Some(n.span()), &format!("{key}.{what}"), "must be at least 1"));
         }
     }
-    if hc.interval.0.is_zero() || hc.timeout.0.is_zero() {
-        return Err(src.error(None, &format!("{key}.interval"), "interval and timeout must be above zero"));
+    for (what, d) in [("interval", hc.interval), ("timeout", hc.timeout)] {
+        if d.0.is_zero() {
+            return Err(src.error(None, &format!("{key}.{what}"), "must be greater than zero"));
+        }
     }
     Ok(())
 }
@@ -342,11 +389,11 @@ fn route(config: &Config, src: &Source, i: usize, r: &RouteConfig) -> Result<Rou
         ));
     }
     methods.sort();
-    for protocol in r.upgrades.iter().flatten() {
+    for (n, protocol) in r.upgrades.iter().flatten().enumerate() {
         if !crate::proxy::route::Upgrades::is_protocol_name(protocol.get_ref()) {
             return Err(src.error(
                 Some(protocol.span()),
-                &format!("{key}.upgrades"),
+                &format!("{key}.upgrades[{n}]"),
                 format!(
                     "`{}` is not an Upgrade protocol name (a token such as `websocket`)",
                     protocol.get_ref()
@@ -355,11 +402,11 @@ fn route(config: &Config, src: &Source, i: usize, r: &RouteConfig) -> Result<Rou
         }
     }
     let mut listeners = Vec::new();
-    for l in r.listeners.iter().flatten() {
+    for (n, l) in r.listeners.iter().flatten().enumerate() {
         if !config.listeners.iter().any(|x| x.name.get_ref() == l.get_ref()) {
             return Err(src.error(
                 Some(l.span()),
-                &format!("{key}.listeners"),
+                &format!("{key}.listeners[{n}]"),
                 format!("no listener named `{}`", l.get_ref()),
             ));
         }

@@ -296,3 +296,68 @@ fn discovered_servers_follow_the_answers_keeping_state_and_most_keys() {
     let third = Runtime::build(&config, Some(&second), &metrics).unwrap();
     assert_eq!(labels(&third), labels(&second));
 }
+
+/// What only building the runtime finds (a name that does not resolve, a certificate,
+/// key or CA file that cannot be used) is reported like a parse error: at the value
+/// that names it, with its key.
+#[test]
+fn build_errors_name_the_line_and_key_of_the_value() {
+    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!("weir-build-errors-{}-{n}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let generated = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    std::fs::write(dir.join("good.pem"), generated.cert.pem()).unwrap();
+    std::fs::write(dir.join("good.key"), generated.signing_key.serialize_pem()).unwrap();
+    std::fs::write(dir.join("bad.key"), "not a key\n").unwrap();
+    let path = dir.join("w.toml");
+    let build_error = |text: &str| {
+        let config = config::parse(text, &path).unwrap_or_else(|e| panic!("{e}"));
+        match Runtime::build(&config, None, &Metrics::new().unwrap()) {
+            Ok(_) => panic!("built:\n{text}"),
+            Err(e) => e.to_string(),
+        }
+    };
+    let listener = |certificates: &str| {
+        format!(
+            "[[listeners]]\nname = \"web\"\nlisten = \"127.0.0.1:0\"\n[listeners.tls]\ncertificates = [{certificates}]\n\
+             [[routes]]\nupstream = \"api\"\n[upstreams.api]\nservers = [{{ address = \"127.0.0.1:9000\" }}]\n"
+        )
+    };
+    let plain = "[[listeners]]\nname = \"web\"\nlisten = \"127.0.0.1:0\"\n[[routes]]\nupstream = \"api\"\n";
+    let cases = [
+        (
+            format!("{plain}[upstreams.api]\nservers = [{{ address = \"127.0.0.1:9000\" }}, {{ address = \"no-such-host.invalid:80\" }}]\n"),
+            "\"no-such-host.invalid:80\"",
+            "upstreams.api.servers[1].address",
+            "cannot resolve `no-such-host.invalid:80`: ",
+        ),
+        (
+            listener("{ cert = \"good.pem\", key = \"good.key\" }, { cert = \"missing.pem\", key = \"good.key\" }"),
+            "\"missing.pem\"",
+            "listeners[0].tls.certificates[1].cert",
+            "cannot use `",
+        ),
+        (
+            listener("{ cert = \"good.pem\", key = \"bad.key\" }"),
+            "\"bad.key\"",
+            "listeners[0].tls.certificates[0].key",
+            "cannot use `",
+        ),
+        (
+            format!("{plain}[upstreams.api]\ntls = true\nca_file = \"missing-ca.pem\"\nservers = [{{ address = \"127.0.0.1:9000\" }}]\n"),
+            "\"missing-ca.pem\"",
+            "upstreams.api.ca_file",
+            "cannot use `",
+        ),
+    ];
+    for (text, at, key, message) in cases {
+        let e = build_error(&text);
+        let offset = text.find(at).unwrap();
+        let line = text[..offset].matches('\n').count() + 1;
+        let column = offset - text[..offset].rfind('\n').map_or(0, |i| i + 1) + 1;
+        let want = format!("{}:{line}:{column}: `{key}`: {message}", path.display());
+        assert!(e.starts_with(&want), "want `{want}`, got: {e}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

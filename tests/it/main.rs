@@ -7,6 +7,7 @@ mod cache_poisoning;
 mod cli;
 mod client_faults;
 mod codec_strict;
+mod config_errors;
 mod edge;
 mod failures;
 mod handover;

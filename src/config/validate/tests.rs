@@ -97,7 +97,7 @@ fn parsed_values_are_refused_where_they_are_written() {
     let e = err(&format!("{BASE}[upstreams.api.health_check]\nhost = \"a\\nb\"\n"));
     assert!(e.starts_with("w.toml:12:8: `upstreams.api.health_check.host`"), "{e}");
     let e = err(&BASE.replace("upstream = \"api\"", "upstream = \"api\"\nmethods = [\"get\", \"\"]"));
-    assert!(e.starts_with("w.toml:8:11: `routes[0].methods[1]`: `` is not an HTTP method"), "{e}");
+    assert!(e.starts_with("w.toml:8:19: `routes[0].methods[1]`: `` is not an HTTP method"), "{e}");
 
     let text = format!(
         "{}[upstreams.api.health_check]\npath = \"/ready?full=1\"\nhost = \"api.internal\"\nexpected_status = \"200,204\"\n",
@@ -179,8 +179,8 @@ fn bad_rate_limit_settings_are_refused() {
 #[test]
 fn bad_trusted_proxies_name_their_position() {
     let e = err(&LIMITED.replace("\"192.0.2.1\"", "\"192.0.2.300\""));
-    // toml gives the array's position for an element's error; the key names the element.
-    assert!(e.starts_with("w.toml:2:19: `trusted_proxies[1]`: `192.0.2.300` is not an address range"), "{e}");
+    // The entry's own position, not the list's (where toml puts it).
+    assert!(e.starts_with("w.toml:2:34: `trusted_proxies[1]`: `192.0.2.300` is not an address range"), "{e}");
 }
 
 #[test]
@@ -335,11 +335,199 @@ fn upgrades_must_be_protocol_names_on_forwarding_routes() {
     let e =
         err(&BASE.replace("upstream = \"api\"", "upstream = \"api\"\nupgrades = [\"websocket\", \"h2c/1\"]"));
     assert!(
-        e.starts_with("w.toml:8:26: `routes[0].upgrades`: `h2c/1` is not an Upgrade protocol name"),
+        e.starts_with("w.toml:8:26: `routes[0].upgrades[1]`: `h2c/1` is not an Upgrade protocol name"),
         "{e}"
     );
     let e = err(&BASE.replace("upstream = \"api\"", "respond = { status = 204 }\nupgrades = []"));
     assert!(e.contains("`routes[0].upgrades`: only applies to a route that forwards"), "{e}");
     let ok = BASE.replace("upstream = \"api\"", "upstream = \"api\"\nupgrades = []");
     assert!(parse(&ok, Path::new("w.toml")).is_ok());
+}
+
+/// `w.toml:LINE:COLUMN` of the first `needle` in `text`.
+fn place(text: &str, needle: &str) -> String {
+    let offset = text.find(needle).unwrap_or_else(|| panic!("`{needle}` not in {text}"));
+    let before = &text[..offset];
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    format!("w.toml:{}:{}", before.matches('\n').count() + 1, offset - line_start + 1)
+}
+
+/// A bad entry of a list is named and pointed at as itself (`routes[0].allow[1]` at
+/// the entry), not as the list: toml reports the list's position for it.
+#[test]
+fn bad_list_entries_point_at_the_entry() {
+    let route = |line: &str| BASE.replace("upstream = \"api\"", &format!("upstream = \"api\"\n{line}"));
+    let tls = "[listeners.tls]\ncertificates = [{ cert = \"a.pem\", key = \"a.key\" }, { cert = 7, key = \"b\" }]\n";
+    let cases = [
+        (route("allow = [\"10.0.0.0/8\", \"10.0.0.300\"]"), "\"10.0.0.300\"", "routes[0].allow[1]"),
+        (route("deny = [\"10.0.0.0/8\", \"::1\", \"nope\"]"), "\"nope\"", "routes[0].deny[2]"),
+        (format!("trusted_proxies = [\"10.0.0.1\", \"proxy\"]\n{BASE}"), "\"proxy\"", "trusted_proxies[1]"),
+        (route("methods = [\"GET\", \"GE T\"]"), "\"GE T\"", "routes[0].methods[1]"),
+        (route("upgrades = [\"websocket\", \"h2c/1\"]"), "\"h2c/1\"", "routes[0].upgrades[1]"),
+        (route("listeners = [\"web\", \"admin\"]"), "\"admin\"", "routes[0].listeners[1]"),
+        (BASE.replace("weight = 3", "weight = \"3\""), "\"3\"", "upstreams.api.servers[1].weight"),
+        (
+            BASE.replace("[[routes]]", &format!("{tls}[[routes]]")),
+            "7,",
+            "listeners[0].tls.certificates[1].cert",
+        ),
+        (
+            format!("[admin]\nlisten = \"127.0.0.1:0\"\nhosts = [\"a\", \"b c\"]\n{BASE}"),
+            "\"b c\"",
+            "admin.hosts[1]",
+        ),
+    ];
+    for (text, at, key) in cases {
+        let e = err(&text);
+        let want = format!("{}: `{key}`: ", place(&text, at));
+        assert!(e.starts_with(&want), "want `{want}`, got: {e}");
+    }
+}
+
+/// Two listeners on one address would only fail when the second is bound; `--check`
+/// refuses them, naming both places.
+#[test]
+fn two_listeners_on_one_address_are_refused_with_both_places() {
+    let second = |listen: &str| format!("{BASE}[[listeners]]\nname = \"two\"\nlisten = \"{listen}\"\n");
+    let text = second("127.0.0.1:8080").replace("127.0.0.1:0", "127.0.0.1:8080");
+    let e = err(&text);
+    assert_eq!(
+        e,
+        "w.toml:13:10: `listeners[1].listen`: `127.0.0.1:8080` is also `listeners[0].listen` at w.toml:4:10: \
+         one address can be listened on once"
+    );
+
+    // The wildcard covers every address of its port; the admin listener counts too.
+    let text = second("0.0.0.0:8080").replace("127.0.0.1:0", "127.0.0.1:8080");
+    let e = err(&text);
+    assert!(e.contains("`listeners[1].listen`: `0.0.0.0:8080` overlaps `127.0.0.1:8080`, which is `listeners[0].listen` at w.toml:4:10"), "{e}");
+    let text = format!("[admin]\nlisten = \"[::]:9901\"\n{}", second("127.0.0.1:9901"));
+    let e = err(&text);
+    assert!(e.contains("`listeners[1].listen`: `127.0.0.1:9901` overlaps `[::]:9901`, which is `admin.listen` at w.toml:2:10"), "{e}");
+
+    // Port 0 picks a free port each time; other ports and families do not clash.
+    for listen in ["127.0.0.1:0", "127.0.0.1:8081", "127.0.0.2:8080", "[::1]:8080"] {
+        let text = second(listen).replace("127.0.0.1:0\"\n\n", "127.0.0.1:8080\"\n\n");
+        parse(&text, Path::new("w.toml")).unwrap_or_else(|e| panic!("{listen}: {e}"));
+    }
+}
+
+/// The usual shape mistakes (a table written as a list of tables and the other way
+/// round, one value for a list) get a hint instead of serde's `invalid type: map,
+/// expected a sequence`.
+#[test]
+fn shape_mistakes_get_a_hint() {
+    let listener = "[[listeners]]\nname = \"web\"\nlisten = \"127.0.0.1:0\"\n";
+    let rest =
+        "[[routes]]\nupstream = \"api\"\n[upstreams.api]\nservers = [{ address = \"127.0.0.1:9000\" }]\n";
+    let cases = [
+        (
+            format!("{listener}[[listeners.tls]]\ncertificates = []\n{rest}"),
+            "[[listeners.tls]]",
+            "listeners[0].tls",
+            "`[[listeners.tls]]` makes a list, but `tls` is one table: write `[listeners.tls]`",
+        ),
+        (
+            format!("{listener}[listeners.tls]\ncertificates = {{ cert = \"a.pem\", key = \"a.key\" }}\n{rest}"),
+            "{ cert",
+            "listeners[0].tls.certificates",
+            "`certificates` is a list: put the table in brackets, `certificates = [{ ... }]`, or write one `[[listeners.tls.certificates]]` table for each",
+        ),
+        (
+            format!("{listener}{}", rest.replace("[{ address = \"127.0.0.1:9000\" }]", "{ address = \"127.0.0.1:9000\" }")),
+            "{ address",
+            "upstreams.api.servers",
+            "`servers` is a list: put the table in brackets, `servers = [{ ... }]`, or write one `[[upstreams.api.servers]]` table for each",
+        ),
+        (
+            format!("{listener}{}", rest.replace("[upstreams.api]", "[[upstreams.api]]")),
+            "[[upstreams.api]]",
+            "upstreams.api",
+            "`[[upstreams.api]]` makes a list, but `api` is one table: write `[upstreams.api]`",
+        ),
+        (
+            format!("{listener}{}", rest.replace("[[routes]]", "[routes]")),
+            "[routes]",
+            "routes",
+            "`routes` is a list of tables: write `[[routes]]` (double brackets) for each one",
+        ),
+        (
+            format!("{}{rest}", listener.replace("[[listeners]]", "[listeners]")),
+            "[listeners]",
+            "listeners",
+            "`listeners` is a list of tables: write `[[listeners]]` (double brackets) for each one",
+        ),
+        (
+            format!("{listener}{}", rest.replace("upstream = \"api\"", "upstream = \"api\"\nupgrades = \"websocket\"")),
+            "\"websocket\"",
+            "routes[0].upgrades",
+            "`upgrades` is a list: put the value in brackets, `upgrades = [\"websocket\"]`",
+        ),
+        (
+            format!("{listener}tls = [{{ certificates = [] }}]\n{rest}"),
+            "[{ certificates",
+            "listeners[0].tls",
+            "`tls` is one table, not a list: write `[listeners.tls]` or `tls = { ... }`",
+        ),
+        (
+            format!("{listener}{rest}balancer = [\"random\"]\n"),
+            "[\"random\"]",
+            "upstreams.api.balancer",
+            "`balancer` takes one value, not a list",
+        ),
+        (
+            format!("{listener}{}", rest.replace("upstream = \"api\"", "upstream = \"api\"\nallow = \"10.0.0.0/8\"")),
+            "\"10.0.0.0/8\"",
+            "routes[0].allow",
+            "`allow` is a list: put the value in brackets, `allow = [\"10.0.0.0/8\"]`",
+        ),
+        (
+            format!("{listener}{rest}[[upstreams.api.health_check]]\npath = \"/\"\n"),
+            "[[upstreams.api.health_check]]",
+            "upstreams.api.health_check",
+            "`[[upstreams.api.health_check]]` makes a list, but `health_check` is one table: write `[upstreams.api.health_check]`",
+        ),
+    ];
+    for (text, at, key, hint) in cases {
+        let e = err(&text);
+        let want = format!("{}: `{key}`: {hint}", place(&text, at));
+        assert_eq!(e, want, "in:\n{text}");
+    }
+}
+
+/// Values with no span of their own (durations) are still pointed at, found by key.
+#[test]
+fn values_without_a_span_are_found_by_their_key() {
+    let listener =
+        |line: &str| BASE.replace("listen = \"127.0.0.1:0\"", &format!("listen = \"127.0.0.1:0\"\n{line}"));
+    let text = listener("body_read_timeout = \"0s\"");
+    assert!(err(&text)
+        .starts_with(&format!("{}: `listeners[0].body_read_timeout`: must be", place(&text, "\"0s\""))));
+    let text = format!("{BASE}resolve = \"10ms\"\n");
+    assert!(err(&text)
+        .starts_with(&format!("{}: `upstreams.api.resolve`: must be at least", place(&text, "\"10ms\""))));
+    let text = format!("{BASE}[upstreams.api.health_check]\ntimeout = \"0ms\"\n");
+    let e = err(&text);
+    assert!(
+        e.starts_with(&format!("{}: `upstreams.api.health_check.timeout`: must be", place(&text, "\"0ms\""))),
+        "{e}"
+    );
+}
+
+#[test]
+fn ejection_times_point_at_the_one_to_change() {
+    let text = format!("{BASE}[upstreams.api.passive_health]\nejection_time = \"10m\"\n");
+    let e = err(&text);
+    let want = format!(
+        "{}: `upstreams.api.passive_health.ejection_time`: must be at most max_ejection_time",
+        place(&text, "\"10m\"")
+    );
+    assert!(e.starts_with(&want), "{e}");
+    let text = format!("{text}max_ejection_time = \"1m\"\n");
+    let e = err(&text);
+    let want = format!(
+        "{}: `upstreams.api.passive_health.max_ejection_time`: max_ejection_time must be at least",
+        place(&text, "\"1m\"")
+    );
+    assert!(e.starts_with(&want), "{e}");
 }

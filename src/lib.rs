@@ -15,6 +15,8 @@ pub mod discovery;
 pub mod health;
 pub mod listener;
 pub mod metrics;
+#[cfg(unix)]
+pub mod notify;
 pub mod proxy;
 pub mod ratelimit;
 pub mod recent;

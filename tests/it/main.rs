@@ -21,6 +21,7 @@ mod reload;
 mod routing;
 mod scaleout;
 mod server_h1;
+mod service;
 mod shaping;
 mod streaming;
 mod support;

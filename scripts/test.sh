@@ -10,6 +10,10 @@ need=()
 command -v curl >/dev/null 2>&1 || need+=(curl)
 # The scale-out test runs a throwaway redis-server on a loopback port.
 command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
+# `systemd-analyze verify` checks deploy/systemd/weir.service (no running systemd needed).
+command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)
+# dpkg-deb lists the package's files (scripts/package.sh --check).
+command -v dpkg-deb >/dev/null 2>&1 || need+=(dpkg)
 updated=0
 if ! command -v promtool >/dev/null 2>&1; then
   # promtool ships in Debian's `prometheus` package. Without it the rules check here
@@ -29,8 +33,10 @@ fi
 
 if command -v promtool >/dev/null 2>&1; then
   promtool check rules deploy/prometheus/alerts.yml
+  # The alerts' own tests: a route's maintenance 503 pages nobody, an upstream's 5xx does.
+  promtool test rules deploy/prometheus/alerts_test.yml
 else
-  echo "note: promtool not installed; skipping 'promtool check rules deploy/prometheus/alerts.yml'"
+  echo "note: promtool not installed; skipping 'promtool check rules' and 'promtool test rules' of deploy/prometheus"
 fi
 
 cargo test --all-targets "$@"

@@ -14,6 +14,7 @@ pub mod config;
 pub mod discovery;
 pub mod health;
 pub mod listener;
+pub mod logthrottle;
 pub mod metrics;
 #[cfg(unix)]
 pub mod notify;

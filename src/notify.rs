@@ -118,7 +118,10 @@ mod tests {
 
     #[test]
     fn refuses_a_relative_name() {
-        assert_eq!(send_to(OsStr::new("notify"), "READY=1\n").unwrap_err().kind(), io::ErrorKind::InvalidInput);
+        assert_eq!(
+            send_to(OsStr::new("notify"), "READY=1\n").unwrap_err().kind(),
+            io::ErrorKind::InvalidInput
+        );
     }
 
     #[test]

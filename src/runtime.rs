@@ -23,11 +23,11 @@ use crate::cache::{self, Cache};
 use crate::config::{Config, RouteConfig, UpstreamConfig, UpstreamProtocol};
 use crate::discovery::{self, Answers};
 use crate::health::{self, HealthPolicy};
-use crate::metrics::{Metrics, UpstreamMetrics};
+use crate::metrics::{ClientMetrics, Metrics};
 use crate::proxy::client::{server_name, tls_name, UpstreamTls};
 use crate::proxy::client_ip::TrustedProxies;
 use crate::proxy::retry::RetryBudget;
-use crate::proxy::route::{Action, Proxy, Route, Router};
+use crate::proxy::route::{Action, Local, Proxy, Route, Router};
 use crate::ratelimit::{Limiter, Settings, StoreSettings};
 use crate::shaping::sticky::Sticky;
 use crate::shaping::template::Var;
@@ -43,7 +43,7 @@ pub struct Runtime {
     /// the same `Arc`, store and all.
     pub caches: HashMap<Box<str>, Arc<Cache>>,
     /// Counts requests that matched no route (`upstream=""`).
-    pub unrouted: UpstreamMetrics,
+    pub unrouted: ClientMetrics,
     /// This runtime's background tasks (active health checks, idle-pool sweeps),
     /// started by `start_tasks`.
     pub tasks: Tasks,
@@ -201,7 +201,7 @@ impl Runtime {
             router,
             upstreams,
             caches,
-            unrouted: metrics.upstream(""),
+            unrouted: metrics.unrouted(),
             tasks: Tasks::default(),
             access_log,
             tls: listener_tls,
@@ -377,6 +377,7 @@ fn build_upstream(
             .into(),
         metrics: metrics.upstream(name),
         admission,
+        failure_log: Default::default(),
     };
     Ok(upstream)
 }
@@ -417,14 +418,17 @@ fn build_route(
                 .and_then(|c| caches.get(c.get_ref().as_str()).cloned())
                 .map(|cache| cache::RouteCache { cache, route: cache::route_identity(r) }),
         }),
-        (None, Some(redirect), _) => Action::Answer(
-            LocalAnswer::redirect(redirect)
-                .unwrap_or_else(|| LocalAnswer::status(http::StatusCode::NOT_FOUND)),
-        ),
-        (None, None, Some(respond)) => Action::Answer(
-            LocalAnswer::respond(respond).unwrap_or_else(|| LocalAnswer::status(http::StatusCode::NOT_FOUND)),
-        ),
-        (None, None, None) => Action::Answer(LocalAnswer::status(http::StatusCode::NOT_FOUND)),
+        (None, redirect, respond) => {
+            let not_found = || LocalAnswer::status(http::StatusCode::NOT_FOUND);
+            let what = match (redirect, respond) {
+                (Some(redirect), _) => LocalAnswer::redirect(redirect).unwrap_or_else(not_found),
+                (None, Some(respond)) => LocalAnswer::respond(respond).unwrap_or_else(not_found),
+                (None, None) => not_found(),
+            };
+            // A local route has no upstream to be named after: its prefix stands in.
+            let route = r.name.as_ref().map_or(&*prefix, |n| n.get_ref().as_str());
+            Action::Answer(Local { what, answered: metrics.local(route) })
+        }
     };
     let label =
         r.name.as_ref().map(|n| n.get_ref().as_str()).or(r.upstream.as_ref().map(|u| u.get_ref().as_str()));

@@ -355,7 +355,9 @@ impl Reloader {
         #[cfg(unix)]
         match &result {
             Ok(()) => crate::notify::ready("serving; config reloaded"),
-            Err(e) => crate::notify::ready(&format!("serving; reload refused, the old config keeps serving: {e}")),
+            Err(e) => {
+                crate::notify::ready(&format!("serving; reload refused, the old config keeps serving: {e}"))
+            }
         }
         result
     }

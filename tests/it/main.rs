@@ -15,6 +15,7 @@ mod headers;
 mod health;
 mod hop_by_hop;
 mod observability;
+mod outage;
 mod proxying;
 mod ratelimit;
 mod reload;

@@ -128,11 +128,14 @@ async fn systemd_hears_ready_reloading_and_stopping() {
 #[test]
 fn the_systemd_unit_verifies() {
     let Ok(version) = Command::new("systemd-analyze").arg("--version").output() else {
-        eprintln!("note: systemd-analyze not installed; skipping the unit check (scripts/test.sh installs it)");
+        eprintln!(
+            "note: systemd-analyze not installed; skipping the unit check (scripts/test.sh installs it)"
+        );
         return;
     };
     assert!(version.status.success());
-    let unit = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/systemd/weir.service")).unwrap();
+    let unit =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/systemd/weir.service")).unwrap();
     assert!(unit.contains("ExecStart=/usr/bin/weir "), "the unit runs /usr/bin/weir");
     let dir = tempfile::tempdir().unwrap();
     let copy = dir.path().join("weir.service");

@@ -41,6 +41,10 @@ fi
 
 cargo test --all-targets "$@"
 
+# The Debian package, from the debug binary the tests just built (seconds; the release
+# package is scripts/package.sh without --check).
+scripts/package.sh --check
+
 # A short fuzz run when asked (CI sets WEIR_FUZZ_SECONDS, e.g. 30) and the tools are
 # here; see fuzz/README.md for the longer run. A crash fails the test run.
 if [ -n "${WEIR_FUZZ_SECONDS:-}" ]; then

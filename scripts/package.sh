@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Builds the Debian package with cargo-deb and checks what it holds:
 #
-#   scripts/package.sh           release build (fat LTO: several minutes on 2 cores),
-#                                target/debian/weir_<version>-1_<arch>.deb
+#   scripts/package.sh           release build (fat LTO: about 7 minutes on 2 cores),
+#                                target/debian/weir_<version>-1_<arch>.deb (stripped
+#                                binary) and weir-dbgsym_<version>-1_<arch>.ddeb
 #   scripts/package.sh --check   packages the debug binary `cargo test` already built,
 #                                into a temporary folder, and checks it: seconds. This is
 #                                what scripts/test.sh (and so CI) runs, so every change to
@@ -39,9 +40,10 @@ if [ "$check_only" -eq 1 ]; then
   mkdir -p "$scratch/release"
   ln "$target/debug/weir" "$scratch/release/weir" 2>/dev/null || cp "$target/debug/weir" "$scratch/release/weir"
   deb="$scratch/weir.deb"
-  CARGO_TARGET_DIR="$scratch" cargo deb --no-build --no-strip --fast --quiet --output "$deb" >/dev/null
+  CARGO_TARGET_DIR="$scratch" cargo deb --no-build --no-strip --no-dbgsym --fast --quiet --output "$deb" >/dev/null
 else
-  deb="$(cargo deb --quiet)"
+  # Prints the .deb and, beside it, the weir-dbgsym .ddeb with the debug symbols.
+  deb="$(cargo deb --quiet | grep '\.deb$' | head -n 1)"
 fi
 
 paths="$(dpkg-deb --contents "$deb" | awk '{print $NF}')"

@@ -42,7 +42,8 @@ pub struct Runtime {
     /// Response caches by name; a cache whose settings a reload leaves unchanged is
     /// the same `Arc`, store and all.
     pub caches: HashMap<Box<str>, Arc<Cache>>,
-    /// Counts requests that matched no route (`upstream=""`).
+    /// Counts requests that reached no upstream (`upstream=""`): no route, refused
+    /// before routing, or answered by the route itself.
     pub unrouted: ClientMetrics,
     /// This runtime's background tasks (active health checks, idle-pool sweeps),
     /// started by `start_tasks`.

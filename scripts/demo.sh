@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The README's demo: builds weir and the demo backend, starts three backends on
-# 127.0.0.1:9001-9003 and weir on :8080 in front of them (config/demo.toml, weights
-# 2:1:1, admin on :9901), shows a few requests spreading across them, then keeps
-# running until Ctrl-C and stops everything it started.
+# 127.0.0.1:9001-9003 and, once each answers, weir on :8080 in front of them
+# (config/demo.toml, weights 2:1:1, admin on :9901), shows a few requests spreading
+# across them, then keeps running until Ctrl-C and stops everything it started.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -47,6 +47,22 @@ names=(one two three)
 for i in 0 1 2; do
   "$target/examples/backend" "127.0.0.1:900$((i + 1))" "${names[$i]}" 2>"$logs/backend-${names[$i]}.log" &
   pids+=($!)
+done
+# Each backend answers before weir starts: a slow start would otherwise give the first
+# requests a 502 (or get a backend marked down).
+for i in 0 1 2; do
+  port=$((9001 + i))
+  for _ in $(seq 1 100); do
+    if curl -sS -o /dev/null "http://127.0.0.1:$port/" 2>/dev/null; then break; fi
+    if ! kill -0 "${pids[$i]}" 2>/dev/null; then
+      echo "demo: backend ${names[$i]} exited; its log:" >&2
+      cat "$logs/backend-${names[$i]}.log" >&2
+      exit 1
+    fi
+    sleep 0.1
+  done
+  curl -sS -o /dev/null "http://127.0.0.1:$port/" ||
+    { echo "demo: backend ${names[$i]} never answered on :$port" >&2; exit 1; }
 done
 NO_COLOR=1 "$target/weir" --config config/demo.toml 2>"$logs/weir.log" &
 weir_pid=$!

@@ -11,6 +11,10 @@ need=()
 command -v curl >/dev/null 2>&1 || need+=(curl)
 # The scale-out test runs a throwaway redis-server on a loopback port.
 command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
+# `systemd-analyze verify` checks deploy/systemd/weir.service (no running systemd needed).
+command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)
+# dpkg-deb lists the package's files (scripts/package.sh --check).
+command -v dpkg-deb >/dev/null 2>&1 || need+=(dpkg)
 updated=0
 if ! command -v promtool >/dev/null 2>&1; then
   # promtool ships in Debian's `prometheus` package. Without it the rules check here
@@ -30,8 +34,10 @@ fi
 
 if command -v promtool >/dev/null 2>&1; then
   promtool check rules deploy/prometheus/alerts.yml
+  # The alerts' own tests: a route's maintenance 503 pages nobody, an upstream's 5xx does.
+  promtool test rules deploy/prometheus/alerts_test.yml
 else
-  echo "note: promtool not installed; skipping 'promtool check rules deploy/prometheus/alerts.yml'"
+  echo "note: promtool not installed; skipping 'promtool check rules' and 'promtool test rules' of deploy/prometheus"
 fi
 
 cargo test --all-targets "$@"
@@ -39,6 +45,9 @@ cargo test --all-targets "$@"
 # HTTP/2 conformance (h2spec) against weir's h2c and TLS listeners; skipped with a
 # note when h2spec is not there.
 ./scripts/h2spec.sh
+# The Debian package, from the debug binary the tests just built (seconds; the release
+# package is scripts/package.sh without --check).
+scripts/package.sh --check
 
 # A short fuzz run when asked (CI sets WEIR_FUZZ_SECONDS, e.g. 30) and the tools are
 # here; see fuzz/README.md for the longer run. A crash fails the test run.

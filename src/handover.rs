@@ -99,8 +99,10 @@ pub fn take_over(path: &Path) -> io::Result<(Sockets, Control)> {
 
 impl Control {
     /// Tells the old process that this one serves: it stops accepting and drains.
+    /// Its pid goes with it, so the old process can tell systemd who the main process
+    /// is now (only the main process may).
     pub fn ready(mut self) -> io::Result<()> {
-        self.0.write_all(b"ready\n")
+        self.0.write_all(format!("ready {}\n", std::process::id()).as_bytes())
     }
 }
 
@@ -131,10 +133,11 @@ impl Offer {
     }
 
     /// Serves hand-overs until a new process has taken the sockets and said it
-    /// serves; then resolves (the caller shuts down as on SIGTERM). `sockets` gives
+    /// serves; then resolves with its pid, if it said (the caller shuts down as on
+    /// SIGTERM). `sockets` gives
     /// the current sockets (they change with reloads), each with its name line.
     /// One new process at a time; one that fails leaves this process serving.
-    pub async fn handed_over(self, sockets: impl Fn() -> Vec<(String, OwnedFd)>) {
+    pub async fn handed_over(self, sockets: impl Fn() -> Vec<(String, OwnedFd)>) -> Option<u32> {
         loop {
             let stream = match self.listener.accept().await {
                 Ok((stream, _)) => stream,
@@ -145,20 +148,20 @@ impl Offer {
                 }
             };
             match offer(stream, &sockets()).await {
-                Ok(true) => {
-                    tracing::info!("a new process took the listening sockets over: draining");
-                    return;
+                Ok(Some(pid)) => {
+                    tracing::info!(pid, "a new process took the listening sockets over: draining");
+                    return (pid != 0).then_some(pid);
                 }
-                Ok(false) => tracing::warn!("the new process left before it was ready; serving on"),
+                Ok(None) => tracing::warn!("the new process left before it was ready; serving on"),
                 Err(e) => tracing::warn!(error = %e, "hand-over failed; serving on"),
             }
         }
     }
 }
 
-/// Sends `sockets` on `stream` and waits for `ready`: `Ok(false)` when the new
-/// process closes the connection first.
-async fn offer(stream: tokio::net::UnixStream, sockets: &[(String, OwnedFd)]) -> io::Result<bool> {
+/// Sends `sockets` on `stream` and waits for `ready`: the new process's pid (0 when
+/// it gave none), or `None` when it closes the connection first.
+async fn offer(stream: tokio::net::UnixStream, sockets: &[(String, OwnedFd)]) -> io::Result<Option<u32>> {
     let mut text = String::from(HELLO);
     for (name, _) in sockets {
         text.push_str(name);
@@ -181,7 +184,11 @@ async fn offer(stream: tokio::net::UnixStream, sockets: &[(String, OwnedFd)]) ->
     }
     let mut line = String::new();
     BufReader::new(stream).read_line(&mut line).await?;
-    Ok(line == "ready\n")
+    let Some(rest) = line.strip_prefix("ready") else { return Ok(None) };
+    Ok(match rest.trim() {
+        "" => Some(0),
+        pid => pid.parse().ok(),
+    })
 }
 
 #[cfg(test)]

@@ -16,7 +16,10 @@ pub mod discovery;
 pub mod handover;
 pub mod health;
 pub mod listener;
+pub mod logthrottle;
 pub mod metrics;
+#[cfg(unix)]
+pub mod notify;
 pub mod proxy;
 pub mod ratelimit;
 pub mod recent;

@@ -115,7 +115,11 @@ fn run(args: &Args) -> anyhow::Result<()> {
         let sockets = server.handover_sockets();
         let handed_over = async move {
             match offer {
-                Some(offer) => offer.handed_over(sockets).await,
+                Some(offer) => {
+                    if let Some(pid) = offer.handed_over(sockets).await {
+                        weir::notify::main_pid(pid);
+                    }
+                }
                 None => std::future::pending().await,
             }
         };

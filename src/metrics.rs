@@ -49,6 +49,7 @@ pub struct Metrics {
     pub cache_entries: IntGaugeVec,
     pub cache_evictions_total: IntCounterVec,
     pub access_denied_total: IntCounterVec,
+    pub local_responses_total: IntCounterVec,
     pub admin_misdirected_total: IntCounter,
     pub admin_unauthorized_total: IntCounter,
 }
@@ -79,8 +80,12 @@ impl Metrics {
             health_checks_total,
             upstream_retries_total,
         } = families.upstream()?;
-        let PolicyFamilies { rate_limited_total, rate_limit_store_errors_total, access_denied_total } =
-            families.policy()?;
+        let PolicyFamilies {
+            rate_limited_total,
+            rate_limit_store_errors_total,
+            access_denied_total,
+            local_responses_total,
+        } = families.policy()?;
         let CacheFamilies { cache_requests_total, cache_size_bytes, cache_entries, cache_evictions_total } =
             families.cache()?;
         let OperationFamilies {
@@ -116,6 +121,7 @@ impl Metrics {
             cache_entries,
             cache_evictions_total,
             access_denied_total,
+            local_responses_total,
             admin_misdirected_total,
             admin_unauthorized_total,
         };
@@ -138,14 +144,33 @@ impl Metrics {
         out
     }
 
-    /// Handles for one upstream (`""` for requests that matched no route).
+    /// Handles for one upstream.
     pub fn upstream(&self, upstream: &str) -> UpstreamMetrics {
         UpstreamMetrics {
-            requests: CodeCounters::new(self.requests_total.clone(), vec![upstream.to_string()]),
-            duration: self.request_duration.with_label_values(&[upstream]),
+            client: self.client(upstream),
             retries: self.upstream_retries_total.with_label_values(&[upstream]),
             request_bytes: self.request_bytes_total.with_label_values(&[upstream]),
         }
+    }
+
+    /// What clients saw of requests that reached no upstream (`upstream=""`): no route,
+    /// refused before routing, or answered by the route itself. Only the client-side
+    /// families: nothing is retried or sent on, so `weir_upstream_retries_total` and
+    /// the byte counters get no `upstream=""` series that could never move.
+    pub fn unrouted(&self) -> ClientMetrics {
+        self.client("")
+    }
+
+    fn client(&self, upstream: &str) -> ClientMetrics {
+        ClientMetrics {
+            requests: CodeCounters::new(self.requests_total.clone(), vec![upstream.to_string()]),
+            duration: self.request_duration.with_label_values(&[upstream]),
+        }
+    }
+
+    /// `weir_local_responses_total` of the route labelled `route`.
+    pub fn local(&self, route: &str) -> CodeCounters {
+        CodeCounters::new(self.local_responses_total.clone(), vec![route.to_string()])
     }
 
     /// Handles for one server of an upstream, labelled with its address as written.
@@ -303,7 +328,8 @@ impl Families<'_> {
         })
     }
 
-    /// Requests refused by a route's rate limit or access lists.
+    /// Requests refused by a route's rate limit or access lists, and answers routes made
+    /// themselves.
     fn policy(&self) -> Made<PolicyFamilies> {
         Ok(PolicyFamilies {
             rate_limited_total: self.counter(
@@ -320,6 +346,11 @@ impl Families<'_> {
                 "weir_access_denied_total",
                 "Requests refused with 403 by a route's allow/deny lists, by route name.",
                 &["route"],
+            )?,
+            local_responses_total: self.counter(
+                "weir_local_responses_total",
+                "Answers a route made by itself (redirect or respond), by route name and status code; never upstream errors.",
+                &["route", "code"],
             )?,
         })
     }
@@ -395,6 +426,7 @@ struct PolicyFamilies {
     rate_limited_total: IntCounterVec,
     rate_limit_store_errors_total: IntCounterVec,
     access_denied_total: IntCounterVec,
+    local_responses_total: IntCounterVec,
 }
 
 struct CacheFamilies {
@@ -461,10 +493,23 @@ pub struct CacheMetrics {
     pub evictions: IntCounter,
 }
 
-/// Per-upstream handles: what the client saw.
-pub struct UpstreamMetrics {
+/// What clients saw of the requests under one `upstream` label value.
+pub struct ClientMetrics {
     pub requests: CodeCounters,
     pub duration: Histogram,
+}
+
+impl ClientMetrics {
+    /// Counts one answered client request.
+    pub fn record(&self, status: StatusCode, elapsed: Duration) {
+        self.requests.inc(status);
+        self.duration.observe(elapsed.as_secs_f64());
+    }
+}
+
+/// Per-upstream handles: what the client saw, retries and bytes sent on.
+pub struct UpstreamMetrics {
+    pub client: ClientMetrics,
     pub retries: IntCounter,
     /// Request body bytes sent upstream, counted as frames pass (`body::RequestBody`).
     pub request_bytes: IntCounter,
@@ -473,8 +518,7 @@ pub struct UpstreamMetrics {
 impl UpstreamMetrics {
     /// Counts one answered client request.
     pub fn record(&self, status: StatusCode, elapsed: Duration) {
-        self.requests.inc(status);
-        self.duration.observe(elapsed.as_secs_f64());
+        self.client.record(status, elapsed);
     }
 }
 
@@ -539,6 +583,17 @@ mod tests {
         assert!(text.contains(
             "weir_upstream_requests_total{code=\"502\",server=\"127.0.0.1:1\",upstream=\"api\"} 1"
         ));
+    }
+
+    #[test]
+    fn requests_without_an_upstream_get_no_upstream_only_series() {
+        let m = Metrics::new().unwrap();
+        m.unrouted().record(StatusCode::NOT_FOUND, Duration::from_millis(1));
+        let text = String::from_utf8(m.encode()).unwrap();
+        assert!(text.contains("weir_requests_total{code=\"404\",upstream=\"\"} 1"), "{text}");
+        for family in ["weir_upstream_retries_total", "weir_request_bytes_total"] {
+            assert!(!text.contains(&format!("{family}{{upstream=\"\"}}")), "{family}: {text}");
+        }
     }
 
     #[test]

@@ -23,11 +23,11 @@ use crate::cache::{self, Cache};
 use crate::config::{Config, ConfigError, RouteConfig, StatusSet, UpstreamConfig, UpstreamProtocol};
 use crate::discovery::{self, Answers};
 use crate::health::{self, HealthPolicy};
-use crate::metrics::{Metrics, UpstreamMetrics};
+use crate::metrics::{ClientMetrics, Metrics};
 use crate::proxy::client::{server_name, tls_name, UpstreamTls};
 use crate::proxy::client_ip::TrustedProxies;
 use crate::proxy::retry::RetryBudget;
-use crate::proxy::route::{Action, Proxy, Route, Router, Upgrades};
+use crate::proxy::route::{Action, Local, Proxy, Route, Router, Upgrades};
 use crate::ratelimit::{Limiter, Settings, StoreSettings};
 use crate::shaping::sticky::Sticky;
 use crate::shaping::template::Var;
@@ -43,8 +43,9 @@ pub struct Runtime {
     /// Response caches by name; a cache whose settings a reload leaves unchanged is
     /// the same `Arc`, store and all.
     pub caches: HashMap<Box<str>, Arc<Cache>>,
-    /// Counts requests that matched no route (`upstream=""`).
-    pub unrouted: UpstreamMetrics,
+    /// Counts requests that reached no upstream (`upstream=""`): no route, refused
+    /// before routing, or answered by the route itself.
+    pub unrouted: ClientMetrics,
     /// This runtime's background tasks (active health checks, idle-pool sweeps),
     /// started by `start_tasks`.
     pub tasks: Tasks,
@@ -139,7 +140,7 @@ impl Runtime {
             router,
             upstreams,
             caches,
-            unrouted: metrics.upstream(""),
+            unrouted: metrics.unrouted(),
             tasks: Tasks::default(),
             access_log,
             tls: listener_tls,
@@ -394,6 +395,7 @@ fn build_upstream(
         retry_on: up.retry_on.as_ref().map_or(StatusSet::EMPTY, |r| *r.get_ref()),
         metrics: metrics.upstream(name),
         admission,
+        failure_log: Default::default(),
     };
     Ok(upstream)
 }
@@ -499,9 +501,16 @@ fn build_route(
                 .as_ref()
                 .map_or_else(Upgrades::default, |u| Upgrades::new(u.iter().map(|p| p.get_ref()))),
         }),
-        (None, Some(redirect), _) => Action::Answer(LocalAnswer::redirect(redirect)),
-        (None, None, Some(respond)) => Action::Answer(LocalAnswer::respond(respond)),
-        (None, None, None) => Action::Answer(LocalAnswer::status(http::StatusCode::NOT_FOUND)),
+        (None, redirect, respond) => {
+            let what = match (redirect, respond) {
+                (Some(redirect), _) => LocalAnswer::redirect(redirect),
+                (None, Some(respond)) => LocalAnswer::respond(respond),
+                (None, None) => LocalAnswer::status(http::StatusCode::NOT_FOUND),
+            };
+            // A local route has no upstream to be named after: its prefix stands in.
+            let route = r.name.as_ref().map_or(&*prefix, |n| n.get_ref().as_str());
+            Action::Answer(Local { what, answered: metrics.local(route) })
+        }
     };
     let label =
         r.name.as_ref().map(|n| n.get_ref().as_str()).or(r.upstream.as_ref().map(|u| u.get_ref().as_str()));

@@ -336,8 +336,12 @@ impl Server {
             tokio::spawn(admin::serve(socket, admin_state.clone(), self.admin_timeout, admin_stop_rx));
         }
         admin_state.ready.store(true, Relaxed);
+        #[cfg(unix)]
+        crate::notify::ready("serving");
 
         shutdown.await;
+        #[cfg(unix)]
+        crate::notify::stopping();
         tracing::info!(timeout = ?self.shutdown_timeout, "shutting down: draining in-flight requests");
         admin_state.ready.store(false, Relaxed);
         let accepting: Vec<JoinHandle<()>> = {
@@ -420,12 +424,25 @@ impl Reloader {
     /// The work runs on tokio's blocking pool: building reads files and resolves
     /// names, which may take seconds, and on a request thread (the only one, with
     /// `workers = 1`) it would stall every request meanwhile.
+    ///
+    /// A service manager hears `RELOADING=1` first and `READY=1` at the end, with the
+    /// outcome as its status (`crate::notify`).
     pub async fn reload(&self) -> Result<(), ReloadError> {
+        #[cfg(unix)]
+        crate::notify::reloading();
         let this = self.clone();
-        match tokio::task::spawn_blocking(move || this.reload_blocking()).await {
+        let result = match tokio::task::spawn_blocking(move || this.reload_blocking()).await {
             Ok(result) => result,
             Err(e) => Err(ReloadError::Panicked(e.to_string())),
+        };
+        #[cfg(unix)]
+        match &result {
+            Ok(()) => crate::notify::ready("serving; config reloaded"),
+            Err(e) => {
+                crate::notify::ready(&format!("serving; reload refused, the old config keeps serving: {e}"))
+            }
         }
+        result
     }
 
     /// `reload` on the calling thread.

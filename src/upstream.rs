@@ -55,6 +55,8 @@ pub struct Upstream {
     pub admission: Option<Arc<Admission>>,
     /// Sticky sessions; `None` when off.
     pub sticky: Option<Sticky>,
+    /// Its "request failed" warnings.
+    pub failure_log: crate::logthrottle::LogThrottle,
 }
 
 /// One backend address of an upstream.
@@ -97,6 +99,8 @@ pub struct ServerState {
     pub(crate) readmitted_ms: AtomicU64,
     /// Attempts and errors over the last minute, for `/status`.
     pub recent: RecentErrors,
+    /// Its "retrying on another server" warnings.
+    pub retry_log: crate::logthrottle::LogThrottle,
 }
 
 impl ServerState {
@@ -111,6 +115,7 @@ impl ServerState {
             up_since_ms: AtomicU64::new(up_since_ms),
             readmitted_ms: AtomicU64::new(0),
             recent: RecentErrors::default(),
+            retry_log: Default::default(),
         }
     }
 }

@@ -160,7 +160,12 @@ async fn send(
             }
             upstream.metrics.retries.inc();
             trace.retries += 1;
-            tracing::warn!(upstream = %upstream.name, why = %failed, next = %server.address, "retrying on another server");
+            // One line per failed server per interval (`LogThrottle`), with the count held back.
+            let failed_at = trace.server.and_then(|i| upstream.servers.get(i));
+            if let Some(held_back) = failed_at.map_or(Some(0), |s| s.state.retry_log.admit()) {
+                let failed_at = failed_at.map_or("", |s| &*s.address);
+                tracing::warn!(upstream = %upstream.name, server = failed_at, why = %failed, next = %server.address, held_back, "retrying on another server");
+            }
         }
         tried.insert(index);
         trace.server = Some(index);

@@ -91,7 +91,7 @@ pub async fn handle(rt: &Runtime, mut req: Request<ClientBody>, peer: &Peer) -> 
     let host = host.as_ref().and_then(|h| h.to_str().ok()).map(route::strip_port);
     let vars = Vars { client_ip: client, request_id: request_id.as_ref(), tls: peer.tls, host, path: None };
     shape_response(route, &mut response, &vars);
-    upstream.map_or(&rt.unrouted, |u| &u.metrics).record(response.status(), started.elapsed());
+    upstream.map_or(&rt.unrouted, |u| &u.metrics.client).record(response.status(), started.elapsed());
     if let Some(log) = &mut log {
         log.entry.upstream = upstream.cloned();
         log.entry.server = trace.server;
@@ -177,7 +177,10 @@ async fn proxy_to(
     };
     let mut response = result.unwrap_or_else(|error| {
         if !matches!(error, ProxyError::RateLimited { .. }) && !error.is_client_fault() {
-            tracing::warn!(upstream = %upstream.name, client = %peer.addr, %error, "request failed");
+            // One line per upstream per interval (`LogThrottle`), with the count held back.
+            if let Some(held_back) = upstream.failure_log.admit() {
+                tracing::warn!(upstream = %upstream.name, client = %peer.addr, %error, held_back, "request failed");
+            }
         }
         error.into_response()
     });

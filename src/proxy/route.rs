@@ -42,7 +42,24 @@ pub struct Route {
 /// Forward, or answer locally.
 pub enum Action {
     Proxy(Proxy),
-    Answer(LocalAnswer),
+    Answer(Local),
+}
+
+/// A route that answers by itself (`redirect`, `respond`).
+pub struct Local {
+    pub what: LocalAnswer,
+    /// `weir_local_responses_total{route}`: kept apart from upstream errors, so a
+    /// maintenance `503` is not an outage.
+    pub answered: crate::metrics::CodeCounters,
+}
+
+impl Local {
+    /// The answer for one request, counted; `vars` needs `host`, `path` and `tls`.
+    pub fn answer(&self, vars: &crate::shaping::template::Vars) -> http::Response<crate::proxy::body::Body> {
+        let response = self.what.answer(vars);
+        self.answered.inc(response.status());
+        response
+    }
 }
 
 /// A route that forwards to an upstream.

@@ -17,6 +17,7 @@ const FLOORS: &[(&str, u8)] = &[
     // Small shared parts.
     ("metrics", 1),
     ("recent", 1),
+    ("logthrottle", 1),
     ("tls", 1),
     ("admission", 1),
     ("access_log", 1),

@@ -62,6 +62,7 @@ const STILL_WRONG: &[(&str, &str)] = &[
     ("shaping", "proxy"),
     ("shaping", "upstream"),
     ("upstream", "proxy"),
+    ("logthrottle", "health"),
     // Within floor 3: health judges servers, and servers hold their health.
     ("health", "upstream"),
     // Within floor 5: the runtime holds the admin listener's access rules.

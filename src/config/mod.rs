@@ -171,8 +171,8 @@ servers = [{ address = "127.0.0.1:9000" }]
         assert_eq!(e.position, Some((10, 19)), "{e}");
     }
 
-    /// `config/example.toml` documents every key; parsing and validating it here
-    /// keeps it from going stale when a key is renamed or its rules change.
+    /// `config/example.toml` documents every key (the reference is
+    /// docs/configuration.md); parsing and validating it here keeps it from going stale when a key is renamed or its rules change.
     #[test]
     fn the_example_config_is_valid() {
         let text = include_str!("../../config/example.toml");

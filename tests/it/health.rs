@@ -194,8 +194,8 @@ async fn passive_ejection_without_active_checks_and_readmission() {
 servers = [{{ address = "{dead}" }}, {{ address = "{{live}}" }}]
 [upstreams.app.passive_health]
 consecutive_failures = 2
-ejection_time = "300ms"
-max_ejection_time = "1s"
+ejection_time = "1s"
+max_ejection_time = "2s"
 "#
         ),
         &[&live],
@@ -205,9 +205,10 @@ max_ejection_time = "1s"
     for _ in 0..6 {
         assert_eq!(get(&weir.url("/")).await, (StatusCode::OK, "live".to_string()));
     }
-    until_health(&weir, dead, 0, Duration::from_millis(100)).await;
-    let back = until_health(&weir, dead, 1, Duration::from_secs(2)).await;
-    assert!(back >= Duration::from_millis(150), "readmitted after {back:?}");
+    // Generous bounds: a loaded machine must not read as a wrong ejection time.
+    let out = until_health(&weir, dead, 0, Duration::from_millis(500)).await;
+    let back = until_health(&weir, dead, 1, Duration::from_secs(3)).await;
+    assert!(out + back >= Duration::from_millis(500), "readmitted after {back:?}");
     let metrics = weir.metrics().await;
     let connect_errors =
         format!("weir_upstream_connect_errors_total{{server=\"{dead}\",upstream=\"app\"}} 2");

@@ -29,7 +29,7 @@ use tokio::sync::watch;
 
 use serde::Serialize;
 
-use crate::config::{AdminConfig, AdminToken, BalancerKind, Config};
+use crate::config::{split_host, AdminConfig, AdminToken, BalancerKind, Config};
 use crate::health;
 use crate::metrics::Metrics;
 use crate::proxy::body::Body;
@@ -81,23 +81,6 @@ pub fn exposure_warning(admin: &AdminConfig) -> Option<String> {
              until a token is set"
         )
     })
-}
-
-/// `host`, `host:port`, `[v6]` or `[v6]:port` as (name without brackets, port);
-/// `None` if the port is not a port.
-pub fn split_host(raw: &str) -> Option<(&str, Option<u16>)> {
-    let port = |p: &str| p.parse::<u16>().ok();
-    if let Some(rest) = raw.strip_prefix('[') {
-        let (ip, after) = rest.split_once(']')?;
-        return match after {
-            "" => Some((ip, None)),
-            _ => Some((ip, Some(port(after.strip_prefix(':')?)?))),
-        };
-    }
-    match raw.split_once(':') {
-        Some((name, p)) => Some((name, Some(port(p)?))),
-        None => Some((raw, None)),
-    }
 }
 
 /// A name as compared: lowercase, without one trailing dot.
@@ -388,17 +371,6 @@ pub fn status_json(rt: &Runtime) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn hosts_split_into_name_and_port() {
-        assert_eq!(split_host("a.test"), Some(("a.test", None)));
-        assert_eq!(split_host("a.test:80"), Some(("a.test", Some(80))));
-        assert_eq!(split_host("[::1]:9901"), Some(("::1", Some(9901))));
-        assert_eq!(split_host("[::1]"), Some(("::1", None)));
-        assert_eq!(split_host("a.test:x"), None);
-        assert_eq!(split_host("::1"), None);
-        assert_eq!(split_host("[::1]x"), None);
-    }
 
     #[test]
     fn own_names_pass_and_others_do_not() {

@@ -336,9 +336,37 @@ impl<'de> Deserialize<'de> for StatusSet {
     }
 }
 
+/// `host`, `host:port`, `[v6]` or `[v6]:port` as (name without brackets, port);
+/// `None` if the port is not a port.
+pub fn split_host(raw: &str) -> Option<(&str, Option<u16>)> {
+    let port = |p: &str| p.parse::<u16>().ok();
+    if let Some(rest) = raw.strip_prefix('[') {
+        let (ip, after) = rest.split_once(']')?;
+        return match after {
+            "" => Some((ip, None)),
+            _ => Some((ip, Some(port(after.strip_prefix(':')?)?))),
+        };
+    }
+    match raw.split_once(':') {
+        Some((name, p)) => Some((name, Some(port(p)?))),
+        None => Some((raw, None)),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hosts_split_into_name_and_port() {
+        assert_eq!(split_host("a.test"), Some(("a.test", None)));
+        assert_eq!(split_host("a.test:80"), Some(("a.test", Some(80))));
+        assert_eq!(split_host("[::1]:9901"), Some(("::1", Some(9901))));
+        assert_eq!(split_host("[::1]"), Some(("::1", None)));
+        assert_eq!(split_host("a.test:x"), None);
+        assert_eq!(split_host("::1"), None);
+        assert_eq!(split_host("[::1]x"), None);
+    }
 
     fn runs(text: &str) -> Vec<(u16, u16)> {
         StatusSet::parse(text).unwrap().ranges().collect()

@@ -296,3 +296,12 @@ fn discovered_servers_follow_the_answers_keeping_state_and_most_keys() {
     let third = Runtime::build(&config, Some(&second), &metrics).unwrap();
     assert_eq!(labels(&third), labels(&second));
 }
+
+/// What `--check` does after validating `config/example.toml`: resolve addresses,
+/// build TLS client configs.
+#[test]
+fn the_example_config_builds() {
+    let text = include_str!("../../config/example.toml");
+    let config = config::parse(text, Path::new("config/example.toml")).unwrap_or_else(|e| panic!("{e}"));
+    Runtime::build(&config, None, &Metrics::new().unwrap()).unwrap_or_else(|e| panic!("{e}"));
+}

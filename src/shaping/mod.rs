@@ -19,7 +19,8 @@
 //! the path and query go upstream byte for byte (rewrites change only the prefix).
 
 pub mod sticky;
-pub mod template;
+/// Header and redirect templates are parsed with the config; they live there.
+pub use crate::config::template;
 
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};

@@ -30,7 +30,6 @@ use tokio::sync::watch;
 use serde::Serialize;
 
 use crate::config::{split_host, AdminConfig, AdminToken, BalancerKind, Config};
-use crate::health;
 use crate::metrics::Metrics;
 use crate::proxy::body::Body;
 use crate::recent::WINDOW_SECS;
@@ -331,7 +330,7 @@ struct ServerStatus<'a> {
 
 /// The `/status` document for `rt`.
 pub fn status_json(rt: &Runtime) -> Vec<u8> {
-    let now = health::now_ms() / 1000;
+    let now = crate::clock::now_ms() / 1000;
     let mut upstreams: Vec<_> = rt
         .upstreams
         .values()

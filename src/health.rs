@@ -19,14 +19,14 @@
 
 use std::future::Future;
 use std::sync::atomic::Ordering::Relaxed;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::header::{self, HeaderValue};
 use http::uri::PathAndQuery;
 use http::{Request, StatusCode};
-use tokio::time::Instant;
 
+use crate::clock::now_ms;
 use crate::config::{StatusSet, UpstreamConfig};
 use crate::proxy::body::Body;
 use crate::proxy::client;
@@ -128,14 +128,6 @@ impl HealthPolicy {
         let share = 0.1 + 0.9 * (elapsed as f64 / window as f64);
         fastrand::f64() < share
     }
-}
-
-/// Milliseconds since this process first asked; never 0, so 0 can mean "unset". Uses
-/// tokio's clock so paused-time tests control it.
-pub fn now_ms() -> u64 {
-    static EPOCH: OnceLock<Instant> = OnceLock::new();
-    let epoch = *EPOCH.get_or_init(|| Instant::now() - Duration::from_millis(1));
-    epoch.elapsed().as_millis() as u64
 }
 
 /// Marks `server` up or down, logging and counting the transition once.
@@ -313,6 +305,7 @@ mod tests {
     use crate::metrics::Metrics;
     use crate::runtime::Runtime;
     use std::path::Path;
+    use tokio::time::Instant;
 
     fn upstream(extra: &str) -> Arc<Upstream> {
         let text = format!(

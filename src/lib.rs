@@ -10,6 +10,7 @@ pub mod admin;
 pub mod admission;
 pub mod balancer;
 pub mod cache;
+pub mod clock;
 pub mod config;
 pub mod discovery;
 pub mod health;

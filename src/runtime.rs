@@ -418,7 +418,7 @@ fn server_state(
         })
         // A server added by a reload is new traffic-wise: it slow-starts.
         .unwrap_or_else(|| {
-            let joined = if reloading { health::now_ms() } else { 0 };
+            let joined = if reloading { crate::clock::now_ms() } else { 0 };
             Arc::new(ServerState::new(keepalive, joined))
         })
 }

@@ -29,7 +29,8 @@ use crate::shaping::sticky::Sticky;
 
 /// One pool of servers behind a name, with its balancer.
 pub struct Upstream {
-    pub name: Box<str>,
+    /// Shared with access log entries.
+    pub name: Arc<str>,
     pub servers: Box<[Arc<Server>]>,
     pub balancer: Balancer,
     /// The configured algorithm, for `/status`.
@@ -59,8 +60,9 @@ pub struct Upstream {
 
 /// One backend address of an upstream.
 pub struct Server {
-    /// The address as written in the config; the `server` metric label.
-    pub address: Box<str>,
+    /// The address as written in the config; the `server` metric label. Shared with
+    /// access log entries.
+    pub address: Arc<str>,
     /// Where to connect, resolved when the runtime was built.
     pub addr: SocketAddr,
     /// The name its TLS certificate must carry, when the upstream uses TLS without `sni`.
@@ -91,7 +93,7 @@ pub struct ServerState {
     pub(crate) consecutive_failures: AtomicU32,
     /// Passive ejections so far, for the doubling ejection time.
     pub(crate) ejections: AtomicU32,
-    /// When (`health::now_ms`) the server last came up, for slow start; 0: long ago.
+    /// When (`clock::now_ms`) the server last came up, for slow start; 0: long ago.
     pub(crate) up_since_ms: AtomicU64,
     /// When the last passive ejection ended; 0: never.
     pub(crate) readmitted_ms: AtomicU64,

@@ -93,8 +93,9 @@ pub async fn handle(rt: &Runtime, mut req: Request<ClientBody>, peer: &Peer) -> 
     shape_response(route, &mut response, &vars);
     upstream.map_or(&rt.unrouted, |u| &u.metrics).record(response.status(), started.elapsed());
     if let Some(log) = &mut log {
-        log.entry.upstream = upstream.cloned();
-        log.entry.server = trace.server;
+        log.entry.upstream = upstream.map(|u| u.name.clone());
+        log.entry.server =
+            upstream.zip(trace.server).and_then(|(u, i)| u.servers.get(i)).map(|s| s.address.clone());
         log.entry.retries = trace.retries;
         log.entry.request_id = request_id;
     }

@@ -357,7 +357,11 @@ fn build_upstream(
     let upstream = Upstream {
         sticky,
         name: name.into(),
-        balancer: Balancer::new(*up.balancer.get_ref(), &servers, Options::of(up)),
+        balancer: Balancer::new(
+            *up.balancer.get_ref(),
+            &servers.iter().map(|s| s.member()).collect::<Vec<_>>(),
+            Options::of(up),
+        ),
         balancer_kind: *up.balancer.get_ref(),
         servers: servers.into(),
         connect_timeout: up.connect_timeout.0,

@@ -18,7 +18,7 @@ use crossbeam_queue::ArrayQueue;
 use rustls_pki_types::ServerName;
 
 use crate::admission::Admission;
-use crate::balancer::Balancer;
+use crate::balancer::{Balancer, Member};
 use crate::config::{BalancerKind, StatusSet};
 use crate::health::HealthPolicy;
 use crate::metrics::{ServerMetrics, UpstreamMetrics};
@@ -72,6 +72,13 @@ pub struct Server {
     pub backup: bool,
     pub state: Arc<ServerState>,
     pub metrics: ServerMetrics,
+}
+
+impl Server {
+    /// What the balancer reads of this server.
+    pub fn member(&self) -> Member<'_> {
+        Member { name: &self.address, weight: self.weight, in_flight: &self.metrics.in_flight }
+    }
 }
 
 /// The settings a pooled connection depends on.

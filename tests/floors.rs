@@ -43,7 +43,6 @@ const FLOORS: &[(&str, u8)] = &[
 
 /// Imports not yet taken out: (from, to).
 const STILL_WRONG: &[(&str, &str)] = &[
-    ("balancer", "upstream"),
     ("cache", "proxy"),
     ("cache", "upstream"),
     ("discovery", "runtime"),

@@ -353,7 +353,10 @@ fn build_upstream(
             .filter(|a| a.settings == settings)
             .unwrap_or_else(|| Arc::new(Admission::new(settings, metrics.queue(name))))
     });
-    let sticky = up.sticky.as_ref().map(|s| Sticky::new(s, name, &servers));
+    let sticky = up.sticky.as_ref().map(|s| {
+        let addresses: Vec<&str> = servers.iter().map(|s| &*s.address).collect();
+        Sticky::new(s, name, &addresses)
+    });
     let upstream = Upstream {
         sticky,
         name: name.into(),

@@ -50,8 +50,6 @@ const STILL_WRONG: &[(&str, &str)] = &[
     ("health", "runtime"),
     ("proxy", "listener"),
     ("proxy", "runtime"),
-    ("shaping", "proxy"),
-    ("shaping", "upstream"),
     ("upstream", "proxy"),
     // Within floor 3: health judges servers, and servers hold their health.
     ("health", "upstream"),

@@ -29,7 +29,7 @@ use tokio::sync::watch;
 
 use serde::Serialize;
 
-use crate::config::{split_host, AdminConfig, AdminToken, BalancerKind, Config};
+use crate::config::{normal_name, split_host, AdminAccess, AdminConfig, BalancerKind};
 use crate::metrics::Metrics;
 use crate::proxy::body::Body;
 use crate::recent::WINDOW_SECS;
@@ -44,31 +44,6 @@ pub struct AdminState {
     pub ready: AtomicBool,
 }
 
-/// Who may use the admin endpoints: the part of `[admin]` a reload may change, so a
-/// reload can add a name or rotate the token. Held by the runtime.
-#[derive(Debug, Default)]
-pub struct AdminAccess {
-    /// `[admin] hosts`: lowercased names without a trailing dot, each with the port
-    /// it must come with (`None`: any).
-    pub hosts: Box<[(Box<str>, Option<u16>)]>,
-    pub token: Option<AdminToken>,
-}
-
-impl AdminAccess {
-    pub fn from_config(config: &Config) -> AdminAccess {
-        let Some(admin) = &config.admin else { return AdminAccess::default() };
-        let hosts = admin
-            .hosts
-            .iter()
-            .filter_map(|h| {
-                let (name, port) = split_host(h.get_ref())?;
-                Some((normal_name(name).into(), port))
-            })
-            .collect();
-        AdminAccess { hosts, token: admin.token.clone() }
-    }
-}
-
 /// What to tell an operator about an admin listener anyone on the network can reach
 /// without a token, if that is this one.
 pub fn exposure_warning(admin: &AdminConfig) -> Option<String> {
@@ -80,12 +55,6 @@ pub fn exposure_warning(admin: &AdminConfig) -> Option<String> {
              until a token is set"
         )
     })
-}
-
-/// A name as compared: lowercase, without one trailing dot.
-fn normal_name(name: &str) -> String {
-    let name = name.strip_suffix('.').unwrap_or(name);
-    name.to_ascii_lowercase()
 }
 
 /// Whether `host` (the request's `Host`, or its absolute-form authority) names this
@@ -370,6 +339,7 @@ pub fn status_json(rt: &Runtime) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::AdminToken;
 
     #[test]
     fn own_names_pass_and_others_do_not() {

@@ -63,7 +63,7 @@ pub struct Runtime {
     /// The DNS answers the discovered servers were built from (see `discovery`).
     pub answers: Arc<Answers>,
     /// `[admin] hosts` and token: here so that a reload changes them.
-    pub admin: crate::admin::AdminAccess,
+    pub admin: crate::config::AdminAccess,
 }
 
 /// Default `queue_size` of an upstream with `max_in_flight`.
@@ -148,7 +148,7 @@ impl Runtime {
             limiters,
             trusted_proxies: TrustedProxies::new(&config.trusted_proxies),
             answers: Arc::new(answers),
-            admin: crate::admin::AdminAccess::from_config(config),
+            admin: crate::config::AdminAccess::from_config(config),
         })
     }
 

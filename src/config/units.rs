@@ -11,6 +11,8 @@ use std::time::Duration;
 use serde::de::{self, Deserializer, Visitor};
 use serde::Deserialize;
 
+use super::{AdminToken, Config};
+
 /// An address range in CIDR form (`10.0.0.0/8`); a bare address means just itself.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Cidr(pub ipnet::IpNet);
@@ -351,6 +353,37 @@ pub fn split_host(raw: &str) -> Option<(&str, Option<u16>)> {
         Some((name, p)) => Some((name, Some(port(p)?))),
         None => Some((raw, None)),
     }
+}
+
+/// Who may use the admin endpoints: the part of `[admin]` a reload may change, so a
+/// reload can add a name or rotate the token. Held by the runtime, read by `admin`.
+#[derive(Debug, Default)]
+pub struct AdminAccess {
+    /// `[admin] hosts`: lowercased names without a trailing dot, each with the port
+    /// it must come with (`None`: any).
+    pub hosts: Box<[(Box<str>, Option<u16>)]>,
+    pub token: Option<AdminToken>,
+}
+
+impl AdminAccess {
+    pub fn from_config(config: &Config) -> AdminAccess {
+        let Some(admin) = &config.admin else { return AdminAccess::default() };
+        let hosts = admin
+            .hosts
+            .iter()
+            .filter_map(|h| {
+                let (name, port) = split_host(h.get_ref())?;
+                Some((normal_name(name).into(), port))
+            })
+            .collect();
+        AdminAccess { hosts, token: admin.token.clone() }
+    }
+}
+
+/// A name as compared: lowercase, without one trailing dot.
+pub fn normal_name(name: &str) -> String {
+    let name = name.strip_suffix('.').unwrap_or(name);
+    name.to_ascii_lowercase()
 }
 
 #[cfg(test)]

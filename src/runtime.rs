@@ -27,12 +27,12 @@ use crate::health::{self, HealthPolicy};
 use crate::metrics::{Metrics, UpstreamMetrics};
 use crate::proxy::client::{server_name, tls_name, UpstreamTls};
 use crate::proxy::client_ip::TrustedProxies;
-use crate::proxy::retry::RetryBudget;
 use crate::proxy::route::{Action, Proxy, Route, Router, Upgrades};
 use crate::ratelimit::{Limiter, Settings, StoreSettings};
 use crate::shaping::sticky::Sticky;
 use crate::shaping::{AccessList, HeaderRules, LocalAnswer, PathRewrite};
 use crate::tls::{self, TlsError};
+use crate::upstream::retry::RetryBudget;
 use crate::upstream::{self, ConnectionSettings, Server, ServerState, Upstream};
 
 /// The ready-to-serve form of one config.
@@ -549,3 +549,6 @@ fn resolve(upstream: &str, address: &str) -> Result<SocketAddr, BuildError> {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod health_tests;

@@ -46,7 +46,6 @@ const STILL_WRONG: &[(&str, &str)] = &[
     ("cache", "proxy"),
     ("cache", "upstream"),
     ("health", "proxy"),
-    ("health", "runtime"),
     ("proxy", "listener"),
     ("proxy", "runtime"),
     ("upstream", "proxy"),

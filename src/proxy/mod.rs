@@ -18,7 +18,6 @@ pub mod error;
 pub mod forward;
 pub mod framing;
 pub mod h1;
-pub mod retry;
 pub mod route;
 
 use std::net::IpAddr;

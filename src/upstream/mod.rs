@@ -9,6 +9,8 @@
 //! Who writes what: `health` is the only writer of `healthy`; the proxy path begins
 //! and ends in-flight counts (`InFlight`) and takes and returns pooled connections.
 
+pub mod retry;
+
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
@@ -23,9 +25,9 @@ use crate::config::{BalancerKind, StatusSet};
 use crate::health::HealthPolicy;
 use crate::metrics::{ServerMetrics, UpstreamMetrics};
 use crate::proxy::client::{Sender, UpstreamTls};
-use crate::proxy::retry::RetryBudget;
 use crate::recent::RecentErrors;
 use crate::shaping::sticky::Sticky;
+use retry::RetryBudget;
 
 /// One pool of servers behind a name, with its balancer.
 pub struct Upstream {

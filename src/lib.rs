@@ -12,8 +12,6 @@ pub mod balancer;
 pub mod cache;
 pub mod clock;
 pub mod config;
-pub mod discovery;
-pub mod health;
 pub mod listener;
 pub mod metrics;
 pub mod proxy;

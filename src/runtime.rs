@@ -22,8 +22,6 @@ use crate::balancer::{Balancer, Options};
 use crate::cache::{self, Cache};
 use crate::config::template::Var;
 use crate::config::{Config, RouteConfig, StatusSet, UpstreamConfig, UpstreamProtocol};
-use crate::discovery::{self, Answers};
-use crate::health::{self, HealthPolicy};
 use crate::metrics::{Metrics, UpstreamMetrics};
 use crate::proxy::client::{server_name, tls_name, UpstreamTls};
 use crate::proxy::client_ip::TrustedProxies;
@@ -32,6 +30,8 @@ use crate::ratelimit::{Limiter, Settings, StoreSettings};
 use crate::shaping::sticky::Sticky;
 use crate::shaping::{AccessList, HeaderRules, LocalAnswer, PathRewrite};
 use crate::tls::{self, TlsError};
+use crate::upstream::discovery::{self, Answers};
+use crate::upstream::health::{self, HealthPolicy};
 use crate::upstream::retry::RetryBudget;
 use crate::upstream::{self, ConnectionSettings, Server, ServerState, Upstream};
 

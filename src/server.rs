@@ -22,10 +22,10 @@ use tokio_util::task::TaskTracker;
 
 use crate::admin::{self, AdminState};
 use crate::config::{self, Config, ConfigError};
-use crate::discovery::{self, Answers};
 use crate::listener::{bind_tcp, Listener, Settings};
 use crate::metrics::Metrics;
 use crate::runtime::{BuildError, Runtime, SharedRuntime};
+use crate::upstream::discovery::{self, Answers};
 
 /// Why weir could not start, or a reload could not bind a new listener.
 #[derive(Debug, thiserror::Error)]

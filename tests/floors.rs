@@ -28,8 +28,6 @@ const FLOORS: &[(&str, u8)] = &[
     ("shaping", 2),
     // Servers, their pools, connections, health and discovery.
     ("upstream", 3),
-    ("health", 3),
-    ("discovery", 3),
     // The request pipeline.
     ("proxy", 4),
     // The process: accepting, the runtime built from the config, admin, lifecycle.
@@ -45,12 +43,9 @@ const FLOORS: &[(&str, u8)] = &[
 const STILL_WRONG: &[(&str, &str)] = &[
     ("cache", "proxy"),
     ("cache", "upstream"),
-    ("health", "proxy"),
     ("proxy", "listener"),
     ("proxy", "runtime"),
     ("upstream", "proxy"),
-    // Within floor 3: health judges servers, and servers hold their health.
-    ("health", "upstream"),
 ];
 
 fn floor(module: &str) -> u8 {

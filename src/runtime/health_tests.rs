@@ -1,8 +1,8 @@
 //! Health marks, ejections and slow start, on upstreams built from configs.
 
-use crate::health::*;
 use crate::metrics::Metrics;
 use crate::runtime::Runtime;
+use crate::upstream::health::*;
 use crate::upstream::Upstream;
 use http::StatusCode;
 use std::path::Path;

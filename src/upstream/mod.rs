@@ -9,6 +9,8 @@
 //! Who writes what: `health` is the only writer of `healthy`; the proxy path begins
 //! and ends in-flight counts (`InFlight`) and takes and returns pooled connections.
 
+pub mod discovery;
+pub mod health;
 pub mod retry;
 
 use std::net::SocketAddr;
@@ -22,11 +24,11 @@ use rustls_pki_types::ServerName;
 use crate::admission::Admission;
 use crate::balancer::{Balancer, Member};
 use crate::config::{BalancerKind, StatusSet};
-use crate::health::HealthPolicy;
 use crate::metrics::{ServerMetrics, UpstreamMetrics};
 use crate::proxy::client::{Sender, UpstreamTls};
 use crate::recent::RecentErrors;
 use crate::shaping::sticky::Sticky;
+use health::HealthPolicy;
 use retry::RetryBudget;
 
 /// One pool of servers behind a name, with its balancer.

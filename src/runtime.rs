@@ -22,10 +22,11 @@ use crate::balancer::{Balancer, Options};
 use crate::cache::{self, Cache};
 use crate::config::template::Var;
 use crate::config::{Config, RouteConfig, StatusSet, UpstreamConfig, UpstreamProtocol};
-use crate::metrics::{Metrics, UpstreamMetrics};
+use crate::metrics::Metrics;
 use crate::proxy::client::{server_name, tls_name, UpstreamTls};
 use crate::proxy::client_ip::TrustedProxies;
 use crate::proxy::route::{Action, Proxy, Route, Router, Upgrades};
+use crate::proxy::Pipeline;
 use crate::ratelimit::{Limiter, Settings, StoreSettings};
 use crate::shaping::sticky::Sticky;
 use crate::shaping::{AccessList, HeaderRules, LocalAnswer, PathRewrite};
@@ -37,13 +38,14 @@ use crate::upstream::{self, ConnectionSettings, Server, ServerState, Upstream};
 
 /// The ready-to-serve form of one config.
 pub struct Runtime {
-    pub router: Router,
+    /// What the request path reads: routes, the unrouted metrics, trusted proxies,
+    /// the access log. A `Runtime` derefs to it, so the listeners hand the runtime
+    /// they loaded to `proxy::handle` as it is.
+    pub pipeline: Pipeline,
     pub upstreams: HashMap<Box<str>, Arc<Upstream>>,
     /// Response caches by name; a cache whose settings a reload leaves unchanged is
     /// the same `Arc`, store and all.
     pub caches: HashMap<Box<str>, Arc<Cache>>,
-    /// Counts requests that matched no route (`upstream=""`).
-    pub unrouted: UpstreamMetrics,
     /// This runtime's background tasks (active health checks, idle-pool sweeps),
     /// started by `start_tasks`.
     pub tasks: Tasks,
@@ -56,14 +58,18 @@ pub struct Runtime {
     pub listener_slots: Vec<Box<str>>,
     /// Rate limits by name; routes hold their own `Arc`.
     pub limiters: HashMap<Box<str>, Arc<Limiter>>,
-    /// Peers whose `X-Forwarded-For` names the client.
-    pub trusted_proxies: TrustedProxies,
-    /// The access log writer, when `[access_log]` is enabled.
-    pub access_log: Option<Arc<AccessLog>>,
     /// The DNS answers the discovered servers were built from (see `discovery`).
     pub answers: Arc<Answers>,
     /// `[admin] hosts` and token: here so that a reload changes them.
     pub admin: crate::config::AdminAccess,
+}
+
+impl std::ops::Deref for Runtime {
+    type Target = Pipeline;
+
+    fn deref(&self) -> &Pipeline {
+        &self.pipeline
+    }
 }
 
 /// Default `queue_size` of an upstream with `max_in_flight`.
@@ -137,16 +143,18 @@ impl Runtime {
             source,
         })?;
         Ok(Runtime {
-            router,
+            pipeline: Pipeline {
+                router,
+                unrouted: metrics.upstream(""),
+                trusted_proxies: TrustedProxies::new(&config.trusted_proxies),
+                access_log,
+            },
             upstreams,
             caches,
-            unrouted: metrics.upstream(""),
             tasks: Tasks::default(),
-            access_log,
             tls: listener_tls,
             listener_slots: slots,
             limiters,
-            trusted_proxies: TrustedProxies::new(&config.trusted_proxies),
             answers: Arc::new(answers),
             admin: crate::config::AdminAccess::from_config(config),
         })

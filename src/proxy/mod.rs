@@ -18,6 +18,7 @@ pub mod error;
 pub mod forward;
 pub mod framing;
 pub mod h1;
+mod pipeline;
 pub mod route;
 
 use std::net::IpAddr;
@@ -29,7 +30,6 @@ use http::{HeaderValue, Request, Response};
 use crate::access_log::Pending;
 use crate::admission::Refused;
 use crate::ratelimit::Decision;
-use crate::runtime::Runtime;
 use crate::shaping::template::{Var, Vars};
 use crate::shaping::{self, X_REQUEST_ID};
 use crate::upstream::Upstream;
@@ -37,12 +37,13 @@ use body::{Body, ClientBody};
 use error::ProxyError;
 pub use forward::Peer;
 use forward::{Limits, Trace};
+pub use pipeline::Pipeline;
 use route::{Action, Proxy, Route};
 
 /// One request: route -> (answer locally | limit -> (cache) -> admit -> forward) ->
 /// record (metrics, then the access log). Access lists come first: a refused client
 /// costs no upstream work.
-pub async fn handle(rt: &Runtime, mut req: Request<ClientBody>, peer: &Peer) -> Response<Body> {
+pub async fn handle(rt: &Pipeline, mut req: Request<ClientBody>, peer: &Peer) -> Response<Body> {
     let started = Instant::now();
     let mut log = rt.access_log.as_ref().map(|log| log.begin(started, peer.addr, &req));
     if let Err(error) = framing::check(&req) {
@@ -121,7 +122,7 @@ struct Shaped<'a> {
 /// The proxying steps of a route with an upstream: body size -> limit -> shape the
 /// request (id, header rules, path) -> admit -> forward.
 async fn proxy_to(
-    rt: &Runtime,
+    rt: &Pipeline,
     proxy: &Proxy,
     mut req: Request<ClientBody>,
     peer: &Peer,
@@ -230,7 +231,7 @@ fn host_value<B>(req: &Request<B>) -> Option<HeaderValue> {
 
 /// Answers a request that reached no route (`404`) or was refused before routing
 /// (`400`), counted under `upstream=""`.
-fn unrouted(rt: &Runtime, error: ProxyError, started: Instant, log: Option<Pending>) -> Response<Body> {
+fn unrouted(rt: &Pipeline, error: ProxyError, started: Instant, log: Option<Pending>) -> Response<Body> {
     let response = error.into_response();
     rt.unrouted.record(response.status(), started.elapsed());
     logged(response, log)

@@ -12,6 +12,7 @@
 //! upstream's queue never reaches a server.
 
 pub mod body;
+mod cache;
 pub mod client;
 pub mod client_ip;
 pub mod error;
@@ -171,7 +172,7 @@ async fn proxy_to(
                 // every request's future, which hyper moves into place per request.
                 Some(c) => {
                     let client = crate::cache::Client { route: c.route, path: client_path };
-                    Box::pin(c.cache.serve(upstream, req, peer, trace, client)).await
+                    Box::pin(cache::serve(&c.cache, upstream, req, peer, trace, client)).await
                 }
             }
         }

@@ -47,7 +47,8 @@ fn picks(c: &mut Criterion) {
         let servers = servers(&metrics, n);
         for (name, kind, balance_factor) in &kinds {
             let options = Options { hash_key: Some(HashKey::ClientIp), balance_factor: *balance_factor };
-            let balancer = Balancer::new(*kind, &servers, options);
+            let members: Vec<_> = servers.iter().map(|s| s.member()).collect();
+            let balancer = Balancer::new(*kind, &members, options);
             let mut key = 0u64;
             group.bench_with_input(BenchmarkId::new(*name, n), &n, |b, _| {
                 b.iter(|| {

@@ -5,16 +5,13 @@
 //! Run: `cargo bench --bench shaping`
 
 use std::hint::black_box;
-use std::sync::Arc;
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use http::{HeaderMap, HeaderValue, Uri};
 use weir::config::{Dur, HeaderRulesConfig, StickyConfig};
-use weir::metrics::Metrics;
 use weir::shaping::sticky::Sticky;
 use weir::shaping::template::Vars;
 use weir::shaping::{new_request_id, path_is_safe, HeaderRules, PathRewrite};
-use weir::upstream::{Server, ServerState};
 
 fn path_check(c: &mut Criterion) {
     let mut group = c.benchmark_group("path_is_safe");
@@ -63,21 +60,8 @@ fn route_features(c: &mut Criterion) {
     group.bench_function("rewrite", |b| b.iter(|| black_box(rewrite.apply(black_box(&uri)))));
     group.bench_function("new_request_id", |b| b.iter(|| black_box(new_request_id())));
 
-    let metrics = Metrics::new().expect("families register");
-    let servers: Vec<Arc<Server>> = (0..10)
-        .map(|i| {
-            let address = format!("10.0.0.{i}:8000");
-            Arc::new(Server {
-                addr: address.parse().expect("addr"),
-                tls_name: weir::proxy::client::tls_name(&address),
-                metrics: metrics.server("api", &address),
-                address: address.into(),
-                weight: 1,
-                backup: false,
-                state: Arc::new(ServerState::new(1, 0)),
-            })
-        })
-        .collect();
+    let addresses: Vec<String> = (0..10).map(|i| format!("10.0.0.{i}:8000")).collect();
+    let servers: Vec<&str> = addresses.iter().map(String::as_str).collect();
     let sticky = Sticky::new(
         &StickyConfig {
             cookie: toml::Spanned::new(0..0, "srv".into()),

@@ -28,7 +28,6 @@ use prometheus::IntCounter;
 use serde::Serialize;
 
 use crate::config::{AccessLogConfig, AccessLogFormat};
-use crate::upstream::Upstream;
 
 /// Entries that may wait for the writer; past this, lines are dropped.
 pub const QUEUE: usize = 16 * 1024;
@@ -54,9 +53,10 @@ pub struct Entry {
     /// when the request had no body.
     request_bytes: Option<Arc<AtomicU64>>,
     pub(crate) status: u16,
-    pub(crate) upstream: Option<Arc<Upstream>>,
-    /// Index into the upstream's servers of the last server tried.
-    pub(crate) server: Option<usize>,
+    /// The upstream's name, shared with it.
+    pub(crate) upstream: Option<Arc<str>>,
+    /// The address of the last server tried, shared with the server.
+    pub(crate) server: Option<Arc<str>>,
     pub(crate) retries: u32,
     /// `X-Request-Id`, on routes with `request_id`.
     pub(crate) request_id: Option<HeaderValue>,
@@ -173,9 +173,8 @@ pub fn format_line(entry: &Entry, format: AccessLogFormat, line: &mut String) {
         None => entry.host.as_ref().map(HeaderValue::as_bytes),
     };
     let path = entry.uri.path_and_query().map_or(entry.uri.path(), |p| p.as_str());
-    let upstream = entry.upstream.as_deref().map(|u| &*u.name);
-    let server =
-        entry.upstream.as_deref().zip(entry.server).and_then(|(u, i)| u.servers.get(i)).map(|s| &*s.address);
+    let upstream = entry.upstream.as_deref();
+    let server = entry.server.as_deref();
     let request_bytes = entry.request_bytes.as_ref().map_or(0, |b| b.load(Relaxed));
     let duration_ms = entry.duration.as_secs_f64() * 1000.0;
     match format {

@@ -29,8 +29,7 @@ use tokio::sync::watch;
 
 use serde::Serialize;
 
-use crate::config::{AdminConfig, AdminToken, BalancerKind, Config};
-use crate::health;
+use crate::config::{normal_name, split_host, AdminAccess, AdminConfig, BalancerKind};
 use crate::metrics::Metrics;
 use crate::proxy::body::Body;
 use crate::recent::WINDOW_SECS;
@@ -45,31 +44,6 @@ pub struct AdminState {
     pub ready: AtomicBool,
 }
 
-/// Who may use the admin endpoints: the part of `[admin]` a reload may change, so a
-/// reload can add a name or rotate the token. Held by the runtime.
-#[derive(Debug, Default)]
-pub struct AdminAccess {
-    /// `[admin] hosts`: lowercased names without a trailing dot, each with the port
-    /// it must come with (`None`: any).
-    pub hosts: Box<[(Box<str>, Option<u16>)]>,
-    pub token: Option<AdminToken>,
-}
-
-impl AdminAccess {
-    pub fn from_config(config: &Config) -> AdminAccess {
-        let Some(admin) = &config.admin else { return AdminAccess::default() };
-        let hosts = admin
-            .hosts
-            .iter()
-            .filter_map(|h| {
-                let (name, port) = split_host(h.get_ref())?;
-                Some((normal_name(name).into(), port))
-            })
-            .collect();
-        AdminAccess { hosts, token: admin.token.clone() }
-    }
-}
-
 /// What to tell an operator about an admin listener anyone on the network can reach
 /// without a token, if that is this one.
 pub fn exposure_warning(admin: &AdminConfig) -> Option<String> {
@@ -81,29 +55,6 @@ pub fn exposure_warning(admin: &AdminConfig) -> Option<String> {
              until a token is set"
         )
     })
-}
-
-/// `host`, `host:port`, `[v6]` or `[v6]:port` as (name without brackets, port);
-/// `None` if the port is not a port.
-pub fn split_host(raw: &str) -> Option<(&str, Option<u16>)> {
-    let port = |p: &str| p.parse::<u16>().ok();
-    if let Some(rest) = raw.strip_prefix('[') {
-        let (ip, after) = rest.split_once(']')?;
-        return match after {
-            "" => Some((ip, None)),
-            _ => Some((ip, Some(port(after.strip_prefix(':')?)?))),
-        };
-    }
-    match raw.split_once(':') {
-        Some((name, p)) => Some((name, Some(port(p)?))),
-        None => Some((raw, None)),
-    }
-}
-
-/// A name as compared: lowercase, without one trailing dot.
-fn normal_name(name: &str) -> String {
-    let name = name.strip_suffix('.').unwrap_or(name);
-    name.to_ascii_lowercase()
 }
 
 /// Whether `host` (the request's `Host`, or its absolute-form authority) names this
@@ -348,7 +299,7 @@ struct ServerStatus<'a> {
 
 /// The `/status` document for `rt`.
 pub fn status_json(rt: &Runtime) -> Vec<u8> {
-    let now = health::now_ms() / 1000;
+    let now = crate::clock::now_ms() / 1000;
     let mut upstreams: Vec<_> = rt
         .upstreams
         .values()
@@ -388,17 +339,7 @@ pub fn status_json(rt: &Runtime) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn hosts_split_into_name_and_port() {
-        assert_eq!(split_host("a.test"), Some(("a.test", None)));
-        assert_eq!(split_host("a.test:80"), Some(("a.test", Some(80))));
-        assert_eq!(split_host("[::1]:9901"), Some(("::1", Some(9901))));
-        assert_eq!(split_host("[::1]"), Some(("::1", None)));
-        assert_eq!(split_host("a.test:x"), None);
-        assert_eq!(split_host("::1"), None);
-        assert_eq!(split_host("[::1]x"), None);
-    }
+    use crate::config::AdminToken;
 
     #[test]
     fn own_names_pass_and_others_do_not() {

@@ -1,20 +1,29 @@
 //! weir: an HTTP load-balancing reverse proxy.
 //!
-//! A request's path reads through a few modules: `listener` accepts it, `proxy`
-//! routes it, picks a server with the upstream's `balancer`, forwards it and records
-//! it in `metrics`. `config` loads the TOML; `runtime` turns it into the ready form
-//! the request path reads; `server` runs the process lifecycle.
+//! The modules stand on floors, and a module imports only from its own floor or
+//! below (`tests/floors.rs` checks it; `docs/architecture.md` draws it):
+//!
+//! 0. `config` (the TOML, validated and parsed once) and `http` (the wire).
+//! 1. Small shared parts: `metrics`, `recent`, `tls`, `admission`, `access_log`,
+//!    `clock`.
+//! 2. weir's craft, each standing alone: `balancer`, `cache`, `ratelimit`,
+//!    `shaping`.
+//! 3. `upstream`: servers, their pools, health checks, DNS discovery, retry budget.
+//! 4. `proxy`: the pipeline of one request (route, shape, limit, cache, admit,
+//!    forward, record).
+//! 5. The process: `listener` accepts and hands requests to `proxy`; `runtime` turns
+//!    the config into the ready form the request path reads; `admin` serves
+//!    `/metrics` and `/status`; `server` runs the lifecycle.
 
 pub mod access_log;
 pub mod admin;
 pub mod admission;
 pub mod balancer;
 pub mod cache;
+pub mod clock;
 pub mod config;
-pub mod discovery;
 #[cfg(unix)]
 pub mod handover;
-pub mod health;
 pub mod listener;
 pub mod logthrottle;
 pub mod metrics;

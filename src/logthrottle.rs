@@ -19,7 +19,7 @@ pub const INTERVAL: Duration = Duration::from_secs(10);
 /// One source's last logged line and the count held back since.
 #[derive(Default)]
 pub struct LogThrottle {
-    /// When (`health::now_ms`, plus one) a line was last logged; 0: never.
+    /// When (`clock::now_ms`, plus one) a line was last logged; 0: never.
     logged: AtomicU64,
     /// Lines held back since then.
     held: AtomicU64,
@@ -28,7 +28,7 @@ pub struct LogThrottle {
 impl LogThrottle {
     /// `Some(held back since the last line)` when this one is to be logged now.
     pub fn admit(&self) -> Option<u64> {
-        self.admit_at(crate::health::now_ms())
+        self.admit_at(crate::clock::now_ms())
     }
 
     /// `admit` at `now_ms`.

@@ -20,32 +20,33 @@ use crate::access_log::AccessLog;
 use crate::admission::{Admission, AdmissionSettings};
 use crate::balancer::{Balancer, Options};
 use crate::cache::{self, Cache};
+use crate::config::template::Var;
 use crate::config::{Config, ConfigError, RouteConfig, StatusSet, UpstreamConfig, UpstreamProtocol};
-use crate::discovery::{self, Answers};
-use crate::health::{self, HealthPolicy};
-use crate::metrics::{ClientMetrics, Metrics};
+use crate::metrics::Metrics;
 use crate::proxy::client::{server_name, tls_name, UpstreamTls};
 use crate::proxy::client_ip::TrustedProxies;
-use crate::proxy::retry::RetryBudget;
 use crate::proxy::route::{Action, Local, Proxy, Route, Router, Upgrades};
+use crate::proxy::Pipeline;
 use crate::ratelimit::{Limiter, Settings, StoreSettings};
 use crate::shaping::sticky::Sticky;
-use crate::shaping::template::Var;
 use crate::shaping::{AccessList, HeaderRules, LocalAnswer, PathRewrite};
 use crate::tls::{self, TlsError};
+use crate::upstream::discovery::{self, Answers};
+use crate::upstream::health::{self, HealthPolicy};
+use crate::upstream::retry::RetryBudget;
 use crate::upstream::{self, ConnectionSettings, Server, ServerState, Upstream};
 use toml::Spanned;
 
 /// The ready-to-serve form of one config.
 pub struct Runtime {
-    pub router: Router,
+    /// What the request path reads: routes, the unrouted metrics, trusted proxies,
+    /// the access log. A `Runtime` derefs to it, so the listeners hand the runtime
+    /// they loaded to `proxy::handle` as it is.
+    pub pipeline: Pipeline,
     pub upstreams: HashMap<Box<str>, Arc<Upstream>>,
     /// Response caches by name; a cache whose settings a reload leaves unchanged is
     /// the same `Arc`, store and all.
     pub caches: HashMap<Box<str>, Arc<Cache>>,
-    /// Counts requests that reached no upstream (`upstream=""`): no route, refused
-    /// before routing, or answered by the route itself.
-    pub unrouted: ClientMetrics,
     /// This runtime's background tasks (active health checks, idle-pool sweeps),
     /// started by `start_tasks`.
     pub tasks: Tasks,
@@ -58,14 +59,18 @@ pub struct Runtime {
     pub listener_slots: Vec<Box<str>>,
     /// Rate limits by name; routes hold their own `Arc`.
     pub limiters: HashMap<Box<str>, Arc<Limiter>>,
-    /// Peers whose `X-Forwarded-For` names the client.
-    pub trusted_proxies: TrustedProxies,
-    /// The access log writer, when `[access_log]` is enabled.
-    pub access_log: Option<Arc<AccessLog>>,
     /// The DNS answers the discovered servers were built from (see `discovery`).
     pub answers: Arc<Answers>,
     /// `[admin] hosts` and token: here so that a reload changes them.
-    pub admin: crate::admin::AdminAccess,
+    pub admin: crate::config::AdminAccess,
+}
+
+impl std::ops::Deref for Runtime {
+    type Target = Pipeline;
+
+    fn deref(&self) -> &Pipeline {
+        &self.pipeline
+    }
 }
 
 /// Default `queue_size` of an upstream with `max_in_flight`.
@@ -137,18 +142,20 @@ impl Runtime {
             )
         })?;
         Ok(Runtime {
-            router,
+            pipeline: Pipeline {
+                router,
+                unrouted: metrics.unrouted(),
+                trusted_proxies: TrustedProxies::new(&config.trusted_proxies),
+                access_log,
+            },
             upstreams,
             caches,
-            unrouted: metrics.unrouted(),
             tasks: Tasks::default(),
-            access_log,
             tls: listener_tls,
             listener_slots: slots,
             limiters,
-            trusted_proxies: TrustedProxies::new(&config.trusted_proxies),
             answers: Arc::new(answers),
-            admin: crate::admin::AdminAccess::from_config(config),
+            admin: crate::config::AdminAccess::from_config(config),
         })
     }
 
@@ -376,11 +383,18 @@ fn build_upstream(
             .filter(|a| a.settings == settings)
             .unwrap_or_else(|| Arc::new(Admission::new(settings, metrics.queue(name))))
     });
-    let sticky = up.sticky.as_ref().map(|s| Sticky::new(s, name, &servers));
+    let sticky = up.sticky.as_ref().map(|s| {
+        let addresses: Vec<&str> = servers.iter().map(|s| &*s.address).collect();
+        Sticky::new(s, name, &addresses)
+    });
     let upstream = Upstream {
         sticky,
         name: name.into(),
-        balancer: Balancer::new(*up.balancer.get_ref(), &servers, Options::of(up)),
+        balancer: Balancer::new(
+            *up.balancer.get_ref(),
+            &servers.iter().map(|s| s.member()).collect::<Vec<_>>(),
+            Options::of(up),
+        ),
         balancer_kind: *up.balancer.get_ref(),
         servers: servers.into(),
         connect_timeout: up.connect_timeout.0,
@@ -441,7 +455,7 @@ fn server_state(
         })
         // A server added by a reload is new traffic-wise: it slow-starts.
         .unwrap_or_else(|| {
-            let joined = if reloading { health::now_ms() } else { 0 };
+            let joined = if reloading { crate::clock::now_ms() } else { 0 };
             Arc::new(ServerState::new(keepalive, joined))
         })
 }
@@ -576,3 +590,6 @@ fn tls_error(config: &Config, span: Option<std::ops::Range<usize>>, e: TlsError)
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod health_tests;

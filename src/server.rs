@@ -26,10 +26,10 @@ use tokio_util::task::TaskTracker;
 
 use crate::admin::{self, AdminState};
 use crate::config::{self, Config, ConfigError};
-use crate::discovery::{self, Answers};
 use crate::listener::{bind_tcp, Gauges, Listener, Settings};
 use crate::metrics::Metrics;
 use crate::runtime::{BuildError, Runtime, SharedRuntime};
+use crate::upstream::discovery::{self, Answers};
 
 /// Why weir could not start, or a reload could not bind a new listener.
 #[derive(Debug, thiserror::Error)]
@@ -321,7 +321,7 @@ impl Server {
             set.entries = entries;
             let apply = rediscover(&self.runtime, &self.metrics, &self.listeners);
             let config = set.config.clone();
-            set.discovery.reconcile(&config, &self.runtime, &apply);
+            set.discovery.reconcile(&config, &known(&self.runtime), &apply);
             set.tracker.clone()
         };
         let admin_state = Arc::new(AdminState {
@@ -375,6 +375,15 @@ impl Server {
         // while the process was still running.
         let _ = admin_stop.send(true);
     }
+}
+
+/// The `discovery::Known` of this server: the answers its current runtime was built
+/// with.
+fn known(runtime: &SharedRuntime) -> discovery::Known {
+    let runtime = runtime.clone();
+    Arc::new(move |address: &str, addrs: &[SocketAddr]| {
+        runtime.load().answers.get(address).is_some_and(|known| known == addrs)
+    })
 }
 
 /// The `discovery::Apply` of this server: rebuilds the runtime from the current
@@ -468,7 +477,7 @@ impl Reloader {
         listeners.apply(&config, bound);
         if listeners.serving {
             let apply = rediscover(&self.runtime, &self.metrics, &self.listeners);
-            listeners.discovery.reconcile(&config, &self.runtime, &apply);
+            listeners.discovery.reconcile(&config, &known(&self.runtime), &apply);
         }
         listeners.config = config;
         Ok(())

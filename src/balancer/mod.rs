@@ -7,7 +7,7 @@
 //! already tried by this request) and loops over retries.
 //!
 //! What the balancers read and who writes it: the in-flight count of each server is
-//! its `weir_upstream_server_in_flight` gauge (`Loads`), written by `upstream::InFlight`;
+//! its `weir_upstream_server_in_flight` gauge (`Loads`), moved by the server's owner;
 //! peak-EWMA latencies are written by `proxy::forward` through `Balancer::observe`. The
 //! random algorithms draw from a per-thread `fastrand` generator seeded from entropy;
 //! their unit tests pass a seeded one.
@@ -22,7 +22,6 @@ mod round_robin;
 
 use std::cell::RefCell;
 use std::net::IpAddr;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use prometheus::IntGauge;
@@ -36,7 +35,14 @@ pub use random::Random;
 pub use round_robin::RoundRobin;
 
 use crate::config::{BalancerKind, UpstreamConfig};
-use crate::upstream::Server;
+
+/// What a balancer knows of one server: its name (hashed by `consistent_hash`), its
+/// weight, and its in-flight count, which the server's owner moves.
+pub struct Member<'a> {
+    pub name: &'a str,
+    pub weight: u32,
+    pub in_flight: &'a IntGauge,
+}
 
 /// Request facts some algorithms use to choose.
 #[derive(Debug, Default, Clone, Copy)]
@@ -77,7 +83,7 @@ pub enum Balancer {
 
 impl Balancer {
     /// Builds the balancer over `servers` (index = server index).
-    pub fn new(kind: BalancerKind, servers: &[Arc<Server>], options: Options) -> Balancer {
+    pub fn new(kind: BalancerKind, servers: &[Member<'_>], options: Options) -> Balancer {
         let weights: Vec<u32> = servers.iter().map(|s| s.weight).collect();
         let loads = Loads::of(servers);
         match kind {
@@ -86,7 +92,7 @@ impl Balancer {
                 Balancer::LeastConnections(LeastConnections::new(&weights, loads))
             }
             BalancerKind::ConsistentHash => {
-                let members: Vec<(&str, u32)> = servers.iter().map(|s| (&*s.address, s.weight)).collect();
+                let members: Vec<(&str, u32)> = servers.iter().map(|s| (s.name, s.weight)).collect();
                 let key = options.hash_key.unwrap_or(HashKey::ClientIp);
                 Balancer::ConsistentHash(ConsistentHash::new(&members, loads, key, options.balance_factor))
             }
@@ -138,8 +144,8 @@ impl Balancer {
 pub struct Loads(Box<[IntGauge]>);
 
 impl Loads {
-    pub fn of(servers: &[Arc<Server>]) -> Loads {
-        Loads(servers.iter().map(|s| s.metrics.in_flight.clone()).collect())
+    pub fn of(servers: &[Member<'_>]) -> Loads {
+        Loads(servers.iter().map(|s| s.in_flight.clone()).collect())
     }
 
     /// Gauges not registered anywhere, for tests and benches.

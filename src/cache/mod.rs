@@ -13,9 +13,10 @@
 //! - **Penetration** (keys that do not exist always miss): `negative_ttl` keeps 404
 //!   and 410 answers briefly.
 //!
-//! `serve` is the whole request path of a cached route: lookup, then a hit, a stale
-//! answer, or a fetch whose body streams to the first client while `Tee` copies it
-//! into the store. Every response says what happened in `Cache-Status` (RFC 9211).
+//! `proxy/cache.rs` (`serve`) is the whole request path of a cached route: lookup,
+//! then a hit, a stale answer, or a fetch whose body streams to the first client while
+//! `Tee` copies it into the store. This module holds the state it works on (store,
+//! keys, in-flight fetches) and names nothing above it. Every response says what happened in `Cache-Status` (RFC 9211).
 //! `policy` holds the RFC rules, `store` the bounded map. The cache (store and
 //! in-flight fetches) is shared by the runtimes of successive reloads while its
 //! name and settings stay the same.
@@ -31,6 +32,7 @@
 //! names as the request is forwarded: after the route's header rules, with weir's own
 //! `X-Forwarded-*`.
 
+mod key;
 pub mod policy;
 pub mod store;
 mod tee;
@@ -41,27 +43,21 @@ use std::time::{Duration, SystemTime};
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::uri::PathAndQuery;
-use http::{Method, Request, Response, StatusCode};
+use http::StatusCode;
 use tokio::sync::watch;
 use xxhash_rust::xxh3::Xxh3;
 
 use crate::config::{CacheConfig, RouteConfig};
 use crate::metrics::CacheMetrics;
-use crate::proxy::admit_and_forward;
-use crate::proxy::body::{Body, ClientBody};
-use crate::proxy::error::ProxyError;
-use crate::proxy::forward::{self, Peer, Trace};
-use crate::upstream::Upstream;
-use policy::{current_age, Freshness, RequestRules, Rules};
+pub(crate) use key::{canonical, emit_selecting, is_variant, Forwarded, Forwarding, Target};
+#[cfg(test)]
+use key::{X_FORWARDED_FOR, X_FORWARDED_HOST};
+use policy::{Freshness, Rules};
 use store::{Entry, Key, Object, Place, Store};
 pub use tee::Tee;
 
 /// RFC 9211's response header.
 pub static CACHE_STATUS: HeaderName = HeaderName::from_static("cache-status");
-
-static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
-static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
-static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
 /// Headers some frameworks read as the request's real URL or method: on a cached
 /// route they would make the upstream answer something else than the URL the answer
@@ -112,16 +108,16 @@ pub struct Cache {
     pub settings: Settings,
     /// Seeds every key: keys cannot be predicted from outside, so collisions cannot
     /// be built ahead (a lookup compares the stored URL anyway).
-    seed: u64,
-    store: Store,
+    pub(crate) seed: u64,
+    pub(crate) store: Store,
     /// One entry per key being fetched; the fetching request leads, others wait.
-    flights: moka::sync::Cache<Key, Arc<Flight>>,
-    metrics: Arc<CacheMetrics>,
+    pub(crate) flights: moka::sync::Cache<Key, Arc<Flight>>,
+    pub(crate) metrics: Arc<CacheMetrics>,
 }
 
 /// How a fetch that others waited for ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Outcome {
+pub(crate) enum Outcome {
     Pending,
     Stored,
     /// The response may not be stored (or is too large): waiters go upstream.
@@ -130,22 +126,22 @@ enum Outcome {
     Failed,
 }
 
-struct Flight {
-    state: watch::Sender<Outcome>,
+pub(crate) struct Flight {
+    pub(crate) state: watch::Sender<Outcome>,
 }
 
 /// The fetch this request leads. Dropping it ends the flight: waiters wake up with
 /// the outcome (`Failed` unless `finish` said otherwise), so a lead can never be
 /// left hanging by an error, a timeout or a vanished client.
-struct Lead {
-    cache: Arc<Cache>,
-    key: Key,
-    flight: Arc<Flight>,
-    outcome: Outcome,
+pub(crate) struct Lead {
+    pub(crate) cache: Arc<Cache>,
+    pub(crate) key: Key,
+    pub(crate) flight: Arc<Flight>,
+    pub(crate) outcome: Outcome,
 }
 
 impl Lead {
-    fn finish(mut self, outcome: Outcome) {
+    pub(crate) fn finish(mut self, outcome: Outcome) {
         self.outcome = outcome;
     }
 }
@@ -161,15 +157,15 @@ impl Drop for Lead {
 
 /// A response whose body is on its way; stored when the body completes.
 pub(crate) struct Pending {
-    lead: Lead,
-    primary: Key,
-    place: Place,
+    pub(crate) lead: Lead,
+    pub(crate) primary: Key,
+    pub(crate) place: Place,
     /// The request as forwarded, for the variant key if the response has `Vary`.
-    request: Forwarded,
-    status: StatusCode,
-    headers: HeaderMap,
-    freshness: Freshness,
-    response_time: SystemTime,
+    pub(crate) request: Forwarded,
+    pub(crate) status: StatusCode,
+    pub(crate) headers: HeaderMap,
+    pub(crate) freshness: Freshness,
+    pub(crate) response_time: SystemTime,
 }
 
 impl Pending {
@@ -217,7 +213,7 @@ impl Pending {
 }
 
 /// What a lookup found.
-enum Lookup {
+pub(crate) enum Lookup {
     Found(Key, Arc<Object>),
     UriMiss,
     /// The URL varies and this request's variant is not stored: its key.
@@ -226,7 +222,7 @@ enum Lookup {
 
 /// What `Cache-Status` says (RFC 9211).
 #[derive(Debug, Clone, Copy)]
-enum Status {
+pub(crate) enum Status {
     Hit,
     Coalesced,
     Revalidating,
@@ -236,7 +232,7 @@ enum Status {
 }
 
 #[derive(Debug, Clone, Copy)]
-enum Fwd {
+pub(crate) enum Fwd {
     UriMiss,
     VaryMiss,
     Stale,
@@ -250,7 +246,7 @@ enum Fwd {
 }
 
 impl Status {
-    fn value(self) -> HeaderValue {
+    pub(crate) fn value(self) -> HeaderValue {
         HeaderValue::from_static(match self {
             Status::Hit => "weir; hit",
             Status::Coalesced => "weir; hit; detail=coalesced",
@@ -270,12 +266,6 @@ impl Status {
             Status::Forward(Fwd::Bypass, _) => "weir; fwd=bypass",
         })
     }
-}
-
-/// What the client asked that shapes the answer: `HEAD`, and its validators.
-struct Asked<'a> {
-    head: bool,
-    conditional: &'a HeaderMap,
 }
 
 /// What the proxy tells the cache about a request beyond the request itself.
@@ -317,126 +307,9 @@ impl Cache {
         }
     }
 
-    /// Answers `req` from the cache or from `upstream`, storing what may be stored.
-    /// `req` is the request as shaped for the upstream (header rules applied, path
-    /// rewritten); `client` has what the key needs from before the rewrite.
-    pub async fn serve(
-        self: &Arc<Self>,
-        upstream: &Arc<Upstream>,
-        req: Request<ClientBody>,
-        peer: &Peer,
-        trace: &mut Trace,
-        client: Client,
-    ) -> Result<Response<Body>, ProxyError> {
-        let head = req.method() == Method::HEAD;
-        if !(head || req.method() == Method::GET) {
-            let invalidates = (!req.method().is_safe())
-                .then(|| Target::of(&req, peer, &client).map(|t| t.key(self.seed)))
-                .flatten();
-            return self.pass(upstream, req, peer, trace, Fwd::Method, invalidates).await;
-        }
-        // A body on a GET or HEAD has no defined meaning, but an upstream may read it:
-        // its answer is not what the URL alone asks for.
-        if req.headers().contains_key(header::UPGRADE) || has_body(&req) {
-            return self.pass(upstream, req, peer, trace, Fwd::Bypass, None).await;
-        }
-        let Some(target) = Target::of(&req, peer, &client) else {
-            return self.pass(upstream, req, peer, trace, Fwd::Bypass, None).await;
-        };
-        let mut rules = RequestRules::of(req.headers());
-        if !self.settings.honor_client_no_cache {
-            // Otherwise any client could replace a fresh entry at will, which turns
-            // every way of poisoning the cache into an immediate one.
-            rules.no_cache = false;
-            rules.max_age = None;
-        }
-        let primary = target.key(self.seed);
-        let now = SystemTime::now();
-        let mut stale = None;
-        let forwarded = Forwarding::of(&req, peer);
-        let (lock_key, mut fwd) = match self.lookup(primary, &target, &forwarded) {
-            Lookup::Found(key, object) => {
-                let Object::Response(entry) = &*object else {
-                    return self.pass(upstream, req, peer, trace, Fwd::Bypass, None).await;
-                };
-                if rules.authorization && !entry.freshness.shared_with_authorization {
-                    return self.pass(upstream, req, peer, trace, Fwd::Request, None).await;
-                }
-                let age = current_age(&entry.freshness, entry.response_time, now);
-                let lifetime = entry.freshness.lifetime;
-                let asked = Asked { head, conditional: req.headers() };
-                if !rules.no_cache {
-                    if age < lifetime && rules.max_age.is_none_or(|max| age.as_secs() <= max) {
-                        self.metrics.hit.inc();
-                        return Ok(respond(entry, age, Status::Hit, &asked));
-                    }
-                    if age >= lifetime && age < lifetime + entry.freshness.stale_while_revalidate {
-                        self.metrics.stale.inc();
-                        self.refresh(key, primary, &target, &req, upstream, peer);
-                        return Ok(respond(entry, age, Status::Revalidating, &asked));
-                    }
-                }
-                let fwd = if rules.no_cache { Fwd::Request } else { Fwd::Stale };
-                stale = Some(object.clone());
-                (key, fwd)
-            }
-            Lookup::UriMiss => (primary, Fwd::UriMiss),
-            Lookup::VaryMiss(key) => (key, Fwd::VaryMiss),
-        };
-        // HEAD cannot fill the store; it goes upstream alone.
-        let mut lead = None;
-        if !head {
-            let deadline = tokio::time::Instant::now() + self.settings.lock_timeout;
-            loop {
-                let flight = self
-                    .flights
-                    .entry(lock_key)
-                    .or_insert_with(|| Arc::new(Flight { state: watch::channel(Outcome::Pending).0 }));
-                let fresh = flight.is_fresh();
-                let flight = flight.into_value();
-                if fresh {
-                    lead =
-                        Some(Lead { cache: self.clone(), key: lock_key, flight, outcome: Outcome::Failed });
-                    break;
-                }
-                let mut state = flight.state.subscribe();
-                let outcome =
-                    match tokio::time::timeout_at(deadline, state.wait_for(|o| *o != Outcome::Pending)).await
-                    {
-                        Ok(Ok(outcome)) => *outcome,
-                        _ => Outcome::Uncacheable,
-                    };
-                match outcome {
-                    Outcome::Stored => {
-                        if let Some(response) =
-                            self.coalesced(primary, &target, &forwarded, &req, &rules, head)
-                        {
-                            return Ok(response);
-                        }
-                    }
-                    Outcome::Failed => {
-                        let asked = Asked { head, conditional: req.headers() };
-                        if let Some(response) = self.stale_if_error(stale.as_ref(), &asked) {
-                            return Ok(response);
-                        }
-                        // The lead failed without a stale copy to fall back on: this
-                        // request may lead the next try.
-                        continue;
-                    }
-                    Outcome::Pending | Outcome::Uncacheable => {}
-                }
-                fwd = Fwd::Miss;
-                break;
-            }
-        }
-        self.metrics.miss.inc();
-        let lead = lead.map(|lead| (lead, target.place(), forwarded.to_owned_without_headers()));
-        self.fetch(upstream, req, (peer, trace), (primary, lead), stale, fwd, &rules).await
-    }
-
     /// The entry for `primary` and this request's variant of it, if what is stored
     /// there was stored for this very request.
-    fn lookup(&self, primary: Key, target: &Target, request: &Forwarding) -> Lookup {
+    pub(crate) fn lookup(&self, primary: Key, target: &Target, request: &Forwarding) -> Lookup {
         let Some(object) = self.store.get(primary) else { return Lookup::UriMiss };
         if !target.is(object.place()) {
             // Another URL (or route) under the same hash.
@@ -456,213 +329,15 @@ impl Cache {
         }
     }
 
-    /// The answer for a waiter whose lead stored a response, if it fits this request.
-    fn coalesced(
-        &self,
-        primary: Key,
-        target: &Target,
-        request: &Forwarding,
-        req: &Request<ClientBody>,
-        rules: &RequestRules,
-        head: bool,
-    ) -> Option<Response<Body>> {
-        let Lookup::Found(_, object) = self.lookup(primary, target, request) else { return None };
-        let Object::Response(entry) = &*object else { return None };
-        if rules.authorization && !entry.freshness.shared_with_authorization {
-            return None;
-        }
-        let age = current_age(&entry.freshness, entry.response_time, SystemTime::now());
-        self.metrics.coalesced.inc();
-        Some(respond(entry, age, Status::Coalesced, &Asked { head, conditional: req.headers() }))
-    }
-
-    /// A stale entry's answer when the upstream failed, within `stale_if_error`.
-    fn stale_if_error(&self, stale: Option<&Arc<Object>>, asked: &Asked) -> Option<Response<Body>> {
-        let Object::Response(entry) = &**stale? else { return None };
-        let age = current_age(&entry.freshness, entry.response_time, SystemTime::now());
-        if age >= entry.freshness.lifetime + entry.freshness.stale_if_error {
-            return None;
-        }
-        self.metrics.stale.inc();
-        Some(respond(entry, age, Status::StaleIfError, asked))
-    }
-
-    /// Goes upstream; stores the response as it streams if this request leads.
-    #[allow(clippy::too_many_arguments)]
-    async fn fetch(
-        self: &Arc<Self>,
-        upstream: &Arc<Upstream>,
-        mut req: Request<ClientBody>,
-        (peer, trace): (&Peer, &mut Trace),
-        (primary, lead): (Key, Option<(Lead, Place, Forwarded)>),
-        stale: Option<Arc<Object>>,
-        fwd: Fwd,
-        rules: &RequestRules,
-    ) -> Result<Response<Body>, ProxyError> {
-        let head = req.method() == Method::HEAD;
-        // A lead asks for the full response, which the store needs, and answers the
-        // client's validators itself.
-        let conditional = match lead {
-            Some(_) => take_conditionals(req.headers_mut()),
-            None => HeaderMap::new(),
-        };
-        let asked = Asked { head, conditional: &conditional };
-        // The headers as they go upstream, for the variant key.
-        let lead = lead.map(|(lead, place, mut forwarded)| {
-            forwarded.headers = req.headers().clone();
-            (lead, place, forwarded)
-        });
-        let request_time = SystemTime::now();
-        let result = admit_and_forward(upstream, req, peer, trace).await;
-        let response_time = SystemTime::now();
-        let response = match result {
-            Ok(response) if !response.status().is_server_error() => response,
-            failed => {
-                if let Some(response) = self.stale_if_error(stale.as_ref(), &asked) {
-                    return Ok(response);
-                }
-                return failed.map(|r| tag(r, Status::Forward(fwd, false)));
-            }
-        };
-        let Some((lead, place, forwarded)) = lead else {
-            return Ok(tag(response, Status::Forward(fwd, false)));
-        };
-        let teed =
-            self.tee(response, lead, (primary, place), forwarded, rules, (request_time, response_time));
-        match teed {
-            (response, true) if policy::not_modified(&conditional, response.headers()) => {
-                let status = Status::Forward(fwd, true);
-                let answer = not_modified(response.headers(), None, status);
-                // The store still wants the body; no client waits for it.
-                tokio::spawn(drain(response.into_body()));
-                Ok(answer)
-            }
-            (response, stored) => Ok(tag(response, Status::Forward(fwd, stored))),
-        }
-    }
-
-    /// Wraps the body of a storable response so it is stored once complete (`true`);
-    /// an unstorable one comes back as it was, its lead finished (`false`).
-    fn tee(
-        &self,
-        response: Response<Body>,
-        lead: Lead,
-        (primary, place): (Key, Place),
-        request: Forwarded,
-        rules: &RequestRules,
-        times: (SystemTime, SystemTime),
-    ) -> (Response<Body>, bool) {
-        let limit = self.settings.max_object_size;
-        let too_large = response
-            .headers()
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
-            .is_some_and(|n| n > limit);
-        let freshness = policy::storable(
-            response.status(),
-            response.headers(),
-            rules,
-            &self.settings.rules,
-            times,
-            fastrand::f64(),
-        );
-        let freshness = match freshness {
-            Ok(freshness) if !too_large => freshness,
-            _ => {
-                lead.finish(Outcome::Uncacheable);
-                return (response, false);
-            }
-        };
-        let (parts, body) = response.into_parts();
-        let pending = Pending {
-            lead,
-            primary,
-            place,
-            request,
-            status: parts.status,
-            headers: parts.headers.clone(),
-            freshness,
-            response_time: times.1,
-        };
-        let limit = usize::try_from(limit).unwrap_or(usize::MAX);
-        (Response::from_parts(parts, Body::Tee(Box::new(Tee::new(body, pending, limit)))), true)
-    }
-
-    /// Starts one background request that refreshes a stale entry, unless one is
-    /// running. It belongs to no client: the client that triggered it may leave.
-    fn refresh(
-        self: &Arc<Self>,
-        key: Key,
-        primary: Key,
-        target: &Target,
-        req: &Request<ClientBody>,
-        upstream: &Arc<Upstream>,
-        peer: &Peer,
-    ) {
-        let flight = self
-            .flights
-            .entry(key)
-            .or_insert_with(|| Arc::new(Flight { state: watch::channel(Outcome::Pending).0 }));
-        if !flight.is_fresh() {
-            return;
-        }
-        let lead = Lead { cache: self.clone(), key, flight: flight.into_value(), outcome: Outcome::Failed };
-        let copy = refresh_request(req);
-        let place = target.place();
-        let mut forwarded = Forwarding::of(req, peer).to_owned_without_headers();
-        forwarded.headers = copy.headers().clone();
-        let peer = Peer {
-            addr: peer.addr,
-            listener: peer.listener,
-            tls: peer.tls,
-            ip: peer.ip.clone(),
-            body_read_timeout: peer.body_read_timeout,
-            underscores_in_headers: peer.underscores_in_headers,
-        };
-        let (cache, upstream) = (self.clone(), upstream.clone());
-        tokio::spawn(async move {
-            let rules = RequestRules::of(copy.headers());
-            let request_time = SystemTime::now();
-            let mut trace = Trace::default();
-            let Ok(response) = forward::forward_request(&upstream, copy, &peer, &mut trace).await else {
-                return;
-            };
-            if response.status().is_server_error() {
-                return;
-            }
-            let times = (request_time, SystemTime::now());
-            let (response, stored) = cache.tee(response, lead, (primary, place), forwarded, &rules, times);
-            if stored {
-                drain(response.into_body()).await;
-            }
-        });
-    }
-
-    /// A request the cache does not answer: forwarded as is. A successful unsafe
-    /// method invalidates what is stored for its URL on this route (RFC 9111 §4.4):
-    /// `invalidates` is its key.
-    async fn pass(
-        &self,
-        upstream: &Arc<Upstream>,
-        req: Request<ClientBody>,
-        peer: &Peer,
-        trace: &mut Trace,
-        fwd: Fwd,
-        invalidates: Option<Key>,
-    ) -> Result<Response<Body>, ProxyError> {
-        self.metrics.bypass.inc();
-        let response = admit_and_forward(upstream, req, peer, trace).await?;
-        if let Some(key) = invalidates {
-            if response.status().is_success() || response.status().is_redirection() {
-                self.store.remove(key);
-            }
-        }
-        Ok(tag(response, Status::Forward(fwd, false)))
-    }
-
     /// The key of one variant: the URL's key, its marker's nonce, and the values of
     /// the request headers the response varies on.
-    fn variant_key(&self, primary: Key, nonce: u64, names: &[HeaderName], request: &Forwarding) -> Key {
+    pub(crate) fn variant_key(
+        &self,
+        primary: Key,
+        nonce: u64,
+        names: &[HeaderName],
+        request: &Forwarding,
+    ) -> Key {
         let mut hasher = Xxh3::with_seed(self.seed);
         hasher.update(&primary.to_le_bytes());
         hasher.update(&nonce.to_le_bytes());
@@ -720,328 +395,13 @@ fn without_spans(text: &str) -> String {
     out
 }
 
-/// Whether a GET or HEAD carries a body (a length above zero, or a body still to
-/// come).
-fn has_body<B: http_body::Body>(req: &Request<B>) -> bool {
-    let declared = req
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .is_some_and(|v| v.as_bytes().iter().any(|b| (b'1'..=b'9').contains(b)));
-    declared || req.headers().contains_key(header::TRANSFER_ENCODING) || !req.body().is_end_stream()
-}
-
-/// The request the background refresh sends: a bodyless `GET` for the same target
-/// with the client's end-to-end headers, less anything that describes the client's
-/// own message (its framing, `Expect`, an upgrade, hop-by-hop headers) or narrows the
-/// answer (validators, ranges). A `Content-Length` copied onto a request without a
-/// body would leave the upstream reading the next request on the connection as that
-/// body.
-fn refresh_request<B>(req: &Request<B>) -> Request<Body> {
-    let mut copy = Request::new(Body::Empty);
-    *copy.method_mut() = Method::GET;
-    *copy.uri_mut() = req.uri().clone();
-    *copy.version_mut() = req.version();
-    let headers = copy.headers_mut();
-    *headers = req.headers().clone();
-    forward::strip_hop_by_hop(headers);
-    for name in [
-        header::CONTENT_LENGTH,
-        header::TRANSFER_ENCODING,
-        header::EXPECT,
-        header::UPGRADE,
-        header::CONNECTION,
-        header::TE,
-        header::TRAILER,
-        header::IF_MATCH,
-        header::IF_NONE_MATCH,
-        header::IF_MODIFIED_SINCE,
-        header::IF_UNMODIFIED_SINCE,
-        header::IF_RANGE,
-        header::RANGE,
-    ] {
-        headers.remove(name);
-    }
-    copy
-}
-
-/// The answer from a stored entry: a `304` if the client's validators match it.
-fn respond(entry: &Entry, age: Duration, status: Status, asked: &Asked) -> Response<Body> {
-    if entry.status == StatusCode::OK && policy::not_modified(asked.conditional, &entry.headers) {
-        return not_modified(&entry.headers, Some(age), status);
-    }
-    let body = if asked.head { Body::Empty } else { Body::from(entry.body.clone()) };
-    let mut response = Response::new(body);
-    *response.status_mut() = entry.status;
-    *response.headers_mut() = entry.headers.clone();
-    response.headers_mut().insert(header::AGE, HeaderValue::from(age.as_secs()));
-    response.headers_mut().append(CACHE_STATUS.clone(), status.value());
-    response
-}
-
-/// A `304` carrying the headers RFC 9110 §15.4.5 asks to repeat.
-fn not_modified(headers: &HeaderMap, age: Option<Duration>, status: Status) -> Response<Body> {
-    let mut response = Response::new(Body::Empty);
-    *response.status_mut() = StatusCode::NOT_MODIFIED;
-    let out = response.headers_mut();
-    for name in [
-        header::CACHE_CONTROL,
-        header::CONTENT_LOCATION,
-        header::DATE,
-        header::ETAG,
-        header::EXPIRES,
-        header::VARY,
-        header::LAST_MODIFIED,
-    ] {
-        for value in headers.get_all(&name) {
-            out.append(name.clone(), value.clone());
-        }
-    }
-    if let Some(age) = age {
-        out.insert(header::AGE, HeaderValue::from(age.as_secs()));
-    }
-    out.append(CACHE_STATUS.clone(), status.value());
-    response
-}
-
-fn tag(mut response: Response<Body>, status: Status) -> Response<Body> {
-    response.headers_mut().append(CACHE_STATUS.clone(), status.value());
-    response
-}
-
-/// Removes the client's validators (`If-None-Match`, `If-Modified-Since`) and
-/// returns them.
-fn take_conditionals(headers: &mut HeaderMap) -> HeaderMap {
-    let mut taken = HeaderMap::new();
-    for name in [header::IF_NONE_MATCH, header::IF_MODIFIED_SINCE] {
-        if let header::Entry::Occupied(e) = headers.entry(&name) {
-            for value in e.remove_entry_mult().1 {
-                taken.append(name.clone(), value);
-            }
-        }
-    }
-    taken
-}
-
-/// Reads a body to its end, so a `Tee` stores it without a client.
-async fn drain(mut body: Body) {
-    use http_body_util::BodyExt;
-    while let Some(frame) = body.frame().await {
-        if frame.is_err() {
-            break;
-        }
-    }
-}
-
-/// The request's place in the cache, borrowed from it: what its primary key is
-/// made of.
-struct Target<'a> {
-    route: u64,
-    listener: usize,
-    tls: bool,
-    /// The host as forwarded (URI authority, else `Host`), port included.
-    host: &'a str,
-    /// The path and query as the client sent them.
-    path: &'a str,
-}
-
-impl<'a> Target<'a> {
-    /// `None` when the host is not plain text: such a request is not cached.
-    fn of<B>(req: &'a Request<B>, peer: &Peer, client: &'a Client) -> Option<Target<'a>> {
-        let host = match req.uri().authority() {
-            Some(a) => a.as_str(),
-            None => match req.headers().get(header::HOST) {
-                Some(h) => h.to_str().ok()?,
-                None => "",
-            },
-        };
-        let path = match &client.path {
-            Some(p) => p.as_str(),
-            None => req.uri().path_and_query().map_or("/", |p| p.as_str()),
-        };
-        Some(Target { route: client.route, listener: peer.listener, tls: peer.tls, host, path })
-    }
-
-    /// Writes the canonical URL, `scheme://host[:port]/path?query`: the host
-    /// lowercased, its port dropped only when it is the scheme's default.
-    fn emit(&self, out: &mut impl FnMut(&[u8])) {
-        out(if self.tls { b"https://" } else { b"http://" });
-        let (host, port) = split_port(self.host);
-        // Userinfo (which has no place there) is forwarded as sent: kept as sent.
-        let (userinfo, name) = match host.rfind('@') {
-            Some(at) => host.split_at(at + 1),
-            None => ("", host),
-        };
-        out(userinfo.as_bytes());
-        let mut buf = [0u8; 64];
-        for chunk in name.as_bytes().chunks(buf.len()) {
-            let lower = &mut buf[..chunk.len()];
-            lower.copy_from_slice(chunk);
-            lower.make_ascii_lowercase();
-            out(lower);
-        }
-        let default = if self.tls { 443 } else { 80 };
-        if let Some(port) = port.filter(|p| !p.is_empty() && p.parse::<u16>().ok() != Some(default)) {
-            out(b":");
-            out(port.as_bytes());
-        }
-        out(self.path.as_bytes());
-    }
-
-    fn key(&self, seed: u64) -> Key {
-        let mut hasher = Xxh3::with_seed(seed);
-        hasher.update(&self.route.to_le_bytes());
-        hasher.update(&(self.listener as u64).to_le_bytes());
-        self.emit(&mut |b| hasher.update(b));
-        hasher.digest128()
-    }
-
-    /// Whether `place` is this request's, compared part by part without building
-    /// the URL.
-    fn is(&self, place: &Place) -> bool {
-        if place.route != self.route || place.listener != self.listener {
-            return false;
-        }
-        let mut rest = place.url.as_bytes();
-        let mut same = true;
-        self.emit(&mut |part| match rest.strip_prefix(part) {
-            Some(tail) if same => rest = tail,
-            _ => same = false,
-        });
-        same && rest.is_empty()
-    }
-
-    fn place(&self) -> Place {
-        let mut url = Vec::with_capacity(self.host.len() + self.path.len() + 8);
-        self.emit(&mut |b| url.extend_from_slice(b));
-        Place { route: self.route, listener: self.listener, url: String::from_utf8_lossy(&url).into() }
-    }
-}
-
-/// `host[:port]` split at the port's colon; `[v6]` has its port after the bracket.
-fn split_port(raw: &str) -> (&str, Option<&str>) {
-    match raw.rfind(':') {
-        Some(i) if !raw[i..].contains(']') => (&raw[..i], Some(&raw[i + 1..])),
-        _ => (raw, None),
-    }
-}
-
-/// A purge URL in the form keys use (host lowercased, default port dropped), if it
-/// is an absolute `http` or `https` URL.
-fn canonical(url: &str) -> Option<String> {
-    let (tls, rest) = match url.split_once("://")? {
-        (s, rest) if s.eq_ignore_ascii_case("http") => (false, rest),
-        (s, rest) if s.eq_ignore_ascii_case("https") => (true, rest),
-        _ => return None,
-    };
-    let (host, path) = rest.find('/').map_or((rest, "/"), |i| rest.split_at(i));
-    let target = Target { route: 0, listener: 0, tls, host, path };
-    Some(String::from(target.place().url))
-}
-
-/// The request as it is forwarded, as far as a variant key reads it: its headers
-/// after the route's rules, plus the `X-Forwarded-*` values weir sends instead of
-/// the client's.
-struct Forwarding<'a> {
-    headers: &'a HeaderMap,
-    /// What weir sends as `X-Forwarded-Host`: the host as forwarded.
-    host: Option<&'a [u8]>,
-    tls: bool,
-    /// The client's address, appended to `X-Forwarded-For`.
-    ip: &'a HeaderValue,
-}
-
-impl<'a> Forwarding<'a> {
-    fn of<B>(req: &'a Request<B>, peer: &'a Peer) -> Forwarding<'a> {
-        let host = match req.uri().authority() {
-            Some(a) => Some(a.as_str().as_bytes()),
-            None => req.headers().get(header::HOST).map(HeaderValue::as_bytes),
-        };
-        Forwarding { headers: req.headers(), host, tls: peer.tls, ip: &peer.ip }
-    }
-
-    /// An owned copy, its headers left empty for the caller to fill.
-    fn to_owned_without_headers(&self) -> Forwarded {
-        Forwarded {
-            headers: HeaderMap::new(),
-            host: self.host.map(Box::from),
-            tls: self.tls,
-            ip: self.ip.clone(),
-        }
-    }
-}
-
-/// `Forwarding`, owned, for a response still on its way to the store.
-struct Forwarded {
-    headers: HeaderMap,
-    host: Option<Box<[u8]>>,
-    tls: bool,
-    ip: HeaderValue,
-}
-
-impl Forwarded {
-    fn view(&self) -> Forwarding<'_> {
-        Forwarding { headers: &self.headers, host: self.host.as_deref(), tls: self.tls, ip: &self.ip }
-    }
-}
-
-/// Writes the values of `names` in the request as forwarded: per name, the name, a
-/// 0, each value followed by a 1, and a 0 (header values hold neither byte, so two
-/// different sets of values never write the same bytes).
-fn emit_selecting(names: &[HeaderName], request: &Forwarding, out: &mut impl FnMut(&[u8])) {
-    for name in names {
-        out(name.as_str().as_bytes());
-        out(&[0]);
-        if *name == X_FORWARDED_HOST {
-            if let Some(host) = request.host {
-                out(host);
-                out(&[1]);
-            }
-        } else if *name == X_FORWARDED_PROTO {
-            out(if request.tls { b"https" } else { b"http" });
-            out(&[1]);
-        } else if *name == X_FORWARDED_FOR {
-            for value in request.headers.get_all(name) {
-                out(value.as_bytes());
-                out(b", ");
-            }
-            out(request.ip.as_bytes());
-            out(&[1]);
-        } else {
-            for value in request.headers.get_all(name) {
-                out(value.as_bytes());
-                out(&[1]);
-            }
-        }
-        out(&[0]);
-    }
-}
-
-/// Whether `object` is the variant of `target` that `request` selects.
-fn is_variant(object: &Object, target: &Target, names: &[HeaderName], request: &Forwarding) -> bool {
-    let Object::Response(entry) = object else { return false };
-    if !target.is(&entry.place) {
-        return false;
-    }
-    let mut rest = &*entry.selecting;
-    let mut same = true;
-    emit_selecting(names, request, &mut |part| match rest.strip_prefix(part) {
-        Some(tail) if same => rest = tail,
-        _ => same = false,
-    });
-    same && rest.is_empty()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn peer(tls: bool) -> Peer {
-        Peer::new(([127, 0, 0, 1], 1).into(), 0, tls)
-    }
+    use http::Request;
 
     fn target<'a>(req: &'a Request<()>, tls: bool, client: &'a Client) -> Target<'a> {
-        let peer = peer(tls);
-        Target::of(req, &peer, client).unwrap()
+        Target::of(req, 0, tls, client).unwrap()
     }
 
     fn url(req: &Request<()>, tls: bool) -> Box<str> {
@@ -1077,8 +437,7 @@ mod tests {
         assert_ne!(t.key(seed), target(&req, true, &route7).key(seed));
         assert_ne!(t.key(seed), t.key(seed + 1));
         assert_eq!(&*target(&req, false, &rewritten).place().url, "http://shop.example/private/a");
-        let other_listener = Peer::new(([127, 0, 0, 1], 1).into(), 1, false);
-        let t1 = Target::of(&req, &other_listener, &route7).unwrap();
+        let t1 = Target::of(&req, 1, false, &route7).unwrap();
         assert_ne!(t.key(seed), t1.key(seed));
         let place = t.place();
         assert!(t.is(&place));
@@ -1121,7 +480,7 @@ mod tests {
     fn variants_differ_by_the_named_headers_as_forwarded() {
         let cache = Cache::new("t", test_settings(), crate::metrics::Metrics::new().unwrap().cache("t"));
         let names = [header::ACCEPT_ENCODING, X_FORWARDED_HOST.clone(), X_FORWARDED_FOR.clone()];
-        let peer = peer(false);
+        let ip = HeaderValue::from_static("127.0.0.1");
         let req = |pairs: &[(&str, &str)]| {
             let mut b = Request::builder().uri("/").header("host", "app.test:1337");
             for (n, v) in pairs {
@@ -1129,7 +488,7 @@ mod tests {
             }
             b.body(()).unwrap()
         };
-        let key = |r: &Request<()>| cache.variant_key(1, 7, &names, &Forwarding::of(r, &peer));
+        let key = |r: &Request<()>| cache.variant_key(1, 7, &names, &Forwarding::of(r, false, &ip));
         let gzip = req(&[("accept-encoding", "gzip"), ("user-agent", "a")]);
         assert_eq!(key(&gzip), key(&req(&[("accept-encoding", "gzip"), ("user-agent", "b")])));
         assert_ne!(key(&gzip), key(&req(&[("accept-encoding", "br")])));
@@ -1137,7 +496,7 @@ mod tests {
         assert_eq!(key(&gzip), key(&req(&[("accept-encoding", "gzip"), ("x-forwarded-host", "evil")])));
         // Its X-Forwarded-For is, with the client's address appended.
         assert_ne!(key(&gzip), key(&req(&[("accept-encoding", "gzip"), ("x-forwarded-for", "1.2.3.4")])));
-        let fwd = Forwarding::of(&gzip, &peer);
+        let fwd = Forwarding::of(&gzip, false, &ip);
         assert_ne!(cache.variant_key(1, 7, &names, &fwd), cache.variant_key(1, 8, &names, &fwd));
         let mut stream = Vec::new();
         emit_selecting(&names, &fwd, &mut |b| stream.extend_from_slice(b));
@@ -1145,43 +504,6 @@ mod tests {
             stream,
             b"accept-encoding\x00gzip\x01\x00x-forwarded-host\x00app.test:1337\x01\x00x-forwarded-for\x00127.0.0.1\x01\x00"
         );
-    }
-
-    #[test]
-    fn the_refresh_request_is_a_bare_get_without_the_clients_framing() {
-        let req = Request::builder()
-            .method("HEAD")
-            .uri("/a")
-            .header("host", "app.test")
-            .header("content-length", "40")
-            .header("transfer-encoding", "chunked")
-            .header("expect", "100-continue")
-            .header("connection", "x-secret")
-            .header("x-secret", "1")
-            .header("upgrade", "h2c")
-            .header("if-none-match", "\"v1\"")
-            .header("range", "bytes=0-1")
-            .header("accept-language", "fr")
-            .body(())
-            .unwrap();
-        let copy = refresh_request(&req);
-        assert_eq!(copy.method(), Method::GET);
-        let left: Vec<_> = copy.headers().keys().map(|k| k.as_str()).collect();
-        assert_eq!(left, ["host", "accept-language"]);
-    }
-
-    #[test]
-    fn a_body_on_a_get_is_seen() {
-        let with = |name: &str, value: &str| {
-            has_body(
-                &Request::builder().header(name, value).body(http_body_util::Empty::<Bytes>::new()).unwrap(),
-            )
-        };
-        assert!(with("content-length", "40"));
-        assert!(!with("content-length", "0"));
-        assert!(!with("content-length", "000"));
-        assert!(with("transfer-encoding", "chunked"));
-        assert!(!with("accept", "*/*"));
     }
 
     fn test_settings() -> Settings {

@@ -7,23 +7,22 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use bytes::{Bytes, BytesMut};
-use http_body::{Body as _, Frame, SizeHint};
+use http_body::{Body, Frame, SizeHint};
 
 use super::Pending;
-use crate::proxy::body::{Body, BoxError};
 
-/// A body being delivered and copied.
-pub struct Tee {
-    inner: Body,
+/// A body being delivered and copied; `B` is the pipeline's body type.
+pub struct Tee<B: Body<Data = Bytes> + Unpin> {
+    inner: B,
     copy: BytesMut,
     limit: usize,
     /// What to store on completion; `None` once storing was given up.
     pending: Option<Pending>,
 }
 
-impl Tee {
+impl<B: Body<Data = Bytes> + Unpin> Tee<B> {
     /// Tees `inner` into `pending` for a body of at most `limit` bytes.
-    pub(crate) fn new(inner: Body, pending: Pending, limit: usize) -> Tee {
+    pub(crate) fn new(inner: B, pending: Pending, limit: usize) -> Tee<B> {
         let expected = inner.size_hint().exact().and_then(|n| usize::try_from(n).ok()).unwrap_or(0);
         let mut tee =
             Tee { inner, copy: BytesMut::with_capacity(expected.min(limit)), limit, pending: Some(pending) };
@@ -57,7 +56,7 @@ impl Tee {
     pub(crate) fn poll_frame(
         &mut self,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
         let polled = Pin::new(&mut self.inner).poll_frame(cx);
         match &polled {
             Poll::Ready(Some(Ok(frame))) => {
@@ -76,7 +75,7 @@ impl Tee {
         polled
     }
 
-    pub(crate) fn inner_mut(&mut self) -> &mut Body {
+    pub(crate) fn inner_mut(&mut self) -> &mut B {
         &mut self.inner
     }
 
@@ -89,7 +88,7 @@ impl Tee {
     }
 }
 
-impl Drop for Tee {
+impl<B: Body<Data = Bytes> + Unpin> Drop for Tee<B> {
     fn drop(&mut self) {
         // As with `UpstreamBody`: the last frame may have been read without a final
         // poll seeing the end.

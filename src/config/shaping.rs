@@ -96,8 +96,8 @@ const FORBIDDEN_HEADERS: &[&str] =
 /// Longest route `name`: it is a metric label.
 pub const MAX_ROUTE_NAME: usize = 64;
 
+use super::template::{Template, Var};
 use super::{ConfigError, RouteConfig, Source, UpstreamConfig};
-use crate::shaping::template::{Template, Var};
 
 /// The shaping keys of `routes[i]` (`key`): exactly one action, keys that need an
 /// upstream only beside one, header rules name headers weir lets them touch.
@@ -396,7 +396,7 @@ request_timeout = "2s""#,
             .replace("upstream = \"api\"\n", "redirect = { to = \"https://{host}{path}\", status = 308 }\n");
         let config = parse(&text, Path::new("w.toml")).unwrap_or_else(|e| panic!("{e}"));
         let redirect = config.routes[0].redirect.as_ref().unwrap();
-        assert!(redirect.to.get_ref().0.uses(crate::shaping::template::Var::Host));
+        assert!(redirect.to.get_ref().0.uses(super::super::template::Var::Host));
         assert_eq!(redirect.status.get_ref().0, http::StatusCode::PERMANENT_REDIRECT);
     }
 

@@ -11,6 +11,8 @@ use std::time::Duration;
 use serde::de::{self, Deserializer, Visitor};
 use serde::Deserialize;
 
+use super::{AdminToken, Config};
+
 /// An address range in CIDR form (`10.0.0.0/8`); a bare address means just itself.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Cidr(pub ipnet::IpNet);
@@ -336,9 +338,68 @@ impl<'de> Deserialize<'de> for StatusSet {
     }
 }
 
+/// `host`, `host:port`, `[v6]` or `[v6]:port` as (name without brackets, port);
+/// `None` if the port is not a port.
+pub fn split_host(raw: &str) -> Option<(&str, Option<u16>)> {
+    let port = |p: &str| p.parse::<u16>().ok();
+    if let Some(rest) = raw.strip_prefix('[') {
+        let (ip, after) = rest.split_once(']')?;
+        return match after {
+            "" => Some((ip, None)),
+            _ => Some((ip, Some(port(after.strip_prefix(':')?)?))),
+        };
+    }
+    match raw.split_once(':') {
+        Some((name, p)) => Some((name, Some(port(p)?))),
+        None => Some((raw, None)),
+    }
+}
+
+/// Who may use the admin endpoints: the part of `[admin]` a reload may change, so a
+/// reload can add a name or rotate the token. Held by the runtime, read by `admin`.
+#[derive(Debug, Default)]
+pub struct AdminAccess {
+    /// `[admin] hosts`: lowercased names without a trailing dot, each with the port
+    /// it must come with (`None`: any).
+    pub hosts: Box<[(Box<str>, Option<u16>)]>,
+    pub token: Option<AdminToken>,
+}
+
+impl AdminAccess {
+    pub fn from_config(config: &Config) -> AdminAccess {
+        let Some(admin) = &config.admin else { return AdminAccess::default() };
+        let hosts = admin
+            .hosts
+            .iter()
+            .filter_map(|h| {
+                let (name, port) = split_host(h.get_ref())?;
+                Some((normal_name(name).into(), port))
+            })
+            .collect();
+        AdminAccess { hosts, token: admin.token.clone() }
+    }
+}
+
+/// A name as compared: lowercase, without one trailing dot.
+pub fn normal_name(name: &str) -> String {
+    let name = name.strip_suffix('.').unwrap_or(name);
+    name.to_ascii_lowercase()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hosts_split_into_name_and_port() {
+        assert_eq!(split_host("a.test"), Some(("a.test", None)));
+        assert_eq!(split_host("a.test:80"), Some(("a.test", Some(80))));
+        assert_eq!(split_host("[::1]:9901"), Some(("::1", Some(9901))));
+        assert_eq!(split_host("[::1]"), Some(("::1", None)));
+        assert_eq!(split_host("a.test:x"), None);
+        assert_eq!(split_host("::1"), None);
+        assert_eq!(split_host("[::1]x"), None);
+    }
 
     fn runs(text: &str) -> Vec<(u16, u16)> {
         StatusSet::parse(text).unwrap().ranges().collect()

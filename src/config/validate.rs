@@ -390,7 +390,7 @@ fn route(config: &Config, src: &Source, i: usize, r: &RouteConfig) -> Result<Rou
     }
     methods.sort();
     for (n, protocol) in r.upgrades.iter().flatten().enumerate() {
-        if !crate::proxy::route::Upgrades::is_protocol_name(protocol.get_ref()) {
+        if !is_protocol_name(protocol.get_ref()) {
             return Err(src.error(
                 Some(protocol.span()),
                 &format!("{key}.upgrades[{n}]"),
@@ -636,12 +636,18 @@ pub(super) fn admin_token(
     Ok(Some(super::AdminToken::new(token)))
 }
 
+/// Whether `name` can be listed in a route's `upgrades`: a token (RFC 9110 §5.6.2),
+/// without a version.
+fn is_protocol_name(name: &str) -> bool {
+    !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
+
 /// An `[admin] hosts` entry: a host name or IP (IPv6 in brackets), with an optional port.
 fn check_admin_host(entry: &str) -> Result<(), String> {
     let bad = || {
         format!("`{entry}` is not a host name with an optional port, e.g. \"admin.internal\" or \"admin.internal:9901\"")
     };
-    let (name, _port) = crate::admin::split_host(entry).ok_or_else(bad)?;
+    let (name, _port) = super::split_host(entry).ok_or_else(bad)?;
     let ip = name.parse::<std::net::IpAddr>().is_ok();
     if name.is_empty()
         || !(ip || name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.' || c == '_'))

@@ -52,7 +52,7 @@ pub enum Body {
     /// An upstream's response body on its way to the client.
     Upstream(UpstreamBody),
     /// An upstream's response body on its way to the client and into a cache.
-    Tee(Box<crate::cache::Tee>),
+    Tee(Box<crate::cache::Tee<Body>>),
 }
 
 impl Body {

@@ -13,22 +13,22 @@ pub enum ProxyError {
     #[error("no route matches the request")]
     NoRoute,
     #[error("upstream `{upstream}` has no healthy server")]
-    NoHealthyServer { upstream: Box<str> },
+    NoHealthyServer { upstream: std::sync::Arc<str> },
     #[error("cannot connect to {server}: {reason}")]
-    Connect { server: Box<str>, reason: String },
+    Connect { server: std::sync::Arc<str>, reason: String },
     #[error("{server} sent no response headers within {after:?}")]
-    UpstreamTimeout { server: Box<str>, after: Duration },
+    UpstreamTimeout { server: std::sync::Arc<str>, after: Duration },
     #[error("{server} failed the request: {source}")]
-    Upstream { server: Box<str>, source: super::body::BoxError },
+    Upstream { server: std::sync::Arc<str>, source: super::body::BoxError },
     #[error("rate limited; next request allowed in {retry_after:?}")]
     RateLimited { retry_after: Duration },
     #[error("upstream `{upstream}` is at max_in_flight and its queue is full")]
-    QueueFull { upstream: Box<str> },
+    QueueFull { upstream: std::sync::Arc<str> },
     #[error("upstream `{upstream}` had no free slot within {after:?}")]
-    QueueTimeout { upstream: Box<str>, after: Duration },
+    QueueTimeout { upstream: std::sync::Arc<str>, after: Duration },
     /// A response a client could frame differently from weir.
     #[error("{server} sent a bad response: {reason}")]
-    BadResponse { server: Box<str>, reason: &'static str },
+    BadResponse { server: std::sync::Arc<str>, reason: &'static str },
     /// A request an upstream could read differently from weir (see `framing`).
     #[error("bad request: {reason}")]
     BadRequest { reason: &'static str },

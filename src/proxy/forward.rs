@@ -27,7 +27,7 @@ use super::client::{self, TE_TRAILERS};
 use super::error::ProxyError;
 use super::h1;
 use crate::balancer::PickKey;
-use crate::health::{self, Outcome};
+use crate::upstream::health::{self, Outcome};
 use crate::upstream::{InFlight, Server, Upstream};
 
 /// Facts about the client connection a request arrived on, computed once per

@@ -12,13 +12,14 @@
 //! upstream's queue never reaches a server.
 
 pub mod body;
+mod cache;
 pub mod client;
 pub mod client_ip;
 pub mod error;
 pub mod forward;
 pub mod framing;
 pub mod h1;
-pub mod retry;
+mod pipeline;
 pub mod route;
 
 use std::net::IpAddr;
@@ -30,7 +31,6 @@ use http::{HeaderValue, Request, Response};
 use crate::access_log::Pending;
 use crate::admission::Refused;
 use crate::ratelimit::Decision;
-use crate::runtime::Runtime;
 use crate::shaping::template::{Var, Vars};
 use crate::shaping::{self, X_REQUEST_ID};
 use crate::upstream::Upstream;
@@ -38,12 +38,13 @@ use body::{Body, ClientBody};
 use error::ProxyError;
 pub use forward::Peer;
 use forward::{Limits, Trace};
+pub use pipeline::Pipeline;
 use route::{Action, Proxy, Route};
 
 /// One request: route -> (answer locally | limit -> (cache) -> admit -> forward) ->
 /// record (metrics, then the access log). Access lists come first: a refused client
 /// costs no upstream work.
-pub async fn handle(rt: &Runtime, mut req: Request<ClientBody>, peer: &Peer) -> Response<Body> {
+pub async fn handle(rt: &Pipeline, mut req: Request<ClientBody>, peer: &Peer) -> Response<Body> {
     let started = Instant::now();
     let mut log = rt.access_log.as_ref().map(|log| log.begin(started, peer.addr, &req));
     if let Err(error) = framing::check(&req) {
@@ -93,8 +94,9 @@ pub async fn handle(rt: &Runtime, mut req: Request<ClientBody>, peer: &Peer) -> 
     shape_response(route, &mut response, &vars);
     upstream.map_or(&rt.unrouted, |u| &u.metrics.client).record(response.status(), started.elapsed());
     if let Some(log) = &mut log {
-        log.entry.upstream = upstream.cloned();
-        log.entry.server = trace.server;
+        log.entry.upstream = upstream.map(|u| u.name.clone());
+        log.entry.server =
+            upstream.zip(trace.server).and_then(|(u, i)| u.servers.get(i)).map(|s| s.address.clone());
         log.entry.retries = trace.retries;
         log.entry.request_id = request_id;
     }
@@ -121,7 +123,7 @@ struct Shaped<'a> {
 /// The proxying steps of a route with an upstream: body size -> limit -> shape the
 /// request (id, header rules, path) -> admit -> forward.
 async fn proxy_to(
-    rt: &Runtime,
+    rt: &Pipeline,
     proxy: &Proxy,
     mut req: Request<ClientBody>,
     peer: &Peer,
@@ -170,7 +172,7 @@ async fn proxy_to(
                 // every request's future, which hyper moves into place per request.
                 Some(c) => {
                     let client = crate::cache::Client { route: c.route, path: client_path };
-                    Box::pin(c.cache.serve(upstream, req, peer, trace, client)).await
+                    Box::pin(cache::serve(&c.cache, upstream, req, peer, trace, client)).await
                 }
             }
         }
@@ -233,7 +235,7 @@ fn host_value<B>(req: &Request<B>) -> Option<HeaderValue> {
 
 /// Answers a request that reached no route (`404`) or was refused before routing
 /// (`400`), counted under `upstream=""`.
-fn unrouted(rt: &Runtime, error: ProxyError, started: Instant, log: Option<Pending>) -> Response<Body> {
+fn unrouted(rt: &Pipeline, error: ProxyError, started: Instant, log: Option<Pending>) -> Response<Body> {
     let response = error.into_response();
     rt.unrouted.record(response.status(), started.elapsed());
     logged(response, log)

@@ -102,11 +102,6 @@ impl Upgrades {
         Upgrades(protocols.into_iter().map(|p| p.to_ascii_lowercase().into_boxed_str()).collect())
     }
 
-    /// Whether `name` can be listed: a token (RFC 9110 §5.6.2), without a version.
-    pub fn is_protocol_name(name: &str) -> bool {
-        !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
-    }
-
     /// Whether each protocol an `Upgrade` value offers (`name` or `name/version`) is
     /// listed.
     fn allows(&self, value: &[u8]) -> bool {
@@ -287,14 +282,5 @@ mod tests {
         assert_eq!(restricted(&listed, &["h2c"]), ["h2c"]);
         assert_eq!(restricted(&listed, &["tls/1.2"]), ["tls/1.2"]);
         assert!(restricted(&Upgrades::new(&[]), &["websocket"]).is_empty());
-    }
-
-    #[test]
-    fn protocol_names_are_tokens() {
-        assert!(Upgrades::is_protocol_name("websocket"));
-        assert!(Upgrades::is_protocol_name("h2c"));
-        assert!(!Upgrades::is_protocol_name(""));
-        assert!(!Upgrades::is_protocol_name("tls/1.2"));
-        assert!(!Upgrades::is_protocol_name("a b"));
     }
 }

@@ -323,6 +323,17 @@ mod tests {
     }
 
     #[test]
+    fn settings_take_the_configured_prefixes() {
+        let text = "[[listeners]]\nname = \"web\"\nlisten = \"127.0.0.1:0\"\n[[routes]]\nupstream = \"api\"\n\
+                    rate_limit = \"per_client\"\n[upstreams.api]\nservers = [{ address = \"127.0.0.1:9000\" }]\n\
+                    [rate_limits.per_client]\nkey = \"client_ip\"\nrate = 1\nburst = 2\nipv4_prefix = 24\nipv6_prefix = 48\n";
+        let config =
+            crate::config::parse(text, std::path::Path::new("w.toml")).unwrap_or_else(|e| panic!("{e}"));
+        let settings = Settings::from_config(&config.rate_limits["per_client"]);
+        assert_eq!((settings.ipv4_prefix, settings.ipv6_prefix), (24, 48));
+    }
+
+    #[test]
     fn client_ip_keys_cover_the_prefix() {
         let mut settings = Settings::new(RateLimitKey::ClientIp, 1.0, 1, 1000);
         let h = HeaderMap::new();

@@ -161,7 +161,7 @@ pub struct SharedStore {
     pub errors: IntCounter,
     /// Whether the last attempt failed: the outage is logged on the flip only.
     down: AtomicBool,
-    /// `health::now_ms` before which checks skip the store.
+    /// `clock::now_ms` before which checks skip the store.
     skip_until_ms: AtomicU64,
 }
 
@@ -191,7 +191,7 @@ impl SharedStore {
     /// Takes a token from the bucket of the key `bytes` of kind `tag` (named the same
     /// on every instance), giving up after `settings.timeout`.
     pub async fn try_take(&self, tag: u8, bytes: &[u8], name: &str) -> Result<Decision, StoreError> {
-        let now_ms = crate::health::now_ms();
+        let now_ms = crate::clock::now_ms();
         if now_ms < self.skip_until_ms.load(Relaxed) {
             return Err(StoreError::Skipped);
         }

@@ -361,3 +361,12 @@ fn build_errors_name_the_line_and_key_of_the_value() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// What `--check` does after validating `config/example.toml`: resolve addresses,
+/// build TLS client configs.
+#[test]
+fn the_example_config_builds() {
+    let text = include_str!("../../config/example.toml");
+    let config = config::parse(text, Path::new("config/example.toml")).unwrap_or_else(|e| panic!("{e}"));
+    Runtime::build(&config, None, &Metrics::new().unwrap()).unwrap_or_else(|e| panic!("{e}"));
+}

@@ -19,7 +19,8 @@
 //! the path and query go upstream byte for byte (rewrites change only the prefix).
 
 pub mod sticky;
-pub mod template;
+/// Header and redirect templates are parsed with the config; they live there.
+pub use crate::config::template;
 
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -32,7 +33,6 @@ use http::{Response, StatusCode};
 use prometheus::IntCounter;
 
 use crate::config::{Cidr, HeaderRulesConfig, HeaderTemplate, RedirectConfig, RespondConfig};
-use crate::proxy::body::Body;
 use template::{Template, Var, Vars};
 
 /// The request id header.
@@ -227,11 +227,12 @@ impl LocalAnswer {
         }
     }
 
-    /// The response for one request; `vars` needs `host`, `path` and `tls`.
-    pub fn answer(&self, vars: &Vars) -> Response<Body> {
+    /// The response for one request; `vars` needs `host`, `path` and `tls`. `B`'s
+    /// default is the empty body.
+    pub fn answer<B: Default + From<Bytes>>(&self, vars: &Vars) -> Response<B> {
         match self {
             LocalAnswer::Redirect { status, to } => {
-                let mut response = Response::new(Body::Empty);
+                let mut response = Response::new(B::default());
                 *response.status_mut() = *status;
                 if let Some(location) = to.render(vars) {
                     response.headers_mut().insert(header::LOCATION, location);
@@ -240,7 +241,7 @@ impl LocalAnswer {
                 response
             }
             LocalAnswer::Respond { status, body, content_type } => {
-                let mut response = Response::new(Body::from(body.clone()));
+                let mut response = Response::new(B::from(body.clone()));
                 *response.status_mut() = *status;
                 response.headers_mut().insert(header::CONTENT_TYPE, content_type.clone());
                 response

@@ -14,13 +14,12 @@
 //! cookie. (HMAC via `ring`, already in the tree for TLS, rather than adding the
 //! `hmac` and `sha2` crates: same construction, one implementation fewer.)
 
-use std::sync::{Arc, OnceLock};
+use std::sync::OnceLock;
 
 use http::header::{self, HeaderMap, HeaderValue};
 use ring::hmac;
 
 use crate::config::StickyConfig;
-use crate::upstream::Server;
 
 /// Tag length in bytes (hex-encoded in the cookie, so twice as many characters).
 const TAG: usize = 16;
@@ -35,7 +34,8 @@ pub struct Sticky {
 }
 
 impl Sticky {
-    pub fn new(config: &StickyConfig, upstream: &str, servers: &[Arc<Server>]) -> Sticky {
+    /// `servers`: the servers' addresses, by index.
+    pub fn new(config: &StickyConfig, upstream: &str, servers: &[&str]) -> Sticky {
         let key = match &config.secret {
             Some(secret) => hmac::Key::new(hmac::HMAC_SHA256, secret.get_ref().as_bytes()),
             None => process_key().clone(),
@@ -49,7 +49,7 @@ impl Sticky {
             ctx.update(b"weir-sticky\0");
             ctx.update(upstream.as_bytes());
             ctx.update(b"\0");
-            ctx.update(server.address.as_bytes());
+            ctx.update(server.as_bytes());
             let mac = ctx.sign();
             let mut tag = [0u8; 2 * TAG];
             super::hex_into(&mac.as_ref()[..TAG], &mut tag);
@@ -107,26 +107,6 @@ pub(crate) fn random_bytes<const N: usize>() -> [u8; N] {
 mod tests {
     use super::*;
     use crate::config::{Dur, StickyConfig};
-    use crate::metrics::Metrics;
-    use crate::upstream::ServerState;
-
-    fn servers(addresses: &[&str]) -> Vec<Arc<Server>> {
-        let metrics = Metrics::new().unwrap();
-        addresses
-            .iter()
-            .map(|a| {
-                Arc::new(Server {
-                    address: (*a).into(),
-                    addr: "127.0.0.1:1".parse().unwrap(),
-                    tls_name: crate::proxy::client::tls_name(a),
-                    weight: 1,
-                    backup: false,
-                    state: Arc::new(ServerState::new(1, 0)),
-                    metrics: metrics.server("u", a),
-                })
-            })
-            .collect()
-    }
 
     fn config(secret: Option<&str>) -> StickyConfig {
         StickyConfig {
@@ -145,7 +125,7 @@ mod tests {
 
     #[test]
     fn a_cookie_names_its_server_without_revealing_it() {
-        let list = servers(&["10.0.0.1:80", "10.0.0.2:80"]);
+        let list = ["10.0.0.1:80", "10.0.0.2:80"];
         let sticky = Sticky::new(&config(None), "u", &list);
         let set = sticky.set_cookie(1, false).unwrap();
         let text = set.to_str().unwrap();
@@ -158,7 +138,7 @@ mod tests {
 
     #[test]
     fn forged_or_foreign_cookies_name_no_server() {
-        let list = servers(&["10.0.0.1:80"]);
+        let list = ["10.0.0.1:80"];
         let sticky = Sticky::new(&config(Some("0123456789abcdef")), "u", &list);
         let mut h = HeaderMap::new();
         h.insert(header::COOKIE, HeaderValue::from_static("srv=10.0.0.1:80"));
@@ -169,7 +149,7 @@ mod tests {
 
     #[test]
     fn instances_sharing_a_secret_agree() {
-        let list = servers(&["10.0.0.1:80", "10.0.0.2:80"]);
+        let list = ["10.0.0.1:80", "10.0.0.2:80"];
         let a = Sticky::new(&config(Some("0123456789abcdef")), "u", &list);
         let b = Sticky::new(&config(Some("0123456789abcdef")), "u", &list[1..]);
         assert_eq!(b.preferred(&cookie(a.set_cookie(1, false).unwrap())), Some(0));

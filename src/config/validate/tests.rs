@@ -299,8 +299,11 @@ fn scale_out_settings_are_checked() {
 fn client_ip_prefixes_are_checked() {
     let ok = LIMITED.replace("burst = 2", "burst = 2\nipv4_prefix = 24\nipv6_prefix = 48");
     let config = parse(&ok, Path::new("w.toml")).unwrap();
-    let settings = crate::ratelimit::Settings::from_config(&config.rate_limits["per_client"]);
-    assert_eq!((settings.ipv4_prefix, settings.ipv6_prefix), (24, 48));
+    let limit = &config.rate_limits["per_client"];
+    assert_eq!(
+        (limit.ipv4_prefix.as_ref().map(|p| *p.get_ref()), limit.ipv6_prefix.as_ref().map(|p| *p.get_ref())),
+        (Some(24), Some(48))
+    );
     let e = err(&LIMITED.replace("burst = 2", "burst = 2\nipv6_prefix = 129"));
     assert!(
         e.starts_with(
@@ -530,4 +533,13 @@ fn ejection_times_point_at_the_one_to_change() {
         place(&text, "\"1m\"")
     );
     assert!(e.starts_with(&want), "{e}");
+}
+
+#[test]
+fn protocol_names_are_tokens() {
+    assert!(super::is_protocol_name("websocket"));
+    assert!(super::is_protocol_name("h2c"));
+    assert!(!super::is_protocol_name(""));
+    assert!(!super::is_protocol_name("tls/1.2"));
+    assert!(!super::is_protocol_name("a b"));
 }

@@ -30,13 +30,16 @@ use hickory_resolver::TokioResolver;
 use tokio::task::AbortHandle;
 
 use crate::config::{Config, UpstreamConfig};
-use crate::runtime::SharedRuntime;
 
 /// The addresses found for each discovered server address (`host:port`), sorted.
 pub type Answers = BTreeMap<String, Vec<SocketAddr>>;
 
 /// Rebuilds the runtime with new answers for one discovered address.
 pub type Apply = Arc<dyn Fn(&str, Vec<SocketAddr>) + Send + Sync>;
+
+/// Whether the current runtime was built with these answers for one discovered
+/// address; discovery asks before it rebuilds.
+pub type Known = Arc<dyn Fn(&str, &[SocketAddr]) -> bool + Send + Sync>;
 
 /// Why a name could not be resolved.
 #[derive(Debug, thiserror::Error)]
@@ -138,7 +141,7 @@ impl Tasks {
     /// Makes the running tasks match `config`: starts tasks for upstreams that gained
     /// names to watch, stops those that lost them, restarts changed ones. Needs a
     /// tokio runtime.
-    pub fn reconcile(&mut self, config: &Config, runtime: &SharedRuntime, apply: &Apply) {
+    pub fn reconcile(&mut self, config: &Config, known: &Known, apply: &Apply) {
         let mut wanted = HashMap::new();
         for (name, up) in &config.upstreams {
             let Some(every) = up.resolve else { continue };
@@ -164,7 +167,7 @@ impl Tasks {
             if self.running.contains_key(&name) {
                 continue;
             }
-            let task = tokio::spawn(watch(name.clone(), spec.clone(), runtime.clone(), apply.clone()));
+            let task = tokio::spawn(watch(name.clone(), spec.clone(), known.clone(), apply.clone()));
             self.running.insert(name, (spec, task.abort_handle()));
         }
     }
@@ -184,7 +187,7 @@ impl Drop for Tasks {
 }
 
 /// Resolves `spec.names` every `spec.every`, applying each changed answer set.
-async fn watch(upstream: String, spec: Spec, runtime: SharedRuntime, apply: Apply) {
+async fn watch(upstream: String, spec: Spec, known: Known, apply: Apply) {
     let resolver = match resolver(spec.nameserver) {
         Ok(resolver) => resolver,
         Err(error) => {
@@ -201,7 +204,7 @@ async fn watch(upstream: String, spec: Spec, runtime: SharedRuntime, apply: Appl
                     if std::mem::take(&mut failing) {
                         tracing::info!(%upstream, "DNS discovery resolves again");
                     }
-                    let changed = runtime.load().answers.get(name) != Some(&addrs);
+                    let changed = !known(name, &addrs);
                     if changed {
                         tracing::info!(%upstream, address = %name, servers = ?addrs, "DNS answer changed");
                         // Rebuilding may resolve other names and takes the reload

@@ -9,6 +9,10 @@
 //! Who writes what: `health` is the only writer of `healthy`; the proxy path begins
 //! and ends in-flight counts (`InFlight`) and takes and returns pooled connections.
 
+pub mod discovery;
+pub mod health;
+pub mod retry;
+
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
@@ -18,18 +22,19 @@ use crossbeam_queue::ArrayQueue;
 use rustls_pki_types::ServerName;
 
 use crate::admission::Admission;
-use crate::balancer::Balancer;
+use crate::balancer::{Balancer, Member};
 use crate::config::{BalancerKind, StatusSet};
-use crate::health::HealthPolicy;
 use crate::metrics::{ServerMetrics, UpstreamMetrics};
 use crate::proxy::client::{Sender, UpstreamTls};
-use crate::proxy::retry::RetryBudget;
 use crate::recent::RecentErrors;
 use crate::shaping::sticky::Sticky;
+use health::HealthPolicy;
+use retry::RetryBudget;
 
 /// One pool of servers behind a name, with its balancer.
 pub struct Upstream {
-    pub name: Box<str>,
+    /// Shared with access log entries.
+    pub name: Arc<str>,
     pub servers: Box<[Arc<Server>]>,
     pub balancer: Balancer,
     /// The configured algorithm, for `/status`.
@@ -61,8 +66,9 @@ pub struct Upstream {
 
 /// One backend address of an upstream.
 pub struct Server {
-    /// The address as written in the config; the `server` metric label.
-    pub address: Box<str>,
+    /// The address as written in the config; the `server` metric label. Shared with
+    /// access log entries.
+    pub address: Arc<str>,
     /// Where to connect, resolved when the runtime was built.
     pub addr: SocketAddr,
     /// The name its TLS certificate must carry, when the upstream uses TLS without `sni`.
@@ -72,6 +78,13 @@ pub struct Server {
     pub backup: bool,
     pub state: Arc<ServerState>,
     pub metrics: ServerMetrics,
+}
+
+impl Server {
+    /// What the balancer reads of this server.
+    pub fn member(&self) -> Member<'_> {
+        Member { name: &self.address, weight: self.weight, in_flight: &self.metrics.in_flight }
+    }
 }
 
 /// The settings a pooled connection depends on.
@@ -93,7 +106,7 @@ pub struct ServerState {
     pub(crate) consecutive_failures: AtomicU32,
     /// Passive ejections so far, for the doubling ejection time.
     pub(crate) ejections: AtomicU32,
-    /// When (`health::now_ms`) the server last came up, for slow start; 0: long ago.
+    /// When (`clock::now_ms`) the server last came up, for slow start; 0: long ago.
     pub(crate) up_since_ms: AtomicU64,
     /// When the last passive ejection ended; 0: never.
     pub(crate) readmitted_ms: AtomicU64,

@@ -55,7 +55,7 @@ used=" "
 free_port() {
   local port
   while :; do
-    port=$((20000 + RANDOM % 40000))
+    port=$((10000 + RANDOM % 22000))
     case "$used" in *" $port "*) continue ;; esac
     if ! (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
       used="$used$port "
@@ -64,15 +64,18 @@ free_port() {
     fi
   done
 }
-backend_port="$(free_port)"
-h2c_port="$(free_port)"
-tls_port="$(free_port)"
+# A port found free can still be taken before weir binds it (another test, an
+# outgoing connection): on "Address already in use" start again on other ports.
+start_weir() {
+  backend_port="$(free_port)"
+  h2c_port="$(free_port)"
+  tls_port="$(free_port)"
 
-openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj "/CN=localhost" \
-  -addext "subjectAltName=DNS:localhost,IP:127.0.0.1" \
-  -keyout "$work/key.pem" -out "$work/cert.pem" 2>/dev/null
+  openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj "/CN=localhost" \
+    -addext "subjectAltName=DNS:localhost,IP:127.0.0.1" \
+    -keyout "$work/key.pem" -out "$work/cert.pem" 2>/dev/null
 
-cat >"$work/weir.toml" <<EOF
+  cat >"$work/weir.toml" <<EOF
 [[listeners]]
 name = "h2c"
 listen = "127.0.0.1:$h2c_port"
@@ -92,22 +95,30 @@ upstream = "app"
 servers = [{ address = "127.0.0.1:$backend_port" }]
 EOF
 
-"$target/examples/backend" "127.0.0.1:$backend_port" app 2>"$work/backend.log" &
-pids+=($!)
-NO_COLOR=1 "$target/weir" --config "$work/weir.toml" 2>"$work/weir.log" &
-weir_pid=$!
-pids+=("$weir_pid")
+  "$target/examples/backend" "127.0.0.1:$backend_port" app 2>"$work/backend.log" &
+  pids+=($!)
+  NO_COLOR=1 "$target/weir" --config "$work/weir.toml" 2>"$work/weir.log" &
+  weir_pid=$!
+  pids+=("$weir_pid")
 
-ready=0
-for _ in $(seq 1 300); do
-  if (exec 3<>"/dev/tcp/127.0.0.1/$backend_port") 2>/dev/null &&
-    (exec 3<>"/dev/tcp/127.0.0.1/$h2c_port") 2>/dev/null &&
-    (exec 3<>"/dev/tcp/127.0.0.1/$tls_port") 2>/dev/null; then
-    ready=1
-    break
-  fi
-  if ! kill -0 "$weir_pid" 2>/dev/null; then break; fi
-  sleep 0.1
+  ready=0
+  for _ in $(seq 1 300); do
+    if (exec 3<>"/dev/tcp/127.0.0.1/$backend_port") 2>/dev/null &&
+      (exec 3<>"/dev/tcp/127.0.0.1/$h2c_port") 2>/dev/null &&
+      (exec 3<>"/dev/tcp/127.0.0.1/$tls_port") 2>/dev/null; then
+      ready=1
+      break
+    fi
+    if ! kill -0 "$weir_pid" 2>/dev/null; then break; fi
+    sleep 0.1
+  done
+}
+for attempt in 1 2 3; do
+  start_weir
+  if [ "$ready" -eq 1 ] || ! grep -q "Address already in use" "$work/weir.log" 2>/dev/null; then break; fi
+  kill "${pids[@]}" 2>/dev/null || true
+  wait "${pids[@]}" 2>/dev/null || true
+  pids=()
 done
 if [ "$ready" -ne 1 ]; then
   echo "h2spec.sh: weir did not come up; its log:" >&2

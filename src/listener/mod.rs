@@ -391,7 +391,10 @@ impl Connection {
             let peer = peer.clone();
             let busy = activity.begin();
             async move {
-                let response = proxy::handle(&rt, req.map(ClientBody::Hyper), &peer).await;
+                // The request future is a few KiB, and hyper moves each stream's
+                // future into a task of its own (several copies per request): boxed,
+                // only a pointer moves.
+                let response = Box::pin(proxy::handle(&rt, req.map(ClientBody::Hyper), &peer)).await;
                 drop(busy);
                 Ok::<_, Infallible>(response)
             }

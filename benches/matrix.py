@@ -429,7 +429,7 @@ def strace_calls(pids, fn):
     out = tempfile.mktemp(prefix="weir-strace-")
     cmd = ["strace", "-c", "-f", "-o", out] + [a for t in tids for a in ("-p", t)]
     st = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    time.sleep(0.5)  # attach
+    time.sleep(0.3 if QUICK else 0.5)  # attach
     try:
         result = fn()
     finally:

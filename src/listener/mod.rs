@@ -460,7 +460,10 @@ impl Connection {
             // with `Connection: close`, as weir's own HTTP/1.1 server does.
             let close = stopping.as_ref().is_some_and(|stop| !matches!(stop.has_changed(), Ok(false)));
             async move {
-                let mut response = proxy::handle(&rt, req.map(ClientBody::Hyper), &peer).await;
+                // The request future is a few KiB, and hyper moves each stream's
+                // future into a task of its own (several copies per request): boxed,
+                // only a pointer moves.
+                let mut response = Box::pin(proxy::handle(&rt, req.map(ClientBody::Hyper), &peer)).await;
                 if let Some(tunnel) = response.extensions_mut().remove::<Tunnel>() {
                     *busy.0.tunnel.lock().unwrap_or_else(|e| e.into_inner()) = Some(tunnel);
                 }

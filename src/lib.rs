@@ -13,6 +13,7 @@ pub mod cache;
 pub mod config;
 pub mod discovery;
 pub mod health;
+pub mod http;
 pub mod listener;
 pub mod metrics;
 pub mod proxy;

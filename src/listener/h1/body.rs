@@ -11,8 +11,8 @@ use bytes::{Bytes, BytesMut};
 use http_body::{Frame, SizeHint};
 
 use super::ReadSide;
+use crate::http::h1::chunked::{Chunked, Decoded};
 use crate::proxy::body::BoxError;
-use crate::proxy::framing::chunked::{Chunked, Decoded};
 
 /// How much room a read of body bytes asks for.
 const BODY_READ: usize = 64 * 1024;

@@ -17,7 +17,7 @@
 //!   does not end in `chunked`, `Transfer-Encoding` in HTTP/1.0), `431` for a head
 //!   over `max_header_size` or over 100 headers; either closes the connection.
 //!   `proxy::framing` then refuses what is well-formed but unsafe to forward.
-//! - request bodies by length or chunks (strictly, by `proxy::framing::chunked`:
+//! - request bodies by length or chunks (strictly, by `http::h1::chunked`:
 //!   extensions skipped and bounded, trailers passed on),
 //!   read by whoever polls the request's `Body` (`body`): the connection lends its read side
 //!   to the body and takes it back once the response is written. A body left unread
@@ -54,11 +54,11 @@ use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
 
 use super::{ClientIo, Connection};
+use crate::http::h1::chunked::Chunked;
+use crate::http::h1::framing::{ends_chunked, has_token, parse_length, ConnectionOptions, MAX_HEADERS};
 use crate::proxy;
 use crate::proxy::body::{Body as ResponseBody, BoxError, ClientBody};
 use crate::proxy::forward::splice;
-use crate::proxy::framing::chunked::Chunked;
-use crate::proxy::framing::{ends_chunked, ConnectionOptions, MAX_HEADERS};
 
 mod body;
 
@@ -228,10 +228,7 @@ impl RequestFraming {
         } else if *name == header::UPGRADE {
             self.has_upgrade = true;
         } else if *name == header::TE {
-            self.trailers |= value
-                .as_bytes()
-                .split(|&b| b == b',')
-                .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"trailers"));
+            self.trailers |= has_token(value.as_bytes(), b"trailers");
         } else if *name == header::EXPECT {
             self.expect_continue |= value.as_bytes().eq_ignore_ascii_case(b"100-continue");
         }
@@ -740,8 +737,7 @@ fn encode_head(
                 continue;
             }
         } else if *name == header::CONNECTION {
-            close |=
-                value.as_bytes().split(|&b| b == b',').any(|t| t.trim_ascii().eq_ignore_ascii_case(b"close"));
+            close |= has_token(value.as_bytes(), b"close");
         }
         push_field(out, name.as_str().as_bytes(), value.as_bytes());
     }
@@ -805,14 +801,6 @@ fn push_field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     out.extend_from_slice(b": ");
     out.extend_from_slice(value);
     out.extend_from_slice(b"\r\n");
-}
-
-/// A `Content-Length` value: digits only, at most 19 of them (no overflow).
-fn parse_length(digits: &[u8]) -> Option<u64> {
-    if digits.is_empty() || digits.len() > 19 || !digits.iter().all(u8::is_ascii_digit) {
-        return None;
-    }
-    Some(digits.iter().fold(0u64, |n, &d| n * 10 + u64::from(d - b'0')))
 }
 
 fn push_length(out: &mut Vec<u8>, n: u64) {

@@ -11,7 +11,7 @@
 //! hands it back to the pool.
 //!
 //! Framing follows RFC 9112 §6: a response to HEAD, a 1xx, 204 or 304 has no body; a
-//! chunked response is decoded strictly (`framing::chunked`, trailers kept); otherwise
+//! chunked response is decoded strictly (`http::h1::chunked`, trailers kept); otherwise
 //! `Content-Length`; a response with neither is read to the connection's close. A
 //! length together with a transfer coding, a transfer coding in HTTP/1.0, conflicting
 //! lengths, obs-fold and oversized heads are refused as bad responses, so the client
@@ -42,8 +42,7 @@ mod response;
 pub use response::Body;
 use response::{parse_head, State};
 
-/// Most headers a response may carry, as hyper allows.
-const MAX_HEADERS: usize = 100;
+use crate::http::h1::framing::MAX_HEADERS;
 /// Largest response head (status line and headers) accepted.
 const MAX_HEAD: usize = 64 * 1024;
 /// How much room a read of body bytes asks for: large reads keep 1 MiB bodies cheap.
@@ -476,10 +475,7 @@ fn encode_head(
             continue;
         }
         if *name == header::CONNECTION {
-            connection_upgrade |= value
-                .as_bytes()
-                .split(|&b| b == b',')
-                .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"upgrade"));
+            connection_upgrade |= crate::http::h1::framing::has_token(value.as_bytes(), b"upgrade");
             continue;
         }
         if *name == header::UPGRADE {

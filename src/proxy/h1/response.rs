@@ -12,9 +12,9 @@ use http::{Response, StatusCode, Version};
 use http_body::{Frame, SizeHint};
 
 use super::super::body::BoxError;
-use super::super::framing::chunked::{Chunked, Decoded};
-use super::super::framing::{ends_chunked, ConnectionOptions};
 use super::{Conn, Error, Stream, BODY_READ, MAX_HEADERS};
+use crate::http::h1::chunked::{Chunked, Decoded};
+use crate::http::h1::framing::{ends_chunked, parse_length_list, ConnectionOptions};
 
 /// A parsed response head: its parts, and for a final response its body's framing
 /// and whether the connection may be reused after it (`None` for a 1xx).
@@ -111,17 +111,11 @@ struct ResponseFraming {
 impl ResponseFraming {
     fn note(&mut self, name: &HeaderName, value: &HeaderValue) -> Result<(), Error> {
         if *name == header::CONTENT_LENGTH {
-            for part in value.as_bytes().split(|&b| b == b',') {
-                let part = part.trim_ascii();
-                if part.is_empty() || !part.iter().all(u8::is_ascii_digit) || part.len() > 19 {
-                    return Err(Error::Bad("invalid Content-Length"));
-                }
-                let n = part.iter().fold(0u64, |n, &d| n * 10 + u64::from(d - b'0'));
-                if self.length.is_some_and(|l| l != n) {
-                    return Err(Error::Bad("conflicting Content-Length values"));
-                }
-                self.length = Some(n);
+            let n = parse_length_list(value.as_bytes()).ok_or(Error::Bad("invalid Content-Length"))?;
+            if self.length.is_some_and(|l| l != n) {
+                return Err(Error::Bad("conflicting Content-Length values"));
             }
+            self.length = Some(n);
         } else if *name == header::TRANSFER_ENCODING {
             self.coded = true;
             self.chunked = ends_chunked(value.as_bytes());

@@ -55,7 +55,6 @@ const STILL_WRONG: &[(&str, &str)] = &[
     ("discovery", "runtime"),
     ("health", "proxy"),
     ("health", "runtime"),
-    ("proxy", "listener"),
     ("proxy", "runtime"),
     ("ratelimit", "health"),
     ("shaping", "proxy"),

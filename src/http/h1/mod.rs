@@ -5,6 +5,13 @@
 //! - `framing`: RFC 9112 §6 and §9: the one `Content-Length` parser, `Transfer-Encoding`,
 //!   `Connection` options, and the one scanner of comma-separated token lists.
 //! - `chunked`: the one chunked-body decoder, with trailers.
+//! - `server`: request heads parsed in place and response heads encoded; `body`:
+//!   request bodies read from the connection's read side.
+//! - `response`: response heads parsed in place with their framing.
+//! - `encode`: header and chunk-size lines, and the vectored write.
 
+pub mod body;
 pub mod chunked;
+pub mod encode;
 pub mod framing;
+pub mod server;

@@ -42,6 +42,7 @@ mod response;
 pub use response::Body;
 use response::{parse_head, State};
 
+use crate::http::h1::encode::hex_len;
 use crate::http::h1::framing::MAX_HEADERS;
 /// Largest response head (status line and headers) accepted.
 const MAX_HEAD: usize = 64 * 1024;
@@ -415,19 +416,6 @@ impl Upload {
     }
 }
 
-/// `n` in lowercase hex, for a chunk-size line.
-fn hex_len(mut n: usize, buf: &mut [u8; 16]) -> &[u8] {
-    let mut i = buf.len();
-    loop {
-        i -= 1;
-        buf[i] = b"0123456789abcdef"[n & 0xf];
-        n >>= 4;
-        if n == 0 {
-            return &buf[i..];
-        }
-    }
-}
-
 /// A final response head: its parts, its body's framing and whether the connection
 /// outlives the body.
 type FinalHead = (http::response::Parts, (State, bool));
@@ -524,15 +512,7 @@ fn encode_head(
 }
 
 fn push_field(out: &mut Vec<u8>, name: &HeaderName, value: &HeaderValue) {
-    let (name, value) = (name.as_str().as_bytes(), value.as_bytes());
-    out.reserve(name.len() + value.len() + 4);
-    // The separators byte by byte: a `memcpy` call per two bytes costs more.
-    out.extend_from_slice(name);
-    out.push(b':');
-    out.push(b' ');
-    out.extend_from_slice(value);
-    out.push(b'\r');
-    out.push(b'\n');
+    crate::http::h1::encode::push_field(out, name.as_str().as_bytes(), value.as_bytes());
 }
 
 #[cfg(test)]

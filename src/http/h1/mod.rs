@@ -14,4 +14,5 @@ pub mod body;
 pub mod chunked;
 pub mod encode;
 pub mod framing;
+pub mod response;
 pub mod server;

@@ -39,11 +39,10 @@ use super::forward::Forwarded;
 
 mod response;
 
+use crate::http::h1::response::{parse_head, State};
 pub use response::Body;
-use response::{parse_head, State};
 
 use crate::http::h1::encode::hex_len;
-use crate::http::h1::framing::MAX_HEADERS;
 /// Largest response head (status line and headers) accepted.
 const MAX_HEAD: usize = 64 * 1024;
 /// How much room a read of body bytes asks for: large reads keep 1 MiB bodies cheap.
@@ -270,7 +269,7 @@ impl Conn {
     /// Reads until a final (non-1xx, or 101) response head is parsed.
     fn poll_head(&mut self, cx: &mut Context<'_>, head_request: bool) -> Poll<Result<FinalHead, Error>> {
         loop {
-            if let Some((parts, framing)) = parse_head(&mut self.read, head_request)? {
+            if let Some((parts, framing)) = parse_head(&mut self.read, head_request).map_err(Error::Bad)? {
                 match framing {
                     Some(framing) => return Poll::Ready(Ok((parts, framing))),
                     // An interim response (100 Continue, 103 Early Hints): the final

@@ -8,6 +8,7 @@ use http::{Response, StatusCode, Version};
 
 use super::chunked::Chunked;
 use super::framing::{ends_chunked, parse_length_list, ConnectionOptions, MAX_HEADERS};
+use super::head::Field;
 
 /// A parsed response head: its parts, and for a final response its body's framing
 /// and whether the connection may be reused after it (`None` for a 1xx).
@@ -32,9 +33,7 @@ pub fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Option<Head>
         let httparse::Status::Complete(len) = status else { return Ok(None) };
         let base = buf.as_ptr() as usize;
         for (slot, h) in fields.iter_mut().zip(response.headers.iter()) {
-            let name = h.name.as_ptr() as usize - base;
-            let value = h.value.as_ptr() as usize - base;
-            slot.write(Field { name: name..name + h.name.len(), value: value..value + h.value.len() });
+            slot.write(Field::of(base, h));
         }
         (len, response.code.unwrap_or(0), response.version.unwrap_or(1), response.headers.len())
     };
@@ -46,9 +45,8 @@ pub fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Option<Head>
     for field in &fields[..count] {
         // SAFETY: the loop above wrote the first `count` fields (one per header).
         let field = unsafe { field.assume_init_ref() };
-        let name =
-            HeaderName::from_bytes(&head[field.name.clone()]).map_err(|_| "invalid response header name")?;
-        let mut value = HeaderValue::from_maybe_shared(head.slice(field.value.clone()))
+        let name = HeaderName::from_bytes(field.name(&head)).map_err(|_| "invalid response header name")?;
+        let mut value = HeaderValue::from_maybe_shared(field.value(&head))
             .map_err(|_| "invalid response header value")?;
         if name == header::CONTENT_LENGTH {
             if bodiless {
@@ -79,12 +77,6 @@ pub fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Option<Head>
     }
     let framing = framing.decide(&parts, head_request)?;
     Ok(Some((parts, Some(framing))))
-}
-
-/// Where one response header sits in the head.
-struct Field {
-    name: std::ops::Range<usize>,
-    value: std::ops::Range<usize>,
 }
 
 /// What a response's headers say about its framing, gathered in the one pass that

@@ -15,6 +15,7 @@ use super::body::Decode;
 use super::chunked::Chunked;
 use super::encode::{push_field, push_length};
 use super::framing::{ends_chunked, has_token, parse_length, ConnectionOptions, MAX_HEADERS};
+use super::head::{range_of, Field};
 
 /// The connection's reading side: its socket half and the bytes read and not yet
 /// consumed. Request header values are slices of `buf`.
@@ -38,12 +39,6 @@ pub struct Head {
     /// `TE: trailers`: a chunked response may end with trailers (as hyper, which
     /// sends them only then).
     pub trailers: bool,
-}
-
-/// Where one request header sits in the head, kept per connection between requests.
-pub struct Field {
-    name: (u32, u32),
-    value: (u32, u32),
 }
 
 /// Parses a request head at the start of `buf`, consuming it. `Ok(None)`: more bytes
@@ -73,19 +68,15 @@ pub fn parse_head(
             return Err(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
         }
         let base = buf.as_ptr() as usize;
-        let at = |s: &[u8]| ((s.as_ptr() as usize - base) as u32, s.len() as u32);
-        for h in req.headers.iter() {
-            fields.push(Field { name: at(h.name.as_bytes()), value: at(h.value) });
-        }
+        fields.extend(req.headers.iter().map(|h| Field::of(base, h)));
         let method = Method::from_bytes(req.method.unwrap_or_default().as_bytes())
             .map_err(|_| StatusCode::BAD_REQUEST)?;
-        let target = at(req.path.unwrap_or_default().as_bytes());
+        let target = range_of(base, req.path.unwrap_or_default().as_bytes());
         (len, method, target, req.version.unwrap_or(1))
     };
     let head = buf.split_to(len).freeze();
-    let slice = |(at, len): (u32, u32)| head.slice(at as usize..(at + len) as usize);
     let version = if minor == 0 { Version::HTTP_10 } else { Version::HTTP_11 };
-    let uri = parse_target(&method, slice(target))?;
+    let uri = parse_target(&method, head.slice(target))?;
     // The map is built in place: a map made apart and moved in would cost the drop of
     // the request's empty one.
     let mut req = Request::new(());
@@ -93,13 +84,11 @@ pub fn parse_head(
     headers.reserve(fields.len());
     let mut framing = RequestFraming::default();
     for field in fields.iter() {
-        let (at, len) = field.name;
-        let name = HeaderName::from_bytes(&head[at as usize..(at + len) as usize])
-            .map_err(|_| StatusCode::BAD_REQUEST)?;
+        let name = HeaderName::from_bytes(field.name(&head)).map_err(|_| StatusCode::BAD_REQUEST)?;
         // SAFETY: httparse accepted this value, and it accepts exactly the bytes a
         // `HeaderValue` may hold (HTAB, 0x20-0x7E, 0x80-0xFF); `http` still checks
         // this in debug builds.
-        let value = unsafe { HeaderValue::from_maybe_shared_unchecked(slice(field.value)) };
+        let value = unsafe { HeaderValue::from_maybe_shared_unchecked(field.value(&head)) };
         if framing.note(&name, &value)? {
             headers.append(name, value);
         }

@@ -1,5 +1,8 @@
 //! weir's own HTTP/1.1 server: plain-TCP client connections that do not open with
 //! the h2 preface are served here, one request at a time, by the connection's task.
+//! This is the connection loop; the wire format is the ground-floor codec's
+//! (`http::h1`: heads parsed and encoded by `http::h1::server`, request bodies by
+//! `http::h1::body`), which knows nothing of the pipeline.
 //!
 //! Why not hyper's server: callgrind put hyper's HTTP/1 server and hyper-util's
 //! `auto` connection at almost half of weir's instructions per proxied request:
@@ -19,7 +22,7 @@
 //!   `proxy::framing` then refuses what is well-formed but unsafe to forward.
 //! - request bodies by length or chunks (strictly, by `http::h1::chunked`:
 //!   extensions skipped and bounded, trailers passed on),
-//!   read by whoever polls the request's `Body` (`body`): the connection lends its read side
+//!   read by whoever polls the request's `Body` (`http::h1::body`): the connection lends its read side
 //!   to the body and takes it back once the response is written. A body left unread
 //!   then is drained from what is already buffered, else the connection closes, so
 //!   no body byte is ever read as a request.

@@ -11,7 +11,7 @@ pub const MAX_HEADERS: usize = 100;
 
 /// The elements of a comma-separated list (RFC 9110 §5.6.1), each trimmed of
 /// optional whitespace; empty elements (`a, , b`) are skipped, as the RFC asks.
-pub fn tokens(value: &[u8]) -> impl Iterator<Item = &[u8]> {
+pub fn tokens(value: &[u8]) -> impl DoubleEndedIterator<Item = &[u8]> {
     value.split(|&b| b == b',').map(<[u8]>::trim_ascii).filter(|t| !t.is_empty())
 }
 

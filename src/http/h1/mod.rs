@@ -5,6 +5,7 @@
 //! - `framing`: RFC 9112 §6 and §9: the one `Content-Length` parser, `Transfer-Encoding`,
 //!   `Connection` options, and the one scanner of comma-separated token lists.
 //! - `chunked`: the one chunked-body decoder, with trailers.
+//! - `conn`: the server's connection loop, which hands each request to a `Handler`.
 //! - `server`: request heads parsed in place and response heads encoded; `body`:
 //!   request bodies read from the connection's read side.
 //! - `response`: response heads parsed in place with their framing.
@@ -31,6 +32,7 @@
 
 pub mod body;
 pub mod chunked;
+pub mod conn;
 pub mod encode;
 pub mod framing;
 pub mod head;

@@ -5,6 +5,8 @@
 //! - `framing`: RFC 9112 §6 and §9: the one `Content-Length` parser, `Transfer-Encoding`,
 //!   `Connection` options, and the one scanner of comma-separated token lists.
 //! - `chunked`: the one chunked-body decoder, with trailers.
+//! - `client`: the client's connection: request heads encoded (with the caller's
+//!   extra fields), uploads, response bodies.
 //! - `conn`: the server's connection loop, which hands each request to a `Handler`.
 //! - `server`: request heads parsed in place and response heads encoded; `body`:
 //!   request bodies read from the connection's read side.
@@ -32,6 +34,7 @@
 
 pub mod body;
 pub mod chunked;
+pub mod client;
 pub mod conn;
 pub mod encode;
 pub mod framing;

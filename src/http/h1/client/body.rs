@@ -9,14 +9,14 @@ use std::task::{ready, Context, Poll};
 use bytes::{Bytes, BytesMut};
 use http_body::{Frame, SizeHint};
 
-use super::super::body::BoxError;
-use super::{Conn, Error, Stream, BODY_READ};
+use super::{Conn, Error, RequestBody, Stream, BODY_READ};
 use crate::http::h1::chunked::Decoded;
 use crate::http::h1::response::State;
+use crate::http::BoxError;
 
 /// A response body read from its connection, which it owns until the end.
-pub struct Body {
-    conn: Option<Conn>,
+pub struct Body<B> {
+    conn: Option<Conn<B>>,
     state: State,
     /// Whether the connection can carry another request once the body is done.
     reusable: bool,
@@ -24,16 +24,16 @@ pub struct Body {
     failed: Option<Error>,
 }
 
-impl Body {
+impl<B: RequestBody> Body<B> {
     /// The body of a response whose head `conn` has read; `reusable`: whether the
     /// connection may carry another request after it.
-    pub(super) fn new(conn: Conn, state: State, reusable: bool) -> Body {
+    pub(super) fn new(conn: Conn<B>, state: State, reusable: bool) -> Body<B> {
         Body { conn: Some(conn), state, reusable, failed: None }
     }
 
     /// The connection, if the body was read to its end and the connection can be
     /// pooled again.
-    pub fn take_reusable(&mut self) -> Option<Conn> {
+    pub fn take_reusable(&mut self) -> Option<Conn<B>> {
         let clean = self.state == State::Done && self.reusable;
         self.conn.take_if(|c| clean && c.read.is_empty() && c.upload.is_none())
     }
@@ -124,7 +124,7 @@ impl Body {
     }
 }
 
-impl http_body::Body for Body {
+impl<B: RequestBody> http_body::Body for Body<B> {
     type Data = Bytes;
     type Error = BoxError;
 
@@ -169,12 +169,12 @@ impl http_body::Body for Body {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use http_body_util::BodyExt;
+    use http_body_util::{BodyExt, Empty};
     use tokio::io::AsyncWriteExt;
     use tokio::net::{TcpListener, TcpStream};
 
     /// A connection whose server writes `parts` one by one, with pauses, then closes.
-    async fn conn_fed(parts: Vec<&'static [u8]>) -> Conn {
+    async fn conn_fed(parts: Vec<&'static [u8]>) -> Conn<Empty<Bytes>> {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         tokio::spawn(async move {

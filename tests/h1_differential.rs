@@ -4,9 +4,11 @@
 //! cut at random points) go to weir and to hyper. Requests: to weir's server
 //! connection loop (`weir::http::h1::conn::serve`) on a real socket, with a handler
 //! that records what it is given, and to hyper's HTTP/1.1 server on an in-memory
-//! duplex stream with a recording service. Responses: to weir's client codec,
-//! driven the way its connection drives it (parse a head from whatever is
-//! buffered, then decode the body from what follows), and to hyper's client. The verdicts must agree: both accept with the same method, target,
+//! duplex stream with a recording service. Responses: to weir's client connection
+//! (`weir::http::h1::client::Conn`) on a real socket, and to hyper's client. Each
+//! side also runs the codec alone, driven the way the connections drive it (parse a
+//! head from whatever is buffered, then decode the body from what follows), and
+//! must agree with its connection. The verdicts must agree: both accept with the same method, target,
 //! headers, body and keep-alive decision (requests) or status, headers and body
 //! (responses); or weir refuses. Weir may be stricter than hyper, never looser: a
 //! message weir accepts and hyper refuses fails the test. The deliberate
@@ -30,6 +32,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::OwnedWriteHalf;
 use weir::http::h1::body::{decode, Body, Step};
 use weir::http::h1::chunked::Decoded;
+use weir::http::h1::client::{Conn, ExtraHeaders, Stream};
 use weir::http::h1::conn::{Handler, Limits};
 use weir::http::h1::response::State;
 use weir::http::h1::server::ReadSide;
@@ -313,6 +316,63 @@ fn weir_response(pieces: &[Vec<u8>], head_request: bool) -> Option<SeenResponse>
     Some(SeenResponse { status: parts.status.as_u16(), headers: headers_of(&parts.headers, true), body })
 }
 
+/// No extra header fields.
+struct NoExtra;
+
+impl ExtraHeaders for NoExtra {
+    fn replaces(&self, _: &http::HeaderName) -> bool {
+        false
+    }
+
+    fn encode(&self, _: &http::HeaderMap, _: &mut Vec<u8>) {}
+}
+
+/// weir's client connection on `pieces`, sent by a server over a real socket with
+/// a pause between them, as the answer to a GET (or HEAD): the response and its
+/// whole body, or `None` when weir refused either.
+fn weir_client(pieces: &[Vec<u8>], head_request: bool) -> Option<SeenResponse> {
+    let pieces = pieces.to_vec();
+    runtime().block_on(async move {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let Ok((mut server, _)) = listener.accept().await else { return };
+            let mut seen = Vec::new();
+            let mut buf = [0u8; 4096];
+            while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+                match server.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => seen.extend_from_slice(&buf[..n]),
+                }
+            }
+            for piece in &pieces {
+                if server.write_all(piece).await.is_err() {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            let _ = server.shutdown().await;
+            let _ = server.read_to_end(&mut seen).await;
+        });
+        let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let conn: Conn<Empty<Bytes>> = Conn::new(Stream::Tcp(stream));
+        let method = if head_request { http::Method::HEAD } else { http::Method::GET };
+        let mut req =
+            http::Request::builder().method(method).uri("/").header("host", "a").body(Empty::new()).unwrap();
+        let exchange = async {
+            let response = conn.send(&mut req, None::<&NoExtra>).await.ok()?;
+            let (parts, body) = response.into_parts();
+            let body = body.collect().await.ok()?.to_bytes().to_vec();
+            Some(SeenResponse {
+                status: parts.status.as_u16(),
+                headers: headers_of(&parts.headers, true),
+                body,
+            })
+        };
+        tokio::time::timeout(Duration::from_secs(5), exchange).await.ok().flatten()
+    })
+}
+
 /// hyper's client on `pieces` as the answer to a GET (or HEAD): the response and its
 /// whole body, or `None` when hyper refused either.
 fn hyper_response(pieces: &[Vec<u8>], head_request: bool) -> Option<SeenResponse> {
@@ -390,9 +450,12 @@ fn check_request(input: &[u8], cuts: &[usize]) -> Result<(), TestCaseError> {
 /// Runs one response input through both and checks the verdicts.
 fn check_response(input: &[u8], cuts: &[usize], head_request: bool) -> Result<(), TestCaseError> {
     let pieces = pieces(input, cuts);
-    let weir = weir_response(&pieces, head_request);
+    let weir = weir_client(&pieces, head_request);
+    let codec = weir_response(&pieces, head_request);
     let hyper = hyper_response(&pieces, head_request);
     let text = String::from_utf8_lossy(input);
+    // The connection reads as the codec alone does.
+    prop_assert_eq!(&codec, &weir, "connection and codec differ on {:?}", text);
     match (weir, hyper) {
         (None, _) => {}
         (Some(_), None) => prop_assert!(false, "weir accepts a response hyper refuses: {text:?}"),

@@ -3,7 +3,9 @@
 //! A request's path reads through a few modules: `listener` accepts it, `proxy`
 //! routes it, picks a server with the upstream's `balancer`, forwards it and records
 //! it in `metrics`. `config` loads the TOML; `runtime` turns it into the ready form
-//! the request path reads; `server` runs the process lifecycle.
+//! the request path reads; `server` runs the process lifecycle. `http` is the
+//! HTTP/1.1 wire codec both the listener and the upstream client speak, on the
+//! ground floor with `config`.
 
 pub mod access_log;
 pub mod admin;

@@ -78,7 +78,7 @@ impl From<Bytes> for Body {
 }
 
 /// A client's request body, from whichever server read the request: hyper's (h2,
-/// TLS) or weir's own HTTP/1.1 server (`listener::h1`). One type, so both feed the
+/// TLS) or weir's own HTTP/1.1 server (`http::h1`). One type, so both feed the
 /// same `proxy::handle`.
 pub enum ClientBody {
     /// No body (weir's server makes none for a bodyless request).

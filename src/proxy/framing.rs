@@ -1,7 +1,7 @@
 //! Requests weir refuses to forward because an upstream could frame them
 //! differently from weir (request smuggling), checked before routing.
 //!
-//! The HTTP/1 parsers (weir's own server, `listener::h1`, and hyper's on TLS) already
+//! The HTTP/1 parsers (weir's own codec, `http::h1`, and hyper's on TLS) already
 //! refuse most of these (obs-fold, bare CR, NUL and control characters, invalid
 //! names, conflicting `Content-Length`, a `Transfer-Encoding` that does not end in
 //! `chunked`, `Transfer-Encoding` in HTTP/1.0); given both `Content-Length` and

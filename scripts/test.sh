@@ -57,7 +57,7 @@ if [ -n "${WEIR_FUZZ_SECONDS:-}" ]; then
       cd fuzz
       # Its own target folder: sanitizer builds would evict the shared one's artifacts.
       unset CARGO_TARGET_DIR
-      for target in config request; do
+      for target in config request h1_codec; do
         mkdir -p "corpus/$target"
         cargo +nightly fuzz run -O "$target" "corpus/$target" "seeds/$target" -- \
           -max_total_time="$WEIR_FUZZ_SECONDS"

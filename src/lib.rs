@@ -24,6 +24,7 @@ pub mod clock;
 pub mod config;
 #[cfg(unix)]
 pub mod handover;
+pub mod http;
 pub mod listener;
 pub mod logthrottle;
 pub mod metrics;

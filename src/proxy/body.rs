@@ -78,13 +78,13 @@ impl From<Bytes> for Body {
 }
 
 /// A client's request body, from whichever server read the request: hyper's (h2,
-/// TLS) or weir's own HTTP/1.1 server (`listener::h1`). One type, so both feed the
+/// TLS) or weir's own HTTP/1.1 server (`http::h1`). One type, so both feed the
 /// same `proxy::handle`.
 pub enum ClientBody {
     /// No body (weir's server makes none for a bodyless request).
     Empty,
     Hyper(Incoming),
-    H1(crate::listener::h1::Body),
+    H1(crate::http::h1::body::Body),
 }
 
 impl http_body::Body for ClientBody {
@@ -275,7 +275,7 @@ impl RequestBody {
 fn classify(error: &(dyn std::error::Error + 'static)) -> ClientFault {
     let mut source = Some(error);
     while let Some(e) = source {
-        if crate::listener::h1::is_malformed_body(e) {
+        if crate::http::h1::body::is_malformed(e) {
             return ClientFault::Malformed;
         }
         if let Some(io) = e.downcast_ref::<std::io::Error>() {

@@ -235,7 +235,7 @@ fn tee(
     let too_large = response
         .headers()
         .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+        .and_then(|v| crate::http::h1::framing::parse_length_list(v.as_bytes()))
         .is_some_and(|n| n > limit);
     let freshness = policy::storable(
         response.status(),
@@ -348,10 +348,11 @@ struct Asked<'a> {
 /// Whether a GET or HEAD carries a body (a length above zero, or a body still to
 /// come).
 fn has_body<B: http_body::Body>(req: &Request<B>) -> bool {
+    // Any length but a plain 0 (an unreadable one included) counts as a body.
     let declared = req
         .headers()
         .get(header::CONTENT_LENGTH)
-        .is_some_and(|v| v.as_bytes().iter().any(|b| (b'1'..=b'9').contains(b)));
+        .is_some_and(|v| crate::http::h1::framing::parse_length(v.as_bytes()) != Some(0));
     declared || req.headers().contains_key(header::TRANSFER_ENCODING) || !req.body().is_end_stream()
 }
 

@@ -501,7 +501,7 @@ fn requested_upgrade(headers: &HeaderMap) -> Option<HeaderValue> {
 
 /// Whether a comma-separated header value lists `token` (case-insensitive).
 fn has_token(value: &HeaderValue, token: &str) -> bool {
-    value.to_str().is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+    crate::http::h1::framing::has_token(value.as_bytes(), token.as_bytes())
 }
 
 /// Makes the tunnel of an upgrade answered on hyper's server and leaves it in the
@@ -631,10 +631,11 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     if headers.contains_key(header::CONNECTION) {
         let named: Vec<HeaderValue> = headers.get_all(header::CONNECTION).iter().cloned().collect();
         for value in &named {
-            let Ok(value) = value.to_str() else { continue };
-            for name in value.split(',').map(str::trim) {
-                if !name.is_empty() && !name.eq_ignore_ascii_case("host") {
-                    headers.remove(name);
+            for name in crate::http::h1::framing::tokens(value.as_bytes()) {
+                if !name.eq_ignore_ascii_case(b"host") {
+                    if let Ok(name) = HeaderName::from_bytes(name) {
+                        headers.remove(name);
+                    }
                 }
             }
         }

@@ -1,7 +1,7 @@
 //! Requests weir refuses to forward because an upstream could frame them
 //! differently from weir (request smuggling), checked before routing.
 //!
-//! The HTTP/1 parsers (weir's own server, `listener::h1`, and hyper's on TLS) already
+//! The HTTP/1 parsers (weir's own codec, `http::h1`, and hyper's on TLS) already
 //! refuse most of these (obs-fold, bare CR, NUL and control characters, invalid
 //! names, conflicting `Content-Length`, a `Transfer-Encoding` that does not end in
 //! `chunked`, `Transfer-Encoding` in HTTP/1.0); given both `Content-Length` and
@@ -25,50 +25,10 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::uri::{Authority, Uri};
 use http::{Request, Version};
 
-pub mod chunked;
-
 use super::error::ProxyError;
+use crate::http::h1::framing::tokens;
+pub use crate::http::h1::framing::MAX_HEADERS;
 
-/// What a message's `Connection` header says about the connection (RFC 9112 §9.3),
-/// noted value by value in the pass that builds a header map. Shared by weir's
-/// HTTP/1.1 server (requests) and client (responses).
-#[derive(Debug, Default, Clone, Copy)]
-pub struct ConnectionOptions {
-    pub close: bool,
-    pub keep_alive: bool,
-    pub upgrade: bool,
-}
-
-impl ConnectionOptions {
-    /// Notes the options of one `Connection` value.
-    pub fn note(&mut self, value: &[u8]) {
-        for token in value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
-            self.close |= token.eq_ignore_ascii_case(b"close");
-            self.keep_alive |= token.eq_ignore_ascii_case(b"keep-alive");
-            self.upgrade |= token.eq_ignore_ascii_case(b"upgrade");
-        }
-    }
-
-    /// Whether the connection may carry another message after this one: in
-    /// HTTP/1.1 unless `close`; in HTTP/1.0 only with `keep-alive`.
-    pub fn persist(&self, version: Version) -> bool {
-        match version {
-            Version::HTTP_11 => !self.close,
-            _ => self.keep_alive && !self.close,
-        }
-    }
-}
-
-/// Whether a `Transfer-Encoding` value ends in `chunked`: only then is a message
-/// framed by chunks (RFC 9112 §6.3). Of several headers, the last one decides.
-pub fn ends_chunked(value: &[u8]) -> bool {
-    let last = value.rsplit(|&b| b == b',').next().unwrap_or_default();
-    last.trim_ascii().eq_ignore_ascii_case(b"chunked")
-}
-
-/// Most header fields a request may carry, in HTTP/1.1 (weir's server and hyper's
-/// stop parsing there) and HTTP/2 alike.
-pub const MAX_HEADERS: usize = 100;
 /// Fields a sender must not put in trailers (RFC 9110 §6.5.1): framing, routing,
 /// request modifiers, authentication, response control, how to process the content,
 /// and the hop-by-hop ones. A recipient that merged them into the header section
@@ -206,11 +166,7 @@ fn check_transfer_coding(headers: &HeaderMap) -> Result<(), ProxyError> {
     if headers.contains_key(header::CONTENT_LENGTH) {
         return Err(ProxyError::BadRequest { reason: "both Content-Length and Transfer-Encoding" });
     }
-    let mut codings = headers
-        .get_all(header::TRANSFER_ENCODING)
-        .iter()
-        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
-        .map(<[u8]>::trim_ascii);
+    let mut codings = headers.get_all(header::TRANSFER_ENCODING).iter().flat_map(|v| tokens(v.as_bytes()));
     match (codings.next(), codings.next()) {
         (Some(only), None) if only.eq_ignore_ascii_case(b"chunked") => Ok(()),
         _ => Err(ProxyError::UnsupportedTransferCoding),
@@ -281,32 +237,6 @@ fn drop_userinfo(uri: &mut Uri) {
 mod tests {
     use super::*;
     use http::StatusCode;
-
-    #[test]
-    fn connection_options_decide_persistence_per_version() {
-        let of = |values: &[&str]| {
-            let mut options = ConnectionOptions::default();
-            for v in values {
-                options.note(v.as_bytes());
-            }
-            options
-        };
-        assert!(of(&[]).persist(Version::HTTP_11));
-        assert!(!of(&["keep-alive, Close"]).persist(Version::HTTP_11));
-        assert!(!of(&[]).persist(Version::HTTP_10));
-        assert!(of(&[" Keep-Alive "]).persist(Version::HTTP_10));
-        assert!(of(&["x-a", "upgrade"]).upgrade);
-        assert!(!of(&["upgraded"]).upgrade);
-    }
-
-    #[test]
-    fn only_a_last_coding_of_chunked_frames_by_chunks() {
-        assert!(ends_chunked(b"chunked"));
-        assert!(ends_chunked(b"gzip, Chunked "));
-        assert!(!ends_chunked(b"chunked, gzip"));
-        assert!(!ends_chunked(b"xchunked"));
-        assert!(!ends_chunked(b""));
-    }
 
     fn request(version: Version, headers: &[(&str, &str)]) -> Request<()> {
         let mut builder = Request::builder().version(version).uri("/");

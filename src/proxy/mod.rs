@@ -214,13 +214,12 @@ fn shape_request(proxy: &Proxy, req: &mut Request<ClientBody>, peer: &Peer, shap
     }
 }
 
-/// The request's `Content-Length`, 0 when absent or unreadable (hyper refuses
-/// malformed ones before we get here).
+/// The request's `Content-Length`, 0 when absent or unreadable (the HTTP/1.1
+/// servers refuse malformed ones before we get here).
 fn declared_length<B>(req: &Request<B>) -> u64 {
     req.headers()
         .get(http::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse().ok())
+        .and_then(|v| crate::http::h1::framing::parse_length(v.as_bytes()))
         .unwrap_or(0)
 }
 

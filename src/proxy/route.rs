@@ -105,7 +105,7 @@ impl Upgrades {
     /// Whether each protocol an `Upgrade` value offers (`name` or `name/version`) is
     /// listed.
     fn allows(&self, value: &[u8]) -> bool {
-        let mut offered = value.split(|&b| b == b',').map(<[u8]>::trim_ascii).filter(|p| !p.is_empty());
+        let mut offered = crate::http::h1::framing::tokens(value);
         offered.all(|p| {
             let name = p.split(|&b| b == b'/').next().unwrap_or_default();
             self.0.iter().any(|allowed| allowed.as_bytes().eq_ignore_ascii_case(name))

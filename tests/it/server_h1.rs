@@ -1,5 +1,5 @@
-//! weir's own HTTP/1.1 server (`listener::h1`), in raw bytes: what it adds beyond the
-//! hostile-client cases: HTTP/1.0 keep-alive and close-delimited answers, chunked
+//! weir's own HTTP/1.1 server (`http::h1::conn`, wired by `listener::h1`), in raw
+//! bytes: what it adds beyond the hostile-client cases: HTTP/1.0 keep-alive and close-delimited answers, chunked
 //! request bodies, unread bodies on a kept connection, and the h2 preface arriving
 //! in pieces.
 

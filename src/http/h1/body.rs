@@ -10,16 +10,16 @@ use std::task::{ready, Context, Poll};
 use bytes::{Bytes, BytesMut};
 use http_body::{Frame, SizeHint};
 
-use super::ReadSide;
-use crate::proxy::body::BoxError;
-use crate::proxy::framing::chunked::{Chunked, Decoded};
+use super::chunked::{Chunked, Decoded};
+use super::server::ReadSide;
+use crate::http::BoxError;
 
 /// How much room a read of body bytes asks for.
 const BODY_READ: usize = 64 * 1024;
 
 /// Where a request body's decoding stands.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub(super) enum Decode {
+pub enum Decode {
     /// This many bytes are left.
     Length(u64),
     Chunked(Chunked),
@@ -29,7 +29,7 @@ pub(super) enum Decode {
 }
 
 /// One step of decoding a request body from buffered bytes.
-enum Step {
+pub enum Step {
     Frame(Frame<Bytes>),
     End,
     /// More bytes are needed.
@@ -37,7 +37,7 @@ enum Step {
 }
 
 /// Decodes the next frame of a body from `buf` alone.
-fn decode(state: &mut Decode, buf: &mut BytesMut) -> Result<Step, &'static str> {
+pub fn decode(state: &mut Decode, buf: &mut BytesMut) -> Result<Step, &'static str> {
     match state {
         Decode::Done => Ok(Step::End),
         Decode::Failed => Err("the request body failed earlier"),
@@ -68,21 +68,21 @@ fn decode(state: &mut Decode, buf: &mut BytesMut) -> Result<Step, &'static str> 
 /// A request body read from its client connection, whose read side it borrows until
 /// the connection has written the response.
 pub struct Body {
-    pub(super) reader: Arc<Mutex<Reader>>,
+    pub reader: Arc<Mutex<Reader>>,
     /// The declared length, for `size_hint`.
-    pub(super) length: Option<u64>,
+    pub length: Option<u64>,
 }
 
 /// A request body's decoding state and the connection's read side while lent.
-pub(super) struct Reader {
-    pub(super) side: Option<ReadSide>,
-    pub(super) state: Decode,
+pub struct Reader {
+    pub side: Option<ReadSide>,
+    pub state: Decode,
     /// `Expect: 100-continue` not answered yet: the first poll of the body asks the
     /// connection (`waker`) to send the `100`, as hyper did, so a request answered
     /// without its body (a `413`, a `404`) never invites it.
-    pub(super) expect: bool,
-    pub(super) wanted: bool,
-    pub(super) waker: Option<std::task::Waker>,
+    pub expect: bool,
+    pub wanted: bool,
+    pub waker: Option<std::task::Waker>,
 }
 
 /// Why a request body ended early.
@@ -100,7 +100,7 @@ pub fn is_malformed(error: &(dyn std::error::Error + 'static)) -> bool {
     matches!(error.downcast_ref::<BodyError>(), Some(BodyError::Bad(_)))
 }
 
-pub(super) fn lock(reader: &Mutex<Reader>) -> MutexGuard<'_, Reader> {
+pub fn lock(reader: &Mutex<Reader>) -> MutexGuard<'_, Reader> {
     reader.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
@@ -147,7 +147,7 @@ impl Reader {
 
     /// Finishes the body from what is already buffered, dropping its bytes; `false`
     /// when that is not enough, and the connection must close.
-    pub(super) fn drain(&mut self) -> bool {
+    pub fn drain(&mut self) -> bool {
         let Some(side) = self.side.as_mut() else { return false };
         loop {
             match decode(&mut self.state, &mut side.buf) {

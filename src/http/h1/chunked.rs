@@ -1,5 +1,5 @@
 //! The one chunked-body decoder (RFC 9112 §7.1), shared by weir's HTTP/1.1 server
-//! (request bodies, `listener::h1::body`) and client (response bodies,
+//! (request bodies, `http::h1::body`) and client (response bodies,
 //! `proxy::h1::response`), so both read a body the same strict way.
 //!
 //! Strict where a looser reading would let two parsers disagree on where a body ends

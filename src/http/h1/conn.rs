@@ -1,0 +1,493 @@
+//! The server role's connection loop: one client connection served one request at
+//! a time by the connection's task, each request handed to a `Handler` (weir's
+//! pipeline, for the listener), which knows nothing of the wire.
+//!
+//! What it owns, per connection (RFC 9112):
+//! - request heads (`server::parse_head`): `400` for a malformed head or ambiguous
+//!   framing, `431` for a head over `Limits::max_head` or over 100 headers; either
+//!   closes the connection.
+//! - request bodies (`body`), read by whoever polls the request's `Body`: the
+//!   connection lends its read side to the body and takes it back once the response
+//!   is written. A body left unread then is drained from what is already buffered,
+//!   else the connection closes, so no body byte is ever read as a request.
+//! - `Expect: 100-continue`: the interim answer goes out when the body is first
+//!   read, as with hyper; a request answered without its body never gets it.
+//! - responses (`server::encode_head`), with a small body in the same `write`.
+//! - keep-alive, and `Connection: close` from either side.
+//! - upgrades: a `101` to an upgrade request is written, then the handler takes the
+//!   connection (`Handler::upgrade`).
+//! - the head read's deadline (`Limits`): from the end of the previous response, so
+//!   it is also the keep-alive idle limit. When `stop` changes an idle connection
+//!   closes at once, a busy one after its response.
+
+use std::future::{poll_fn, Future};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use http::{Request, Response, StatusCode};
+use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::tcp::OwnedReadHalf;
+use tokio::time::{Instant, Sleep};
+
+use super::body::{lock, Body, Decode, Reader};
+use super::encode::{hex_len, push_field, write_both};
+use super::head::Field;
+use super::server::{encode_head, has_head_end, parse_head, Date, Head, Out, ReadSide};
+use crate::http::BoxError;
+
+/// How much room a read of a head asks for.
+const HEAD_READ: usize = 8 * 1024;
+/// Response body bytes gathered before a write; larger frames are written as they are.
+const WRITE_GATHER: usize = 16 * 1024;
+/// How long a closing connection still reads (and drops) what the client sends, so
+/// the kernel does not answer unread bytes with a reset that could destroy the
+/// response before the client reads it.
+const LINGER: Duration = Duration::from_millis(250);
+
+/// What answers the requests of a connection: weir's pipeline, for the listener.
+/// `W` is the connection's write side.
+pub trait Handler<W> {
+    /// The response body.
+    type Body: ResponseBody;
+
+    /// Answers one request; its body is `None` when it has none.
+    fn call(&self, req: Request<Option<Body>>) -> impl Future<Output = Response<Self::Body>>;
+
+    /// Takes the connection after the `101` that answered an upgrade request was
+    /// written: its read side (and the bytes already read) and its write side. Runs
+    /// on the connection's task for the tunnel's life, so the connection's place
+    /// (a connection limit, a drain) is held until the tunnel ends.
+    fn upgrade(&self, response: Response<Self::Body>, read: ReadSide, write: W) -> impl Future<Output = ()>;
+}
+
+/// A response body the loop can write.
+pub trait ResponseBody: http_body::Body<Data = Bytes, Error = BoxError> + Unpin {}
+
+impl<B: http_body::Body<Data = Bytes, Error = BoxError> + Unpin> ResponseBody for B {}
+
+/// The loop's limits, from the listener's settings.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Largest request head.
+    pub max_head: usize,
+    /// How long a head may take to arrive, from the end of the previous response.
+    pub header_read_timeout: Duration,
+    /// How long an idle connection waits for the next request.
+    pub idle_timeout: Duration,
+    /// How long an idle connection still waits for a request on its way after
+    /// `stop`: such a request is answered (with `Connection: close`) instead of
+    /// meeting a closed connection.
+    pub stop_grace: Duration,
+}
+
+/// One client connection served by this module.
+struct Server<W> {
+    /// `None` while a request body has it, or once the connection must close.
+    read: Option<ReadSide>,
+    write: W,
+    /// The response head (and small bodies) being written; reused per request.
+    out: Vec<u8>,
+    fields: Vec<Field>,
+    date: Date,
+    /// The head read's deadline (`header_read_timeout`, `idle_timeout`).
+    timer: Pin<Box<Sleep>>,
+    /// `timer` was polled since it was last reset and has the task's waker.
+    timer_waits: bool,
+}
+
+/// Serves one client connection: `read` (with `first`, bytes already read from it,
+/// not an h2 preface) and `write`, until the client leaves, a timeout, an error, or
+/// `stop`. Each request goes to `handler`.
+pub async fn serve<W: AsyncWrite + Unpin, H: Handler<W>>(
+    read: OwnedReadHalf,
+    first: BytesMut,
+    write: W,
+    limits: Limits,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+    handler: H,
+) {
+    let mut server = Server {
+        read: Some(ReadSide { io: read, buf: first }),
+        write,
+        out: Vec::with_capacity(1024),
+        fields: Vec::with_capacity(32),
+        date: Date::default(),
+        timer: Box::pin(tokio::time::sleep(Duration::ZERO)),
+        timer_waits: false,
+    };
+    // One `changed` future for the connection's life, registered once (see `Stop`).
+    let check = stop.clone();
+    let changed = stop.changed();
+    tokio::pin!(changed);
+    let mut stop = Stop { changed, registered: false, stopped: false, check };
+    loop {
+        let head = server.read_head(&limits, &mut stop).await;
+        let (req, head) = match head {
+            Ok(Some(parsed)) => parsed,
+            Ok(None) => return,
+            Err(status) => return server.refuse(status).await,
+        };
+        let lent = match head.body {
+            Decode::Done => None,
+            state => {
+                let side = server.read.take();
+                let expect = head.expect_continue;
+                let reader = Reader { side, state, expect, wanted: false, waker: None };
+                Some(Arc::new(Mutex::new(reader)))
+            }
+        };
+        let body = lent.as_ref().map(|reader| {
+            let length = match head.body {
+                Decode::Length(n) => Some(n),
+                _ => None,
+            };
+            Body { reader: reader.clone(), length }
+        });
+        let req = req.map(|()| body);
+        // Made in each arm, not before: a future made apart and then awaited is
+        // moved into place, a copy of its kilobytes per request.
+        let response = match lent.as_ref().filter(|_| head.expect_continue) {
+            None => handler.call(req).await,
+            Some(reader) => {
+                let mut pending: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
+                let write = &mut server.write;
+                let mut handle = std::pin::pin!(handler.call(req));
+                poll_fn(|cx| {
+                    if !pending.is_empty() && send_continue(reader, write, &mut pending, cx) {
+                        // The client is gone: the body's read fails, and the request with it.
+                        pending = &[];
+                    }
+                    handle.as_mut().poll(cx)
+                })
+                .await
+            }
+        };
+        let switched = response.status() == StatusCode::SWITCHING_PROTOCOLS;
+        if head.upgrade && switched && lent.is_none() {
+            return server.upgrade(response, &handler).await;
+        }
+        let stopping = poll_fn(|cx| Poll::Ready(stop.poll(cx))).await;
+        // A 101 that is not tunnelled (its request had a body): the server has left
+        // HTTP, so what the client sends next is not a request; the connection ends.
+        let mut keep = server.respond(response, &head, stopping).await && !switched;
+        if let Some(reader) = lent {
+            let mut reader = lock(&reader);
+            keep &= reader.drain();
+            server.read = reader.side.take();
+        }
+        if !keep {
+            return server.close().await;
+        }
+    }
+}
+
+/// Writes what is left of the `100 Continue` once the request's body is wanted
+/// (`pending` shrinks as it goes out); until then leaves the task's waker with the
+/// body. `true` when the write failed.
+fn send_continue<W: AsyncWrite + Unpin>(
+    reader: &Mutex<Reader>,
+    write: &mut W,
+    pending: &mut &[u8],
+    cx: &mut Context<'_>,
+) -> bool {
+    {
+        let mut reader = lock(reader);
+        if !reader.wanted {
+            reader.waker = Some(cx.waker().clone());
+            return false;
+        }
+    }
+    while !pending.is_empty() {
+        match Pin::new(&mut *write).poll_write(cx, pending) {
+            Poll::Ready(Ok(n)) if n > 0 => *pending = &pending[n..],
+            Poll::Ready(_) => return true,
+            Poll::Pending => return false,
+        }
+    }
+    false
+}
+
+/// The listener's `stop` watch, as seen by one connection.
+struct Stop<F> {
+    changed: Pin<F>,
+    /// `changed` was polled once: it holds the task's waker (which stays the same
+    /// for the connection's life) and wakes it when `stop` changes. Polling it again
+    /// would take its lock each time, so from then on `check` is read instead.
+    registered: bool,
+    stopped: bool,
+    /// A clone of the receiver, for a look at the version that costs an atomic load.
+    check: tokio::sync::watch::Receiver<bool>,
+}
+
+impl<F: std::ops::DerefMut<Target: std::future::Future>> Stop<F> {
+    /// Whether `stop` has changed; registers for a wake-up when it has not.
+    fn poll(&mut self, cx: &mut Context<'_>) -> bool {
+        if !self.registered {
+            self.registered = true;
+            self.stopped = self.changed.as_mut().poll(cx).is_ready();
+        }
+        self.stopped |= !matches!(self.check.has_changed(), Ok(false));
+        self.stopped
+    }
+}
+
+impl<W: AsyncWrite + Unpin> Server<W> {
+    /// Reads and parses the next request head. `Ok(None)`: the connection ends
+    /// quietly (the client left, a timeout, or `stop` while idle).
+    async fn read_head<F: std::ops::DerefMut<Target: std::future::Future>>(
+        &mut self,
+        limits: &Limits,
+        stop: &mut Stop<F>,
+    ) -> Result<Option<(Request<()>, Head)>, StatusCode> {
+        let Some(side) = self.read.as_mut() else { return Ok(None) };
+        // Set when a read first has to wait: the head's deadline.
+        let mut deadline: Option<Instant> = None;
+        // How much of the buffer is known to hold no head's end. The first bytes are
+        // parsed at once (a head usually comes whole); after a partial head only the
+        // new bytes are scanned for its end, and it is parsed again only once the end
+        // is there, so a head sent a byte at a time costs one pass, not one per byte.
+        let mut scanned = 0;
+        // Set when `stop` is seen while idle: when the connection closes.
+        let mut closing: Option<Instant> = None;
+        loop {
+            if !side.buf.is_empty() {
+                if scanned == 0 || has_head_end(&side.buf, scanned) {
+                    if let Some(parsed) = parse_head(&mut side.buf, &mut self.fields, limits.max_head)? {
+                        return Ok(Some(parsed));
+                    }
+                } else if side.buf.len() >= limits.max_head {
+                    return Err(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
+                }
+                scanned = side.buf.len();
+            }
+            if side.buf.capacity() - side.buf.len() < HEAD_READ / 4 {
+                side.buf.reserve(HEAD_READ);
+            }
+            let (timer, timer_waits) = (&mut self.timer, &mut self.timer_waits);
+            let read = poll_fn(|cx| {
+                if let Poll::Ready(result) =
+                    tokio_util::io::poll_read_buf(Pin::new(&mut side.io), cx, &mut side.buf)
+                {
+                    return Poll::Ready(matches!(result, Ok(n) if n > 0));
+                }
+                let deadline = *deadline.get_or_insert_with(|| {
+                    // Right after a response (the buffer empty) this is also the
+                    // keep-alive idle limit.
+                    let now = Instant::now();
+                    let mut limit = limits.header_read_timeout;
+                    if side.buf.is_empty() {
+                        limit = limit.min(limits.idle_timeout);
+                    }
+                    let deadline = now + limit;
+                    // The timer is moved only when it would fire late: one that fires
+                    // early is re-armed below. So a busy connection resets it about
+                    // once per timeout, not once per request.
+                    if timer.is_elapsed() || timer.deadline() > deadline {
+                        timer.as_mut().reset(deadline);
+                        *timer_waits = false;
+                    }
+                    deadline
+                });
+                // A timer already waiting holds this task's waker: it need not be
+                // polled again until it fires.
+                if !*timer_waits || timer.is_elapsed() {
+                    while timer.as_mut().poll(cx).is_ready() {
+                        if Instant::now() >= deadline {
+                            return Poll::Ready(false);
+                        }
+                        timer.as_mut().reset(deadline);
+                    }
+                    *timer_waits = true;
+                }
+                // An idle connection closes on `stop` once `stop_grace` passes with
+                // nothing from the client: a request already on its way (a busy
+                // client's next one) is answered, with `Connection: close`, instead
+                // of meeting a closed connection. A head under way is answered too.
+                if side.buf.is_empty() && stop.poll(cx) {
+                    let close = *closing.get_or_insert_with(|| Instant::now() + limits.stop_grace);
+                    if Instant::now() >= close {
+                        return Poll::Ready(false);
+                    }
+                    if timer.deadline() > close {
+                        timer.as_mut().reset(close);
+                    }
+                    if timer.as_mut().poll(cx).is_ready() {
+                        cx.waker().wake_by_ref();
+                    }
+                    *timer_waits = true;
+                }
+                Poll::Pending
+            })
+            .await;
+            if !read {
+                return Ok(None);
+            }
+        }
+    }
+
+    /// Writes `response`; `true` when the connection may carry another request.
+    async fn respond<B: ResponseBody>(&mut self, response: Response<B>, head: &Head, stopping: bool) -> bool {
+        let (parts, mut body) = response.into_parts();
+        let size = body.size_hint().exact();
+        let (framing, keep) = encode_head(&mut self.out, &parts, size, head, stopping, &mut self.date);
+        if framing == Out::None {
+            return self.write.write_all(&self.out).await.is_ok() && keep;
+        }
+        match self.write_body(&mut body, framing, head.trailers).await {
+            Ok(complete) => keep && complete,
+            Err(e) => {
+                tracing::debug!(error = %e, "client response cut short");
+                false
+            }
+        }
+    }
+
+    /// Writes the head in `out` and the body after it; `Ok(false)`: the body was cut
+    /// short, so the connection cannot go on.
+    async fn write_body<B: ResponseBody>(
+        &mut self,
+        body: &mut B,
+        framing: Out,
+        send_trailers: bool,
+    ) -> Result<bool, BoxError> {
+        let mut sent = 0u64;
+        let mut trailers = None;
+        loop {
+            let out = &mut self.out;
+            let polled = poll_fn(|cx| match Pin::new(&mut *body).poll_frame(cx) {
+                // Nothing more yet: what is gathered goes out while the body waits.
+                Poll::Pending if !out.is_empty() => Poll::Ready(None),
+                Poll::Pending => Poll::Pending,
+                Poll::Ready(frame) => Poll::Ready(Some(frame)),
+            })
+            .await;
+            let frame = match polled {
+                None => {
+                    self.write.write_all(&self.out).await?;
+                    self.out.clear();
+                    continue;
+                }
+                Some(None) => break,
+                Some(Some(Err(e))) => {
+                    let _ = self.write.write_all(&self.out).await;
+                    return Err(e);
+                }
+                Some(Some(Ok(frame))) => frame,
+            };
+            let data = match frame.into_data() {
+                Ok(data) => data,
+                Err(frame) => {
+                    trailers = frame.into_trailers().ok().filter(|_| send_trailers);
+                    continue;
+                }
+            };
+            if data.is_empty() {
+                continue;
+            }
+            let mut data = data;
+            if let Out::Length(n) = framing {
+                let room = n - sent;
+                if data.len() as u64 > room {
+                    // More than the length said: the rest would be read as a response.
+                    data.truncate(room as usize);
+                    sent = n + 1;
+                } else {
+                    sent += data.len() as u64;
+                }
+            }
+            if framing == Out::Chunked {
+                let mut hex = [0u8; 16];
+                self.out.extend_from_slice(hex_len(data.len(), &mut hex));
+                self.out.extend_from_slice(b"\r\n");
+            }
+            if data.len() <= WRITE_GATHER {
+                self.out.extend_from_slice(&data);
+            } else {
+                // A large frame goes out as it is, behind what is gathered, in one
+                // `writev`.
+                write_both(&mut self.write, &self.out, &data).await?;
+                self.out.clear();
+            }
+            if framing == Out::Chunked {
+                self.out.extend_from_slice(b"\r\n");
+            }
+            if self.out.len() >= WRITE_GATHER {
+                self.write.write_all(&self.out).await?;
+                self.out.clear();
+            }
+            // As hyper: a body that knows it is done is not polled for its end.
+            if matches!(framing, Out::Length(n) if sent > n) || body.is_end_stream() {
+                break;
+            }
+        }
+        let complete = match framing {
+            Out::Chunked => {
+                self.out.extend_from_slice(b"0\r\n");
+                for (name, value) in trailers.iter().flatten() {
+                    push_field(&mut self.out, name.as_str().as_bytes(), value.as_bytes());
+                }
+                self.out.extend_from_slice(b"\r\n");
+                true
+            }
+            Out::Length(n) => sent == n,
+            Out::Eof | Out::None => false,
+        };
+        self.write.write_all(&self.out).await?;
+        Ok(complete)
+    }
+
+    /// Answers a head that cannot be served, then closes.
+    async fn refuse(mut self, status: StatusCode) {
+        tracing::debug!(%status, "refused a malformed request head");
+        self.out.clear();
+        self.out.extend_from_slice(b"HTTP/1.1 ");
+        self.out.extend_from_slice(status.as_str().as_bytes());
+        self.out.push(b' ');
+        self.out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
+        self.out.extend_from_slice(b"\r\ncontent-length: 0\r\nconnection: close\r\n");
+        push_field(&mut self.out, b"date", self.date.now());
+        self.out.extend_from_slice(b"\r\n");
+        if self.write.write_all(&self.out).await.is_ok() {
+            self.close().await;
+        }
+    }
+
+    /// Closes the connection: the write side first, then a short wait that reads and
+    /// drops whatever the client still sends (unread bytes would make the kernel
+    /// reset the connection, which can destroy the response in flight).
+    async fn close(mut self) {
+        let _ = self.write.shutdown().await;
+        let Some(mut side) = self.read.take() else { return };
+        let drain = async {
+            let mut dropped = 0usize;
+            while dropped < 1 << 20 {
+                side.buf.clear();
+                match side.io.read_buf(&mut side.buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => dropped += n,
+                }
+            }
+        };
+        let _ = tokio::time::timeout(LINGER, drain).await;
+    }
+
+    /// Answers an upgrade with its `101`, then hands the connection to `handler`,
+    /// which joins it with whatever answered the upgrade.
+    async fn upgrade<H: Handler<W>>(mut self, response: Response<H::Body>, handler: &H) {
+        let out = &mut self.out;
+        out.clear();
+        out.extend_from_slice(b"HTTP/1.1 101 Switching Protocols\r\n");
+        for (name, value) in response.headers() {
+            push_field(out, name.as_str().as_bytes(), value.as_bytes());
+        }
+        out.extend_from_slice(b"\r\n");
+        if self.write.write_all(&self.out).await.is_err() {
+            return;
+        }
+        let Some(side) = self.read.take() else { return };
+        handler.upgrade(response, side, self.write).await;
+    }
+}

@@ -1,0 +1,517 @@
+//! The server role's half of the codec: request heads parsed in place from the
+//! connection's read buffer (their header values share it), the request's framing
+//! decided in the same pass (RFC 9112 §6), and response heads encoded into a buffer
+//! the connection keeps. The connection loop that drives them is
+//! `listener::h1`; request bodies are `body`.
+
+use std::time::SystemTime;
+
+use bytes::{Bytes, BytesMut};
+use http::header::{self, HeaderName, HeaderValue};
+use http::{Method, Request, StatusCode, Uri, Version};
+use tokio::net::tcp::OwnedReadHalf;
+
+use super::body::Decode;
+use super::chunked::Chunked;
+use super::encode::{push_field, push_length};
+use super::framing::{ends_chunked, has_token, parse_length, ConnectionOptions, MAX_HEADERS};
+use super::head::{range_of, Field};
+
+/// The connection's reading side: its socket half and the bytes read and not yet
+/// consumed. Request header values are slices of `buf`.
+pub struct ReadSide {
+    pub io: OwnedReadHalf,
+    pub buf: BytesMut,
+}
+
+/// A request head's facts that the connection needs after `handle` took the request.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Head {
+    /// The request's body framing; `Done` for none.
+    pub body: Decode,
+    pub version: Version,
+    pub head_method: bool,
+    /// The connection may carry another request, as far as the request says.
+    pub keep_alive: bool,
+    pub expect_continue: bool,
+    /// `Connection: upgrade` with an `Upgrade` header.
+    pub upgrade: bool,
+    /// `TE: trailers`: a chunked response may end with trailers (as hyper, which
+    /// sends them only then).
+    pub trailers: bool,
+}
+
+/// Parses a request head at the start of `buf`, consuming it. `Ok(None)`: more bytes
+/// are needed. `Err`: the status to refuse it with (the connection then closes).
+pub fn parse_head(
+    buf: &mut BytesMut,
+    fields: &mut Vec<Field>,
+    max_head: usize,
+) -> Result<Option<(Request<()>, Head)>, StatusCode> {
+    fields.clear();
+    let (len, method, target, minor) = {
+        let mut storage = [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+        let mut req = httparse::Request::new(&mut []);
+        let status = httparse::ParserConfig::default()
+            .parse_request_with_uninit_headers(&mut req, buf, &mut storage)
+            .map_err(|e| match e {
+                httparse::Error::TooManyHeaders => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                _ => StatusCode::BAD_REQUEST,
+            })?;
+        let httparse::Status::Complete(len) = status else {
+            if buf.len() >= max_head {
+                return Err(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
+            }
+            return Ok(None);
+        };
+        if len > max_head {
+            return Err(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
+        }
+        let base = buf.as_ptr() as usize;
+        fields.extend(req.headers.iter().map(|h| Field::of(base, h)));
+        let method = Method::from_bytes(req.method.unwrap_or_default().as_bytes())
+            .map_err(|_| StatusCode::BAD_REQUEST)?;
+        let target = range_of(base, req.path.unwrap_or_default().as_bytes());
+        (len, method, target, req.version.unwrap_or(1))
+    };
+    let head = buf.split_to(len).freeze();
+    let version = if minor == 0 { Version::HTTP_10 } else { Version::HTTP_11 };
+    let uri = parse_target(&method, head.slice(target))?;
+    // The map is built in place: a map made apart and moved in would cost the drop of
+    // the request's empty one.
+    let mut req = Request::new(());
+    let headers = req.headers_mut();
+    headers.reserve(fields.len());
+    let mut framing = RequestFraming::default();
+    for field in fields.iter() {
+        let name = HeaderName::from_bytes(field.name(&head)).map_err(|_| StatusCode::BAD_REQUEST)?;
+        // SAFETY: httparse accepted this value, and it accepts exactly the bytes a
+        // `HeaderValue` may hold (HTAB, 0x20-0x7E, 0x80-0xFF); `http` still checks
+        // this in debug builds.
+        let value = unsafe { HeaderValue::from_maybe_shared_unchecked(field.value(&head)) };
+        if framing.note(&name, &value)? {
+            headers.append(name, value);
+        }
+    }
+    let head = framing.decide(&method, version)?;
+    *req.method_mut() = method;
+    *req.uri_mut() = uri;
+    *req.version_mut() = version;
+    Ok(Some((req, head)))
+}
+
+/// Whether `buf` holds the blank line that ends a head (CRLF CRLF, or with bare LFs,
+/// which httparse takes too) ending at or after `from`.
+pub fn has_head_end(buf: &[u8], from: usize) -> bool {
+    (from.max(1)..buf.len()).any(|p| {
+        buf[p] == b'\n' && (buf[p - 1] == b'\n' || (p >= 2 && buf[p - 1] == b'\r' && buf[p - 2] == b'\n'))
+    })
+}
+
+/// The request target as a `Uri`: origin-form, absolute-form, `*` for OPTIONS and
+/// authority-form for CONNECT (RFC 9112 §3.2); anything else is refused.
+fn parse_target(method: &Method, target: Bytes) -> Result<Uri, StatusCode> {
+    let (origin, asterisk) = (target.first() == Some(&b'/'), &target[..] == b"*");
+    if asterisk && method != Method::OPTIONS {
+        return Err(StatusCode::BAD_REQUEST);
+    }
+    let uri = Uri::from_maybe_shared(target).map_err(|_| StatusCode::BAD_REQUEST)?;
+    let absolute = uri.scheme().is_some();
+    let authority = method == Method::CONNECT && uri.authority().is_some();
+    if origin || asterisk || absolute || authority {
+        Ok(uri)
+    } else {
+        Err(StatusCode::BAD_REQUEST)
+    }
+}
+
+/// What a request's headers say about its framing, gathered in the pass that builds
+/// its header map.
+#[derive(Default)]
+struct RequestFraming {
+    length: Option<u64>,
+    /// `Transfer-Encoding` is present; `chunked`: its last coding is chunked.
+    coded: bool,
+    chunked: bool,
+    connection: ConnectionOptions,
+    expect_continue: bool,
+    trailers: bool,
+    has_upgrade: bool,
+}
+
+impl RequestFraming {
+    /// Notes one header; `Ok(false)`: a repeat of an equal `Content-Length`, which is
+    /// kept once so the request goes on with one.
+    fn note(&mut self, name: &HeaderName, value: &HeaderValue) -> Result<bool, StatusCode> {
+        if *name == header::CONTENT_LENGTH {
+            let n = parse_length(value.as_bytes()).ok_or(StatusCode::BAD_REQUEST)?;
+            let repeat = self.length.is_some();
+            if self.length.is_some_and(|l| l != n) {
+                return Err(StatusCode::BAD_REQUEST);
+            }
+            self.length = Some(n);
+            return Ok(!repeat);
+        } else if *name == header::TRANSFER_ENCODING {
+            self.coded = true;
+            self.chunked = ends_chunked(value.as_bytes());
+        } else if *name == header::CONNECTION {
+            self.connection.note(value.as_bytes());
+        } else if *name == header::UPGRADE {
+            self.has_upgrade = true;
+        } else if *name == header::TE {
+            self.trailers |= has_token(value.as_bytes(), b"trailers");
+        } else if *name == header::EXPECT {
+            self.expect_continue |= value.as_bytes().eq_ignore_ascii_case(b"100-continue");
+        }
+        Ok(true)
+    }
+
+    /// The body's framing (RFC 9112 §6) and the connection's fate as the request
+    /// sees it.
+    fn decide(self, method: &Method, version: Version) -> Result<Head, StatusCode> {
+        let body = match (self.coded, self.length) {
+            // RFC 9112 §6.1: a coding in HTTP/1.0 is faulty framing; a length next to
+            // a coding could be read either way by the next hop.
+            (true, _) if version == Version::HTTP_10 => return Err(StatusCode::BAD_REQUEST),
+            (true, Some(_)) => return Err(StatusCode::BAD_REQUEST),
+            (true, None) if !self.chunked => return Err(StatusCode::BAD_REQUEST),
+            (true, None) => Decode::Chunked(Chunked::new()),
+            (false, Some(n)) if n > 0 => Decode::Length(n),
+            _ => Decode::Done,
+        };
+        Ok(Head {
+            body,
+            version,
+            head_method: method == Method::HEAD,
+            keep_alive: self.connection.persist(version),
+            expect_continue: self.expect_continue && version == Version::HTTP_11 && body != Decode::Done,
+            upgrade: self.connection.upgrade && self.has_upgrade,
+            trailers: self.trailers,
+        })
+    }
+}
+
+/// The `Date` header's value, formatted again only when the second changes.
+pub struct Date {
+    second: u64,
+    text: [u8; 29],
+}
+
+impl Default for Date {
+    fn default() -> Self {
+        Date { second: 0, text: [b' '; 29] }
+    }
+}
+
+impl Date {
+    pub fn now(&mut self) -> &[u8] {
+        let now = SystemTime::now();
+        let second = now.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        if second != self.second {
+            use std::io::Write as _;
+            let _ = write!(&mut self.text[..], "{}", httpdate::HttpDate::from(now));
+            self.second = second;
+        }
+        &self.text
+    }
+}
+
+/// How a response body is framed on the wire.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Out {
+    None,
+    Length(u64),
+    Chunked,
+    /// Until the connection closes (HTTP/1.0, size unknown).
+    Eof,
+}
+
+/// Writes the response head into `out` (cleared first): the status line, the
+/// response's headers, and what framing and the connection need: `Content-Length`
+/// when the size is known (`size`, the body's exact size hint), chunked for HTTP/1.1
+/// when not, close-delimited for HTTP/1.0; `Connection: close` when the connection
+/// ends after it, `keep-alive` for an HTTP/1.0 client it stays open for; `Date` unless
+/// the response has one. Returns the body's framing and whether the connection may
+/// carry another request.
+pub fn encode_head(
+    out: &mut Vec<u8>,
+    parts: &http::response::Parts,
+    size: Option<u64>,
+    head: &Head,
+    stopping: bool,
+    date: &mut Date,
+) -> (Out, bool) {
+    let status = parts.status;
+    out.clear();
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(status.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
+    out.extend_from_slice(b"\r\n");
+    let (mut has_date, mut length, mut close) = (false, None, false);
+    // RFC 9110 §8.6: no `Content-Length` with a 1xx, 204 or 304.
+    let no_length =
+        status.is_informational() || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED;
+    for (name, value) in &parts.headers {
+        if *name == header::DATE {
+            has_date = true;
+        } else if *name == header::CONTENT_LENGTH {
+            // One that is not a number frames nothing: it is left out, and the
+            // body's own size decides. A repeat goes out once.
+            if no_length || length.is_some() {
+                continue;
+            }
+            length = parse_length(value.as_bytes());
+            if length.is_none() {
+                continue;
+            }
+        } else if *name == header::CONNECTION {
+            close |= has_token(value.as_bytes(), b"close");
+        }
+        push_field(out, name.as_str().as_bytes(), value.as_bytes());
+    }
+    let mut keep = head.keep_alive && !close && !stopping;
+    let bodyless = head.head_method
+        || status.is_informational()
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED;
+    let framing = if bodyless {
+        // A HEAD answer tells the length a GET would get, when it is known.
+        if head.head_method && length.is_none() {
+            if let Some(n) = size.filter(|&n| n > 0) {
+                push_length(out, n);
+            }
+        }
+        Out::None
+    } else if let Some(n) = length {
+        Out::Length(n)
+    } else if let Some(n) = size {
+        push_length(out, n);
+        Out::Length(n)
+    } else if head.version == Version::HTTP_11 {
+        out.extend_from_slice(b"transfer-encoding: chunked\r\n");
+        Out::Chunked
+    } else {
+        keep = false;
+        Out::Eof
+    };
+    if keep && head.version == Version::HTTP_10 {
+        out.extend_from_slice(b"connection: keep-alive\r\n");
+    }
+    if !keep && !close {
+        out.extend_from_slice(b"connection: close\r\n");
+    }
+    if !has_date {
+        push_field(out, b"date", date.now());
+    }
+    out.extend_from_slice(b"\r\n");
+    (framing, keep)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::Response;
+
+    fn parse(text: &[u8]) -> Result<Option<(Request<()>, Head)>, StatusCode> {
+        let mut buf = BytesMut::from(text);
+        parse_head(&mut buf, &mut Vec::new(), 8192)
+    }
+
+    fn head(text: &str) -> Head {
+        parse(text.as_bytes()).unwrap().unwrap().1
+    }
+
+    fn refused(text: &[u8]) -> StatusCode {
+        parse(text).unwrap_err()
+    }
+
+    proptest::proptest! {
+        /// Whatever a client sends as a head, parsing answers a request, "more", or a
+        /// status to refuse it with: never a panic.
+        #[test]
+        fn any_bytes_parse_without_panic(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..600)) {
+            let _ = parse(&bytes);
+        }
+
+        /// A head of printable fields after a valid request line parses or is refused
+        /// with 400 or 431, and a parsed one keeps every field it was given.
+        #[test]
+        fn heads_of_arbitrary_fields_parse_or_are_refused(fields in proptest::collection::vec(("[a-z][a-z0-9-]{0,12}", "[ -~]{0,40}"), 0..20)) {
+            let mut text = String::from("GET /p HTTP/1.1\r\nhost: a\r\n");
+            for (name, value) in &fields {
+                text.push_str(&format!("{name}: {value}\r\n"));
+            }
+            text.push_str("\r\n");
+            match parse(text.as_bytes()) {
+                Ok(Some((req, _))) => {
+                    for (name, _) in &fields {
+                        proptest::prop_assert!(req.headers().contains_key(name.as_str()), "{} lost", name);
+                    }
+                }
+                Ok(None) => proptest::prop_assert!(false, "a complete head was read as partial"),
+                Err(status) => proptest::prop_assert!(status == StatusCode::BAD_REQUEST || status == StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE),
+            }
+        }
+    }
+
+    #[test]
+    fn a_get_parses_with_its_headers_sharing_the_buffer() {
+        let mut buf =
+            BytesMut::from(&b"GET /p?q=1 HTTP/1.1\r\nHost: a\r\nX-A: 1\r\nX-A: 2\r\n\r\nGET /next"[..]);
+        let (req, head) = parse_head(&mut buf, &mut Vec::new(), 8192).unwrap().unwrap();
+        assert_eq!(req.method(), Method::GET);
+        assert_eq!(req.uri(), "/p?q=1");
+        assert_eq!(req.version(), Version::HTTP_11);
+        assert_eq!(req.headers()["host"], "a");
+        assert_eq!(req.headers().get_all("x-a").iter().collect::<Vec<_>>(), ["1", "2"]);
+        assert_eq!((head.body, head.keep_alive, head.head_method), (Decode::Done, true, false));
+        assert_eq!(&buf[..], b"GET /next", "the next request stays buffered");
+    }
+
+    #[test]
+    fn partial_heads_wait_and_oversized_ones_are_431() {
+        assert!(parse(b"GET / HTTP/1.1\r\nHost: a\r\n").unwrap().is_none());
+        let mut big = b"GET / HTTP/1.1\r\nX: ".to_vec();
+        big.extend(std::iter::repeat_n(b'a', 9000));
+        assert_eq!(refused(&big), StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
+        let mut many = b"GET / HTTP/1.1\r\n".to_vec();
+        for i in 0..150 {
+            many.extend_from_slice(format!("X-{i}: 1\r\n").as_bytes());
+        }
+        many.extend_from_slice(b"\r\n");
+        assert_eq!(refused(&many), StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
+    }
+
+    #[test]
+    fn a_head_end_is_found_in_the_new_bytes_only() {
+        let head = b"GET / HTTP/1.1\r\nHost: a\r\n\r\n";
+        for at in 0..head.len() {
+            assert!(!has_head_end(&head[..at], 0), "{at}");
+        }
+        assert!(has_head_end(head, 0));
+        // The end straddles what was scanned and what is new.
+        assert!(has_head_end(head, head.len() - 1));
+        assert!(has_head_end(b"GET / HTTP/1.1\nHost: a\n\n", 20));
+        assert!(has_head_end(b"GET / HTTP/1.1\r\nHost: a\n\r\n", 25));
+    }
+
+    #[test]
+    fn targets_in_every_form() {
+        let req = parse(b"GET http://h.example/p HTTP/1.1\r\n\r\n").unwrap().unwrap().0;
+        assert_eq!(req.uri().authority().unwrap(), "h.example");
+        assert!(parse(b"OPTIONS * HTTP/1.1\r\n\r\n").unwrap().is_some());
+        assert!(parse(b"CONNECT h.example:443 HTTP/1.1\r\n\r\n").unwrap().is_some());
+        assert_eq!(refused(b"GET foo HTTP/1.1\r\n\r\n"), StatusCode::BAD_REQUEST);
+        assert_eq!(refused(b"GET * HTTP/1.1\r\n\r\n"), StatusCode::BAD_REQUEST);
+        assert_eq!(refused(b"GET /a b HTTP/1.1\r\n\r\n"), StatusCode::BAD_REQUEST);
+    }
+
+    #[test]
+    fn framing_follows_rfc_9112() {
+        assert_eq!(head("POST / HTTP/1.1\r\nContent-Length: 5\r\n\r\n").body, Decode::Length(5));
+        assert_eq!(head("POST / HTTP/1.1\r\nContent-Length: 0\r\n\r\n").body, Decode::Done);
+        let chunked = head("POST / HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\n\r\n");
+        assert_eq!(chunked.body, Decode::Chunked(Chunked::new()));
+        assert!(!head("GET / HTTP/1.1\r\nConnection: close\r\n\r\n").keep_alive);
+        assert!(!head("GET / HTTP/1.0\r\n\r\n").keep_alive);
+        assert!(head("GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n").keep_alive);
+        let expect = head("POST / HTTP/1.1\r\nContent-Length: 1\r\nExpect: 100-continue\r\n\r\n");
+        assert!(expect.expect_continue);
+        let upgrade = head("GET / HTTP/1.1\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n");
+        assert!(upgrade.upgrade);
+        // One of two equal lengths is kept.
+        let (req, _) =
+            parse(b"POST / HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\n").unwrap().unwrap();
+        assert_eq!(req.headers().get_all(header::CONTENT_LENGTH).iter().count(), 1);
+    }
+
+    #[test]
+    fn ambiguous_framing_and_bad_headers_are_400() {
+        for bad in [
+            &b"POST / HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n"[..],
+            b"POST / HTTP/1.1\r\nContent-Length: 5, 6\r\n\r\n",
+            b"POST / HTTP/1.1\r\nContent-Length: +5\r\n\r\n",
+            b"POST / HTTP/1.1\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n",
+            b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked, identity\r\n\r\n",
+            b"POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n",
+            b"GET / HTTP/1.1\r\nX-A: 1\r\n 2\r\n\r\n",
+            b"GET / HTTP/1.1\r\nX-A: a\0b\r\n\r\n",
+            b"GET / HTTP/1.1\r\nX(A): 1\r\n\r\n",
+            b"GET / HTTP/1.1\r\nX-A : 1\r\n\r\n",
+            b"GET / HTTP/1.x\r\n\r\n",
+        ] {
+            assert_eq!(refused(bad), StatusCode::BAD_REQUEST, "{}", String::from_utf8_lossy(bad));
+        }
+    }
+
+    fn encoded(response: Response<()>, size: Option<u64>, request: &str) -> (String, Out, bool) {
+        let head = head(request);
+        let (parts, ()) = response.into_parts();
+        let mut out = Vec::new();
+        let mut date = Date::default();
+        let (framing, keep) = encode_head(&mut out, &parts, size, &head, false, &mut date);
+        (String::from_utf8(out).unwrap(), framing, keep)
+    }
+
+    fn response(status: u16, headers: &[(&str, &str)]) -> Response<()> {
+        let mut builder = Response::builder().status(status);
+        for (name, value) in headers {
+            builder = builder.header(*name, *value);
+        }
+        builder.body(()).unwrap()
+    }
+
+    #[test]
+    fn response_heads_frame_their_bodies() {
+        const GET11: &str = "GET / HTTP/1.1\r\n\r\n";
+        const GET10: &str = "GET / HTTP/1.0\r\n\r\n";
+        let (text, framing, keep) = encoded(response(200, &[("x-a", "1")]), Some(2), GET11);
+        assert!(text.starts_with("HTTP/1.1 200 OK\r\nx-a: 1\r\ncontent-length: 2\r\ndate: "), "{text}");
+        assert!(text.ends_with(" GMT\r\n\r\n"), "{text}");
+        assert_eq!((framing, keep), (Out::Length(2), true));
+        let (text, framing, _) = encoded(response(200, &[("content-length", "5")]), None, GET11);
+        assert_eq!((text.matches("content-length").count(), framing), (1, Out::Length(5)));
+        let (text, framing, _) = encoded(response(200, &[]), None, GET11);
+        assert!(text.contains("transfer-encoding: chunked\r\n"));
+        assert_eq!(framing, Out::Chunked);
+        // HTTP/1.0 cannot take chunks: the close ends the body.
+        let (text, framing, keep) = encoded(response(200, &[]), None, GET10);
+        assert!(text.contains("connection: close\r\n") && !text.contains("transfer-encoding"), "{text}");
+        assert_eq!((framing, keep), (Out::Eof, false));
+        let keep_alive = "GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n";
+        let (text, _, keep) = encoded(response(200, &[]), Some(0), keep_alive);
+        assert!(text.contains("connection: keep-alive\r\n") && keep, "{text}");
+    }
+
+    #[test]
+    fn no_content_and_not_modified_carry_no_length_and_a_repeat_goes_out_once() {
+        const GET11: &str = "GET / HTTP/1.1\r\n\r\n";
+        let (text, framing, _) = encoded(response(204, &[("content-length", "0")]), Some(0), GET11);
+        assert!(!text.contains("content-length"), "{text}");
+        assert_eq!(framing, Out::None);
+        let (text, _, _) = encoded(response(304, &[("content-length", "9")]), Some(0), GET11);
+        assert!(!text.contains("content-length"), "{text}");
+        let twice = response(200, &[("content-length", "2"), ("content-length", "2")]);
+        let (text, framing, _) = encoded(twice, Some(2), GET11);
+        assert_eq!((text.matches("content-length").count(), framing), (1, Out::Length(2)), "{text}");
+    }
+
+    #[test]
+    fn bodiless_answers_and_closing_ones() {
+        let (text, framing, keep) = encoded(response(204, &[]), Some(0), "GET / HTTP/1.1\r\n\r\n");
+        assert!(!text.contains("content-length"), "{text}");
+        assert_eq!((framing, keep), (Out::None, true));
+        let (text, framing, _) = encoded(response(200, &[]), Some(10), "HEAD / HTTP/1.1\r\n\r\n");
+        assert!(text.contains("content-length: 10\r\n"), "{text}");
+        assert_eq!(framing, Out::None);
+        // A refusal's `Connection: close` ends the connection, and is not doubled.
+        let (text, _, keep) =
+            encoded(response(400, &[("connection", "close")]), Some(0), "GET / HTTP/1.1\r\n\r\n");
+        assert_eq!((text.matches("connection").count(), keep), (1, false));
+        let (text, _, keep) =
+            encoded(response(200, &[("date", "x")]), Some(0), "GET / HTTP/1.1\r\nConnection: close\r\n\r\n");
+        assert_eq!((text.matches("date").count(), keep), (1, false));
+        assert!(text.contains("connection: close\r\n"));
+    }
+}

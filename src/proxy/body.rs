@@ -272,9 +272,15 @@ impl RequestBody {
 /// Which fault a client body's error is: broken framing (weir's HTTP/1.1 server's
 /// decoder, or hyper's, which reports it as invalid data), else the client went away
 /// (a closed connection, a reset stream, an h2 body that broke its own length).
-fn classify(error: &(dyn std::error::Error + 'static)) -> ClientFault {
+pub(crate) fn classify(error: &(dyn std::error::Error + 'static)) -> ClientFault {
     let mut source = Some(error);
     while let Some(e) = source {
+        if e.is::<BodyTooLarge>() {
+            return ClientFault::TooLarge;
+        }
+        if e.is::<BodyTimeout>() {
+            return ClientFault::Stalled;
+        }
         if crate::http::h1::body::is_malformed(e) {
             return ClientFault::Malformed;
         }
@@ -498,5 +504,22 @@ impl http_body::Body for Body {
             Body::Upstream(up) => up.inner.size_hint(),
             Body::Tee(tee) => tee.size_hint(),
         }
+    }
+}
+
+#[cfg(test)]
+mod fault_tests {
+    use super::*;
+
+    #[test]
+    fn a_client_body_error_is_classified_as_the_clients_fault() {
+        let too_large: BoxError = Box::new(BodyTooLarge { limit: 1 });
+        assert_eq!(classify(&*too_large), ClientFault::TooLarge);
+        let stalled: BoxError = Box::new(BodyTimeout(Duration::from_secs(1)));
+        assert_eq!(classify(&*stalled), ClientFault::Stalled);
+        let bad: BoxError = Box::new(std::io::Error::new(std::io::ErrorKind::InvalidData, "bad chunk"));
+        assert_eq!(classify(&*bad), ClientFault::Malformed);
+        let gone: BoxError = Box::new(std::io::Error::from(std::io::ErrorKind::ConnectionReset));
+        assert_eq!(classify(&*gone), ClientFault::Aborted);
     }
 }

@@ -129,6 +129,9 @@ fn upstream_error(server: &Server, source: super::body::BoxError) -> ProxyError 
 fn h1_error(server: &Server, error: h1::Error) -> ProxyError {
     match error {
         h1::Error::Bad(reason) => ProxyError::BadResponse { server: server.address.clone(), reason },
+        // The client's body failed while it went up: the client's fault, also when
+        // no `BodyWatch` saw it (a body that said it had ended, then failed).
+        h1::Error::RequestBody(e) => ProxyError::ClientBody { fault: super::body::classify(&*e) },
         other => upstream_error(server, other.into()),
     }
 }

@@ -58,7 +58,7 @@ fn build(c: &mut Criterion) {
     group.sample_size(10);
     for n in [1_000, 10_000] {
         group.bench_function(format!("{n}"), |b| {
-            b.iter_batched(|| routes(n, &metrics), |r| Router::new(r), BatchSize::LargeInput)
+            b.iter_batched(|| routes(n, &metrics), Router::new, BatchSize::LargeInput)
         });
     }
     group.finish();

@@ -117,12 +117,11 @@ impl Runtime {
         }
         let limiters = build_limiters(config, previous, metrics)?;
         let caches = build_caches(config, previous, metrics);
-        let mut router = Router::default();
-        for r in &config.routes {
+        let router = Router::new(config.routes.iter().map(|r| {
             let mut route = build_route(r, &upstreams, &limiters, &caches, metrics);
             route.listeners = listener_mask(r, &slots);
-            router.add(r.host.as_ref().map(|h| h.get_ref().as_str()), route);
-        }
+            (r.host.as_ref().map(|h| h.get_ref().as_str()), route)
+        }));
         let listener_tls = listener_tls(config, &slots)?;
         if let Some(previous) = previous {
             forget_removed_servers(previous, &upstreams, metrics);

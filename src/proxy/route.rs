@@ -6,8 +6,9 @@
 //! read/write splitting rests on: `methods = ["GET", "HEAD"]` to a replica pool and
 //! a route without `methods` (same host and prefix) to the primary pool send reads
 //! to the replicas and everything else to the primary. Routes are grouped by host
-//! and each group is sorted by that order at build time, so a lookup is one hash probe
-//! and a short scan, and allocates nothing.
+//! and each group is indexed by prefix at build time, so a lookup is one hash probe
+//! for the host and one per distinct prefix length, never a scan of the host's
+//! routes, and allocates nothing.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -133,75 +134,135 @@ impl Route {
         }
     }
 
-    fn matches(&self, listener: usize, path: &str, method: &Method) -> bool {
+    /// Listener and method; the prefix is the index's part.
+    fn serves(&self, listener: usize, method: &Method) -> bool {
         self.listeners & (1u64 << (listener & 63)) != 0
-            && path.starts_with(&*self.prefix)
             && self.methods.as_ref().is_none_or(|m| m.contains(method))
-    }
-
-    fn rank(&self) -> (std::cmp::Reverse<usize>, bool) {
-        (std::cmp::Reverse(self.prefix.len()), self.methods.is_none())
     }
 }
 
 /// All routes of a runtime, grouped by host.
 #[derive(Default)]
 pub struct Router {
-    exact: HashMap<Box<str>, Vec<Route>>,
+    exact: HashMap<Box<str>, Group>,
     /// `(".example.com", routes)`, longest suffix first.
-    wildcard: Vec<(Box<str>, Vec<Route>)>,
-    any: Vec<Route>,
+    wildcard: Vec<(Box<str>, Group)>,
+    any: Group,
+}
+
+/// One host's routes, indexed by `path_prefix`.
+///
+/// A path can match at most one prefix of each length (its own first bytes), so a
+/// lookup probes the map once per distinct prefix length, longest first, and scans
+/// only the routes of that one prefix: its cost follows the number of distinct
+/// lengths, not the number of routes.
+#[derive(Default)]
+struct Group {
+    /// Sorted by prefix length (longest first), then prefix, then routes listing
+    /// methods before those without, then definition order: the routes of one prefix
+    /// are one run, in the order they are tried.
+    routes: Vec<Route>,
+    /// Prefix -> its run in `routes`.
+    by_prefix: HashMap<Box<str>, (u32, u32)>,
+    /// The distinct prefix lengths, longest first.
+    lengths: Box<[usize]>,
+}
+
+impl Group {
+    /// Sorts once (stable, so definition order breaks ties) and indexes the runs.
+    fn new(mut routes: Vec<Route>) -> Group {
+        routes.sort_by(|a, b| {
+            b.prefix
+                .len()
+                .cmp(&a.prefix.len())
+                .then_with(|| a.prefix.cmp(&b.prefix))
+                .then_with(|| a.methods.is_none().cmp(&b.methods.is_none()))
+        });
+        let mut by_prefix = HashMap::new();
+        let mut lengths = Vec::new();
+        let mut start = 0;
+        while start < routes.len() {
+            let prefix = &routes[start].prefix;
+            let end = start + routes[start..].iter().take_while(|r| r.prefix == *prefix).count();
+            if lengths.last() != Some(&prefix.len()) {
+                lengths.push(prefix.len());
+            }
+            by_prefix.insert(prefix.clone(), (start as u32, end as u32));
+            start = end;
+        }
+        Group { routes, by_prefix, lengths: lengths.into() }
+    }
+
+    fn find(&self, listener: usize, path: &str, method: &Method) -> Option<&Route> {
+        for &len in self.lengths.iter() {
+            // A prefix that is a valid string and equals the path's first bytes ends
+            // on one of the path's character boundaries, so nothing is skipped here.
+            let Some(head) = path.get(..len) else { continue };
+            let Some(&(start, end)) = self.by_prefix.get(head) else { continue };
+            let run = &self.routes[start as usize..end as usize];
+            if let Some(route) = run.iter().find(|r| r.serves(listener, method)) {
+                return Some(route);
+            }
+        }
+        None
+    }
 }
 
 impl Router {
-    /// Adds a route for `host` (exact, `*.suffix`, or `None` for any host).
-    pub fn add(&mut self, host: Option<&str>, route: Route) {
-        let group = match host.map(str::to_ascii_lowercase) {
-            None => &mut self.any,
-            Some(h) => match h.strip_prefix('*') {
-                Some(suffix) => {
-                    let i = match self.wildcard.iter().position(|(s, _)| **s == *suffix) {
-                        Some(i) => i,
-                        None => {
-                            self.wildcard.push((suffix.into(), Vec::new()));
-                            self.wildcard.len() - 1
-                        }
-                    };
-                    &mut self.wildcard[i].1
-                }
-                None => self.exact.entry(h.into()).or_default(),
-            },
-        };
-        group.push(route);
-        group.sort_by_key(Route::rank);
-        self.wildcard.sort_by_key(|(s, _)| std::cmp::Reverse(s.len()));
+    /// The router for `routes`, each with its host (exact, `*.suffix`, or `None` for
+    /// any host), in definition order. O(n log n): each group is sorted once.
+    pub fn new<'h>(routes: impl IntoIterator<Item = (Option<&'h str>, Route)>) -> Router {
+        let mut exact: HashMap<Box<str>, Vec<Route>> = HashMap::new();
+        let mut wildcard: Vec<(Box<str>, Vec<Route>)> = Vec::new();
+        let mut wildcard_at: HashMap<Box<str>, usize> = HashMap::new();
+        let mut any = Vec::new();
+        for (host, route) in routes {
+            let group = match host.map(str::to_ascii_lowercase) {
+                None => &mut any,
+                Some(h) => match h.strip_prefix('*') {
+                    Some(suffix) => {
+                        let i = *wildcard_at.entry(suffix.into()).or_insert_with(|| {
+                            wildcard.push((suffix.into(), Vec::new()));
+                            wildcard.len() - 1
+                        });
+                        &mut wildcard[i].1
+                    }
+                    None => exact.entry(h.into()).or_default(),
+                },
+            };
+            group.push(route);
+        }
+        // Stable: of two suffixes of one length at most one fits a host.
+        wildcard.sort_by_key(|(s, _)| std::cmp::Reverse(s.len()));
+        Router {
+            exact: exact.into_iter().map(|(h, g)| (h, Group::new(g))).collect(),
+            wildcard: wildcard.into_iter().map(|(s, g)| (s, Group::new(g))).collect(),
+            any: Group::new(any),
+        }
     }
 
     /// The route for a request arriving on listener `listener`, if any.
     pub fn route<B>(&self, listener: usize, req: &Request<B>) -> Option<&Route> {
         let path = req.uri().path();
         let method = req.method();
-        let find = |group: &[Route]| group.iter().position(|r| r.matches(listener, path, method));
         let mut buf = [0u8; 256];
         // Without host routes the host is never needed: skip finding and lowercasing it.
         let host_routes = !self.exact.is_empty() || !self.wildcard.is_empty();
         if let Some(host) =
             host_routes.then(|| request_host(req)).flatten().and_then(|h| lowercase(h, &mut buf))
         {
-            if let Some(group) = self.exact.get(host) {
-                if let Some(i) = find(group) {
-                    return Some(&group[i]);
-                }
+            if let Some(route) = self.exact.get(host).and_then(|g| g.find(listener, path, method)) {
+                return Some(route);
             }
             for (suffix, group) in &self.wildcard {
                 if host.len() > suffix.len() && host.ends_with(&**suffix) {
-                    if let Some(i) = find(group) {
-                        return Some(&group[i]);
+                    if let Some(route) = group.find(listener, path, method) {
+                        return Some(route);
                     }
                 }
             }
         }
-        find(&self.any).map(|i| &self.any[i])
+        self.any.find(listener, path, method)
     }
 }
 
@@ -282,5 +343,145 @@ mod tests {
         assert_eq!(restricted(&listed, &["h2c"]), ["h2c"]);
         assert_eq!(restricted(&listed, &["tls/1.2"]), ["tls/1.2"]);
         assert!(restricted(&Upgrades::new(&[]), &["websocket"]).is_empty());
+    }
+}
+
+#[cfg(test)]
+mod index_tests {
+    use super::*;
+    use http::StatusCode;
+    use proptest::prelude::*;
+
+    /// The linear scan the index replaced (a group sorted by rank, first match
+    /// wins), kept as the reference the index must agree with.
+    #[derive(Default)]
+    struct Linear {
+        exact: HashMap<Box<str>, Vec<Route>>,
+        wildcard: Vec<(Box<str>, Vec<Route>)>,
+        any: Vec<Route>,
+    }
+
+    fn matches(r: &Route, listener: usize, path: &str, method: &Method) -> bool {
+        r.listeners & (1u64 << (listener & 63)) != 0
+            && path.starts_with(&*r.prefix)
+            && r.methods.as_ref().is_none_or(|m| m.contains(method))
+    }
+
+    fn rank(r: &Route) -> (std::cmp::Reverse<usize>, bool) {
+        (std::cmp::Reverse(r.prefix.len()), r.methods.is_none())
+    }
+
+    impl Linear {
+        fn add(&mut self, host: Option<&str>, route: Route) {
+            let group = match host.map(str::to_ascii_lowercase) {
+                None => &mut self.any,
+                Some(h) => match h.strip_prefix('*') {
+                    Some(suffix) => {
+                        let i = match self.wildcard.iter().position(|(s, _)| **s == *suffix) {
+                            Some(i) => i,
+                            None => {
+                                self.wildcard.push((suffix.into(), Vec::new()));
+                                self.wildcard.len() - 1
+                            }
+                        };
+                        &mut self.wildcard[i].1
+                    }
+                    None => self.exact.entry(h.into()).or_default(),
+                },
+            };
+            group.push(route);
+            group.sort_by_key(rank);
+            self.wildcard.sort_by_key(|(s, _)| std::cmp::Reverse(s.len()));
+        }
+
+        fn route<B>(&self, listener: usize, req: &Request<B>) -> Option<&Route> {
+            let path = req.uri().path();
+            let method = req.method();
+            let find = |group: &[Route]| group.iter().position(|r| matches(r, listener, path, method));
+            let mut buf = [0u8; 256];
+            let host_routes = !self.exact.is_empty() || !self.wildcard.is_empty();
+            if let Some(host) =
+                host_routes.then(|| request_host(req)).flatten().and_then(|h| lowercase(h, &mut buf))
+            {
+                if let Some(group) = self.exact.get(host) {
+                    if let Some(i) = find(group) {
+                        return Some(&group[i]);
+                    }
+                }
+                for (suffix, group) in &self.wildcard {
+                    if host.len() > suffix.len() && host.ends_with(&**suffix) {
+                        if let Some(i) = find(group) {
+                            return Some(&group[i]);
+                        }
+                    }
+                }
+            }
+            find(&self.any).map(|i| &self.any[i])
+        }
+    }
+
+    /// A route that answers `200 + id`, so two routers' choices can be compared.
+    fn route(id: usize, prefix: &str, methods: Option<&[Method]>, listeners: u64) -> Route {
+        let metrics = crate::metrics::Metrics::new().unwrap();
+        let status = StatusCode::from_u16(200 + id as u16).unwrap();
+        Route {
+            prefix: prefix.into(),
+            methods: methods.map(|m| m.to_vec().into_boxed_slice()),
+            listeners,
+            action: Action::Answer(Local { what: LocalAnswer::status(status), answered: metrics.local("r") }),
+            access: None,
+            response_headers: None,
+            request_id: false,
+            needs_client_ip: false,
+        }
+    }
+
+    fn id(route: Option<&Route>) -> Option<u16> {
+        match &route?.action {
+            Action::Answer(Local { what: LocalAnswer::Respond { status, .. }, .. }) => {
+                Some(status.as_u16() - 200)
+            }
+            _ => unreachable!(),
+        }
+    }
+
+    const HOSTS: [Option<&str>; 6] =
+        [None, Some("a.test"), Some("A.Test"), Some("*.test"), Some("*.b.test"), Some("x.b.test")];
+    const PREFIXES: [&str; 9] = ["", "/", "/a", "/a/", "/ab", "/a/b", "/b", "/é", "/a/b/c"];
+    const REQUEST_HOSTS: [Option<&str>; 6] =
+        [None, Some("a.test"), Some("x.b.test:8080"), Some("y.b.test."), Some("other"), Some("test")];
+    const PATHS: [&str; 9] = ["/", "/a", "/a/", "/ab", "/a/b", "/a/b/c/d", "/b", "/é", "/%C3"];
+
+    fn methods(pick: u8) -> Option<&'static [Method]> {
+        match pick % 4 {
+            0 => None,
+            1 => Some(&[Method::GET, Method::HEAD]),
+            2 => Some(&[Method::POST]),
+            _ => Some(&[Method::GET]),
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn index_chooses_as_the_linear_scan_did(
+            routes in proptest::collection::vec((0..HOSTS.len(), 0..PREFIXES.len(), any::<u8>(), 1u64..4), 0..60),
+            requests in proptest::collection::vec((0..REQUEST_HOSTS.len(), 0..PATHS.len(), any::<bool>(), 0usize..2), 1..20),
+        ) {
+            let mut linear = Linear::default();
+            let mut spec = Vec::new();
+            for (i, &(h, p, m, l)) in routes.iter().enumerate() {
+                linear.add(HOSTS[h], route(i, PREFIXES[p], methods(m), l));
+                spec.push((HOSTS[h], route(i, PREFIXES[p], methods(m), l)));
+            }
+            let index = Router::new(spec);
+            for &(h, p, get, listener) in &requests {
+                let mut req = Request::builder().method(if get { Method::GET } else { Method::POST }).uri(PATHS[p]);
+                if let Some(host) = REQUEST_HOSTS[h] {
+                    req = req.header(header::HOST, host);
+                }
+                let req = req.body(()).unwrap();
+                prop_assert_eq!(id(index.route(listener, &req)), id(linear.route(listener, &req)));
+            }
+        }
     }
 }

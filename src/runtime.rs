@@ -40,8 +40,7 @@ use toml::Spanned;
 /// The ready-to-serve form of one config.
 pub struct Runtime {
     /// What the request path reads: routes, the unrouted metrics, trusted proxies,
-    /// the access log. A `Runtime` derefs to it, so the listeners hand the runtime
-    /// they loaded to `proxy::handle` as it is.
+    /// the access log. The listeners hand it to `proxy::handle`.
     pub pipeline: Pipeline,
     pub upstreams: HashMap<Box<str>, Arc<Upstream>>,
     /// Response caches by name; a cache whose settings a reload leaves unchanged is
@@ -63,14 +62,6 @@ pub struct Runtime {
     pub answers: Arc<Answers>,
     /// `[admin] hosts` and token: here so that a reload changes them.
     pub admin: crate::config::AdminAccess,
-}
-
-impl std::ops::Deref for Runtime {
-    type Target = Pipeline;
-
-    fn deref(&self) -> &Pipeline {
-        &self.pipeline
-    }
 }
 
 /// Default `queue_size` of an upstream with `max_in_flight`.
@@ -128,7 +119,7 @@ impl Runtime {
         }
         let access_log = AccessLog::open(
             &config.access_log,
-            previous.and_then(|p| p.access_log.as_ref()),
+            previous.and_then(|p| p.pipeline.access_log.as_ref()),
             &metrics.access_log_dropped_total,
         )
         .map_err(|e| {

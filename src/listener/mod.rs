@@ -463,7 +463,8 @@ impl Connection {
                 // The request future is a few KiB, and hyper moves each stream's
                 // future into a task of its own (several copies per request): boxed,
                 // only a pointer moves.
-                let mut response = Box::pin(proxy::handle(&rt, req.map(ClientBody::Hyper), &peer)).await;
+                let mut response =
+                    Box::pin(proxy::handle(&rt.pipeline, req.map(ClientBody::Hyper), &peer)).await;
                 if let Some(tunnel) = response.extensions_mut().remove::<Tunnel>() {
                     *busy.0.tunnel.lock().unwrap_or_else(|e| e.into_inner()) = Some(tunnel);
                 }

@@ -139,9 +139,8 @@ async fn send(
     let key: PickKey = upstream.balancer.key(&req, trace.client_ip.unwrap_or(peer.addr.ip()));
     let preferred = upstream.sticky.as_ref().and_then(|s| s.preferred(req.headers()));
     let timeout = trace.limits.request_timeout.unwrap_or(upstream.request_timeout);
-    let (mut on_upgrade, forwarded) = prepare(&mut req, peer, upstream.h2);
-    // Whether an upgrade goes up: only then may a `101` come back.
-    let upgrading = req.headers().contains_key(header::UPGRADE);
+    // `upgrading`: whether an upgrade goes up; only then may a `101` come back.
+    let (mut on_upgrade, forwarded, upgrading) = prepare(&mut req, peer, upstream.h2);
     upstream.retry_budget.deposit();
     let replayable = is_idempotent(req.method()) && http_body::Body::is_end_stream(req.body());
     let panic = upstream.health.in_panic(&upstream.servers);
@@ -448,9 +447,10 @@ impl Forwarded {
 ///
 /// In place: the request is the largest value in the request's future, and a copy
 /// made here would be carried by every layer above.
-fn prepare(req: &mut Request<Body>, peer: &Peer, h2: bool) -> (Option<OnUpgrade>, Option<Forwarded>) {
+fn prepare(req: &mut Request<Body>, peer: &Peer, h2: bool) -> (Option<OnUpgrade>, Option<Forwarded>, bool) {
     let headers = req.headers_mut();
     let upgrade = requested_upgrade(headers);
+    let upgrading = upgrade.is_some();
     // gRPC needs `te: trailers` end to end; any other TE is hop-by-hop.
     let trailers = headers.get(header::TE).is_some_and(|te| has_token(te, "trailers"));
     strip_hop_by_hop(headers);
@@ -488,9 +488,9 @@ fn prepare(req: &mut Request<Body>, peer: &Peer, h2: bool) -> (Option<OnUpgrade>
     // head itself, sparing the map a grow and a rehash per request.
     if h2 {
         forwarded.insert_into(req.headers_mut());
-        return (on_upgrade, None);
+        return (on_upgrade, None, upgrading);
     }
-    (on_upgrade, Some(forwarded))
+    (on_upgrade, Some(forwarded), upgrading)
 }
 
 /// The `Upgrade` protocol, when `Connection` asks for an upgrade.

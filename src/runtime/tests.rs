@@ -67,7 +67,11 @@ servers = [{ address = "127.0.0.1:1" }]
 
 fn route(rt: &Runtime, listener: usize, method: &str, host: &str, path: &str) -> String {
     let req = Request::builder().method(method).uri(path).header("host", host).body(()).unwrap();
-    rt.router.route(listener, &req).and_then(Route::upstream).map_or("none".into(), |u| u.name.to_string())
+    rt.pipeline
+        .router
+        .route(listener, &req)
+        .and_then(Route::upstream)
+        .map_or("none".into(), |u| u.name.to_string())
 }
 
 #[test]
@@ -108,7 +112,7 @@ deny = ["192.0.2.0/24"]
 servers = [{ address = "127.0.0.1:1" }]
 "#;
     let rt = runtime(text);
-    let route = |path: &str| rt.router.route(0, &Request::get(path).body(()).unwrap()).unwrap();
+    let route = |path: &str| rt.pipeline.router.route(0, &Request::get(path).body(()).unwrap()).unwrap();
     let plain = route("/");
     assert!(!plain.needs_client_ip && !plain.request_id && plain.access.is_none());
     assert!(plain.response_headers.is_none());
@@ -158,10 +162,11 @@ fn limiters_and_queues_survive_a_rebuild_with_the_same_settings() {
     assert!(Arc::ptr_eq(&first.limiters["one"], &second.limiters["one"]));
     let queue = |rt: &Runtime| rt.upstreams["app"].admission.clone().unwrap();
     assert!(Arc::ptr_eq(&queue(&first), &queue(&second)));
-    let route_limiter = |rt: &Runtime| match &rt.router.route(0, &http::Request::new(())).unwrap().action {
-        Action::Proxy(p) => p.limiter.clone(),
-        Action::Answer(_) => None,
-    };
+    let route_limiter =
+        |rt: &Runtime| match &rt.pipeline.router.route(0, &http::Request::new(())).unwrap().action {
+            Action::Proxy(p) => p.limiter.clone(),
+            Action::Answer(_) => None,
+        };
     assert!(Arc::ptr_eq(&route_limiter(&second).unwrap(), &second.limiters["one"]));
 
     let changed = config::parse(
@@ -215,7 +220,7 @@ fn a_cache_survives_a_rebuild_unless_its_settings_change() {
     let second = build(&text, Some(&first));
     assert!(Arc::ptr_eq(&first.caches["pages"], &second.caches["pages"]));
     let req = Request::builder().uri("/").header("host", "elsewhere").body(()).unwrap();
-    let routed = match second.router.route(0, &req).map(|r| &r.action) {
+    let routed = match second.pipeline.router.route(0, &req).map(|r| &r.action) {
         Some(Action::Proxy(p)) => p.cache.as_ref().unwrap().cache.clone(),
         _ => panic!("the route proxies"),
     };

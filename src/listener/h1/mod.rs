@@ -83,7 +83,7 @@ impl Handler<ClientIo<OwnedWriteHalf>> for Pipeline {
             None => ClientBody::Empty,
             Some(body) => ClientBody::H1(body),
         });
-        proxy::handle(&rt, req, &self.peer).await
+        proxy::handle(&rt.pipeline, req, &self.peer).await
     }
 
     /// Joins the client and upstream sockets and copies bytes both ways until either

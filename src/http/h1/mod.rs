@@ -29,6 +29,8 @@
 //! - Chunked bodies: every framing line ends in CRLF (no bare LF), chunk extensions
 //!   are bounded per body (`chunked::MAX_EXTENSIONS`) and trailers by size and count.
 //! - Heads are bounded by the listener's `max_header_size` (hyper buffers ~400 KiB).
+//! - `Connection: close` closes the connection whatever else the header lists
+//!   (`close, keep-alive`), as RFC 9112 §9.6 says; hyper keeps such a connection.
 //! - In both roles the codec drops a repeated equal `Content-Length`, and a response
 //!   that cannot have a body (1xx, 204, 304) loses its `Content-Length`.
 

@@ -173,6 +173,9 @@ async fn request_trailers_end_the_chunked_body() {
 
 /// TCP states (as `/proc/net/tcp` writes them) of this host's sockets whose remote
 /// end is `port` on 127.0.0.1: weir's connections to a backend listening there.
+/// Only `ESTABLISHED` and `CLOSE_WAIT` are kept: sockets closing or closed
+/// (`TIME_WAIT`, `FIN_WAIT*`) may be left over from an earlier test whose backend
+/// had the same port.
 fn sockets_to(port: u16) -> Vec<u8> {
     let table = std::fs::read_to_string("/proc/net/tcp").unwrap();
     let remote = format!("0100007F:{port:04X}");
@@ -183,6 +186,7 @@ fn sockets_to(port: u16) -> Vec<u8> {
             let fields: Vec<&str> = line.split_whitespace().collect();
             (fields.get(2) == Some(&remote.as_str())).then(|| u8::from_str_radix(fields[3], 16).unwrap())
         })
+        .filter(|&state| state == ESTABLISHED || state == CLOSE_WAIT)
         .collect()
 }
 

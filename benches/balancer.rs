@@ -18,7 +18,7 @@ fn servers(metrics: &Metrics, n: usize) -> Vec<Arc<Server>> {
             let server = Server {
                 metrics: metrics.server("bench", &address),
                 addr: address.parse().expect("a literal socket address"),
-                tls_name: weir::proxy::client::tls_name(&address),
+                tls_name: weir::upstream::client::tls_name(&address),
                 address: address.into(),
                 weight: 1 + (i % 3) as u32,
                 backup: false,

@@ -4,7 +4,7 @@
 //! A request over the limit waits its turn (first come, first served: tokio's
 //! semaphore is fair) for up to `queue_timeout`, then gets `503`; when `queue_size`
 //! requests are already waiting it gets `503` at once, so a flood cannot pile up
-//! unbounded waiters. The permit rides in the response body (`proxy::body::Release`)
+//! unbounded waiters. The permit rides in the response body (`upstream::body::Release`)
 //! and is returned when the body ends, because a response still streaming is still
 //! load on the server.
 //!

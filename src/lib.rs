@@ -5,10 +5,11 @@
 //!
 //! 0. `config` (the TOML, validated and parsed once) and `http` (the wire).
 //! 1. Small shared parts: `metrics`, `recent`, `tls`, `admission`, `access_log`,
-//!    `clock`.
+//!    `clock`, `body` (the request bodies weir relays).
 //! 2. weir's craft, each standing alone: `balancer`, `cache`, `ratelimit`,
 //!    `shaping`.
-//! 3. `upstream`: servers, their pools, health checks, DNS discovery, retry budget.
+//! 3. `upstream`: servers, their pools and the client that sends to them, health
+//!    checks, DNS discovery, retry budget.
 //! 4. `proxy`: the pipeline of one request (route, shape, limit, cache, admit,
 //!    forward, record).
 //! 5. The process: `listener` accepts and hands requests to `proxy`; `runtime` turns
@@ -19,6 +20,7 @@ pub mod access_log;
 pub mod admin;
 pub mod admission;
 pub mod balancer;
+pub mod body;
 pub mod cache;
 pub mod clock;
 pub mod config;

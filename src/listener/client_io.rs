@@ -12,7 +12,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Sleep;
 
 use super::H2_PREFACE;
-use crate::proxy::body::Pause;
+use crate::body::Pause;
 
 /// A socket whose first bytes were already read: they are read again first.
 pub(super) struct Rewind<I> {

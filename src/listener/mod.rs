@@ -39,7 +39,7 @@
 //! then covers every request head, including the idle gap between keep-alive requests
 //! (it starts when the previous response is done), so `header_read_timeout` is also the
 //! keep-alive idle limit; a stalled request body gets `body_read_timeout`
-//! (`proxy::body::RequestBody`); a client that stops reading its response gets
+//! (`body::RequestBody`); a client that stops reading its response gets
 //! `send_timeout` (`ClientIo`).
 
 use std::convert::Infallible;
@@ -66,8 +66,8 @@ use tokio_util::task::TaskTracker;
 
 use bytes::BytesMut;
 
+use crate::body::ClientBody;
 use crate::config::ListenerConfig;
-use crate::proxy::body::ClientBody;
 use crate::proxy::forward::Tunnel;
 use crate::proxy::{self, Peer};
 use crate::runtime::SharedRuntime;

@@ -11,9 +11,10 @@ use http::{Method, Request, Response, StatusCode};
 use tokio::sync::watch;
 
 use super::admit_and_forward;
-use super::body::{Body, ClientBody};
+use super::body::Body;
 use super::error::ProxyError;
 use super::forward::{self, Peer, Trace};
+use crate::body::{ClientBody, Outbound};
 use crate::cache::policy::{self, current_age, RequestRules};
 use crate::cache::store::{Entry, Key, Object, Place};
 use crate::cache::{
@@ -362,8 +363,8 @@ fn has_body<B: http_body::Body>(req: &Request<B>) -> bool {
 /// answer (validators, ranges). A `Content-Length` copied onto a request without a
 /// body would leave the upstream reading the next request on the connection as that
 /// body.
-fn refresh_request<B>(req: &Request<B>) -> Request<Body> {
-    let mut copy = Request::new(Body::Empty);
+fn refresh_request<B>(req: &Request<B>) -> Request<Outbound> {
+    let mut copy = Request::new(Outbound::Empty);
     *copy.method_mut() = Method::GET;
     *copy.uri_mut() = req.uri().clone();
     *copy.version_mut() = req.version();

@@ -5,7 +5,10 @@ use std::time::Duration;
 
 use http::{header, HeaderValue, Response, StatusCode};
 
-use super::body::{Body, ClientFault};
+use super::body::Body;
+use crate::body::{BoxError, ClientFault};
+use crate::upstream::client::SendError;
+use crate::upstream::Server;
 
 /// Why a request got no upstream response.
 #[derive(Debug, thiserror::Error)]
@@ -19,7 +22,7 @@ pub enum ProxyError {
     #[error("{server} sent no response headers within {after:?}")]
     UpstreamTimeout { server: std::sync::Arc<str>, after: Duration },
     #[error("{server} failed the request: {source}")]
-    Upstream { server: std::sync::Arc<str>, source: super::body::BoxError },
+    Upstream { server: std::sync::Arc<str>, source: BoxError },
     #[error("rate limited; next request allowed in {retry_after:?}")]
     RateLimited { retry_after: Duration },
     #[error("upstream `{upstream}` is at max_in_flight and its queue is full")]
@@ -64,6 +67,17 @@ pub fn client_closed_request() -> StatusCode {
 }
 
 impl ProxyError {
+    /// A failed send to `server`, as the pipeline reports it.
+    pub fn from_send(server: &Server, error: SendError) -> ProxyError {
+        let server = server.address.clone();
+        match error {
+            SendError::Connect(reason) => ProxyError::Connect { server, reason },
+            SendError::Broken(source) => ProxyError::Upstream { server, source },
+            SendError::BadResponse(reason) => ProxyError::BadResponse { server, reason },
+            SendError::ClientBody(fault) => ProxyError::ClientBody { fault },
+        }
+    }
+
     /// The status the client gets.
     pub fn status(&self) -> StatusCode {
         match self {

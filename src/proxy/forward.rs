@@ -22,11 +22,13 @@ use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
-use super::body::{Body, BodyWatch, ClientBody, ClientFault, Release, RequestBody, UpstreamBody};
-use super::client::{self, TE_TRAILERS};
+use super::body::Body;
 use super::error::ProxyError;
-use super::h1;
+use super::forwarded::Forwarded;
 use crate::balancer::PickKey;
+use crate::body::{BodyWatch, ClientBody, ClientFault, Outbound, RequestBody};
+use crate::upstream::body::{Release, UpstreamBody};
+use crate::upstream::client::{self, SendError, Stream, TE_TRAILERS};
 use crate::upstream::health::{self, Outcome};
 use crate::upstream::{InFlight, Server, Upstream};
 
@@ -54,9 +56,6 @@ impl Peer {
     }
 }
 
-static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
-static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
-static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 
@@ -103,12 +102,12 @@ pub async fn forward(
     let mut watch = None;
     let req = req.map(|body| {
         if http_body::Body::is_end_stream(&body) {
-            Body::Client(body)
+            Outbound::Client(body)
         } else {
             let bytes = upstream.metrics.request_bytes.clone();
             let shared = Arc::new(BodyWatch::new(trace.limits.max_body));
             watch = Some(shared.clone());
-            Body::Request(RequestBody::new(body, bytes, tally, peer.body_read_timeout, shared))
+            Outbound::Request(RequestBody::new(body, bytes, tally, peer.body_read_timeout, shared))
         }
     });
     send(upstream, req, peer, trace, watch).await
@@ -120,7 +119,7 @@ pub async fn forward(
 /// a new cookie.
 pub async fn forward_request(
     upstream: &Arc<Upstream>,
-    req: Request<Body>,
+    req: Request<Outbound>,
     peer: &Peer,
     trace: &mut Trace,
 ) -> Result<Response<Body>, ProxyError> {
@@ -130,7 +129,7 @@ pub async fn forward_request(
 /// `forward_request`, with the client body's `watch` when it has one.
 async fn send(
     upstream: &Arc<Upstream>,
-    mut req: Request<Body>,
+    mut req: Request<Outbound>,
     peer: &Peer,
     trace: &mut Trace,
     watch: Option<Arc<BodyWatch>>,
@@ -282,8 +281,8 @@ fn is_idempotent(method: &Method) -> bool {
 }
 
 /// The request line and headers of a bodyless request, to send again.
-fn copy_head(req: &Request<Body>) -> Request<Body> {
-    let mut copy = Request::new(Body::Empty);
+fn copy_head(req: &Request<Outbound>) -> Request<Outbound> {
+    let mut copy = Request::new(Outbound::Empty);
     *copy.method_mut() = req.method().clone();
     *copy.uri_mut() = req.uri().clone();
     *copy.version_mut() = req.version();
@@ -350,7 +349,7 @@ type Attempt = Result<Response<Body>, (ProxyError, bool)>;
 async fn attempt(
     upstream: &Upstream,
     (index, server): (usize, &Arc<Server>),
-    req: &mut Request<Body>,
+    req: &mut Request<Outbound>,
     forwarded: Option<&Forwarded>,
     timeout: Duration,
     watch: Option<&BodyWatch>,
@@ -361,10 +360,10 @@ async fn attempt(
     let response = match exchange {
         Ok(Ok(response)) => response,
         Ok(Err(failure)) => {
-            if matches!(failure.error, ProxyError::Connect { .. }) {
+            if matches!(failure.error, SendError::Connect(_)) {
                 server.metrics.connect_errors.inc();
             }
-            return Err((failure.error, failure.sent));
+            return Err((ProxyError::from_send(server, failure.error), failure.sent));
         }
         // The server waited for a body the client was not sending: the client's stall,
         // whichever limit ran out first.
@@ -397,49 +396,6 @@ async fn attempt(
     Ok(Response::from_parts(parts, body))
 }
 
-/// The `X-Forwarded-*` headers weir adds to a request: `-Host` and `-Proto` replace
-/// the client's, and the client's address is appended to its `-For`.
-pub struct Forwarded {
-    /// The host the client asked for, if it named one.
-    pub host: Option<HeaderValue>,
-    pub proto: &'static str,
-    pub ip: HeaderValue,
-}
-
-impl Forwarded {
-    /// Sets the headers in `headers`, for a client that sends from the map (h2).
-    fn insert_into(&self, headers: &mut HeaderMap) {
-        if let Some(host) = &self.host {
-            headers.insert(X_FORWARDED_HOST.clone(), host.clone());
-        }
-        headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(self.proto));
-        append_forwarded_for(headers, &self.ip);
-    }
-
-    /// Whether `name` is one of the headers this replaces.
-    pub fn replaces(name: &HeaderName) -> bool {
-        *name == X_FORWARDED_FOR || *name == X_FORWARDED_HOST || *name == X_FORWARDED_PROTO
-    }
-
-    /// Writes the headers as HTTP/1.1 fields into `out`, joining any `X-Forwarded-For`
-    /// the client sent (which `replaces` skipped) with the client's address.
-    pub fn encode(&self, headers: &HeaderMap, out: &mut Vec<u8>) {
-        out.extend_from_slice(b"x-forwarded-for: ");
-        for value in headers.get_all(&X_FORWARDED_FOR) {
-            out.extend_from_slice(value.as_bytes());
-            out.extend_from_slice(b", ");
-        }
-        out.extend_from_slice(self.ip.as_bytes());
-        if let Some(host) = &self.host {
-            out.extend_from_slice(b"\r\nx-forwarded-host: ");
-            out.extend_from_slice(host.as_bytes());
-        }
-        out.extend_from_slice(b"\r\nx-forwarded-proto: ");
-        out.extend_from_slice(self.proto.as_bytes());
-        out.extend_from_slice(b"\r\n");
-    }
-}
-
 /// Turns a client request into the upstream request: origin-form target, HTTP/1.1,
 /// hop-by-hop headers removed, `Host` kept, and the `X-Forwarded-*` headers to add.
 /// An upgrade request (WebSocket) keeps its `Upgrade` header, and the client side of
@@ -447,7 +403,11 @@ impl Forwarded {
 ///
 /// In place: the request is the largest value in the request's future, and a copy
 /// made here would be carried by every layer above.
-fn prepare(req: &mut Request<Body>, peer: &Peer, h2: bool) -> (Option<OnUpgrade>, Option<Forwarded>, bool) {
+fn prepare(
+    req: &mut Request<Outbound>,
+    peer: &Peer,
+    h2: bool,
+) -> (Option<OnUpgrade>, Option<Forwarded>, bool) {
     let headers = req.headers_mut();
     let upgrade = requested_upgrade(headers);
     let upgrading = upgrade.is_some();
@@ -526,7 +486,7 @@ pub struct Tunnel(Arc<std::sync::Mutex<Option<TunnelParts>>>);
 
 struct TunnelParts {
     client: OnUpgrade,
-    upstream: Option<(h1::Stream, bytes::Bytes)>,
+    upstream: Option<(Stream, bytes::Bytes)>,
     in_flight: Option<InFlight>,
 }
 
@@ -553,7 +513,7 @@ impl Tunnel {
 /// either side closes. The request stays in flight (`in_flight`) for the tunnel's life.
 pub(crate) async fn splice<C: AsyncRead + AsyncWrite + Unpin>(
     mut client: C,
-    mut upstream: h1::Stream,
+    mut upstream: Stream,
     from_server: &[u8],
     from_client: &[u8],
     in_flight: Option<InFlight>,
@@ -566,24 +526,6 @@ pub(crate) async fn splice<C: AsyncRead + AsyncWrite + Unpin>(
     };
     if let Err(e) = result.await {
         tracing::debug!(error = %e, "tunnel closed with an error");
-    }
-}
-
-/// Appends the client's address to any `X-Forwarded-For` it sent, as one header.
-fn append_forwarded_for(headers: &mut HeaderMap, ip: &HeaderValue) {
-    let mut existing = headers.get_all(&X_FORWARDED_FOR).iter().peekable();
-    if existing.peek().is_none() {
-        headers.insert(X_FORWARDED_FOR.clone(), ip.clone());
-        return;
-    }
-    let mut joined = Vec::with_capacity(64);
-    for value in existing {
-        joined.extend_from_slice(value.as_bytes());
-        joined.extend_from_slice(b", ");
-    }
-    joined.extend_from_slice(ip.as_bytes());
-    if let Ok(value) = HeaderValue::from_bytes(&joined) {
-        headers.insert(X_FORWARDED_FOR.clone(), value);
     }
 }
 
@@ -681,16 +623,6 @@ mod tests {
         plain.insert("x-kept", HeaderValue::from_static("1"));
         strip_client_hop_by_hop(&mut plain);
         assert_eq!(plain.len(), 1);
-    }
-
-    #[test]
-    fn forwarded_for_is_appended_to_what_the_client_sent() {
-        let mut h = HeaderMap::new();
-        append_forwarded_for(&mut h, &HeaderValue::from_static("10.0.0.1"));
-        assert_eq!(h[&X_FORWARDED_FOR], "10.0.0.1");
-        h.append(X_FORWARDED_FOR.clone(), HeaderValue::from_static("1.1.1.1"));
-        append_forwarded_for(&mut h, &HeaderValue::from_static("10.0.0.2"));
-        assert_eq!(h[&X_FORWARDED_FOR], "10.0.0.1, 1.1.1.1, 10.0.0.2");
     }
 
     #[test]

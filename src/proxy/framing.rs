@@ -29,47 +29,6 @@ use super::error::ProxyError;
 use crate::http::h1::framing::tokens;
 pub use crate::http::h1::framing::MAX_HEADERS;
 
-/// Fields a sender must not put in trailers (RFC 9110 §6.5.1): framing, routing,
-/// request modifiers, authentication, response control, how to process the content,
-/// and the hop-by-hop ones. A recipient that merged them into the header section
-/// (many do) would let a body's end reshape its request, so they are dropped from a
-/// request's trailers before forwarding.
-static FORBIDDEN_TRAILERS: [&str; 26] = [
-    "content-length",
-    "transfer-encoding",
-    "host",
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "te",
-    "upgrade",
-    "trailer",
-    "expect",
-    "max-forwards",
-    "cache-control",
-    "pragma",
-    "range",
-    "if-match",
-    "if-none-match",
-    "if-modified-since",
-    "if-unmodified-since",
-    "if-range",
-    "authorization",
-    "proxy-authorization",
-    "cookie",
-    "content-encoding",
-    "content-type",
-    "content-range",
-    "age",
-];
-
-/// Removes from `trailers` the fields no trailer may carry (`FORBIDDEN_TRAILERS`).
-pub fn strip_forbidden_trailers(trailers: &mut HeaderMap) {
-    for name in FORBIDDEN_TRAILERS {
-        trailers.remove(name);
-    }
-}
-
 /// `Ok` when `req` is unambiguous to forward; else the error to answer with.
 pub fn check<B>(req: &Request<B>) -> Result<(), ProxyError> {
     let headers = req.headers();
@@ -351,7 +310,7 @@ mod tests {
         {
             t.append(http::HeaderName::from_bytes(name.as_bytes()).unwrap(), "1".parse().unwrap());
         }
-        strip_forbidden_trailers(&mut t);
+        crate::http::strip_forbidden_trailers(&mut t);
         let mut left: Vec<_> = t.keys().map(|k| k.as_str()).collect();
         left.sort_unstable();
         assert_eq!(left, ["grpc-status", "x-checksum"]);

@@ -13,12 +13,11 @@
 
 pub mod body;
 mod cache;
-pub mod client;
 pub mod client_ip;
 pub mod error;
 pub mod forward;
+pub mod forwarded;
 pub mod framing;
-pub mod h1;
 mod pipeline;
 pub mod route;
 
@@ -30,11 +29,12 @@ use http::{HeaderValue, Request, Response};
 
 use crate::access_log::Pending;
 use crate::admission::Refused;
+use crate::body::ClientBody;
 use crate::ratelimit::Decision;
 use crate::shaping::template::{Var, Vars};
 use crate::shaping::{self, X_REQUEST_ID};
 use crate::upstream::Upstream;
-use body::{Body, ClientBody};
+use body::Body;
 use error::ProxyError;
 pub use forward::Peer;
 use forward::{Limits, Trace};

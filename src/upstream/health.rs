@@ -26,10 +26,11 @@ use http::header::{self, HeaderValue};
 use http::uri::PathAndQuery;
 use http::{Request, StatusCode};
 
+use super::client;
+use crate::body::Outbound;
 use crate::clock::now_ms;
 use crate::config::{StatusSet, UpstreamConfig};
-use crate::proxy::body::Body;
-use crate::proxy::client;
+use crate::http::h1::client::NoExtra;
 use crate::upstream::{Server, Upstream};
 
 /// How one upstream judges its servers; built once per runtime.
@@ -280,10 +281,10 @@ async fn probe(upstream: &Upstream, server: &Server, check: &ActiveCheck) -> Res
         let mut req = Request::get(check.path.clone())
             .header(header::HOST, host)
             .header(header::USER_AGENT, USER_AGENT.clone())
-            .body(Body::Empty)
+            .body(Outbound::Empty)
             .map_err(|e| e.to_string())?;
         let response = sender
-            .send(server, &mut req, None, upstream.tls.is_some())
+            .send(&mut req, None::<&NoExtra>, upstream.tls.is_some())
             .await
             .map_err(|f| format!("request: {}", f.error))?;
         let status = response.status();

@@ -9,6 +9,8 @@
 //! Who writes what: `health` is the only writer of `healthy`; the proxy path begins
 //! and ends in-flight counts (`InFlight`) and takes and returns pooled connections.
 
+pub mod body;
+pub mod client;
 pub mod discovery;
 pub mod health;
 pub mod retry;
@@ -25,9 +27,9 @@ use crate::admission::Admission;
 use crate::balancer::{Balancer, Member};
 use crate::config::{BalancerKind, StatusSet};
 use crate::metrics::{ServerMetrics, UpstreamMetrics};
-use crate::proxy::client::{Sender, UpstreamTls};
 use crate::recent::RecentErrors;
 use crate::shaping::sticky::Sticky;
+use client::{Sender, UpstreamTls};
 use health::HealthPolicy;
 use retry::RetryBudget;
 

@@ -1,6 +1,6 @@
 //! The one chunked-body decoder (RFC 9112 §7.1), shared by weir's HTTP/1.1 server
 //! (request bodies, `http::h1::body`) and client (response bodies,
-//! `proxy::h1::response`), so both read a body the same strict way.
+//! `h1::response`), so both read a body the same strict way.
 //!
 //! Strict where a looser reading would let two parsers disagree on where a body ends
 //! (request smuggling): `chunk-size = 1*HEXDIG`, every line ends in CRLF (no bare LF

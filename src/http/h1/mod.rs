@@ -1,6 +1,6 @@
 //! weir's one HTTP/1.1 codec (RFC 9112), used by both roles: the server that reads
 //! client requests (`listener::h1`) and the client that reads server responses
-//! (`proxy::h1`).
+//! (`upstream::client`).
 //!
 //! - `framing`: RFC 9112 §6 and §9: the one `Content-Length` parser, `Transfer-Encoding`,
 //!   `Connection` options, and the one scanner of comma-separated token lists.

@@ -1,6 +1,6 @@
 //! The client role's half of the codec: response heads parsed in place (their
 //! header values share the read buffer) with the body's framing decided in the same
-//! pass (RFC 9112 §6.3). The connection that reads the body is `proxy::h1`.
+//! pass (RFC 9112 §6.3). The connection that reads the body is `client`.
 
 use bytes::BytesMut;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};

@@ -10,7 +10,7 @@
 //! `auto` connection at almost half of weir's instructions per proxied request:
 //! parsing into a fresh `HeaderMap` with a copy per value, buffered IO, a dispatcher,
 //! a header-read timer armed per request, and a request future moved into place per
-//! request. Here, as in weir's HTTP/1.1 client (`proxy::h1`), the head is parsed with
+//! request. Here, as in weir's HTTP/1.1 client (`http::h1::client`), the head is parsed with
 //! httparse straight from the connection's read buffer, its header values share that
 //! buffer, `proxy::handle` runs inline in the connection's future, and the response
 //! head is written into a buffer the connection keeps, with a small body in the same
@@ -40,7 +40,7 @@
 //! - timeouts: `header_read_timeout` for each head (from the end of the previous
 //!   response, so it is also the keep-alive idle limit), `idle_timeout` between
 //!   requests, `send_timeout` on writes (`ClientIo`); `body_read_timeout` is the
-//!   request body's (`proxy::body::RequestBody`). When `stop` changes an idle
+//!   request body's (`body::RequestBody`). When `stop` changes an idle
 //!   connection closes after `STOP_GRACE` without a request, a busy one after its
 //!   response.
 //! - upgrades: the tunnel runs on the connection's own task (its `max_connections`
@@ -56,11 +56,12 @@ use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::TcpStream;
 
 use super::{ClientIo, Connection};
+use crate::body::ClientBody;
 use crate::http::h1::body::Body;
 use crate::http::h1::conn::{self, Handler, Limits};
 use crate::http::h1::server::ReadSide;
 use crate::proxy;
-use crate::proxy::body::{Body as ResponseBody, ClientBody};
+use crate::proxy::body::Body as ResponseBody;
 use crate::proxy::forward::{splice, Peer};
 use crate::runtime::SharedRuntime;
 

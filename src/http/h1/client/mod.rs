@@ -146,6 +146,17 @@ pub trait ExtraHeaders {
     fn encode(&self, headers: &http::HeaderMap, out: &mut Vec<u8>);
 }
 
+/// No extra fields, for requests weir makes itself (health checks).
+pub struct NoExtra;
+
+impl ExtraHeaders for NoExtra {
+    fn replaces(&self, _: &HeaderName) -> bool {
+        false
+    }
+
+    fn encode(&self, _: &http::HeaderMap, _: &mut Vec<u8>) {}
+}
+
 /// One idle or busy HTTP/1.1 connection to a server.
 pub struct Conn<B> {
     io: Stream,

@@ -1,9 +1,9 @@
 //! The upstream client: connections to servers (TCP, optionally TLS, then HTTP/1.1
 //! or h2), the per-server pool, and sending one request.
 //!
-//! HTTP/1.1 connections are weir's own (`h1`) and carry one exchange at a time: a
-//! connection is taken from the pool, and the response body hands it back when it
-//! ends (`body::UpstreamBody`). An h2 connection (hyper's) is shared: it goes back
+//! HTTP/1.1 connections are weir's own (the codec's `http::h1::client`) and carry one
+//! exchange at a time: a connection is taken from the pool, and the response body
+//! hands it back when it ends (`upstream::body::UpstreamBody`). An h2 connection (hyper's) is shared: it goes back
 //! into the pool as soon as it is taken, and every request multiplexes over it. A
 //! pooled connection that turns out to be closed leaves the request unsent, and is
 //! replaced.
@@ -17,16 +17,22 @@ use rustls_pki_types::ServerName;
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
-use super::body::{Body, ResponseBody};
-use super::error::ProxyError;
-use super::forward::Forwarded;
-use super::h1;
-use crate::upstream::{Server, Upstream};
+use super::body::ResponseBody;
+use super::{Server, Upstream};
+use crate::body::{classify, BoxError, ClientFault, Outbound};
+use crate::http::h1::client::{self as h1, ExtraHeaders};
+
+pub use crate::http::h1::client::Stream;
+
+/// An upstream HTTP/1.1 connection carrying weir's request bodies.
+pub type H1Conn = h1::Conn<Outbound>;
+/// A response body read from such a connection.
+pub type H1Body = h1::Body<Outbound>;
 
 /// A pooled connection.
 pub enum Sender {
-    H1(h1::Conn),
-    H2(http2::SendRequest<Body>),
+    H1(H1Conn),
+    H2(http2::SendRequest<Outbound>),
 }
 
 /// TLS towards an upstream's servers.
@@ -39,31 +45,44 @@ pub struct UpstreamTls {
 /// A failed send: the error, and whether the request may have reached the server.
 /// When it did not, the request is still whole and can go elsewhere.
 pub struct SendFailure {
-    pub error: ProxyError,
+    pub error: SendError,
     pub sent: bool,
+}
+
+/// Why a send failed; the pipeline says which server and what status it gets.
+#[derive(Debug, thiserror::Error)]
+pub enum SendError {
+    #[error("cannot connect: {0}")]
+    Connect(String),
+    /// The connection broke, or the server reset the stream.
+    #[error("{0}")]
+    Broken(BoxError),
+    /// A response a client could frame differently from weir.
+    #[error("bad response: {0}")]
+    BadResponse(&'static str),
+    /// The client's body failed while it went up: the client's fault.
+    #[error("the client's request body failed ({0:?})")]
+    ClientBody(ClientFault),
 }
 
 impl Sender {
     /// Sends `req` (its body is taken once it is on its way); `tls` says which scheme
-    /// h2 announces. `forwarded`: headers the HTTP/1.1 client adds as it writes the
+    /// h2 announces. `extra`: header fields the HTTP/1.1 client adds as it writes the
     /// head (for h2 they are in the map already).
-    pub(crate) async fn send(
+    pub async fn send<E: ExtraHeaders>(
         self,
-        server: &Server,
-        req: &mut Request<Body>,
-        forwarded: Option<&Forwarded>,
+        req: &mut Request<Outbound>,
+        extra: Option<&E>,
         tls: bool,
     ) -> Result<Response<ResponseBody>, SendFailure> {
         match self {
-            Sender::H1(conn) => match conn.send(req, forwarded).await {
+            Sender::H1(conn) => match conn.send(req, extra).await {
                 Ok(response) => Ok(response.map(ResponseBody::H1)),
-                Err(h1::SendError { error, sent }) => {
-                    Err(SendFailure { error: h1_error(server, error), sent })
-                }
+                Err(h1::SendError { error, sent }) => Err(SendFailure { error: h1_error(error), sent }),
             },
             Sender::H2(mut sender) => {
                 if let Err(e) = sender.ready().await {
-                    return Err(SendFailure { error: upstream_error(server, e.into()), sent: false });
+                    return Err(SendFailure { error: SendError::Broken(e.into()), sent: false });
                 }
                 match sender.try_send_request(to_h2(std::mem::take(req), tls)).await {
                     Ok(response) => Ok(response.map(ResponseBody::H2)),
@@ -73,7 +92,7 @@ impl Sender {
                         if let Some(unsent) = unsent {
                             *req = unsent;
                         }
-                        Err(SendFailure { error: upstream_error(server, e.into_error().into()), sent })
+                        Err(SendFailure { error: SendError::Broken(e.into_error().into()), sent })
                     }
                 }
             }
@@ -82,11 +101,11 @@ impl Sender {
 }
 
 /// Sends on a pooled connection if one is alive, else on a new one.
-pub async fn exchange(
+pub async fn exchange<E: ExtraHeaders>(
     upstream: &Upstream,
     server: &Server,
-    req: &mut Request<Body>,
-    forwarded: Option<&Forwarded>,
+    req: &mut Request<Outbound>,
+    extra: Option<&E>,
 ) -> Result<Response<ResponseBody>, SendFailure> {
     let tls = upstream.tls.is_some();
     while let Some(sender) = server.take_idle() {
@@ -104,7 +123,7 @@ pub async fn exchange(
                 Sender::H1(conn)
             }
         };
-        match sender.send(server, req, forwarded, tls).await {
+        match sender.send(req, extra, tls).await {
             // Closed before our request went out: nothing sent, try another.
             Err(failure) if !failure.sent => continue,
             done => return done,
@@ -119,44 +138,40 @@ pub async fn exchange(
     if let Sender::H2(shared) = &sender {
         let _ = server.state.pool.push(Sender::H2(shared.clone()));
     }
-    sender.send(server, req, forwarded, tls).await
+    sender.send(req, extra, tls).await
 }
 
-fn upstream_error(server: &Server, source: super::body::BoxError) -> ProxyError {
-    ProxyError::Upstream { server: server.address.clone(), source }
-}
-
-fn h1_error(server: &Server, error: h1::Error) -> ProxyError {
+fn h1_error(error: h1::Error) -> SendError {
     match error {
-        h1::Error::Bad(reason) => ProxyError::BadResponse { server: server.address.clone(), reason },
+        h1::Error::Bad(reason) => SendError::BadResponse(reason),
         // The client's body failed while it went up: the client's fault, also when
         // no `BodyWatch` saw it (a body that said it had ended, then failed).
-        h1::Error::RequestBody(e) => ProxyError::ClientBody { fault: super::body::classify(&*e) },
-        other => upstream_error(server, other.into()),
+        h1::Error::RequestBody(e) => SendError::ClientBody(classify(&*e)),
+        other => SendError::Broken(other.into()),
     }
 }
 
 /// Opens a connection within `connect_timeout`: TCP, TLS if configured, then the
 /// upstream's protocol.
-pub(crate) async fn connect(upstream: &Upstream, server: &Server) -> Result<Sender, ProxyError> {
-    let refused = |reason: String| ProxyError::Connect { server: server.address.clone(), reason };
+pub async fn connect(upstream: &Upstream, server: &Server) -> Result<Sender, SendError> {
+    let refused = SendError::Connect;
     let setup = async {
         let stream = TcpStream::connect(server.addr).await.map_err(|e| refused(e.to_string()))?;
         // Requests are small writes that must not wait for Nagle's timer.
         let _ = stream.set_nodelay(true);
         let stream = match &upstream.tls {
-            None => h1::Stream::Tcp(stream),
+            None => Stream::Tcp(stream),
             Some(tls) => {
                 let name = tls.name.clone().unwrap_or_else(|| server.tls_name.clone());
                 let stream =
                     tls.connector.connect(name, stream).await.map_err(|e| refused(format!("TLS: {e}")))?;
-                h1::Stream::Tls(Box::new(stream))
+                Stream::Tls(Box::new(stream))
             }
         };
         if upstream.h2 {
-            handshake_h2(server, stream).await
+            handshake_h2(stream).await
         } else {
-            Ok(Sender::H1(h1::Conn::new(stream)))
+            Ok(Sender::H1(H1Conn::new(stream)))
         }
     };
     match tokio::time::timeout(upstream.connect_timeout, setup).await {
@@ -165,12 +180,12 @@ pub(crate) async fn connect(upstream: &Upstream, server: &Server) -> Result<Send
     }
 }
 
-async fn handshake_h2(server: &Server, stream: h1::Stream) -> Result<Sender, ProxyError> {
+async fn handshake_h2(stream: Stream) -> Result<Sender, SendError> {
     let (sender, conn) = http2::Builder::new(TokioExecutor::new())
         .timer(TokioTimer::new())
         .handshake(TokioIo::new(stream))
         .await
-        .map_err(|e| ProxyError::Connect { server: server.address.clone(), reason: e.to_string() })?;
+        .map_err(|e| SendError::Connect(e.to_string()))?;
     tokio::spawn(async move {
         if let Err(e) = conn.await {
             tracing::debug!(error = %e, "upstream h2 connection closed with an error");
@@ -182,7 +197,7 @@ async fn handshake_h2(server: &Server, stream: h1::Stream) -> Result<Sender, Pro
 /// h2 wants the target in absolute form (for `:scheme` and `:authority`) and no
 /// `Host` header. A request handed back unsent is already in that form, and keeps its
 /// authority.
-fn to_h2(mut req: Request<Body>, tls: bool) -> Request<Body> {
+fn to_h2(mut req: Request<Outbound>, tls: bool) -> Request<Outbound> {
     let host = req.headers_mut().remove(header::HOST).and_then(|h| Authority::try_from(h.as_bytes()).ok());
     let mut parts = std::mem::take(req.uri_mut()).into_parts();
     let authority = host.or(parts.authority.take()).unwrap_or_else(|| Authority::from_static("localhost"));

@@ -1,16 +1,57 @@
-//! weir's HTTP/1.1 client as the pipeline uses it: the codec's client connection
-//! (`http::h1::client`) carrying weir's request body type, with `X-Forwarded-*` as
-//! the header fields it adds to each head.
+//! The `X-Forwarded-*` header fields weir adds to each request it forwards: in the
+//! header map for h2, and written by the HTTP/1.1 client as it encodes the head
+//! (`ExtraHeaders`), joined with any the client sent.
+
+use http::header::{HeaderMap, HeaderName, HeaderValue};
 
 use crate::http::h1::client::ExtraHeaders;
-pub use crate::http::h1::client::{Error, SendError, Stream};
 
-use super::forward::Forwarded;
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
-/// An upstream HTTP/1.1 connection carrying weir's request bodies.
-pub type Conn = crate::http::h1::client::Conn<super::body::Body>;
-/// A response body read from such a connection.
-pub type Body = crate::http::h1::client::Body<super::body::Body>;
+/// The `X-Forwarded-*` headers weir adds to a request: `-Host` and `-Proto` replace
+/// the client's, and the client's address is appended to its `-For`.
+pub struct Forwarded {
+    /// The host the client asked for, if it named one.
+    pub host: Option<HeaderValue>,
+    pub proto: &'static str,
+    pub ip: HeaderValue,
+}
+
+impl Forwarded {
+    /// Sets the headers in `headers`, for a client that sends from the map (h2).
+    pub(super) fn insert_into(&self, headers: &mut HeaderMap) {
+        if let Some(host) = &self.host {
+            headers.insert(X_FORWARDED_HOST.clone(), host.clone());
+        }
+        headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(self.proto));
+        append_forwarded_for(headers, &self.ip);
+    }
+
+    /// Whether `name` is one of the headers this replaces.
+    pub fn replaces(name: &HeaderName) -> bool {
+        *name == X_FORWARDED_FOR || *name == X_FORWARDED_HOST || *name == X_FORWARDED_PROTO
+    }
+
+    /// Writes the headers as HTTP/1.1 fields into `out`, joining any `X-Forwarded-For`
+    /// the client sent (which `replaces` skipped) with the client's address.
+    pub fn encode(&self, headers: &HeaderMap, out: &mut Vec<u8>) {
+        out.extend_from_slice(b"x-forwarded-for: ");
+        for value in headers.get_all(&X_FORWARDED_FOR) {
+            out.extend_from_slice(value.as_bytes());
+            out.extend_from_slice(b", ");
+        }
+        out.extend_from_slice(self.ip.as_bytes());
+        if let Some(host) = &self.host {
+            out.extend_from_slice(b"\r\nx-forwarded-host: ");
+            out.extend_from_slice(host.as_bytes());
+        }
+        out.extend_from_slice(b"\r\nx-forwarded-proto: ");
+        out.extend_from_slice(self.proto.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+}
 
 impl ExtraHeaders for Forwarded {
     fn replaces(&self, name: &http::HeaderName) -> bool {
@@ -22,22 +63,41 @@ impl ExtraHeaders for Forwarded {
     }
 }
 
+/// Appends the client's address to any `X-Forwarded-For` it sent, as one header.
+fn append_forwarded_for(headers: &mut HeaderMap, ip: &HeaderValue) {
+    let mut existing = headers.get_all(&X_FORWARDED_FOR).iter().peekable();
+    if existing.peek().is_none() {
+        headers.insert(X_FORWARDED_FOR.clone(), ip.clone());
+        return;
+    }
+    let mut joined = Vec::with_capacity(64);
+    for value in existing {
+        joined.extend_from_slice(value.as_bytes());
+        joined.extend_from_slice(b", ");
+    }
+    joined.extend_from_slice(ip.as_bytes());
+    if let Ok(value) = HeaderValue::from_bytes(&joined) {
+        headers.insert(X_FORWARDED_FOR.clone(), value);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::body::Outbound;
     use crate::http::h1::client::encode_head;
     use bytes::Bytes;
     use http::header::{HeaderName, HeaderValue};
     use http::{Method, Request};
 
-    fn request(method: Method, headers: &[(&str, &str)], body: crate::proxy::body::Body) -> Vec<u8> {
+    fn request(method: Method, headers: &[(&str, &str)], body: Outbound) -> Vec<u8> {
         request_with(method, headers, body, None)
     }
 
     fn request_with(
         method: Method,
         headers: &[(&str, &str)],
-        body: crate::proxy::body::Body,
+        body: Outbound,
         forwarded: Option<&Forwarded>,
     ) -> Vec<u8> {
         let mut req = Request::new(body);
@@ -54,7 +114,7 @@ mod tests {
 
     #[test]
     fn request_heads_carry_the_framing_weir_sends() {
-        use crate::proxy::body::Body as B;
+        use Outbound as B;
         let get = request(Method::GET, &[("host", "a")], B::Empty);
         assert_eq!(get, b"GET /p?q=1 HTTP/1.1\r\nhost: a\r\n\r\n");
         let post = request(Method::POST, &[], B::Empty);
@@ -67,7 +127,7 @@ mod tests {
 
     #[test]
     fn framing_headers_in_the_map_never_reach_the_head() {
-        use crate::proxy::body::Body as B;
+        use Outbound as B;
         let text = |head: Vec<u8>| String::from_utf8(head).unwrap();
         // A request copied from a client's (a cache refresh) with the client's length
         // but no body: the server must not wait for one.
@@ -124,7 +184,7 @@ mod tests {
                 ("x-forwarded-host", "evil.test"),
                 ("accept", "*/*"),
             ],
-            crate::proxy::body::Body::Empty,
+            Outbound::Empty,
             Some(&forwarded),
         );
         assert_eq!(
@@ -134,10 +194,19 @@ mod tests {
              x-forwarded-proto: https\r\n\r\n"
         );
         let bare = Forwarded { host: None, proto: "http", ip: HeaderValue::from_static("10.0.0.9") };
-        let head = request_with(Method::GET, &[], crate::proxy::body::Body::Empty, Some(&bare));
+        let head = request_with(Method::GET, &[], Outbound::Empty, Some(&bare));
         assert_eq!(
             String::from_utf8(head).unwrap(),
             "GET /p?q=1 HTTP/1.1\r\nx-forwarded-for: 10.0.0.9\r\nx-forwarded-proto: http\r\n\r\n"
         );
+    }
+    #[test]
+    fn forwarded_for_is_appended_to_what_the_client_sent() {
+        let mut h = HeaderMap::new();
+        append_forwarded_for(&mut h, &HeaderValue::from_static("10.0.0.1"));
+        assert_eq!(h[&X_FORWARDED_FOR], "10.0.0.1");
+        h.append(X_FORWARDED_FOR.clone(), HeaderValue::from_static("1.1.1.1"));
+        append_forwarded_for(&mut h, &HeaderValue::from_static("10.0.0.2"));
+        assert_eq!(h[&X_FORWARDED_FOR], "10.0.0.1, 1.1.1.1, 10.0.0.2");
     }
 }

@@ -13,7 +13,7 @@ use tokio::sync::watch;
 use super::admit_and_forward;
 use super::body::Body;
 use super::error::ProxyError;
-use super::forward::{self, Peer, Trace};
+use super::forward::{self, Job, Peer, Trace};
 use crate::body::{ClientBody, Outbound};
 use crate::cache::policy::{self, current_age, RequestRules};
 use crate::cache::store::{Entry, Key, Object, Place};
@@ -21,33 +21,32 @@ use crate::cache::{
     Cache, Client, Flight, Forwarded, Forwarding, Fwd, Lead, Lookup, Outcome, Pending, Status, Target, Tee,
     CACHE_STATUS,
 };
-use crate::upstream::Upstream;
 
 /// Answers `req` from the cache or from `upstream`, storing what may be stored.
 /// `req` is the request as shaped for the upstream (header rules applied, path
 /// rewritten); `client` has what the key needs from before the rewrite.
 pub(super) async fn serve(
     cache: &Arc<Cache>,
-    upstream: &Arc<Upstream>,
+    job: &Job<'_>,
     req: Request<ClientBody>,
-    peer: &Peer,
     trace: &mut Trace,
     client: Client,
 ) -> Result<Response<Body>, ProxyError> {
+    let peer = job.peer;
     let head = req.method() == Method::HEAD;
     if !(head || req.method() == Method::GET) {
         let invalidates = (!req.method().is_safe())
             .then(|| Target::of(&req, peer.listener, peer.tls, &client).map(|t| t.key(cache.seed)))
             .flatten();
-        return pass(cache, upstream, req, peer, trace, Fwd::Method, invalidates).await;
+        return pass(cache, job, req, trace, Fwd::Method, invalidates).await;
     }
     // A body on a GET or HEAD has no defined meaning, but an upstream may read it:
     // its answer is not what the URL alone asks for.
     if req.headers().contains_key(header::UPGRADE) || has_body(&req) {
-        return pass(cache, upstream, req, peer, trace, Fwd::Bypass, None).await;
+        return pass(cache, job, req, trace, Fwd::Bypass, None).await;
     }
     let Some(target) = Target::of(&req, peer.listener, peer.tls, &client) else {
-        return pass(cache, upstream, req, peer, trace, Fwd::Bypass, None).await;
+        return pass(cache, job, req, trace, Fwd::Bypass, None).await;
     };
     let mut rules = RequestRules::of(req.headers());
     if !cache.settings.honor_client_no_cache {
@@ -63,10 +62,10 @@ pub(super) async fn serve(
     let (lock_key, mut fwd) = match cache.lookup(primary, &target, &forwarded) {
         Lookup::Found(key, object) => {
             let Object::Response(entry) = &*object else {
-                return pass(cache, upstream, req, peer, trace, Fwd::Bypass, None).await;
+                return pass(cache, job, req, trace, Fwd::Bypass, None).await;
             };
             if rules.authorization && !entry.freshness.shared_with_authorization {
-                return pass(cache, upstream, req, peer, trace, Fwd::Request, None).await;
+                return pass(cache, job, req, trace, Fwd::Request, None).await;
             }
             let age = current_age(&entry.freshness, entry.response_time, now);
             let lifetime = entry.freshness.lifetime;
@@ -78,7 +77,7 @@ pub(super) async fn serve(
                 }
                 if age >= lifetime && age < lifetime + entry.freshness.stale_while_revalidate {
                     cache.metrics.stale.inc();
-                    refresh(cache, key, primary, &target, &req, upstream, peer);
+                    refresh(cache, key, primary, &target, &req, job);
                     return Ok(respond(entry, age, Status::Revalidating, &asked));
                 }
             }
@@ -134,7 +133,7 @@ pub(super) async fn serve(
     }
     cache.metrics.miss.inc();
     let lead = lead.map(|lead| (lead, target.place(), forwarded.to_owned_without_headers()));
-    fetch(cache, upstream, req, (peer, trace), (primary, lead), stale, fwd, &rules).await
+    fetch(cache, job, req, trace, (primary, lead), stale, fwd, &rules).await
 }
 
 /// The answer for a waiter whose lead stored a response, if it fits this request.
@@ -172,9 +171,9 @@ fn stale_if_error(cache: &Cache, stale: Option<&Arc<Object>>, asked: &Asked) -> 
 #[allow(clippy::too_many_arguments)]
 async fn fetch(
     cache: &Arc<Cache>,
-    upstream: &Arc<Upstream>,
+    job: &Job<'_>,
     mut req: Request<ClientBody>,
-    (peer, trace): (&Peer, &mut Trace),
+    trace: &mut Trace,
     (primary, lead): (Key, Option<(Lead, Place, Forwarded)>),
     stale: Option<Arc<Object>>,
     fwd: Fwd,
@@ -194,7 +193,7 @@ async fn fetch(
         (lead, place, forwarded)
     });
     let request_time = SystemTime::now();
-    let result = admit_and_forward(upstream, req, peer, trace).await;
+    let result = admit_and_forward(job, req, trace).await;
     let response_time = SystemTime::now();
     let response = match result {
         Ok(response) if !response.status().is_server_error() => response,
@@ -276,9 +275,9 @@ fn refresh(
     primary: Key,
     target: &Target,
     req: &Request<ClientBody>,
-    upstream: &Arc<Upstream>,
-    peer: &Peer,
+    job: &Job<'_>,
 ) {
+    let peer = job.peer;
     let flight = cache
         .flights
         .entry(key)
@@ -299,12 +298,13 @@ fn refresh(
         body_read_timeout: peer.body_read_timeout,
         underscores_in_headers: peer.underscores_in_headers,
     };
-    let (cache, upstream) = (cache.clone(), upstream.clone());
+    let (cache, upstream) = (cache.clone(), job.upstream.clone());
     tokio::spawn(async move {
         let rules = RequestRules::of(copy.headers());
         let request_time = SystemTime::now();
         let mut trace = Trace::default();
-        let Ok(response) = forward::forward_request(&upstream, copy, &peer, &mut trace).await else {
+        let Ok(response) = forward::forward_request(&Job::new(&upstream, &peer), copy, &mut trace).await
+        else {
             return;
         };
         if response.status().is_server_error() {
@@ -323,15 +323,14 @@ fn refresh(
 /// `invalidates` is its key.
 async fn pass(
     cache: &Cache,
-    upstream: &Arc<Upstream>,
+    job: &Job<'_>,
     req: Request<ClientBody>,
-    peer: &Peer,
     trace: &mut Trace,
     fwd: Fwd,
     invalidates: Option<Key>,
 ) -> Result<Response<Body>, ProxyError> {
     cache.metrics.bypass.inc();
-    let response = admit_and_forward(upstream, req, peer, trace).await?;
+    let response = admit_and_forward(job, req, trace).await?;
     if let Some(key) = invalidates {
         if response.status().is_success() || response.status().is_redirection() {
             cache.store.remove(key);

@@ -59,29 +59,37 @@ impl Peer {
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 
-/// What the route asks of forwarding one request, and what forwarding did, for the
-/// access log: which server answered (or failed last) and how many retries it took.
-#[derive(Default)]
-pub struct Trace {
-    /// Index into `upstream.servers` of the last server tried.
-    pub server: Option<usize>,
+/// One request's forwarding order: where it goes, whose it is, and what its route
+/// asks beyond the upstream's own settings. Inputs only; what forwarding did comes
+/// back in `Trace`.
+pub struct Job<'a> {
+    pub upstream: &'a Arc<Upstream>,
+    pub peer: &'a Peer,
     /// The client's address as resolved through `trusted_proxies`, when the route
     /// needed it; else the balancer uses the TCP peer.
     pub client_ip: Option<std::net::IpAddr>,
-    pub retries: u32,
-    /// Where the request body counts its bytes for the access log, if it has one.
-    pub request_bytes: Option<Arc<AtomicU64>>,
-    /// The route's limits; the default is the upstream's timeout and no body limit.
-    pub limits: Limits,
-}
-
-/// What a route asks of forwarding beyond its upstream's settings.
-#[derive(Debug, Default)]
-pub struct Limits {
     /// Until the response headers arrive; `None`: the upstream's `request_timeout`.
     pub request_timeout: Option<Duration>,
     /// The route's `max_request_body`, for this request's body.
     pub max_body: Option<u64>,
+}
+
+impl<'a> Job<'a> {
+    /// A request on the upstream's own terms, such as one weir makes itself.
+    pub fn new(upstream: &'a Arc<Upstream>, peer: &'a Peer) -> Job<'a> {
+        Job { upstream, peer, client_ip: None, request_timeout: None, max_body: None }
+    }
+}
+
+/// What forwarding did, for the access log: which server answered (or failed last)
+/// and how many retries it took; and where the request body counts its bytes.
+#[derive(Default)]
+pub struct Trace {
+    /// Index into `upstream.servers` of the last server tried.
+    pub server: Option<usize>,
+    pub retries: u32,
+    /// Where the request body counts its bytes for the access log, if it has one.
+    pub request_bytes: Option<Arc<AtomicU64>>,
 }
 
 /// Sends `req` to a server of `upstream`. A server that refuses the connection is
@@ -90,9 +98,8 @@ pub struct Limits {
 /// status is in the upstream's `retry_on`. Retries draw on the upstream's retry
 /// budget.
 pub async fn forward(
-    upstream: &Arc<Upstream>,
+    job: &Job<'_>,
     req: Request<ClientBody>,
-    peer: &Peer,
     trace: &mut Trace,
 ) -> Result<Response<Body>, ProxyError> {
     // A body with content is wrapped to count its bytes (`tally`: this request's own
@@ -104,13 +111,13 @@ pub async fn forward(
         if http_body::Body::is_end_stream(&body) {
             Outbound::Client(body)
         } else {
-            let bytes = upstream.metrics.request_bytes.clone();
-            let shared = Arc::new(BodyWatch::new(trace.limits.max_body));
+            let bytes = job.upstream.metrics.request_bytes.clone();
+            let shared = Arc::new(BodyWatch::new(job.max_body));
             watch = Some(shared.clone());
-            Outbound::Request(RequestBody::new(body, bytes, tally, peer.body_read_timeout, shared))
+            Outbound::Request(RequestBody::new(body, bytes, tally, job.peer.body_read_timeout, shared))
         }
     });
-    send(upstream, req, peer, trace, watch).await
+    send(job, req, trace, watch).await
 }
 
 /// `forward` for a request whose body is already a `Body`: one weir made itself,
@@ -118,26 +125,25 @@ pub async fn forward(
 /// request's cookie names is tried first, and a response from any other server sets
 /// a new cookie.
 pub async fn forward_request(
-    upstream: &Arc<Upstream>,
+    job: &Job<'_>,
     req: Request<Outbound>,
-    peer: &Peer,
     trace: &mut Trace,
 ) -> Result<Response<Body>, ProxyError> {
-    send(upstream, req, peer, trace, None).await
+    send(job, req, trace, None).await
 }
 
 /// `forward_request`, with the client body's `watch` when it has one.
 async fn send(
-    upstream: &Arc<Upstream>,
+    job: &Job<'_>,
     mut req: Request<Outbound>,
-    peer: &Peer,
     trace: &mut Trace,
     watch: Option<Arc<BodyWatch>>,
 ) -> Result<Response<Body>, ProxyError> {
+    let (upstream, peer) = (job.upstream, job.peer);
     // Only consistent_hash reads the request here; for the others this is a no-op.
-    let key: PickKey = upstream.balancer.key(&req, trace.client_ip.unwrap_or(peer.addr.ip()));
+    let key: PickKey = upstream.balancer.key(&req, job.client_ip.unwrap_or(peer.addr.ip()));
     let preferred = upstream.sticky.as_ref().and_then(|s| s.preferred(req.headers()));
-    let timeout = trace.limits.request_timeout.unwrap_or(upstream.request_timeout);
+    let timeout = job.request_timeout.unwrap_or(upstream.request_timeout);
     // `upgrading`: whether an upgrade goes up; only then may a `101` come back.
     let (mut on_upgrade, forwarded, upgrading) = prepare(&mut req, peer, upstream.h2);
     upstream.retry_budget.deposit();

@@ -22,7 +22,6 @@ mod pipeline;
 pub mod route;
 
 use std::net::IpAddr;
-use std::sync::Arc;
 use std::time::Instant;
 
 use http::{HeaderValue, Request, Response};
@@ -33,11 +32,10 @@ use crate::body::ClientBody;
 use crate::ratelimit::Decision;
 use crate::shaping::template::{Var, Vars};
 use crate::shaping::{self, X_REQUEST_ID};
-use crate::upstream::Upstream;
 use body::Body;
 use error::ProxyError;
 pub use forward::Peer;
-use forward::{Limits, Trace};
+use forward::{Job, Trace};
 pub use pipeline::Pipeline;
 use route::{Action, Proxy, Route};
 
@@ -163,16 +161,19 @@ async fn proxy_to(
                 proxy.rewrite.as_ref().and_then(|_| req.uri().path_and_query().cloned())
             });
             shape_request(proxy, &mut req, peer, &shaped);
-            trace.client_ip = shaped.client;
-            trace.limits =
-                Limits { request_timeout: Some(proxy.request_timeout), max_body: proxy.max_request_body };
+            let job = Job {
+                client_ip: shaped.client,
+                request_timeout: Some(proxy.request_timeout),
+                max_body: proxy.max_request_body,
+                ..Job::new(upstream, peer)
+            };
             match &proxy.cache {
-                None => admit_and_forward(upstream, req, peer, trace).await,
+                None => admit_and_forward(&job, req, trace).await,
                 // Boxed: the cache's future is kilobytes large, and inline it would grow
                 // every request's future, which hyper moves into place per request.
                 Some(c) => {
                     let client = crate::cache::Client { route: c.route, path: client_path };
-                    Box::pin(cache::serve(&c.cache, upstream, req, peer, trace, client)).await
+                    Box::pin(cache::serve(&c.cache, &job, req, trace, client)).await
                 }
             }
         }
@@ -255,19 +256,19 @@ fn logged(mut response: Response<Body>, log: Option<Pending>) -> Response<Body> 
 /// Waits for a `max_in_flight` slot if the upstream has a limit, then forwards; the
 /// slot is held until the response body ends.
 pub(crate) async fn admit_and_forward(
-    upstream: &Arc<Upstream>,
+    job: &Job<'_>,
     req: Request<ClientBody>,
-    peer: &Peer,
     trace: &mut Trace,
 ) -> Result<Response<Body>, ProxyError> {
+    let upstream = job.upstream;
     let Some(admission) = &upstream.admission else {
-        return forward::forward(upstream, req, peer, trace).await;
+        return forward::forward(job, req, trace).await;
     };
     let slot = admission.admit().await.map_err(|refused| match refused {
         Refused::QueueFull => ProxyError::QueueFull { upstream: upstream.name.clone() },
         Refused::Timeout(after) => ProxyError::QueueTimeout { upstream: upstream.name.clone(), after },
     })?;
-    let mut response = forward::forward(upstream, req, peer, trace).await?;
+    let mut response = forward::forward(job, req, trace).await?;
     body::hold_slot(&mut response, slot);
     Ok(response)
 }

@@ -384,7 +384,11 @@ consecutive_failures = 0
     // Active checks speak TLS too: a TLS-only server stays healthy under them.
     let checked = "[upstreams.secure.health_check]\ninterval = \"30ms\"\nunhealthy_threshold = 1";
     let with_checks = start_in(dir.path(), &config("backend.test", checked), &[]).await;
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Checks every 30 ms: four within 5 s even on a loaded machine's debug build.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while served.load(SeqCst) < 4 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     assert!(served.load(SeqCst) >= 4, "the checks reached the server over TLS");
     assert_eq!(get(&with_checks.url("/")).await, (StatusCode::OK, "secret".to_string()));
     with_checks.shutdown().await;

@@ -7,7 +7,6 @@
 # and the total is divided by 5,000.
 #
 #   benches/callgrind.sh        # needs valgrind, nginx, haproxy, oha (benches/e2e.sh installs them)
-#   WHICH=weir PORT_BASE=19200 benches/callgrind.sh   # weir alone, on other ports
 set -euo pipefail
 cd "$(dirname "$0")/.."
 command -v valgrind >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq valgrind >/dev/null; }
@@ -19,9 +18,7 @@ pids=()
 cleanup() { kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; }
 trap cleanup EXIT
 
-base=${PORT_BASE:-19100}
-which=${WHICH:-weir nginx haproxy}
-for port in $((base + 1)) $((base + 2)); do
+for port in 19101 19102; do
   "$target/examples/backend" "127.0.0.1:$port" "b$port" 2>/dev/null &
   pids+=($!)
 done
@@ -30,11 +27,11 @@ cat > "$work/weir.toml" <<CONF
 workers = 1
 [[listeners]]
 name = "bench"
-listen = "127.0.0.1:$((base + 10))"
+listen = "127.0.0.1:19110"
 [[routes]]
 upstream = "b"
 [upstreams.b]
-servers = [{ address = "127.0.0.1:$((base + 1))" }, { address = "127.0.0.1:$((base + 2))" }]
+servers = [{ address = "127.0.0.1:19101" }, { address = "127.0.0.1:19102" }]
 CONF
 cat > "$work/nginx.conf" <<CONF
 worker_processes 1;
@@ -46,9 +43,9 @@ events { worker_connections 1024; }
 http {
   access_log off;
   client_body_temp_path $work; proxy_temp_path $work; fastcgi_temp_path $work; uwsgi_temp_path $work; scgi_temp_path $work;
-  upstream b { server 127.0.0.1:$((base + 1)); server 127.0.0.1:$((base + 2)); keepalive 64; }
+  upstream b { server 127.0.0.1:19101; server 127.0.0.1:19102; keepalive 64; }
   server {
-    listen 127.0.0.1:$((base + 11));
+    listen 127.0.0.1:19111;
     keepalive_requests 1000000;
     location / { proxy_pass http://b; proxy_http_version 1.1; proxy_set_header Connection ""; proxy_buffering off; }
   }
@@ -66,12 +63,12 @@ defaults
   option http-keep-alive
   http-reuse always
 frontend f
-  bind 127.0.0.1:$((base + 12))
+  bind 127.0.0.1:19112
   default_backend b
 backend b
   balance roundrobin
-  server s0 127.0.0.1:$((base + 1))
-  server s1 127.0.0.1:$((base + 2))
+  server s0 127.0.0.1:19101
+  server s1 127.0.0.1:19102
 CONF
 
 measure() { # name port command...
@@ -90,10 +87,6 @@ measure() { # name port command...
 }
 
 echo "instructions per request (callgrind, 5,000 keep-alive requests):"
-for name in $which; do
-  case $name in
-    weir) measure weir $((base + 10)) "$target/weir" --config "$work/weir.toml" --log-level warn ;;
-    nginx) measure nginx $((base + 11)) nginx -c "$work/nginx.conf" ;;
-    haproxy) measure haproxy $((base + 12)) haproxy -f "$work/haproxy.cfg" ;;
-  esac
-done
+measure weir 19110 "$target/weir" --config "$work/weir.toml" --log-level warn
+measure nginx 19111 nginx -c "$work/nginx.conf"
+measure haproxy 19112 haproxy -f "$work/haproxy.cfg"

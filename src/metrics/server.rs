@@ -214,12 +214,15 @@ pub fn encode(out: &mut Vec<u8>, servers: &[ServerSample<'_>], histograms: &[Lat
     encode_simple(out, servers);
 }
 
+/// What one simple family shows of a server.
+type Reading = fn(&ServerSample<'_>) -> u64;
+
 /// The families with one line (or two) per server.
 fn encode_simple(out: &mut Vec<u8>, servers: &[ServerSample<'_>]) {
     if servers.is_empty() {
         return;
     }
-    let simple: [(&str, &str, &str, fn(&ServerSample<'_>) -> u64); 4] = [
+    let simple: [(&str, &str, &str, Reading); 4] = [
         (
             "weir_upstream_server_healthy",
             "gauge",

@@ -113,7 +113,7 @@ pub struct ServerState {
     /// Requests sent whose responses are not yet fully delivered. Shared with the
     /// balancer (`Loads`), and with the state that replaces this one when a reload
     /// changes the connection settings, so requests still running count there.
-    pub(crate) in_flight: Arc<AtomicU64>,
+    pub in_flight: Arc<AtomicU64>,
     pub(crate) pool: Pool,
     /// Failed attempts in a row, for passive detection.
     pub(crate) consecutive_failures: AtomicU32,

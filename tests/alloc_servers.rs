@@ -79,6 +79,6 @@ fn an_idle_server_costs_at_most_4_kib() {
         // Its tasks hold the upstream until they next run and see they are stopped.
         runtime.tasks.stop();
         drop(runtime);
-        tokio.block_on(tokio::time::sleep(Duration::from_millis(10)));
+        tokio.block_on(async { tokio::time::sleep(Duration::from_millis(10)).await });
     }
 }

@@ -69,11 +69,8 @@ impl Metrics {
             connections_active,
             tunnels_active,
         } = families.client()?;
-        let UpstreamFamilies {
-            upstream_queue_depth,
-            upstream_queue_wait,
-            upstream_retries_total,
-        } = families.upstream()?;
+        let UpstreamFamilies { upstream_queue_depth, upstream_queue_wait, upstream_retries_total } =
+            families.upstream()?;
         let PolicyFamilies {
             rate_limited_total,
             rate_limit_store_errors_total,
@@ -491,8 +488,14 @@ mod tests {
         up.record(StatusCode::OK, Duration::from_millis(3));
         let srv = m.server("api", up.server_latency.clone());
         srv.requests.inc(StatusCode::BAD_GATEWAY);
-        let sample =
-            ServerSample { upstream: "api", server: "127.0.0.1:1", healthy: true, in_flight: 0, metrics: &srv, checked: true };
+        let sample = ServerSample {
+            upstream: "api",
+            server: "127.0.0.1:1",
+            healthy: true,
+            in_flight: 0,
+            metrics: &srv,
+            checked: true,
+        };
         let text = String::from_utf8(m.encode(&[sample], &[])).unwrap();
         assert!(text.contains("weir_requests_total{code=\"200\",upstream=\"api\"} 2"), "{text}");
         assert!(text.contains(

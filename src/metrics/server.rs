@@ -300,8 +300,10 @@ fn escaped(out: &mut Vec<u8>, value: &str) {
 }
 
 /// The bounds as the registry's encoder prints them (`f64`'s `Display`).
-const BOUNDS: [&str; LATENCY_BUCKETS.len()] =
-    ["0.0005", "0.001", "0.0025", "0.005", "0.01", "0.025", "0.05", "0.1", "0.25", "0.5", "1", "2.5", "5", "10", "30"];
+const BOUNDS: [&str; LATENCY_BUCKETS.len()] = [
+    "0.0005", "0.001", "0.0025", "0.005", "0.01", "0.025", "0.05", "0.1", "0.25", "0.5", "1", "2.5", "5",
+    "10", "30",
+];
 
 fn histogram(out: &mut Vec<u8>, h: &LatencySample<'_>) {
     let series = |out: &mut Vec<u8>, suffix: &str| {
@@ -373,10 +375,15 @@ mod tests {
         let mut out = Vec::new();
         encode(&mut out, &[s], &[h]);
         let text = String::from_utf8(out).unwrap();
-        assert!(text.contains("weir_upstream_requests_total{code=\"200\",server=\"a\\\"b\",upstream=\"api\"} 1\n"));
+        assert!(text
+            .contains("weir_upstream_requests_total{code=\"200\",server=\"a\\\"b\",upstream=\"api\"} 1\n"));
         assert!(text.contains("weir_upstream_server_in_flight{server=\"a\\\"b\",upstream=\"api\"} 2\n"));
-        assert!(text.contains("weir_upstream_request_duration_seconds_bucket{upstream=\"api\",le=\"0.005\"} 1\n"));
-        assert!(text.contains("weir_upstream_request_duration_seconds_bucket{upstream=\"api\",le=\"+Inf\"} 2\n"));
+        assert!(
+            text.contains("weir_upstream_request_duration_seconds_bucket{upstream=\"api\",le=\"0.005\"} 1\n")
+        );
+        assert!(
+            text.contains("weir_upstream_request_duration_seconds_bucket{upstream=\"api\",le=\"+Inf\"} 2\n")
+        );
         assert!(text.contains("weir_upstream_request_duration_seconds_count{upstream=\"api\"} 2\n"));
         assert!(text.contains("weir_upstream_request_duration_seconds_sum{upstream=\"api\"} 100.003\n"));
         assert!(!text.contains("weir_health_checks_total{"), "no checks configured");

@@ -252,8 +252,9 @@ async fn run_checks(upstream: &Arc<Upstream>) {
     let Some(check) = &upstream.health.check else { return };
     let start = Instant::now();
     // Due times, soonest first; a server is in the queue or being probed, never both.
-    let mut due: BinaryHeap<Reverse<(Instant, usize)>> =
-        (0..upstream.servers.len()).map(|i| Reverse((start + check.interval.mul_f64(fastrand::f64()), i))).collect();
+    let mut due: BinaryHeap<Reverse<(Instant, usize)>> = (0..upstream.servers.len())
+        .map(|i| Reverse((start + check.interval.mul_f64(fastrand::f64()), i)))
+        .collect();
     let mut streaks = vec![Streak::default(); upstream.servers.len()];
     let mut probing = FuturesUnordered::new();
     let sleep = tokio::time::sleep_until(start);
@@ -285,7 +286,13 @@ async fn run_checks(upstream: &Arc<Upstream>) {
 }
 
 /// Counts one check's result and marks the server when a threshold is reached.
-fn judge(upstream: &Upstream, server: &Server, check: &ActiveCheck, streak: &mut Streak, result: Result<(), String>) {
+fn judge(
+    upstream: &Upstream,
+    server: &Server,
+    check: &ActiveCheck,
+    streak: &mut Streak,
+    result: Result<(), String>,
+) {
     match result {
         Ok(()) => {
             server.metrics.checks_passed.inc();

@@ -280,7 +280,11 @@ impl Pool {
 
 impl Upstream {
     /// Adds this upstream's servers and latency histograms to a scrape.
-    pub fn samples<'a>(&'a self, servers: &mut Vec<ServerSample<'a>>, histograms: &mut Vec<LatencySample<'a>>) {
+    pub fn samples<'a>(
+        &'a self,
+        servers: &mut Vec<ServerSample<'a>>,
+        histograms: &mut Vec<LatencySample<'a>>,
+    ) {
         let checked = self.health.check.is_some();
         for s in self.servers.iter() {
             servers.push(ServerSample {
@@ -292,11 +296,19 @@ impl Upstream {
                 checked,
             });
             if self.server_histograms {
-                histograms.push(LatencySample { upstream: &self.name, server: Some(&s.address), latency: &s.metrics.duration });
+                histograms.push(LatencySample {
+                    upstream: &self.name,
+                    server: Some(&s.address),
+                    latency: &s.metrics.duration,
+                });
             }
         }
         if !self.server_histograms {
-            histograms.push(LatencySample { upstream: &self.name, server: None, latency: &self.metrics.server_latency });
+            histograms.push(LatencySample {
+                upstream: &self.name,
+                server: None,
+                latency: &self.metrics.server_latency,
+            });
         }
     }
 }

@@ -101,13 +101,17 @@ async fn a_removed_servers_series_leave_metrics_and_a_kept_servers_counts_go_on(
     let gone = format!("server=\"{}\"", b.addr);
     assert!(weir.metrics().await.contains(&gone), "b served and is exported");
 
-    let moved = TWO_SERVERS.replace(r#"{ address = "{a}" }, { address = "{b}" }"#, r#"{ address = "{c}" }, { address = "{a}" }"#);
+    let moved = TWO_SERVERS.replace(
+        r#"{ address = "{a}" }, { address = "{b}" }"#,
+        r#"{ address = "{c}" }, { address = "{a}" }"#,
+    );
     std::fs::write(&path, fill(&moved, &[&a, &c])).unwrap();
     weir.reloader.reload().await.unwrap();
     let text = weir.metrics().await;
     let left: Vec<&str> = text.lines().filter(|l| l.contains(&gone)).collect();
     assert!(left.is_empty(), "series of the removed server remain: {left:#?}");
-    let kept = format!("weir_upstream_requests_total{{code=\"200\",server=\"{}\",upstream=\"app\"}} 2", a.addr);
+    let kept =
+        format!("weir_upstream_requests_total{{code=\"200\",server=\"{}\",upstream=\"app\"}} 2", a.addr);
     assert!(text.contains(&kept), "a's count goes on: {text}");
     let added = format!("weir_upstream_server_healthy{{server=\"{}\",upstream=\"app\"}} 1", c.addr);
     assert!(text.contains(&added), "the added server is exported: {text}");
@@ -121,8 +125,9 @@ async fn a_large_scrape_does_not_stall_requests_with_one_worker() {
     let app = Backend::named("app").start().await;
     let admin = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
     // Ports on loopback that nobody listens on: the servers are never used.
-    let servers: Vec<String> =
-        (0..5_000).map(|i| format!("{{ address = \"127.0.0.{}:{}\" }}", 2 + i / 10_000, 1 + i % 10_000)).collect();
+    let servers: Vec<String> = (0..5_000)
+        .map(|i| format!("{{ address = \"127.0.0.{}:{}\" }}", 2 + i / 10_000, 1 + i % 10_000))
+        .collect();
     let config = format!(
         r#"workers = 1
 [admin]

@@ -5,12 +5,14 @@ For each size, against the release binary with one worker thread:
   - idle RSS per server, with active health checks off and on (interval 60 s, so
     the checks exist but stay idle), from /proc/PID/status against a 1-server run;
   - reload: wall time from SIGHUP until the new config answers (a route it adds is
-    polled), process CPU (utime + stime from /proc/PID/stat) over the reload, and the
-    slowest request sent meanwhile (a stall of the serving thread shows there); each
-    reload moves half the servers to new ports;
+    polled every ms; until then a route weir answers itself takes the polls), process CPU (utime + stime from /proc/PID/stat) over the reload and, of
+    it, the serving thread's (/proc/PID/task/TID/stat; the thread 3,000 requests
+    keep busy), and the slowest request sent meanwhile; each reload moves half the
+    servers to new ports. CPU figures come in clock ticks (10 ms);
   - RSS after 5 such reloads, against the RSS before them;
-  - /metrics: bytes of one scrape, CPU per scrape over 10 scrapes, and p50/p99/max of
-    requests sent one after another while scrapes run back to back.
+  - /metrics: bytes of one scrape, CPU per scrape over 20 scrapes, and p50/p99/max of
+    requests sent one after another (1 ms apart, from another process) while 20
+    scrapes run back to back.
 Requests go to a route that answers by itself (`respond`), so the client sees only
 weir's own serving thread. Optionally nginx 1.22 (one worker, `upstream` with the
 same servers and `keepalive 64`): idle RSS of master + worker per server.
@@ -58,6 +60,19 @@ def cpu_seconds(pid):
     return (int(fields[11]) + int(fields[12])) / TICK
 
 
+def thread_cpu(pid):
+    """CPU seconds of each thread of `pid`."""
+    out = {}
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{tid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            out[tid] = (int(fields[11]) + int(fields[12])) / TICK
+        except OSError:
+            pass
+    return out
+
+
 def weir_config(port, admin, servers, offset, checks, generation):
     addresses = ", ".join(
         f'{{ address = "127.0.0.2:{10000 + (offset + i) % 50000}" }}' for i in range(servers)
@@ -72,7 +87,10 @@ listen = "127.0.0.1:{port}"
 path_prefix = "/ping"
 respond = {{ status = 200, body = "pong" }}
 [[routes]]
-path_prefix = "/gen{generation}"
+path_prefix = "/gen"
+respond = {{ status = 204 }}
+[[routes]]
+path_prefix = "/gen{generation}/"
 respond = {{ status = 200, body = "gen" }}
 [[routes]]
 path_prefix = "/"
@@ -99,34 +117,50 @@ class Weir:
         )
         wait_for(lambda: get(self.port, "/ping")[0] == 200, 60)
         time.sleep(1.0)
+        self.worker = self.serving_thread()
+
+    def serving_thread(self):
+        """The thread that serves requests (`workers = 1`): the one 3,000 requests
+        keep busy."""
+        before = thread_cpu(self.proc.pid)
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
+        for _ in range(3000):
+            request(conn, "/ping")
+        conn.close()
+        after = thread_cpu(self.proc.pid)
+        return max(after, key=lambda t: after[t] - before.get(t, 0))
 
     def write(self):
         with open(self.path, "w") as f:
             f.write(weir_config(self.port, self.admin, self.servers, self.offset, self.checks, self.generation))
 
     def reload(self):
-        """Moves half the servers; returns (wall s, CPU s, slowest request s)."""
+        """Moves half the servers; returns (wall s, CPU s, slowest request s, CPU s
+        of the serving thread)."""
         self.offset += max(1, self.servers // 2)
         self.generation += 1
         self.write()
         conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
         cpu0 = cpu_seconds(self.proc.pid)
+        serving0 = thread_cpu(self.proc.pid).get(self.worker, 0)
         t0 = time.perf_counter()
         os.kill(self.proc.pid, signal.SIGHUP)
         slowest = 0.0
         while True:
             sent = time.perf_counter()
-            status = request(conn, f"/gen{self.generation}")
+            status = request(conn, f"/gen{self.generation}/")
             slowest = max(slowest, time.perf_counter() - sent)
             if status == 200:
                 break
+            time.sleep(0.001)
             if time.perf_counter() - t0 > 60:
                 raise RuntimeError("reload never took effect")
         wall = time.perf_counter() - t0
         time.sleep(0.2)
         cpu = cpu_seconds(self.proc.pid) - cpu0
+        serving = thread_cpu(self.proc.pid).get(self.worker, 0) - serving0
         conn.close()
-        return wall, cpu, slowest
+        return wall, cpu, slowest, serving
 
     def stop(self):
         self.proc.terminate()
@@ -184,36 +218,28 @@ def load(port, running, out):
     out.put(latencies)
 
 
-def scrape_costs(w, scrapes=10):
-    """(bytes, CPU ms per scrape, p50, p99, max request ms during scrapes)."""
+def scrape_costs(w, scrapes=20):
+    """(bytes, CPU ms per scrape, p50, p99, max request ms during scrapes). CPU is
+    measured over scrapes alone, latency over scrapes again with requests alongside."""
     size = len(get(w.admin, "/metrics")[1])
+    admin = http.client.HTTPConnection("127.0.0.1", w.admin, timeout=60)
+    cpu0 = cpu_seconds(w.proc.pid)
+    for _ in range(scrapes):
+        request(admin, "/metrics")
+    cpu = cpu_seconds(w.proc.pid) - cpu0
     running, out = multiprocessing.Event(), multiprocessing.Queue()
     running.set()
-    cpu0 = cpu_seconds(w.proc.pid)
     loader = multiprocessing.Process(target=load, args=(w.port, running, out))
     loader.start()
     time.sleep(0.2)
-    admin = http.client.HTTPConnection("127.0.0.1", w.admin, timeout=60)
     for _ in range(scrapes):
         request(admin, "/metrics")
     running.clear()
     latencies = out.get()
     loader.join()
     admin.close()
-    # The load's own requests cost a few µs each; subtract them, measured apart.
-    cpu = cpu_seconds(w.proc.pid) - cpu0
-    base = ping_cpu(w, len(latencies))
     ms = [x * 1000 for x in latencies]
-    return size, (cpu - base) * 1000 / scrapes, percentile(ms, 0.5), percentile(ms, 0.99), max(ms)
-
-
-def ping_cpu(w, n):
-    conn = http.client.HTTPConnection("127.0.0.1", w.port, timeout=30)
-    cpu0 = cpu_seconds(w.proc.pid)
-    for _ in range(n):
-        request(conn, "/ping")
-    conn.close()
-    return cpu_seconds(w.proc.pid) - cpu0
+    return size, cpu * 1000 / scrapes, percentile(ms, 0.5), percentile(ms, 0.99), max(ms)
 
 
 def nginx_rss(servers):
@@ -290,6 +316,7 @@ def main():
                     row["reload_ms"] = [r[0] * 1000 for r in reloads]
                     row["reload_cpu_ms"] = [r[1] * 1000 for r in reloads]
                     row["reload_stall_ms"] = max(r[2] for r in reloads) * 1000
+                    row["reload_serving_cpu_ms"] = [r[3] * 1000 for r in reloads]
                 print(row, flush=True)
                 rows.append(row)
             finally:
@@ -309,7 +336,8 @@ def main():
         print(f"| {r['servers']:,} | {'on' if r['checks'] else 'off'} | {r['rss_mib']:.1f} MiB | "
               f"{r['per_server_b']:,.0f} B | {ng} |")
     print()
-    print("| servers | reload wall ms (min–max of 5) | reload CPU ms | slowest request during reloads | "
+    print("| servers | reload wall ms (min–max of 5) | reload CPU ms (of it, serving thread) | "
+          "slowest request during reloads | "
           "RSS before → after 5 reloads | scrape bytes (after the reloads) | scrape CPU ms | "
           "requests during scrapes p50 / p99 / max ms |")
     print("|---|---|---|---|---|---|---|---|")
@@ -317,7 +345,9 @@ def main():
         if r["checks"]:
             continue
         print(f"| {r['servers']:,} | {min(r['reload_ms']):.0f}–{max(r['reload_ms']):.0f} | "
-              f"{min(r['reload_cpu_ms']):.0f}–{max(r['reload_cpu_ms']):.0f} | {r['reload_stall_ms']:.1f} ms | "
+              f"{min(r['reload_cpu_ms']):.0f}–{max(r['reload_cpu_ms']):.0f} "
+              f"({min(r['reload_serving_cpu_ms']):.0f}–{max(r['reload_serving_cpu_ms']):.0f}) | "
+              f"{r['reload_stall_ms']:.1f} ms | "
               f"{r['rss_before_reloads_mib']:.1f} → {r['rss_after_reloads_mib']:.1f} MiB | "
               f"{r['scrape_bytes']:,} ({r['scrape_bytes_after_reloads']:,}) | "
               f"{r['scrape_cpu_ms']:.1f} | {r['req_p50_ms']:.2f} / {r['req_p99_ms']:.2f} / {r['req_max_ms']:.1f} |")

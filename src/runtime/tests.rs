@@ -391,7 +391,9 @@ fn a_rebuild_finds_each_servers_state_and_counts_by_address_not_position() {
     let metrics = Metrics::new().unwrap();
     let (a, b, c) = ("127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3");
     let first = Runtime::build(&pool(&[a, b], ""), None, &metrics).unwrap();
-    let old = |address: &str| first.upstreams["app"].servers.iter().find(|s| &*s.address == address).unwrap().clone();
+    let old = |address: &str| {
+        first.upstreams["app"].servers.iter().find(|s| &*s.address == address).unwrap().clone()
+    };
     old(b).set_healthy(false);
     old(a).metrics.requests.inc(http::StatusCode::OK);
     let _busy = old(a).begin();

@@ -16,7 +16,7 @@ fn servers(metrics: &Metrics, n: usize) -> Vec<Arc<Server>> {
         .map(|i| {
             let address = format!("10.0.{}.{}:8080", i / 250, i % 250 + 1);
             let server = Server {
-                metrics: metrics.server("bench", &address),
+                metrics: Arc::new(metrics.server("bench", Arc::default())),
                 addr: address.parse().expect("a literal socket address"),
                 tls_name: weir::upstream::client::tls_name(&address),
                 address: address.into(),
@@ -25,7 +25,7 @@ fn servers(metrics: &Metrics, n: usize) -> Vec<Arc<Server>> {
                 state: Arc::new(ServerState::new(1, 0)),
             };
             // Some load, so least-connections and P2C compare rather than stop at idle.
-            server.metrics.in_flight.set(1 + (i % 7) as i64);
+            server.state.in_flight.store(1 + (i % 7) as u64, std::sync::atomic::Ordering::Relaxed);
             Arc::new(server)
         })
         .collect()

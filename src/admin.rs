@@ -108,7 +108,13 @@ pub async fn serve(
         tokio::spawn(async move {
             let service = service_fn(move |req| {
                 let state = state.clone();
-                async move { Ok::<_, Infallible>(respond(&state, local, loopback, &req)) }
+                async move {
+                    let response = match respond(&state, local, loopback, &req) {
+                        Some(response) => response,
+                        None => scrape(&state).await,
+                    };
+                    Ok::<_, Infallible>(response)
+                }
             });
             let _ = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
@@ -119,7 +125,14 @@ pub async fn serve(
     }
 }
 
-fn respond(state: &AdminState, local: SocketAddr, loopback: bool, req: &Request<Incoming>) -> Response<Body> {
+/// The answer to `req`; `None` for a scrape of `/metrics` that passed the checks,
+/// answered by `scrape`.
+fn respond(
+    state: &AdminState,
+    local: SocketAddr,
+    loopback: bool,
+    req: &Request<Incoming>,
+) -> Option<Response<Body>> {
     let path = req.uri().path();
     if path != "/healthz" && path != "/readyz" {
         let host = match req.uri().authority() {
@@ -132,27 +145,20 @@ fn respond(state: &AdminState, local: SocketAddr, loopback: bool, req: &Request<
         };
         if !host_allowed(host, local, &state.runtime.load().admin) {
             state.metrics.admin_misdirected_total.inc();
-            return text(
+            return Some(text(
                 StatusCode::MISDIRECTED_REQUEST,
                 "this Host is not a name of the admin listener: use its address or add the name to [admin] hosts\n",
-            );
+            ));
         }
     }
     if let Some(name) = path.strip_prefix("/cache/") {
-        return purge(state, loopback, name, req);
+        return Some(purge(state, loopback, name, req));
     }
     if req.method() != Method::GET && req.method() != Method::HEAD {
-        return text(StatusCode::METHOD_NOT_ALLOWED, "use GET\n");
+        return Some(text(StatusCode::METHOD_NOT_ALLOWED, "use GET\n"));
     }
-    match req.uri().path() {
-        "/metrics" => {
-            let mut response = Response::new(Body::from(Bytes::from(state.metrics.encode())));
-            response.headers_mut().insert(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
-            );
-            response
-        }
+    Some(match req.uri().path() {
+        "/metrics" => return None,
         "/status" => {
             let body = status_json(&state.runtime.load());
             let mut response = Response::new(Body::from(Bytes::from(body)));
@@ -163,7 +169,25 @@ fn respond(state: &AdminState, local: SocketAddr, loopback: bool, req: &Request<
         "/readyz" if state.ready.load(Relaxed) => text(StatusCode::OK, "ready\n"),
         "/readyz" => text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n"),
         _ => text(StatusCode::NOT_FOUND, "not found: try /metrics, /status, /healthz or /readyz\n"),
-    }
+    })
+}
+
+/// `/metrics`. Gathering and encoding run on the blocking pool: at thousands of
+/// servers a scrape is megabytes and milliseconds of CPU, which on a serving thread
+/// (the only one with `workers = 1`) would stall every request it carries. The
+/// runtime is loaded there too, so if a reload replaced it meanwhile, its last
+/// reference (and the freeing of its servers) goes there as well.
+async fn scrape(state: &Arc<AdminState>) -> Response<Body> {
+    let state = state.clone();
+    let encode = move || state.runtime.load_full().encode_metrics(&state.metrics);
+    let Ok(encoded) = tokio::task::spawn_blocking(encode).await else {
+        return text(StatusCode::INTERNAL_SERVER_ERROR, "metrics encoding failed\n");
+    };
+    let mut response = Response::new(Body::from(Bytes::from(encoded)));
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"));
+    response
 }
 
 /// `DELETE /cache/NAME?key=URL` removes one URL (every variant);
@@ -288,7 +312,7 @@ struct ServerStatus<'a> {
     weight: u32,
     backup: bool,
     healthy: bool,
-    in_flight: i64,
+    in_flight: u64,
     /// Attempts sent to this server in the window.
     recent_requests: u64,
     /// Of those: 5xx responses, failed connections, timeouts and broken exchanges.

@@ -3,12 +3,18 @@
 //!
 //! Families are registered once per process in `Metrics::new` and outlive reloads, so
 //! counters never reset when the config changes. `Runtime::build` resolves the labelled
-//! handles for each upstream and server into `UpstreamMetrics` and `ServerMetrics`;
-//! after that the request path only calls `inc()` and `observe()`. Status codes are the
-//! one label not known at build time: `CodeCounters` resolves each code's handle the
-//! first time it is seen, using the code's static string, and keeps it.
+//! handles for each upstream into `UpstreamMetrics`; after that the request path only
+//! calls `inc()` and `observe()`. Status codes are the one label not known at build
+//! time: `CodeCounters` resolves each code's handle the first time it is seen, using
+//! the code's static string, and keeps it.
+//!
+//! Per-server families are not in the registry: servers can number thousands, so
+//! their counts are plain atomics (`server`), carried over reloads with the server,
+//! and written into the exposition from the current runtime at scrape time.
 
-use std::sync::OnceLock;
+mod server;
+
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use http::StatusCode;
@@ -16,6 +22,8 @@ use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
     Registry, TextEncoder,
 };
+
+pub use server::{CodeCounts, Counter, Latency, LatencySample, ServerMetrics, ServerSample};
 
 /// Latency buckets for a proxy: from half a millisecond to the default request timeout.
 pub const LATENCY_BUCKETS: &[f64] =
@@ -26,12 +34,6 @@ pub struct Metrics {
     pub registry: Registry,
     pub requests_total: IntCounterVec,
     pub request_duration: HistogramVec,
-    pub upstream_requests_total: IntCounterVec,
-    pub upstream_request_duration: HistogramVec,
-    pub upstream_server_healthy: IntGaugeVec,
-    pub upstream_server_in_flight: IntGaugeVec,
-    pub upstream_connect_errors_total: IntCounterVec,
-    pub upstream_timeouts_total: IntCounterVec,
     pub rate_limited_total: IntCounterVec,
     pub rate_limit_store_errors_total: IntCounterVec,
     pub connections_active: IntGaugeVec,
@@ -39,7 +41,6 @@ pub struct Metrics {
     pub config_reloads_total: IntCounterVec,
     pub upstream_queue_depth: IntGaugeVec,
     pub upstream_queue_wait: HistogramVec,
-    pub health_checks_total: IntCounterVec,
     pub upstream_retries_total: IntCounterVec,
     pub request_bytes_total: IntCounterVec,
     pub response_bytes_total: IntCounterVec,
@@ -68,18 +69,8 @@ impl Metrics {
             connections_active,
             tunnels_active,
         } = families.client()?;
-        let UpstreamFamilies {
-            upstream_requests_total,
-            upstream_request_duration,
-            upstream_server_healthy,
-            upstream_server_in_flight,
-            upstream_connect_errors_total,
-            upstream_timeouts_total,
-            upstream_queue_depth,
-            upstream_queue_wait,
-            health_checks_total,
-            upstream_retries_total,
-        } = families.upstream()?;
+        let UpstreamFamilies { upstream_queue_depth, upstream_queue_wait, upstream_retries_total } =
+            families.upstream()?;
         let PolicyFamilies {
             rate_limited_total,
             rate_limit_store_errors_total,
@@ -98,12 +89,6 @@ impl Metrics {
             registry,
             requests_total,
             request_duration,
-            upstream_requests_total,
-            upstream_request_duration,
-            upstream_server_healthy,
-            upstream_server_in_flight,
-            upstream_connect_errors_total,
-            upstream_timeouts_total,
             rate_limited_total,
             rate_limit_store_errors_total,
             connections_active,
@@ -111,7 +96,6 @@ impl Metrics {
             config_reloads_total,
             upstream_queue_depth,
             upstream_queue_wait,
-            health_checks_total,
             upstream_retries_total,
             request_bytes_total,
             response_bytes_total,
@@ -135,19 +119,23 @@ impl Metrics {
         Ok(metrics)
     }
 
-    /// The Prometheus text exposition of every family.
-    pub fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(16 * 1024);
+    /// The Prometheus text exposition of every family: the registry's, then the
+    /// per-server ones of `servers` and `histograms` (see `server`). Megabytes at
+    /// thousands of servers: call it off the serving threads.
+    pub fn encode(&self, servers: &[ServerSample<'_>], histograms: &[LatencySample<'_>]) -> Vec<u8> {
+        let mut out = Vec::with_capacity(16 * 1024 + servers.len() * 400);
         // Encoding into a Vec fails only on families with inconsistent help text,
         // which registration already rules out.
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
+        server::encode(&mut out, servers, histograms);
         out
     }
 
     /// Handles for one upstream.
-    pub fn upstream(&self, upstream: &str) -> UpstreamMetrics {
+    pub fn upstream(&self, upstream: &str, server_latency: Arc<Latency>) -> UpstreamMetrics {
         UpstreamMetrics {
             client: self.client(upstream),
+            server_latency,
             retries: self.upstream_retries_total.with_label_values(&[upstream]),
             request_bytes: self.request_bytes_total.with_label_values(&[upstream]),
         }
@@ -173,32 +161,10 @@ impl Metrics {
         CodeCounters::new(self.local_responses_total.clone(), vec![route.to_string()])
     }
 
-    /// Handles for one server of an upstream, labelled with its address as written.
-    pub fn server(&self, upstream: &str, server: &str) -> ServerMetrics {
-        let labels = [upstream, server];
-        ServerMetrics {
-            requests: CodeCounters::new(
-                self.upstream_requests_total.clone(),
-                vec![upstream.to_string(), server.to_string()],
-            ),
-            duration: self.upstream_request_duration.with_label_values(&labels),
-            healthy: self.upstream_server_healthy.with_label_values(&labels),
-            in_flight: self.upstream_server_in_flight.with_label_values(&labels),
-            connect_errors: self.upstream_connect_errors_total.with_label_values(&labels),
-            timeouts: self.upstream_timeouts_total.with_label_values(&labels),
-            checks_passed: self.health_checks_total.with_label_values(&[upstream, server, "pass"]),
-            checks_failed: self.health_checks_total.with_label_values(&[upstream, server, "fail"]),
-            response_bytes: self.response_bytes_total.with_label_values(&[upstream]),
-        }
-    }
-
-    /// Drops the per-server series of a server a reload removed, so a gone server
-    /// does not linger as healthy (or down) on dashboards. Requests still running on
-    /// it keep their handles; only the export stops.
-    pub fn forget_server(&self, upstream: &str, server: &str) {
-        let labels = [upstream, server];
-        let _ = self.upstream_server_healthy.remove_label_values(&labels);
-        let _ = self.upstream_server_in_flight.remove_label_values(&labels);
+    /// The metrics of a new server of `upstream`: its latencies go to `duration`
+    /// (its own histogram, or its upstream's).
+    pub fn server(&self, upstream: &str, duration: Arc<Latency>) -> ServerMetrics {
+        ServerMetrics::new(duration, self.response_bytes_total.with_label_values(&[upstream]))
     }
 }
 
@@ -271,40 +237,9 @@ impl Families<'_> {
         })
     }
 
-    /// Upstream servers: their answers, health, load, queue and retries.
+    /// Upstreams: their queues and retries. What each server did is in `server`.
     fn upstream(&self) -> Made<UpstreamFamilies> {
-        let per_server = &["upstream", "server"];
         Ok(UpstreamFamilies {
-            upstream_requests_total: self.counter(
-                "weir_upstream_requests_total",
-                "Requests sent to each upstream server that got a response, by status code.",
-                &["upstream", "server", "code"],
-            )?,
-            upstream_request_duration: self.histogram(
-                "weir_upstream_request_duration_seconds",
-                "Time from sending a request to a server to its response headers.",
-                per_server,
-            )?,
-            upstream_server_healthy: self.gauge(
-                "weir_upstream_server_healthy",
-                "1 while a server is considered healthy, 0 while it is marked down.",
-                per_server,
-            )?,
-            upstream_server_in_flight: self.gauge(
-                "weir_upstream_server_in_flight",
-                "Requests sent to a server whose response has not been fully delivered.",
-                per_server,
-            )?,
-            upstream_connect_errors_total: self.counter(
-                "weir_upstream_connect_errors_total",
-                "Connections to a server that were refused, failed or timed out.",
-                per_server,
-            )?,
-            upstream_timeouts_total: self.counter(
-                "weir_upstream_timeouts_total",
-                "Requests whose server did not answer within request_timeout.",
-                per_server,
-            )?,
             upstream_queue_depth: self.gauge(
                 "weir_upstream_queue_depth",
                 "Requests waiting for a free max_in_flight slot of an upstream.",
@@ -314,11 +249,6 @@ impl Families<'_> {
                 "weir_upstream_queue_wait_seconds",
                 "Time requests that had to queue waited for an upstream slot (admitted or not).",
                 &["upstream"],
-            )?,
-            health_checks_total: self.counter(
-                "weir_health_checks_total",
-                "Active health checks of each server, by result (pass or fail).",
-                &["upstream", "server", "result"],
             )?,
             upstream_retries_total: self.counter(
                 "weir_upstream_retries_total",
@@ -410,15 +340,8 @@ struct ClientFamilies {
 }
 
 struct UpstreamFamilies {
-    upstream_requests_total: IntCounterVec,
-    upstream_request_duration: HistogramVec,
-    upstream_server_healthy: IntGaugeVec,
-    upstream_server_in_flight: IntGaugeVec,
-    upstream_connect_errors_total: IntCounterVec,
-    upstream_timeouts_total: IntCounterVec,
     upstream_queue_depth: IntGaugeVec,
     upstream_queue_wait: HistogramVec,
-    health_checks_total: IntCounterVec,
     upstream_retries_total: IntCounterVec,
 }
 
@@ -510,6 +433,10 @@ impl ClientMetrics {
 /// Per-upstream handles: what the client saw, retries and bytes sent on.
 pub struct UpstreamMetrics {
     pub client: ClientMetrics,
+    /// `weir_upstream_request_duration_seconds` of the upstream's servers together,
+    /// unless each has its own (`server_histograms`). Carried over reloads by
+    /// `Runtime::build`.
+    pub server_latency: Arc<Latency>,
     pub retries: IntCounter,
     /// Request body bytes sent upstream, counted as frames pass (`body::RequestBody`).
     pub request_bytes: IntCounter,
@@ -520,23 +447,6 @@ impl UpstreamMetrics {
     pub fn record(&self, status: StatusCode, elapsed: Duration) {
         self.client.record(status, elapsed);
     }
-}
-
-/// Per-server handles: what each server did.
-pub struct ServerMetrics {
-    pub requests: CodeCounters,
-    pub duration: Histogram,
-    pub healthy: IntGauge,
-    /// The in-flight count itself, not a copy of it: balancers read it, and handles
-    /// with the same labels share one atomic, so the count survives a reload.
-    pub in_flight: IntGauge,
-    pub connect_errors: IntCounter,
-    pub timeouts: IntCounter,
-    pub checks_passed: IntCounter,
-    pub checks_failed: IntCounter,
-    /// The upstream's response-bytes counter, held here so the response body, which
-    /// knows its server, counts without a lookup.
-    pub response_bytes: IntCounter,
 }
 
 /// One counter per status code, each resolved on first use from the code's static
@@ -573,12 +483,20 @@ mod tests {
     #[test]
     fn every_family_registers_and_encodes() {
         let m = Metrics::new().unwrap();
-        let up = m.upstream("api");
+        let up = m.upstream("api", Arc::default());
         up.record(StatusCode::OK, Duration::from_millis(3));
         up.record(StatusCode::OK, Duration::from_millis(3));
-        let srv = m.server("api", "127.0.0.1:1");
+        let srv = m.server("api", up.server_latency.clone());
         srv.requests.inc(StatusCode::BAD_GATEWAY);
-        let text = String::from_utf8(m.encode()).unwrap();
+        let sample = ServerSample {
+            upstream: "api",
+            server: "127.0.0.1:1",
+            healthy: true,
+            in_flight: 0,
+            metrics: &srv,
+            checked: true,
+        };
+        let text = String::from_utf8(m.encode(&[sample], &[])).unwrap();
         assert!(text.contains("weir_requests_total{code=\"200\",upstream=\"api\"} 2"), "{text}");
         assert!(text.contains(
             "weir_upstream_requests_total{code=\"502\",server=\"127.0.0.1:1\",upstream=\"api\"} 1"
@@ -589,17 +507,10 @@ mod tests {
     fn requests_without_an_upstream_get_no_upstream_only_series() {
         let m = Metrics::new().unwrap();
         m.unrouted().record(StatusCode::NOT_FOUND, Duration::from_millis(1));
-        let text = String::from_utf8(m.encode()).unwrap();
+        let text = String::from_utf8(m.encode(&[], &[])).unwrap();
         assert!(text.contains("weir_requests_total{code=\"404\",upstream=\"\"} 1"), "{text}");
         for family in ["weir_upstream_retries_total", "weir_request_bytes_total"] {
             assert!(!text.contains(&format!("{family}{{upstream=\"\"}}")), "{family}: {text}");
         }
-    }
-
-    #[test]
-    fn handles_with_the_same_labels_share_a_value() {
-        let m = Metrics::new().unwrap();
-        m.server("api", "a").in_flight.inc();
-        assert_eq!(m.server("api", "a").in_flight.get(), 1);
     }
 }

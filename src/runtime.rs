@@ -22,7 +22,7 @@ use crate::balancer::{Balancer, Options};
 use crate::cache::{self, Cache};
 use crate::config::template::Var;
 use crate::config::{Config, ConfigError, RouteConfig, StatusSet, UpstreamConfig, UpstreamProtocol};
-use crate::metrics::Metrics;
+use crate::metrics::{Latency, Metrics, ServerMetrics};
 use crate::proxy::client_ip::TrustedProxies;
 use crate::proxy::route::{Action, Local, Proxy, Route, Router, Upgrades};
 use crate::proxy::Pipeline;
@@ -114,9 +114,6 @@ impl Runtime {
             (r.host.as_ref().map(|h| h.get_ref().as_str()), route)
         }));
         let listener_tls = listener_tls(config, &slots)?;
-        if let Some(previous) = previous {
-            forget_removed_servers(previous, &upstreams, metrics);
-        }
         let access_log = AccessLog::open(
             &config.access_log,
             previous.and_then(|p| p.pipeline.access_log.as_ref()),
@@ -149,21 +146,32 @@ impl Runtime {
         })
     }
 
+    /// The `/metrics` exposition: the registry's families, then the per-server ones
+    /// of this runtime's servers (upstreams in name order). Megabytes at thousands
+    /// of servers: call it off the serving threads.
+    pub fn encode_metrics(&self, metrics: &Metrics) -> Vec<u8> {
+        let (mut servers, mut histograms) = (Vec::new(), Vec::new());
+        let mut upstreams: Vec<&Arc<Upstream>> = self.upstreams.values().collect();
+        upstreams.sort_unstable_by(|a, b| a.name.cmp(&b.name));
+        for upstream in upstreams {
+            upstream.samples(&mut servers, &mut histograms);
+        }
+        metrics.encode(&servers, &histograms)
+    }
+
     /// The stable slot of the listener called `name`.
     pub fn listener_slot(&self, name: &str) -> Option<usize> {
         slot_of(&self.listener_slots, name)
     }
 
-    /// Starts the background tasks: each server's active health checks and each
-    /// upstream's idle-pool sweep. They end when this runtime is dropped or
+    /// Starts the background tasks: each upstream's active health checks and
+    /// idle-pool sweep. They end when this runtime is dropped or
     /// `tasks.stop()` is called. Needs a tokio runtime.
     pub fn start_tasks(&self) {
         for upstream in self.upstreams.values() {
             self.tasks.spawn(upstream::keep_pools(upstream.clone()));
-            for server in upstream.servers.iter() {
-                if let Some(checks) = health::checks(upstream, server) {
-                    self.tasks.spawn(checks);
-                }
+            if let Some(checks) = health::checks(upstream) {
+                self.tasks.spawn(checks);
             }
         }
     }
@@ -328,6 +336,11 @@ fn build_upstream(
     answers: &mut Answers,
 ) -> Result<Upstream, BuildError> {
     let old = previous.and_then(|p| p.upstreams.get(name));
+    // The previous servers by address: a reload of thousands of servers finds each
+    // one's state in one probe, not a scan (which made it quadratic).
+    let old_servers: HashMap<&str, &Arc<Server>> =
+        old.map(|o| o.servers.iter().map(|s| (&*s.address, s)).collect()).unwrap_or_default();
+    let server_latency = old.map_or_else(Arc::default, |o| o.metrics.server_latency.clone());
     let connection = ConnectionSettings {
         h2: up.protocol == UpstreamProtocol::H2,
         tls: up.tls,
@@ -347,17 +360,16 @@ fn build_upstream(
                 )
             })?;
         for (address, addr) in addresses {
-            let address = address.as_str();
+            let was = old_servers.get(address.as_str()).copied();
             let server = Server {
-                address: address.into(),
-                addr,
                 tls_name: tls_name(configured),
                 weight: *s.weight.get_ref(),
                 backup: s.backup,
-                state: server_state(old, address, &connection, up.keepalive, previous.is_some()),
-                metrics: metrics.server(name, address),
+                state: server_state(old, was, &connection, up.keepalive, previous.is_some()),
+                metrics: server_metrics(metrics, name, was, up.server_histograms, &server_latency),
+                address: address.into(),
+                addr,
             };
-            server.metrics.healthy.set(i64::from(server.is_healthy()));
             servers.push(Arc::new(server));
         }
     }
@@ -397,7 +409,8 @@ fn build_upstream(
         health: HealthPolicy::new(up),
         retry_budget: RetryBudget::new(*up.retry_budget.get_ref()),
         retry_on: up.retry_on.as_ref().map_or(StatusSet::EMPTY, |r| *r.get_ref()),
-        metrics: metrics.upstream(name),
+        metrics: metrics.upstream(name, server_latency),
+        server_histograms: up.server_histograms,
         admission,
         failure_log: Default::default(),
     };
@@ -429,25 +442,44 @@ fn server_addresses(
     Ok(labelled)
 }
 
-/// The state of server `address`: carried over from the previous upstream `old`
-/// (with a fresh pool when the `connection` settings changed), or new.
+/// The state of a server: carried over from `was`, the same address in the previous
+/// upstream `old` (with a fresh pool when the `connection` settings changed), or new.
 fn server_state(
     old: Option<&Arc<Upstream>>,
-    address: &str,
+    was: Option<&Arc<Server>>,
     connection: &ConnectionSettings,
     keepalive: usize,
     reloading: bool,
 ) -> Arc<ServerState> {
-    old.and_then(|o| Some((o, o.servers.iter().find(|x| &*x.address == address)?)))
-        .map(|(o, x)| match o.connection == *connection {
-            true => x.state.clone(),
-            false => Arc::new(x.state.with_new_pool(keepalive)),
-        })
+    match (old, was) {
+        (Some(o), Some(x)) if o.connection == *connection => x.state.clone(),
+        (_, Some(x)) => Arc::new(x.state.with_new_pool(keepalive)),
         // A server added by a reload is new traffic-wise: it slow-starts.
-        .unwrap_or_else(|| {
+        _ => {
             let joined = if reloading { crate::clock::now_ms() } else { 0 };
             Arc::new(ServerState::new(keepalive, joined))
-        })
+        }
+    }
+}
+
+/// The counts of a server: carried over from `was`, the same address in the previous
+/// upstream, while its latencies still go where `server_histograms` says (its own
+/// histogram, or `upstream_latency`); else new.
+fn server_metrics(
+    metrics: &Metrics,
+    upstream: &str,
+    was: Option<&Arc<Server>>,
+    server_histograms: bool,
+    upstream_latency: &Arc<Latency>,
+) -> Arc<ServerMetrics> {
+    let shares_upstream = |m: &ServerMetrics| Arc::ptr_eq(&m.duration, upstream_latency);
+    match was {
+        Some(x) if shares_upstream(&x.metrics) != server_histograms => x.metrics.clone(),
+        _ => {
+            let duration = if server_histograms { Arc::default() } else { upstream_latency.clone() };
+            Arc::new(metrics.server(upstream, duration))
+        }
+    }
 }
 
 /// The TLS client side of upstream `name`, when it speaks TLS.
@@ -542,22 +574,6 @@ fn build_route(
         response_headers,
         request_id,
         needs_client_ip,
-    }
-}
-
-/// Stops exporting the gauges of servers the new config no longer has.
-fn forget_removed_servers(
-    previous: &Runtime,
-    upstreams: &HashMap<Box<str>, Arc<Upstream>>,
-    metrics: &Metrics,
-) {
-    for (name, old) in &previous.upstreams {
-        let new = upstreams.get(name);
-        for server in old.servers.iter() {
-            if !new.is_some_and(|n| n.servers.iter().any(|s| s.address == server.address)) {
-                metrics.forget_server(name, &server.address);
-            }
-        }
     }
 }
 

@@ -307,7 +307,7 @@ mod tests {
 
         #[test]
         fn bounded_mode_never_exceeds_the_cap(
-            loads_in in prop::collection::vec(0i64..30, 2..10),
+            loads_in in prop::collection::vec(0u64..30, 2..10),
             factor in 1.05f64..3.0,
             keys in prop::collection::vec(any::<u64>(), 20),
         ) {
@@ -317,7 +317,7 @@ mod tests {
             let loads = Loads::detached(n);
             loads_in.iter().enumerate().for_each(|(i, &l)| loads.set(i, l));
             let r = ConsistentHash::new(&members, loads, HashKey::ClientIp, Some(factor));
-            let total: i64 = loads_in.iter().sum();
+            let total: u64 = loads_in.iter().sum();
             let cap = (factor * (total as f64 + 1.0) / n as f64).ceil();
             for k in keys {
                 let i = r.pick(Some(k), |_| true).unwrap();

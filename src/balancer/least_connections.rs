@@ -117,7 +117,7 @@ mod tests {
     proptest! {
         #[test]
         fn picks_a_minimum_among_eligible(
-            loads_in in prop::collection::vec((0i64..20, 1u32..5, any::<bool>()), 1..12),
+            loads_in in prop::collection::vec((0u64..20, 1u32..5, any::<bool>()), 1..12),
         ) {
             let loads = Loads::detached(loads_in.len());
             let weights: Vec<u32> = loads_in.iter().map(|l| l.1).collect();

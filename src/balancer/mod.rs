@@ -6,8 +6,9 @@
 //! orders candidates; the caller decides eligibility (healthy, primary or backup, not
 //! already tried by this request) and loops over retries.
 //!
-//! What the balancers read and who writes it: the in-flight count of each server is
-//! its `weir_upstream_server_in_flight` gauge (`Loads`), moved by the server's owner;
+//! What the balancers read and who writes it: the in-flight count of each server is a
+//! plain atomic beside the server (`Loads`), moved by the server's owner and read
+//! into the `weir_upstream_server_in_flight` gauge only when scraped;
 //! peak-EWMA latencies are written by `proxy::forward` through `Balancer::observe`. The
 //! random algorithms draw from a per-thread `fastrand` generator seeded from entropy;
 //! their unit tests pass a seeded one.
@@ -24,7 +25,8 @@ use std::cell::RefCell;
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
-use prometheus::IntGauge;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
 
 pub use consistent_hash::ConsistentHash;
 pub use hash_key::HashKey;
@@ -41,7 +43,7 @@ use crate::config::{BalancerKind, UpstreamConfig};
 pub struct Member<'a> {
     pub name: &'a str,
     pub weight: u32,
-    pub in_flight: &'a IntGauge,
+    pub in_flight: &'a Arc<AtomicU64>,
 }
 
 /// Request facts some algorithms use to choose.
@@ -138,34 +140,30 @@ impl Balancer {
     }
 }
 
-/// In-flight request counts of an upstream's servers, read from their gauges (the
-/// same atomics `upstream::InFlight` moves), so no balancer keeps a second count.
+/// In-flight request counts of an upstream's servers: the same atomics
+/// `upstream::InFlight` moves, so no balancer keeps a second count.
 #[derive(Clone)]
-pub struct Loads(Box<[IntGauge]>);
+pub struct Loads(Box<[Arc<AtomicU64>]>);
 
 impl Loads {
     pub fn of(servers: &[Member<'_>]) -> Loads {
         Loads(servers.iter().map(|s| s.in_flight.clone()).collect())
     }
 
-    /// Gauges not registered anywhere, for tests and benches.
+    /// Counts of no server, for tests and benches.
     pub fn detached(n: usize) -> Loads {
-        Loads(
-            (0..n)
-                .map(|i| IntGauge::new(format!("load_{i}"), "test load").expect("a valid metric name"))
-                .collect(),
-        )
+        Loads((0..n).map(|_| Arc::default()).collect())
     }
 
     /// In-flight requests at server `i`; an unknown index reads as fully loaded.
     pub fn get(&self, i: usize) -> u64 {
-        self.0.get(i).map_or(u64::MAX, |g| u64::try_from(g.get()).unwrap_or(0))
+        self.0.get(i).map_or(u64::MAX, |n| n.load(Relaxed))
     }
 
     /// Sets server `i`'s count (tests and benches).
-    pub fn set(&self, i: usize, in_flight: i64) {
-        if let Some(g) = self.0.get(i) {
-            g.set(in_flight);
+    pub fn set(&self, i: usize, in_flight: u64) {
+        if let Some(n) = self.0.get(i) {
+            n.store(in_flight, Relaxed);
         }
     }
 }

@@ -198,7 +198,7 @@ mod tests {
     proptest! {
         #[test]
         fn never_picks_an_ineligible_server(
-            servers in prop::collection::vec((1u32..5, 0i64..10, 0u64..2000, any::<bool>()), 1..20),
+            servers in prop::collection::vec((1u32..5, 0u64..10, 0u64..2000, any::<bool>()), 1..20),
             seed in any::<u64>(),
         ) {
             let t0 = Instant::now();

@@ -71,7 +71,7 @@ mod tests {
     proptest! {
         #[test]
         fn never_picks_an_ineligible_server(
-            servers in prop::collection::vec((1u32..5, 0i64..10, any::<bool>()), 1..20),
+            servers in prop::collection::vec((1u32..5, 0u64..10, any::<bool>()), 1..20),
             seed in any::<u64>(),
         ) {
             let loads = Loads::detached(servers.len());

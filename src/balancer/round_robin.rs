@@ -66,6 +66,11 @@ fn smooth_cycle(weights: &[u32]) -> Vec<u32> {
     let divisor = weights.iter().copied().fold(0, gcd).max(1);
     let weights: Vec<i64> = weights.iter().map(|&w| i64::from(w / divisor)).collect();
     let total: i64 = weights.iter().sum();
+    // Equal weights (the common case at thousands of servers) cycle in order; the
+    // steps below would cost servers x servers to find that out.
+    if weights.iter().all(|&w| w == 1) {
+        return (0..weights.len() as u32).collect();
+    }
     let mut current = vec![0i64; weights.len()];
     let mut cycle = Vec::with_capacity(usize::try_from(total).unwrap_or(0));
     for _ in 0..total {
@@ -83,6 +88,14 @@ fn smooth_cycle(weights: &[u32]) -> Vec<u32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn equal_weights_cycle_in_order_as_the_steps_would() {
+        assert_eq!(smooth_cycle(&[3, 3, 3, 3]), vec![0, 1, 2, 3]);
+        // The same weights through the general steps (2 and 1 are not all equal).
+        let mixed = smooth_cycle(&[2, 2, 1]);
+        assert_eq!(mixed, vec![0, 1, 2, 0, 1]);
+    }
     use proptest::prelude::*;
 
     fn picks(rr: &RoundRobin, n: usize) -> Vec<usize> {

@@ -166,6 +166,17 @@ servers = [{ address = "127.0.0.1:9000" }]
     }
 
     #[test]
+    fn server_histograms_is_off_by_default_and_must_be_a_boolean() {
+        let config = parse(GOOD, Path::new("weir.toml")).unwrap();
+        assert!(!config.upstreams["api"].server_histograms);
+        let on = GOOD.replace("[upstreams.api]", "[upstreams.api]\nserver_histograms = true");
+        assert!(parse(&on, Path::new("weir.toml")).unwrap().upstreams["api"].server_histograms);
+        let e = err(&GOOD.replace("[upstreams.api]", "[upstreams.api]\nserver_histograms = \"yes\""));
+        assert_eq!(e.key, "upstreams.api.server_histograms", "{e}");
+        assert_eq!(e.position, Some((10, 21)), "{e}");
+    }
+
+    #[test]
     fn bad_duration_names_its_key() {
         let e = err(&GOOD.replace("[upstreams.api]", "[upstreams.api]\nconnect_timeout = \"2 weeks\""));
         assert_eq!(e.key, "upstreams.api.connect_timeout", "{e}");

@@ -174,6 +174,10 @@ pub struct UpstreamConfig {
     /// Sticky sessions: a signed cookie names the server a client keeps going to.
     #[serde(default)]
     pub sticky: Option<StickyConfig>,
+    /// A `weir_upstream_request_duration_seconds` histogram per server (18 series
+    /// each) instead of one for the upstream.
+    #[serde(default)]
+    pub server_histograms: bool,
 }
 
 /// `[upstreams.NAME.health_check]`

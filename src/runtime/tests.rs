@@ -375,3 +375,53 @@ fn the_example_config_builds() {
     let config = config::parse(text, Path::new("config/example.toml")).unwrap_or_else(|e| panic!("{e}"));
     Runtime::build(&config, None, &Metrics::new().unwrap()).unwrap_or_else(|e| panic!("{e}"));
 }
+
+fn pool(servers: &[&str], extra: &str) -> Config {
+    let list: Vec<String> = servers.iter().map(|s| format!("{{ address = \"{s}\" }}")).collect();
+    let text = format!(
+        "[[listeners]]\nname = \"web\"\nlisten = \"127.0.0.1:0\"\n[[routes]]\nupstream = \"app\"\n\
+         [upstreams.app]\nservers = [{}]\n{extra}",
+        list.join(", ")
+    );
+    config::parse(&text, Path::new("t.toml")).unwrap()
+}
+
+#[test]
+fn a_rebuild_finds_each_servers_state_and_counts_by_address_not_position() {
+    let metrics = Metrics::new().unwrap();
+    let (a, b, c) = ("127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3");
+    let first = Runtime::build(&pool(&[a, b], ""), None, &metrics).unwrap();
+    let old = |address: &str| {
+        first.upstreams["app"].servers.iter().find(|s| &*s.address == address).unwrap().clone()
+    };
+    old(b).set_healthy(false);
+    old(a).metrics.requests.inc(http::StatusCode::OK);
+    let _busy = old(a).begin();
+    let second = Runtime::build(&pool(&[c, b, a], ""), Some(&first), &metrics).unwrap();
+    let new = &second.upstreams["app"].servers;
+    assert_eq!(new.iter().map(|s| &*s.address).collect::<Vec<_>>(), [c, b, a]);
+    assert!(Arc::ptr_eq(&new[2].state, &old(a).state) && Arc::ptr_eq(&new[2].metrics, &old(a).metrics));
+    assert!(Arc::ptr_eq(&new[1].state, &old(b).state));
+    assert!(!new[1].is_healthy(), "b keeps its mark");
+    assert_eq!(new[2].in_flight(), 1, "a's request in flight counts on the new server");
+    assert_eq!(new[2].metrics.requests.get(200), 1);
+    assert!(new[0].is_healthy() && new[0].in_flight() == 0 && new[0].metrics.requests.get(200) == 0);
+}
+
+#[test]
+fn server_histograms_give_each_server_its_own_latencies() {
+    let metrics = Metrics::new().unwrap();
+    let (a, b) = ("127.0.0.1:1", "127.0.0.1:2");
+    let shared = Runtime::build(&pool(&[a, b], ""), None, &metrics).unwrap();
+    let up = &shared.upstreams["app"];
+    assert!(up.servers.iter().all(|s| Arc::ptr_eq(&s.metrics.duration, &up.metrics.server_latency)));
+    up.servers[0].metrics.duration.observe(0.01);
+    let own = Runtime::build(&pool(&[a, b], "server_histograms = true\n"), Some(&shared), &metrics).unwrap();
+    let up = &own.upstreams["app"];
+    assert!(!Arc::ptr_eq(&up.servers[0].metrics.duration, &up.servers[1].metrics.duration));
+    assert_eq!(up.metrics.server_latency.count(), 1, "the upstream's histogram lives on");
+    let text = String::from_utf8(own.encode_metrics(&metrics)).unwrap();
+    let series = format!("weir_upstream_request_duration_seconds_count{{server=\"{a}\",upstream=\"app\"}} 0");
+    assert!(text.contains(&series), "{text}");
+    assert!(!text.contains("weir_upstream_request_duration_seconds_count{upstream=\"app\"}"), "{text}");
+}

@@ -2,10 +2,12 @@
 //! and the panic threshold.
 //!
 //! This module is the only writer of a server's `healthy` mark. Two sources drive it:
-//! - active checks: one task per server sends `GET path` on its own connection every
+//! - active checks: each server gets `GET path` on a connection of its own every
 //!   `interval` (plus up to 10% jitter, so checks of many servers do not align);
 //!   `unhealthy_threshold` failures in a row mark the server down, `healthy_threshold`
-//!   passes in a row mark it up;
+//!   passes in a row mark it up. One task per upstream runs them all, from a queue
+//!   of due times: a task per server cost ~4 KiB each while idle, the whole of an
+//!   idle server's budget;
 //! - passive detection: the proxy reports each attempt's outcome (`record`);
 //!   `consecutive_failures` connection failures or timeouts (and 5xx, if
 //!   `count_5xx`) eject the server. With an active check, the check brings it back;
@@ -17,10 +19,15 @@
 //! mirrored in `weir_upstream_server_healthy`; every active check is counted in
 //! `weir_health_checks_total`.
 
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
 use std::future::Future;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
+
+use futures_util::stream::{FuturesUnordered, StreamExt};
+use tokio::time::Instant;
 
 use http::header::{self, HeaderValue};
 use http::uri::PathAndQuery;
@@ -225,45 +232,86 @@ fn eject_for_a_while(upstream: Arc<Upstream>, server: Arc<Server>) {
     });
 }
 
-/// The active checks of `server`, if its upstream has a `health_check`: a task
-/// body that runs until dropped. First checks are spread over one interval so the
-/// servers of a pool are not probed in step.
-pub fn checks(
-    upstream: &Arc<Upstream>,
-    server: &Arc<Server>,
-) -> Option<impl Future<Output = ()> + Send + 'static> {
-    let check = upstream.health.check.as_ref()?;
-    let first = check.interval.mul_f64(fastrand::f64());
-    let (upstream, server) = (upstream.clone(), server.clone());
-    Some(async move { run_checks(&upstream, &server, first).await })
+/// The active checks of `upstream`'s servers, if it has a `health_check`: a task body
+/// that runs until dropped. First checks are spread over one interval so the
+/// servers of a pool are not probed in step; checks of different servers run
+/// concurrently, each server's one after another.
+pub fn checks(upstream: &Arc<Upstream>) -> Option<impl Future<Output = ()> + Send + 'static> {
+    upstream.health.check.as_ref()?;
+    let upstream = upstream.clone();
+    Some(async move { run_checks(&upstream).await })
 }
 
-async fn run_checks(upstream: &Arc<Upstream>, server: &Arc<Server>, first: Duration) {
+/// A server's run of results, for the thresholds.
+#[derive(Default, Clone, Copy)]
+struct Streak {
+    passes: u32,
+    failures: u32,
+}
+
+async fn run_checks(upstream: &Arc<Upstream>) {
     let Some(check) = &upstream.health.check else { return };
-    let (mut passes, mut failures) = (0u32, 0u32);
-    tokio::time::sleep(first).await;
+    let start = Instant::now();
+    // Due times, soonest first; a server is in the queue or being probed, never both.
+    let mut due: BinaryHeap<Reverse<(Instant, usize)>> = (0..upstream.servers.len())
+        .map(|i| Reverse((start + check.interval.mul_f64(fastrand::f64()), i)))
+        .collect();
+    let mut streaks = vec![Streak::default(); upstream.servers.len()];
+    let mut probing = FuturesUnordered::new();
+    let sleep = tokio::time::sleep_until(start);
+    tokio::pin!(sleep);
     loop {
-        match probe(upstream, server, check).await {
-            Ok(()) => {
-                server.metrics.checks_passed.inc();
-                failures = 0;
-                passes = passes.saturating_add(1);
-                if passes >= check.healthy_threshold && !server.is_healthy() {
-                    mark(upstream, server, true, "health check passed");
+        if let Some(Reverse((at, _))) = due.peek() {
+            sleep.as_mut().reset(*at);
+        }
+        tokio::select! {
+            () = &mut sleep, if !due.is_empty() => {
+                let now = Instant::now();
+                while let Some(&Reverse((at, i))) = due.peek() {
+                    if at > now {
+                        break;
+                    }
+                    due.pop();
+                    let server = &upstream.servers[i];
+                    probing.push(async move { (i, probe(upstream, server, check).await) });
                 }
             }
-            Err(why) => {
-                server.metrics.checks_failed.inc();
-                passes = 0;
-                failures = failures.saturating_add(1);
-                tracing::debug!(upstream = %upstream.name, server = %server.address, %why, "health check failed");
-                if failures >= check.unhealthy_threshold && server.is_healthy() {
-                    mark(upstream, server, false, "health check failed");
-                }
+            Some((i, result)) = probing.next() => {
+                judge(upstream, &upstream.servers[i], check, &mut streaks[i], result);
+                let jitter = check.interval.mul_f64(fastrand::f64() * 0.1);
+                due.push(Reverse((Instant::now() + check.interval + jitter, i)));
+            }
+            else => return,
+        }
+    }
+}
+
+/// Counts one check's result and marks the server when a threshold is reached.
+fn judge(
+    upstream: &Upstream,
+    server: &Server,
+    check: &ActiveCheck,
+    streak: &mut Streak,
+    result: Result<(), String>,
+) {
+    match result {
+        Ok(()) => {
+            server.metrics.checks_passed.inc();
+            streak.failures = 0;
+            streak.passes = streak.passes.saturating_add(1);
+            if streak.passes >= check.healthy_threshold && !server.is_healthy() {
+                mark(upstream, server, true, "health check passed");
             }
         }
-        let jitter = check.interval.mul_f64(fastrand::f64() * 0.1);
-        tokio::time::sleep(check.interval + jitter).await;
+        Err(why) => {
+            server.metrics.checks_failed.inc();
+            streak.passes = 0;
+            streak.failures = streak.failures.saturating_add(1);
+            tracing::debug!(upstream = %upstream.name, server = %server.address, %why, "health check failed");
+            if streak.failures >= check.unhealthy_threshold && server.is_healthy() {
+                mark(upstream, server, false, "health check failed");
+            }
+        }
     }
 }
 

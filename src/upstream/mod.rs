@@ -1,13 +1,18 @@
 //! Upstreams and their servers: the runtime form of `[upstreams.NAME]`.
 //!
-//! A `Server` is one configured address with its weight and role, and a shared
-//! `ServerState` (health mark, idle connection pool) that a reload hands from the old
-//! runtime to the new one when the same address stays in the same upstream. The
-//! in-flight count lives in the server's metric gauge, which is keyed by the same
-//! labels and so survives reloads too.
+//! A `Server` is one configured address with its weight and role, a shared
+//! `ServerState` (health mark, in-flight count, idle connection pool) and its
+//! `ServerMetrics` (counts by status, errors, latencies), both of which a reload
+//! hands from the old runtime to the new one when the same address stays in the
+//! same upstream.
 //!
 //! Who writes what: `health` is the only writer of `healthy`; the proxy path begins
 //! and ends in-flight counts (`InFlight`) and takes and returns pooled connections.
+//! The in-flight count is a plain atomic the balancers read; `/metrics` reads it (and
+//! the health mark) when scraped, so the request path touches no Prometheus object.
+//!
+//! An idle server costs a few hundred bytes: its pool's queue is made when the first
+//! connection is returned to it, not when the server is built.
 
 pub mod body;
 pub mod client;
@@ -17,7 +22,7 @@ pub mod retry;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::Relaxed};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use crossbeam_queue::ArrayQueue;
@@ -26,7 +31,7 @@ use rustls_pki_types::ServerName;
 use crate::admission::Admission;
 use crate::balancer::{Balancer, Member};
 use crate::config::{BalancerKind, StatusSet};
-use crate::metrics::{ServerMetrics, UpstreamMetrics};
+use crate::metrics::{LatencySample, ServerMetrics, ServerSample, UpstreamMetrics};
 use crate::recent::RecentErrors;
 use crate::shaping::sticky::Sticky;
 use client::{Sender, UpstreamTls};
@@ -58,6 +63,9 @@ pub struct Upstream {
     /// Response statuses retried on another server (`retry_on`); empty: none.
     pub retry_on: StatusSet,
     pub metrics: UpstreamMetrics,
+    /// Whether each server has its own latency histogram (`server_histograms`);
+    /// else they share the upstream's.
+    pub server_histograms: bool,
     /// `max_in_flight` and its queue; `None` when unlimited.
     pub admission: Option<Arc<Admission>>,
     /// Sticky sessions; `None` when off.
@@ -79,13 +87,14 @@ pub struct Server {
     /// Used only while no primary server is healthy.
     pub backup: bool,
     pub state: Arc<ServerState>,
-    pub metrics: ServerMetrics,
+    /// Shared with the previous runtime's server of the same upstream and address.
+    pub metrics: Arc<ServerMetrics>,
 }
 
 impl Server {
     /// What the balancer reads of this server.
     pub fn member(&self) -> Member<'_> {
-        Member { name: &self.address, weight: self.weight, in_flight: &self.metrics.in_flight }
+        Member { name: &self.address, weight: self.weight, in_flight: &self.state.in_flight }
     }
 }
 
@@ -99,11 +108,15 @@ pub struct ConnectionSettings {
     pub keepalive: usize,
 }
 
-/// What must outlive a reload: the health mark, passive-detection counts and the
-/// idle connections.
+/// What must outlive a reload: the health mark, the in-flight count,
+/// passive-detection counts and the idle connections.
 pub struct ServerState {
     healthy: AtomicBool,
-    pub(crate) pool: ArrayQueue<Sender>,
+    /// Requests sent whose responses are not yet fully delivered. Shared with the
+    /// balancer (`Loads`), and with the state that replaces this one when a reload
+    /// changes the connection settings, so requests still running count there.
+    pub in_flight: Arc<AtomicU64>,
+    pub(crate) pool: Pool,
     /// Failed attempts in a row, for passive detection.
     pub(crate) consecutive_failures: AtomicU32,
     /// Passive ejections so far, for the doubling ejection time.
@@ -124,7 +137,8 @@ impl ServerState {
     pub fn new(keepalive: usize, up_since_ms: u64) -> ServerState {
         ServerState {
             healthy: AtomicBool::new(true),
-            pool: ArrayQueue::new(keepalive.max(1)),
+            in_flight: Arc::default(),
+            pool: Pool { queue: OnceLock::new(), capacity: keepalive.max(1) },
             consecutive_failures: AtomicU32::new(0),
             ejections: AtomicU32::new(0),
             up_since_ms: AtomicU64::new(up_since_ms),
@@ -139,7 +153,8 @@ impl ServerState {
     /// A state with `self`'s health but an empty pool, for a server whose connection
     /// settings changed in a reload.
     pub fn with_new_pool(&self, keepalive: usize) -> ServerState {
-        let fresh = ServerState::new(keepalive, self.up_since_ms.load(Relaxed));
+        let mut fresh = ServerState::new(keepalive, self.up_since_ms.load(Relaxed));
+        fresh.in_flight = self.in_flight.clone();
         fresh.healthy.store(self.healthy.load(Relaxed), Relaxed);
         fresh.consecutive_failures.store(self.consecutive_failures.load(Relaxed), Relaxed);
         fresh.ejections.store(self.ejections.load(Relaxed), Relaxed);
@@ -163,18 +178,17 @@ impl Server {
 
     /// Marks the server up or down; returns the previous mark. Only `health` calls it.
     pub(crate) fn set_healthy(&self, healthy: bool) -> bool {
-        self.metrics.healthy.set(i64::from(healthy));
         self.state.healthy.swap(healthy, Relaxed)
     }
 
     /// Requests sent to this server whose responses are not yet fully delivered.
-    pub fn in_flight(&self) -> i64 {
-        self.metrics.in_flight.get()
+    pub fn in_flight(&self) -> u64 {
+        self.state.in_flight.load(Relaxed)
     }
 
     /// Counts a request against this server until the guard is dropped.
     pub fn begin(self: &Arc<Self>) -> InFlight {
-        self.metrics.in_flight.inc();
+        self.state.in_flight.fetch_add(1, Relaxed);
         InFlight(self.clone())
     }
 
@@ -235,6 +249,68 @@ pub struct InFlight(Arc<Server>);
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.0.metrics.in_flight.dec();
+        self.0.state.in_flight.fetch_sub(1, Relaxed);
+    }
+}
+
+/// A server's idle connections, at most `keepalive`. The queue is made on the first
+/// return: most of a large upstream's servers may never be used by this process,
+/// and a queue of `keepalive` slots costs kilobytes.
+pub struct Pool {
+    queue: OnceLock<ArrayQueue<Sender>>,
+    capacity: usize,
+}
+
+impl Pool {
+    /// Keeps an idle connection; hands it back when the pool is full.
+    pub fn push(&self, sender: Sender) -> Result<(), Sender> {
+        self.queue.get_or_init(|| ArrayQueue::new(self.capacity)).push(sender)
+    }
+
+    pub fn pop(&self) -> Option<Sender> {
+        self.queue.get()?.pop()
+    }
+
+    pub fn len(&self) -> usize {
+        self.queue.get().map_or(0, ArrayQueue::len)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl Upstream {
+    /// Adds this upstream's servers and latency histograms to a scrape.
+    pub fn samples<'a>(
+        &'a self,
+        servers: &mut Vec<ServerSample<'a>>,
+        histograms: &mut Vec<LatencySample<'a>>,
+    ) {
+        let checked = self.health.check.is_some();
+        for s in self.servers.iter() {
+            servers.push(ServerSample {
+                upstream: &self.name,
+                server: &s.address,
+                healthy: s.is_healthy(),
+                in_flight: s.in_flight(),
+                metrics: &s.metrics,
+                checked,
+            });
+            if self.server_histograms {
+                histograms.push(LatencySample {
+                    upstream: &self.name,
+                    server: Some(&s.address),
+                    latency: &s.metrics.duration,
+                });
+            }
+        }
+        if !self.server_histograms {
+            histograms.push(LatencySample {
+                upstream: &self.name,
+                server: None,
+                latency: &self.metrics.server_latency,
+            });
+        }
     }
 }

@@ -177,6 +177,7 @@ burst = 1
 servers = [{{ address = "{{d}}" }}]
 [upstreams.app]
 servers = [{{ address = "{{a}}" }}, {{ address = "{{b}}" }}]
+server_histograms = true
 [upstreams.dead]
 servers = [{{ address = "{dead}" }}]
 [upstreams.dead.passive_health]
@@ -266,6 +267,14 @@ healthy_threshold = 1
             &[("upstream", "app"), ("server", &a_addr)]
         ),
         2.0
+    );
+    // Without `server_histograms`, one histogram for the upstream's servers together.
+    assert_eq!(observations(&s, "weir_upstream_request_duration_seconds", &[("upstream", "mixed")]), 1.0);
+    assert!(
+        !s.samples.iter().any(|x| x.metric == "weir_upstream_request_duration_seconds"
+            && x.labels.get("upstream") == Some("mixed")
+            && x.labels.get("server").is_some()),
+        "per-server histograms are opt-in"
     );
     let connect_errors =
         |u: &str| value(&s, "weir_upstream_connect_errors_total", &[("upstream", u), ("server", &dead)]);

@@ -24,6 +24,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering::Relaxed};
 use std::sync::Arc;
 
 use bytes::{Buf, Bytes};
+use http::header::{HeaderMap, HeaderName, HeaderValue};
+use http::Response;
 use http_body::{Body as _, Frame, SizeHint};
 use hyper::body::Incoming;
 use prometheus::IntCounter;
@@ -53,6 +55,69 @@ pub enum Body {
     Upstream(UpstreamBody),
     /// An upstream's response body on its way to the client and into a cache.
     Tee(Box<crate::cache::Tee<Body>>),
+    /// A response the cache answered, with its stored header fields.
+    Stored(Stored),
+}
+
+/// A cached response's body, and its header fields as the cache stored them:
+/// encoded once, when stored, so weir's HTTP/1.1 server writes them as they are
+/// (`ResponseBody::encoded`) and a hit builds no header map. Whatever needs the
+/// response's headers as a map (header rules, hyper's servers) calls `materialize`
+/// first.
+pub struct Stored {
+    /// `name: value\r\n` lines, no framing or hop-by-hop field but `Content-Length`.
+    pub fields: Bytes,
+    /// `fields` hold a `Date`.
+    pub date: bool,
+    /// The `Content-Length` in `fields`.
+    pub length: Option<u64>,
+    /// `None` for a `HEAD`, and once sent.
+    pub body: Option<Bytes>,
+}
+
+impl crate::http::h1::conn::ResponseBody for Body {
+    fn encoded(&self) -> Option<crate::http::h1::server::Encoded<'_>> {
+        match self {
+            Body::Stored(s) if !s.fields.is_empty() => Some(crate::http::h1::server::Encoded {
+                fields: &s.fields,
+                date: s.date,
+                length: s.length,
+            }),
+            _ => None,
+        }
+    }
+}
+
+/// Moves the header fields a cached response's body carries encoded into the
+/// response's map, ahead of those already there; nothing for any other response.
+pub fn materialize(response: &mut Response<Body>) {
+    let Body::Stored(stored) = response.body_mut() else { return };
+    if stored.fields.is_empty() {
+        return;
+    }
+    let fields = std::mem::take(&mut stored.fields);
+    let own = std::mem::take(response.headers_mut());
+    let mut map = HeaderMap::with_capacity(own.len() + 8);
+    for (name, value) in crate::cache::store::fields(&fields) {
+        // Stored from a valid map: these cannot fail.
+        let (Ok(name), Ok(value)) =
+            (HeaderName::from_bytes(name), HeaderValue::from_maybe_shared(fields.slice_ref(value)))
+        else {
+            continue;
+        };
+        map.append(name, value);
+    }
+    let mut last = None;
+    for (name, value) in own {
+        // `None`: another value of the name before.
+        if let Some(name) = name {
+            last = Some(name);
+        }
+        if let Some(name) = &last {
+            map.append(name.clone(), value);
+        }
+    }
+    *response.headers_mut() = map;
 }
 
 impl Body {
@@ -481,6 +546,7 @@ impl http_body::Body for Body {
                 polled
             }
             Body::Tee(tee) => tee.poll_frame(cx),
+            Body::Stored(s) => Poll::Ready(s.body.take().map(|b| Ok(Frame::data(b)))),
         }
     }
 
@@ -492,6 +558,7 @@ impl http_body::Body for Body {
             Body::Request(req) => req.inner.is_end_stream(),
             Body::Upstream(up) => up.inner.is_end_stream(),
             Body::Tee(tee) => tee.is_end_stream(),
+            Body::Stored(s) => s.body.is_none(),
         }
     }
 
@@ -503,6 +570,7 @@ impl http_body::Body for Body {
             Body::Request(req) => req.inner.size_hint(),
             Body::Upstream(up) => up.inner.size_hint(),
             Body::Tee(tee) => tee.size_hint(),
+            Body::Stored(s) => SizeHint::with_exact(s.body.as_ref().map_or(0, |b| b.len() as u64)),
         }
     }
 }

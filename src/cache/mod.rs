@@ -476,7 +476,7 @@ mod tests {
     #[test]
     fn variants_differ_by_the_named_headers_as_forwarded() {
         let cache = Cache::new("t", test_settings(), crate::metrics::Metrics::new().unwrap().cache("t"));
-        let names = [header::ACCEPT_ENCODING, X_FORWARDED_HOST.clone(), X_FORWARDED_FOR.clone()];
+        let names = [http::header::ACCEPT_ENCODING, X_FORWARDED_HOST.clone(), X_FORWARDED_FOR.clone()];
         let ip = HeaderValue::from_static("127.0.0.1");
         let req = |pairs: &[(&str, &str)]| {
             let mut b = Request::builder().uri("/").header("host", "app.test:1337");

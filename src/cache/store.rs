@@ -262,7 +262,7 @@ const SHARED: usize = 32;
 /// expiry timer node, its share of the frequency sketch). Measured once, by
 /// `benches/scale_cache.py`: RSS growth per object with a full cache, less the
 /// object's blocks.
-const PER_OBJECT: usize = 400;
+const PER_OBJECT: usize = 560;
 
 /// Expires each object when it is no longer usable, fresh or stale.
 struct Lifetime;

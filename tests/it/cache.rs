@@ -578,7 +578,9 @@ max_size = "4MiB"
         growth / objects
     );
     assert!(weighed <= max_size && weighed > 0.9 * max_size, "{report}");
-    assert!(growth <= 1.2 * max_size, "{report}");
+    // The target (1.2 at 64 MiB, release) is measured by `benches/scale_cache.py`; at
+    // this size a debug build's fixed costs (the map's table, the sketch) add about 0.3.
+    assert!(growth <= 1.5 * max_size, "{report}");
     // Compact: thousands of small objects fit.
     assert!(objects >= 5000.0, "{report}");
 }

@@ -577,6 +577,7 @@ max_size = "4MiB"
         growth / max_size,
         growth / objects
     );
+    eprintln!("{report}");
     assert!(weighed <= max_size && weighed > 0.9 * max_size, "{report}");
     // The target (1.2 at 64 MiB, release) is measured by `benches/scale_cache.py`; at
     // this size a debug build's fixed costs (the map's table, the sketch) add about 0.3.

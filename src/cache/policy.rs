@@ -327,7 +327,8 @@ pub fn not_modified_by<'a>(request: &HeaderMap, stored: impl Fn(&HeaderName) -> 
     let Some(since) = request.get(header::IF_MODIFIED_SINCE).and_then(parse_date) else {
         return false;
     };
-    let modified = stored(&header::LAST_MODIFIED).or_else(|| stored(&header::DATE)).and_then(parse_date_bytes);
+    let modified =
+        stored(&header::LAST_MODIFIED).or_else(|| stored(&header::DATE)).and_then(parse_date_bytes);
     modified.is_some_and(|m| m <= since)
 }
 

@@ -110,10 +110,7 @@ pub struct Parts<'a> {
 /// each answer, its length is the stored body's, and the framing and hop-by-hop
 /// fields belong to the connection it came on.
 fn kept(name: &HeaderName) -> bool {
-    !matches!(
-        *name,
-        header::AGE | header::CONTENT_LENGTH | header::TRANSFER_ENCODING | header::CONNECTION
-    )
+    !matches!(*name, header::AGE | header::CONTENT_LENGTH | header::TRANSFER_ENCODING | header::CONNECTION)
 }
 
 /// RFC 9110 §8.6: no `Content-Length` with a 1xx, 204 or 304.
@@ -331,7 +328,8 @@ impl Store {
     }
 
     fn purge(&self, matches: impl Fn(&[u8]) -> bool) -> usize {
-        let keys: Vec<Key> = self.inner.iter().filter(|(_, v)| matches(v.place().url)).map(|(k, _)| *k).collect();
+        let keys: Vec<Key> =
+            self.inner.iter().filter(|(_, v)| matches(v.place().url)).map(|(k, _)| *k).collect();
         for key in &keys {
             self.inner.invalidate(key);
         }

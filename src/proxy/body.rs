@@ -78,11 +78,9 @@ pub struct Stored {
 impl crate::http::h1::conn::ResponseBody for Body {
     fn encoded(&self) -> Option<crate::http::h1::server::Encoded<'_>> {
         match self {
-            Body::Stored(s) if !s.fields.is_empty() => Some(crate::http::h1::server::Encoded {
-                fields: &s.fields,
-                date: s.date,
-                length: s.length,
-            }),
+            Body::Stored(s) if !s.fields.is_empty() => {
+                Some(crate::http::h1::server::Encoded { fields: &s.fields, date: s.date, length: s.length })
+            }
             _ => None,
         }
     }

@@ -546,11 +546,8 @@ max_size = "4MiB"
     );
     let weir = crate::support::WeirProcess::start(&toml, &[&a]).await;
     let metrics = || async {
-        let text = client()
-            .get(format!("http://{admin}/metrics").parse().unwrap())
-            .await
-            .unwrap()
-            .into_body();
+        let text =
+            client().get(format!("http://{admin}/metrics").parse().unwrap()).await.unwrap().into_body();
         let text = http_body_util::BodyExt::collect(text).await.unwrap().to_bytes();
         String::from_utf8(text.to_vec()).unwrap()
     };

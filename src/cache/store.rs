@@ -4,12 +4,16 @@
 //! stale.
 //!
 //! Keys are 128-bit hashes (see `mod.rs`), so a lookup allocates nothing; every
-//! object also keeps what its key was made of (`Place`, and a variant's selecting
-//! header values), which a lookup compares before using it, so no hash is trusted as
-//! if it were the URL. A URL whose response varies holds a `Vary` marker naming the
-//! request headers that select a variant; the variants live under keys derived from
-//! the marker's nonce, so replacing or removing the marker orphans them and they age
-//! out.
+//! object also keeps what its key was made of (route, listener and URL, and a
+//! variant's selecting header values), which a lookup compares before using it, so no
+//! hash is trusted as if it were the URL. A response is kept as one block (`Entry`),
+//! and weighed at what it costs the process: its block as the allocator rounds it,
+//! plus the store's measured cost per object, so a cache full of tiny objects holds
+//! about `max_size` of memory, not several times it.
+//!
+//! A URL whose response varies holds a `Vary` marker naming the request headers that
+//! select a variant; the variants live under keys derived from the marker's nonce, so
+//! replacing or removing the marker orphans them and they age out.
 //!
 //! Writers are the request that fetched a response and the admin purge; every
 //! request reads. moka applies writes to its bookkeeping in batches; an insert runs

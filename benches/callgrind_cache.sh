@@ -6,6 +6,7 @@
 # are sent, and the total is divided by 5,000. Prints one line per run.
 #
 #   benches/callgrind_cache.sh [runs=3] [binary=target/release/weir] [body_bytes=1024]
+#   PROTO=h2c benches/callgrind_cache.sh    # h2 with prior knowledge (hyper's server), by h2load
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUNS=${1:-3}
@@ -39,6 +40,11 @@ CONF
 
 # load N: N keep-alive GETs of /bytes/BODY over 4 connections.
 load() {
+  if [ "${PROTO:-h1}" = h2c ]; then
+    command -v h2load >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq nghttp2-client >/dev/null; }
+    h2load -n "$1" -c 4 -m 1 "http://127.0.0.1:19410/bytes/$BODY" >/dev/null
+    return
+  fi
   python3 - "$1" "$BODY" <<'PY'
 import re, socket, sys, threading
 n, body = int(sys.argv[1]), sys.argv[2]

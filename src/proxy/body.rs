@@ -24,7 +24,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering::Relaxed};
 use std::sync::Arc;
 
 use bytes::{Buf, Bytes};
-use http::header::{HeaderMap, HeaderName, HeaderValue};
+use http::header::{HeaderName, HeaderValue};
 use http::Response;
 use http_body::{Body as _, Frame, SizeHint};
 use hyper::body::Incoming;
@@ -87,15 +87,16 @@ impl crate::http::h1::conn::ResponseBody for Body {
 }
 
 /// Moves the header fields a cached response's body carries encoded into the
-/// response's map, ahead of those already there; nothing for any other response.
+/// response's map (after those already there: the order of different names means
+/// nothing); nothing for any other response.
 pub fn materialize(response: &mut Response<Body>) {
     let Body::Stored(stored) = response.body_mut() else { return };
     if stored.fields.is_empty() {
         return;
     }
     let fields = std::mem::take(&mut stored.fields);
-    let own = std::mem::take(response.headers_mut());
-    let mut map = HeaderMap::with_capacity(own.len() + 8);
+    let headers = response.headers_mut();
+    headers.reserve(fields.iter().filter(|&&b| b == b'\n').count());
     for (name, value) in crate::cache::store::fields(&fields) {
         // Stored from a valid map: these cannot fail.
         let (Ok(name), Ok(value)) =
@@ -103,19 +104,8 @@ pub fn materialize(response: &mut Response<Body>) {
         else {
             continue;
         };
-        map.append(name, value);
+        headers.append(name, value);
     }
-    let mut last = None;
-    for (name, value) in own {
-        // `None`: another value of the name before.
-        if let Some(name) = name {
-            last = Some(name);
-        }
-        if let Some(name) = &last {
-            map.append(name.clone(), value);
-        }
-    }
-    *response.headers_mut() = map;
 }
 
 impl Body {

@@ -146,6 +146,8 @@ impl Entry {
         }
         let fields_end = data.len();
         data.extend_from_slice(body);
+        // Sized exactly: the weight counts `len`, and nothing is left over.
+        debug_assert_eq!(data.len(), data.capacity());
         let offset = |n: usize| u32::try_from(n).expect("a stored object is under 4 GiB");
         Entry {
             url_end: offset(url_end),

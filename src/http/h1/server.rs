@@ -240,12 +240,12 @@ pub struct Encoded<'a> {
 }
 
 /// Writes the response head into `out` (cleared first): the status line, the
-/// response's headers (`encoded` first, if any), and what framing and the connection need: `Content-Length`
-/// when the size is known (`size`, the body's exact size hint), chunked for HTTP/1.1
-/// when not, close-delimited for HTTP/1.0; `Connection: close` when the connection
-/// ends after it, `keep-alive` for an HTTP/1.0 client it stays open for; `Date` unless
-/// the response has one. Returns the body's framing and whether the connection may
-/// carry another request.
+/// response's headers (`encoded` first, if any), and what framing and the connection
+/// need: `Content-Length` when the size is known (`size`, the body's exact size hint),
+/// chunked for HTTP/1.1 when not, close-delimited for HTTP/1.0; `Connection: close`
+/// when the connection ends after it, `keep-alive` for an HTTP/1.0 client it stays
+/// open for; `Date` unless the response has one. Returns the body's framing and
+/// whether the connection may carry another request.
 pub fn encode_head(
     out: &mut Vec<u8>,
     parts: &http::response::Parts,

@@ -91,6 +91,8 @@ pub struct Entry {
     pub status: StatusCode,
     /// The fields hold a `Date`.
     date: bool,
+    /// How many fields there are.
+    count: u16,
     pub freshness: Freshness,
     /// When its headers arrived, for its age.
     pub response_time: SystemTime,
@@ -138,11 +140,14 @@ impl Entry {
         let url_end = data.len();
         data.extend_from_slice(selecting);
         let selecting_end = data.len();
+        let mut count = 0u16;
         for (name, value) in headers.iter().filter(|(n, _)| kept(n)) {
             push_field(&mut data, name.as_str().as_bytes(), value.as_bytes());
+            count = count.saturating_add(1);
         }
         if let Some(length) = length {
             push_field(&mut data, b"content-length", length);
+            count = count.saturating_add(1);
         }
         let fields_end = data.len();
         data.extend_from_slice(body);
@@ -158,6 +163,7 @@ impl Entry {
             listener: place.listener,
             status,
             date: headers.contains_key(header::DATE),
+            count,
             freshness,
             response_time,
         }
@@ -185,6 +191,11 @@ impl Entry {
     /// Whether the fields hold a `Date`.
     pub fn has_date(&self) -> bool {
         self.date
+    }
+
+    /// How many fields there are.
+    pub fn count(&self) -> u16 {
+        self.count
     }
 
     /// The `Content-Length` in the fields, if the status has one.

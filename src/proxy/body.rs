@@ -67,6 +67,8 @@ pub enum Body {
 pub struct Stored {
     /// `name: value\r\n` lines, no framing or hop-by-hop field but `Content-Length`.
     pub fields: Bytes,
+    /// How many.
+    pub count: u16,
     /// `fields` hold a `Date`.
     pub date: bool,
     /// The `Content-Length` in `fields`.
@@ -94,16 +96,15 @@ pub fn materialize(response: &mut Response<Body>) {
     if stored.fields.is_empty() {
         return;
     }
-    let fields = std::mem::take(&mut stored.fields);
+    let (fields, count) = (std::mem::take(&mut stored.fields), usize::from(stored.count));
     let headers = response.headers_mut();
-    headers.reserve(fields.iter().filter(|&&b| b == b'\n').count());
+    headers.reserve(count);
     for (name, value) in crate::cache::store::fields(&fields) {
-        // Stored from a valid map: these cannot fail.
-        let (Ok(name), Ok(value)) =
-            (HeaderName::from_bytes(name), HeaderValue::from_maybe_shared(fields.slice_ref(value)))
-        else {
-            continue;
-        };
+        // Stored from a valid map: a name cannot fail.
+        let Ok(name) = HeaderName::from_bytes(name) else { continue };
+        // SAFETY: the bytes were a `HeaderValue`'s when the fields were stored
+        // (`cache::store::Entry::new`), so they are a valid value.
+        let value = unsafe { HeaderValue::from_maybe_shared_unchecked(fields.slice_ref(value)) };
         headers.append(name, value);
     }
 }

@@ -403,6 +403,7 @@ fn respond(entry: &Entry, age: Duration, status: Status, asked: &Asked) -> Respo
     }
     let body = Stored {
         fields: entry.fields_bytes(),
+        count: entry.count(),
         date: entry.has_date(),
         length: entry.length(),
         body: (!asked.head).then(|| entry.body()),

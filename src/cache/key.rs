@@ -6,7 +6,7 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::Request;
 use xxhash_rust::xxh3::Xxh3;
 
-use super::store::{Key, Object, Place};
+use super::store::{Key, Object, Place, PlaceRef};
 use super::Client;
 
 pub(crate) static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -83,11 +83,11 @@ impl<'a> Target<'a> {
 
     /// Whether `place` is this request's, compared part by part without building
     /// the URL.
-    pub(crate) fn is(&self, place: &Place) -> bool {
+    pub(crate) fn is(&self, place: PlaceRef) -> bool {
         if place.route != self.route || place.listener != self.listener {
             return false;
         }
-        let mut rest = place.url.as_bytes();
+        let mut rest = place.url;
         let mut same = true;
         self.emit(&mut |part| match rest.strip_prefix(part) {
             Some(tail) if same => rest = tail,
@@ -210,10 +210,10 @@ pub(crate) fn is_variant(
     request: &Forwarding,
 ) -> bool {
     let Object::Response(entry) = object else { return false };
-    if !target.is(&entry.place) {
+    if !target.is(entry.place()) {
         return false;
     }
-    let mut rest = &*entry.selecting;
+    let mut rest = entry.selecting();
     let mut same = true;
     emit_selecting(names, request, &mut |part| match rest.strip_prefix(part) {
         Some(tail) if same => rest = tail,

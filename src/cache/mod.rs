@@ -41,7 +41,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header::{HeaderMap, HeaderName, HeaderValue};
 use http::uri::PathAndQuery;
 use http::StatusCode;
 use tokio::sync::watch;
@@ -53,7 +53,7 @@ pub(crate) use key::{canonical, emit_selecting, is_variant, Forwarded, Forwardin
 #[cfg(test)]
 use key::{X_FORWARDED_FOR, X_FORWARDED_HOST};
 use policy::{Freshness, Rules};
-use store::{Entry, Key, Object, Place, Store};
+use store::{Entry, Key, Object, Parts, Place, Store};
 pub use tee::Tee;
 
 /// RFC 9211's response header.
@@ -171,21 +171,19 @@ pub(crate) struct Pending {
 impl Pending {
     fn complete(self, body: Bytes) {
         let cache = &self.lead.cache;
-        let mut headers = self.headers;
-        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
-        let names = policy::vary(&headers).unwrap_or_default();
+        let names = policy::vary(&self.headers).unwrap_or_default();
         let keep = self.freshness.keep_for();
-        let mut entry = Entry {
-            place: self.place.clone(),
-            selecting: Box::default(),
+        let parts = |selecting| Parts {
+            place: self.place.as_ref(),
+            selecting,
             status: self.status,
-            headers,
-            body,
-            freshness: self.freshness,
+            headers: &self.headers,
+            body: &body,
+            freshness: self.freshness.clone(),
             response_time: self.response_time,
         };
         if names.is_empty() {
-            cache.store.insert(self.primary, Object::Response(entry));
+            cache.store.insert(self.primary, Object::Response(Entry::new(parts(&[]))));
         } else {
             let nonce = match cache.store.get(self.primary).as_deref() {
                 Some(Object::Vary { names: n, nonce, place, .. })
@@ -199,8 +197,7 @@ impl Pending {
             let variant = cache.variant_key(self.primary, nonce, &names, &request);
             let mut selecting = Vec::new();
             emit_selecting(&names, &request, &mut |b| selecting.extend_from_slice(b));
-            entry.selecting = selecting.into();
-            cache.store.insert(variant, Object::Response(entry));
+            cache.store.insert(variant, Object::Response(Entry::new(parts(&selecting))));
             let marker = Object::Vary { place: self.place, names: names.into(), nonce, keep };
             cache.store.insert(self.primary, marker);
         }
@@ -440,15 +437,15 @@ mod tests {
         let t1 = Target::of(&req, 1, false, &route7).unwrap();
         assert_ne!(t.key(seed), t1.key(seed));
         let place = t.place();
-        assert!(t.is(&place));
-        assert!(!t1.is(&place));
-        assert!(!target(&req, false, &route8).is(&place));
+        assert!(t.is(place.as_ref()));
+        assert!(!t1.is(place.as_ref()));
+        assert!(!target(&req, false, &route8).is(place.as_ref()));
         let mut longer = place.clone();
         longer.url = "http://shop.example/ab".into();
-        assert!(!t.is(&longer));
+        assert!(!t.is(longer.as_ref()));
         let mut shorter = place.clone();
         shorter.url = "http://shop.example/".into();
-        assert!(!t.is(&shorter));
+        assert!(!t.is(shorter.as_ref()));
     }
 
     #[test]
@@ -479,7 +476,7 @@ mod tests {
     #[test]
     fn variants_differ_by_the_named_headers_as_forwarded() {
         let cache = Cache::new("t", test_settings(), crate::metrics::Metrics::new().unwrap().cache("t"));
-        let names = [header::ACCEPT_ENCODING, X_FORWARDED_HOST.clone(), X_FORWARDED_FOR.clone()];
+        let names = [http::header::ACCEPT_ENCODING, X_FORWARDED_HOST.clone(), X_FORWARDED_FOR.clone()];
         let ip = HeaderValue::from_static("127.0.0.1");
         let req = |pairs: &[(&str, &str)]| {
             let mut b = Request::builder().uri("/").header("host", "app.test:1337");

@@ -301,8 +301,14 @@ pub fn vary(headers: &HeaderMap) -> Result<Vec<HeaderName>, NotStored> {
 /// with these headers (RFC 9110 §13.2.2: `If-None-Match` wins over
 /// `If-Modified-Since`; ETags compare weakly).
 pub fn not_modified(request: &HeaderMap, stored: &HeaderMap) -> bool {
+    not_modified_by(request, |name| stored.get(name).map(HeaderValue::as_bytes))
+}
+
+/// `not_modified`, with the stored response's fields read through `stored` (the
+/// first value of a name).
+pub fn not_modified_by<'a>(request: &HeaderMap, stored: impl Fn(&HeaderName) -> Option<&'a [u8]>) -> bool {
     if request.contains_key(header::IF_NONE_MATCH) {
-        let Some(etag) = stored.get(header::ETAG).and_then(|e| e.to_str().ok()) else {
+        let Some(etag) = stored(&header::ETAG).and_then(|e| std::str::from_utf8(e).ok()) else {
             return request
                 .get_all(header::IF_NONE_MATCH)
                 .iter()
@@ -322,7 +328,7 @@ pub fn not_modified(request: &HeaderMap, stored: &HeaderMap) -> bool {
         return false;
     };
     let modified =
-        stored.get(header::LAST_MODIFIED).or_else(|| stored.get(header::DATE)).and_then(parse_date);
+        stored(&header::LAST_MODIFIED).or_else(|| stored(&header::DATE)).and_then(parse_date_bytes);
     modified.is_some_and(|m| m <= since)
 }
 
@@ -331,7 +337,11 @@ fn date(headers: &HeaderMap) -> Option<SystemTime> {
 }
 
 fn parse_date(value: &HeaderValue) -> Option<SystemTime> {
-    httpdate::parse_http_date(value.to_str().ok()?).ok()
+    parse_date_bytes(value.as_bytes())
+}
+
+fn parse_date_bytes(value: &[u8]) -> Option<SystemTime> {
+    httpdate::parse_http_date(std::str::from_utf8(value).ok()?).ok()
 }
 
 #[cfg(test)]

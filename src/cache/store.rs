@@ -4,12 +4,16 @@
 //! stale.
 //!
 //! Keys are 128-bit hashes (see `mod.rs`), so a lookup allocates nothing; every
-//! object also keeps what its key was made of (`Place`, and a variant's selecting
-//! header values), which a lookup compares before using it, so no hash is trusted as
-//! if it were the URL. A URL whose response varies holds a `Vary` marker naming the
-//! request headers that select a variant; the variants live under keys derived from
-//! the marker's nonce, so replacing or removing the marker orphans them and they age
-//! out.
+//! object also keeps what its key was made of (route, listener and URL, and a
+//! variant's selecting header values), which a lookup compares before using it, so no
+//! hash is trusted as if it were the URL. A response is kept as one block (`Entry`),
+//! and weighed at what it costs the process: its block as the allocator rounds it,
+//! plus the store's measured cost per object, so a cache full of tiny objects holds
+//! about `max_size` of memory, not several times it.
+//!
+//! A URL whose response varies holds a `Vary` marker naming the request headers that
+//! select a variant; the variants live under keys derived from the marker's nonce, so
+//! replacing or removing the marker orphans them and they age out.
 //!
 //! Writers are the request that fetched a response and the admin purge; every
 //! request reads. moka applies writes to its bookkeeping in batches; an insert runs
@@ -20,17 +24,20 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
-use http::{HeaderMap, HeaderName, StatusCode};
+use http::header::{self, HeaderMap, HeaderName};
+use http::StatusCode;
 use moka::notification::RemovalCause;
 
 use super::policy::Freshness;
+use crate::http::h1::encode::push_field;
 use crate::metrics::CacheMetrics;
 
 /// A keyed hash of the route, listener and canonical URL (and, for variants, the
 /// selecting headers).
 pub type Key = u128;
 
-/// What a primary key is made of, kept whole in each object stored under it.
+/// What a primary key is made of, kept whole in a `Vary` marker (a stored response
+/// keeps the same in its block, see `Entry`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Place {
     /// The identity of the route the request took (see `cache::route_identity`).
@@ -39,6 +46,20 @@ pub struct Place {
     pub listener: usize,
     /// The canonical URL, `scheme://host[:port]/path?query`, as the client sent it.
     pub url: Box<str>,
+}
+
+impl Place {
+    pub fn as_ref(&self) -> PlaceRef<'_> {
+        PlaceRef { route: self.route, listener: self.listener, url: self.url.as_bytes() }
+    }
+}
+
+/// A `Place` as an object holds it, borrowed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PlaceRef<'a> {
+    pub route: u64,
+    pub listener: usize,
+    pub url: &'a [u8],
 }
 
 /// What a key holds.
@@ -54,33 +75,166 @@ pub enum Object {
     Response(Entry),
 }
 
-/// One stored response.
+/// One stored response. Everything of variable size is in one block, `data`: the
+/// URL (the key's material), a variant's selecting header values, the header fields
+/// encoded as they go on the wire (`name: value\r\n`), and the body. One allocation
+/// per response, no `HeaderMap` (whose buckets and shared values cost several times
+/// a small response), and a hit on weir's HTTP/1.1 server writes the fields as they
+/// are.
 pub struct Entry {
-    pub place: Place,
-    /// For a variant, the values of the headers that selected it, as
-    /// `cache::emit_selecting` writes them; empty otherwise.
-    pub selecting: Box<[u8]>,
+    data: Bytes,
+    url_end: u32,
+    selecting_end: u32,
+    fields_end: u32,
+    route: u64,
+    listener: usize,
     pub status: StatusCode,
-    /// As received, hop-by-hop headers removed, `Content-Length` set to the body's.
-    pub headers: HeaderMap,
-    pub body: Bytes,
+    /// The fields hold a `Date`.
+    date: bool,
+    /// How many fields there are.
+    count: u16,
     pub freshness: Freshness,
     /// When its headers arrived, for its age.
     pub response_time: SystemTime,
 }
 
-impl Object {
-    pub fn place(&self) -> &Place {
-        match self {
-            Object::Vary { place, .. } => place,
-            Object::Response(e) => &e.place,
+/// What a response is stored from.
+pub struct Parts<'a> {
+    pub place: PlaceRef<'a>,
+    /// For a variant, the values of the headers that selected it, as
+    /// `cache::emit_selecting` writes them; empty otherwise.
+    pub selecting: &'a [u8],
+    pub status: StatusCode,
+    /// As received, hop-by-hop headers removed.
+    pub headers: &'a HeaderMap,
+    pub body: &'a [u8],
+    pub freshness: Freshness,
+    pub response_time: SystemTime,
+}
+
+/// Fields a stored response never repeats as received: its `Age` is worked out on
+/// each answer, its length is the stored body's, and the framing and hop-by-hop
+/// fields belong to the connection it came on.
+fn kept(name: &HeaderName) -> bool {
+    !matches!(*name, header::AGE | header::CONTENT_LENGTH | header::TRANSFER_ENCODING | header::CONNECTION)
+}
+
+/// RFC 9110 §8.6: no `Content-Length` with a 1xx, 204 or 304.
+fn has_length(status: StatusCode) -> bool {
+    !(status.is_informational() || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED)
+}
+
+impl Entry {
+    pub fn new(parts: Parts) -> Entry {
+        let Parts { place, selecting, status, headers, body, freshness, response_time } = parts;
+        let mut length = itoa::Buffer::new();
+        let length = has_length(status).then(|| length.format(body.len()).as_bytes());
+        let fields: usize = headers
+            .iter()
+            .filter(|(n, _)| kept(n))
+            .map(|(n, v)| n.as_str().len() + v.len() + 4)
+            .sum::<usize>()
+            + length.map_or(0, |l| "content-length: \r\n".len() + l.len());
+        let mut data = Vec::with_capacity(place.url.len() + selecting.len() + fields + body.len());
+        data.extend_from_slice(place.url);
+        let url_end = data.len();
+        data.extend_from_slice(selecting);
+        let selecting_end = data.len();
+        let mut count = 0u16;
+        for (name, value) in headers.iter().filter(|(n, _)| kept(n)) {
+            push_field(&mut data, name.as_str().as_bytes(), value.as_bytes());
+            count = count.saturating_add(1);
+        }
+        if let Some(length) = length {
+            push_field(&mut data, b"content-length", length);
+            count = count.saturating_add(1);
+        }
+        let fields_end = data.len();
+        data.extend_from_slice(body);
+        // Sized exactly: the weight counts `len`, and nothing is left over.
+        debug_assert_eq!(data.len(), data.capacity());
+        let offset = |n: usize| u32::try_from(n).expect("a stored object is under 4 GiB");
+        Entry {
+            url_end: offset(url_end),
+            selecting_end: offset(selecting_end),
+            fields_end: offset(fields_end),
+            data: Bytes::from(data),
+            route: place.route,
+            listener: place.listener,
+            status,
+            date: headers.contains_key(header::DATE),
+            count,
+            freshness,
+            response_time,
         }
     }
 
-    fn url(&self) -> &str {
+    pub fn place(&self) -> PlaceRef<'_> {
+        PlaceRef { route: self.route, listener: self.listener, url: &self.data[..self.url_end as usize] }
+    }
+
+    pub fn selecting(&self) -> &[u8] {
+        &self.data[self.url_end as usize..self.selecting_end as usize]
+    }
+
+    /// The header fields as stored: `name: value\r\n` lines, names in lowercase,
+    /// `Content-Length` the body's (unless the status has none), no `Age`.
+    pub fn fields(&self) -> &[u8] {
+        &self.data[self.selecting_end as usize..self.fields_end as usize]
+    }
+
+    /// `fields`, shared.
+    pub fn fields_bytes(&self) -> Bytes {
+        self.data.slice(self.selecting_end as usize..self.fields_end as usize)
+    }
+
+    /// Whether the fields hold a `Date`.
+    pub fn has_date(&self) -> bool {
+        self.date
+    }
+
+    /// How many fields there are.
+    pub fn count(&self) -> u16 {
+        self.count
+    }
+
+    /// The `Content-Length` in the fields, if the status has one.
+    pub fn length(&self) -> Option<u64> {
+        has_length(self.status).then(|| self.data.len() as u64 - u64::from(self.fields_end))
+    }
+
+    pub fn body(&self) -> Bytes {
+        self.data.slice(self.fields_end as usize..)
+    }
+
+    /// Each field as (name, value).
+    pub fn iter(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
+        fields(self.fields())
+    }
+
+    /// The first value of `name`.
+    pub fn get(&self, name: &HeaderName) -> Option<&[u8]> {
+        self.iter().find(|(n, _)| *n == name.as_str().as_bytes()).map(|(_, v)| v)
+    }
+}
+
+/// The fields of an encoded block (`name: value\r\n` lines, as `Entry` writes them)
+/// as (name, value).
+pub fn fields(mut block: &[u8]) -> impl Iterator<Item = (&[u8], &[u8])> {
+    std::iter::from_fn(move || {
+        let colon = block.iter().position(|&b| b == b':')?;
+        let end = colon + block[colon..].iter().position(|&b| b == b'\r')?;
+        let field = (&block[..colon], &block[colon + 2..end]);
+        block = &block[end + 2..];
+        Some(field)
+    })
+}
+
+impl Object {
+    pub fn place(&self) -> PlaceRef<'_> {
         match self {
-            Object::Vary { place, .. } => &place.url,
-            Object::Response(e) => &e.place.url,
+            Object::Vary { place, .. } => place.as_ref(),
+            Object::Response(e) => e.place(),
         }
     }
 
@@ -91,23 +245,38 @@ impl Object {
         }
     }
 
-    /// Bytes this object holds, roughly: body, headers, URL and bookkeeping.
+    /// Bytes this object costs: its own allocations as the allocator rounds them,
+    /// plus what the store spends per object (`PER_OBJECT`).
     fn weight(&self) -> u32 {
-        const OVERHEAD: usize = 160;
-        let bytes = match self {
+        let held = match self {
             Object::Vary { place, names, .. } => {
-                place.url.len() + names.iter().map(|n| n.as_str().len() + 24).sum::<usize>()
+                allocation(place.url.len())
+                    + allocation(std::mem::size_of_val(&**names))
+                    // Counted as if every name owned its text (only those outside
+                    // the standard set do): markers are few.
+                    + names.iter().map(|n| allocation(n.as_str().len()) + SHARED).sum::<usize>()
             }
-            Object::Response(e) => {
-                e.place.url.len()
-                    + e.selecting.len()
-                    + e.body.len()
-                    + e.headers.iter().map(|(n, v)| n.as_str().len() + v.len() + 32).sum::<usize>()
-            }
+            Object::Response(e) => allocation(e.data.len()) + SHARED,
         };
-        u32::try_from(bytes + OVERHEAD).unwrap_or(u32::MAX)
+        u32::try_from(held + PER_OBJECT).unwrap_or(u32::MAX)
     }
 }
+
+/// The heap an allocation of `n` bytes takes (glibc: an 8-byte header, rounded up to
+/// 16, at least 32).
+fn allocation(n: usize) -> usize {
+    ((n + 8 + 15) & !15).max(32)
+}
+
+/// The shared header `Bytes` allocates once a block is first shared.
+const SHARED: usize = 32;
+
+/// What the store spends per object beyond the object's own blocks: the `Arc` and
+/// the `Object` in it, and moka's entry (its map slot, its entry and policy nodes, its
+/// expiry timer node, its share of the frequency sketch). Measured once, by
+/// `benches/scale_cache.py`: RSS growth per object with a full cache, less the
+/// object's blocks.
+const PER_OBJECT: usize = 560;
 
 /// Expires each object when it is no longer usable, fresh or stale.
 struct Lifetime;
@@ -167,16 +336,17 @@ impl Store {
     /// Removes every object stored for `url` exactly (the response, its variants
     /// and its marker); returns how many.
     pub fn purge_url(&self, url: &str) -> usize {
-        self.purge(|u| u == url)
+        self.purge(|u| u == url.as_bytes())
     }
 
     /// Removes every object whose URL starts with `prefix`; returns how many.
     pub fn purge_prefix(&self, prefix: &str) -> usize {
-        self.purge(|u| u.starts_with(prefix))
+        self.purge(|u| u.starts_with(prefix.as_bytes()))
     }
 
-    fn purge(&self, matches: impl Fn(&str) -> bool) -> usize {
-        let keys: Vec<Key> = self.inner.iter().filter(|(_, v)| matches(v.url())).map(|(k, _)| *k).collect();
+    fn purge(&self, matches: impl Fn(&[u8]) -> bool) -> usize {
+        let keys: Vec<Key> =
+            self.inner.iter().filter(|(_, v)| matches(v.place().url)).map(|(k, _)| *k).collect();
         for key in &keys {
             self.inner.invalidate(key);
         }

@@ -465,6 +465,8 @@ impl Connection {
                 // only a pointer moves.
                 let mut response =
                     Box::pin(proxy::handle(&rt.pipeline, req.map(ClientBody::Hyper), &peer)).await;
+                // hyper writes headers from the map only.
+                proxy::body::materialize(&mut response);
                 if let Some(tunnel) = response.extensions_mut().remove::<Tunnel>() {
                     *busy.0.tunnel.lock().unwrap_or_else(|e| e.into_inner()) = Some(tunnel);
                 }

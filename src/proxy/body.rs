@@ -6,6 +6,9 @@
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
+use http::header::{HeaderName, HeaderValue};
+use http::Response;
+
 use bytes::Bytes;
 use http_body::{Frame, SizeHint};
 use tokio::sync::OwnedSemaphorePermit;
@@ -26,6 +29,58 @@ pub enum Body {
     Upstream(UpstreamBody),
     /// An upstream's response body on its way to the client and into a cache.
     Tee(Box<crate::cache::Tee<Body>>),
+    /// A response the cache answered, with its stored header fields.
+    Stored(Stored),
+}
+
+/// A cached response's body, and its header fields as the cache stored them:
+/// encoded once, when stored, so weir's HTTP/1.1 server writes them as they are
+/// (`ResponseBody::encoded`) and a hit builds no header map. Whatever needs the
+/// response's headers as a map (header rules, hyper's servers) calls `materialize`
+/// first.
+pub struct Stored {
+    /// `name: value\r\n` lines, no framing or hop-by-hop field but `Content-Length`.
+    pub fields: Bytes,
+    /// How many.
+    pub count: u16,
+    /// `fields` hold a `Date`.
+    pub date: bool,
+    /// The `Content-Length` in `fields`.
+    pub length: Option<u64>,
+    /// `None` for a `HEAD`, and once sent.
+    pub body: Option<Bytes>,
+}
+
+impl crate::http::h1::conn::ResponseBody for Body {
+    fn encoded(&self) -> Option<crate::http::h1::server::Encoded<'_>> {
+        match self {
+            Body::Stored(s) if !s.fields.is_empty() => {
+                Some(crate::http::h1::server::Encoded { fields: &s.fields, date: s.date, length: s.length })
+            }
+            _ => None,
+        }
+    }
+}
+
+/// Moves the header fields a cached response's body carries encoded into the
+/// response's map (after those already there: the order of different names means
+/// nothing); nothing for any other response.
+pub fn materialize(response: &mut Response<Body>) {
+    let Body::Stored(stored) = response.body_mut() else { return };
+    if stored.fields.is_empty() {
+        return;
+    }
+    let (fields, count) = (std::mem::take(&mut stored.fields), usize::from(stored.count));
+    let headers = response.headers_mut();
+    headers.reserve(count);
+    for (name, value) in crate::cache::store::fields(&fields) {
+        // Stored from a valid map: a name cannot fail.
+        let Ok(name) = HeaderName::from_bytes(name) else { continue };
+        // SAFETY: the bytes were a `HeaderValue`'s when the fields were stored
+        // (`cache::store::Entry::new`), so they are a valid value.
+        let value = unsafe { HeaderValue::from_maybe_shared_unchecked(fields.slice_ref(value)) };
+        headers.append(name, value);
+    }
 }
 
 impl Body {
@@ -72,6 +127,7 @@ impl http_body::Body for Body {
             Body::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
             Body::Upstream(up) => Pin::new(up).poll_frame(cx),
             Body::Tee(tee) => tee.poll_frame(cx),
+            Body::Stored(s) => Poll::Ready(s.body.take().map(|b| Ok(Frame::data(b)))),
         }
     }
 
@@ -81,6 +137,7 @@ impl http_body::Body for Body {
             Body::Full(bytes) => bytes.is_none(),
             Body::Upstream(up) => up.is_end_stream(),
             Body::Tee(tee) => tee.is_end_stream(),
+            Body::Stored(s) => s.body.is_none(),
         }
     }
 
@@ -90,6 +147,7 @@ impl http_body::Body for Body {
             Body::Full(bytes) => SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64)),
             Body::Upstream(up) => up.size_hint(),
             Body::Tee(tee) => tee.size_hint(),
+            Body::Stored(s) => SizeHint::with_exact(s.body.as_ref().map_or(0, |b| b.len() as u64)),
         }
     }
 }

@@ -6,12 +6,12 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use http::header::{self, HeaderMap, HeaderValue};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 use tokio::sync::watch;
 
 use super::admit_and_forward;
-use super::body::Body;
+use super::body::{Body, Stored};
 use super::error::ProxyError;
 use super::forward::{self, Job, Peer, Trace};
 use crate::body::{ClientBody, Outbound};
@@ -211,7 +211,8 @@ async fn fetch(
     match teed {
         (response, true) if policy::not_modified(&conditional, response.headers()) => {
             let status = Status::Forward(fwd, true);
-            let answer = not_modified(response.headers(), None, status);
+            let fields = response.headers().iter().map(|(n, v)| (n.as_str().as_bytes(), v.as_bytes()));
+            let answer = not_modified(fields, None, status);
             // The store still wants the body; no client waits for it.
             tokio::spawn(drain(response.into_body()));
             Ok(answer)
@@ -391,35 +392,57 @@ fn refresh_request<B>(req: &Request<B>) -> Request<Outbound> {
 }
 
 /// The answer from a stored entry: a `304` if the client's validators match it.
+/// The stored fields go out as stored (`Body::Stored`); the map holds only what this
+/// answer adds.
 fn respond(entry: &Entry, age: Duration, status: Status, asked: &Asked) -> Response<Body> {
-    if entry.status == StatusCode::OK && policy::not_modified(asked.conditional, &entry.headers) {
-        return not_modified(&entry.headers, Some(age), status);
+    if entry.status == StatusCode::OK
+        && !asked.conditional.is_empty()
+        && policy::not_modified_by(asked.conditional, |name| entry.get(name))
+    {
+        return not_modified(entry.iter(), Some(age), status);
     }
-    let body = if asked.head { Body::Empty } else { Body::from(entry.body.clone()) };
-    let mut response = Response::new(body);
+    let body = Stored {
+        fields: entry.fields_bytes(),
+        count: entry.count(),
+        date: entry.has_date(),
+        length: entry.length(),
+        body: (!asked.head).then(|| entry.body()),
+    };
+    let mut response = Response::new(Body::Stored(body));
     *response.status_mut() = entry.status;
-    *response.headers_mut() = entry.headers.clone();
-    response.headers_mut().insert(header::AGE, HeaderValue::from(age.as_secs()));
-    response.headers_mut().append(CACHE_STATUS.clone(), status.value());
+    let headers = response.headers_mut();
+    // Room for the stored fields too, should the answer need them as a map (hyper's
+    // servers): a larger first allocation costs less than growing the map later.
+    headers.reserve(2 + usize::from(entry.count()));
+    headers.insert(header::AGE, HeaderValue::from(age.as_secs()));
+    headers.append(CACHE_STATUS.clone(), status.value());
     response
 }
 
-/// A `304` carrying the headers RFC 9110 §15.4.5 asks to repeat.
-fn not_modified(headers: &HeaderMap, age: Option<Duration>, status: Status) -> Response<Body> {
+/// The fields RFC 9110 §15.4.5 asks a `304` to repeat.
+const REPEATED: [HeaderName; 7] = [
+    header::CACHE_CONTROL,
+    header::CONTENT_LOCATION,
+    header::DATE,
+    header::ETAG,
+    header::EXPIRES,
+    header::VARY,
+    header::LAST_MODIFIED,
+];
+
+/// A `304` carrying those of `fields` (name, value) that it repeats.
+fn not_modified<'a>(
+    fields: impl Iterator<Item = (&'a [u8], &'a [u8])>,
+    age: Option<Duration>,
+    status: Status,
+) -> Response<Body> {
     let mut response = Response::new(Body::Empty);
     *response.status_mut() = StatusCode::NOT_MODIFIED;
     let out = response.headers_mut();
-    for name in [
-        header::CACHE_CONTROL,
-        header::CONTENT_LOCATION,
-        header::DATE,
-        header::ETAG,
-        header::EXPIRES,
-        header::VARY,
-        header::LAST_MODIFIED,
-    ] {
-        for value in headers.get_all(&name) {
-            out.append(name.clone(), value.clone());
+    for (name, value) in fields {
+        let Some(name) = REPEATED.iter().find(|n| n.as_str().as_bytes() == name) else { continue };
+        if let Ok(value) = HeaderValue::from_bytes(value) {
+            out.append(name.clone(), value);
         }
     }
     if let Some(age) = age {

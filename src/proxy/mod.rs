@@ -104,6 +104,9 @@ pub async fn handle(rt: &Pipeline, mut req: Request<ClientBody>, peer: &Peer) ->
 /// The request id and the route's response header rules, on every answer of the
 /// route (forwarded, local, or an error weir made).
 fn shape_response(route: &Route, response: &mut Response<Body>, vars: &Vars) {
+    if vars.request_id.is_some() || route.response_headers.is_some() {
+        body::materialize(response);
+    }
     if let Some(id) = vars.request_id {
         response.headers_mut().insert(&X_REQUEST_ID, id.clone());
     }
@@ -188,6 +191,7 @@ async fn proxy_to(
         error.into_response()
     });
     if let Some((limiter, decision)) = limit {
+        body::materialize(&mut response);
         limiter.write_headers(&decision, response.headers_mut());
     }
     response

@@ -35,7 +35,7 @@ use tokio::time::{Instant, Sleep};
 use super::body::{lock, Body, Decode, Reader};
 use super::encode::{hex_len, push_field, write_both};
 use super::head::Field;
-use super::server::{encode_head, has_head_end, parse_head, Date, Head, Out, ReadSide};
+use super::server::{encode_head, has_head_end, parse_head, Date, Encoded, Head, Out, ReadSide};
 use crate::http::BoxError;
 
 /// How much room a read of a head asks for.
@@ -64,9 +64,15 @@ pub trait Handler<W> {
 }
 
 /// A response body the loop can write.
-pub trait ResponseBody: http_body::Body<Data = Bytes, Error = BoxError> + Unpin {}
+pub trait ResponseBody: http_body::Body<Data = Bytes, Error = BoxError> + Unpin {
+    /// Header fields of the response that ride with the body already encoded (a
+    /// cached response's), written as they are; none by default.
+    fn encoded(&self) -> Option<Encoded<'_>> {
+        None
+    }
+}
 
-impl<B: http_body::Body<Data = Bytes, Error = BoxError> + Unpin> ResponseBody for B {}
+impl ResponseBody for http_body_util::combinators::BoxBody<Bytes, BoxError> {}
 
 /// The loop's limits, from the listener's settings.
 #[derive(Debug, Clone, Copy)]
@@ -332,7 +338,8 @@ impl<W: AsyncWrite + Unpin> Server<W> {
     async fn respond<B: ResponseBody>(&mut self, response: Response<B>, head: &Head, stopping: bool) -> bool {
         let (parts, mut body) = response.into_parts();
         let size = body.size_hint().exact();
-        let (framing, keep) = encode_head(&mut self.out, &parts, size, head, stopping, &mut self.date);
+        let (framing, keep) =
+            encode_head(&mut self.out, &parts, body.encoded(), size, head, stopping, &mut self.date);
         if framing == Out::None {
             return self.write.write_all(&self.out).await.is_ok() && keep;
         }

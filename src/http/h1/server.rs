@@ -226,16 +226,30 @@ pub enum Out {
     Eof,
 }
 
+/// Header fields a response body carries already encoded, as `name: value\r\n`
+/// lines (a cached response's, stored that way), and what the encoder must know of
+/// them. They are written as they are, before the response's own headers, and are
+/// trusted to hold no framing or hop-by-hop field but the `Content-Length` they say.
+#[derive(Debug, Clone, Copy)]
+pub struct Encoded<'a> {
+    pub fields: &'a [u8],
+    /// They hold a `Date`.
+    pub date: bool,
+    /// They hold this `Content-Length`.
+    pub length: Option<u64>,
+}
+
 /// Writes the response head into `out` (cleared first): the status line, the
-/// response's headers, and what framing and the connection need: `Content-Length`
-/// when the size is known (`size`, the body's exact size hint), chunked for HTTP/1.1
-/// when not, close-delimited for HTTP/1.0; `Connection: close` when the connection
-/// ends after it, `keep-alive` for an HTTP/1.0 client it stays open for; `Date` unless
-/// the response has one. Returns the body's framing and whether the connection may
-/// carry another request.
+/// response's headers (`encoded` first, if any), and what framing and the connection
+/// need: `Content-Length` when the size is known (`size`, the body's exact size hint),
+/// chunked for HTTP/1.1 when not, close-delimited for HTTP/1.0; `Connection: close`
+/// when the connection ends after it, `keep-alive` for an HTTP/1.0 client it stays
+/// open for; `Date` unless the response has one. Returns the body's framing and
+/// whether the connection may carry another request.
 pub fn encode_head(
     out: &mut Vec<u8>,
     parts: &http::response::Parts,
+    encoded: Option<Encoded>,
     size: Option<u64>,
     head: &Head,
     stopping: bool,
@@ -252,6 +266,11 @@ pub fn encode_head(
     // RFC 9110 §8.6: no `Content-Length` with a 1xx, 204 or 304.
     let no_length =
         status.is_informational() || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED;
+    if let Some(encoded) = encoded {
+        out.extend_from_slice(encoded.fields);
+        has_date = encoded.date;
+        length = encoded.length.filter(|_| !no_length);
+    }
     for (name, value) in &parts.headers {
         if *name == header::DATE {
             has_date = true;
@@ -450,7 +469,7 @@ mod tests {
         let (parts, ()) = response.into_parts();
         let mut out = Vec::new();
         let mut date = Date::default();
-        let (framing, keep) = encode_head(&mut out, &parts, size, &head, false, &mut date);
+        let (framing, keep) = encode_head(&mut out, &parts, None, size, &head, false, &mut date);
         (String::from_utf8(out).unwrap(), framing, keep)
     }
 

@@ -362,3 +362,69 @@ impl Store {
         self.metrics.entries.set(i64::try_from(self.inner.entry_count()).unwrap_or(i64::MAX));
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn entry(status: StatusCode, headers: &[(&str, &str)], body: &[u8]) -> Entry {
+        let mut map = HeaderMap::new();
+        for (name, value) in headers {
+            map.append(HeaderName::from_bytes(name.as_bytes()).unwrap(), value.parse().unwrap());
+        }
+        let freshness = Freshness {
+            lifetime: Duration::from_secs(60),
+            initial_age: Duration::ZERO,
+            stale_while_revalidate: Duration::ZERO,
+            stale_if_error: Duration::ZERO,
+            shared_with_authorization: false,
+        };
+        Entry::new(Parts {
+            place: PlaceRef { route: 7, listener: 1, url: b"http://a.test/x?y=1" },
+            selecting: b"fr",
+            status,
+            headers: &map,
+            body,
+            freshness,
+            response_time: SystemTime::UNIX_EPOCH,
+        })
+    }
+
+    #[test]
+    fn a_response_is_one_block_of_key_material_fields_and_body() {
+        let e = entry(
+            StatusCode::OK,
+            &[
+                ("content-type", "text/plain"),
+                ("age", "30"),
+                ("content-length", "99"),
+                ("x-a", "1: two"),
+                ("x-a", "3"),
+            ],
+            b"abc",
+        );
+        assert_eq!(e.place().url, b"http://a.test/x?y=1");
+        assert_eq!((e.place().route, e.place().listener), (7, 1));
+        assert_eq!(e.selecting(), b"fr");
+        // `Age` and the received length are dropped; the length is the stored body's.
+        assert_eq!(e.fields(), b"content-type: text/plain\r\nx-a: 1: two\r\nx-a: 3\r\ncontent-length: 3\r\n");
+        assert_eq!(e.count(), 4);
+        assert_eq!(&e.body()[..], b"abc");
+        assert_eq!(e.length(), Some(3));
+        assert_eq!(e.get(&HeaderName::from_static("x-a")), Some(&b"1: two"[..]));
+        let all: Vec<_> = e.iter().collect();
+        assert_eq!(all.len(), 4);
+        assert!(!e.has_date());
+        // One block holds all of it: what the weigher counts is what is held.
+        assert_eq!(e.data.len(), "http://a.test/x?y=1".len() + 2 + e.fields().len() + 3);
+    }
+
+    #[test]
+    fn a_bodiless_status_stores_no_length() {
+        let e = entry(StatusCode::NO_CONTENT, &[("date", "Sat, 05 Dec 2026 03:00:00 GMT")], b"");
+        assert_eq!(e.fields(), b"date: Sat, 05 Dec 2026 03:00:00 GMT\r\n");
+        assert_eq!(e.length(), None);
+        assert!(e.has_date());
+    }
+}

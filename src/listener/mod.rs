@@ -42,14 +42,14 @@
 //! (`proxy::body::RequestBody`); a client that stops reading its response gets
 //! `send_timeout` (`ClientIo`).
 
+use std::cell::Cell;
 use std::convert::Infallible;
-use std::future::Future;
-use std::io;
+use std::future::{poll_fn, Future};
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -58,7 +58,6 @@ use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use prometheus::IntGauge;
-use tokio::io::ReadBuf;
 use tokio::net::TcpListener;
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio::time::{Instant, Sleep};
@@ -216,13 +215,13 @@ impl Listener {
                     sweep_lobby(&lobby, sweep.as_mut(), self.settings.load().handshake_timeout);
                 }
                 (accepted, slot) = accept => match accepted {
-                    Ok((stream, _)) => {
+                    Ok((stream, addr)) => {
                         let _ = stream.set_nodelay(true);
                         if lobby.is_empty() {
                             sweep.as_mut().reset(Instant::now() + self.settings.load().handshake_timeout / 4);
                         }
-                        let client = Accepted { stream, slot, active: Active::new(&self.active) };
-                        lobby.push(Waiting { client: Some(client), since: Instant::now() });
+                        let client = Accepted { stream, addr, slot, active: Active::new(&self.active) };
+                        lobby.push(Waiting { client: Some(client), since: Instant::now(), expired: Cell::new(false) });
                     }
                     Err(e) => {
                         // Out of file descriptors or similar: back off instead of spinning.
@@ -285,18 +284,30 @@ struct Shared {
 impl Shared {
     /// Starts serving a client that left the lobby with bytes to read.
     fn admit(self: &Arc<Self>, ready: Option<Accepted>, tracker: &TaskTracker, stop: &watch::Receiver<bool>) {
-        let Some(Accepted { stream, slot, active }) = ready else { return };
+        let Some(Accepted { stream, addr, slot, active }) = ready else { return };
         let (shared, stop) = (self.clone(), stop.clone());
-        tracker.spawn(async move {
-            shared.serve(stream, stop).await;
+        let fut = async move {
+            shared.serve(stream, addr, stop).await;
             drop((active, slot));
+        };
+        // TEMP-SIZES
+        static ONCE: std::sync::Once = std::sync::Once::new();
+        ONCE.call_once(|| {
+            if std::env::var_os("WEIR_SIZES").is_some() {
+                eprintln!("TEMP task future {} B", std::mem::size_of_val(&fut));
+            }
         });
+        tracker.spawn(fut);
     }
 
     /// Serves a client that has sent its first bytes: TLS if the listener has it,
     /// then HTTP. Settings and certificates are the ones current at this moment.
-    async fn serve(self: Arc<Self>, stream: tokio::net::TcpStream, stop: watch::Receiver<bool>) {
-        let Ok(addr) = stream.peer_addr() else { return };
+    async fn serve(
+        self: Arc<Self>,
+        stream: tokio::net::TcpStream,
+        addr: SocketAddr,
+        stop: watch::Receiver<bool>,
+    ) {
         let settings = self.settings.load_full();
         let tls = self.runtime.load().tls.get(self.slot).cloned().flatten();
         let handshake_timeout = settings.handshake_timeout;
@@ -307,33 +318,30 @@ impl Shared {
         let connection = Connection { settings, runtime: self.runtime.clone(), stop, peer, tunnels };
         match tls {
             None => connection.serve_plain(stream).await,
-            Some(acceptor) => match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
-                Ok(Ok(stream)) => {
-                    let protocol = match stream.get_ref().1.alpn_protocol() {
-                        Some(b"h2") => Protocol::Http2,
-                        _ => Protocol::Http1,
-                    };
-                    connection.serve(stream, protocol).await
-                }
-                Ok(Err(e)) => tracing::debug!(client = %addr, error = %e, "TLS handshake failed"),
-                Err(_) => tracing::debug!(client = %addr, "TLS handshake timed out"),
-            },
+            // Boxed: a task is as large as the largest state of its future, and the
+            // TLS handshake's and hyper's state would otherwise make every plain
+            // HTTP/1.1 connection's task that large too, for its whole life.
+            Some(acceptor) => Box::pin(connection.serve_tls(stream, acceptor, handshake_timeout)).await,
         }
     }
 }
 
 /// A client connection that has not sent a byte yet. It resolves to the connection
-/// once there is something to read, or to `None` when the client leaves or `expire`
-/// shut it.
+/// once it is readable (something to read, or the client left), or to `None` when
+/// `expire` shut it.
 struct Waiting {
     /// Taken when the wait resolves.
     client: Option<Accepted>,
     since: Instant,
+    /// Set by `expire`: the readiness its shutdown causes ends the wait, not a task.
+    expired: Cell<bool>,
 }
 
 /// An accepted connection and what it holds until it closes.
 struct Accepted {
     stream: tokio::net::TcpStream,
+    /// The client's address, as `accept` gave it (no `getpeername` later).
+    addr: SocketAddr,
     /// Its `max_connections` permit, if the listener has a limit.
     slot: Option<OwnedSemaphorePermit>,
     active: Active,
@@ -344,6 +352,7 @@ impl Waiting {
     /// future (the socket reads as ended), which then resolves and is dropped.
     fn expire(&self) {
         if let Some(client) = &self.client {
+            self.expired.set(true);
             let _ = socket2::SockRef::from(&client.stream).shutdown(std::net::Shutdown::Both);
         }
     }
@@ -354,16 +363,17 @@ impl Future for Waiting {
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let Some(client) = self.client.as_ref() else { return Poll::Ready(None) };
-        // `poll_peek` rather than readiness: readiness can be reported before any byte
-        // is there (tokio documents false positives), and then the state this wait
-        // exists to defer would be allocated for every idle client.
-        let mut byte = [0u8; 1];
-        match client.stream.poll_peek(cx, &mut ReadBuf::new(&mut byte)) {
-            Poll::Pending => Poll::Pending,
-            Poll::Ready(Ok(n)) if n > 0 => Poll::Ready(self.client.take()),
-            // Ended (the client left, or `expire`) or failed.
-            Poll::Ready(_) => Poll::Ready(None),
+        // Readiness, not a peek: the connection's first read then takes the bytes, one
+        // `recvfrom` instead of two. Readiness on a socket nothing was read from comes
+        // from the epoll event for its first bytes, or for its end (a client that
+        // leaves without a word then costs its task one read of 0 bytes); should one
+        // come early, the connection's task waits for the bytes under the same
+        // deadline.
+        ready!(client.stream.poll_read_ready(cx)).ok();
+        if self.expired.get() {
+            return Poll::Ready(None);
         }
+        Poll::Ready(self.client.take())
     }
 }
 
@@ -405,17 +415,24 @@ impl Connection {
         let mut line = FirstLine::default();
         let deadline = Instant::now() + self.settings.handshake_timeout;
         loop {
-            // The lobby hands over a socket with bytes to read: the first read needs
-            // no timer.
-            let read = match stream.try_read_buf(&mut first) {
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+            // The lobby hands over a readable socket: the first read needs no timer.
+            // A polled read, not `try_read_buf`: one that fills less than the buffer
+            // clears the socket's readiness, so the next read (the next request, or
+            // the close) waits for epoll instead of first finding the socket empty.
+            let once =
+                poll_fn(|cx| match tokio_util::io::poll_read_buf(Pin::new(&mut stream), cx, &mut first) {
+                    Poll::Ready(read) => Poll::Ready(Some(read)),
+                    Poll::Pending => Poll::Ready(None),
+                });
+            let read = match once.await {
+                Some(read) => read,
+                None => {
                     let read = tokio::io::AsyncReadExt::read_buf(&mut stream, &mut first);
                     match tokio::time::timeout_at(deadline, read).await {
                         Ok(read) => read,
                         Err(_) => return,
                     }
                 }
-                read => read,
             };
             if !matches!(read, Ok(n) if n > 0) {
                 return;
@@ -433,8 +450,31 @@ impl Connection {
             }
             if n == H2_PREFACE.len() {
                 let io = Rewind { early: first.freeze(), io: stream };
-                return self.serve(io, Protocol::Http2).await;
+                // Boxed for the same reason as TLS (see `Shared::serve`).
+                return Box::pin(self.serve(io, Protocol::Http2)).await;
             }
+        }
+    }
+
+    /// Serves a TLS client: the handshake within `timeout`, then the protocol ALPN
+    /// agreed on hyper.
+    async fn serve_tls(
+        self,
+        stream: tokio::net::TcpStream,
+        acceptor: tokio_rustls::TlsAcceptor,
+        timeout: Duration,
+    ) {
+        let addr = self.peer.addr;
+        match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
+            Ok(Ok(stream)) => {
+                let protocol = match stream.get_ref().1.alpn_protocol() {
+                    Some(b"h2") => Protocol::Http2,
+                    _ => Protocol::Http1,
+                };
+                self.serve(stream, protocol).await
+            }
+            Ok(Err(e)) => tracing::debug!(client = %addr, error = %e, "TLS handshake failed"),
+            Err(_) => tracing::debug!(client = %addr, "TLS handshake timed out"),
         }
     }
 

@@ -173,13 +173,19 @@ pub async fn serve<W: AsyncWrite + Unpin, H: Handler<W>>(
         // A 101 that is not tunnelled (its request had a body): the server has left
         // HTTP, so what the client sends next is not a request; the connection ends.
         let mut keep = server.respond(response, &head, stopping).await && !switched;
+        // Whether the request's body was read to its end (or it had none).
+        let mut whole = true;
         if let Some(reader) = lent {
             let mut reader = lock(&reader);
-            keep &= reader.drain();
+            whole = reader.drain();
+            keep &= whole;
             server.read = reader.side.take();
         }
         if !keep {
-            return server.close().await;
+            // The client said this was its last request and all of it was read: it
+            // sends nothing more, so there is nothing to linger for (see `close`).
+            let last = !head.keep_alive && whole && !switched;
+            return server.close(last).await;
         }
     }
 }
@@ -451,16 +457,30 @@ impl<W: AsyncWrite + Unpin> Server<W> {
         push_field(&mut self.out, b"date", self.date.now());
         self.out.extend_from_slice(b"\r\n");
         if self.write.write_all(&self.out).await.is_ok() {
-            self.close().await;
+            self.close(false).await;
         }
     }
 
     /// Closes the connection: the write side first, then a short wait that reads and
     /// drops whatever the client still sends (unread bytes would make the kernel
     /// reset the connection, which can destroy the response in flight).
-    async fn close(mut self) {
+    ///
+    /// `last`: the client's request said it was its last (`Connection: close`, or
+    /// HTTP/1.0 without `keep-alive`) and was read whole. Then, with nothing more
+    /// buffered or ready on the socket, there is nothing to linger for: the
+    /// connection closes at once, as nginx's `lingering_close on` does, without the
+    /// reads that would only find the socket empty and then the client's end.
+    async fn close(mut self, last: bool) {
         let _ = self.write.shutdown().await;
         let Some(mut side) = self.read.take() else { return };
+        // The socket's readiness is cleared by a read that leaves it empty, so
+        // "not ready" means nothing arrived since: no read is needed to know it.
+        if last
+            && side.buf.is_empty()
+            && poll_fn(|cx| Poll::Ready(side.io.as_ref().poll_read_ready(cx).is_pending())).await
+        {
+            return;
+        }
         let drain = async {
             let mut dropped = 0usize;
             while dropped < 1 << 20 {

@@ -286,18 +286,10 @@ impl Shared {
     fn admit(self: &Arc<Self>, ready: Option<Accepted>, tracker: &TaskTracker, stop: &watch::Receiver<bool>) {
         let Some(Accepted { stream, addr, slot, active }) = ready else { return };
         let (shared, stop) = (self.clone(), stop.clone());
-        let fut = async move {
+        tracker.spawn(async move {
             shared.serve(stream, addr, stop).await;
             drop((active, slot));
-        };
-        // TEMP-SIZES
-        static ONCE: std::sync::Once = std::sync::Once::new();
-        ONCE.call_once(|| {
-            if std::env::var_os("WEIR_SIZES").is_some() {
-                eprintln!("TEMP task future {} B", std::mem::size_of_val(&fut));
-            }
         });
-        tracker.spawn(fut);
     }
 
     /// Serves a client that has sent its first bytes: TLS if the listener has it,

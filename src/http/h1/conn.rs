@@ -47,6 +47,52 @@ const WRITE_GATHER: usize = 16 * 1024;
 /// response before the client reads it.
 const LINGER: Duration = Duration::from_millis(250);
 
+/// Head buffers of connections waiting for their next request. A keep-alive
+/// connection would otherwise keep its 8 KiB buffer for its life; it hands it back
+/// here when a read of the next head finds nothing to read (the client has not sent
+/// it yet) and nothing is left unparsed, and takes one when it is polled again. A
+/// pipelined or back-to-back request is read at once and keeps its buffer. So a
+/// thread's busy connections share a few buffers, and idle ones hold none. A buffer
+/// whose bytes are still shared (a header value alive elsewhere) is simply
+/// reallocated by its next `reserve`.
+mod spare {
+    use std::cell::RefCell;
+
+    use bytes::BytesMut;
+
+    use super::HEAD_READ;
+
+    /// Buffers kept per thread: more than its connections between two reads of theirs
+    /// at once, few enough to be a small fixed cost.
+    const KEEP: usize = 64;
+
+    thread_local! {
+        static SPARE: RefCell<Vec<BytesMut>> = const { RefCell::new(Vec::new()) };
+    }
+
+    pub fn take() -> BytesMut {
+        match SPARE.with_borrow_mut(Vec::pop) {
+            // Back to the start of its allocation when the last heads used it up (no
+            // copy: it is empty).
+            Some(mut buf) => {
+                if buf.capacity() < HEAD_READ / 4 {
+                    buf.reserve(HEAD_READ);
+                }
+                buf
+            }
+            None => BytesMut::with_capacity(HEAD_READ),
+        }
+    }
+
+    pub fn put(buf: BytesMut) {
+        SPARE.with_borrow_mut(|spare| {
+            if spare.len() < KEEP {
+                spare.push(buf);
+            }
+        });
+    }
+}
+
 /// What answers the requests of a connection: weir's pipeline, for the listener.
 /// `W` is the connection's write side.
 pub trait Handler<W> {
@@ -139,14 +185,14 @@ pub async fn serve<W: AsyncWrite + Unpin, H: Handler<W>>(
                 Some(Arc::new(Mutex::new(reader)))
             }
         };
-        let body = lent.as_ref().map(|reader| {
+        let mut req = req;
+        *req.body_mut() = lent.as_ref().map(|reader| {
             let length = match head.body {
                 Decode::Length(n) => Some(n),
                 _ => None,
             };
             Body { reader: reader.clone(), length }
         });
-        let req = req.map(|()| body);
         // Made in each arm, not before: a future made apart and then awaited is
         // moved into place, a copy of its kilobytes per request.
         let response = match lent.as_ref().filter(|_| head.expect_continue) {
@@ -247,7 +293,7 @@ impl<W: AsyncWrite + Unpin> Server<W> {
         &mut self,
         limits: &Limits,
         stop: &mut Stop<F>,
-    ) -> Result<Option<(Request<()>, Head)>, StatusCode> {
+    ) -> Result<Option<(Request<Option<Body>>, Head)>, StatusCode> {
         let Some(side) = self.read.as_mut() else { return Ok(None) };
         // Set when a read first has to wait: the head's deadline.
         let mut deadline: Option<Instant> = None;
@@ -274,10 +320,18 @@ impl<W: AsyncWrite + Unpin> Server<W> {
             }
             let (timer, timer_waits) = (&mut self.timer, &mut self.timer_waits);
             let read = poll_fn(|cx| {
+                if side.buf.capacity() == 0 {
+                    side.buf = spare::take();
+                }
                 if let Poll::Ready(result) =
                     tokio_util::io::poll_read_buf(Pin::new(&mut side.io), cx, &mut side.buf)
                 {
                     return Poll::Ready(matches!(result, Ok(n) if n > 0));
+                }
+                // Nothing to read and nothing left unparsed: idle until the client
+                // sends, so the buffer goes back to the spares (see `spare`).
+                if side.buf.is_empty() {
+                    spare::put(std::mem::take(&mut side.buf));
                 }
                 let deadline = *deadline.get_or_insert_with(|| {
                     // Right after a response (the buffer empty) this is also the

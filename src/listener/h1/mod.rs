@@ -126,15 +126,7 @@ pub(super) async fn serve(conn: Connection, stream: TcpStream, first: BytesMut) 
     };
     let write = ClientIo::writer(write, settings.send_timeout);
     let pipeline = Pipeline { runtime, peer, send_timeout: settings.send_timeout, tunnels };
-    let fut = conn::serve(read, first, write, limits, stop, pipeline);
-    // TEMP-SIZES
-    static ONCE: std::sync::Once = std::sync::Once::new();
-    ONCE.call_once(|| {
-        if std::env::var_os("WEIR_SIZES").is_some() {
-            eprintln!("TEMP conn::serve future {} B", std::mem::size_of_val(&fut));
-        }
-    });
-    fut.await;
+    conn::serve(read, first, write, limits, stop, pipeline).await;
 }
 
 impl<I: AsyncWrite + Unpin> ClientIo<I> {

@@ -30,6 +30,10 @@ ROUNDS = int(os.environ.get("ROUNDS", "3"))
 STEPS = [int(s) for s in os.environ.get("STEPS", "1000,5000,10000").split(",")]
 PORT, BPORT = 19320, 19322
 REQ = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"
+# nginx's `worker_connections`: once fewer than a sixteenth of them are free, nginx
+# closes idle keep-alive connections to make room, so the table is a ninth larger
+# than the clients.
+TABLE = max(STEPS) * 9 // 8 + 100
 # Closed with a reset: tens of thousands of client sockets in TIME_WAIT would use up
 # the ephemeral ports over a few rounds.
 LINGER_RESET = struct.pack("ii", 1, 0)
@@ -104,13 +108,19 @@ upstream = "b"
 servers = [{{ address = "127.0.0.1:{BPORT}" }}]
 """)
     with open(f"{work}/nginx.conf", "w") as f:
-        f.write(f"""worker_processes 1;
+        f.write(nginx_conf(work, TABLE))
+    with open(f"{work}/nginx-small.conf", "w") as f:
+        f.write(nginx_conf(work, 256))
+
+
+def nginx_conf(work, connections):
+    return (f"""worker_processes 1;
 master_process off;
 daemon off;
 worker_rlimit_nofile 20000;
 pid {work}/nginx.pid;
 error_log {work}/nginx.err warn;
-events {{ worker_connections 16000; }}
+events {{ worker_connections {connections}; }}
 http {{
   access_log off;
   client_body_temp_path {work}; proxy_temp_path {work}; fastcgi_temp_path {work}; uwsgi_temp_path {work}; scgi_temp_path {work};
@@ -128,8 +138,26 @@ http {{
 def command(name, work):
     if name == "nginx":
         return [NGINX, "-c", f"{work}/nginx.conf"]
+    if name == "nginx-small":
+        return [NGINX, "-c", f"{work}/nginx-small.conf"]
     binary = WEIR_ALT if name == "weir-alt" else WEIR
     return [binary, "--config", f"{work}/weir.toml", "--log-level", "warn"]
+
+
+def idle_rss(name, work):
+    """RSS after the warm-up, with no client."""
+    proc = subprocess.Popen(command(name, work), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_port(PORT)
+        warm = socket.create_connection(("127.0.0.1", PORT))
+        for _ in range(200):
+            exchange(warm)
+        warm.close()
+        return settled_rss(proc.pid)
+    finally:
+        proc.kill()
+        proc.wait()
+        time.sleep(1)
 
 
 def measure(name, work):
@@ -175,11 +203,18 @@ def main():
     backend = subprocess.Popen([BACKEND, f"127.0.0.1:{BPORT}", "b"], stderr=subprocess.DEVNULL)
     results = {n: {s: [] for s in STEPS} for n in names}
     bases = {n: [] for n in names}
+    # nginx allocates (and touches) its whole connection table at start, sized by
+    # `worker_connections`: a cost per connection it may serve that RSS before the
+    # first client already holds. Counted apart: the RSS difference from the same
+    # nginx with a table of 256, per connection of the table.
+    tables = []
     try:
         wait_port(BPORT)
         for r in range(ROUNDS):
             order = names[r % len(names):] + names[:r % len(names)]
             for name in order:
+                if name == "nginx":
+                    tables.append((idle_rss("nginx", work) - idle_rss("nginx-small", work)) / (TABLE - 256))
                 base, points = measure(name, work)
                 bases[name].append(base)
                 for s, v in points.items():
@@ -189,17 +224,25 @@ def main():
     finally:
         backend.kill()
     med = {n: {s: statistics.median(v) for s, v in results[n].items()} for n in names}
+    table = statistics.median(tables)
+    names.append("nginx+table")
+    med["nginx+table"] = {s: v + table for s, v in med["nginx"].items()}
+    bases["nginx+table"] = bases["nginx"]
     print()
+    print(f"nginx's connection table: {table:.2f} KiB per connection of `worker_connections` "
+          f"({TABLE} here), in its RSS before any client; nginx+table adds it.")
     print(f"KiB per active keep-alive connection (median of {ROUNDS} rounds; RSS before any client in MiB):")
     print()
-    print("| clients | " + " | ".join(names) + " | " + " | ".join(f"{n} / nginx" for n in names if n != "nginx") + " |")
-    print("|---:|" + "---:|" * (2 * len(names) - 1))
+    weirs = [n for n in names if n.startswith("weir")]
+    heads = [f"{w} / {n}" for w in weirs for n in ("nginx", "nginx+table")]
+    print("| clients | " + " | ".join(names) + " | " + " | ".join(heads) + " |")
+    print("|---:|" + "---:|" * (len(names) + len(heads)))
     for s in STEPS:
         cells = [f"{med[n][s]:.2f}" for n in names]
-        ratios = [f"{med[n][s] / med['nginx'][s]:.2f}×" for n in names if n != "nginx"]
+        ratios = [f"{med[w][s] / med[n][s]:.2f}×" for w in weirs for n in ("nginx", "nginx+table")]
         print(f"| {s:,} | " + " | ".join(cells + ratios) + " |")
-    print("| RSS before | " + " | ".join(f"{statistics.median(bases[n]) / 1024:.1f}" for n in names) + " |"
-          + " |" * (len(names) - 1))
+    print("| RSS before, MiB | " + " | ".join(f"{statistics.median(bases[n]) / 1024:.1f}" for n in names) + " |"
+          + " |" * len(heads))
 
 
 main()

@@ -158,8 +158,10 @@ pub async fn serve<W: AsyncWrite + Unpin, H: Handler<W>>(
     let mut server = Server {
         read: Some(ReadSide { io: read, buf: first }),
         write,
-        out: Vec::with_capacity(1024),
-        fields: Vec::with_capacity(32),
+        // Both grow to what the connection's heads need and keep that: a fixed start
+        // would be held by every idle connection whatever its heads.
+        out: Vec::with_capacity(512),
+        fields: Vec::new(),
         date: Date::default(),
         timer: Box::pin(tokio::time::sleep(Duration::ZERO)),
         timer_waits: false,

@@ -220,3 +220,74 @@ async fn a_clients_last_request_closes_its_connection_without_lingering() {
     assert_eq!(statuses(&String::from_utf8_lossy(&reply)), vec![400]);
     assert_eq!(active(&weir.metrics().await), 1.0);
 }
+
+/// A keep-alive connection idle for a second goes back to the listener's lobby (its
+/// task ends) and gets a new task when the client sends again: still counted as
+/// open while parked, and its next requests (a pipelined pair in one write, then a
+/// request in pieces) are served in order as on any keep-alive connection.
+#[tokio::test]
+async fn a_connection_parked_while_idle_goes_on_when_the_client_sends() {
+    let backend = RawBackend::recording().await;
+    let config = format!("[admin]\nlisten = \"127.0.0.1:0\"\n{}", CONFIG.replace("\"2s\"", "\"5s\""));
+    let weir = Weir::start(&backend.fill(&config), &[]).await;
+    let active = |m: &str| crate::support::metric(m, "weir_connections_active{listener=\"web\"}");
+    let mut client = TcpStream::connect(weir.addr).await.unwrap();
+    client.write_all(b"GET /b/1 HTTP/1.1\r\nHost: a\r\n\r\n").await.unwrap();
+    assert_eq!(statuses(&read_reply(&mut client).await), vec![200]);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(active(&weir.metrics().await), 1.0, "a parked connection is still open");
+    client
+        .write_all(b"GET /b/2 HTTP/1.1\r\nHost: a\r\n\r\nGET /b/3 HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .unwrap();
+    assert_eq!(statuses(&read_reply(&mut client).await), vec![200, 200]);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    for piece in ["POST /b/4 HTTP/1.1\r\nHo", "st: a\r\nContent-Length: 2\r\n\r\n", "hi"] {
+        client.write_all(piece.as_bytes()).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(60)).await;
+    }
+    assert_eq!(statuses(&read_reply(&mut client).await), vec![200]);
+    let seen = backend.requests();
+    let lines: Vec<&str> = seen.iter().map(|r| r.line()).collect();
+    assert_eq!(lines, ["GET /b/1 HTTP/1.1", "GET /b/2 HTTP/1.1", "GET /b/3 HTTP/1.1", "POST /b/4 HTTP/1.1"]);
+    assert_eq!(seen[3].body, b"hi");
+    drop(client);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+    while active(&weir.metrics().await) != 0.0 {
+        assert!(tokio::time::Instant::now() < deadline, "a closed connection is still counted");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A parked connection still closes at its keep-alive limit (`header_read_timeout`,
+/// counted from the end of the response), and at once (after the stop's grace) when
+/// the listener stops.
+#[tokio::test]
+async fn a_parked_connection_closes_at_its_idle_limit_and_on_stop() {
+    let backend = RawBackend::recording().await;
+    let weir = Weir::start(&backend.fill(CONFIG), &[]).await;
+    let mut client = TcpStream::connect(weir.addr).await.unwrap();
+    client.write_all(b"GET /b/1 HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n\r\n").await.unwrap();
+    let mut buf = [0u8; 4096];
+    let n = client.read(&mut buf).await.unwrap();
+    assert_eq!(statuses(&String::from_utf8_lossy(&buf[..n])), vec![200]);
+    let answered = tokio::time::Instant::now();
+    assert!(
+        closed_within(&mut client, Duration::from_secs(4)).await,
+        "a parked connection outlived its limit"
+    );
+    let idle = answered.elapsed();
+    assert!(idle >= Duration::from_millis(1900) && idle < Duration::from_millis(2600), "{idle:?}");
+
+    let mut client = TcpStream::connect(weir.addr).await.unwrap();
+    client.write_all(b"GET /b/2 HTTP/1.1\r\nHost: a\r\n\r\n").await.unwrap();
+    let n = client.read(&mut buf).await.unwrap();
+    assert_eq!(statuses(&String::from_utf8_lossy(&buf[..n])), vec![200]);
+    tokio::time::sleep(Duration::from_millis(1300)).await;
+    let stopped = tokio::time::Instant::now();
+    tokio::time::timeout(Duration::from_secs(2), weir.shutdown())
+        .await
+        .expect("the drain waited on a parked connection");
+    assert!(closed_within(&mut client, Duration::from_millis(500)).await);
+    assert!(stopped.elapsed() < Duration::from_secs(1), "{:?}", stopped.elapsed());
+}

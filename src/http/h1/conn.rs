@@ -19,6 +19,11 @@
 //! - the head read's deadline (`Limits`): from the end of the previous response, so
 //!   it is also the keep-alive idle limit. When `stop` changes an idle connection
 //!   closes at once, a busy one after its response.
+//! - idle connections' memory: the head buffer goes back to a per-thread spare list
+//!   whenever a read of the next head has to wait (`spare`), and a connection idle
+//!   for `Limits::park_after` is handed back to the caller whole (`Parked`), so that
+//!   its task, with the request's future inline in it, ends until the client sends
+//!   again.
 
 use std::future::{poll_fn, Future};
 use std::pin::Pin;
@@ -127,6 +132,19 @@ pub struct Limits {
     /// `stop`: such a request is answered (with `Connection: close`) instead of
     /// meeting a closed connection.
     pub stop_grace: Duration,
+    /// How long a connection waits for its next request with nothing buffered before
+    /// `serve` hands it back (`Parked`); `None`: never.
+    pub park_after: Option<Duration>,
+}
+
+/// A connection idle between requests for `Limits::park_after`, handed back by
+/// `serve`: nothing is buffered, no request is in progress, and the caller serves
+/// it again (from the start) once the client sends.
+pub struct Parked<W> {
+    pub read: ReadSide,
+    pub write: W,
+    /// The head read's deadline, which still holds: the keep-alive idle limit.
+    pub until: Instant,
 }
 
 /// One client connection served by this module.
@@ -142,11 +160,14 @@ struct Server<W> {
     timer: Pin<Box<Sleep>>,
     /// `timer` was polled since it was last reset and has the task's waker.
     timer_waits: bool,
+    /// Set by `read_head` when the connection is to be parked: the head's deadline.
+    parked: Option<Instant>,
 }
 
 /// Serves one client connection: `read` (with `first`, bytes already read from it,
 /// not an h2 preface) and `write`, until the client leaves, a timeout, an error, or
-/// `stop`. Each request goes to `handler`.
+/// `stop`; or until it has been idle for `Limits::park_after`, when it is handed
+/// back. Each request goes to `handler`.
 pub async fn serve<W: AsyncWrite + Unpin, H: Handler<W>>(
     read: OwnedReadHalf,
     first: BytesMut,
@@ -154,7 +175,7 @@ pub async fn serve<W: AsyncWrite + Unpin, H: Handler<W>>(
     limits: Limits,
     mut stop: tokio::sync::watch::Receiver<bool>,
     handler: H,
-) {
+) -> Option<Parked<W>> {
     let mut server = Server {
         read: Some(ReadSide { io: read, buf: first }),
         write,
@@ -165,6 +186,7 @@ pub async fn serve<W: AsyncWrite + Unpin, H: Handler<W>>(
         date: Date::default(),
         timer: Box::pin(tokio::time::sleep(Duration::ZERO)),
         timer_waits: false,
+        parked: None,
     };
     // One `changed` future for the connection's life, registered once (see `Stop`).
     let check = stop.clone();
@@ -175,8 +197,11 @@ pub async fn serve<W: AsyncWrite + Unpin, H: Handler<W>>(
         let head = server.read_head(&limits, &mut stop).await;
         let (req, head) = match head {
             Ok(Some(parsed)) => parsed,
-            Ok(None) => return,
-            Err(status) => return server.refuse(status).await,
+            Ok(None) => return server.park(),
+            Err(status) => {
+                server.refuse(status).await;
+                return None;
+            }
         };
         let lent = match head.body {
             Decode::Done => None,
@@ -215,7 +240,8 @@ pub async fn serve<W: AsyncWrite + Unpin, H: Handler<W>>(
         };
         let switched = response.status() == StatusCode::SWITCHING_PROTOCOLS;
         if head.upgrade && switched && lent.is_none() {
-            return server.upgrade(response, &handler).await;
+            server.upgrade(response, &handler).await;
+            return None;
         }
         let stopping = poll_fn(|cx| Poll::Ready(stop.poll(cx))).await;
         // A 101 that is not tunnelled (its request had a body): the server has left
@@ -233,7 +259,8 @@ pub async fn serve<W: AsyncWrite + Unpin, H: Handler<W>>(
             // The client said this was its last request and all of it was read: it
             // sends nothing more, so there is nothing to linger for (see `close`).
             let last = !head.keep_alive && whole && !switched;
-            return server.close(last).await;
+            server.close(last).await;
+            return None;
         }
     }
 }
@@ -306,6 +333,9 @@ impl<W: AsyncWrite + Unpin> Server<W> {
         let mut scanned = 0;
         // Set when `stop` is seen while idle: when the connection closes.
         let mut closing: Option<Instant> = None;
+        // When a wait that began with nothing buffered parks the connection.
+        let mut park_at: Option<Instant> = None;
+        let parked = &mut self.parked;
         loop {
             if !side.buf.is_empty() {
                 if scanned == 0 || has_head_end(&side.buf, scanned) {
@@ -340,27 +370,45 @@ impl<W: AsyncWrite + Unpin> Server<W> {
                     // keep-alive idle limit.
                     let now = Instant::now();
                     let mut limit = limits.header_read_timeout;
+                    let mut wake = now + limit;
                     if side.buf.is_empty() {
                         limit = limit.min(limits.idle_timeout);
+                        park_at = limits.park_after.map(|after| now + after);
+                        wake = now + limit;
+                        if let Some(at) = park_at {
+                            wake = wake.min(at);
+                        }
                     }
-                    let deadline = now + limit;
                     // The timer is moved only when it would fire late: one that fires
                     // early is re-armed below. So a busy connection resets it about
-                    // once per timeout, not once per request.
-                    if timer.is_elapsed() || timer.deadline() > deadline {
-                        timer.as_mut().reset(deadline);
+                    // once per timeout (or `park_after`), not once per request.
+                    if timer.is_elapsed() || timer.deadline() > wake {
+                        timer.as_mut().reset(wake);
                         *timer_waits = false;
                     }
-                    deadline
+                    now + limit
                 });
                 // A timer already waiting holds this task's waker: it need not be
                 // polled again until it fires.
                 if !*timer_waits || timer.is_elapsed() {
                     while timer.as_mut().poll(cx).is_ready() {
-                        if Instant::now() >= deadline {
+                        let now = Instant::now();
+                        if now >= deadline {
                             return Poll::Ready(false);
                         }
-                        timer.as_mut().reset(deadline);
+                        let mut wake = deadline;
+                        if let Some(at) = park_at {
+                            // Idle this long with nothing buffered: handed back, unless
+                            // the listener is stopping (then it closes below).
+                            if now >= at && side.buf.is_empty() && !stop.poll(cx) {
+                                *parked = Some(deadline);
+                                return Poll::Ready(false);
+                            }
+                            if at > now {
+                                wake = wake.min(at);
+                            }
+                        }
+                        timer.as_mut().reset(wake);
                     }
                     *timer_waits = true;
                 }
@@ -499,6 +547,13 @@ impl<W: AsyncWrite + Unpin> Server<W> {
         };
         self.write.write_all(&self.out).await?;
         Ok(complete)
+    }
+
+    /// The connection, handed back, when `read_head` parked it.
+    fn park(mut self) -> Option<Parked<W>> {
+        let until = self.parked?;
+        let read = self.read.take()?;
+        Some(Parked { read, write: self.write, until })
     }
 
     /// Answers a head that cannot be served, then closes.

@@ -11,6 +11,7 @@
 #
 #   benches/callgrind.sh        # needs valgrind, nginx, haproxy, oha (benches/e2e.sh installs them)
 #   ONLY=weir WEIR=/tmp/weir-before benches/callgrind.sh   # one proxy; another weir binary
+#   CLIENT=python benches/callgrind.sh                     # the Python client even with oha
 set -euo pipefail
 cd "$(dirname "$0")/.."
 command -v valgrind >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq valgrind >/dev/null; }
@@ -81,7 +82,7 @@ backend b
 CONF
 
 load() { # requests port: keep-alive GETs on 4 connections
-  if command -v oha >/dev/null 2>&1; then
+  if [ "${CLIENT:-}" != python ] && command -v oha >/dev/null 2>&1; then
     oha --no-tui -n "$1" -c 4 "http://127.0.0.1:$2/" >/dev/null
     return
   fi

@@ -333,8 +333,9 @@ impl<W: AsyncWrite + Unpin> Server<W> {
         let mut scanned = 0;
         // Set when `stop` is seen while idle: when the connection closes.
         let mut closing: Option<Instant> = None;
-        // When a wait that began with nothing buffered parks the connection.
-        let mut park_at: Option<Instant> = None;
+        // When a wait that began with nothing buffered began: the connection parks
+        // `park_after` later.
+        let mut idle_since: Option<Instant> = None;
         let parked = &mut self.parked;
         loop {
             if !side.buf.is_empty() {
@@ -370,23 +371,23 @@ impl<W: AsyncWrite + Unpin> Server<W> {
                     // keep-alive idle limit.
                     let now = Instant::now();
                     let mut limit = limits.header_read_timeout;
-                    let mut wake = now + limit;
                     if side.buf.is_empty() {
                         limit = limit.min(limits.idle_timeout);
-                        park_at = limits.park_after.map(|after| now + after);
-                        wake = now + limit;
-                        if let Some(at) = park_at {
-                            wake = wake.min(at);
-                        }
+                        idle_since = Some(now);
                     }
+                    let deadline = now + limit;
                     // The timer is moved only when it would fire late: one that fires
                     // early is re-armed below. So a busy connection resets it about
-                    // once per timeout (or `park_after`), not once per request.
-                    if timer.is_elapsed() || timer.deadline() > wake {
+                    // once per timeout, not once per request. It is never armed more
+                    // than `park_after` ahead (here or below), so that it comes in
+                    // time to park an idle connection: a busy one's fires once per
+                    // `park_after`.
+                    if timer.is_elapsed() || timer.deadline() > deadline {
+                        let wake = limits.park_after.map_or(deadline, |after| deadline.min(now + after));
                         timer.as_mut().reset(wake);
                         *timer_waits = false;
                     }
-                    now + limit
+                    deadline
                 });
                 // A timer already waiting holds this task's waker: it need not be
                 // polled again until it fires.
@@ -397,16 +398,15 @@ impl<W: AsyncWrite + Unpin> Server<W> {
                             return Poll::Ready(false);
                         }
                         let mut wake = deadline;
-                        if let Some(at) = park_at {
+                        if let Some(after) = limits.park_after {
+                            let at = idle_since.map_or(now, |since| since + after);
                             // Idle this long with nothing buffered: handed back, unless
                             // the listener is stopping (then it closes below).
-                            if now >= at && side.buf.is_empty() && !stop.poll(cx) {
+                            if idle_since.is_some() && now >= at && side.buf.is_empty() && !stop.poll(cx) {
                                 *parked = Some(deadline);
                                 return Poll::Ready(false);
                             }
-                            if at > now {
-                                wake = wake.min(at);
-                            }
+                            wake = wake.min(if at > now { at } else { now + after });
                         }
                         timer.as_mut().reset(wake);
                     }

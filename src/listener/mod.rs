@@ -357,11 +357,10 @@ impl Shared {
         peer.underscores_in_headers = settings.underscores_in_headers;
         let tunnels = self.tunnels.clone();
         let connection = Connection { settings, runtime: self.runtime.clone(), stop, peer, tunnels };
-        if resumed {
-            return h1::serve(connection, stream, BytesMut::new()).await;
-        }
-        match tls {
-            None => connection.serve_plain(stream).await,
+        // One call site each for the plain path and `h1`: a future awaited from two
+        // places is not inlined into its caller, and every poll then pays a layer.
+        match tls.filter(|_| !resumed) {
+            None => connection.serve_plain(stream, resumed).await,
             // Boxed: a task is as large as the largest state of its future, and the
             // TLS handshake's and hyper's state would otherwise make every plain
             // HTTP/1.1 connection's task that large too, for its whole life.
@@ -467,14 +466,21 @@ impl Connection {
     /// HTTP/1.1 server, anything else is closed. The first bytes decide; a client that
     /// sends part of the h2 preface or of its first line and stops is cut at
     /// `header_read_timeout`.
+    ///
+    /// A `resumed` connection (back from the lobby) is HTTP/1.1 already: straight to
+    /// `h1`, with nothing read yet.
     async fn serve_plain(
         self,
         mut stream: tokio::net::TcpStream,
+        resumed: bool,
     ) -> Option<(tokio::net::TcpStream, Instant)> {
-        let mut first = BytesMut::with_capacity(8 * 1024);
+        let mut first = BytesMut::new();
         let mut line = FirstLine::default();
         let deadline = Instant::now() + self.settings.handshake_timeout;
-        loop {
+        if !resumed {
+            first.reserve(8 * 1024);
+        }
+        while !resumed {
             // The lobby hands over a readable socket: the first read needs no timer.
             // A polled read, not `try_read_buf`: one that fills less than the buffer
             // clears the socket's readiness, so the next read (the next request, or
@@ -500,7 +506,7 @@ impl Connection {
             let n = first.len().min(H2_PREFACE.len());
             if first[..n] != H2_PREFACE[..n] {
                 match line.speaks_http1(&first, self.settings.max_header_size) {
-                    Some(true) => return h1::serve(self, stream, first).await,
+                    Some(true) => break,
                     Some(false) => {
                         tracing::debug!(client = %self.peer.addr, "neither HTTP/1 nor h2: closed");
                         return None;
@@ -515,6 +521,7 @@ impl Connection {
                 return None;
             }
         }
+        h1::serve(self, stream, first).await
     }
 
     /// Serves a TLS client: the handshake within `timeout`, then the protocol ALPN

@@ -16,6 +16,7 @@ Rounds alternate the proxies (a fresh process each round); the tables give media
     benches/scale_conns.py                                   # weir and nginx, 3 rounds
     WEIR_ALT=/tmp/weir-before benches/scale_conns.py         # adds another weir binary (before/after)
     ROUNDS=1 STEPS=1000,5000,10000 benches/scale_conns.py
+    RATE=1000 benches/scale_conns.py                         # clients arrive at 1,000 a second
 
 Needs nginx (installed with apt-get when missing, as benches/e2e.sh does).
 """
@@ -28,6 +29,8 @@ WEIR_ALT = os.environ.get("WEIR_ALT")
 BACKEND = os.environ.get("BACKEND", os.path.join(TARGET, "release", "examples", "backend"))
 ROUNDS = int(os.environ.get("ROUNDS", "3"))
 STEPS = [int(s) for s in os.environ.get("STEPS", "1000,5000,10000").split(",")]
+# Clients opened per second; 0: as fast as this script can (a few thousand a second).
+RATE = float(os.environ.get("RATE", "0"))
 PORT, BPORT = 19320, 19322
 REQ = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"
 # nginx's `worker_connections`: once fewer than a sixteenth of them are free, nginx
@@ -172,8 +175,11 @@ def measure(name, work):
         warm.close()
         before = settled_rss(proc.pid)
         points = {}
+        start = time.monotonic()
         for step in STEPS:
             while len(socks) < step:
+                if RATE:
+                    time.sleep(max(0.0, start + len(socks) / RATE - time.monotonic()))
                 socks.append(client())
             after = settled_rss(proc.pid)
             points[step] = (after - before) / step

@@ -479,46 +479,47 @@ impl Connection {
         let deadline = Instant::now() + self.settings.handshake_timeout;
         if !resumed {
             first.reserve(8 * 1024);
-        }
-        while !resumed {
-            // The lobby hands over a readable socket: the first read needs no timer.
-            // A polled read, not `try_read_buf`: one that fills less than the buffer
-            // clears the socket's readiness, so the next read (the next request, or
-            // the close) waits for epoll instead of first finding the socket empty.
-            let once =
-                poll_fn(|cx| match tokio_util::io::poll_read_buf(Pin::new(&mut stream), cx, &mut first) {
-                    Poll::Ready(read) => Poll::Ready(Some(read)),
-                    Poll::Pending => Poll::Ready(None),
+            loop {
+                // The lobby hands over a readable socket: the first read needs no timer.
+                // A polled read, not `try_read_buf`: one that fills less than the buffer
+                // clears the socket's readiness, so the next read (the next request, or
+                // the close) waits for epoll instead of first finding the socket empty.
+                let once = poll_fn(|cx| {
+                    match tokio_util::io::poll_read_buf(Pin::new(&mut stream), cx, &mut first) {
+                        Poll::Ready(read) => Poll::Ready(Some(read)),
+                        Poll::Pending => Poll::Ready(None),
+                    }
                 });
-            let read = match once.await {
-                Some(read) => read,
-                None => {
-                    let read = tokio::io::AsyncReadExt::read_buf(&mut stream, &mut first);
-                    match tokio::time::timeout_at(deadline, read).await {
-                        Ok(read) => read,
-                        Err(_) => return None,
+                let read = match once.await {
+                    Some(read) => read,
+                    None => {
+                        let read = tokio::io::AsyncReadExt::read_buf(&mut stream, &mut first);
+                        match tokio::time::timeout_at(deadline, read).await {
+                            Ok(read) => read,
+                            Err(_) => return None,
+                        }
+                    }
+                };
+                if !matches!(read, Ok(n) if n > 0) {
+                    return None;
+                }
+                let n = first.len().min(H2_PREFACE.len());
+                if first[..n] != H2_PREFACE[..n] {
+                    match line.speaks_http1(&first, self.settings.max_header_size) {
+                        Some(true) => break,
+                        Some(false) => {
+                            tracing::debug!(client = %self.peer.addr, "neither HTTP/1 nor h2: closed");
+                            return None;
+                        }
+                        None => continue,
                     }
                 }
-            };
-            if !matches!(read, Ok(n) if n > 0) {
-                return None;
-            }
-            let n = first.len().min(H2_PREFACE.len());
-            if first[..n] != H2_PREFACE[..n] {
-                match line.speaks_http1(&first, self.settings.max_header_size) {
-                    Some(true) => break,
-                    Some(false) => {
-                        tracing::debug!(client = %self.peer.addr, "neither HTTP/1 nor h2: closed");
-                        return None;
-                    }
-                    None => continue,
+                if n == H2_PREFACE.len() {
+                    let io = Rewind { early: first.freeze(), io: stream };
+                    // Boxed for the same reason as TLS (see `Shared::serve`).
+                    Box::pin(self.serve(io, Protocol::Http2)).await;
+                    return None;
                 }
-            }
-            if n == H2_PREFACE.len() {
-                let io = Rewind { early: first.freeze(), io: stream };
-                // Boxed for the same reason as TLS (see `Shared::serve`).
-                Box::pin(self.serve(io, Protocol::Http2)).await;
-                return None;
             }
         }
         h1::serve(self, stream, first).await

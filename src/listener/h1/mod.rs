@@ -45,6 +45,9 @@
 //!   response.
 //! - upgrades: the tunnel runs on the connection's own task (its `max_connections`
 //!   permit and place in the drain), counted in `weir_tunnels_active`.
+//! - idle connections: one that waits `PARK_AFTER` for its next request is handed
+//!   back (`serve` returns it) for the listener's lobby, so its task ends until the
+//!   client sends again.
 
 use std::time::Duration;
 

@@ -90,6 +90,9 @@ const STOP_GRACE: Duration = Duration::from_millis(100);
 /// long enough that a busy one (whose timer then fires once a second) never does.
 const PARK_AFTER: Duration = Duration::from_secs(1);
 
+/// How late the lobby may close a parked connection past its keep-alive deadline.
+const PARKED_SWEEP: Duration = Duration::from_millis(100);
+
 /// A bound client listener and how to serve its connections.
 pub struct Listener {
     pub name: String,
@@ -291,13 +294,14 @@ impl Listener {
 
 /// Shuts the lobby's clients silent for longer than `timeout`, and parked ones past
 /// their deadline; the sweep comes again a quarter of `timeout` later, or at the next
-/// parked connection's deadline.
+/// parked connection's deadline, but not within `PARKED_SWEEP`: each sweep visits
+/// every client, and thousands of parked ones have thousands of deadlines.
 fn sweep_lobby(lobby: &FuturesUnordered<Waiting>, sweep: Pin<&mut Sleep>, timeout: Duration) {
     let now = Instant::now();
     let mut next = now + timeout / 4;
     for waiting in lobby.iter() {
         match waiting.until.get() {
-            Some(until) if now < until => next = next.min(until),
+            Some(until) if now < until => next = next.min(until.max(now + PARKED_SWEEP)),
             None if now < waiting.since + timeout => {}
             _ => waiting.expire(),
         }

@@ -185,6 +185,7 @@ fn weir_server(pieces: &[Vec<u8>]) -> (Option<SeenRequest>, bool) {
             header_read_timeout: Duration::from_secs(2),
             idle_timeout: Duration::from_secs(2),
             stop_grace: Duration::ZERO,
+            park_after: None,
         };
         let (_stop, stop) = tokio::sync::watch::channel(false);
         let serve = weir::http::h1::conn::serve(read, BytesMut::new(), write, limits, stop, Recorder(record));

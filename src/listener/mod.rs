@@ -32,6 +32,10 @@
 //! A client that has not sent a byte yet has no task of its own: it waits in its
 //! listener's lobby (`Waiting`, about 0.5 KiB with tokio's registration), and its
 //! connection task, `Peer`, TLS and hyper state are made once it sends something.
+//! A plain HTTP/1.1 keep-alive connection idle for `PARK_AFTER` between requests goes
+//! back to the lobby the same way (its task, which holds a request's future inline,
+//! ends), with its keep-alive deadline, and gets a new task, straight to `h1`, when
+//! the client sends its next request.
 //!
 //! Timeouts a client meets: the wait for the first byte (the lobby's sweep, up to a
 //! quarter late), the TLS handshake and the rest of an h2 preface (`ClientIo`) get
@@ -42,14 +46,14 @@
 //! (`body::RequestBody`); a client that stops reading its response gets
 //! `send_timeout` (`ClientIo`).
 
+use std::cell::Cell;
 use std::convert::Infallible;
-use std::future::Future;
-use std::io;
+use std::future::{poll_fn, Future};
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -58,7 +62,6 @@ use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use prometheus::IntGauge;
-use tokio::io::ReadBuf;
 use tokio::net::TcpListener;
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio::time::{Instant, Sleep};
@@ -81,6 +84,14 @@ pub mod h1;
 /// `Connection: close`) instead of a connection closed under its request, which it
 /// could not tell from a failure. A client idle this long is not sending.
 const STOP_GRACE: Duration = Duration::from_millis(100);
+
+/// How long a plain HTTP/1.1 connection waits for its next request before it goes
+/// back to the lobby. Short enough that idle keep-alive clients cost little memory,
+/// long enough that a busy one (whose timer then fires once a second) never does.
+const PARK_AFTER: Duration = Duration::from_secs(1);
+
+/// How late the lobby may close a parked connection past its keep-alive deadline.
+const PARKED_SWEEP: Duration = Duration::from_millis(100);
 
 /// A bound client listener and how to serve its connections.
 pub struct Listener {
@@ -188,7 +199,10 @@ impl Listener {
     /// when `stop` changes it finishes its in-flight requests and closes.
     pub async fn serve(self, runtime: SharedRuntime, tracker: TaskTracker, mut stop: watch::Receiver<bool>) {
         let tunnels = self.tunnels.clone();
-        let shared = Arc::new(Shared { settings: self.settings.clone(), runtime, slot: self.slot, tunnels });
+        // Idle keep-alive connections coming back to the lobby.
+        let (parked, mut parked_rx) = tokio::sync::mpsc::unbounded_channel();
+        let shared =
+            Arc::new(Shared { settings: self.settings.clone(), runtime, slot: self.slot, tunnels, parked });
         // Clients that have not sent a byte yet wait here, in this task, each as a
         // small future (`Waiting`: its socket, its permit, when it came): no task,
         // timer, `Peer`, TLS or hyper state of their own until there is something to
@@ -215,14 +229,25 @@ impl Listener {
                 () = &mut sweep, if !lobby.is_empty() => {
                     sweep_lobby(&lobby, sweep.as_mut(), self.settings.load().handshake_timeout);
                 }
+                Some((client, until)) = parked_rx.recv() => {
+                    if lobby.is_empty() || sweep.deadline() > until {
+                        sweep.as_mut().reset(until);
+                    }
+                    lobby.push(Waiting::parked(client, until));
+                }
                 (accepted, slot) = accept => match accepted {
-                    Ok((stream, _)) => {
+                    Ok((stream, addr)) => {
                         let _ = stream.set_nodelay(true);
                         if lobby.is_empty() {
                             sweep.as_mut().reset(Instant::now() + self.settings.load().handshake_timeout / 4);
                         }
-                        let client = Accepted { stream, slot, active: Active::new(&self.active) };
-                        lobby.push(Waiting { client: Some(client), since: Instant::now() });
+                        let client = Accepted { stream, addr, slot, active: Active::new(&self.active), resumed: false };
+                        lobby.push(Waiting {
+                            client: Some(client),
+                            since: Instant::now(),
+                            until: Cell::new(None),
+                            expired: Cell::new(false),
+                        });
                     }
                     Err(e) => {
                         // Out of file descriptors or similar: back off instead of spinning.
@@ -239,6 +264,17 @@ impl Listener {
         if !lobby.is_empty() {
             // Seen by this loop, the stop must still read as news to the connections.
             stop.mark_changed();
+            // Parked keep-alive connections get `STOP_GRACE` for a request on its way,
+            // as idle ones on their task do.
+            let grace = Instant::now() + STOP_GRACE;
+            for waiting in lobby.iter() {
+                if let Some(until) = waiting.until.get() {
+                    waiting.until.set(Some(until.min(grace)));
+                    if sweep.deadline() > grace {
+                        sweep.as_mut().reset(grace);
+                    }
+                }
+            }
             let settings = self.settings.clone();
             let tracked = tracker.clone();
             tracker.spawn(async move {
@@ -256,14 +292,21 @@ impl Listener {
     }
 }
 
-/// Shuts the lobby's clients silent for longer than `timeout`; the sweep comes
-/// again a quarter of it later.
+/// Shuts the lobby's clients silent for longer than `timeout`, and parked ones past
+/// their deadline; the sweep comes again a quarter of `timeout` later, or at the next
+/// parked connection's deadline, but not within `PARKED_SWEEP`: each sweep visits
+/// every client, and thousands of parked ones have thousands of deadlines.
 fn sweep_lobby(lobby: &FuturesUnordered<Waiting>, sweep: Pin<&mut Sleep>, timeout: Duration) {
     let now = Instant::now();
-    for waiting in lobby.iter().filter(|w| now >= w.since + timeout) {
-        waiting.expire();
+    let mut next = now + timeout / 4;
+    for waiting in lobby.iter() {
+        match waiting.until.get() {
+            Some(until) if now < until => next = next.min(until.max(now + PARKED_SWEEP)),
+            None if now < waiting.since + timeout => {}
+            _ => waiting.expire(),
+        }
     }
-    sweep.reset(now + timeout / 4);
+    sweep.reset(next);
 }
 
 /// A listener's series of `weir_connections_active` and `weir_tunnels_active`,
@@ -280,23 +323,36 @@ struct Shared {
     /// The listener's slot, for `Peer`.
     slot: usize,
     tunnels: IntGauge,
+    /// To the listener's lobby, for idle keep-alive connections.
+    parked: tokio::sync::mpsc::UnboundedSender<(Accepted, Instant)>,
 }
 
 impl Shared {
     /// Starts serving a client that left the lobby with bytes to read.
     fn admit(self: &Arc<Self>, ready: Option<Accepted>, tracker: &TaskTracker, stop: &watch::Receiver<bool>) {
-        let Some(Accepted { stream, slot, active }) = ready else { return };
+        let Some(Accepted { stream, addr, slot, active, resumed }) = ready else { return };
         let (shared, stop) = (self.clone(), stop.clone());
         tracker.spawn(async move {
-            shared.serve(stream, stop).await;
-            drop((active, slot));
+            if let Some((stream, until)) = shared.clone().serve(stream, addr, resumed, stop).await {
+                // Back to the lobby with its permit and its place in the gauge. Once
+                // the listener has stopped there is none: the idle connection closes.
+                let client = Accepted { stream, addr, slot, active, resumed: true };
+                let _ = shared.parked.send((client, until));
+            }
         });
     }
 
     /// Serves a client that has sent its first bytes: TLS if the listener has it,
-    /// then HTTP. Settings and certificates are the ones current at this moment.
-    async fn serve(self: Arc<Self>, stream: tokio::net::TcpStream, stop: watch::Receiver<bool>) {
-        let Ok(addr) = stream.peer_addr() else { return };
+    /// then HTTP; a `resumed` one (back from the lobby, plain HTTP/1.1 between two
+    /// requests) on `h1` at once. Settings and certificates are the ones current at
+    /// this moment. Returns the connection when `h1` parks it.
+    async fn serve(
+        self: Arc<Self>,
+        stream: tokio::net::TcpStream,
+        addr: SocketAddr,
+        resumed: bool,
+        stop: watch::Receiver<bool>,
+    ) -> Option<(tokio::net::TcpStream, Instant)> {
         let settings = self.settings.load_full();
         let tls = self.runtime.load().tls.get(self.slot).cloned().flatten();
         let handshake_timeout = settings.handshake_timeout;
@@ -305,45 +361,58 @@ impl Shared {
         peer.underscores_in_headers = settings.underscores_in_headers;
         let tunnels = self.tunnels.clone();
         let connection = Connection { settings, runtime: self.runtime.clone(), stop, peer, tunnels };
-        match tls {
-            None => connection.serve_plain(stream).await,
-            Some(acceptor) => match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
-                Ok(Ok(stream)) => {
-                    let protocol = match stream.get_ref().1.alpn_protocol() {
-                        Some(b"h2") => Protocol::Http2,
-                        _ => Protocol::Http1,
-                    };
-                    connection.serve(stream, protocol).await
-                }
-                Ok(Err(e)) => tracing::debug!(client = %addr, error = %e, "TLS handshake failed"),
-                Err(_) => tracing::debug!(client = %addr, "TLS handshake timed out"),
-            },
+        // One call site each for the plain path and `h1`: a future awaited from two
+        // places is not inlined into its caller, and every poll then pays a layer.
+        match tls.filter(|_| !resumed) {
+            None => connection.serve_plain(stream, resumed).await,
+            // Boxed: a task is as large as the largest state of its future, and the
+            // TLS handshake's and hyper's state would otherwise make every plain
+            // HTTP/1.1 connection's task that large too, for its whole life.
+            Some(acceptor) => {
+                Box::pin(connection.serve_tls(stream, acceptor, handshake_timeout)).await;
+                None
+            }
         }
     }
 }
 
 /// A client connection that has not sent a byte yet. It resolves to the connection
-/// once there is something to read, or to `None` when the client leaves or `expire`
-/// shut it.
+/// once it is readable (something to read, or the client left), or to `None` when
+/// `expire` shut it.
 struct Waiting {
     /// Taken when the wait resolves.
     client: Option<Accepted>,
     since: Instant,
+    /// A parked keep-alive connection's deadline (the sweep's limit for a new client
+    /// is the header read timeout from `since`).
+    until: Cell<Option<Instant>>,
+    /// Set by `expire`: the readiness its shutdown causes ends the wait, not a task.
+    expired: Cell<bool>,
 }
 
 /// An accepted connection and what it holds until it closes.
 struct Accepted {
     stream: tokio::net::TcpStream,
+    /// The client's address, as `accept` gave it (no `getpeername` later).
+    addr: SocketAddr,
     /// Its `max_connections` permit, if the listener has a limit.
     slot: Option<OwnedSemaphorePermit>,
     active: Active,
+    /// Back from `h1` between two requests (parked): served as HTTP/1.1 at once.
+    resumed: bool,
 }
 
 impl Waiting {
+    fn parked(client: Accepted, until: Instant) -> Waiting {
+        let until = Cell::new(Some(until));
+        Waiting { client: Some(client), since: Instant::now(), until, expired: Cell::new(false) }
+    }
+
     /// Closes a client that stayed silent too long: the shutdown also wakes this
     /// future (the socket reads as ended), which then resolves and is dropped.
     fn expire(&self) {
         if let Some(client) = &self.client {
+            self.expired.set(true);
             let _ = socket2::SockRef::from(&client.stream).shutdown(std::net::Shutdown::Both);
         }
     }
@@ -354,16 +423,17 @@ impl Future for Waiting {
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let Some(client) = self.client.as_ref() else { return Poll::Ready(None) };
-        // `poll_peek` rather than readiness: readiness can be reported before any byte
-        // is there (tokio documents false positives), and then the state this wait
-        // exists to defer would be allocated for every idle client.
-        let mut byte = [0u8; 1];
-        match client.stream.poll_peek(cx, &mut ReadBuf::new(&mut byte)) {
-            Poll::Pending => Poll::Pending,
-            Poll::Ready(Ok(n)) if n > 0 => Poll::Ready(self.client.take()),
-            // Ended (the client left, or `expire`) or failed.
-            Poll::Ready(_) => Poll::Ready(None),
+        // Readiness, not a peek: the connection's first read then takes the bytes, one
+        // `recvfrom` instead of two. Readiness on a socket nothing was read from comes
+        // from the epoll event for its first bytes, or for its end (a client that
+        // leaves without a word then costs its task one read of 0 bytes); should one
+        // come early, the connection's task waits for the bytes under the same
+        // deadline.
+        ready!(client.stream.poll_read_ready(cx)).ok();
+        if self.expired.get() {
+            return Poll::Ready(None);
         }
+        Poll::Ready(self.client.take())
     }
 }
 
@@ -400,41 +470,84 @@ impl Connection {
     /// HTTP/1.1 server, anything else is closed. The first bytes decide; a client that
     /// sends part of the h2 preface or of its first line and stops is cut at
     /// `header_read_timeout`.
-    async fn serve_plain(self, mut stream: tokio::net::TcpStream) {
-        let mut first = BytesMut::with_capacity(8 * 1024);
+    ///
+    /// A `resumed` connection (back from the lobby) is HTTP/1.1 already: straight to
+    /// `h1`, with nothing read yet.
+    async fn serve_plain(
+        self,
+        mut stream: tokio::net::TcpStream,
+        resumed: bool,
+    ) -> Option<(tokio::net::TcpStream, Instant)> {
+        let mut first = BytesMut::new();
         let mut line = FirstLine::default();
         let deadline = Instant::now() + self.settings.handshake_timeout;
-        loop {
-            // The lobby hands over a socket with bytes to read: the first read needs
-            // no timer.
-            let read = match stream.try_read_buf(&mut first) {
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    let read = tokio::io::AsyncReadExt::read_buf(&mut stream, &mut first);
-                    match tokio::time::timeout_at(deadline, read).await {
-                        Ok(read) => read,
-                        Err(_) => return,
+        if !resumed {
+            first.reserve(8 * 1024);
+            loop {
+                // The lobby hands over a readable socket: the first read needs no timer.
+                // A polled read, not `try_read_buf`: one that fills less than the buffer
+                // clears the socket's readiness, so the next read (the next request, or
+                // the close) waits for epoll instead of first finding the socket empty.
+                let once = poll_fn(|cx| {
+                    match tokio_util::io::poll_read_buf(Pin::new(&mut stream), cx, &mut first) {
+                        Poll::Ready(read) => Poll::Ready(Some(read)),
+                        Poll::Pending => Poll::Ready(None),
+                    }
+                });
+                let read = match once.await {
+                    Some(read) => read,
+                    None => {
+                        let read = tokio::io::AsyncReadExt::read_buf(&mut stream, &mut first);
+                        match tokio::time::timeout_at(deadline, read).await {
+                            Ok(read) => read,
+                            Err(_) => return None,
+                        }
+                    }
+                };
+                if !matches!(read, Ok(n) if n > 0) {
+                    return None;
+                }
+                let n = first.len().min(H2_PREFACE.len());
+                if first[..n] != H2_PREFACE[..n] {
+                    match line.speaks_http1(&first, self.settings.max_header_size) {
+                        Some(true) => break,
+                        Some(false) => {
+                            tracing::debug!(client = %self.peer.addr, "neither HTTP/1 nor h2: closed");
+                            return None;
+                        }
+                        None => continue,
                     }
                 }
-                read => read,
-            };
-            if !matches!(read, Ok(n) if n > 0) {
-                return;
-            }
-            let n = first.len().min(H2_PREFACE.len());
-            if first[..n] != H2_PREFACE[..n] {
-                match line.speaks_http1(&first, self.settings.max_header_size) {
-                    Some(true) => return h1::serve(self, stream, first).await,
-                    Some(false) => {
-                        tracing::debug!(client = %self.peer.addr, "neither HTTP/1 nor h2: closed");
-                        return;
-                    }
-                    None => continue,
+                if n == H2_PREFACE.len() {
+                    let io = Rewind { early: first.freeze(), io: stream };
+                    // Boxed for the same reason as TLS (see `Shared::serve`).
+                    Box::pin(self.serve(io, Protocol::Http2)).await;
+                    return None;
                 }
             }
-            if n == H2_PREFACE.len() {
-                let io = Rewind { early: first.freeze(), io: stream };
-                return self.serve(io, Protocol::Http2).await;
+        }
+        h1::serve(self, stream, first).await
+    }
+
+    /// Serves a TLS client: the handshake within `timeout`, then the protocol ALPN
+    /// agreed on hyper.
+    async fn serve_tls(
+        self,
+        stream: tokio::net::TcpStream,
+        acceptor: tokio_rustls::TlsAcceptor,
+        timeout: Duration,
+    ) {
+        let addr = self.peer.addr;
+        match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
+            Ok(Ok(stream)) => {
+                let protocol = match stream.get_ref().1.alpn_protocol() {
+                    Some(b"h2") => Protocol::Http2,
+                    _ => Protocol::Http1,
+                };
+                self.serve(stream, protocol).await
             }
+            Ok(Err(e)) => tracing::debug!(client = %addr, error = %e, "TLS handshake failed"),
+            Err(_) => tracing::debug!(client = %addr, "TLS handshake timed out"),
         }
     }
 

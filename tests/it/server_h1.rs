@@ -135,3 +135,159 @@ async fn a_request_answered_without_its_body_gets_no_100_continue() {
     .await;
     assert_eq!(statuses(&reply), vec![404], "{reply}");
 }
+
+/// Keep-alive connections idle between requests hand their head buffer back to a
+/// per-thread spare list and take one (maybe another connection's) when the client
+/// sends again: after an idle gap, a pipelined pair in one write and a request in
+/// pieces are still read whole and in order, on two connections sharing the spares.
+#[tokio::test]
+async fn idle_connections_serve_pipelined_and_split_requests_after_their_buffer_goes_back() {
+    let backend = RawBackend::recording().await;
+    let weir = Weir::start(&backend.fill(CONFIG), &[]).await;
+    let mut a = TcpStream::connect(weir.addr).await.unwrap();
+    let mut b = TcpStream::connect(weir.addr).await.unwrap();
+    for (client, path) in [(&mut a, "/b/a1"), (&mut b, "/b/b1")] {
+        client.write_all(format!("GET {path} HTTP/1.1\r\nHost: a\r\n\r\n").as_bytes()).await.unwrap();
+        assert_eq!(statuses(&read_reply(&mut *client).await), vec![200]);
+    }
+    // Both idle (the reads above waited 400 ms for more): a pipelined pair, with a
+    // body, in one write.
+    a.write_all(b"POST /b/a2 HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nhelloGET /b/a3 HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .unwrap();
+    assert_eq!(statuses(&read_reply(&mut a).await), vec![200, 200]);
+    // A head in pieces, with idle gaps between them, then its body.
+    for piece in ["GET /b/b2 HT", "TP/1.1\r\nHo", "st: a\r\nContent-Length: 3\r\n", "\r\n", "abc"] {
+        b.write_all(piece.as_bytes()).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(60)).await;
+    }
+    assert_eq!(statuses(&read_reply(&mut b).await), vec![200]);
+    // And each connection goes on after that.
+    for (client, path) in [(&mut a, "/b/a4"), (&mut b, "/b/b3")] {
+        client.write_all(format!("GET {path} HTTP/1.1\r\nHost: a\r\n\r\n").as_bytes()).await.unwrap();
+        assert_eq!(statuses(&read_reply(&mut *client).await), vec![200]);
+    }
+    let seen = backend.requests();
+    let lines: Vec<&str> = seen.iter().map(|r| r.line()).collect();
+    assert_eq!(
+        lines,
+        [
+            "GET /b/a1 HTTP/1.1",
+            "GET /b/b1 HTTP/1.1",
+            "POST /b/a2 HTTP/1.1",
+            "GET /b/a3 HTTP/1.1",
+            "GET /b/b2 HTTP/1.1",
+            "GET /b/a4 HTTP/1.1",
+            "GET /b/b3 HTTP/1.1"
+        ]
+    );
+    assert_eq!(seen[2].body, b"hello");
+    assert_eq!(seen[4].body, b"abc");
+}
+
+/// A client whose request said it was its last (`Connection: close`), read whole,
+/// has its connection closed at once: weir does not linger reading a socket the
+/// client will send nothing more on, so the connection is gone while the client
+/// still holds its end open.
+#[tokio::test]
+async fn a_clients_last_request_closes_its_connection_without_lingering() {
+    let backend = RawBackend::recording().await;
+    let config = format!("[admin]\nlisten = \"127.0.0.1:0\"\n{CONFIG}");
+    let weir = Weir::start(&backend.fill(&config), &[]).await;
+    let active = |m: &str| crate::support::metric(m, "weir_connections_active{listener=\"web\"}");
+    for request in [
+        &b"GET /b/1 HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n"[..],
+        b"GET /b/2 HTTP/1.0\r\nHost: a\r\n\r\n",
+        b"POST /b/3 HTTP/1.1\r\nHost: a\r\nConnection: close\r\nContent-Length: 2\r\n\r\nhi",
+    ] {
+        let mut client = TcpStream::connect(weir.addr).await.unwrap();
+        client.write_all(request).await.unwrap();
+        let mut reply = Vec::new();
+        tokio::time::timeout(Duration::from_secs(2), client.read_to_end(&mut reply)).await.unwrap().unwrap();
+        assert_eq!(statuses(&String::from_utf8_lossy(&reply)), vec![200]);
+        // The client keeps its end open; weir's linger would hold the connection
+        // 250 ms.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(active(&weir.metrics().await), 0.0, "{}", String::from_utf8_lossy(request));
+        drop(client);
+    }
+    // A close weir decides on (a refused head) still lingers: the client may still
+    // be sending.
+    let mut client = TcpStream::connect(weir.addr).await.unwrap();
+    client.write_all(b"GET /b/4 HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n").await.unwrap();
+    let mut reply = Vec::new();
+    tokio::time::timeout(Duration::from_secs(2), client.read_to_end(&mut reply)).await.unwrap().unwrap();
+    assert_eq!(statuses(&String::from_utf8_lossy(&reply)), vec![400]);
+    assert_eq!(active(&weir.metrics().await), 1.0);
+}
+
+/// A keep-alive connection idle for a second goes back to the listener's lobby (its
+/// task ends) and gets a new task when the client sends again: still counted as
+/// open while parked, and its next requests (a pipelined pair in one write, then a
+/// request in pieces) are served in order as on any keep-alive connection.
+#[tokio::test]
+async fn a_connection_parked_while_idle_goes_on_when_the_client_sends() {
+    let backend = RawBackend::recording().await;
+    let config = format!("[admin]\nlisten = \"127.0.0.1:0\"\n{}", CONFIG.replace("\"2s\"", "\"5s\""));
+    let weir = Weir::start(&backend.fill(&config), &[]).await;
+    let active = |m: &str| crate::support::metric(m, "weir_connections_active{listener=\"web\"}");
+    let mut client = TcpStream::connect(weir.addr).await.unwrap();
+    client.write_all(b"GET /b/1 HTTP/1.1\r\nHost: a\r\n\r\n").await.unwrap();
+    assert_eq!(statuses(&read_reply(&mut client).await), vec![200]);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(active(&weir.metrics().await), 1.0, "a parked connection is still open");
+    client
+        .write_all(b"GET /b/2 HTTP/1.1\r\nHost: a\r\n\r\nGET /b/3 HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .unwrap();
+    assert_eq!(statuses(&read_reply(&mut client).await), vec![200, 200]);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    for piece in ["POST /b/4 HTTP/1.1\r\nHo", "st: a\r\nContent-Length: 2\r\n\r\n", "hi"] {
+        client.write_all(piece.as_bytes()).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(60)).await;
+    }
+    assert_eq!(statuses(&read_reply(&mut client).await), vec![200]);
+    let seen = backend.requests();
+    let lines: Vec<&str> = seen.iter().map(|r| r.line()).collect();
+    assert_eq!(lines, ["GET /b/1 HTTP/1.1", "GET /b/2 HTTP/1.1", "GET /b/3 HTTP/1.1", "POST /b/4 HTTP/1.1"]);
+    assert_eq!(seen[3].body, b"hi");
+    drop(client);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+    while active(&weir.metrics().await) != 0.0 {
+        assert!(tokio::time::Instant::now() < deadline, "a closed connection is still counted");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A parked connection still closes at its keep-alive limit (`header_read_timeout`,
+/// counted from the end of the response), and at once (after the stop's grace) when
+/// the listener stops.
+#[tokio::test]
+async fn a_parked_connection_closes_at_its_idle_limit_and_on_stop() {
+    let backend = RawBackend::recording().await;
+    let weir = Weir::start(&backend.fill(CONFIG), &[]).await;
+    let mut client = TcpStream::connect(weir.addr).await.unwrap();
+    client.write_all(b"GET /b/1 HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n\r\n").await.unwrap();
+    let mut buf = [0u8; 4096];
+    let n = client.read(&mut buf).await.unwrap();
+    assert_eq!(statuses(&String::from_utf8_lossy(&buf[..n])), vec![200]);
+    let answered = tokio::time::Instant::now();
+    assert!(
+        closed_within(&mut client, Duration::from_secs(4)).await,
+        "a parked connection outlived its limit"
+    );
+    let idle = answered.elapsed();
+    assert!(idle >= Duration::from_millis(1900) && idle < Duration::from_millis(2600), "{idle:?}");
+
+    let mut client = TcpStream::connect(weir.addr).await.unwrap();
+    client.write_all(b"GET /b/2 HTTP/1.1\r\nHost: a\r\n\r\n").await.unwrap();
+    let n = client.read(&mut buf).await.unwrap();
+    assert_eq!(statuses(&String::from_utf8_lossy(&buf[..n])), vec![200]);
+    tokio::time::sleep(Duration::from_millis(1300)).await;
+    let stopped = tokio::time::Instant::now();
+    tokio::time::timeout(Duration::from_secs(2), weir.shutdown())
+        .await
+        .expect("the drain waited on a parked connection");
+    assert!(closed_within(&mut client, Duration::from_millis(500)).await);
+    assert!(stopped.elapsed() < Duration::from_secs(1), "{:?}", stopped.elapsed());
+}

@@ -19,6 +19,11 @@
 //! - the head read's deadline (`Limits`): from the end of the previous response, so
 //!   it is also the keep-alive idle limit. When `stop` changes an idle connection
 //!   closes at once, a busy one after its response.
+//! - idle connections' memory: the head buffer goes back to a per-thread spare list
+//!   whenever a read of the next head has to wait (`spare`), and a connection idle
+//!   for `Limits::park_after` is handed back to the caller whole (`Parked`), so that
+//!   its task, with the request's future inline in it, ends until the client sends
+//!   again.
 
 use std::future::{poll_fn, Future};
 use std::pin::Pin;
@@ -46,6 +51,52 @@ const WRITE_GATHER: usize = 16 * 1024;
 /// the kernel does not answer unread bytes with a reset that could destroy the
 /// response before the client reads it.
 const LINGER: Duration = Duration::from_millis(250);
+
+/// Head buffers of connections waiting for their next request. A keep-alive
+/// connection would otherwise keep its 8 KiB buffer for its life; it hands it back
+/// here when a read of the next head finds nothing to read (the client has not sent
+/// it yet) and nothing is left unparsed, and takes one when it is polled again. A
+/// pipelined or back-to-back request is read at once and keeps its buffer. So a
+/// thread's busy connections share a few buffers, and idle ones hold none. A buffer
+/// whose bytes are still shared (a header value alive elsewhere) is simply
+/// reallocated by its next `reserve`.
+mod spare {
+    use std::cell::RefCell;
+
+    use bytes::BytesMut;
+
+    use super::HEAD_READ;
+
+    /// Buffers kept per thread: more than its connections between two reads of theirs
+    /// at once, few enough to be a small fixed cost.
+    const KEEP: usize = 64;
+
+    thread_local! {
+        static SPARE: RefCell<Vec<BytesMut>> = const { RefCell::new(Vec::new()) };
+    }
+
+    pub fn take() -> BytesMut {
+        match SPARE.with_borrow_mut(Vec::pop) {
+            // Back to the start of its allocation when the last heads used it up (no
+            // copy: it is empty).
+            Some(mut buf) => {
+                if buf.capacity() < HEAD_READ / 4 {
+                    buf.reserve(HEAD_READ);
+                }
+                buf
+            }
+            None => BytesMut::with_capacity(HEAD_READ),
+        }
+    }
+
+    pub fn put(buf: BytesMut) {
+        SPARE.with_borrow_mut(|spare| {
+            if spare.len() < KEEP {
+                spare.push(buf);
+            }
+        });
+    }
+}
 
 /// What answers the requests of a connection: weir's pipeline, for the listener.
 /// `W` is the connection's write side.
@@ -87,6 +138,19 @@ pub struct Limits {
     /// `stop`: such a request is answered (with `Connection: close`) instead of
     /// meeting a closed connection.
     pub stop_grace: Duration,
+    /// How long a connection waits for its next request with nothing buffered before
+    /// `serve` hands it back (`Parked`); `None`: never.
+    pub park_after: Option<Duration>,
+}
+
+/// A connection idle between requests for `Limits::park_after`, handed back by
+/// `serve`: nothing is buffered, no request is in progress, and the caller serves
+/// it again (from the start) once the client sends.
+pub struct Parked<W> {
+    pub read: ReadSide,
+    pub write: W,
+    /// The head read's deadline, which still holds: the keep-alive idle limit.
+    pub until: Instant,
 }
 
 /// One client connection served by this module.
@@ -102,11 +166,14 @@ struct Server<W> {
     timer: Pin<Box<Sleep>>,
     /// `timer` was polled since it was last reset and has the task's waker.
     timer_waits: bool,
+    /// Set by `read_head` when the connection is to be parked: the head's deadline.
+    parked: Option<Instant>,
 }
 
 /// Serves one client connection: `read` (with `first`, bytes already read from it,
 /// not an h2 preface) and `write`, until the client leaves, a timeout, an error, or
-/// `stop`. Each request goes to `handler`.
+/// `stop`; or until it has been idle for `Limits::park_after`, when it is handed
+/// back. Each request goes to `handler`.
 pub async fn serve<W: AsyncWrite + Unpin, H: Handler<W>>(
     read: OwnedReadHalf,
     first: BytesMut,
@@ -114,15 +181,18 @@ pub async fn serve<W: AsyncWrite + Unpin, H: Handler<W>>(
     limits: Limits,
     mut stop: tokio::sync::watch::Receiver<bool>,
     handler: H,
-) {
+) -> Option<Parked<W>> {
     let mut server = Server {
         read: Some(ReadSide { io: read, buf: first }),
         write,
-        out: Vec::with_capacity(1024),
-        fields: Vec::with_capacity(32),
+        // Both grow to what the connection's heads need and keep that: a fixed start
+        // would be held by every idle connection whatever its heads.
+        out: Vec::with_capacity(512),
+        fields: Vec::new(),
         date: Date::default(),
         timer: Box::pin(tokio::time::sleep(Duration::ZERO)),
         timer_waits: false,
+        parked: None,
     };
     // One `changed` future for the connection's life, registered once (see `Stop`).
     let check = stop.clone();
@@ -133,8 +203,11 @@ pub async fn serve<W: AsyncWrite + Unpin, H: Handler<W>>(
         let head = server.read_head(&limits, &mut stop).await;
         let (req, head) = match head {
             Ok(Some(parsed)) => parsed,
-            Ok(None) => return,
-            Err(status) => return server.refuse(status).await,
+            Ok(None) => return server.park(),
+            Err(status) => {
+                server.refuse(status).await;
+                return None;
+            }
         };
         let lent = match head.body {
             Decode::Done => None,
@@ -145,14 +218,14 @@ pub async fn serve<W: AsyncWrite + Unpin, H: Handler<W>>(
                 Some(Arc::new(Mutex::new(reader)))
             }
         };
-        let body = lent.as_ref().map(|reader| {
+        let mut req = req;
+        *req.body_mut() = lent.as_ref().map(|reader| {
             let length = match head.body {
                 Decode::Length(n) => Some(n),
                 _ => None,
             };
             Body { reader: reader.clone(), length }
         });
-        let req = req.map(|()| body);
         // Made in each arm, not before: a future made apart and then awaited is
         // moved into place, a copy of its kilobytes per request.
         let response = match lent.as_ref().filter(|_| head.expect_continue) {
@@ -173,19 +246,27 @@ pub async fn serve<W: AsyncWrite + Unpin, H: Handler<W>>(
         };
         let switched = response.status() == StatusCode::SWITCHING_PROTOCOLS;
         if head.upgrade && switched && lent.is_none() {
-            return server.upgrade(response, &handler).await;
+            server.upgrade(response, &handler).await;
+            return None;
         }
         let stopping = poll_fn(|cx| Poll::Ready(stop.poll(cx))).await;
         // A 101 that is not tunnelled (its request had a body): the server has left
         // HTTP, so what the client sends next is not a request; the connection ends.
         let mut keep = server.respond(response, &head, stopping).await && !switched;
+        // Whether the request's body was read to its end (or it had none).
+        let mut whole = true;
         if let Some(reader) = lent {
             let mut reader = lock(&reader);
-            keep &= reader.drain();
+            whole = reader.drain();
+            keep &= whole;
             server.read = reader.side.take();
         }
         if !keep {
-            return server.close().await;
+            // The client said this was its last request and all of it was read: it
+            // sends nothing more, so there is nothing to linger for (see `close`).
+            let last = !head.keep_alive && whole && !switched;
+            server.close(last).await;
+            return None;
         }
     }
 }
@@ -247,7 +328,7 @@ impl<W: AsyncWrite + Unpin> Server<W> {
         &mut self,
         limits: &Limits,
         stop: &mut Stop<F>,
-    ) -> Result<Option<(Request<()>, Head)>, StatusCode> {
+    ) -> Result<Option<(Request<Option<Body>>, Head)>, StatusCode> {
         let Some(side) = self.read.as_mut() else { return Ok(None) };
         // Set when a read first has to wait: the head's deadline.
         let mut deadline: Option<Instant> = None;
@@ -258,6 +339,10 @@ impl<W: AsyncWrite + Unpin> Server<W> {
         let mut scanned = 0;
         // Set when `stop` is seen while idle: when the connection closes.
         let mut closing: Option<Instant> = None;
+        // When a wait that began with nothing buffered began: the connection parks
+        // `park_after` later.
+        let mut idle_since: Option<Instant> = None;
+        let parked = &mut self.parked;
         loop {
             if !side.buf.is_empty() {
                 if scanned == 0 || has_head_end(&side.buf, scanned) {
@@ -274,10 +359,18 @@ impl<W: AsyncWrite + Unpin> Server<W> {
             }
             let (timer, timer_waits) = (&mut self.timer, &mut self.timer_waits);
             let read = poll_fn(|cx| {
+                if side.buf.capacity() == 0 {
+                    side.buf = spare::take();
+                }
                 if let Poll::Ready(result) =
                     tokio_util::io::poll_read_buf(Pin::new(&mut side.io), cx, &mut side.buf)
                 {
                     return Poll::Ready(matches!(result, Ok(n) if n > 0));
+                }
+                // Nothing to read and nothing left unparsed: idle until the client
+                // sends, so the buffer goes back to the spares (see `spare`).
+                if side.buf.is_empty() {
+                    spare::put(std::mem::take(&mut side.buf));
                 }
                 let deadline = *deadline.get_or_insert_with(|| {
                     // Right after a response (the buffer empty) this is also the
@@ -286,13 +379,18 @@ impl<W: AsyncWrite + Unpin> Server<W> {
                     let mut limit = limits.header_read_timeout;
                     if side.buf.is_empty() {
                         limit = limit.min(limits.idle_timeout);
+                        idle_since = Some(now);
                     }
                     let deadline = now + limit;
                     // The timer is moved only when it would fire late: one that fires
                     // early is re-armed below. So a busy connection resets it about
-                    // once per timeout, not once per request.
+                    // once per timeout, not once per request. It is never armed more
+                    // than `park_after` ahead (here or below), so that it comes in
+                    // time to park an idle connection: a busy one's fires once per
+                    // `park_after`.
                     if timer.is_elapsed() || timer.deadline() > deadline {
-                        timer.as_mut().reset(deadline);
+                        let wake = limits.park_after.map_or(deadline, |after| deadline.min(now + after));
+                        timer.as_mut().reset(wake);
                         *timer_waits = false;
                     }
                     deadline
@@ -301,10 +399,22 @@ impl<W: AsyncWrite + Unpin> Server<W> {
                 // polled again until it fires.
                 if !*timer_waits || timer.is_elapsed() {
                     while timer.as_mut().poll(cx).is_ready() {
-                        if Instant::now() >= deadline {
+                        let now = Instant::now();
+                        if now >= deadline {
                             return Poll::Ready(false);
                         }
-                        timer.as_mut().reset(deadline);
+                        let mut wake = deadline;
+                        if let Some(after) = limits.park_after {
+                            let at = idle_since.map_or(now, |since| since + after);
+                            // Idle this long with nothing buffered: handed back, unless
+                            // the listener is stopping (then it closes below).
+                            if idle_since.is_some() && now >= at && side.buf.is_empty() && !stop.poll(cx) {
+                                *parked = Some(deadline);
+                                return Poll::Ready(false);
+                            }
+                            wake = wake.min(if at > now { at } else { now + after });
+                        }
+                        timer.as_mut().reset(wake);
                     }
                     *timer_waits = true;
                 }
@@ -446,6 +556,13 @@ impl<W: AsyncWrite + Unpin> Server<W> {
         Ok(complete)
     }
 
+    /// The connection, handed back, when `read_head` parked it.
+    fn park(mut self) -> Option<Parked<W>> {
+        let until = self.parked?;
+        let read = self.read.take()?;
+        Some(Parked { read, write: self.write, until })
+    }
+
     /// Answers a head that cannot be served, then closes.
     async fn refuse(mut self, status: StatusCode) {
         tracing::debug!(%status, "refused a malformed request head");
@@ -458,16 +575,30 @@ impl<W: AsyncWrite + Unpin> Server<W> {
         push_field(&mut self.out, b"date", self.date.now());
         self.out.extend_from_slice(b"\r\n");
         if self.write.write_all(&self.out).await.is_ok() {
-            self.close().await;
+            self.close(false).await;
         }
     }
 
     /// Closes the connection: the write side first, then a short wait that reads and
     /// drops whatever the client still sends (unread bytes would make the kernel
     /// reset the connection, which can destroy the response in flight).
-    async fn close(mut self) {
+    ///
+    /// `last`: the client's request said it was its last (`Connection: close`, or
+    /// HTTP/1.0 without `keep-alive`) and was read whole. Then, with nothing more
+    /// buffered or ready on the socket, there is nothing to linger for: the
+    /// connection closes at once, as nginx's `lingering_close on` does, without the
+    /// reads that would only find the socket empty and then the client's end.
+    async fn close(mut self, last: bool) {
         let _ = self.write.shutdown().await;
         let Some(mut side) = self.read.take() else { return };
+        // The socket's readiness is cleared by a read that leaves it empty, so
+        // "not ready" means nothing arrived since: no read is needed to know it.
+        if last
+            && side.buf.is_empty()
+            && poll_fn(|cx| Poll::Ready(side.io.as_ref().poll_read_ready(cx).is_pending())).await
+        {
+            return;
+        }
         let drain = async {
             let mut dropped = 0usize;
             while dropped < 1 << 20 {

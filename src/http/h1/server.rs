@@ -43,11 +43,13 @@ pub struct Head {
 
 /// Parses a request head at the start of `buf`, consuming it. `Ok(None)`: more bytes
 /// are needed. `Err`: the status to refuse it with (the connection then closes).
-pub fn parse_head(
+/// The request's body is `B::default()`, for the caller to set in place (a request
+/// mapped to another body type is moved, a copy of its head).
+pub fn parse_head<B: Default>(
     buf: &mut BytesMut,
     fields: &mut Vec<Field>,
     max_head: usize,
-) -> Result<Option<(Request<()>, Head)>, StatusCode> {
+) -> Result<Option<(Request<B>, Head)>, StatusCode> {
     fields.clear();
     let (len, method, target, minor) = {
         let mut storage = [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
@@ -79,7 +81,7 @@ pub fn parse_head(
     let uri = parse_target(&method, head.slice(target))?;
     // The map is built in place: a map made apart and moved in would cost the drop of
     // the request's empty one.
-    let mut req = Request::new(());
+    let mut req = Request::new(B::default());
     let headers = req.headers_mut();
     headers.reserve(fields.len());
     let mut framing = RequestFraming::default();
@@ -378,7 +380,7 @@ mod tests {
     fn a_get_parses_with_its_headers_sharing_the_buffer() {
         let mut buf =
             BytesMut::from(&b"GET /p?q=1 HTTP/1.1\r\nHost: a\r\nX-A: 1\r\nX-A: 2\r\n\r\nGET /next"[..]);
-        let (req, head) = parse_head(&mut buf, &mut Vec::new(), 8192).unwrap().unwrap();
+        let (req, head) = parse_head::<()>(&mut buf, &mut Vec::new(), 8192).unwrap().unwrap();
         assert_eq!(req.method(), Method::GET);
         assert_eq!(req.uri(), "/p?q=1");
         assert_eq!(req.version(), Version::HTTP_11);

@@ -45,6 +45,9 @@
 //!   response.
 //! - upgrades: the tunnel runs on the connection's own task (its `max_connections`
 //!   permit and place in the drain), counted in `weir_tunnels_active`.
+//! - idle connections: one that waits `PARK_AFTER` for its next request is handed
+//!   back (`serve` returns it) for the listener's lobby, so its task ends until the
+//!   client sends again.
 
 use std::time::Duration;
 
@@ -54,6 +57,7 @@ use prometheus::IntGauge;
 use tokio::io::AsyncWrite;
 use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::TcpStream;
+use tokio::time::Instant;
 
 use super::{ClientIo, Connection};
 use crate::body::ClientBody;
@@ -115,8 +119,13 @@ impl Handler<ClientIo<OwnedWriteHalf>> for Pipeline {
 }
 
 /// Serves `stream`, whose first bytes (`first`) are not an h2 preface, until the
-/// client leaves, a timeout, an error, or `stop`.
-pub(super) async fn serve(conn: Connection, stream: TcpStream, first: BytesMut) {
+/// client leaves, a timeout, an error, or `stop`; or until it has been idle for
+/// `PARK_AFTER`: then it is returned, with its keep-alive deadline, for the lobby.
+pub(super) async fn serve(
+    conn: Connection,
+    stream: TcpStream,
+    first: BytesMut,
+) -> Option<(TcpStream, Instant)> {
     let Connection { settings, runtime, stop, peer, tunnels } = conn;
     let (read, write) = stream.into_split();
     let limits = Limits {
@@ -124,10 +133,13 @@ pub(super) async fn serve(conn: Connection, stream: TcpStream, first: BytesMut) 
         header_read_timeout: settings.handshake_timeout,
         idle_timeout: settings.idle_timeout,
         stop_grace: super::STOP_GRACE,
+        park_after: Some(super::PARK_AFTER),
     };
     let write = ClientIo::writer(write, settings.send_timeout);
     let pipeline = Pipeline { runtime, peer, send_timeout: settings.send_timeout, tunnels };
-    conn::serve(read, first, write, limits, stop, pipeline).await;
+    let parked = conn::serve(read, first, write, limits, stop, pipeline).await?;
+    let stream = parked.read.io.reunite(parked.write.io).ok()?;
+    Some((stream, parked.until))
 }
 
 impl<I: AsyncWrite + Unpin> ClientIo<I> {

@@ -59,7 +59,12 @@ if [ -n "${WEIR_FUZZ_SECONDS:-}" ]; then
       unset CARGO_TARGET_DIR
       for target in config request h1_codec; do
         mkdir -p "corpus/$target"
-        cargo +nightly fuzz run -O "$target" "corpus/$target" "seeds/$target" -- \
+        # The codec's seeds are the differential tests' corpus, read as it is.
+        case "$target" in
+          h1_codec) seeds=(../tests/corpus/h1) ;;
+          *) seeds=("seeds/$target") ;;
+        esac
+        cargo +nightly fuzz run -O "$target" "corpus/$target" "${seeds[@]}" -- \
           -max_total_time="$WEIR_FUZZ_SECONDS"
       done
     )

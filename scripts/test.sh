@@ -61,11 +61,11 @@ if [ -n "${WEIR_FUZZ_SECONDS:-}" ]; then
         mkdir -p "corpus/$target"
         # The codec's seeds are the differential tests' corpus, read as it is.
         case "$target" in
-          h1_codec) seeds=(../tests/corpus/h1) ;;
-          *) seeds=("seeds/$target") ;;
+          h1_codec) seeds=../tests/corpus/h1 options=(-dict=h1.dict) ;;
+          *) seeds="seeds/$target" options=() ;;
         esac
-        cargo +nightly fuzz run -O "$target" "corpus/$target" "${seeds[@]}" -- \
-          -max_total_time="$WEIR_FUZZ_SECONDS"
+        cargo +nightly fuzz run -O "$target" "corpus/$target" "$seeds" -- \
+          -max_total_time="$WEIR_FUZZ_SECONDS" "${options[@]}"
       done
     )
   else

@@ -49,8 +49,9 @@ cargo test --all-targets "$@"
 # package is scripts/package.sh without --check).
 scripts/package.sh --check
 
-# A short fuzz run when asked (CI sets WEIR_FUZZ_SECONDS, e.g. 30) and the tools are
-# here; see fuzz/README.md for the longer run. A crash fails the test run.
+# A short fuzz run when asked (WEIR_FUZZ_SECONDS=30, opt-in: CI does not install
+# cargo-fuzz, whose build takes minutes) and the tools are here; see fuzz/README.md
+# for the longer run. A crash fails the test run.
 if [ -n "${WEIR_FUZZ_SECONDS:-}" ]; then
   if command -v cargo-fuzz >/dev/null 2>&1 && cargo +nightly --version >/dev/null 2>&1; then
     (

@@ -519,7 +519,10 @@ impl http_body::Body for Unsized {
     type Data = Bytes;
     type Error = Infallible;
 
-    fn poll_frame(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
         Poll::Ready(None)
     }
 }
@@ -532,7 +535,10 @@ impl http_body::Body for Sized {
     type Data = Bytes;
     type Error = Infallible;
 
-    fn poll_frame(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
         Poll::Ready(None)
     }
 
@@ -574,7 +580,17 @@ fn chunk(body: &[u8], mut seed: u64, out: &mut Vec<u8>) {
 /// Hop-by-hop and framing fields, which re-encoding is free to change.
 fn end_to_end(headers: &HeaderMap) -> HeaderMap {
     let mut headers = headers.clone();
-    for name in ["connection", "keep-alive", "proxy-connection", "te", "transfer-encoding", "upgrade", "expect", "content-length", "date"] {
+    for name in [
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "te",
+        "transfer-encoding",
+        "upgrade",
+        "expect",
+        "content-length",
+        "date",
+    ] {
         headers.remove(name);
     }
     headers
@@ -611,10 +627,9 @@ fn round_trip_request(m: &ReadRequest, seed: u64) {
     let mut buf = BytesMut::from(&wire[..]);
     let (req, head) = match parse_request(&mut buf, &mut Vec::new(), usize::MAX) {
         Ok(Some(parsed)) => parsed,
-        other => panic!(
-            "weir refuses the request it forwards ({other:?}): {:?}",
-            String::from_utf8_lossy(&wire)
-        ),
+        other => {
+            panic!("weir refuses the request it forwards ({other:?}): {:?}", String::from_utf8_lossy(&wire))
+        }
     };
     let again = ReadRequest {
         method: req.method().clone(),
@@ -699,7 +714,9 @@ fn round_trip_response(m: &ReadResponse, head_request: bool, seed: u64) {
     let again = read_responses(&[&wire], head_request);
     assert!(!again.refused, "weir refuses the response it sends: {text:?}");
     assert!(again.rest.is_empty(), "bytes left after the answer: {text:?}");
-    let [again] = &again.messages[..] else { panic!("{} responses read back: {text:?}", again.messages.len()) };
+    let [again] = &again.messages[..] else {
+        panic!("{} responses read back: {text:?}", again.messages.len())
+    };
     assert_eq!(again.end, End::Complete, "{text:?}");
     assert_eq!(again.status, m.status, "{text:?}");
     assert_eq!(end_to_end(&again.headers), end_to_end(&parts.headers), "{text:?}");

@@ -49,8 +49,9 @@ cargo test --all-targets "$@"
 # package is scripts/package.sh without --check).
 scripts/package.sh --check
 
-# A short fuzz run when asked (CI sets WEIR_FUZZ_SECONDS, e.g. 30) and the tools are
-# here; see fuzz/README.md for the longer run. A crash fails the test run.
+# A short fuzz run when asked (WEIR_FUZZ_SECONDS=30, opt-in: CI does not install
+# cargo-fuzz, whose build takes minutes) and the tools are here; see fuzz/README.md
+# for the longer run. A crash fails the test run.
 if [ -n "${WEIR_FUZZ_SECONDS:-}" ]; then
   if command -v cargo-fuzz >/dev/null 2>&1 && cargo +nightly --version >/dev/null 2>&1; then
     (
@@ -59,8 +60,13 @@ if [ -n "${WEIR_FUZZ_SECONDS:-}" ]; then
       unset CARGO_TARGET_DIR
       for target in config request h1_codec; do
         mkdir -p "corpus/$target"
-        cargo +nightly fuzz run -O "$target" "corpus/$target" "seeds/$target" -- \
-          -max_total_time="$WEIR_FUZZ_SECONDS"
+        # The codec's seeds are the differential tests' corpus, read as it is.
+        case "$target" in
+          h1_codec) seeds=../tests/corpus/h1 options=(-dict=h1.dict) ;;
+          *) seeds="seeds/$target" options=() ;;
+        esac
+        cargo +nightly fuzz run -O "$target" "corpus/$target" "$seeds" -- \
+          -max_total_time="$WEIR_FUZZ_SECONDS" "${options[@]}"
       done
     )
   else

@@ -418,7 +418,7 @@ fn prepare(
     let upgrade = requested_upgrade(headers);
     let upgrading = upgrade.is_some();
     // gRPC needs `te: trailers` end to end; any other TE is hop-by-hop.
-    let trailers = headers.get(header::TE).is_some_and(|te| has_token(te, "trailers"));
+    let trailers = accepts_trailers(headers);
     strip_hop_by_hop(headers);
     if trailers {
         headers.insert(header::TE, TE_TRAILERS.clone());
@@ -545,7 +545,7 @@ pub fn strip_client_hop_by_hop(headers: &mut HeaderMap) {
         return;
     }
     let upgrade = requested_upgrade(headers);
-    let trailers = headers.get(header::TE).is_some_and(|te| has_token(te, "trailers"));
+    let trailers = accepts_trailers(headers);
     strip_hop_by_hop(headers);
     if trailers {
         headers.insert(header::TE, TE_TRAILERS.clone());
@@ -554,6 +554,11 @@ pub fn strip_client_hop_by_hop(headers: &mut HeaderMap) {
         headers.insert(header::UPGRADE, protocol);
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
     }
+}
+
+/// Whether `TE` lists `trailers`, in any of its field lines (one list, RFC 9110 §5.3).
+fn accepts_trailers(headers: &HeaderMap) -> bool {
+    headers.get_all(header::TE).iter().any(|te| has_token(te, "trailers"))
 }
 
 /// Whether any hop-by-hop header is present. One pass over the names: most messages
@@ -629,6 +634,15 @@ mod tests {
         plain.insert("x-kept", HeaderValue::from_static("1"));
         strip_client_hop_by_hop(&mut plain);
         assert_eq!(plain.len(), 1);
+    }
+
+    #[test]
+    fn te_trailers_counts_in_any_te_line() {
+        let mut h = HeaderMap::new();
+        h.append(header::TE, HeaderValue::from_static("gzip"));
+        h.append(header::TE, HeaderValue::from_static("trailers"));
+        strip_client_hop_by_hop(&mut h);
+        assert_eq!(h.get_all(header::TE).iter().collect::<Vec<_>>(), ["trailers"]);
     }
 
     #[test]

@@ -271,6 +271,16 @@ async fn absolute_form_is_sent_upstream_in_origin_form_with_its_host() {
     assert_eq!(seen[0].header("host"), vec!["other.example"]);
 }
 
+/// RFC 9112 §3.2.1: an empty path is sent as `/`. Found by the `h1_codec` fuzz
+/// target: `http://a?q` went up as `GET ?q`, a target weir itself refuses.
+#[tokio::test]
+async fn absolute_form_without_a_path_goes_upstream_with_a_slash() {
+    let (reply, seen) = send(b"GET http://other.example?q=1 HTTP/1.1\r\nHost: a\r\n\r\n").await;
+    assert_status(&reply, 200);
+    assert_eq!(seen.len(), 1);
+    assert_eq!(seen[0].line(), "GET /?q=1 HTTP/1.1");
+}
+
 #[tokio::test]
 async fn missing_host_in_http11_is_refused() {
     let reply = assert_refused(b"GET / HTTP/1.1\r\nX-A: 1\r\n\r\n").await;

@@ -43,6 +43,28 @@ async fn connection_cannot_strip_headers_weir_adds() {
     assert!(!h.contains_key("x-client-secret"), "a header the client's Connection named went up: {h:?}");
 }
 
+/// `TE` is a list that may come in several field lines (RFC 9110 §5.3): `trailers`
+/// in a second `TE` line still goes up as `TE: trailers`. Found by the `h1_codec`
+/// fuzz target, which forwards what weir's server parsed: the server saw the client
+/// accept trailers, the request sent upstream lost it.
+#[tokio::test]
+async fn te_trailers_in_a_second_te_line_goes_up() {
+    let app = Backend::named("app").start().await;
+    let weir = WeirProcess::start(SHAPED, &[&app]).await;
+    let (status, _, _) = crate::support::send(
+        http::Request::get(weir.url("/"))
+            .header("te", "gzip")
+            .header("te", "trailers")
+            .body(http_body_util::Full::<Bytes>::default())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let seen = app.seen();
+    let h = &seen[0].headers;
+    assert_eq!(h.get_all("te").iter().collect::<Vec<_>>(), ["trailers"], "{h:?}");
+}
+
 const CACHED: &str = r#"
 [[listeners]]
 name = "web"

@@ -481,7 +481,11 @@ pub fn encode_head<B: RequestBody, E: ExtraHeaders>(
     out.extend_from_slice(req.method().as_str().as_bytes());
     out.push(b' ');
     let target = req.uri().path_and_query().map_or("/", |p| p.as_str());
-    out.extend_from_slice(if target.is_empty() { b"/" } else { target.as_bytes() });
+    // RFC 9112 §3.2.1: an empty path goes out as `/`; `http://a?q` leaves only `?q`.
+    if target.is_empty() || target.starts_with('?') {
+        out.push(b'/');
+    }
+    out.extend_from_slice(target.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
     let (mut upgrade, mut connection_upgrade, mut te_trailers) = (None, false, false);
     for (name, value) in req.headers() {
@@ -545,6 +549,25 @@ fn push_field(out: &mut Vec<u8>, name: &HeaderName, value: &HeaderValue) {
 mod tests {
     use super::*;
     use http_body_util::Full;
+
+    struct NoExtra;
+
+    impl ExtraHeaders for NoExtra {
+        fn replaces(&self, _: &HeaderName) -> bool {
+            false
+        }
+        fn encode(&self, _: &http::HeaderMap, _: &mut Vec<u8>) {}
+    }
+
+    #[test]
+    fn a_target_without_a_path_goes_out_with_a_slash() {
+        let mut out = Vec::new();
+        for (uri, line) in [("http://a?q=1", "GET /?q=1 HTTP/1.1\r\n"), ("http://a", "GET / HTTP/1.1\r\n")] {
+            let req = Request::get(uri).body(Full::<Bytes>::default()).unwrap();
+            encode_head(&req, None::<&NoExtra>, &mut out);
+            assert!(out.starts_with(line.as_bytes()), "{uri}: {:?}", String::from_utf8_lossy(&out));
+        }
+    }
 
     #[test]
     fn an_upload_that_disagrees_with_its_length_fails_as_a_request_body_error() {

@@ -11,7 +11,7 @@ use bytes::{Buf, Bytes};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Sleep;
 
-use super::H2_PREFACE;
+use super::conn::H2_PREFACE;
 use crate::body::Pause;
 
 /// A socket whose first bytes were already read: they are read again first.

@@ -45,39 +45,37 @@
 //! keep-alive idle limit; a stalled request body gets `body_read_timeout`
 //! (`body::RequestBody`); a client that stops reading its response gets
 //! `send_timeout` (`ClientIo`).
+//!
+//! Files: this one accepts (`Listener::serve`) and starts connections (`Shared`);
+//! `lobby` holds clients with nothing to read yet; `conn` serves one connection
+//! (sniffing, TLS, hyper's servers, idle and stop); `h1` joins weir's HTTP/1.1
+//! server to the pipeline; `client_io` wraps the client socket with its timeouts.
 
 use std::cell::Cell;
-use std::convert::Infallible;
-use std::future::{poll_fn, Future};
 use std::net::SocketAddr;
-use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
-use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use hyper::server::conn::{http1, http2};
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioTimer};
 use prometheus::IntGauge;
 use tokio::net::TcpListener;
-use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
-use tokio::time::{Instant, Sleep};
+use tokio::sync::{watch, Semaphore};
+use tokio::time::Instant;
 use tokio_util::task::TaskTracker;
 
-use bytes::BytesMut;
-
-use crate::body::ClientBody;
 use crate::config::ListenerConfig;
-use crate::proxy::forward::Tunnel;
-use crate::proxy::{self, Peer};
+use crate::proxy::Peer;
 use crate::runtime::SharedRuntime;
-use client_io::{ClientIo, Rewind};
+use conn::Connection;
+use lobby::{sweep_lobby, Accepted, Active, Waiting};
 
 mod client_io;
+mod conn;
 pub mod h1;
+mod lobby;
 
 /// How long an idle HTTP/1.1 connection stays open once its listener stops, for a
 /// request already on its way: a busy keep-alive client gets its next answer (with
@@ -89,9 +87,6 @@ const STOP_GRACE: Duration = Duration::from_millis(100);
 /// back to the lobby. Short enough that idle keep-alive clients cost little memory,
 /// long enough that a busy one (whose timer then fires once a second) never does.
 const PARK_AFTER: Duration = Duration::from_secs(1);
-
-/// How late the lobby may close a parked connection past its keep-alive deadline.
-const PARKED_SWEEP: Duration = Duration::from_millis(100);
 
 /// A bound client listener and how to serve its connections.
 pub struct Listener {
@@ -292,23 +287,6 @@ impl Listener {
     }
 }
 
-/// Shuts the lobby's clients silent for longer than `timeout`, and parked ones past
-/// their deadline; the sweep comes again a quarter of `timeout` later, or at the next
-/// parked connection's deadline, but not within `PARKED_SWEEP`: each sweep visits
-/// every client, and thousands of parked ones have thousands of deadlines.
-fn sweep_lobby(lobby: &FuturesUnordered<Waiting>, sweep: Pin<&mut Sleep>, timeout: Duration) {
-    let now = Instant::now();
-    let mut next = now + timeout / 4;
-    for waiting in lobby.iter() {
-        match waiting.until.get() {
-            Some(until) if now < until => next = next.min(until.max(now + PARKED_SWEEP)),
-            None if now < waiting.since + timeout => {}
-            _ => waiting.expire(),
-        }
-    }
-    sweep.reset(next);
-}
-
 /// A listener's series of `weir_connections_active` and `weir_tunnels_active`,
 /// resolved once when it is bound.
 pub struct Gauges {
@@ -376,382 +354,6 @@ impl Shared {
     }
 }
 
-/// A client connection that has not sent a byte yet. It resolves to the connection
-/// once it is readable (something to read, or the client left), or to `None` when
-/// `expire` shut it.
-struct Waiting {
-    /// Taken when the wait resolves.
-    client: Option<Accepted>,
-    since: Instant,
-    /// A parked keep-alive connection's deadline (the sweep's limit for a new client
-    /// is the header read timeout from `since`).
-    until: Cell<Option<Instant>>,
-    /// Set by `expire`: the readiness its shutdown causes ends the wait, not a task.
-    expired: Cell<bool>,
-}
-
-/// An accepted connection and what it holds until it closes.
-struct Accepted {
-    stream: tokio::net::TcpStream,
-    /// The client's address, as `accept` gave it (no `getpeername` later).
-    addr: SocketAddr,
-    /// Its `max_connections` permit, if the listener has a limit.
-    slot: Option<OwnedSemaphorePermit>,
-    active: Active,
-    /// Back from `h1` between two requests (parked): served as HTTP/1.1 at once.
-    resumed: bool,
-}
-
-impl Waiting {
-    fn parked(client: Accepted, until: Instant) -> Waiting {
-        let until = Cell::new(Some(until));
-        Waiting { client: Some(client), since: Instant::now(), until, expired: Cell::new(false) }
-    }
-
-    /// Closes a client that stayed silent too long: the shutdown also wakes this
-    /// future (the socket reads as ended), which then resolves and is dropped.
-    fn expire(&self) {
-        if let Some(client) = &self.client {
-            self.expired.set(true);
-            let _ = socket2::SockRef::from(&client.stream).shutdown(std::net::Shutdown::Both);
-        }
-    }
-}
-
-impl Future for Waiting {
-    type Output = Option<Accepted>;
-
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let Some(client) = self.client.as_ref() else { return Poll::Ready(None) };
-        // Readiness, not a peek: the connection's first read then takes the bytes, one
-        // `recvfrom` instead of two. Readiness on a socket nothing was read from comes
-        // from the epoll event for its first bytes, or for its end (a client that
-        // leaves without a word then costs its task one read of 0 bytes); should one
-        // come early, the connection's task waits for the bytes under the same
-        // deadline.
-        ready!(client.stream.poll_read_ready(cx)).ok();
-        if self.expired.get() {
-            return Poll::Ready(None);
-        }
-        Poll::Ready(self.client.take())
-    }
-}
-
-/// Counts an open client connection in `weir_connections_active`, or a tunnel in
-/// `weir_tunnels_active`, until dropped.
-struct Active(IntGauge);
-
-impl Active {
-    fn new(gauge: &IntGauge) -> Active {
-        gauge.inc();
-        Active(gauge.clone())
-    }
-}
-
-impl Drop for Active {
-    fn drop(&mut self) {
-        self.0.dec();
-    }
-}
-
-/// One accepted client connection, ready to serve.
-struct Connection {
-    settings: Arc<Settings>,
-    runtime: SharedRuntime,
-    stop: watch::Receiver<bool>,
-    peer: Peer,
-    /// `weir_tunnels_active`: an upgrade's tunnel runs on its connection's task (and
-    /// so holds its permit and its place in the drain), counted here too.
-    tunnels: IntGauge,
-}
-
-impl Connection {
-    /// Serves a plain-TCP client: h2 (prior knowledge) on hyper, HTTP/1 on weir's own
-    /// HTTP/1.1 server, anything else is closed. The first bytes decide; a client that
-    /// sends part of the h2 preface or of its first line and stops is cut at
-    /// `header_read_timeout`.
-    ///
-    /// A `resumed` connection (back from the lobby) is HTTP/1.1 already: straight to
-    /// `h1`, with nothing read yet.
-    async fn serve_plain(
-        self,
-        mut stream: tokio::net::TcpStream,
-        resumed: bool,
-    ) -> Option<(tokio::net::TcpStream, Instant)> {
-        let mut first = BytesMut::new();
-        let mut line = FirstLine::default();
-        let deadline = Instant::now() + self.settings.handshake_timeout;
-        if !resumed {
-            first.reserve(8 * 1024);
-            loop {
-                // The lobby hands over a readable socket: the first read needs no timer.
-                // A polled read, not `try_read_buf`: one that fills less than the buffer
-                // clears the socket's readiness, so the next read (the next request, or
-                // the close) waits for epoll instead of first finding the socket empty.
-                let once = poll_fn(|cx| {
-                    match tokio_util::io::poll_read_buf(Pin::new(&mut stream), cx, &mut first) {
-                        Poll::Ready(read) => Poll::Ready(Some(read)),
-                        Poll::Pending => Poll::Ready(None),
-                    }
-                });
-                let read = match once.await {
-                    Some(read) => read,
-                    None => {
-                        let read = tokio::io::AsyncReadExt::read_buf(&mut stream, &mut first);
-                        match tokio::time::timeout_at(deadline, read).await {
-                            Ok(read) => read,
-                            Err(_) => return None,
-                        }
-                    }
-                };
-                if !matches!(read, Ok(n) if n > 0) {
-                    return None;
-                }
-                let n = first.len().min(H2_PREFACE.len());
-                if first[..n] != H2_PREFACE[..n] {
-                    match line.speaks_http1(&first, self.settings.max_header_size) {
-                        Some(true) => break,
-                        Some(false) => {
-                            tracing::debug!(client = %self.peer.addr, "neither HTTP/1 nor h2: closed");
-                            return None;
-                        }
-                        None => continue,
-                    }
-                }
-                if n == H2_PREFACE.len() {
-                    let io = Rewind { early: first.freeze(), io: stream };
-                    // Boxed for the same reason as TLS (see `Shared::serve`).
-                    Box::pin(self.serve(io, Protocol::Http2)).await;
-                    return None;
-                }
-            }
-        }
-        h1::serve(self, stream, first).await
-    }
-
-    /// Serves a TLS client: the handshake within `timeout`, then the protocol ALPN
-    /// agreed on hyper.
-    async fn serve_tls(
-        self,
-        stream: tokio::net::TcpStream,
-        acceptor: tokio_rustls::TlsAcceptor,
-        timeout: Duration,
-    ) {
-        let addr = self.peer.addr;
-        match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
-            Ok(Ok(stream)) => {
-                let protocol = match stream.get_ref().1.alpn_protocol() {
-                    Some(b"h2") => Protocol::Http2,
-                    _ => Protocol::Http1,
-                };
-                self.serve(stream, protocol).await
-            }
-            Ok(Err(e)) => tracing::debug!(client = %addr, error = %e, "TLS handshake failed"),
-            Err(_) => tracing::debug!(client = %addr, "TLS handshake timed out"),
-        }
-    }
-
-    /// Serves `protocol` on `io` with hyper (TLS connections, and h2 with prior
-    /// knowledge on plain ones) until the client leaves or `stop` changes, then
-    /// finishes the request in progress and closes.
-    async fn serve<I>(self, io: I, protocol: Protocol)
-    where
-        I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-    {
-        let addr = self.peer.addr;
-        let peer = Arc::new(self.peer);
-        let runtime = self.runtime;
-        let idle = Arc::new(Idle::new());
-        let activity = idle.clone();
-        // HTTP/1.1 only: h2 says it with GOAWAY, and has no `Connection` header.
-        let stopping = (protocol == Protocol::Http1).then(|| self.stop.clone());
-        let service = service_fn(move |req| {
-            let rt = runtime.load_full();
-            let peer = peer.clone();
-            let busy = activity.begin();
-            // A request that arrives in the `STOP_GRACE` after a stop is answered
-            // with `Connection: close`, as weir's own HTTP/1.1 server does.
-            let close = stopping.as_ref().is_some_and(|stop| !matches!(stop.has_changed(), Ok(false)));
-            async move {
-                // The request future is a few KiB, and hyper moves each stream's
-                // future into a task of its own (several copies per request): boxed,
-                // only a pointer moves.
-                let mut response =
-                    Box::pin(proxy::handle(&rt.pipeline, req.map(ClientBody::Hyper), &peer)).await;
-                // hyper writes headers from the map only.
-                proxy::body::materialize(&mut response);
-                if let Some(tunnel) = response.extensions_mut().remove::<Tunnel>() {
-                    *busy.0.tunnel.lock().unwrap_or_else(|e| e.into_inner()) = Some(tunnel);
-                }
-                if close && response.status() != http::StatusCode::SWITCHING_PROTOCOLS {
-                    response
-                        .headers_mut()
-                        .insert(http::header::CONNECTION, http::HeaderValue::from_static("close"));
-                }
-                drop(busy);
-                Ok::<_, Infallible>(response)
-            }
-        });
-        let io = TokioIo::new(ClientIo::new(io, self.settings.handshake_timeout, self.settings.send_timeout));
-        let (settings, stop) = (&self.settings, self.stop);
-        let result = match protocol {
-            Protocol::Http1 => {
-                let conn = settings.http1.serve_connection(io, service).with_upgrades();
-                until_idle(conn, |c| c.graceful_shutdown(), stop, &idle, settings.idle_timeout).await
-            }
-            Protocol::Http2 => {
-                let conn = settings.http2.serve_connection(io, service);
-                until_idle(conn, |c| c.graceful_shutdown(), stop, &idle, settings.idle_timeout).await
-            }
-        };
-        if let Err(e) = result {
-            tracing::debug!(client = %addr, error = %e, "client connection ended with an error");
-        }
-        // hyper's connection ends once it has handed the socket to the upgrade.
-        let tunnel = idle.tunnel.lock().unwrap_or_else(|e| e.into_inner()).take();
-        if let Some(tunnel) = tunnel {
-            let _counted = Active::new(&self.tunnels);
-            tunnel.run().await;
-        }
-    }
-}
-
-/// The protocol a hyper-served connection speaks: one, never a guess per connection
-/// once ALPN or the h2 preface has said which.
-#[derive(Debug, Clone, Copy, PartialEq)]
-enum Protocol {
-    Http1,
-    Http2,
-}
-
-/// Drives a hyper connection to its end; when `stop` changes or no request has run
-/// for `idle_timeout`, asks it to finish what is in progress (`shutdown`) and close.
-async fn until_idle<C, E>(
-    conn: C,
-    shutdown: impl FnOnce(Pin<&mut C>),
-    mut stop: watch::Receiver<bool>,
-    idle: &Idle,
-    idle_timeout: Duration,
-) -> Result<(), E>
-where
-    C: Future<Output = Result<(), E>>,
-{
-    tokio::pin!(conn);
-    tokio::select! {
-        result = conn.as_mut() => result,
-        // A request on its way gets `STOP_GRACE` to arrive (see `Connection::serve`),
-        // then idle keep-alive connections close.
-        _ = stop.changed() => {
-            if let Ok(result) = tokio::time::timeout(STOP_GRACE, conn.as_mut()).await {
-                return result;
-            }
-            shutdown(conn.as_mut());
-            conn.await
-        }
-        // Nothing in progress: close. A response still streaming finishes first.
-        _ = idle.expired(idle_timeout) => {
-            shutdown(conn.as_mut());
-            conn.await
-        }
-    }
-}
-
-/// The first line of a plain connection that is not an h2 preface, found across
-/// reads: each byte is looked at once, however the line is split.
-#[derive(Default)]
-struct FirstLine {
-    /// Where the line starts: after any empty lines, which RFC 9112 §2.2 lets a
-    /// server skip.
-    start: usize,
-    /// Bytes already searched for the line's end.
-    scanned: usize,
-}
-
-impl FirstLine {
-    /// Whether the connection opens an HTTP/1 request: its first line ends in
-    /// ` HTTP/1.0` or ` HTTP/1.1`. `None`: the line is not complete yet (one longer
-    /// than a head may be is left to `h1`, for its `431`).
-    fn speaks_http1(&mut self, first: &[u8], max_head: usize) -> Option<bool> {
-        while let Some(at) = first[self.scanned..].iter().position(|&b| b == b'\n') {
-            let end = self.scanned + at;
-            let line = &first[self.start..end];
-            let line = line.strip_suffix(b"\r").unwrap_or(line);
-            self.scanned = end + 1;
-            if line.is_empty() {
-                self.start = self.scanned;
-                continue;
-            }
-            return Some(line.ends_with(b" HTTP/1.1") || line.ends_with(b" HTTP/1.0"));
-        }
-        self.scanned = first.len();
-        (first.len() >= max_head).then_some(true)
-    }
-}
-
-/// When a connection last started or finished a request, and how many are running,
-/// for `idle_timeout`. (For HTTP/1.1, hyper's `header_read_timeout` also runs while a
-/// keep-alive connection waits for its next request, so the shorter of the two wins.)
-struct Idle {
-    since: tokio::time::Instant,
-    /// Milliseconds after `since` of the last request start or end.
-    last_ms: AtomicU64,
-    running: AtomicUsize,
-    /// The tunnel of an upgrade answered on this connection, for its task to run
-    /// once hyper lets the connection go.
-    tunnel: std::sync::Mutex<Option<Tunnel>>,
-}
-
-/// A request in progress on a connection.
-struct Busy(Arc<Idle>);
-
-impl Idle {
-    fn new() -> Idle {
-        Idle {
-            since: tokio::time::Instant::now(),
-            last_ms: AtomicU64::new(0),
-            running: AtomicUsize::new(0),
-            tunnel: std::sync::Mutex::new(None),
-        }
-    }
-
-    fn touch(&self) {
-        let ms = u64::try_from(self.since.elapsed().as_millis()).unwrap_or(u64::MAX);
-        self.last_ms.store(ms, Relaxed);
-    }
-
-    fn begin(self: &Arc<Self>) -> Busy {
-        self.running.fetch_add(1, Relaxed);
-        self.touch();
-        Busy(self.clone())
-    }
-
-    /// Resolves once no request has run for `timeout`.
-    async fn expired(&self, timeout: Duration) {
-        loop {
-            let last = self.since + Duration::from_millis(self.last_ms.load(Relaxed));
-            tokio::time::sleep_until(last + timeout).await;
-            let last = self.since + Duration::from_millis(self.last_ms.load(Relaxed));
-            if self.running.load(Relaxed) == 0 && last + timeout <= tokio::time::Instant::now() {
-                return;
-            }
-            if self.running.load(Relaxed) > 0 {
-                // Check again a full timeout after the request ends at the earliest.
-                tokio::time::sleep(timeout).await;
-            }
-        }
-    }
-}
-
-impl Drop for Busy {
-    fn drop(&mut self) {
-        self.0.touch();
-        self.0.running.fetch_sub(1, Relaxed);
-    }
-}
-
-/// The connection preface an h2 (prior knowledge) client opens with.
-const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
-
 /// A non-blocking listening socket with `SO_REUSEADDR` and a backlog of 4096.
 pub fn bind_tcp(addr: SocketAddr) -> std::io::Result<TcpListener> {
     bind_tcp_with(addr, false)
@@ -772,40 +374,4 @@ pub fn bind_tcp_with(addr: SocketAddr, reuse_port: bool) -> std::io::Result<TcpL
     socket.bind(&addr.into())?;
     socket.listen(4096)?;
     TcpListener::from_std(socket.into())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn only_an_http1_first_line_goes_to_the_http1_server() {
-        let speaks = |bytes: &[u8], max| FirstLine::default().speaks_http1(bytes, max);
-        assert_eq!(speaks(b"GET / HTTP/1.1\r\nHost: a\r\n", 8192), Some(true));
-        assert_eq!(speaks(b"\r\n\nGET / HTTP/1.0\r\n", 8192), Some(true));
-        assert_eq!(speaks(b"GET / HTTP/1.1\n", 8192), Some(true));
-        assert_eq!(speaks(b"GET / HTTP/1.1", 8192), None);
-        assert_eq!(speaks(b"INVALID CONNECTION PREFACE\r\n\r\n", 8192), Some(false));
-        assert_eq!(speaks(b"GET / HTTP/2.0\r\n", 8192), Some(false));
-        assert_eq!(speaks(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03\n", 8192), Some(false));
-        // Too long to be a head at all: h1 answers it with 431.
-        assert_eq!(speaks(&[b'a'; 64], 64), Some(true));
-    }
-
-    #[test]
-    fn a_first_line_split_anywhere_is_read_the_same() {
-        let bytes = b"\r\nGET /a HTTP/1.1\r\nHost: a\r\n\r\n";
-        for split in 0..bytes.len() {
-            let mut line = FirstLine::default();
-            let early = line.speaks_http1(&bytes[..split], 8192);
-            let answer = early.or_else(|| line.speaks_http1(bytes, 8192));
-            assert_eq!(answer, Some(true), "split at {split}");
-        }
-        // A byte at a time: each read looks only at the new byte.
-        let mut line = FirstLine::default();
-        for n in 1..=16 {
-            assert_eq!(line.speaks_http1(&b"GET /aaaaaaaaaaaaaaaaaaaa"[..n], 8192), None);
-            assert_eq!(line.scanned, n);
-        }
-    }
 }

@@ -59,7 +59,8 @@ use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-use super::{ClientIo, Connection};
+use super::client_io::ClientIo;
+use super::conn::Connection;
 use crate::body::ClientBody;
 use crate::http::h1::body::Body;
 use crate::http::h1::conn::{self, Handler, Limits};
@@ -113,7 +114,7 @@ impl Handler<ClientIo<OwnedWriteHalf>> for Pipeline {
         let client = ClientIo::writer(client, self.send_timeout);
         // On this connection's task: the tunnel keeps its `max_connections` permit,
         // its place in `weir_connections_active` and in a shutdown's drain.
-        let _counted = super::Active::new(&self.tunnels);
+        let _counted = super::lobby::Active::new(&self.tunnels);
         splice(client, upstream, &early, &buf, in_flight).await
     }
 }

@@ -446,7 +446,14 @@ fn prepare(
     let proto = if peer.tls { "https" } else { "http" };
     let forwarded = Forwarded { host, proto, ip: peer.ip.clone() };
     if req.uri().scheme().is_some() || req.uri().authority().is_some() {
-        let path = req.uri().path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/"));
+        let path = match req.uri().path_and_query() {
+            None => PathAndQuery::from_static("/"),
+            // RFC 9112 §3.2.1: an empty path is `/`; `http://a?q` leaves only `?q`
+            // (`as_str`; `path()` says `/`), which no origin-form or h2 `:path` may be.
+            Some(p) if !p.as_str().starts_with('/') => PathAndQuery::try_from(format!("/{}", p.as_str()))
+                .unwrap_or_else(|_| PathAndQuery::from_static("/")),
+            Some(p) => p.clone(),
+        };
         *req.uri_mut() = Uri::from(path);
     }
     *req.version_mut() = Version::HTTP_11;
@@ -643,6 +650,21 @@ mod tests {
         h.append(header::TE, HeaderValue::from_static("trailers"));
         strip_client_hop_by_hop(&mut h);
         assert_eq!(h.get_all(header::TE).iter().collect::<Vec<_>>(), ["trailers"]);
+    }
+
+    #[test]
+    fn an_absolute_target_without_a_path_goes_up_with_a_slash_on_either_protocol() {
+        let peer = Peer::new("127.0.0.1:9".parse().unwrap(), 0, false);
+        for h2 in [false, true] {
+            for (target, expected) in [("http://a?q=1", "/?q=1"), ("http://a", "/"), ("http://a/p?q", "/p?q")]
+            {
+                let mut req = Request::get(target).body(Outbound::Empty).unwrap();
+                prepare(&mut req, &peer, h2);
+                // `Uri`'s own comparison and display put the `/` in; what goes on the wire
+                // (and into h2's `:path`) is `as_str`.
+                assert_eq!(req.uri().path_and_query().unwrap().as_str(), expected, "{target}, h2: {h2}");
+            }
+        }
     }
 
     #[test]

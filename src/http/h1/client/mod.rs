@@ -550,15 +550,6 @@ mod tests {
     use super::*;
     use http_body_util::Full;
 
-    struct NoExtra;
-
-    impl ExtraHeaders for NoExtra {
-        fn replaces(&self, _: &HeaderName) -> bool {
-            false
-        }
-        fn encode(&self, _: &http::HeaderMap, _: &mut Vec<u8>) {}
-    }
-
     #[test]
     fn a_target_without_a_path_goes_out_with_a_slash() {
         let mut out = Vec::new();

@@ -23,7 +23,7 @@ use super::h1;
 use super::lobby::Active;
 use super::{Settings, STOP_GRACE};
 use crate::body::ClientBody;
-use crate::proxy::forward::Tunnel;
+use crate::proxy::tunnel::Tunnel;
 use crate::proxy::{self, Peer};
 use crate::runtime::SharedRuntime;
 

@@ -370,7 +370,7 @@ fn refresh_request<B>(req: &Request<B>) -> Request<Outbound> {
     *copy.version_mut() = req.version();
     let headers = copy.headers_mut();
     *headers = req.headers().clone();
-    forward::strip_hop_by_hop(headers);
+    super::hop_by_hop::strip_hop_by_hop(headers);
     for name in [
         header::CONTENT_LENGTH,
         header::TRANSFER_ENCODING,

@@ -15,22 +15,22 @@ use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header::{self, HeaderValue};
 use http::uri::{PathAndQuery, Uri};
 use http::{Method, Request, Response, StatusCode, Version};
 use hyper::upgrade::OnUpgrade;
-use hyper_util::rt::TokioIo;
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
 use super::body::Body;
 use super::error::ProxyError;
 use super::forwarded::Forwarded;
+use super::hop_by_hop::{accepts_trailers, requested_upgrade, strip_hop_by_hop};
+use super::tunnel::tunnel;
 use crate::balancer::PickKey;
 use crate::body::{BodyWatch, ClientBody, ClientFault, Outbound, RequestBody};
 use crate::upstream::body::{Release, UpstreamBody};
-use crate::upstream::client::{self, SendError, Stream, TE_TRAILERS};
+use crate::upstream::client::{self, SendError, TE_TRAILERS};
 use crate::upstream::health::{self, Outcome};
-use crate::upstream::{InFlight, Server, Upstream};
+use crate::upstream::{Server, Upstream};
 
 /// Facts about the client connection a request arrived on, computed once per
 /// connection.
@@ -55,9 +55,6 @@ impl Peer {
         Peer { addr, listener, tls, ip, body_read_timeout, underscores_in_headers: false }
     }
 }
-
-static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
-static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 
 /// One request's forwarding order: where it goes, whose it is, and what its route
 /// asks beyond the upstream's own settings. Inputs only; what forwarding did comes
@@ -466,191 +463,9 @@ fn prepare(
     (on_upgrade, Some(forwarded), upgrading)
 }
 
-/// The `Upgrade` protocol, when `Connection` asks for an upgrade.
-fn requested_upgrade(headers: &HeaderMap) -> Option<HeaderValue> {
-    let protocol = headers.get(header::UPGRADE)?;
-    headers.get_all(header::CONNECTION).iter().any(|v| has_token(v, "upgrade")).then(|| protocol.clone())
-}
-
-/// Whether a comma-separated header value lists `token` (case-insensitive).
-fn has_token(value: &HeaderValue, token: &str) -> bool {
-    crate::http::h1::framing::has_token(value.as_bytes(), token.as_bytes())
-}
-
-/// Makes the tunnel of an upgrade answered on hyper's server and leaves it in the
-/// response (`Tunnel`) for the client connection's task to run once the `101` is out.
-fn tunnel(mut response: Response<Body>, client: OnUpgrade) -> Response<Body> {
-    let (in_flight, upstream) = match response.body_mut() {
-        Body::Upstream(body) => body.detach(),
-        _ => (None, None),
-    };
-    let parts = TunnelParts { client, upstream, in_flight };
-    response.extensions_mut().insert(Tunnel(Arc::new(std::sync::Mutex::new(Some(parts)))));
-    response
-}
-
-/// An upgrade's tunnel on hyper's server, run by the client connection's own task
-/// (`listener` takes it out of the response) rather than a task of its own: so the
-/// tunnel keeps the connection's `max_connections` permit, stays in
-/// `weir_connections_active` and is waited for by a shutdown's drain. Shared and
-/// locked only because response extensions must be `Clone`; made once per upgrade.
-#[derive(Clone)]
-pub struct Tunnel(Arc<std::sync::Mutex<Option<TunnelParts>>>);
-
-struct TunnelParts {
-    client: OnUpgrade,
-    upstream: Option<(Stream, bytes::Bytes)>,
-    in_flight: Option<InFlight>,
-}
-
-impl Tunnel {
-    /// Waits for hyper to hand over the client's side (once the `101` is written),
-    /// then copies both ways until either side closes.
-    pub async fn run(self) {
-        let parts = self.0.lock().unwrap_or_else(|e| e.into_inner()).take();
-        let Some(TunnelParts { client, upstream, in_flight }) = parts else { return };
-        let Some((upstream, early)) = upstream else {
-            tracing::debug!("upgrade failed: the upstream connection is not HTTP/1.1");
-            return;
-        };
-        match client.await {
-            Ok(client) => splice(TokioIo::new(client), upstream, &early, &[], in_flight).await,
-            Err(e) => tracing::debug!(error = %e, "upgrade failed"),
-        }
-    }
-}
-
-/// The tunnel of an upgraded connection, for either client server (hyper's, through
-/// `tunnel`, or weir's HTTP/1.1 server): delivers the bytes each side sent right
-/// behind the handshake (`from_server`, `from_client`), then copies both ways until
-/// either side closes. The request stays in flight (`in_flight`) for the tunnel's life.
-pub(crate) async fn splice<C: AsyncRead + AsyncWrite + Unpin>(
-    mut client: C,
-    mut upstream: Stream,
-    from_server: &[u8],
-    from_client: &[u8],
-    in_flight: Option<InFlight>,
-) {
-    let _in_flight = in_flight;
-    let result = async {
-        client.write_all(from_server).await?;
-        upstream.write_all(from_client).await?;
-        tokio::io::copy_bidirectional(&mut client, &mut upstream).await
-    };
-    if let Err(e) = result.await {
-        tracing::debug!(error = %e, "tunnel closed with an error");
-    }
-}
-
-/// Strips a client's request of its hop-by-hop headers and of every header its
-/// `Connection` names, keeping only what weir honours of them, in a form weir wrote:
-/// an upgrade (`Upgrade` with `Connection: upgrade`) and `TE: trailers`. `handle`
-/// calls it first, before routing, shaping or the cache read a header, so a client's
-/// `Connection` can never remove a header weir adds, nor hide one from a cache key.
-pub fn strip_client_hop_by_hop(headers: &mut HeaderMap) {
-    if !has_hop_by_hop(headers) {
-        return;
-    }
-    let upgrade = requested_upgrade(headers);
-    let trailers = accepts_trailers(headers);
-    strip_hop_by_hop(headers);
-    if trailers {
-        headers.insert(header::TE, TE_TRAILERS.clone());
-    }
-    if let Some(protocol) = upgrade {
-        headers.insert(header::UPGRADE, protocol);
-        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-    }
-}
-
-/// Whether `TE` lists `trailers`, in any of its field lines (one list, RFC 9110 §5.3).
-fn accepts_trailers(headers: &HeaderMap) -> bool {
-    headers.get_all(header::TE).iter().any(|te| has_token(te, "trailers"))
-}
-
-/// Whether any hop-by-hop header is present. One pass over the names: most messages
-/// carry none of these, and a scan of a few standard names is cheaper than hashing
-/// each of them for a lookup.
-fn has_hop_by_hop(headers: &HeaderMap) -> bool {
-    headers.keys().any(|name| {
-        name == header::CONNECTION
-            || name == header::TE
-            || name == header::TRANSFER_ENCODING
-            || name == header::UPGRADE
-            || name == KEEP_ALIVE
-            || name == PROXY_CONNECTION
-    })
-}
-
-/// Removes hop-by-hop headers (RFC 9110 §7.6.1) and every header that `Connection`
-/// names, except `Host`, which routing and the upstream both rely on.
-pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    if !has_hop_by_hop(headers) {
-        return;
-    }
-    if headers.contains_key(header::CONNECTION) {
-        let named: Vec<HeaderValue> = headers.get_all(header::CONNECTION).iter().cloned().collect();
-        for value in &named {
-            for name in crate::http::h1::framing::tokens(value.as_bytes()) {
-                if !name.eq_ignore_ascii_case(b"host") {
-                    if let Ok(name) = HeaderName::from_bytes(name) {
-                        headers.remove(name);
-                    }
-                }
-            }
-        }
-        headers.remove(header::CONNECTION);
-    }
-    for name in [&KEEP_ALIVE, &PROXY_CONNECTION, &header::TE, &header::TRANSFER_ENCODING, &header::UPGRADE] {
-        headers.remove(name);
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn connection_named_headers_and_hop_by_hop_are_removed() {
-        let mut h = HeaderMap::new();
-        h.insert(header::CONNECTION, HeaderValue::from_static("close, X-Secret, host"));
-        h.insert("x-secret", HeaderValue::from_static("1"));
-        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
-        h.insert(header::TE, HeaderValue::from_static("trailers"));
-        h.insert(header::HOST, HeaderValue::from_static("a"));
-        h.insert("x-kept", HeaderValue::from_static("1"));
-        strip_hop_by_hop(&mut h);
-        let left: Vec<_> = h.keys().map(|k| k.as_str()).collect();
-        assert_eq!(left, vec!["host", "x-kept"]);
-    }
-
-    #[test]
-    fn a_clients_hop_by_hop_is_stripped_but_its_upgrade_and_trailers_kept_in_weirs_words() {
-        let mut h = HeaderMap::new();
-        h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade, x-secret, keep-alive"));
-        h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-        h.insert(header::TE, HeaderValue::from_static("trailers, deflate"));
-        h.insert("x-secret", HeaderValue::from_static("1"));
-        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
-        strip_client_hop_by_hop(&mut h);
-        assert_eq!(h[header::CONNECTION], "upgrade");
-        assert_eq!(h[header::UPGRADE], "websocket");
-        assert_eq!(h[header::TE], "trailers");
-        assert_eq!(h.len(), 3, "{h:?}");
-        let mut plain = HeaderMap::new();
-        plain.insert("x-kept", HeaderValue::from_static("1"));
-        strip_client_hop_by_hop(&mut plain);
-        assert_eq!(plain.len(), 1);
-    }
-
-    #[test]
-    fn te_trailers_counts_in_any_te_line() {
-        let mut h = HeaderMap::new();
-        h.append(header::TE, HeaderValue::from_static("gzip"));
-        h.append(header::TE, HeaderValue::from_static("trailers"));
-        strip_client_hop_by_hop(&mut h);
-        assert_eq!(h.get_all(header::TE).iter().collect::<Vec<_>>(), ["trailers"]);
-    }
 
     #[test]
     fn an_absolute_target_without_a_path_goes_up_with_a_slash_on_either_protocol() {

@@ -18,8 +18,10 @@ pub mod error;
 pub mod forward;
 pub mod forwarded;
 pub mod framing;
+pub mod hop_by_hop;
 mod pipeline;
 pub mod route;
+pub mod tunnel;
 
 use std::net::IpAddr;
 use std::time::Instant;
@@ -51,7 +53,7 @@ pub async fn handle(rt: &Pipeline, mut req: Request<ClientBody>, peer: &Peer) ->
     }
     // First, once: what the client's `Connection` names is the client's own, and no
     // later step (routing, limits, shaping, the cache key) may read it or lose to it.
-    forward::strip_client_hop_by_hop(req.headers_mut());
+    hop_by_hop::strip_client_hop_by_hop(req.headers_mut());
     framing::sanitize(&mut req, peer.underscores_in_headers);
     // Before routing, so no path that a server would read as another route's can match.
     if !shaping::path_is_safe(req.uri().path()) {

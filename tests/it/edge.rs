@@ -243,7 +243,7 @@ async fn upgrade_requests_are_tunnelled_both_ways_and_count_as_in_flight() {
     tunnel_round_trip(TcpStream::connect(weir.addr).await.unwrap(), &weir, echo).await;
 }
 
-/// Over TLS, hyper's server makes it (`forward::tunnel`).
+/// Over TLS, hyper's server makes it (`proxy::tunnel`).
 #[tokio::test]
 async fn upgrade_requests_over_tls_are_tunnelled_too() {
     let dir = tempfile::tempdir().unwrap();

@@ -67,7 +67,8 @@ use crate::http::h1::conn::{self, Handler, Limits};
 use crate::http::h1::server::ReadSide;
 use crate::proxy;
 use crate::proxy::body::Body as ResponseBody;
-use crate::proxy::forward::{splice, Peer};
+use crate::proxy::forward::Peer;
+use crate::proxy::tunnel::splice;
 use crate::runtime::SharedRuntime;
 
 /// The pipeline, as the connection loop's handler: each request runs through

@@ -1,0 +1,136 @@
+//! Hop-by-hop header fields (RFC 9110 §7.6.1): `Connection` and the fields it
+//! names, `Keep-Alive`, `Proxy-Connection`, `TE`, `Transfer-Encoding`, `Upgrade`.
+//! They belong to one connection and never cross weir. A client's are stripped first,
+//! before anything reads or adds a header (`strip_client_hop_by_hop`); a server's
+//! when its response arrives, and again before a cache stores it
+//! (`strip_hop_by_hop`). What weir honours of them (an upgrade, `TE: trailers`) it
+//! writes anew in its own words.
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+
+use crate::upstream::client::TE_TRAILERS;
+
+static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+
+/// The `Upgrade` protocol, when `Connection` asks for an upgrade.
+pub(super) fn requested_upgrade(headers: &HeaderMap) -> Option<HeaderValue> {
+    let protocol = headers.get(header::UPGRADE)?;
+    headers.get_all(header::CONNECTION).iter().any(|v| has_token(v, "upgrade")).then(|| protocol.clone())
+}
+
+/// Whether a comma-separated header value lists `token` (case-insensitive).
+fn has_token(value: &HeaderValue, token: &str) -> bool {
+    crate::http::h1::framing::has_token(value.as_bytes(), token.as_bytes())
+}
+
+/// Strips a client's request of its hop-by-hop headers and of every header its
+/// `Connection` names, keeping only what weir honours of them, in a form weir wrote:
+/// an upgrade (`Upgrade` with `Connection: upgrade`) and `TE: trailers`. `handle`
+/// calls it first, before routing, shaping or the cache read a header, so a client's
+/// `Connection` can never remove a header weir adds, nor hide one from a cache key.
+pub fn strip_client_hop_by_hop(headers: &mut HeaderMap) {
+    if !has_hop_by_hop(headers) {
+        return;
+    }
+    let upgrade = requested_upgrade(headers);
+    let trailers = accepts_trailers(headers);
+    strip_hop_by_hop(headers);
+    if trailers {
+        headers.insert(header::TE, TE_TRAILERS.clone());
+    }
+    if let Some(protocol) = upgrade {
+        headers.insert(header::UPGRADE, protocol);
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    }
+}
+
+/// Whether `TE` lists `trailers`, in any of its field lines (one list, RFC 9110 §5.3).
+pub(super) fn accepts_trailers(headers: &HeaderMap) -> bool {
+    headers.get_all(header::TE).iter().any(|te| has_token(te, "trailers"))
+}
+
+/// Whether any hop-by-hop header is present. One pass over the names: most messages
+/// carry none of these, and a scan of a few standard names is cheaper than hashing
+/// each of them for a lookup.
+fn has_hop_by_hop(headers: &HeaderMap) -> bool {
+    headers.keys().any(|name| {
+        name == header::CONNECTION
+            || name == header::TE
+            || name == header::TRANSFER_ENCODING
+            || name == header::UPGRADE
+            || name == KEEP_ALIVE
+            || name == PROXY_CONNECTION
+    })
+}
+
+/// Removes hop-by-hop headers (RFC 9110 §7.6.1) and every header that `Connection`
+/// names, except `Host`, which routing and the upstream both rely on.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    if !has_hop_by_hop(headers) {
+        return;
+    }
+    if headers.contains_key(header::CONNECTION) {
+        let named: Vec<HeaderValue> = headers.get_all(header::CONNECTION).iter().cloned().collect();
+        for value in &named {
+            for name in crate::http::h1::framing::tokens(value.as_bytes()) {
+                if !name.eq_ignore_ascii_case(b"host") {
+                    if let Ok(name) = HeaderName::from_bytes(name) {
+                        headers.remove(name);
+                    }
+                }
+            }
+        }
+        headers.remove(header::CONNECTION);
+    }
+    for name in [&KEEP_ALIVE, &PROXY_CONNECTION, &header::TE, &header::TRANSFER_ENCODING, &header::UPGRADE] {
+        headers.remove(name);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connection_named_headers_and_hop_by_hop_are_removed() {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONNECTION, HeaderValue::from_static("close, X-Secret, host"));
+        h.insert("x-secret", HeaderValue::from_static("1"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert(header::TE, HeaderValue::from_static("trailers"));
+        h.insert(header::HOST, HeaderValue::from_static("a"));
+        h.insert("x-kept", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut h);
+        let left: Vec<_> = h.keys().map(|k| k.as_str()).collect();
+        assert_eq!(left, vec!["host", "x-kept"]);
+    }
+
+    #[test]
+    fn a_clients_hop_by_hop_is_stripped_but_its_upgrade_and_trailers_kept_in_weirs_words() {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade, x-secret, keep-alive"));
+        h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        h.insert(header::TE, HeaderValue::from_static("trailers, deflate"));
+        h.insert("x-secret", HeaderValue::from_static("1"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        strip_client_hop_by_hop(&mut h);
+        assert_eq!(h[header::CONNECTION], "upgrade");
+        assert_eq!(h[header::UPGRADE], "websocket");
+        assert_eq!(h[header::TE], "trailers");
+        assert_eq!(h.len(), 3, "{h:?}");
+        let mut plain = HeaderMap::new();
+        plain.insert("x-kept", HeaderValue::from_static("1"));
+        strip_client_hop_by_hop(&mut plain);
+        assert_eq!(plain.len(), 1);
+    }
+
+    #[test]
+    fn te_trailers_counts_in_any_te_line() {
+        let mut h = HeaderMap::new();
+        h.append(header::TE, HeaderValue::from_static("gzip"));
+        h.append(header::TE, HeaderValue::from_static("trailers"));
+        strip_client_hop_by_hop(&mut h);
+        assert_eq!(h.get_all(header::TE).iter().collect::<Vec<_>>(), ["trailers"]);
+    }
+}

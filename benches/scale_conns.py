@@ -31,6 +31,8 @@ ROUNDS = int(os.environ.get("ROUNDS", "3"))
 STEPS = [int(s) for s in os.environ.get("STEPS", "1000,5000,10000").split(",")]
 # Clients opened per second; 0: as fast as this script can (a few thousand a second).
 RATE = float(os.environ.get("RATE", "0"))
+# Seconds to wait at each step before reading RSS.
+SETTLE = float(os.environ.get("SETTLE", "2.5"))
 PORT, BPORT = 19320, 19322
 REQ = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"
 # nginx's `worker_connections`: once fewer than a sixteenth of them are free, nginx
@@ -53,7 +55,10 @@ def rss_kib(pid):
 
 
 def settled_rss(pid):
-    """RSS once it stops moving (allocator trimming, the last connections' tasks)."""
+    """RSS once it stops moving (allocator trimming, the last connections' tasks),
+    after `SETTLE` seconds: weir parks a connection idle for a second and hands the
+    freed heap back a second after that."""
+    time.sleep(SETTLE)
     last = rss_kib(pid)
     for _ in range(20):
         time.sleep(0.25)

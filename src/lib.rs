@@ -5,7 +5,7 @@
 //!
 //! 0. `config` (the TOML, validated and parsed once) and `http` (the wire).
 //! 1. Small shared parts: `metrics`, `recent`, `tls`, `admission`, `access_log`,
-//!    `clock`, `body` (the request bodies weir relays).
+//!    `clock`, `heap`, `body` (the request bodies weir relays).
 //! 2. weir's craft, each standing alone: `balancer`, `cache`, `ratelimit`,
 //!    `shaping`.
 //! 3. `upstream`: servers, their pools and the client that sends to them, health
@@ -26,6 +26,7 @@ pub mod clock;
 pub mod config;
 #[cfg(unix)]
 pub mod handover;
+pub mod heap;
 pub mod http;
 pub mod listener;
 pub mod logthrottle;

@@ -202,11 +202,7 @@ fn release(old: Arc<Runtime>) {
         std::thread::sleep(Duration::from_millis(10));
     }
     drop(old);
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: malloc_trim only returns free memory to the OS; it touches no live block.
-    unsafe {
-        libc::malloc_trim(0);
-    }
+    crate::heap::give_back();
 }
 
 /// Takes the inherited socket for listener `name` if it is bound to `listen`.

@@ -22,6 +22,7 @@ const FLOORS: &[(&str, u8)] = &[
     ("admission", 1),
     ("access_log", 1),
     ("clock", 1),
+    ("heap", 1),
     ("body", 1),
     // weir's own craft, each standing alone.
     ("balancer", 2),

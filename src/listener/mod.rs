@@ -205,6 +205,13 @@ impl Listener {
         // ones past it, and all of them go when `stop` changes.
         let mut lobby: FuturesUnordered<Waiting> = FuturesUnordered::new();
         let mut sweep = Box::pin(tokio::time::sleep(Duration::ZERO));
+        // Connections parked since the heap was last given back. Their tasks are freed
+        // but glibc keeps the pages, so RSS would stay at the high-water mark of the
+        // busiest second; after `TRIM_AFTER_PARKED` of them, the heap is trimmed once
+        // (`TRIM_DELAY` later, when more have parked), off this thread.
+        let mut parked_since_trim = 0usize;
+        let mut trim = Box::pin(tokio::time::sleep(Duration::ZERO));
+        let mut trim_armed = false;
         loop {
             let slots = self.settings.load().slots.clone();
             let accept = async {
@@ -224,7 +231,17 @@ impl Listener {
                 () = &mut sweep, if !lobby.is_empty() => {
                     sweep_lobby(&lobby, sweep.as_mut(), self.settings.load().handshake_timeout);
                 }
+                () = &mut trim, if trim_armed => {
+                    trim_armed = false;
+                    parked_since_trim = 0;
+                    drop(tokio::task::spawn_blocking(crate::heap::give_back));
+                }
                 Some((client, until)) = parked_rx.recv() => {
+                    parked_since_trim += 1;
+                    if parked_since_trim == TRIM_AFTER_PARKED {
+                        trim.as_mut().reset(Instant::now() + TRIM_DELAY);
+                        trim_armed = true;
+                    }
                     if lobby.is_empty() || sweep.deadline() > until {
                         sweep.as_mut().reset(until);
                     }
@@ -286,6 +303,13 @@ impl Listener {
         }
     }
 }
+
+/// Parked connections that make the heap worth trimming: each freed a task of ~7 KiB.
+const TRIM_AFTER_PARKED: usize = 256;
+
+/// How long after the `TRIM_AFTER_PARKED`th parked connection the heap is trimmed; at
+/// most one trim per listener per this long.
+const TRIM_DELAY: Duration = Duration::from_secs(1);
 
 /// A listener's series of `weir_connections_active` and `weir_tunnels_active`,
 /// resolved once when it is bound.

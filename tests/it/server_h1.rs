@@ -291,3 +291,77 @@ async fn a_parked_connection_closes_at_its_idle_limit_and_on_stop() {
     assert!(closed_within(&mut client, Duration::from_millis(500)).await);
     assert!(stopped.elapsed() < Duration::from_secs(1), "{:?}", stopped.elapsed());
 }
+
+/// Resident memory of process `pid`, in KiB.
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kib = status.lines().find_map(|l| l.strip_prefix("VmRSS:")).unwrap();
+    kib.trim().trim_end_matches("kB").trim().parse().unwrap()
+}
+
+/// One request on a new connection, answered, the connection left open.
+async fn served_and_idle(addr: std::net::SocketAddr) -> TcpStream {
+    let mut client = TcpStream::connect(addr).await.unwrap();
+    one_answer(&mut client).await;
+    client
+}
+
+/// Sends a GET on `client` and reads its `200` to the end of its body (`read_reply`
+/// waits for quiet, too slow for thousands of clients at once).
+async fn one_answer(client: &mut TcpStream) {
+    client.write_all(b"GET /b/1 HTTP/1.1\r\nHost: a\r\n\r\n").await.unwrap();
+    let mut got = Vec::new();
+    let mut chunk = [0u8; 1024];
+    let read = async {
+        while !got.ends_with(b"\r\n\r\nok") {
+            let n = client.read(&mut chunk).await.unwrap();
+            assert!(n > 0, "closed before the answer ended: {:?}", String::from_utf8_lossy(&got));
+            got.extend_from_slice(&chunk[..n]);
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(30), read).await.expect("no answer in 30 s");
+    assert_eq!(statuses(&String::from_utf8_lossy(&got)), vec![200]);
+}
+
+/// Issue #21's connection target: what a burst of clients cost while busy goes back
+/// once they are idle. Their tasks end when they park; the heap pages they held are
+/// handed back to the OS (glibc keeps them otherwise), so resident memory falls back
+/// toward its level before the burst while the clients stay connected.
+#[tokio::test]
+async fn the_memory_of_a_burst_of_clients_goes_back_once_they_are_parked() {
+    const CLIENTS: usize = 2000;
+    let backend = RawBackend::start(|_, _| Action::Reply(OK.to_vec())).await;
+    let config = backend
+        .fill(CONFIG)
+        .replace("listen = \"127.0.0.1:0\"", "listen = \"{port}\"")
+        .replace("\"2s\"", "\"60s\"");
+    let weir = crate::support::WeirProcess::start(&format!("workers = 1\n{config}"), &[]).await;
+    let pid = weir.child.id();
+    for _ in 0..20 {
+        drop(served_and_idle(weir.addr).await);
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let before = rss_kib(pid);
+    // All of them busy at once: each has its task until it parks a second later.
+    let clients: Vec<_> = (0..CLIENTS).map(|_| tokio::spawn(served_and_idle(weir.addr))).collect();
+    let mut open = Vec::with_capacity(CLIENTS);
+    for client in clients {
+        open.push(client.await.unwrap());
+    }
+    let busy = rss_kib(pid);
+    let grown = busy.saturating_sub(before);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(8);
+    let mut now = busy;
+    while now > before + grown / 2 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        now = rss_kib(pid);
+    }
+    let report = format!("{CLIENTS} clients: RSS {before} KiB before, {busy} busy, {now} parked");
+    eprintln!("{report}");
+    assert!(grown > 4 * 1024, "the burst did not grow the heap as this test expects: {report}");
+    assert!(now <= before + grown / 2, "parked clients still hold their busy memory: {report}");
+    // And they are still served.
+    for client in open.iter_mut().take(10) {
+        one_answer(client).await;
+    }
+}

@@ -133,11 +133,11 @@ pub(crate) struct Forwarding<'a> {
     host: Option<&'a [u8]>,
     tls: bool,
     /// The client's address, appended to `X-Forwarded-For`.
-    ip: &'a HeaderValue,
+    ip: &'a [u8],
 }
 
 impl<'a> Forwarding<'a> {
-    pub(crate) fn of<B>(req: &'a Request<B>, tls: bool, ip: &'a HeaderValue) -> Forwarding<'a> {
+    pub(crate) fn of<B>(req: &'a Request<B>, tls: bool, ip: &'a [u8]) -> Forwarding<'a> {
         let host = match req.uri().authority() {
             Some(a) => Some(a.as_str().as_bytes()),
             None => req.headers().get(header::HOST).map(HeaderValue::as_bytes),
@@ -151,7 +151,7 @@ impl<'a> Forwarding<'a> {
             headers: HeaderMap::new(),
             host: self.host.map(Box::from),
             tls: self.tls,
-            ip: self.ip.clone(),
+            ip: Box::from(self.ip),
         }
     }
 }
@@ -161,7 +161,7 @@ pub(crate) struct Forwarded {
     pub(crate) headers: HeaderMap,
     host: Option<Box<[u8]>>,
     tls: bool,
-    ip: HeaderValue,
+    ip: Box<[u8]>,
 }
 
 impl Forwarded {
@@ -190,7 +190,7 @@ pub(crate) fn emit_selecting(names: &[HeaderName], request: &Forwarding, out: &m
                 out(value.as_bytes());
                 out(b", ");
             }
-            out(request.ip.as_bytes());
+            out(request.ip);
             out(&[1]);
         } else {
             for value in request.headers.get_all(name) {

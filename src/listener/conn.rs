@@ -55,7 +55,7 @@ impl Connection {
         let mut line = FirstLine::default();
         let deadline = Instant::now() + self.settings.handshake_timeout;
         if !resumed {
-            first.reserve(8 * 1024);
+            first = crate::http::h1::conn::head_buffer();
             loop {
                 // The lobby hands over a readable socket: the first read needs no timer.
                 // A polled read, not `try_read_buf`: one that fills less than the buffer

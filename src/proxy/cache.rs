@@ -58,7 +58,7 @@ pub(super) async fn serve(
     let primary = target.key(cache.seed);
     let now = SystemTime::now();
     let mut stale = None;
-    let forwarded = Forwarding::of(&req, peer.tls, &peer.ip);
+    let forwarded = Forwarding::of(&req, peer.tls, peer.ip.as_bytes());
     let (lock_key, mut fwd) = match cache.lookup(primary, &target, &forwarded) {
         Lookup::Found(key, object) => {
             let Object::Response(entry) = &*object else {
@@ -289,13 +289,13 @@ fn refresh(
     let lead = Lead { cache: cache.clone(), key, flight: flight.into_value(), outcome: Outcome::Failed };
     let copy = refresh_request(req);
     let place = target.place();
-    let mut forwarded = Forwarding::of(req, peer.tls, &peer.ip).to_owned_without_headers();
+    let mut forwarded = Forwarding::of(req, peer.tls, peer.ip.as_bytes()).to_owned_without_headers();
     forwarded.headers = copy.headers().clone();
     let peer = Peer {
         addr: peer.addr,
         listener: peer.listener,
         tls: peer.tls,
-        ip: peer.ip.clone(),
+        ip: peer.ip,
         body_read_timeout: peer.body_read_timeout,
         underscores_in_headers: peer.underscores_in_headers,
     };

@@ -22,7 +22,7 @@ use hyper::upgrade::OnUpgrade;
 
 use super::body::Body;
 use super::error::ProxyError;
-use super::forwarded::Forwarded;
+use super::forwarded::{Forwarded, IpText};
 use super::hop_by_hop::{accepts_trailers, requested_upgrade, strip_hop_by_hop};
 use super::tunnel::tunnel;
 use crate::balancer::PickKey;
@@ -39,8 +39,8 @@ pub struct Peer {
     /// Index of the listener in the config.
     pub listener: usize,
     pub tls: bool,
-    /// The client's IP as a header value, for `X-Forwarded-For`.
-    pub ip: HeaderValue,
+    /// The client's IP as text, for `X-Forwarded-For`.
+    pub ip: IpText,
     /// Longest pause allowed in the client's request body (the listener's
     /// `body_read_timeout`).
     pub body_read_timeout: std::time::Duration,
@@ -50,7 +50,7 @@ pub struct Peer {
 
 impl Peer {
     pub fn new(addr: SocketAddr, listener: usize, tls: bool) -> Peer {
-        let ip = HeaderValue::from_str(&addr.ip().to_string()).unwrap_or(HeaderValue::from_static("unknown"));
+        let ip = IpText::of(addr.ip());
         let body_read_timeout = std::time::Duration::from_secs(60);
         Peer { addr, listener, tls, ip, body_read_timeout, underscores_in_headers: false }
     }
@@ -441,7 +441,7 @@ fn prepare(
         None => req.headers().get(header::HOST).cloned(),
     };
     let proto = if peer.tls { "https" } else { "http" };
-    let forwarded = Forwarded { host, proto, ip: peer.ip.clone() };
+    let forwarded = Forwarded { host, proto, ip: peer.ip };
     if req.uri().scheme().is_some() || req.uri().authority().is_some() {
         let path = match req.uri().path_and_query() {
             None => PathAndQuery::from_static("/"),

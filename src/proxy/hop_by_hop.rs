@@ -30,12 +30,13 @@ fn has_token(value: &HeaderValue, token: &str) -> bool {
 /// calls it first, before routing, shaping or the cache read a header, so a client's
 /// `Connection` can never remove a header weir adds, nor hide one from a cache key.
 pub fn strip_client_hop_by_hop(headers: &mut HeaderMap) {
-    if !has_hop_by_hop(headers) {
+    let present = hop_by_hop(headers);
+    if present == 0 {
         return;
     }
-    let upgrade = requested_upgrade(headers);
-    let trailers = accepts_trailers(headers);
-    strip_hop_by_hop(headers);
+    let upgrade = if present & UPGRADE != 0 { requested_upgrade(headers) } else { None };
+    let trailers = present & TE != 0 && accepts_trailers(headers);
+    strip_present(headers, present);
     if trailers {
         headers.insert(header::TE, TE_TRAILERS.clone());
     }
@@ -50,32 +51,68 @@ pub(super) fn accepts_trailers(headers: &HeaderMap) -> bool {
     headers.get_all(header::TE).iter().any(|te| has_token(te, "trailers"))
 }
 
-/// Whether any hop-by-hop header is present. One pass over the names: most messages
-/// carry none of these, and a scan of a few standard names is cheaper than hashing
-/// each of them for a lookup.
-fn has_hop_by_hop(headers: &HeaderMap) -> bool {
-    headers.keys().any(|name| {
-        name == header::CONNECTION
-            || name == header::TE
-            || name == header::TRANSFER_ENCODING
-            || name == header::UPGRADE
-            || name == KEEP_ALIVE
-            || name == PROXY_CONNECTION
-    })
+/// Bits of `hop_by_hop`'s answer, one per hop-by-hop header.
+const CONNECTION: u8 = 1;
+const TE: u8 = 1 << 1;
+const TRANSFER_ENCODING: u8 = 1 << 2;
+const UPGRADE: u8 = 1 << 3;
+const KEEP_ALIVE_BIT: u8 = 1 << 4;
+const PROXY_CONNECTION_BIT: u8 = 1 << 5;
+
+/// Which hop-by-hop headers are present, as bits. One pass over the names: most
+/// messages carry none of these, and a scan of a few standard names is cheaper than
+/// hashing each of them for a lookup; the bits then spare a lookup (a hash and a
+/// probe) of each one that is absent.
+fn hop_by_hop(headers: &HeaderMap) -> u8 {
+    let mut present = 0;
+    for name in headers.keys() {
+        present |= if name == header::CONNECTION {
+            CONNECTION
+        } else if name == header::TE {
+            TE
+        } else if name == header::TRANSFER_ENCODING {
+            TRANSFER_ENCODING
+        } else if name == header::UPGRADE {
+            UPGRADE
+        } else if name == KEEP_ALIVE {
+            KEEP_ALIVE_BIT
+        } else if name == PROXY_CONNECTION {
+            PROXY_CONNECTION_BIT
+        } else {
+            0
+        };
+    }
+    present
 }
 
 /// Removes hop-by-hop headers (RFC 9110 §7.6.1) and every header that `Connection`
 /// names, except `Host`, which routing and the upstream both rely on.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    if !has_hop_by_hop(headers) {
-        return;
+    let present = hop_by_hop(headers);
+    if present != 0 {
+        strip_present(headers, present);
     }
-    if headers.contains_key(header::CONNECTION) {
-        let named: Vec<HeaderValue> = headers.get_all(header::CONNECTION).iter().cloned().collect();
-        for value in &named {
+}
+
+/// `strip_hop_by_hop`, knowing which are `present`.
+fn strip_present(headers: &mut HeaderMap, present: u8) {
+    if present & CONNECTION != 0 {
+        // Usually one field line (`close`, `keep-alive`): the first is kept apart, so
+        // that only a message with several lines pays for a list.
+        let mut lines = headers.get_all(header::CONNECTION).iter();
+        let first = lines.next().cloned();
+        let rest: Vec<HeaderValue> = lines.cloned().collect();
+        for value in first.iter().chain(&rest) {
             for name in crate::http::h1::framing::tokens(value.as_bytes()) {
-                if !name.eq_ignore_ascii_case(b"host") {
-                    if let Ok(name) = HeaderName::from_bytes(name) {
+                if name.eq_ignore_ascii_case(b"host") {
+                    continue;
+                }
+                // Looked for among the names first: the usual tokens (`close`,
+                // `keep-alive`) name no header, and a scan of a few names is cheaper
+                // than a hashed lookup. Removed as text: a `HeaderName` made from a
+                // name that is not a standard one would be an allocation.
+                if headers.keys().any(|key| key.as_str().as_bytes().eq_ignore_ascii_case(name)) {
+                    if let Ok(name) = std::str::from_utf8(name) {
                         headers.remove(name);
                     }
                 }
@@ -83,8 +120,16 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
         }
         headers.remove(header::CONNECTION);
     }
-    for name in [&KEEP_ALIVE, &PROXY_CONNECTION, &header::TE, &header::TRANSFER_ENCODING, &header::UPGRADE] {
-        headers.remove(name);
+    for (bit, name) in [
+        (KEEP_ALIVE_BIT, &KEEP_ALIVE),
+        (PROXY_CONNECTION_BIT, &PROXY_CONNECTION),
+        (TE, &header::TE),
+        (TRANSFER_ENCODING, &header::TRANSFER_ENCODING),
+        (UPGRADE, &header::UPGRADE),
+    ] {
+        if present & bit != 0 {
+            headers.remove(name);
+        }
     }
 }
 
@@ -123,6 +168,20 @@ mod tests {
         plain.insert("x-kept", HeaderValue::from_static("1"));
         strip_client_hop_by_hop(&mut plain);
         assert_eq!(plain.len(), 1);
+    }
+
+    #[test]
+    fn every_connection_line_names_headers_to_remove_in_any_case() {
+        let mut h = HeaderMap::new();
+        h.append(header::CONNECTION, HeaderValue::from_static("close"));
+        h.append(header::CONNECTION, HeaderValue::from_static("X-One, , x-two"));
+        h.append(header::CONNECTION, HeaderValue::from_bytes(b"x-Three, bad name, \xff").unwrap());
+        for name in ["close", "x-one", "x-two", "x-three", "x-four", "host"] {
+            h.insert(HeaderName::from_static(name), HeaderValue::from_static("1"));
+        }
+        strip_hop_by_hop(&mut h);
+        let left: Vec<_> = h.keys().map(|k| k.as_str()).collect();
+        assert_eq!(left, ["x-four", "host"]);
     }
 
     #[test]

@@ -20,7 +20,8 @@
 //!   it is also the keep-alive idle limit. When `stop` changes an idle connection
 //!   closes at once, a busy one after its response.
 //! - idle connections' memory: the head buffer goes back to a per-thread spare list
-//!   whenever a read of the next head has to wait (`spare`), and a connection idle
+//!   whenever a read of the next head has to wait (`spare`), or the connection
+//!   closes (for the next one's first read, `head_buffer`), and a connection idle
 //!   for `Limits::park_after` is handed back to the caller whole (`Parked`), so that
 //!   its task, with the request's future inline in it, ends until the client sends
 //!   again.
@@ -89,6 +90,20 @@ mod spare {
         }
     }
 
+    /// A closing connection's buffer, for the next connection's first read (see
+    /// `head_buffer`): a new connection then costs no 8 KiB allocation and free.
+    pub fn recycle(mut buf: BytesMut) {
+        buf.clear();
+        if buf.capacity() > 0 {
+            put(buf);
+        }
+    }
+
+    #[cfg(test)]
+    pub fn len() -> usize {
+        SPARE.with_borrow(Vec::len)
+    }
+
     pub fn put(buf: BytesMut) {
         SPARE.with_borrow_mut(|spare| {
             if spare.len() < KEEP {
@@ -96,6 +111,15 @@ mod spare {
             }
         });
     }
+}
+
+/// A buffer for a new connection's first read: a spare one (a closed or idle
+/// connection's, see `spare`) when the thread has one, else a new one of 8 KiB.
+pub fn head_buffer() -> BytesMut {
+    let mut buf = spare::take();
+    // Room for a whole head, as a new buffer has (without a copy: it is empty).
+    buf.reserve(HEAD_READ);
+    buf
 }
 
 /// What answers the requests of a connection: weir's pipeline, for the listener.
@@ -162,8 +186,10 @@ struct Server<W> {
     out: Vec<u8>,
     fields: Vec<Field>,
     date: Date,
-    /// The head read's deadline (`header_read_timeout`, `idle_timeout`).
-    timer: Pin<Box<Sleep>>,
+    /// The head read's deadline (`header_read_timeout`, `idle_timeout`), made when a
+    /// read of a head first has to wait: a client whose only request arrives whole
+    /// never needs one.
+    timer: Option<Pin<Box<Sleep>>>,
     /// `timer` was polled since it was last reset and has the task's waker.
     timer_waits: bool,
     /// Set by `read_head` when the connection is to be parked: the head's deadline.
@@ -190,7 +216,7 @@ pub async fn serve<W: AsyncWrite + Unpin, H: Handler<W>>(
         out: Vec::with_capacity(512),
         fields: Vec::new(),
         date: Date::default(),
-        timer: Box::pin(tokio::time::sleep(Duration::ZERO)),
+        timer: None,
         timer_waits: false,
         parked: None,
     };
@@ -249,7 +275,9 @@ pub async fn serve<W: AsyncWrite + Unpin, H: Handler<W>>(
             server.upgrade(response, &handler).await;
             return None;
         }
-        let stopping = poll_fn(|cx| Poll::Ready(stop.poll(cx))).await;
+        // A look, not a registration: the wait for the next head registers, if the
+        // connection gets that far (a client's only request never does).
+        let stopping = stop.peek();
         // A 101 that is not tunnelled (its request had a body): the server has left
         // HTTP, so what the client sends next is not a request; the connection ends.
         let mut keep = server.respond(response, &head, stopping).await && !switched;
@@ -316,6 +344,11 @@ impl<F: std::ops::DerefMut<Target: std::future::Future>> Stop<F> {
             self.registered = true;
             self.stopped = self.changed.as_mut().poll(cx).is_ready();
         }
+        self.peek()
+    }
+
+    /// Whether `stop` has changed, without registering for a wake-up.
+    fn peek(&mut self) -> bool {
         self.stopped |= !matches!(self.check.has_changed(), Ok(false));
         self.stopped
     }
@@ -388,13 +421,22 @@ impl<W: AsyncWrite + Unpin> Server<W> {
                     // than `park_after` ahead (here or below), so that it comes in
                     // time to park an idle connection: a busy one's fires once per
                     // `park_after`.
-                    if timer.is_elapsed() || timer.deadline() > deadline {
-                        let wake = limits.park_after.map_or(deadline, |after| deadline.min(now + after));
-                        timer.as_mut().reset(wake);
-                        *timer_waits = false;
+                    let wake = limits.park_after.map_or(deadline, |after| deadline.min(now + after));
+                    match timer {
+                        Some(timer) if !timer.is_elapsed() && timer.deadline() <= deadline => {}
+                        Some(timer) => {
+                            timer.as_mut().reset(wake);
+                            *timer_waits = false;
+                        }
+                        None => {
+                            *timer = Some(Box::pin(tokio::time::sleep_until(wake)));
+                            *timer_waits = false;
+                        }
                     }
                     deadline
                 });
+                // Made just above, on this read's first wait.
+                let timer = timer.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
                 // A timer already waiting holds this task's waker: it need not be
                 // polled again until it fires.
                 if !*timer_waits || timer.is_elapsed() {
@@ -558,8 +600,11 @@ impl<W: AsyncWrite + Unpin> Server<W> {
 
     /// The connection, handed back, when `read_head` parked it.
     fn park(mut self) -> Option<Parked<W>> {
-        let until = self.parked?;
         let read = self.read.take()?;
+        let Some(until) = self.parked else {
+            spare::recycle(read.buf);
+            return None;
+        };
         Some(Parked { read, write: self.write, until })
     }
 
@@ -597,6 +642,7 @@ impl<W: AsyncWrite + Unpin> Server<W> {
             && side.buf.is_empty()
             && poll_fn(|cx| Poll::Ready(side.io.as_ref().poll_read_ready(cx).is_pending())).await
         {
+            spare::recycle(side.buf);
             return;
         }
         let drain = async {
@@ -610,6 +656,7 @@ impl<W: AsyncWrite + Unpin> Server<W> {
             }
         };
         let _ = tokio::time::timeout(LINGER, drain).await;
+        spare::recycle(side.buf);
     }
 
     /// Answers an upgrade with its `101`, then hands the connection to `handler`,
@@ -627,5 +674,27 @@ impl<W: AsyncWrite + Unpin> Server<W> {
         }
         let Some(side) = self.read.take() else { return };
         handler.upgrade(response, side, self.write).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_closed_connections_buffer_serves_the_next_one_empty_and_whole() {
+        // A buffer that held a head, split off and still alive elsewhere, as a request's
+        // header values are while it runs.
+        let mut buf = head_buffer();
+        buf.extend_from_slice(b"GET / HTTP/1.1\r\nHost: a\r\n\r\nleft over");
+        let head = buf.split_to(27);
+        let spares = spare::len();
+        spare::recycle(buf);
+        assert_eq!(spare::len(), spares + 1, "kept for the next connection");
+        drop(head);
+        let next = head_buffer();
+        assert_eq!(spare::len(), spares);
+        assert!(next.is_empty(), "nothing of the last connection's bytes is read again");
+        assert!(next.capacity() >= HEAD_READ);
     }
 }

@@ -190,6 +190,8 @@ async fn send(
                     continue;
                 }
                 if let Some(sticky) = upstream.sticky.as_ref().filter(|_| preferred != Some(index)) {
+                    // Added to the map beside the server's fields, wherever those are:
+                    // weir's servers write both (`proxy::body::materialize`).
                     if let Some(cookie) = sticky.set_cookie(index, peer.tls) {
                         response.headers_mut().append(header::SET_COOKIE, cookie.clone());
                     }

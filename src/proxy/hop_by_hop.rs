@@ -4,14 +4,14 @@
 //! before anything reads or adds a header (`strip_client_hop_by_hop`); a server's
 //! when its response arrives, and again before a cache stores it
 //! (`strip_hop_by_hop`). What weir honours of them (an upgrade, `TE: trailers`) it
-//! writes anew in its own words.
+//! writes anew in its own words. The list of names is the codec's
+//! (`http::h1::framing::HOP_BY_HOP`): weir's HTTP/1.1 client skips the same fields
+//! when it carries a response's head as it came (`http::h1::response`).
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
+use crate::http::h1::framing::{connection_removes, is_hop_by_hop, HOP_BY_HOP};
 use crate::upstream::client::TE_TRAILERS;
-
-static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
-static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 
 /// The `Upgrade` protocol, when `Connection` asks for an upgrade.
 pub(super) fn requested_upgrade(headers: &HeaderMap) -> Option<HeaderValue> {
@@ -51,17 +51,10 @@ pub(super) fn accepts_trailers(headers: &HeaderMap) -> bool {
 }
 
 /// Whether any hop-by-hop header is present. One pass over the names: most messages
-/// carry none of these, and a scan of a few standard names is cheaper than hashing
-/// each of them for a lookup.
+/// carry none of these, and a length test and a few comparisons per name are cheaper
+/// than hashing each hop-by-hop name for a lookup.
 fn has_hop_by_hop(headers: &HeaderMap) -> bool {
-    headers.keys().any(|name| {
-        name == header::CONNECTION
-            || name == header::TE
-            || name == header::TRANSFER_ENCODING
-            || name == header::UPGRADE
-            || name == KEEP_ALIVE
-            || name == PROXY_CONNECTION
-    })
+    headers.keys().any(|name| is_hop_by_hop(name.as_str().as_bytes()))
 }
 
 /// Removes hop-by-hop headers (RFC 9110 §7.6.1) and every header that `Connection`
@@ -74,16 +67,15 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
         let named: Vec<HeaderValue> = headers.get_all(header::CONNECTION).iter().cloned().collect();
         for value in &named {
             for name in crate::http::h1::framing::tokens(value.as_bytes()) {
-                if !name.eq_ignore_ascii_case(b"host") {
+                if connection_removes(name) {
                     if let Ok(name) = HeaderName::from_bytes(name) {
                         headers.remove(name);
                     }
                 }
             }
         }
-        headers.remove(header::CONNECTION);
     }
-    for name in [&KEEP_ALIVE, &PROXY_CONNECTION, &header::TE, &header::TRANSFER_ENCODING, &header::UPGRADE] {
+    for name in HOP_BY_HOP {
         headers.remove(name);
     }
 }

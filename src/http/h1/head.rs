@@ -34,6 +34,12 @@ impl Field {
         &head[self.name.clone()]
     }
 
+    /// The value's bytes in `head`.
+    #[inline]
+    pub fn value_bytes<'h>(&self, head: &'h [u8]) -> &'h [u8] {
+        &head[self.value.clone()]
+    }
+
     /// The value, sharing `head`.
     #[inline]
     pub fn value(&self, head: &Bytes) -> Bytes {

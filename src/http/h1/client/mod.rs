@@ -36,7 +36,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 
 use crate::http::h1::encode::hex_len;
-use crate::http::h1::response::{parse_head, State};
+use crate::http::h1::response::{parse_head_into, Lines, State};
 use crate::http::BoxError;
 
 mod body;
@@ -162,7 +162,9 @@ pub struct Conn<B> {
     io: Stream,
     /// Bytes read and not yet consumed. Response header values are slices of it.
     read: BytesMut,
-    /// The request head being written; kept so each request reuses its memory.
+    /// The request head being written; kept so each request reuses its memory. Once
+    /// the head is sent, the response's field lines (`response::parse_head_into`),
+    /// read by the response's writer through `Body::encoded`.
     write: Vec<u8>,
     /// A request body still being sent.
     upload: Option<Box<Upload<B>>>,
@@ -241,8 +243,8 @@ impl<B: RequestBody> Conn<B> {
         })
         .await
         .map_err(|error| SendError { error, sent: true })?;
-        let (parts, (state, keep)) = head;
-        let body = Body::new(self, state, reusable && keep);
+        let (parts, (state, keep), lines) = head;
+        let body = Body::new(self, state, reusable && keep, lines);
         Ok(Response::from_parts(parts, body))
     }
 
@@ -296,9 +298,11 @@ impl<B: RequestBody> Conn<B> {
     /// Reads until a final (non-1xx, or 101) response head is parsed.
     fn poll_head(&mut self, cx: &mut Context<'_>, head_request: bool) -> Poll<Result<FinalHead, Error>> {
         loop {
-            if let Some((parts, framing)) = parse_head(&mut self.read, head_request).map_err(Error::Bad)? {
+            // The request head is sent: its buffer takes the response's field lines.
+            let parsed = parse_head_into(&mut self.read, head_request, Some(&mut self.write));
+            if let Some(((parts, framing), lines)) = parsed.map_err(Error::Bad)? {
                 match framing {
-                    Some(framing) => return Poll::Ready(Ok((parts, framing))),
+                    Some(framing) => return Poll::Ready(Ok((parts, framing, lines))),
                     // An interim response (100 Continue, 103 Early Hints): the final
                     // one follows.
                     None => continue,
@@ -442,9 +446,10 @@ impl<B> Upload<B> {
     }
 }
 
-/// A final response head: its parts, its body's framing and whether the connection
-/// outlives the body.
-type FinalHead = (http::response::Parts, (State, bool));
+/// A final response head: its parts, its body's framing, whether the connection
+/// outlives the body, and what the field lines hold when the fields are lines (in
+/// the connection's `write`) rather than in the parts' map.
+type FinalHead = (http::response::Parts, (State, bool), Option<Lines>);
 
 /// How a request body is framed on the wire.
 #[derive(Clone, Copy, Debug, PartialEq)]

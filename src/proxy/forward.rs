@@ -23,7 +23,7 @@ use hyper::upgrade::OnUpgrade;
 use super::body::Body;
 use super::error::ProxyError;
 use super::forwarded::Forwarded;
-use super::hop_by_hop::{accepts_trailers, requested_upgrade, strip_hop_by_hop};
+use super::hop_by_hop::{accepts_trailers, has_hop_by_hop, requested_upgrade, strip_hop_by_hop};
 use super::tunnel::tunnel;
 use crate::balancer::PickKey;
 use crate::body::{BodyWatch, ClientBody, ClientFault, Outbound, RequestBody};
@@ -414,14 +414,21 @@ fn prepare(
     h2: bool,
 ) -> (Option<OnUpgrade>, Option<Forwarded>, bool) {
     let headers = req.headers_mut();
-    let upgrade = requested_upgrade(headers);
+    // Most requests carry no hop-by-hop field by now (`handle` stripped the client's):
+    // one pass over the names spares the lookups of `Upgrade` and `TE`.
+    let upgrade = if has_hop_by_hop(headers) {
+        let upgrade = requested_upgrade(headers);
+        // gRPC needs `te: trailers` end to end; any other TE is hop-by-hop.
+        let trailers = accepts_trailers(headers);
+        strip_hop_by_hop(headers);
+        if trailers {
+            headers.insert(header::TE, TE_TRAILERS.clone());
+        }
+        upgrade
+    } else {
+        None
+    };
     let upgrading = upgrade.is_some();
-    // gRPC needs `te: trailers` end to end; any other TE is hop-by-hop.
-    let trailers = accepts_trailers(headers);
-    strip_hop_by_hop(headers);
-    if trailers {
-        headers.insert(header::TE, TE_TRAILERS.clone());
-    }
     let on_upgrade = match upgrade {
         Some(protocol) => {
             headers.insert(header::UPGRADE, protocol);

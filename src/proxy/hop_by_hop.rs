@@ -53,7 +53,7 @@ pub(super) fn accepts_trailers(headers: &HeaderMap) -> bool {
 /// Whether any hop-by-hop header is present. One pass over the names: most messages
 /// carry none of these, and a length test and a few comparisons per name are cheaper
 /// than hashing each hop-by-hop name for a lookup.
-fn has_hop_by_hop(headers: &HeaderMap) -> bool {
+pub(super) fn has_hop_by_hop(headers: &HeaderMap) -> bool {
     headers.keys().any(|name| is_hop_by_hop(name.as_str().as_bytes()))
 }
 

@@ -142,8 +142,9 @@ pub trait ExtraHeaders {
     /// Whether the request's own field `name` is left out: these write it.
     fn replaces(&self, name: &HeaderName) -> bool;
     /// Writes the fields as `name: value\r\n` lines into `out`; `headers` are the
-    /// request's own.
-    fn encode(&self, headers: &http::HeaderMap, out: &mut Vec<u8>);
+    /// request's own, and `replaced`: they hold a field these replace (`replaces`
+    /// said so of one), so a lookup in them can be spared when they do not.
+    fn encode(&self, headers: &http::HeaderMap, replaced: bool, out: &mut Vec<u8>);
 }
 
 /// No extra fields, for requests weir makes itself (health checks).
@@ -154,7 +155,7 @@ impl ExtraHeaders for NoExtra {
         false
     }
 
-    fn encode(&self, _: &http::HeaderMap, _: &mut Vec<u8>) {}
+    fn encode(&self, _: &http::HeaderMap, _: bool, _: &mut Vec<u8>) {}
 }
 
 /// One idle or busy HTTP/1.1 connection to a server.
@@ -492,7 +493,7 @@ pub fn encode_head<B: RequestBody, E: ExtraHeaders>(
     }
     out.extend_from_slice(target.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
-    let (mut upgrade, mut connection_upgrade, mut te_trailers) = (None, false, false);
+    let (mut upgrade, mut connection_upgrade, mut te_trailers, mut replaced) = (None, false, false, false);
     for (name, value) in req.headers() {
         if *name == header::CONTENT_LENGTH || *name == header::TRANSFER_ENCODING || *name == header::EXPECT {
             continue;
@@ -512,8 +513,9 @@ pub fn encode_head<B: RequestBody, E: ExtraHeaders>(
         if *name == KEEP_ALIVE || *name == PROXY_CONNECTION {
             continue;
         }
-        if extra.is_none_or(|extra| !extra.replaces(name)) {
-            push_field(out, name, value);
+        match extra {
+            Some(extra) if extra.replaces(name) => replaced = true,
+            _ => push_field(out, name, value),
         }
     }
     if let (Some(protocol), true) = (upgrade, connection_upgrade) {
@@ -524,7 +526,7 @@ pub fn encode_head<B: RequestBody, E: ExtraHeaders>(
         out.extend_from_slice(b"te: trailers\r\n");
     }
     if let Some(extra) = extra {
-        extra.encode(req.headers(), out);
+        extra.encode(req.headers(), replaced, out);
     }
     let body = req.body();
     let framing = if body.is_end_stream() {

@@ -143,28 +143,46 @@ fn header_map(
 /// The fields as `header_map` would hold them once stripped of hop-by-hop fields,
 /// as `name: value\r\n` lines into `out` (cleared first). httparse took exactly the
 /// names and values `HeaderName` and `HeaderValue` take, so nothing is refused here
-/// that the map would take, nor the reverse.
+/// that the map would take, nor the reverse. Lines the server wrote as weir writes
+/// them (most servers' lines) are copied in runs, one copy per run.
 fn write_lines(out: &mut Vec<u8>, fields: &[Field], head: &[u8], bodiless: bool, length: Option<u64>) {
     out.clear();
     let mut has_length = false;
+    // Lines to copy as they are, not yet copied.
+    let mut run = 0..0;
     for field in fields {
         let (name, value) = (field.name(head), field.value_bytes(head));
+        let mut rewritten = None;
         if is_hop_by_hop(name) {
+            out.extend_from_slice(&head[std::mem::take(&mut run)]);
             continue;
         }
         if name.eq_ignore_ascii_case(b"content-length") {
             if bodiless || std::mem::replace(&mut has_length, true) {
+                out.extend_from_slice(&head[std::mem::take(&mut run)]);
                 continue;
             }
-            if let Some(n) = length.filter(|_| value.contains(&b',')) {
-                push_length(out, n);
-                continue;
+            rewritten = length.filter(|_| value.contains(&b','));
+        }
+        match field.as_written(head).filter(|_| rewritten.is_none()) {
+            Some(line) if run.end == line.start && !run.is_empty() => run.end = line.end,
+            Some(line) => {
+                out.extend_from_slice(&head[std::mem::replace(&mut run, line)]);
+            }
+            None => {
+                out.extend_from_slice(&head[std::mem::take(&mut run)]);
+                match rewritten {
+                    Some(n) => push_length(out, n),
+                    None => {
+                        let at = out.len();
+                        push_field(out, name, value);
+                        out[at..at + name.len()].make_ascii_lowercase();
+                    }
+                }
             }
         }
-        let at = out.len();
-        push_field(out, name, value);
-        out[at..at + name.len()].make_ascii_lowercase();
     }
+    out.extend_from_slice(&head[run]);
 }
 
 /// Whether a `Connection` field names a field the head holds, which the strip of
@@ -387,6 +405,22 @@ mod tests {
         assert_eq!((out.as_str(), lines), ("", Some(Lines { date: false, length: None })));
         let (_, lines, _) = lines_of("HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\n", true);
         assert_eq!(lines, Some(Lines { date: false, length: Some(5) }), "a HEAD answer keeps its length");
+    }
+
+    #[test]
+    fn lines_written_as_weir_writes_them_are_copied_in_runs_around_what_is_left_out() {
+        let (_, lines, out) = lines_of(
+            "HTTP/1.1 200 OK\r\na: 1\r\nb: 2\r\nkeep-alive: 5\r\nc: 3\r\ncontent-length: 4, 4\r\nd: 4\r\n\
+             content-length: 4\r\ne:5\r\nf: 6\r\nG: 7\r\nh: 8\r\n\r\n",
+            false,
+        );
+        assert_eq!(
+            out,
+            "a: 1\r\nb: 2\r\nc: 3\r\ncontent-length: 4\r\nd: 4\r\ne: 5\r\nf: 6\r\ng: 7\r\nh: 8\r\n"
+        );
+        assert_eq!(lines, Some(Lines { date: false, length: Some(4) }));
+        let (_, _, out) = lines_of("HTTP/1.1 200 OK\nx: 1\nconnection: close\ny: 2\n\n", false);
+        assert_eq!(out, "x: 1\r\ny: 2\r\n", "bare LF lines are written anew");
     }
 
     #[test]

@@ -302,6 +302,8 @@ fn refresh(
         ip: peer.ip.clone(),
         body_read_timeout: peer.body_read_timeout,
         underscores_in_headers: peer.underscores_in_headers,
+        // The refresh's response goes into the cache, which reads it as a map.
+        writes_lines: false,
     };
     let (cache, upstream) = (cache.clone(), job.upstream.clone());
     tokio::spawn(async move {

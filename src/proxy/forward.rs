@@ -46,13 +46,27 @@ pub struct Peer {
     pub body_read_timeout: std::time::Duration,
     /// Forward header names with `_` (the listener's `underscores_in_headers`).
     pub underscores_in_headers: bool,
+    /// The client is on weir's own HTTP/1.1 server, which writes a server's
+    /// HTTP/1.1 response fields from the lines weir's client read them into, with no
+    /// header map between (`proxy::body::materialize` builds one when something
+    /// needs it). hyper's servers take maps only, so for them the map is built
+    /// at once.
+    pub writes_lines: bool,
 }
 
 impl Peer {
     pub fn new(addr: SocketAddr, listener: usize, tls: bool) -> Peer {
         let ip = HeaderValue::from_str(&addr.ip().to_string()).unwrap_or(HeaderValue::from_static("unknown"));
         let body_read_timeout = std::time::Duration::from_secs(60);
-        Peer { addr, listener, tls, ip, body_read_timeout, underscores_in_headers: false }
+        Peer {
+            addr,
+            listener,
+            tls,
+            ip,
+            body_read_timeout,
+            underscores_in_headers: false,
+            writes_lines: false,
+        }
     }
 }
 
@@ -175,8 +189,14 @@ async fn send(
         // when there is another server to replay it on.
         let copy =
             (upstream.h2 && replayable && upstream.servers.len() > 1).then(|| Box::new(copy_head(&req)));
-        let tried =
-            attempt(upstream, (index, server), &mut req, forwarded.as_ref(), timeout, watch.as_deref());
+        let tried = attempt(
+            upstream,
+            (index, server),
+            &mut req,
+            forwarded.as_ref(),
+            (timeout, peer.writes_lines),
+            watch.as_deref(),
+        );
         match tried.await {
             Ok(mut response) => {
                 health::record(upstream, server, Outcome::Response(response.status()));
@@ -356,12 +376,13 @@ async fn attempt(
     (index, server): (usize, &Arc<Server>),
     req: &mut Request<Outbound>,
     forwarded: Option<&Forwarded>,
-    timeout: Duration,
+    (timeout, lines): (Duration, bool),
     watch: Option<&BodyWatch>,
 ) -> Attempt {
     let in_flight = server.begin();
     let started = Instant::now();
-    let exchange = tokio::time::timeout(timeout, client::exchange(upstream, server, req, forwarded)).await;
+    let exchange =
+        tokio::time::timeout(timeout, client::exchange(upstream, server, req, forwarded, lines)).await;
     let response = match exchange {
         Ok(Ok(response)) => response,
         Ok(Err(failure)) => {

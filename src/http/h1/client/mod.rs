@@ -211,10 +211,14 @@ impl<B: RequestBody> Conn<B> {
     /// A request body is uploaded while the response is awaited and, if the server
     /// answers before the upload ends (an echo, an early 413), while the response
     /// body streams: whatever polls the connection also moves the upload along.
+    ///
+    /// `lines`: a final response's fields are kept as lines (`Body::encoded`) rather
+    /// than put in its map, for a caller that writes them with weir's HTTP/1.1 server.
     pub async fn send<E: ExtraHeaders>(
         mut self,
         req: &mut Request<B>,
         extra: Option<&E>,
+        lines: bool,
     ) -> Result<Response<Body<B>>, SendError> {
         self.idle_sweeps = 0;
         let framing = encode_head(req, extra, &mut self.write);
@@ -240,7 +244,7 @@ impl<B: RequestBody> Conn<B> {
                 self.upload = None;
                 reusable = false;
             }
-            self.poll_head(cx, head_request)
+            self.poll_head(cx, head_request, lines)
         })
         .await
         .map_err(|error| SendError { error, sent: true })?;
@@ -297,10 +301,16 @@ impl<B: RequestBody> Conn<B> {
     }
 
     /// Reads until a final (non-1xx, or 101) response head is parsed.
-    fn poll_head(&mut self, cx: &mut Context<'_>, head_request: bool) -> Poll<Result<FinalHead, Error>> {
+    fn poll_head(
+        &mut self,
+        cx: &mut Context<'_>,
+        head_request: bool,
+        lines: bool,
+    ) -> Poll<Result<FinalHead, Error>> {
         loop {
             // The request head is sent: its buffer takes the response's field lines.
-            let parsed = parse_head_into(&mut self.read, head_request, Some(&mut self.write));
+            let parsed =
+                parse_head_into(&mut self.read, head_request, Some(&mut self.write).filter(|_| lines));
             if let Some(((parts, framing), lines)) = parsed.map_err(Error::Bad)? {
                 match framing {
                     Some(framing) => return Poll::Ready(Ok((parts, framing, lines))),

@@ -220,7 +220,7 @@ mod tests {
     async fn read(parts: Vec<&'static [u8]>) -> Result<(Vec<u8>, Option<http::HeaderMap>, bool), String> {
         let mut conn = conn_fed(parts).await;
         let (_, (state, keep), lines) =
-            std::future::poll_fn(|cx| conn.poll_head(cx, false)).await.map_err(|e| e.to_string())?;
+            std::future::poll_fn(|cx| conn.poll_head(cx, false, true)).await.map_err(|e| e.to_string())?;
         let mut body = Body { conn: Some(conn), state, reusable: keep, failed: None, lines };
         let (mut data, mut trailers) = (Vec::new(), None);
         while let Some(frame) = body.frame().await {

@@ -88,11 +88,9 @@ pub fn parse_head_into(
     let mut response = Response::new(());
     *response.status_mut() = status;
     *response.version_mut() = if minor == 0 { Version::HTTP_10 } else { Version::HTTP_11 };
-    let needs_map = |_: &&mut Vec<u8>| {
-        status.is_informational() || (framing.connection_seen && connection_names_a_field(fields, buf))
-    };
-    let as_lines = lines.filter(|l| !needs_map(l));
-    let written = match as_lines {
+    let needs_map =
+        status.is_informational() || (framing.connection_seen && connection_names_a_field(fields, buf));
+    let written = match lines.filter(|_| !needs_map) {
         Some(out) => {
             write_lines(out, fields, buf, bodiless, framing.length);
             buf.advance(len);

@@ -6,7 +6,9 @@
 //! round trip and a second copy of the head (callgrind put it at a third of weir's
 //! instructions per request). Here the request's task encodes the head straight from
 //! the client's `HeaderMap` into a buffer the connection keeps, writes it, and parses
-//! the response head in place, its header values sharing the read buffer. The
+//! the response head in place, its header values sharing the read buffer; or, for
+//! weir's own HTTP/1.1 server, its fields written as lines into that same buffer
+//! (the request head is sent by then), which the server copies out as they are. The
 //! response body (`Body`) owns the connection until its last byte, then `body.rs`
 //! hands it back to the pool.
 //!

@@ -326,13 +326,14 @@ impl ExtraHeaders for NoExtra {
         false
     }
 
-    fn encode(&self, _: &http::HeaderMap, _: &mut Vec<u8>) {}
+    fn encode(&self, _: &http::HeaderMap, _: bool, _: &mut Vec<u8>) {}
 }
 
 /// weir's client connection on `pieces`, sent by a server over a real socket with
 /// a pause between them, as the answer to a GET (or HEAD): the response and its
-/// whole body, or `None` when weir refused either.
-fn weir_client(pieces: &[Vec<u8>], head_request: bool) -> Option<SeenResponse> {
+/// whole body, or `None` when weir refused either. `lines`: the fields are kept as
+/// lines, then moved into the map (as `proxy::body::materialize` does).
+fn weir_client(pieces: &[Vec<u8>], head_request: bool, lines: bool) -> Option<SeenResponse> {
     let pieces = pieces.to_vec();
     runtime().block_on(async move {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -362,8 +363,9 @@ fn weir_client(pieces: &[Vec<u8>], head_request: bool) -> Option<SeenResponse> {
         let mut req =
             http::Request::builder().method(method).uri("/").header("host", "a").body(Empty::new()).unwrap();
         let exchange = async {
-            let response = conn.send(&mut req, None::<&NoExtra>).await.ok()?;
-            let (parts, body) = response.into_parts();
+            let response = conn.send(&mut req, None::<&NoExtra>, lines).await.ok()?;
+            let (mut parts, mut body) = response.into_parts();
+            body.materialize(&mut parts.headers);
             let body = body.collect().await.ok()?.to_bytes().to_vec();
             Some(SeenResponse {
                 status: parts.status.as_u16(),
@@ -454,18 +456,50 @@ fn check_request(input: &[u8], cuts: &[usize]) -> Result<(), TestCaseError> {
 /// Runs one response input through both and checks the verdicts.
 fn check_response(input: &[u8], cuts: &[usize], head_request: bool) -> Result<(), TestCaseError> {
     let pieces = pieces(input, cuts);
-    let weir = weir_client(&pieces, head_request);
+    let weir = weir_client(&pieces, head_request, false);
+    let as_lines = weir_client(&pieces, head_request, true);
     let codec = weir_response(&pieces, head_request);
     let hyper = hyper_response(&pieces, head_request);
     let text = String::from_utf8_lossy(input);
     // The connection reads as the codec alone does.
     prop_assert_eq!(&codec, &weir, "connection and codec differ on {:?}", text);
+    // Fields kept as lines are the map's once the proxy stripped it of hop-by-hop
+    // fields (or the map itself, where the map is kept).
+    prop_assert_eq!(as_lines.map(sorted), as_lines_expected(&weir), "lines and map differ on {:?}", text);
     match (weir, hyper) {
         (None, _) => {}
         (Some(_), None) => prop_assert!(false, "weir accepts a response hyper refuses: {text:?}"),
         (Some(weir), Some(hyper)) => prop_assert_eq!(weir, hyper, "the two read {:?} differently", text),
     }
     Ok(())
+}
+
+/// The fields weir's client keeps as lines, once moved into a map, for a response
+/// it read into the map `map`: the proxy's strip of hop-by-hop fields done (none, nor
+/// one `Connection` names but `Host`), unless the map is kept because `Connection`
+/// names a field the response holds, or for a 101. Fields of different names in any
+/// order, those of one name in theirs.
+fn as_lines_expected(map: &Option<SeenResponse>) -> Option<SeenResponse> {
+    let response = map.as_ref()?;
+    let hop = |n: &str| weir::http::h1::framing::HOP_BY_HOP.contains(&n);
+    let named: Vec<String> = response
+        .headers
+        .iter()
+        .filter(|(n, _)| n == "connection")
+        .flat_map(|(_, v)| {
+            String::from_utf8_lossy(v).split(',').map(|t| t.trim().to_ascii_lowercase()).collect::<Vec<_>>()
+        })
+        .filter(|t| t != "host" && !hop(t))
+        .collect();
+    let kept_as_map = response.status == 101 || response.headers.iter().any(|(n, _)| named.contains(n));
+    let fields = response.headers.iter().filter(|(n, _)| kept_as_map || !hop(n)).cloned().collect();
+    Some(sorted(SeenResponse { status: response.status, headers: fields, body: response.body.clone() }))
+}
+
+/// `response` with its fields in order of name (fields of one name keep theirs).
+fn sorted(mut response: SeenResponse) -> SeenResponse {
+    response.headers.sort_by(|a, b| a.0.cmp(&b.0));
+    response
 }
 
 /// A line end: mostly CRLF, sometimes a bare LF or a bare CR.

@@ -33,7 +33,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use bytes::{Bytes, BytesMut};
-use http::header::{self, HeaderMap, HeaderName};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, StatusCode, Uri, Version};
 use http_body::Frame;
 use libfuzzer_sys::fuzz_target;
@@ -42,11 +42,47 @@ use weir::http::h1::chunked::Decoded;
 use weir::http::h1::client::{encode_head as encode_request, ExtraHeaders};
 use weir::http::h1::encode::hex_len;
 use weir::http::h1::framing::{parse_length, parse_length_list};
-use weir::http::h1::response::{parse_head as parse_response, State};
+use weir::http::h1::response::{parse_head as parse_response, parse_head_into, State};
 use weir::http::h1::server::{
     encode_head as encode_response, has_head_end, parse_head as parse_request, Date, Head, Out,
 };
-use weir::proxy::forward::{strip_client_hop_by_hop, strip_hop_by_hop};
+use weir::proxy::hop_by_hop::{strip_client_hop_by_hop, strip_hop_by_hop};
+
+/// The head at the start of `buf` read as lines (`parse_head_into`): its status, framing,
+/// and fields (as the map they materialize into, `None` when the map was built).
+type AsLines = Option<(StatusCode, Option<(State, bool)>, Option<HeaderMap>)>;
+
+fn lines_of(buf: &BytesMut, head_request: bool) -> AsLines {
+    let mut copy = buf.clone();
+    let mut out = Vec::new();
+    let ((parts, framing), lines) = parse_head_into(&mut copy, head_request, Some(&mut out)).ok()??;
+    let fields = lines.map(|_| {
+        assert!(parts.headers.is_empty(), "fields went into the map and the lines");
+        let mut map = HeaderMap::new();
+        for (name, value) in weir::http::h1::encode::fields(&out) {
+            let name = HeaderName::from_bytes(name).expect("a line's name is a valid name");
+            assert!(!weir::http::h1::framing::is_hop_by_hop(name.as_str().as_bytes()), "{name} in the lines");
+            map.append(name, HeaderValue::from_bytes(value).expect("a line's value is a valid value"));
+        }
+        map
+    });
+    Some((parts.status, framing, fields))
+}
+
+/// Lines read the head as the map does, once the proxy strips the map of hop-by-hop
+/// fields: same status, framing and fields (of one name in the same order).
+fn check_lines(as_lines: AsLines, parts: &http::response::Parts, framing: Option<(State, bool)>) {
+    let (status, lines_framing, fields) = as_lines.expect("lines refused a head the map took");
+    assert_eq!((status, lines_framing), (parts.status, framing));
+    if let Some(fields) = fields {
+        let mut map = parts.headers.clone();
+        strip_hop_by_hop(&mut map);
+        for name in map.keys().chain(fields.keys()) {
+            let want: Vec<_> = map.get_all(name).iter().collect();
+            assert_eq!(fields.get_all(name).iter().collect::<Vec<_>>(), want, "{name}");
+        }
+    }
+}
 
 /// The server's head limit here: small, so heads over it are reached.
 const MAX_HEAD: usize = 2048;
@@ -241,8 +277,10 @@ fn read_responses(pieces: &[&[u8]], head_request: bool) -> Responses {
                     stopped = true;
                     break;
                 }
+                let as_lines = lines_of(&buf, head_request);
                 match parse_response(&mut buf, head_request) {
                     Ok(Some((parts, framing))) => {
+                        check_lines(as_lines, &parts, framing);
                         out.messages.push(ReadResponse {
                             status: parts.status,
                             version: parts.version,
@@ -557,7 +595,7 @@ impl ExtraHeaders for NoExtra {
     fn replaces(&self, _: &HeaderName) -> bool {
         false
     }
-    fn encode(&self, _: &HeaderMap, _: &mut Vec<u8>) {}
+    fn encode(&self, _: &HeaderMap, _: bool, _: &mut Vec<u8>) {}
 }
 
 /// `body` as chunks whose sizes `seed` picks, then the last chunk.
@@ -625,7 +663,7 @@ fn round_trip_request(m: &ReadRequest, seed: u64) {
         return;
     }
     let mut buf = BytesMut::from(&wire[..]);
-    let (req, head) = match parse_request(&mut buf, &mut Vec::new(), usize::MAX) {
+    let (req, head) = match parse_request::<()>(&mut buf, &mut Vec::new(), usize::MAX) {
         Ok(Some(parsed)) => parsed,
         other => {
             panic!("weir refuses the request it forwards ({other:?}): {:?}", String::from_utf8_lossy(&wire))
@@ -700,7 +738,7 @@ fn round_trip_response(m: &ReadResponse, head_request: bool, seed: u64) {
         _ => None,
     };
     let mut wire = Vec::new();
-    let (out, keep) = encode_response(&mut wire, &parts, size, &client, false, &mut Date::default());
+    let (out, keep) = encode_response(&mut wire, &parts, None, size, &client, false, &mut Date::default());
     match out {
         Out::None => {}
         Out::Length(n) => {

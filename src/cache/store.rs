@@ -29,6 +29,9 @@ use http::StatusCode;
 use moka::notification::RemovalCause;
 
 use super::policy::Freshness;
+/// The fields of an encoded block (`name: value\r\n` lines, as `Entry` writes them)
+/// as (name, value): the codec's reader of such blocks.
+pub use crate::http::h1::encode::fields;
 use crate::http::h1::encode::push_field;
 use crate::metrics::CacheMetrics;
 
@@ -216,18 +219,6 @@ impl Entry {
     pub fn get(&self, name: &HeaderName) -> Option<&[u8]> {
         self.iter().find(|(n, _)| *n == name.as_str().as_bytes()).map(|(_, v)| v)
     }
-}
-
-/// The fields of an encoded block (`name: value\r\n` lines, as `Entry` writes them)
-/// as (name, value).
-pub fn fields(mut block: &[u8]) -> impl Iterator<Item = (&[u8], &[u8])> {
-    std::iter::from_fn(move || {
-        let colon = block.iter().position(|&b| b == b':')?;
-        let end = colon + block[colon..].iter().position(|&b| b == b'\r')?;
-        let field = (&block[..colon], &block[colon + 2..end]);
-        block = &block[end + 2..];
-        Some(field)
-    })
 }
 
 impl Object {

@@ -17,6 +17,12 @@ use crate::body::BoxError;
 use crate::upstream::body::UpstreamBody;
 
 /// A response body: streamed from a server, or fixed bytes made by weir.
+///
+/// A server's HTTP/1.1 response carries its fields in the body too, as the lines
+/// weir's HTTP/1.1 client parsed them into (`UpstreamBody::encoded`), with an empty
+/// header map: weir's HTTP/1.1 server writes them as they are. Like a cache hit's,
+/// they move into the map (`materialize`) before anything reads or changes the
+/// response's headers.
 // Most responses are the large `Upstream` variant; boxing it would allocate once per
 // response to save bytes only on weir's own small answers.
 #[allow(clippy::large_enum_variant)]
@@ -57,15 +63,27 @@ impl crate::http::h1::conn::ResponseBody for Body {
             Body::Stored(s) if !s.fields.is_empty() => {
                 Some(crate::http::h1::server::Encoded { fields: &s.fields, date: s.date, length: s.length })
             }
+            Body::Upstream(up) => up.encoded(),
             _ => None,
         }
     }
 }
 
-/// Moves the header fields a cached response's body carries encoded into the
-/// response's map (after those already there: the order of different names means
-/// nothing); nothing for any other response.
+/// Moves the header fields a cached response's body, or a server's, carries encoded
+/// into the response's map (after those already there: the order of different names
+/// means nothing); nothing for any other response. Whatever reads or changes a
+/// response's headers calls it first.
 pub fn materialize(response: &mut Response<Body>) {
+    if response.body_mut().upstream_mut().is_some_and(|up| up.encoded().is_some()) {
+        // Taken out and put back, as the response lends its map and its body one at
+        // a time.
+        let mut headers = std::mem::take(response.headers_mut());
+        if let Some(up) = response.body_mut().upstream_mut() {
+            up.materialize(&mut headers);
+        }
+        *response.headers_mut() = headers;
+        return;
+    }
     let Body::Stored(stored) = response.body_mut() else { return };
     if stored.fields.is_empty() {
         return;

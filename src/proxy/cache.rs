@@ -193,8 +193,12 @@ async fn fetch(
         (lead, place, forwarded)
     });
     let request_time = SystemTime::now();
-    let result = admit_and_forward(job, req, trace).await;
+    let mut result = admit_and_forward(job, req, trace).await;
     let response_time = SystemTime::now();
+    // The cache reads the response's headers (may it be stored, its validators).
+    if let Ok(response) = &mut result {
+        super::body::materialize(response);
+    }
     let response = match result {
         Ok(response) if !response.status().is_server_error() => response,
         failed => {
@@ -298,16 +302,19 @@ fn refresh(
         ip: peer.ip,
         body_read_timeout: peer.body_read_timeout,
         underscores_in_headers: peer.underscores_in_headers,
+        // The refresh's response goes into the cache, which reads it as a map.
+        writes_lines: false,
     };
     let (cache, upstream) = (cache.clone(), job.upstream.clone());
     tokio::spawn(async move {
         let rules = RequestRules::of(copy.headers());
         let request_time = SystemTime::now();
         let mut trace = Trace::default();
-        let Ok(response) = forward::forward_request(&Job::new(&upstream, &peer), copy, &mut trace).await
+        let Ok(mut response) = forward::forward_request(&Job::new(&upstream, &peer), copy, &mut trace).await
         else {
             return;
         };
+        super::body::materialize(&mut response);
         if response.status().is_server_error() {
             return;
         }

@@ -23,7 +23,7 @@ use hyper::upgrade::OnUpgrade;
 use super::body::Body;
 use super::error::ProxyError;
 use super::forwarded::{Forwarded, IpText};
-use super::hop_by_hop::{accepts_trailers, requested_upgrade, strip_hop_by_hop};
+use super::hop_by_hop::{accepts_trailers, has_hop_by_hop, requested_upgrade, strip_hop_by_hop};
 use super::tunnel::tunnel;
 use crate::balancer::PickKey;
 use crate::body::{BodyWatch, ClientBody, ClientFault, Outbound, RequestBody};
@@ -46,13 +46,27 @@ pub struct Peer {
     pub body_read_timeout: std::time::Duration,
     /// Forward header names with `_` (the listener's `underscores_in_headers`).
     pub underscores_in_headers: bool,
+    /// The client is on weir's own HTTP/1.1 server, which writes a server's
+    /// HTTP/1.1 response fields from the lines weir's client read them into, with no
+    /// header map between (`proxy::body::materialize` builds one when something
+    /// needs it). hyper's servers take maps only, so for them the map is built
+    /// at once.
+    pub writes_lines: bool,
 }
 
 impl Peer {
     pub fn new(addr: SocketAddr, listener: usize, tls: bool) -> Peer {
         let ip = IpText::of(addr.ip());
         let body_read_timeout = std::time::Duration::from_secs(60);
-        Peer { addr, listener, tls, ip, body_read_timeout, underscores_in_headers: false }
+        Peer {
+            addr,
+            listener,
+            tls,
+            ip,
+            body_read_timeout,
+            underscores_in_headers: false,
+            writes_lines: false,
+        }
     }
 }
 
@@ -175,8 +189,14 @@ async fn send(
         // when there is another server to replay it on.
         let copy =
             (upstream.h2 && replayable && upstream.servers.len() > 1).then(|| Box::new(copy_head(&req)));
-        let tried =
-            attempt(upstream, (index, server), &mut req, forwarded.as_ref(), timeout, watch.as_deref());
+        let tried = attempt(
+            upstream,
+            (index, server),
+            &mut req,
+            forwarded.as_ref(),
+            (timeout, peer.writes_lines),
+            watch.as_deref(),
+        );
         match tried.await {
             Ok(mut response) => {
                 health::record(upstream, server, Outcome::Response(response.status()));
@@ -190,6 +210,8 @@ async fn send(
                     continue;
                 }
                 if let Some(sticky) = upstream.sticky.as_ref().filter(|_| preferred != Some(index)) {
+                    // Added to the map beside the server's fields, wherever those are:
+                    // weir's servers write both (`proxy::body::materialize`).
                     if let Some(cookie) = sticky.set_cookie(index, peer.tls) {
                         response.headers_mut().append(header::SET_COOKIE, cookie.clone());
                     }
@@ -354,12 +376,13 @@ async fn attempt(
     (index, server): (usize, &Arc<Server>),
     req: &mut Request<Outbound>,
     forwarded: Option<&Forwarded>,
-    timeout: Duration,
+    (timeout, lines): (Duration, bool),
     watch: Option<&BodyWatch>,
 ) -> Attempt {
     let in_flight = server.begin();
     let started = Instant::now();
-    let exchange = tokio::time::timeout(timeout, client::exchange(upstream, server, req, forwarded)).await;
+    let exchange =
+        tokio::time::timeout(timeout, client::exchange(upstream, server, req, forwarded, lines)).await;
     let response = match exchange {
         Ok(Ok(response)) => response,
         Ok(Err(failure)) => {
@@ -412,14 +435,21 @@ fn prepare(
     h2: bool,
 ) -> (Option<OnUpgrade>, Option<Forwarded>, bool) {
     let headers = req.headers_mut();
-    let upgrade = requested_upgrade(headers);
+    // Most requests carry no hop-by-hop field by now (`handle` stripped the client's):
+    // one pass over the names spares the lookups of `Upgrade` and `TE`.
+    let upgrade = if has_hop_by_hop(headers) {
+        let upgrade = requested_upgrade(headers);
+        // gRPC needs `te: trailers` end to end; any other TE is hop-by-hop.
+        let trailers = accepts_trailers(headers);
+        strip_hop_by_hop(headers);
+        if trailers {
+            headers.insert(header::TE, TE_TRAILERS.clone());
+        }
+        upgrade
+    } else {
+        None
+    };
     let upgrading = upgrade.is_some();
-    // gRPC needs `te: trailers` end to end; any other TE is hop-by-hop.
-    let trailers = accepts_trailers(headers);
-    strip_hop_by_hop(headers);
-    if trailers {
-        headers.insert(header::TE, TE_TRAILERS.clone());
-    }
     let on_upgrade = match upgrade {
         Some(protocol) => {
             headers.insert(header::UPGRADE, protocol);

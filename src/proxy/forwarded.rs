@@ -105,11 +105,15 @@ impl Forwarded {
 
     /// Writes the headers as HTTP/1.1 fields into `out`, joining any `X-Forwarded-For`
     /// the client sent (which `replaces` skipped) with the client's address.
-    pub fn encode(&self, headers: &HeaderMap, out: &mut Vec<u8>) {
+    pub fn encode(&self, headers: &HeaderMap, replaced: bool, out: &mut Vec<u8>) {
         out.extend_from_slice(b"x-forwarded-for: ");
-        for value in headers.get_all(&X_FORWARDED_FOR) {
-            out.extend_from_slice(value.as_bytes());
-            out.extend_from_slice(b", ");
+        // Looked up only when the request holds one of these fields: a lookup hashes
+        // the name, and most requests carry none.
+        if replaced {
+            for value in headers.get_all(&X_FORWARDED_FOR) {
+                out.extend_from_slice(value.as_bytes());
+                out.extend_from_slice(b", ");
+            }
         }
         out.extend_from_slice(self.ip.as_bytes());
         if let Some(host) = &self.host {
@@ -127,8 +131,8 @@ impl ExtraHeaders for Forwarded {
         Forwarded::replaces(name)
     }
 
-    fn encode(&self, headers: &http::HeaderMap, out: &mut Vec<u8>) {
-        Forwarded::encode(self, headers, out);
+    fn encode(&self, headers: &http::HeaderMap, replaced: bool, out: &mut Vec<u8>) {
+        Forwarded::encode(self, headers, replaced, out);
     }
 }
 

@@ -4,14 +4,14 @@
 //! before anything reads or adds a header (`strip_client_hop_by_hop`); a server's
 //! when its response arrives, and again before a cache stores it
 //! (`strip_hop_by_hop`). What weir honours of them (an upgrade, `TE: trailers`) it
-//! writes anew in its own words.
+//! writes anew in its own words. The list of names is the codec's
+//! (`http::h1::framing::HOP_BY_HOP`): weir's HTTP/1.1 client skips the same fields
+//! when it carries a response's head as it came (`http::h1::response`).
 
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header::{self, HeaderMap, HeaderValue};
 
+use crate::http::h1::framing::{connection_removes, is_hop_by_hop, HOP_BY_HOP};
 use crate::upstream::client::TE_TRAILERS;
-
-static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
-static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 
 /// The `Upgrade` protocol, when `Connection` asks for an upgrade.
 pub(super) fn requested_upgrade(headers: &HeaderMap) -> Option<HeaderValue> {
@@ -51,38 +51,32 @@ pub(super) fn accepts_trailers(headers: &HeaderMap) -> bool {
     headers.get_all(header::TE).iter().any(|te| has_token(te, "trailers"))
 }
 
-/// Bits of `hop_by_hop`'s answer, one per hop-by-hop header.
-const CONNECTION: u8 = 1;
-const TE: u8 = 1 << 1;
-const TRANSFER_ENCODING: u8 = 1 << 2;
-const UPGRADE: u8 = 1 << 3;
-const KEEP_ALIVE_BIT: u8 = 1 << 4;
-const PROXY_CONNECTION_BIT: u8 = 1 << 5;
-
-/// Which hop-by-hop headers are present, as bits. One pass over the names: most
-/// messages carry none of these, and a scan of a few standard names is cheaper than
-/// hashing each of them for a lookup; the bits then spare a lookup (a hash and a
-/// probe) of each one that is absent.
+/// Which hop-by-hop fields are present: bit `i` for `HOP_BY_HOP[i]`. One pass over
+/// the names: most messages carry none of these, and a length test and a few
+/// comparisons per name are cheaper than hashing each hop-by-hop name for a lookup;
+/// the bits then spare a lookup (a hash and a probe) of each one that is absent.
 fn hop_by_hop(headers: &HeaderMap) -> u8 {
     let mut present = 0;
     for name in headers.keys() {
-        present |= if name == header::CONNECTION {
-            CONNECTION
-        } else if name == header::TE {
-            TE
-        } else if name == header::TRANSFER_ENCODING {
-            TRANSFER_ENCODING
-        } else if name == header::UPGRADE {
-            UPGRADE
-        } else if name == KEEP_ALIVE {
-            KEEP_ALIVE_BIT
-        } else if name == PROXY_CONNECTION {
-            PROXY_CONNECTION_BIT
-        } else {
-            0
-        };
+        // A `HeaderName` is lower case already.
+        let name = name.as_str().as_bytes();
+        if is_hop_by_hop(name) {
+            if let Some(i) = HOP_BY_HOP.iter().position(|hop| hop.as_bytes() == name) {
+                present |= 1 << i;
+            }
+        }
     }
     present
+}
+
+/// `hop_by_hop`'s bits for `Connection`, `TE` and `Upgrade`.
+const CONNECTION: u8 = 1 << 0;
+const TE: u8 = 1 << 3;
+const UPGRADE: u8 = 1 << 5;
+
+/// Whether any hop-by-hop header is present.
+pub(super) fn has_hop_by_hop(headers: &HeaderMap) -> bool {
+    hop_by_hop(headers) != 0
 }
 
 /// Removes hop-by-hop headers (RFC 9110 §7.6.1) and every header that `Connection`
@@ -104,31 +98,23 @@ fn strip_present(headers: &mut HeaderMap, present: u8) {
         let rest: Vec<HeaderValue> = lines.cloned().collect();
         for value in first.iter().chain(&rest) {
             for name in crate::http::h1::framing::tokens(value.as_bytes()) {
-                if name.eq_ignore_ascii_case(b"host") {
-                    continue;
-                }
                 // Looked for among the names first: the usual tokens (`close`,
                 // `keep-alive`) name no header, and a scan of a few names is cheaper
                 // than a hashed lookup. Removed as text: a `HeaderName` made from a
                 // name that is not a standard one would be an allocation.
-                if headers.keys().any(|key| key.as_str().as_bytes().eq_ignore_ascii_case(name)) {
+                if connection_removes(name)
+                    && headers.keys().any(|key| key.as_str().as_bytes().eq_ignore_ascii_case(name))
+                {
                     if let Ok(name) = std::str::from_utf8(name) {
                         headers.remove(name);
                     }
                 }
             }
         }
-        headers.remove(header::CONNECTION);
     }
-    for (bit, name) in [
-        (KEEP_ALIVE_BIT, &KEEP_ALIVE),
-        (PROXY_CONNECTION_BIT, &PROXY_CONNECTION),
-        (TE, &header::TE),
-        (TRANSFER_ENCODING, &header::TRANSFER_ENCODING),
-        (UPGRADE, &header::UPGRADE),
-    ] {
-        if present & bit != 0 {
-            headers.remove(name);
+    for (i, name) in HOP_BY_HOP.iter().enumerate() {
+        if present & (1 << i) != 0 {
+            headers.remove(*name);
         }
     }
 }
@@ -171,17 +157,10 @@ mod tests {
     }
 
     #[test]
-    fn every_connection_line_names_headers_to_remove_in_any_case() {
-        let mut h = HeaderMap::new();
-        h.append(header::CONNECTION, HeaderValue::from_static("close"));
-        h.append(header::CONNECTION, HeaderValue::from_static("X-One, , x-two"));
-        h.append(header::CONNECTION, HeaderValue::from_bytes(b"x-Three, bad name, \xff").unwrap());
-        for name in ["close", "x-one", "x-two", "x-three", "x-four", "host"] {
-            h.insert(HeaderName::from_static(name), HeaderValue::from_static("1"));
-        }
-        strip_hop_by_hop(&mut h);
-        let left: Vec<_> = h.keys().map(|k| k.as_str()).collect();
-        assert_eq!(left, ["x-four", "host"]);
+    fn the_named_bits_are_their_names_places_in_the_list() {
+        assert_eq!(HOP_BY_HOP[CONNECTION.trailing_zeros() as usize], "connection");
+        assert_eq!(HOP_BY_HOP[TE.trailing_zeros() as usize], "te");
+        assert_eq!(HOP_BY_HOP[UPGRADE.trailing_zeros() as usize], "upgrade");
     }
 
     #[test]

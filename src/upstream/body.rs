@@ -102,6 +102,22 @@ impl UpstreamBody {
         (self.release.take().map(|r| r.in_flight), conn)
     }
 
+    /// The response's fields, when weir's HTTP/1.1 client kept them as lines rather
+    /// than in the response's map (`http::h1::response::parse_head_into`).
+    pub fn encoded(&self) -> Option<crate::http::h1::server::Encoded<'_>> {
+        match &self.inner {
+            ResponseBody::H1(body) => body.encoded(),
+            ResponseBody::H2(_) => None,
+        }
+    }
+
+    /// Moves fields kept as lines into `headers` (the response's map).
+    pub fn materialize(&mut self, headers: &mut http::HeaderMap) {
+        if let ResponseBody::H1(body) = &mut self.inner {
+            body.materialize(headers);
+        }
+    }
+
     /// The body is complete: an HTTP/1.1 connection that can carry another request
     /// goes back to its server's pool (a full pool closes it).
     fn finish(&mut self) {

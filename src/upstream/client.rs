@@ -68,15 +68,17 @@ pub enum SendError {
 impl Sender {
     /// Sends `req` (its body is taken once it is on its way); `tls` says which scheme
     /// h2 announces. `extra`: header fields the HTTP/1.1 client adds as it writes the
-    /// head (for h2 they are in the map already).
+    /// head (for h2 they are in the map already). `lines`: an HTTP/1.1 response's
+    /// fields stay lines for weir's HTTP/1.1 server (`UpstreamBody::encoded`).
     pub async fn send<E: ExtraHeaders>(
         self,
         req: &mut Request<Outbound>,
         extra: Option<&E>,
         tls: bool,
+        lines: bool,
     ) -> Result<Response<ResponseBody>, SendFailure> {
         match self {
-            Sender::H1(conn) => match conn.send(req, extra).await {
+            Sender::H1(conn) => match conn.send(req, extra, lines).await {
                 Ok(response) => Ok(response.map(ResponseBody::H1)),
                 Err(h1::SendError { error, sent }) => Err(SendFailure { error: h1_error(error), sent }),
             },
@@ -100,12 +102,14 @@ impl Sender {
     }
 }
 
-/// Sends on a pooled connection if one is alive, else on a new one.
+/// Sends on a pooled connection if one is alive, else on a new one (`lines`: see
+/// `Sender::send`).
 pub async fn exchange<E: ExtraHeaders>(
     upstream: &Upstream,
     server: &Server,
     req: &mut Request<Outbound>,
     extra: Option<&E>,
+    lines: bool,
 ) -> Result<Response<ResponseBody>, SendFailure> {
     let tls = upstream.tls.is_some();
     while let Some(sender) = server.take_idle() {
@@ -123,7 +127,7 @@ pub async fn exchange<E: ExtraHeaders>(
                 Sender::H1(conn)
             }
         };
-        match sender.send(req, extra, tls).await {
+        match sender.send(req, extra, tls, lines).await {
             // Closed before our request went out: nothing sent, try another.
             Err(failure) if !failure.sent => continue,
             done => return done,
@@ -138,7 +142,7 @@ pub async fn exchange<E: ExtraHeaders>(
     if let Sender::H2(shared) = &sender {
         let _ = server.state.pool.push(Sender::H2(shared.clone()));
     }
-    sender.send(req, extra, tls).await
+    sender.send(req, extra, tls, lines).await
 }
 
 fn h1_error(error: h1::Error) -> SendError {

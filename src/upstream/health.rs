@@ -332,7 +332,7 @@ async fn probe(upstream: &Upstream, server: &Server, check: &ActiveCheck) -> Res
             .body(Outbound::Empty)
             .map_err(|e| e.to_string())?;
         let response = sender
-            .send(&mut req, None::<&NoExtra>, upstream.tls.is_some())
+            .send(&mut req, None::<&NoExtra>, upstream.tls.is_some(), false)
             .await
             .map_err(|f| format!("request: {}", f.error))?;
         let status = response.status();

@@ -23,6 +23,7 @@ mod outage;
 mod proxying;
 mod ratelimit;
 mod reload;
+mod response_heads;
 mod routing;
 mod scaleout;
 mod server_h1;

@@ -20,6 +20,18 @@ pub fn push_field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     out.push(b'\n');
 }
 
+/// The fields of a block of `name: value\r\n` lines (as `push_field` writes them) as
+/// (name, value).
+pub fn fields(mut block: &[u8]) -> impl Iterator<Item = (&[u8], &[u8])> {
+    std::iter::from_fn(move || {
+        let colon = block.iter().position(|&b| b == b':')?;
+        let end = colon + block[colon..].iter().position(|&b| b == b'\r')?;
+        let field = (&block[..colon], &block[colon + 2..end]);
+        block = &block[end + 2..];
+        Some(field)
+    })
+}
+
 /// `content-length: n\r\n`.
 pub fn push_length(out: &mut Vec<u8>, n: u64) {
     out.extend_from_slice(b"content-length: ");

@@ -45,6 +45,27 @@ pub fn parse_length_list(value: &[u8]) -> Option<u64> {
     length
 }
 
+/// The hop-by-hop fields (RFC 9110 §7.6.1) besides those a `Connection` names: they
+/// belong to one connection and never cross weir. The one list: the header-map strip
+/// (`proxy::hop_by_hop`) and the response codec's field pass (`response`) both read it.
+pub const HOP_BY_HOP: [&str; 6] =
+    ["connection", "keep-alive", "proxy-connection", "te", "transfer-encoding", "upgrade"];
+
+/// Whether a field `name` is hop-by-hop (`HOP_BY_HOP`), compared without case.
+#[inline]
+pub fn is_hop_by_hop(name: &[u8]) -> bool {
+    // By length first: most names are none of these, and most fail that test.
+    matches!(name.len(), 2 | 7 | 10 | 16 | 17)
+        && HOP_BY_HOP.iter().any(|hop| name.eq_ignore_ascii_case(hop.as_bytes()))
+}
+
+/// Whether a `Connection` token removes the field of its name on the way through:
+/// any but `Host`, which routing and the upstream both rely on.
+#[inline]
+pub fn connection_removes(token: &[u8]) -> bool {
+    !token.eq_ignore_ascii_case(b"host")
+}
+
 /// What a message's `Connection` header says about the connection (RFC 9112 §9.3),
 /// noted value by value in the pass that builds a header map.
 #[derive(Debug, Default, Clone, Copy, PartialEq)]
@@ -128,6 +149,16 @@ mod tests {
         assert!(of(&[" Keep-Alive "]).persist(Version::HTTP_10));
         assert!(of(&["x-a", "upgrade"]).upgrade);
         assert!(!of(&["upgraded"]).upgrade);
+    }
+
+    #[test]
+    fn hop_by_hop_names_match_without_case() {
+        for name in HOP_BY_HOP {
+            assert!(is_hop_by_hop(name.as_bytes()) && is_hop_by_hop(name.to_uppercase().as_bytes()));
+        }
+        for name in [&b"trailer"[..], b"host", b"date", b"x-te", b"connections", b""] {
+            assert!(!is_hop_by_hop(name), "{}", String::from_utf8_lossy(name));
+        }
     }
 
     #[test]

@@ -34,6 +34,25 @@ impl Field {
         &head[self.name.clone()]
     }
 
+    /// Where the field's line sits in `head` when it is already written as weir
+    /// writes fields (`encode::push_field`): a lowercase name, `: `, the value, CRLF.
+    /// Such lines are copied as they are, many at a time.
+    #[inline]
+    pub fn as_written(&self, head: &[u8]) -> Option<Range<usize>> {
+        let (name, value) = (self.name.clone(), self.value.clone());
+        let written = value.start == name.end + 2
+            && head.get(name.end..value.start) == Some(b": ")
+            && head.get(value.end..value.end + 2) == Some(b"\r\n")
+            && !head[name.clone()].iter().any(u8::is_ascii_uppercase);
+        written.then_some(name.start..value.end + 2)
+    }
+
+    /// The value's bytes in `head`.
+    #[inline]
+    pub fn value_bytes<'h>(&self, head: &'h [u8]) -> &'h [u8] {
+        &head[self.value.clone()]
+    }
+
     /// The value, sharing `head`.
     #[inline]
     pub fn value(&self, head: &Bytes) -> Bytes {

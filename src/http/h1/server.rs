@@ -229,8 +229,9 @@ pub enum Out {
 }
 
 /// Header fields a response body carries already encoded, as `name: value\r\n`
-/// lines (a cached response's, stored that way), and what the encoder must know of
-/// them. They are written as they are, before the response's own headers, and are
+/// lines (a cached response's, stored that way; a server's, as weir's HTTP/1.1
+/// client parsed them, `response::parse_head_into`), and what the encoder must know
+/// of them. They are written as they are, before the response's own headers, and are
 /// trusted to hold no framing or hop-by-hop field but the `Content-Length` they say.
 #[derive(Debug, Clone, Copy)]
 pub struct Encoded<'a> {

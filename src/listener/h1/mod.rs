@@ -128,7 +128,9 @@ pub(super) async fn serve(
     stream: TcpStream,
     first: BytesMut,
 ) -> Option<(TcpStream, Instant)> {
-    let Connection { settings, runtime, stop, peer, tunnels } = conn;
+    let Connection { settings, runtime, stop, mut peer, tunnels } = conn;
+    // This server writes a server's response fields as weir's client read them.
+    peer.writes_lines = true;
     let (read, write) = stream.into_split();
     let limits = Limits {
         max_head: settings.max_header_size,

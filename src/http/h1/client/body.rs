@@ -11,7 +11,8 @@ use http_body::{Frame, SizeHint};
 
 use super::{Conn, Error, RequestBody, Stream, BODY_READ};
 use crate::http::h1::chunked::Decoded;
-use crate::http::h1::response::State;
+use crate::http::h1::response::{Lines, State};
+use crate::http::h1::server::Encoded;
 use crate::http::BoxError;
 
 /// A response body read from its connection, which it owns until the end.
@@ -22,13 +23,42 @@ pub struct Body<B> {
     reusable: bool,
     /// A failure read but not yet reported (see `poll_frame`).
     failed: Option<Error>,
+    /// The response's fields are lines in the connection's `write` buffer, not in
+    /// its header map (`response::parse_head_into`); `None` once taken.
+    lines: Option<Lines>,
 }
 
 impl<B: RequestBody> Body<B> {
     /// The body of a response whose head `conn` has read; `reusable`: whether the
     /// connection may carry another request after it.
-    pub(super) fn new(conn: Conn<B>, state: State, reusable: bool) -> Body<B> {
-        Body { conn: Some(conn), state, reusable, failed: None }
+    pub(super) fn new(conn: Conn<B>, state: State, reusable: bool, lines: Option<Lines>) -> Body<B> {
+        Body { conn: Some(conn), state, reusable, failed: None, lines }
+    }
+
+    /// The response's fields when they are lines rather than a map, for weir's
+    /// server to write as they are: read before the body is, while the body holds
+    /// the connection they are kept in.
+    pub fn encoded(&self) -> Option<Encoded<'_>> {
+        let (lines, conn) = (self.lines?, self.conn.as_ref()?);
+        Some(Encoded { fields: &conn.write, date: lines.date, length: lines.length })
+    }
+
+    /// Moves the fields kept as lines into `headers`, for whatever needs them as a
+    /// map (header rules, a cache, hyper's servers); nothing if they are there
+    /// already.
+    pub fn materialize(&mut self, headers: &mut http::HeaderMap) {
+        let Some(encoded) = self.encoded() else { return };
+        let fields = Bytes::copy_from_slice(encoded.fields);
+        self.lines = None;
+        headers.reserve(fields.len() / 16);
+        for (name, value) in crate::http::h1::encode::fields(&fields) {
+            // Written from what httparse took, which `HeaderName` takes too.
+            let Ok(name) = http::HeaderName::from_bytes(name) else { continue };
+            // SAFETY: httparse took these bytes as a value, and it takes exactly the
+            // bytes a `HeaderValue` may hold.
+            let value = unsafe { http::HeaderValue::from_maybe_shared_unchecked(fields.slice_ref(value)) };
+            headers.append(name, value);
+        }
     }
 
     /// The connection, if the body was read to its end and the connection can be
@@ -189,9 +219,9 @@ mod tests {
 
     async fn read(parts: Vec<&'static [u8]>) -> Result<(Vec<u8>, Option<http::HeaderMap>, bool), String> {
         let mut conn = conn_fed(parts).await;
-        let (_, (state, keep)) =
-            std::future::poll_fn(|cx| conn.poll_head(cx, false)).await.map_err(|e| e.to_string())?;
-        let mut body = Body { conn: Some(conn), state, reusable: keep, failed: None };
+        let (_, (state, keep), lines) =
+            std::future::poll_fn(|cx| conn.poll_head(cx, false, true)).await.map_err(|e| e.to_string())?;
+        let mut body = Body { conn: Some(conn), state, reusable: keep, failed: None, lines };
         let (mut data, mut trailers) = (Vec::new(), None);
         while let Some(frame) = body.frame().await {
             let frame = frame.map_err(|e| e.to_string())?;

@@ -6,7 +6,9 @@
 //! round trip and a second copy of the head (callgrind put it at a third of weir's
 //! instructions per request). Here the request's task encodes the head straight from
 //! the client's `HeaderMap` into a buffer the connection keeps, writes it, and parses
-//! the response head in place, its header values sharing the read buffer. The
+//! the response head in place, its header values sharing the read buffer; or, for
+//! weir's own HTTP/1.1 server, its fields written as lines into that same buffer
+//! (the request head is sent by then), which the server copies out as they are. The
 //! response body (`Body`) owns the connection until its last byte, then `body.rs`
 //! hands it back to the pool.
 //!
@@ -36,7 +38,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 
 use crate::http::h1::encode::hex_len;
-use crate::http::h1::response::{parse_head, State};
+use crate::http::h1::response::{parse_head_into, Lines, State};
 use crate::http::BoxError;
 
 mod body;
@@ -142,8 +144,9 @@ pub trait ExtraHeaders {
     /// Whether the request's own field `name` is left out: these write it.
     fn replaces(&self, name: &HeaderName) -> bool;
     /// Writes the fields as `name: value\r\n` lines into `out`; `headers` are the
-    /// request's own.
-    fn encode(&self, headers: &http::HeaderMap, out: &mut Vec<u8>);
+    /// request's own, and `replaced`: they hold a field these replace (`replaces`
+    /// said so of one), so a lookup in them can be spared when they do not.
+    fn encode(&self, headers: &http::HeaderMap, replaced: bool, out: &mut Vec<u8>);
 }
 
 /// No extra fields, for requests weir makes itself (health checks).
@@ -154,7 +157,7 @@ impl ExtraHeaders for NoExtra {
         false
     }
 
-    fn encode(&self, _: &http::HeaderMap, _: &mut Vec<u8>) {}
+    fn encode(&self, _: &http::HeaderMap, _: bool, _: &mut Vec<u8>) {}
 }
 
 /// One idle or busy HTTP/1.1 connection to a server.
@@ -162,7 +165,9 @@ pub struct Conn<B> {
     io: Stream,
     /// Bytes read and not yet consumed. Response header values are slices of it.
     read: BytesMut,
-    /// The request head being written; kept so each request reuses its memory.
+    /// The request head being written; kept so each request reuses its memory. Once
+    /// the head is sent, the response's field lines (`response::parse_head_into`),
+    /// read by the response's writer through `Body::encoded`.
     write: Vec<u8>,
     /// A request body still being sent.
     upload: Option<Box<Upload<B>>>,
@@ -208,10 +213,14 @@ impl<B: RequestBody> Conn<B> {
     /// A request body is uploaded while the response is awaited and, if the server
     /// answers before the upload ends (an echo, an early 413), while the response
     /// body streams: whatever polls the connection also moves the upload along.
+    ///
+    /// `lines`: a final response's fields are kept as lines (`Body::encoded`) rather
+    /// than put in its map, for a caller that writes them with weir's HTTP/1.1 server.
     pub async fn send<E: ExtraHeaders>(
         mut self,
         req: &mut Request<B>,
         extra: Option<&E>,
+        lines: bool,
     ) -> Result<Response<Body<B>>, SendError> {
         self.idle_sweeps = 0;
         let framing = encode_head(req, extra, &mut self.write);
@@ -237,12 +246,12 @@ impl<B: RequestBody> Conn<B> {
                 self.upload = None;
                 reusable = false;
             }
-            self.poll_head(cx, head_request)
+            self.poll_head(cx, head_request, lines)
         })
         .await
         .map_err(|error| SendError { error, sent: true })?;
-        let (parts, (state, keep)) = head;
-        let body = Body::new(self, state, reusable && keep);
+        let (parts, (state, keep), lines) = head;
+        let body = Body::new(self, state, reusable && keep, lines);
         Ok(Response::from_parts(parts, body))
     }
 
@@ -294,11 +303,19 @@ impl<B: RequestBody> Conn<B> {
     }
 
     /// Reads until a final (non-1xx, or 101) response head is parsed.
-    fn poll_head(&mut self, cx: &mut Context<'_>, head_request: bool) -> Poll<Result<FinalHead, Error>> {
+    fn poll_head(
+        &mut self,
+        cx: &mut Context<'_>,
+        head_request: bool,
+        lines: bool,
+    ) -> Poll<Result<FinalHead, Error>> {
         loop {
-            if let Some((parts, framing)) = parse_head(&mut self.read, head_request).map_err(Error::Bad)? {
+            // The request head is sent: its buffer takes the response's field lines.
+            let parsed =
+                parse_head_into(&mut self.read, head_request, Some(&mut self.write).filter(|_| lines));
+            if let Some(((parts, framing), lines)) = parsed.map_err(Error::Bad)? {
                 match framing {
-                    Some(framing) => return Poll::Ready(Ok((parts, framing))),
+                    Some(framing) => return Poll::Ready(Ok((parts, framing, lines))),
                     // An interim response (100 Continue, 103 Early Hints): the final
                     // one follows.
                     None => continue,
@@ -442,9 +459,10 @@ impl<B> Upload<B> {
     }
 }
 
-/// A final response head: its parts, its body's framing and whether the connection
-/// outlives the body.
-type FinalHead = (http::response::Parts, (State, bool));
+/// A final response head: its parts, its body's framing, whether the connection
+/// outlives the body, and what the field lines hold when the fields are lines (in
+/// the connection's `write`) rather than in the parts' map.
+type FinalHead = (http::response::Parts, (State, bool), Option<Lines>);
 
 /// How a request body is framed on the wire.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -487,7 +505,7 @@ pub fn encode_head<B: RequestBody, E: ExtraHeaders>(
     }
     out.extend_from_slice(target.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
-    let (mut upgrade, mut connection_upgrade, mut te_trailers) = (None, false, false);
+    let (mut upgrade, mut connection_upgrade, mut te_trailers, mut replaced) = (None, false, false, false);
     for (name, value) in req.headers() {
         if *name == header::CONTENT_LENGTH || *name == header::TRANSFER_ENCODING || *name == header::EXPECT {
             continue;
@@ -507,8 +525,9 @@ pub fn encode_head<B: RequestBody, E: ExtraHeaders>(
         if *name == KEEP_ALIVE || *name == PROXY_CONNECTION {
             continue;
         }
-        if extra.is_none_or(|extra| !extra.replaces(name)) {
-            push_field(out, name, value);
+        match extra {
+            Some(extra) if extra.replaces(name) => replaced = true,
+            _ => push_field(out, name, value),
         }
     }
     if let (Some(protocol), true) = (upgrade, connection_upgrade) {
@@ -519,7 +538,7 @@ pub fn encode_head<B: RequestBody, E: ExtraHeaders>(
         out.extend_from_slice(b"te: trailers\r\n");
     }
     if let Some(extra) = extra {
-        extra.encode(req.headers(), out);
+        extra.encode(req.headers(), replaced, out);
     }
     let body = req.body();
     let framing = if body.is_end_stream() {

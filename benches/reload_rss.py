@@ -7,7 +7,7 @@ and file-backed pages of the binary's own text.
 
 Run (after `cargo build --release`):
     python3 benches/reload_rss.py [--weir target/release/weir] [--servers 5000]
-        [--reloads 10] [--port-base 23000]
+        [--reloads 10] [--move SERVERS] [--workers 1] [--port-base 23000] [--malloc-stats]
 Environment variables (MALLOC_ARENA_MAX=1, ...) pass through to weir.
 """
 
@@ -53,6 +53,9 @@ def main():
     ap.add_argument("--weir", default="target/release/weir")
     ap.add_argument("--servers", type=int, default=5000)
     ap.add_argument("--reloads", type=int, default=10)
+    ap.add_argument("--move", type=int, default=None,
+                    help="servers each reload moves to new ports (default: half of them; 0: none)")
+    ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--malloc-stats", action="store_true",
                     help="at each point, have gdb call glibc's malloc_stats (printed on weir's stderr)")
     ap.add_argument("--port-base", type=int, default=0, help="listener port; the admin gets the next")
@@ -60,6 +63,9 @@ def main():
     if args.port_base:
         ports = iter([args.port_base, args.port_base + 1] * 100)
         scale_servers.free_port = lambda: next(ports)
+    if args.workers != 1:
+        config = scale_servers.weir_config
+        scale_servers.weir_config = lambda *a: config(*a).replace("workers = 1\n", f"workers = {args.workers}\n", 1)
     w = Weir(args.weir, args.servers, False)
     rows = []
     try:
@@ -79,7 +85,11 @@ def main():
                   f"  binary {r[4] / 1024:4.1f}  other files {r[5] / 1024:4.1f}", flush=True)
 
         point("start")
+        half = max(1, args.servers // 2)
+        move = half if args.move is None else args.move
         for i in range(args.reloads):
+            # `Weir.reload` shifts the servers' ports by half of them.
+            w.offset += move - half
             w.reload()
             point(f"reload {i + 1}")
     finally:

@@ -24,7 +24,7 @@ pub fn give_back() {
 /// 8 per core. A reload builds the new runtime on a blocking-pool thread, so the
 /// runtime and everything later reloads build land in an arena beside the serving
 /// threads' ones; the freed runtimes leave it fragmented, and at 5,000 servers the
-/// extra arena kept ~6 MiB resident (BENCHMARKS.md, "RSS after reloads"). Capped, the
+/// extra arena kept 4–7 MiB resident (BENCHMARKS.md, "RSS after reloads"). Capped, the
 /// blocking threads share a serving thread's arena (glibc picks one that is not
 /// locked at that moment), and a reload's peak reuses the holes of the one before.
 /// The serving threads each keep their own arena, so requests contend for no lock

@@ -79,6 +79,9 @@ fn run(args: &Args) -> anyhow::Result<()> {
         print_summary(&args.config, &config);
         return Ok(());
     }
+    // One arena per serving thread: the main thread serves when there is one worker,
+    // else it only waits. Set before any thread starts (`weir::heap::share_arenas`).
+    weir::heap::share_arenas(if config.workers == 1 { 1 } else { config.workers + 1 });
     // One worker runs on a current-thread runtime: no work stealing to pay for.
     let mut builder = if config.workers == 1 {
         tokio::runtime::Builder::new_current_thread()
@@ -99,7 +102,7 @@ fn run(args: &Args) -> anyhow::Result<()> {
     };
     tokio.block_on(async {
         let server = Server::bind_inheriting(&config, metrics, inherited.listeners, inherited.admin)?;
-        release_startup_pages();
+        weir::heap::release_code();
         let offer = match &args.upgrade_socket {
             None => None,
             Some(path) => Some(
@@ -152,46 +155,6 @@ fn run(args: &Args) -> anyhow::Result<()> {
         Ok(())
     })
 }
-
-/// Unmaps the pages of weir's own code and read-only data that start-up touched
-/// (argument, config and TOML parsing, validation, building the runtime), so the
-/// resident set holds what serving uses. Those pages are clean copies of the binary:
-/// they stay in the page cache, and whatever runs again faults back in from it.
-///
-/// Without this an idle weir shows about 4 MiB more resident memory than it serves
-/// with, most of it code that never runs again. nginx gets the same by construction:
-/// its master parses the config and the worker it forks never maps those pages.
-///
-/// Only the segments from the ELF header to the end of the text are released: they
-/// are mapped from the file and never written. The writable segments after them
-/// (relocated pointers, statics) are left alone.
-///
-/// Linux only: the two symbols are what GNU ld, gold, lld and mold define for ELF.
-/// Elsewhere it does nothing.
-#[cfg(target_os = "linux")]
-fn release_startup_pages() {
-    extern "C" {
-        // Defined by the linker: the first byte of the first segment, and the end of
-        // the text segment.
-        static __ehdr_start: u8;
-        static etext: u8;
-    }
-    // Only the symbols' addresses are taken; they are never read.
-    let (start, end) = (&raw const __ehdr_start as usize, &raw const etext as usize);
-    // SAFETY: the range is whole pages of read-only, file-backed mappings of this
-    // binary (no text relocations, so no page in it was ever written): dropping them
-    // only costs a page fault where they are used again, which refills them
-    // unchanged from the file.
-    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as usize;
-    let end = end & !(page - 1);
-    if start % page == 0 && end > start {
-        // SAFETY: see above.
-        let _ = unsafe { libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_DONTNEED) };
-    }
-}
-
-#[cfg(not(target_os = "linux"))]
-fn release_startup_pages() {}
 
 fn print_summary(path: &std::path::Path, config: &Config) {
     // A closed stdout (`weir --check | head`) is not an error worth a panic.

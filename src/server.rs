@@ -193,7 +193,9 @@ impl Listeners {
 /// is thousands of frees. Requests hold a runtime only while they run, so a short wait
 /// usually does; a longer one (a tunnel, a slow download) frees it when it ends. Then
 /// glibc is asked to hand freed pages back: it keeps them in per-thread arenas, and
-/// RSS would settle at twice its level after a few reloads of a large config.
+/// RSS would settle at twice its level after a few reloads of a large config. Last,
+/// the code pages the reload faulted in (config parsing, the build) are dropped again,
+/// as at start.
 fn release(old: Arc<Runtime>) {
     for _ in 0..50 {
         if Arc::strong_count(&old) == 1 {
@@ -203,6 +205,7 @@ fn release(old: Arc<Runtime>) {
     }
     drop(old);
     crate::heap::give_back();
+    crate::heap::release_code();
 }
 
 /// Takes the inherited socket for listener `name` if it is bound to `listen`.

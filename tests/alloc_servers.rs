@@ -16,6 +16,8 @@ struct Counting;
 
 thread_local! {
     static HELD: Cell<isize> = const { Cell::new(0) };
+    /// Allocations aligned beyond what malloc gives anyway (16 bytes on 64-bit glibc).
+    static OVER_ALIGNED: Cell<usize> = const { Cell::new(0) };
 }
 
 // SAFETY: forwards to the system allocator; only adds bookkeeping in a
@@ -23,6 +25,9 @@ thread_local! {
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         let _ = HELD.try_with(|h| h.set(h.get() + layout.size() as isize));
+        if layout.align() > 16 {
+            let _ = OVER_ALIGNED.try_with(|n| n.set(n.get() + 1));
+        }
         unsafe { System.alloc(layout) }
     }
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
@@ -81,4 +86,21 @@ fn an_idle_server_costs_at_most_4_kib() {
         drop(runtime);
         tokio.block_on(async { tokio::time::sleep(Duration::from_millis(10)).await });
     }
+}
+
+/// Building an idle server makes no over-aligned allocation: glibc carves each one out
+/// of a larger block and frees the pieces on both sides, and a reload that made
+/// thousands of them (a `ServerState` held its pool queue, padded to 128-byte cache
+/// lines, inline) left the heap fragmented: RSS after reloads stayed 9 MiB above its
+/// level at start with 5,000 servers.
+#[test]
+fn an_idle_server_makes_no_over_aligned_allocation() {
+    let metrics = Metrics::new().unwrap();
+    let n = 2_000;
+    let config = weir::config::parse(&config(n, false), Path::new("t.toml")).unwrap();
+    let before = OVER_ALIGNED.with(Cell::get);
+    let runtime = Runtime::build(&config, None, &metrics).unwrap();
+    let made = OVER_ALIGNED.with(Cell::get) - before;
+    assert!(made < 10, "{made} over-aligned allocations for {n} servers");
+    drop(runtime);
 }

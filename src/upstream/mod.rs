@@ -256,15 +256,21 @@ impl Drop for InFlight {
 /// A server's idle connections, at most `keepalive`. The queue is made on the first
 /// return: most of a large upstream's servers may never be used by this process,
 /// and a queue of `keepalive` slots costs kilobytes.
+///
+/// The queue is boxed: its head and tail are padded to cache lines (128-byte
+/// alignment), and held inline they made every `ServerState` an over-aligned
+/// allocation, which glibc carves out of a larger block, leaving small free pieces
+/// on both sides. Thousands of those, made and freed by each reload, kept the heap
+/// fragmented (BENCHMARKS.md, "RSS after reloads").
 pub struct Pool {
-    queue: OnceLock<ArrayQueue<Sender>>,
+    queue: OnceLock<Box<ArrayQueue<Sender>>>,
     capacity: usize,
 }
 
 impl Pool {
     /// Keeps an idle connection; hands it back when the pool is full.
     pub fn push(&self, sender: Sender) -> Result<(), Sender> {
-        self.queue.get_or_init(|| ArrayQueue::new(self.capacity)).push(sender)
+        self.queue.get_or_init(|| Box::new(ArrayQueue::new(self.capacity))).push(sender)
     }
 
     pub fn pop(&self) -> Option<Sender> {
@@ -272,7 +278,7 @@ impl Pool {
     }
 
     pub fn len(&self) -> usize {
-        self.queue.get().map_or(0, ArrayQueue::len)
+        self.queue.get().map_or(0, |queue| queue.len())
     }
 
     pub fn is_empty(&self) -> bool {

@@ -177,3 +177,80 @@ servers = [{}]
     let scrape = scraping / 3;
     assert!(slowest < scrape / 2, "a request waited {slowest:?} while scrapes took {scrape:?}");
 }
+
+/// KiB resident in `pid`'s mappings: (of the binary `binary`'s file, of anonymous
+/// mappings with no access that are larger than 8 MiB). glibc reserves each arena
+/// it makes beside the main heap as a 64 MiB mapping and opens it for writing as the
+/// arena grows, so the second is how many such reserves there are (`count`), not RSS.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn mappings(pid: u32, binary: &std::path::Path) -> (u64, usize) {
+    let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).unwrap();
+    let binary = binary.canonicalize().unwrap();
+    let (mut code, mut reserves, mut in_binary) = (0, 0, false);
+    for line in smaps.lines() {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let Some(first) = fields.first() else { continue };
+        if let Some((start, end)) = first.split_once('-').filter(|_| !first.ends_with(':')) {
+            let size = u64::from_str_radix(end, 16).unwrap() - u64::from_str_radix(start, 16).unwrap();
+            in_binary = fields.get(5).is_some_and(|path| std::path::Path::new(path) == binary);
+            if fields[1] == "---p" && fields.len() == 5 && size > 8 << 20 {
+                reserves += 1;
+            }
+        } else if *first == "Rss:" && in_binary {
+            code += fields[1].parse::<u64>().unwrap();
+        }
+    }
+    (code, reserves)
+}
+
+/// A reload leaves no memory of its own behind: it builds in an arena a serving
+/// thread owns, not one glibc makes for the blocking thread (`heap::share_arenas`),
+/// and the code it ran (config parsing, the build) leaves the resident set again as
+/// at start (`heap::release_code`).
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_leaves_no_arena_and_no_code_resident() {
+    let config = |generation: u32| {
+        format!(
+            r#"workers = 1
+[[listeners]]
+name = "web"
+listen = "{{port}}"
+[[routes]]
+path_prefix = "/gen{generation}/"
+respond = {{ status = 200, body = "gen" }}
+[[routes]]
+path_prefix = "/"
+respond = {{ status = 204 }}
+"#
+        )
+    };
+    let weir = WeirProcess::start(&config(0), &[]).await;
+    let binary = std::path::Path::new(env!("CARGO_BIN_EXE_weir"));
+    let client = client();
+    for _ in 0..20 {
+        client.get(weir.url("/gen0/").parse().unwrap()).await.unwrap();
+    }
+    let (code, _) = mappings(weir.child.id(), binary);
+    for generation in 1..=2 {
+        weir.reload(&config(generation), &[]);
+        let url: http::Uri = weir.url(&format!("/gen{generation}/")).parse().unwrap();
+        let started = Instant::now();
+        while client.get(url.clone()).await.unwrap().status() != 200 {
+            assert!(started.elapsed() < Duration::from_secs(10), "the reload never took effect");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+    // The code pages are released once the old runtime is freed, after the swap.
+    let started = Instant::now();
+    let (mut after, mut reserves) = mappings(weir.child.id(), binary);
+    while after > code + 256 && started.elapsed() < Duration::from_secs(3) {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        (after, reserves) = mappings(weir.child.id(), binary);
+    }
+    assert!(
+        after <= code + 256 && reserves == 0,
+        "code resident: {code} KiB before the reloads, {after} KiB after; \
+         glibc arenas besides the main heap: {reserves}"
+    );
+}

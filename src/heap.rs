@@ -17,6 +17,17 @@ pub fn give_back() {
     }
 }
 
+/// The arenas `share_arenas` allows for a config's `workers`: one per serving thread,
+/// plus the main thread's when it does not serve (it does only with one worker, on a
+/// current-thread runtime). `workers = 0` means one worker per core.
+pub fn arenas_for(workers: usize) -> usize {
+    match workers {
+        1 => 1,
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()) + 1,
+        n => n + 1,
+    }
+}
+
 /// Caps glibc's arenas at `arenas` (at least 1): call it before any thread starts,
 /// with one arena per serving thread (plus the main thread's when it does not serve).
 ///
@@ -85,5 +96,19 @@ pub fn release_code() {
             // SAFETY: see above.
             let _ = unsafe { libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_DONTNEED) };
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_serving_thread_keeps_an_arena_of_its_own() {
+        assert_eq!(arenas_for(1), 1);
+        assert_eq!(arenas_for(4), 5);
+        // The default, one worker per core, is not one arena for all of them.
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        assert_eq!(arenas_for(0), cores + 1);
     }
 }

@@ -81,7 +81,7 @@ fn run(args: &Args) -> anyhow::Result<()> {
     }
     // One arena per serving thread: the main thread serves when there is one worker,
     // else it only waits. Set before any thread starts (`weir::heap::share_arenas`).
-    weir::heap::share_arenas(if config.workers == 1 { 1 } else { config.workers + 1 });
+    weir::heap::share_arenas(weir::heap::arenas_for(config.workers));
     // One worker runs on a current-thread runtime: no work stealing to pay for.
     let mut builder = if config.workers == 1 {
         tokio::runtime::Builder::new_current_thread()

@@ -4,43 +4,13 @@
 //! into, so it lives in this test binary of its own rather than among the library's
 //! unit tests, which keep the system allocator.
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
 use std::time::{Duration, Instant};
 
 use weir::ratelimit::{Rate, Store};
 
-/// Counts the bytes each thread holds, so a test can measure what a structure it
-/// built on its own thread keeps on the heap, while other tests run in parallel.
-struct Counting;
+mod counting;
 
-thread_local! {
-    static HELD: Cell<isize> = const { Cell::new(0) };
-}
-
-// SAFETY: forwards to the system allocator; only adds bookkeeping in a
-// const-initialised thread-local, which never allocates.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        let _ = HELD.try_with(|h| h.set(h.get() + layout.size() as isize));
-        unsafe { System.alloc(layout) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        let _ = HELD.try_with(|h| h.set(h.get() - layout.size() as isize));
-        unsafe { System.dealloc(ptr, layout) }
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        let _ = HELD.try_with(|h| h.set(h.get() + new_size as isize - layout.size() as isize));
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
-
-#[global_allocator]
-static ALLOCATOR: Counting = Counting;
-
-fn held() -> isize {
-    HELD.with(Cell::get)
-}
+use counting::held;
 
 const RATE: Rate = Rate { per_second: 1.0, burst: 5.0 };
 

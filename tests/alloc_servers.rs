@@ -2,50 +2,15 @@
 //! (in a test binary of its own: a `#[global_allocator]` replaces the allocator of
 //! every test linked with it).
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
 use std::path::Path;
 use std::time::Duration;
 
 use weir::metrics::Metrics;
 use weir::runtime::Runtime;
 
-/// Counts the bytes each thread holds, so the test measures what it built on its own
-/// thread (a current-thread tokio runtime polls the tasks there too).
-struct Counting;
+mod counting;
 
-thread_local! {
-    static HELD: Cell<isize> = const { Cell::new(0) };
-    /// Allocations aligned beyond what malloc gives anyway (16 bytes on 64-bit glibc).
-    static OVER_ALIGNED: Cell<usize> = const { Cell::new(0) };
-}
-
-// SAFETY: forwards to the system allocator; only adds bookkeeping in a
-// const-initialised thread-local, which never allocates.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        let _ = HELD.try_with(|h| h.set(h.get() + layout.size() as isize));
-        if layout.align() > 16 {
-            let _ = OVER_ALIGNED.try_with(|n| n.set(n.get() + 1));
-        }
-        unsafe { System.alloc(layout) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        let _ = HELD.try_with(|h| h.set(h.get() - layout.size() as isize));
-        unsafe { System.dealloc(ptr, layout) }
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        let _ = HELD.try_with(|h| h.set(h.get() + new_size as isize - layout.size() as isize));
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
-
-#[global_allocator]
-static ALLOCATOR: Counting = Counting;
-
-fn held() -> isize {
-    HELD.with(Cell::get)
-}
+use counting::held;
 
 fn config(servers: usize, checks: bool) -> String {
     let list: Vec<String> =
@@ -98,9 +63,9 @@ fn an_idle_server_makes_no_over_aligned_allocation() {
     let metrics = Metrics::new().unwrap();
     let n = 2_000;
     let config = weir::config::parse(&config(n, false), Path::new("t.toml")).unwrap();
-    let before = OVER_ALIGNED.with(Cell::get);
+    let before = counting::over_aligned();
     let runtime = Runtime::build(&config, None, &metrics).unwrap();
-    let made = OVER_ALIGNED.with(Cell::get) - before;
+    let made = counting::over_aligned() - before;
     assert!(made < 10, "{made} over-aligned allocations for {n} servers");
     drop(runtime);
 }

@@ -455,9 +455,7 @@ servers = [{ address = "{replica}" }]
 
 /// Resident memory of process `pid`, in bytes.
 fn rss(pid: u32) -> f64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let kib = status.lines().find_map(|l| l.strip_prefix("VmRSS:")).unwrap();
-    kib.trim().trim_end_matches("kB").trim().parse::<f64>().unwrap() * 1024.0
+    crate::support::rss_kib(pid) as f64 * 1024.0
 }
 
 /// GETs each of `paths` on one keep-alive connection, 64 pipelined at a time, and

@@ -155,12 +155,7 @@ async fn a_slow_but_moving_request_body_is_not_cut() {
 
 /// Resident memory of this process, in KiB.
 fn rss_kib() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0)
+    crate::support::rss_kib(std::process::id())
 }
 
 /// One keep-alive request on a new connection, leaving the connection idle.

@@ -22,21 +22,28 @@ request_headers = { set = { "X-Real-IP" = "{client_ip}", "X-Route" = "shaped" } 
 servers = [{ address = "{app}" }]
 "#;
 
-#[tokio::test]
-async fn connection_cannot_strip_headers_weir_adds() {
+/// The header fields the server got for a GET with `fields`, sent through weir on
+/// the `SHAPED` route.
+async fn forwarded(fields: &[(&str, &str)]) -> HeaderMap {
     let app = Backend::named("app").start().await;
     let weir = WeirProcess::start(SHAPED, &[&app]).await;
-    let (status, _, _) = crate::support::send(
-        http::Request::get(weir.url("/"))
-            .header("connection", "X-Request-Id, X-Real-IP, x-route, x-client-secret")
-            .header("x-client-secret", "1")
-            .body(http_body_util::Full::<Bytes>::default())
-            .unwrap(),
-    )
-    .await;
+    let mut req = http::Request::get(weir.url("/"));
+    for (name, value) in fields {
+        req = req.header(*name, *value);
+    }
+    let (status, _, _) =
+        crate::support::send(req.body(http_body_util::Full::<Bytes>::default()).unwrap()).await;
     assert_eq!(status, StatusCode::OK);
-    let seen = app.seen();
-    let h = &seen[0].headers;
+    app.seen().remove(0).headers
+}
+
+#[tokio::test]
+async fn connection_cannot_strip_headers_weir_adds() {
+    let h = &forwarded(&[
+        ("connection", "X-Request-Id, X-Real-IP, x-route, x-client-secret"),
+        ("x-client-secret", "1"),
+    ])
+    .await;
     assert!(h.contains_key("x-request-id"), "{h:?}");
     assert_eq!(h["x-real-ip"], "127.0.0.1", "{h:?}");
     assert_eq!(h["x-route"], "shaped", "{h:?}");
@@ -49,19 +56,7 @@ async fn connection_cannot_strip_headers_weir_adds() {
 /// accept trailers, the request sent upstream lost it.
 #[tokio::test]
 async fn te_trailers_in_a_second_te_line_goes_up() {
-    let app = Backend::named("app").start().await;
-    let weir = WeirProcess::start(SHAPED, &[&app]).await;
-    let (status, _, _) = crate::support::send(
-        http::Request::get(weir.url("/"))
-            .header("te", "gzip")
-            .header("te", "trailers")
-            .body(http_body_util::Full::<Bytes>::default())
-            .unwrap(),
-    )
-    .await;
-    assert_eq!(status, StatusCode::OK);
-    let seen = app.seen();
-    let h = &seen[0].headers;
+    let h = &forwarded(&[("te", "gzip"), ("te", "trailers")]).await;
     assert_eq!(h.get_all("te").iter().collect::<Vec<_>>(), ["trailers"], "{h:?}");
 }
 

@@ -9,7 +9,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::support::raw::{closed_within, exchange, read_reply, statuses, Action, RawBackend, OK};
-use crate::support::Weir;
+use crate::support::{rss_kib, Weir};
 
 const CONFIG: &str = r#"
 [[listeners]]
@@ -290,13 +290,6 @@ async fn a_parked_connection_closes_at_its_idle_limit_and_on_stop() {
         .expect("the drain waited on a parked connection");
     assert!(closed_within(&mut client, Duration::from_millis(500)).await);
     assert!(stopped.elapsed() < Duration::from_secs(1), "{:?}", stopped.elapsed());
-}
-
-/// Resident memory of process `pid`, in KiB.
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let kib = status.lines().find_map(|l| l.strip_prefix("VmRSS:")).unwrap();
-    kib.trim().trim_end_matches("kB").trim().parse().unwrap()
 }
 
 /// One request on a new connection, answered, the connection left open.

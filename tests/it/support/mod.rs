@@ -303,6 +303,13 @@ pub fn fill(toml: &str, backends: &[&Backend]) -> String {
     text
 }
 
+/// Resident memory (`VmRSS`) of process `pid`, in KiB.
+pub fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kib = status.lines().find_map(|l| l.strip_prefix("VmRSS:")).unwrap();
+    kib.trim().trim_end_matches("kB").trim().parse().unwrap()
+}
+
 /// A keep-alive HTTP/1.1 client.
 pub fn client() -> Client<HttpConnector, Full<Bytes>> {
     Client::builder(TokioExecutor::new()).build_http()

@@ -47,7 +47,8 @@
 //! `send_timeout` (`ClientIo`).
 //!
 //! Files: this one accepts (`Listener::serve`) and starts connections (`Shared`);
-//! `lobby` holds clients with nothing to read yet; `conn` serves one connection
+//! `lobby` holds clients with nothing to read yet; `recycle` keeps the heap block a
+//! connection's future lives in for the next one; `conn` serves one connection
 //! (sniffing, TLS, hyper's servers, idle and stop); `h1` joins weir's HTTP/1.1
 //! server to the pipeline; `client_io` wraps the client socket with its timeouts.
 
@@ -71,11 +72,13 @@ use crate::proxy::Peer;
 use crate::runtime::SharedRuntime;
 use conn::Connection;
 use lobby::{sweep_lobby, Accepted, Active, Waiting};
+use recycle::Recycled;
 
 mod client_io;
 mod conn;
 pub mod h1;
 mod lobby;
+mod recycle;
 
 /// How long an idle HTTP/1.1 connection stays open once its listener stops, for a
 /// request already on its way: a busy keep-alive client gets its next answer (with
@@ -345,8 +348,9 @@ impl Shared {
         // spawning moves a future about five times (into the tracker's wrapper, the
         // spawn, the runtime's context, the task's cell), and the task's stage is
         // written whole twice more when it ends: each a `memcpy` of all of it, some
-        // 7,000 instructions per connection. Boxed, they move a pointer.
-        tracker.spawn(Box::pin(async move {
+        // 7,000 instructions per connection. Boxed, they move a pointer; and the box
+        // is the last connection's (`recycle`), not a new allocation of that size.
+        tracker.spawn(Recycled::new(async move {
             if let Some((stream, until)) = shared.clone().serve(stream, addr, resumed, stop).await {
                 // Back to the lobby with its permit and its place in the gauge. Once
                 // the listener has stopped there is none: the idle connection closes.

@@ -4,6 +4,7 @@
 //! protocol, requests weir makes itself), frame messages the one same way.
 
 pub mod h1;
+pub mod h2;
 
 /// The error type of bodies: any error, sendable.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;

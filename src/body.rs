@@ -79,8 +79,11 @@ impl http_body::Body for Outbound {
 pub enum ClientBody {
     /// No body (weir's server makes none for a bodyless request).
     Empty,
+    /// From hyper's HTTP/1.1 server (TLS connections without h2).
     Hyper(Incoming),
     H1(crate::http::h1::body::Body),
+    /// From weir's h2 server.
+    H2(crate::http::h2::RecvBody),
 }
 
 impl http_body::Body for ClientBody {
@@ -95,6 +98,7 @@ impl http_body::Body for ClientBody {
             ClientBody::Empty => Poll::Ready(None),
             ClientBody::Hyper(body) => Pin::new(body).poll_frame(cx).map_err(Into::into),
             ClientBody::H1(body) => Pin::new(body).poll_frame(cx),
+            ClientBody::H2(body) => Pin::new(body).poll_frame(cx),
         }
     }
 
@@ -103,6 +107,7 @@ impl http_body::Body for ClientBody {
             ClientBody::Empty => true,
             ClientBody::Hyper(body) => body.is_end_stream(),
             ClientBody::H1(body) => body.is_end_stream(),
+            ClientBody::H2(body) => body.is_end_stream(),
         }
     }
 
@@ -111,6 +116,7 @@ impl http_body::Body for ClientBody {
             ClientBody::Empty => SizeHint::with_exact(0),
             ClientBody::Hyper(body) => body.size_hint(),
             ClientBody::H1(body) => body.size_hint(),
+            ClientBody::H2(body) => body.size_hint(),
         }
     }
 }

@@ -6,7 +6,9 @@
 //! socket with a handler that reads the whole body and records what it was given.
 //! The verdicts must agree: both hand the handler the same method, URI, headers,
 //! body and trailers; or weir refuses. Weir may be stricter than hyper, never looser:
-//! a request weir hands on and hyper refuses fails the test.
+//! a request weir hands on and hyper refuses fails the test. Where weir refuses and
+//! hyper does not (both as RFC 9113 §8 says): an empty `:path`, and trailers with
+//! pseudo-header fields (hyper drops them).
 //!
 //! The header blocks are encoded here, independently of weir's HPACK code: literals
 //! with new names, with or without incremental indexing (so later fields may be
@@ -55,6 +57,23 @@ where
     })
 }
 
+fn never(never: Infallible) -> BoxError {
+    match never {}
+}
+
+/// Runs `server` beside `client` (on this task: the handlers' futures need not be
+/// `Send`) until `client` is done.
+async fn beside(
+    server: impl std::future::Future<Output = ()>,
+    client: impl std::future::Future<Output = bool>,
+) -> bool {
+    tokio::pin!(server, client);
+    tokio::select! {
+        answered = &mut client => answered,
+        () = &mut server => client.await,
+    }
+}
+
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
 }
@@ -77,7 +96,8 @@ async fn exchange(addr: std::net::SocketAddr, input: &[u8]) -> bool {
             let mut at = 0;
             while buf.len() >= at + 9 {
                 let len = u32::from_be_bytes([0, buf[at], buf[at + 1], buf[at + 2]]) as usize;
-                let (kind, stream) = (buf[at + 3], u32::from_be_bytes([buf[at + 5], buf[at + 6], buf[at + 7], buf[at + 8]]));
+                let (kind, stream) =
+                    (buf[at + 3], u32::from_be_bytes([buf[at + 5], buf[at + 6], buf[at + 7], buf[at + 8]]));
                 if buf.len() < at + 9 + len {
                     break;
                 }
@@ -99,7 +119,7 @@ fn weir_server(input: &[u8]) -> Option<Seen> {
         let addr = listener.local_addr().unwrap();
         let seen: Arc<Mutex<Option<Seen>>> = Arc::default();
         let recorded = seen.clone();
-        let server = tokio::spawn(async move {
+        let server = (async move {
             let (stream, _) = listener.accept().await.unwrap();
             let (_stop_tx, stop) = tokio::sync::watch::channel(false);
             let handler = move |req: http::Request<weir::http::h2::RecvBody>| {
@@ -109,15 +129,20 @@ fn weir_server(input: &[u8]) -> Option<Seen> {
                     let ok = seen.is_some();
                     *recorded.lock().unwrap() = seen;
                     let status = if ok { 200 } else { 400 };
-                    let body = Empty::<Bytes>::new().map_err(|never| -> BoxError { match never {} }).boxed_unsync();
+                    let body = Empty::<Bytes>::new().map_err(never).boxed_unsync();
                     http::Response::builder().status(status).body(body).unwrap()
                 }
             };
-            weir::http::h2::serve(stream, bytes::BytesMut::new(), weir::http::h2::Config::default(), stop, handler)
-                .await;
+            weir::http::h2::serve(
+                stream,
+                bytes::BytesMut::new(),
+                weir::http::h2::Config::default(),
+                stop,
+                handler,
+            )
+            .await;
         });
-        let answered = exchange(addr, input).await;
-        server.abort();
+        let answered = beside(server, exchange(addr, input)).await;
         let seen = seen.lock().unwrap().take();
         seen.filter(|_| answered)
     })
@@ -129,7 +154,7 @@ fn hyper_server(input: &[u8]) -> Option<Seen> {
         let addr = listener.local_addr().unwrap();
         let seen: Arc<Mutex<Option<Seen>>> = Arc::default();
         let recorded = seen.clone();
-        let server = tokio::spawn(async move {
+        let server = (async move {
             let (stream, _) = listener.accept().await.unwrap();
             let service = hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
                 let recorded = recorded.clone();
@@ -138,15 +163,16 @@ fn hyper_server(input: &[u8]) -> Option<Seen> {
                     let ok = seen.is_some();
                     *recorded.lock().unwrap() = seen;
                     let status = if ok { 200 } else { 400 };
-                    Ok::<_, Infallible>(http::Response::builder().status(status).body(Empty::<Bytes>::new()).unwrap())
+                    Ok::<_, Infallible>(
+                        http::Response::builder().status(status).body(Empty::<Bytes>::new()).unwrap(),
+                    )
                 }
             });
             let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
                 .serve_connection(TokioIo::new(stream), service)
                 .await;
         });
-        let answered = exchange(addr, input).await;
-        server.abort();
+        let answered = beside(server, exchange(addr, input)).await;
         let seen = seen.lock().unwrap().take();
         seen.filter(|_| answered)
     })
@@ -174,7 +200,7 @@ fn frame(out: &mut Vec<u8>, kind: u8, flags: u8, stream: u32, payload: &[u8]) {
 fn block(fields: &[Field]) -> Vec<u8> {
     let mut out = Vec::new();
     let mut table: Vec<(String, String)> = Vec::new();
-    let mut string = |out: &mut Vec<u8>, s: &str| {
+    let string = |out: &mut Vec<u8>, s: &str| {
         assert!(s.len() < 127);
         out.push(s.len() as u8);
         out.extend_from_slice(s.as_bytes());
@@ -225,70 +251,73 @@ fn connection(head: &[Field], body: &[Vec<u8>], padded: bool, trailers: &[Field]
 
 fn pseudo() -> impl Strategy<Value = Vec<Field>> {
     let method = prop_oneof![
-        Just(Some("GET")),
-        Just(Some("POST")),
-        Just(Some("PUT")),
-        Just(Some("OPTIONS")),
-        Just(Some("CONNECT")),
-        Just(Some("get")),
-        Just(Some("G T")),
-        Just(None)
+        8 => Just(Some("GET")),
+        8 => Just(Some("POST")),
+        1 => Just(Some("PUT")),
+        1 => Just(Some("OPTIONS")),
+        1 => Just(Some("CONNECT")),
+        1 => Just(Some("get")),
+        1 => Just(Some("G T")),
+        1 => Just(None)
     ];
-    let scheme = prop_oneof![Just(Some("http")), Just(Some("https")), Just(Some("")), Just(None)];
+    let scheme =
+        prop_oneof![8 => Just(Some("http")), 8 => Just(Some("https")), 1 => Just(Some("")), 1 => Just(None)];
     let authority = prop_oneof![
-        Just(Some("a.example")),
-        Just(Some("a.example:8080")),
-        Just(Some("bad host")),
-        Just(Some("u@a.example")),
-        Just(None)
+        8 => Just(Some("a.example")),
+        1 => Just(Some("a.example:8080")),
+        1 => Just(Some("bad host")),
+        1 => Just(Some("u@a.example")),
+        1 => Just(None)
     ];
     let path = prop_oneof![
-        Just(Some("/")),
-        Just(Some("/p/q?x=1&y")),
-        Just(Some("*")),
-        Just(Some("")),
-        Just(Some("no-slash")),
-        Just(Some("/sp ace")),
-        Just(None)
+        8 => Just(Some("/")),
+        8 => Just(Some("/p/q?x=1&y")),
+        1 => Just(Some("*")),
+        1 => Just(Some("")),
+        1 => Just(Some("no-slash")),
+        1 => Just(Some("/sp ace")),
+        1 => Just(None)
     ];
-    (method, scheme, authority, path, any::<bool>(), any::<bool>()).prop_map(|(m, s, a, p, twice, index)| {
-        let mut out = Vec::new();
-        for (name, value) in [(":method", m), (":scheme", s), (":authority", a), (":path", p)] {
-            if let Some(value) = value {
-                out.push(Field { name: name.into(), value: value.into(), index, again: false });
+    (method, scheme, authority, path, prop::bool::weighted(0.1), any::<bool>()).prop_map(
+        |(m, s, a, p, twice, index)| {
+            let mut out = Vec::new();
+            for (name, value) in [(":method", m), (":scheme", s), (":authority", a), (":path", p)] {
+                if let Some(value) = value {
+                    out.push(Field { name: name.into(), value: value.into(), index, again: false });
+                }
             }
-        }
-        if twice {
-            if let Some(first) = out.first().cloned() {
-                out.push(first);
+            if twice {
+                if let Some(first) = out.first().cloned() {
+                    out.push(first);
+                }
             }
-        }
-        out
-    })
+            out
+        },
+    )
 }
 
 fn regular() -> impl Strategy<Value = Field> {
     let pair = prop_oneof![
-        Just(("accept", "*/*")),
-        Just(("x-a", "v")),
-        Just(("x-empty", "")),
-        Just(("cookie", "a=1")),
-        Just(("host", "h.example")),
-        Just(("Accept", "upper")),
-        Just(("connection", "close")),
-        Just(("keep-alive", "5")),
-        Just(("upgrade", "websocket")),
-        Just(("transfer-encoding", "chunked")),
-        Just(("te", "trailers")),
-        Just(("te", "gzip")),
-        Just(("content-length", "3")),
-        Just(("content-length", "0")),
-        Just(("content-length", "x")),
-        Just((":status", "200")),
-        Just((":unknown", "x")),
-        Just(("x-bad", "a\rb")),
-        Just(("x-sp", " padded ")),
-        Just(("bad name", "v")),
+        6 => Just(("accept", "*/*")),
+        6 => Just(("x-a", "v")),
+        6 => Just(("x-empty", "")),
+        6 => Just(("cookie", "a=1")),
+        6 => Just(("host", "h.example")),
+        1 => Just(("Accept", "upper")),
+        1 => Just(("connection", "close")),
+        1 => Just(("keep-alive", "5")),
+        1 => Just(("upgrade", "websocket")),
+        1 => Just(("transfer-encoding", "chunked")),
+        6 => Just(("te", "trailers")),
+        1 => Just(("te", "gzip")),
+        1 => Just(("content-length", "3")),
+        1 => Just(("content-length", "0")),
+        1 => Just(("content-length", "x")),
+        1 => Just((":status", "200")),
+        1 => Just((":unknown", "x")),
+        1 => Just(("x-bad", "a\rb")),
+        1 => Just(("x-sp", " padded ")),
+        1 => Just(("bad name", "v")),
     ];
     (pair, any::<bool>(), any::<bool>()).prop_map(|((n, v), index, again)| Field {
         name: n.into(),
@@ -302,7 +331,7 @@ fn request() -> impl Strategy<Value = Vec<u8>> {
     (
         pseudo(),
         prop::collection::vec(regular(), 0..5),
-        any::<bool>(),
+        prop::bool::weighted(0.15),
         prop::collection::vec(prop::collection::vec(any::<u8>(), 0..5), 0..3),
         any::<bool>(),
         prop::collection::vec(regular(), 0..2),
@@ -331,7 +360,7 @@ fn check(input: &[u8]) -> Result<(), TestCaseError> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 96, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
 
     #[test]
     fn weir_and_hyper_hand_on_the_same_requests(input in request()) {
@@ -341,11 +370,14 @@ proptest! {
 
 #[test]
 fn a_plain_request_reaches_both_alike() {
-    let f = |n: &str, v: &str| Field { name: n.into(), value: v.into(), index: true, again: true };
-    let head = [f(":method", "POST"), f(":scheme", "https"), f(":authority", "a"), f(":path", "/x"), f("x-a", "1")];
+    let f = |n: &str, v: &str| Field { name: n.into(), value: v.into(), index: true, again: false };
+    let mut again = f("x-a", "1");
+    again.again = true;
+    let head = [f(":method", "POST"), f(":scheme", "https"), f(":authority", "a"), f(":path", "/x"), again];
     let input = connection(&head, &[b"ab".to_vec(), b"c".to_vec()], true, &[f("x-sum", "9")]);
     let weir = weir_server(&input).expect("weir serves it");
     assert_eq!(Some(&weir), hyper_server(&input).as_ref());
     assert_eq!(weir.body, b"abc");
+    assert_eq!(weir.headers, [("x-a".to_string(), b"1".to_vec()), ("x-a".to_string(), b"1".to_vec())]);
     assert_eq!(weir.trailers, [("x-sum".to_string(), b"9".to_vec())]);
 }

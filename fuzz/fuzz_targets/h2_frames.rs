@@ -21,6 +21,10 @@ use weir::http::h2::hpack;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
+fn never(never: std::convert::Infallible) -> BoxError {
+    match never {}
+}
+
 fn frames(data: &[u8]) {
     let mut at = 0;
     while data.len() >= at + frame::HEADER_LEN {
@@ -99,7 +103,7 @@ fn connection(data: &[u8]) {
         let handler = |req: http::Request<weir::http::h2::RecvBody>| async move {
             let _ = req.into_body().collect().await;
             let body = http_body_util::Full::new(Bytes::from_static(b"ok"))
-                .map_err(|never| -> BoxError { match never {} })
+                .map_err(never)
                 .boxed_unsync();
             http::Response::new(body)
         };

@@ -18,7 +18,7 @@ use prometheus::IntGauge;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use super::client_io::{ClientIo, Rewind};
+use super::client_io::ClientIo;
 use super::h1;
 use super::lobby::Active;
 use super::{Settings, STOP_GRACE};

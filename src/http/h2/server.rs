@@ -1159,3 +1159,392 @@ fn write_trailers(out: &mut Out, id: u32, trailers: &HeaderMap) {
     }
     frame::headers(&mut out.buf, id, &out.block, true, out.max_frame);
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicUsize;
+
+    use http_body_util::{BodyExt, Full};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
+
+    use super::*;
+
+    type TestBody = http_body_util::combinators::UnsyncBoxBody<Bytes, BoxError>;
+
+    fn never(never: std::convert::Infallible) -> BoxError {
+        match never {}
+    }
+
+    fn full(bytes: &'static [u8]) -> TestBody {
+        Full::new(Bytes::from_static(bytes)).map_err(never).boxed_unsync()
+    }
+
+    /// Serves one connection with `handler` beside `client`, which gets the address
+    /// and the `stop` sender; returns what `client` returns, and whether the server
+    /// ended by itself first.
+    async fn run<H, C, F, T>(config: Config, handler: H, client: C) -> T
+    where
+        H: Handler,
+        C: FnOnce(std::net::SocketAddr, tokio::sync::watch::Sender<bool>) -> F,
+        F: Future<Output = T>,
+    {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop_tx, stop) = tokio::sync::watch::channel(false);
+        let server = async move {
+            let (stream, _) = listener.accept().await.unwrap();
+            serve(stream, BytesMut::new(), config, stop, handler).await;
+        };
+        let client = client(addr, stop_tx);
+        tokio::pin!(server, client);
+        let mut server_done = false;
+        loop {
+            tokio::select! {
+                out = &mut client => return out,
+                () = &mut server, if !server_done => server_done = true,
+            }
+        }
+    }
+
+    /// A client speaking raw frames.
+    struct Raw {
+        io: TcpStream,
+        buf: Vec<u8>,
+    }
+
+    impl Raw {
+        async fn connect(addr: std::net::SocketAddr) -> Raw {
+            let mut io = TcpStream::connect(addr).await.unwrap();
+            let mut hello = PREFACE.to_vec();
+            frame::settings(&mut hello, &[]);
+            io.write_all(&hello).await.unwrap();
+            Raw { io, buf: Vec::new() }
+        }
+
+        async fn send(&mut self, bytes: &[u8]) {
+            self.io.write_all(bytes).await.unwrap();
+        }
+
+        async fn request(&mut self, stream: u32, method: &str, end_stream: bool, extra: &[(&str, &str)]) {
+            let mut block = Vec::new();
+            for (n, v) in [(":method", method), (":scheme", "http"), (":authority", "a"), (":path", "/")] {
+                hpack::encode_field(&mut block, n, v.as_bytes(), false);
+            }
+            for (n, v) in extra {
+                hpack::encode_field(&mut block, n, v.as_bytes(), false);
+            }
+            let mut out = Vec::new();
+            frame::headers(&mut out, stream, &block, end_stream, 16_384);
+            self.send(&out).await;
+        }
+
+        /// The next frame within `within`; `None` on a timeout or the end.
+        async fn next(&mut self, within: Duration) -> Option<(Head, Vec<u8>)> {
+            let read = async {
+                loop {
+                    if self.buf.len() >= 9 {
+                        let head = Head::parse(&self.buf);
+                        let end = 9 + head.len as usize;
+                        if self.buf.len() >= end {
+                            let payload = self.buf[9..end].to_vec();
+                            self.buf.drain(..end);
+                            return Some((head, payload));
+                        }
+                    }
+                    let mut chunk = [0u8; 16_384];
+                    match self.io.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return None,
+                        Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+                    }
+                }
+            };
+            tokio::time::timeout(within, read).await.ok().flatten()
+        }
+
+        /// The first frame of `kind` (on `stream`, if given) within `within`.
+        async fn until(
+            &mut self,
+            kind: u8,
+            stream: Option<u32>,
+            within: Duration,
+        ) -> Option<(Head, Vec<u8>)> {
+            let deadline = Instant::now() + within;
+            loop {
+                let left = deadline.saturating_duration_since(Instant::now());
+                let (head, payload) = self.next(left).await?;
+                if head.kind == kind && stream.is_none_or(|s| s == head.stream) {
+                    return Some((head, payload));
+                }
+            }
+        }
+    }
+
+    const SECOND: Duration = Duration::from_secs(1);
+
+    #[tokio::test]
+    async fn bodies_and_trailers_go_both_ways_through_the_h2_crates_client() {
+        let handler = |req: Request<RecvBody>| async move {
+            let (parts, body) = req.into_parts();
+            let collected = body.collect().await.unwrap();
+            let trailers = collected.trailers().cloned().unwrap_or_default();
+            let mut echo = parts.uri.path().as_bytes().to_vec();
+            echo.extend_from_slice(&collected.to_bytes());
+            let frames =
+                vec![Ok(http_body::Frame::data(Bytes::from(echo))), Ok(http_body::Frame::trailers(trailers))];
+            let body = http_body_util::StreamBody::new(futures_util::stream::iter(frames));
+            Response::new(BodyExt::boxed_unsync(body))
+        };
+        run(Config::default(), handler, |addr, _stop| async move {
+            let io = TcpStream::connect(addr).await.unwrap();
+            let (mut client, conn) = h2::client::handshake(io).await.unwrap();
+            tokio::spawn(async move {
+                let _ = conn.await;
+            });
+            for i in 0..3 {
+                let req = Request::post(format!("http://a/p{i}")).body(()).unwrap();
+                let (response, mut send) = client.send_request(req, false).unwrap();
+                send.send_data(Bytes::from_static(b"-body"), false).unwrap();
+                let mut trailers = HeaderMap::new();
+                trailers.insert("x-sum", "7".parse().unwrap());
+                send.send_trailers(trailers).unwrap();
+                let response = response.await.unwrap();
+                assert_eq!(response.status(), 200);
+                assert!(response.headers().contains_key("date"));
+                let mut body = response.into_body();
+                let mut got = Vec::new();
+                while let Some(chunk) = body.data().await {
+                    let chunk = chunk.unwrap();
+                    got.extend_from_slice(&chunk);
+                    let _ = body.flow_control().release_capacity(chunk.len());
+                }
+                assert_eq!(got, format!("/p{i}-body").as_bytes());
+                let trailers = body.trailers().await.unwrap().unwrap();
+                assert_eq!(trailers["x-sum"], "7");
+            }
+        })
+        .await;
+    }
+
+    #[tokio::test]
+    async fn the_window_comes_back_only_as_the_handler_reads() {
+        let config = Config { stream_window: 32_768, conn_window: 65_535, ..Config::default() };
+        let go = Arc::new(tokio::sync::Notify::new());
+        let read = go.clone();
+        let handler = move |req: Request<RecvBody>| {
+            let read = read.clone();
+            async move {
+                read.notified().await;
+                let body = req.into_body().collect().await.unwrap().to_bytes();
+                assert_eq!(body.len(), 32_768);
+                Response::new(full(b"done"))
+            }
+        };
+        run(config, handler, |addr, _stop| async move {
+            let mut raw = Raw::connect(addr).await;
+            raw.request(1, "POST", false, &[]).await;
+            let mut out = Vec::new();
+            frame::data(&mut out, 1, &[7; 16_384], false);
+            frame::data(&mut out, 1, &[7; 16_384], true);
+            raw.send(&out).await;
+            // The stream's whole window is used, and nothing was read: no window.
+            let early = raw.until(frame::WINDOW_UPDATE, None, Duration::from_millis(300)).await;
+            assert!(early.is_none(), "window given back before the handler read: {early:?}");
+            go.notify_one();
+            // Read now: the answer, and the connection window back (the stream has
+            // ended, so its own window is not).
+            let (mut answered, mut window) = (false, None);
+            while !answered || window.is_none() {
+                let (head, payload) = raw.next(SECOND).await.expect("the answer and the window");
+                match (head.kind, head.stream) {
+                    (frame::HEADERS, 1) => answered = true,
+                    (frame::WINDOW_UPDATE, 0) => {
+                        window = Some(u32::from_be_bytes(payload[..4].try_into().unwrap()))
+                    }
+                    (frame::WINDOW_UPDATE, 1) => panic!("a window for an ended stream"),
+                    _ => {}
+                }
+            }
+            assert_eq!(window, Some(32_768));
+        })
+        .await;
+    }
+
+    #[tokio::test]
+    async fn data_waits_for_the_peers_window() {
+        let handler = |_req: Request<RecvBody>| async move { Response::new(full(b"0123456789")) };
+        run(Config::default(), handler, |addr, _stop| async move {
+            let mut raw = Raw::connect(addr).await;
+            // A stream window of 4 bytes.
+            let mut out = Vec::new();
+            frame::settings(&mut out, &[(frame::SETTINGS_INITIAL_WINDOW_SIZE, 4)]);
+            raw.send(&out).await;
+            raw.request(1, "GET", true, &[]).await;
+            let (head, payload) = raw.until(frame::DATA, Some(1), SECOND).await.unwrap();
+            assert_eq!((payload.as_slice(), head.flags & frame::END_STREAM), (&b"0123"[..], 0));
+            assert!(raw.until(frame::DATA, Some(1), Duration::from_millis(200)).await.is_none());
+            let mut out = Vec::new();
+            frame::window_update(&mut out, 1, 100);
+            raw.send(&out).await;
+            let (head, payload) = raw.until(frame::DATA, Some(1), SECOND).await.unwrap();
+            assert_eq!(
+                (payload.as_slice(), head.flags & frame::END_STREAM),
+                (&b"456789"[..], frame::END_STREAM)
+            );
+        })
+        .await;
+    }
+
+    #[tokio::test]
+    async fn stop_sends_goaway_and_the_open_stream_finishes() {
+        let config = Config { stop_grace: Duration::from_millis(10), ..Config::default() };
+        let go = Arc::new(tokio::sync::Notify::new());
+        let answer = go.clone();
+        let handler = move |_req: Request<RecvBody>| {
+            let answer = answer.clone();
+            async move {
+                answer.notified().await;
+                Response::new(full(b"late"))
+            }
+        };
+        run(config, handler, |addr, stop| async move {
+            let mut raw = Raw::connect(addr).await;
+            raw.request(1, "GET", true, &[]).await;
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            stop.send(true).unwrap();
+            let (_, payload) = raw.until(frame::GOAWAY, None, SECOND).await.expect("GOAWAY");
+            assert_eq!(&payload[..8], &[0, 0, 0, 1, 0, 0, 0, 0], "last stream 1, NO_ERROR");
+            // A stream after the GOAWAY is refused.
+            raw.request(3, "GET", true, &[]).await;
+            let (_, payload) = raw.until(frame::RST_STREAM, Some(3), SECOND).await.expect("refused");
+            assert_eq!(payload, (Reason::RefusedStream as u32).to_be_bytes());
+            go.notify_one();
+            let (_, payload) =
+                raw.until(frame::DATA, Some(1), SECOND).await.expect("the open stream is answered");
+            assert_eq!(payload, b"late");
+            assert!(raw.next(SECOND).await.is_none(), "then the connection closes");
+        })
+        .await;
+    }
+
+    #[tokio::test]
+    async fn an_idle_connection_is_closed_and_a_silent_one_is_pinged() {
+        let config = Config {
+            idle_timeout: Duration::from_millis(200),
+            keep_alive: Duration::from_millis(100),
+            ..Config::default()
+        };
+        let handler = |_req: Request<RecvBody>| std::future::pending::<Response<TestBody>>();
+        run(config, handler, |addr, _stop| async move {
+            let mut raw = Raw::connect(addr).await;
+            let (_, payload) = raw.until(frame::GOAWAY, None, SECOND).await.expect("idle GOAWAY");
+            assert_eq!(&payload[4..8], &[0, 0, 0, 0]);
+            assert!(raw.next(SECOND).await.is_none());
+        })
+        .await;
+        // A stream open, the client silent: PING, then the connection closes.
+        let handler = |_req: Request<RecvBody>| std::future::pending::<Response<TestBody>>();
+        run(config, handler, |addr, _stop| async move {
+            let mut raw = Raw::connect(addr).await;
+            raw.request(1, "GET", true, &[]).await;
+            assert!(raw.until(frame::PING, None, SECOND).await.is_some());
+            assert!(raw.until(frame::GOAWAY, None, SECOND).await.is_none(), "closed without an answer");
+        })
+        .await
+    }
+
+    #[tokio::test]
+    async fn rapid_resets_get_enhance_your_calm() {
+        let started = Arc::new(AtomicUsize::new(0));
+        let count = started.clone();
+        let handler = move |_req: Request<RecvBody>| {
+            count.fetch_add(1, Relaxed);
+            std::future::pending::<Response<TestBody>>()
+        };
+        run(Config::default(), handler, |addr, _stop| async move {
+            let mut raw = Raw::connect(addr).await;
+            for i in 0..100u32 {
+                let id = 2 * i + 1;
+                raw.request(id, "GET", true, &[]).await;
+                let mut out = Vec::new();
+                frame::rst_stream(&mut out, id, Reason::Cancel);
+                raw.send(&out).await;
+            }
+            let (_, payload) = raw.until(frame::GOAWAY, None, SECOND).await.expect("GOAWAY");
+            assert_eq!(&payload[4..8], &(Reason::EnhanceYourCalm as u32).to_be_bytes());
+        })
+        .await;
+        assert!(started.load(Relaxed) <= 66, "{} handlers started", started.load(Relaxed));
+    }
+
+    #[tokio::test]
+    async fn streams_past_the_limit_are_refused_and_reset_ones_are_cancelled() {
+        struct Dropped(Arc<AtomicBool>);
+        impl Drop for Dropped {
+            fn drop(&mut self) {
+                self.0.store(true, Relaxed);
+            }
+        }
+        let dropped = Arc::new(AtomicBool::new(false));
+        let flag = dropped.clone();
+        let config = Config { max_concurrent_streams: 1, ..Config::default() };
+        let handler = move |_req: Request<RecvBody>| {
+            let guard = Dropped(flag.clone());
+            async move {
+                let _guard = guard;
+                std::future::pending::<Response<TestBody>>().await
+            }
+        };
+        run(config, handler, |addr, _stop| async move {
+            let mut raw = Raw::connect(addr).await;
+            raw.request(1, "GET", true, &[]).await;
+            raw.request(3, "GET", true, &[]).await;
+            let (_, payload) = raw.until(frame::RST_STREAM, Some(3), SECOND).await.expect("refused");
+            assert_eq!(payload, (Reason::RefusedStream as u32).to_be_bytes());
+            assert!(!dropped.load(Relaxed));
+            let mut out = Vec::new();
+            frame::rst_stream(&mut out, 1, Reason::Cancel);
+            raw.send(&out).await;
+            // The connection's PING answer comes after the reset is handled.
+            let mut out = Vec::new();
+            frame::ping(&mut out, false, *b"12345678");
+            raw.send(&out).await;
+            assert!(raw.until(frame::PING, None, SECOND).await.is_some());
+            assert!(dropped.load(Relaxed), "the reset stream's handler was dropped");
+        })
+        .await;
+    }
+
+    #[tokio::test]
+    async fn large_heads_get_431_and_failed_bodies_reset_their_stream() {
+        struct Failing(bool);
+        impl http_body::Body for Failing {
+            type Data = Bytes;
+            type Error = BoxError;
+            fn poll_frame(
+                mut self: Pin<&mut Self>,
+                _cx: &mut Context<'_>,
+            ) -> Poll<Option<Result<http_body::Frame<Bytes>, BoxError>>> {
+                if std::mem::replace(&mut self.0, true) {
+                    return Poll::Ready(Some(Err("the upstream went away".into())));
+                }
+                Poll::Ready(Some(Ok(http_body::Frame::data(Bytes::from_static(b"part")))))
+            }
+        }
+        let config = Config { max_header_list_size: 1024, ..Config::default() };
+        let handler = |_req: Request<RecvBody>| async move { Response::new(Failing(false)) };
+        run(config, handler, |addr, _stop| async move {
+            let mut raw = Raw::connect(addr).await;
+            let long = "v".repeat(2000);
+            raw.request(1, "GET", true, &[("x-long", &long)]).await;
+            let (_, block) = raw.until(frame::HEADERS, Some(1), SECOND).await.expect("an answer");
+            let mut fields = Vec::new();
+            Decoder::new(4096).decode(&Bytes::from(block), |n, v| fields.push((n.to_vec(), v))).unwrap();
+            assert_eq!(fields[0], (b":status".to_vec(), Bytes::from_static(b"431")));
+            raw.request(3, "GET", true, &[]).await;
+            let (_, payload) = raw.until(frame::RST_STREAM, Some(3), SECOND).await.expect("reset");
+            assert_eq!(payload, (Reason::Internal as u32).to_be_bytes());
+        })
+        .await;
+    }
+}

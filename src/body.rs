@@ -73,9 +73,9 @@ impl http_body::Body for Outbound {
     }
 }
 
-/// A client's request body, from whichever server read the request: hyper's (h2,
-/// TLS) or weir's own HTTP/1.1 server (`http::h1`). One type, so both feed the
-/// same pipeline.
+/// A client's request body, from whichever server read the request: hyper's
+/// (HTTP/1.1 over TLS), weir's own HTTP/1.1 server (`http::h1`) or weir's own h2
+/// server (`http::h2`). One type, so all feed the same pipeline.
 pub enum ClientBody {
     /// No body (weir's server makes none for a bodyless request).
     Empty,

@@ -1,7 +1,8 @@
 //! One accepted client connection, served: a plain one is told apart by its first
-//! bytes (h2 preface to hyper's h2 server, an HTTP/1 first line to weir's own
-//! HTTP/1.1 server, anything else closed); a TLS one by ALPN, on hyper's servers.
-//! Also the idle and stop handling of hyper-served connections (`until_idle`).
+//! bytes (h2 preface to weir's h2 server, an HTTP/1 first line to weir's own
+//! HTTP/1.1 server, anything else closed); a TLS one by ALPN (h2 to weir's h2
+//! server, HTTP/1.1 to hyper's). Also the idle and stop handling of hyper-served
+//! connections (`until_idle`).
 
 use std::convert::Infallible;
 use std::future::{poll_fn, Future};
@@ -39,7 +40,7 @@ pub(super) struct Connection {
 }
 
 impl Connection {
-    /// Serves a plain-TCP client: h2 (prior knowledge) on hyper, HTTP/1 on weir's own
+    /// Serves a plain-TCP client: h2 (prior knowledge) on weir's h2 server, HTTP/1 on weir's own
     /// HTTP/1.1 server, anything else is closed. The first bytes decide; a client that
     /// sends part of the h2 preface or of its first line and stops is cut at
     /// `header_read_timeout`.
@@ -106,7 +107,7 @@ impl Connection {
     }
 
     /// Serves a TLS client: the handshake within `timeout`, then the protocol ALPN
-    /// agreed on hyper.
+    /// agreed: h2 on weir's h2 server, HTTP/1.1 on hyper's.
     pub(super) async fn serve_tls(
         self,
         stream: tokio::net::TcpStream,
@@ -121,7 +122,7 @@ impl Connection {
                         ClientIo::new(stream, self.settings.handshake_timeout, self.settings.send_timeout);
                     self.serve_h2(io, BytesMut::new()).await
                 }
-                _ => self.serve(stream, Protocol::Http1).await,
+                _ => self.serve_http1(stream).await,
             },
             Ok(Err(e)) => tracing::debug!(client = %addr, error = %e, "TLS handshake failed"),
             Err(_) => tracing::debug!(client = %addr, "TLS handshake timed out"),
@@ -162,7 +163,7 @@ impl Connection {
     /// Serves HTTP/1.1 on `io` with hyper (TLS connections that did not agree on
     /// h2) until the client leaves or `stop` changes, then
     /// finishes the request in progress and closes.
-    async fn serve<I>(self, io: I, protocol: Protocol)
+    async fn serve_http1<I>(self, io: I)
     where
         I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
@@ -171,17 +172,16 @@ impl Connection {
         let runtime = self.runtime;
         let idle = Arc::new(Idle::new());
         let activity = idle.clone();
-        let stopping = Some(self.stop.clone());
+        let stopping = self.stop.clone();
         let service = service_fn(move |req| {
             let rt = runtime.load_full();
             let peer = peer.clone();
             let busy = activity.begin();
             // A request that arrives in the `STOP_GRACE` after a stop is answered
             // with `Connection: close`, as weir's own HTTP/1.1 server does.
-            let close = stopping.as_ref().is_some_and(|stop| !matches!(stop.has_changed(), Ok(false)));
+            let close = !matches!(stopping.has_changed(), Ok(false));
             async move {
-                // The request future is a few KiB, and hyper moves each stream's
-                // future into a task of its own (several copies per request): boxed,
+                // The request future is a few KiB, and hyper moves it about: boxed,
                 // only a pointer moves.
                 let mut response =
                     Box::pin(proxy::handle(&rt.pipeline, req.map(ClientBody::Hyper), &peer)).await;
@@ -201,12 +201,8 @@ impl Connection {
         });
         let io = TokioIo::new(ClientIo::new(io, self.settings.handshake_timeout, self.settings.send_timeout));
         let (settings, stop) = (&self.settings, self.stop);
-        let result = match protocol {
-            Protocol::Http1 => {
-                let conn = settings.http1.serve_connection(io, service).with_upgrades();
-                until_idle(conn, |c| c.graceful_shutdown(), stop, &idle, settings.idle_timeout).await
-            }
-        };
+        let conn = settings.http1.serve_connection(io, service).with_upgrades();
+        let result = until_idle(conn, |c| c.graceful_shutdown(), stop, &idle, settings.idle_timeout).await;
         if let Err(e) = result {
             tracing::debug!(client = %addr, error = %e, "client connection ended with an error");
         }
@@ -217,12 +213,6 @@ impl Connection {
             tunnel.run().await;
         }
     }
-}
-
-/// The protocol a hyper-served connection speaks: HTTP/1.1 only, h2 is weir's own.
-#[derive(Debug, Clone, Copy, PartialEq)]
-enum Protocol {
-    Http1,
 }
 
 /// Drives a hyper connection to its end; when `stop` changes or no request has run

@@ -10,10 +10,10 @@
 //! hyper's), provided its first line ends in `HTTP/1.0` or `HTTP/1.1`: anything else
 //! (an h2 client with a broken preface, TLS sent to a plain port) speaks neither
 //! protocol and is closed without an HTTP/1.1 answer it could not read. h2 with prior
-//! knowledge goes to hyper's h2 server. On TLS, ALPN alone decides (RFC 9113 §3.3):
-//! `h2` is served as HTTP/2 only (a bad preface gets the connection closed, never an
-//! HTTP/1.1 `400`), `http/1.1` or no ALPN at all as HTTP/1.1 only, on hyper's
-//! servers; this is nginx's choice (HAProxy sniffs for a preface when there is no
+//! knowledge goes to weir's own h2 server (`http::h2`). On TLS, ALPN alone decides
+//! (RFC 9113 §3.3): `h2` is served as HTTP/2 only, on weir's h2 server (a bad
+//! preface gets the connection closed, never an HTTP/1.1 `400`), `http/1.1` or no
+//! ALPN at all as HTTP/1.1 only, on hyper's HTTP/1.1 server; this is nginx's choice (HAProxy sniffs for a preface when there is no
 //! ALPN, but an HTTP/2 client over TLS must use ALPN). All feed `proxy::handle` with
 //! a `ClientBody`.
 //!

@@ -119,7 +119,7 @@ fn weir_server(input: &[u8]) -> Option<Seen> {
         let addr = listener.local_addr().unwrap();
         let seen: Arc<Mutex<Option<Seen>>> = Arc::default();
         let recorded = seen.clone();
-        let server = (async move {
+        let server = async move {
             let (stream, _) = listener.accept().await.unwrap();
             let (_stop_tx, stop) = tokio::sync::watch::channel(false);
             let handler = move |req: http::Request<weir::http::h2::RecvBody>| {
@@ -141,7 +141,7 @@ fn weir_server(input: &[u8]) -> Option<Seen> {
                 handler,
             )
             .await;
-        });
+        };
         let answered = beside(server, exchange(addr, input)).await;
         let seen = seen.lock().unwrap().take();
         seen.filter(|_| answered)
@@ -154,7 +154,7 @@ fn hyper_server(input: &[u8]) -> Option<Seen> {
         let addr = listener.local_addr().unwrap();
         let seen: Arc<Mutex<Option<Seen>>> = Arc::default();
         let recorded = seen.clone();
-        let server = (async move {
+        let server = async move {
             let (stream, _) = listener.accept().await.unwrap();
             let service = hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
                 let recorded = recorded.clone();
@@ -171,7 +171,7 @@ fn hyper_server(input: &[u8]) -> Option<Seen> {
             let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
                 .serve_connection(TokioIo::new(stream), service)
                 .await;
-        });
+        };
         let answered = beside(server, exchange(addr, input)).await;
         let seen = seen.lock().unwrap().take();
         seen.filter(|_| answered)

@@ -477,8 +477,9 @@ impl<I: AsyncRead + AsyncWrite + Unpin, H: Handler> Conn<I, H> {
                 }
             }
             if self.ending == Ending::Closing || self.out.full() {
-                // Frames may be left in the buffer: a later pass reads them.
-                self.again |= self.ending != Ending::Closing;
+                // Frames may be left in the buffer: they are read once the client
+                // has taken enough of the output (`flush` calls `unblock`), not in
+                // a spin while it takes nothing.
                 return;
             }
             if self.rbuf.capacity() - self.rbuf.len() < READ / 2 {
@@ -1546,5 +1547,76 @@ mod tests {
             assert_eq!(payload, (Reason::Internal as u32).to_be_bytes());
         })
         .await;
+    }
+
+    /// Counts the writes a connection tries.
+    struct Counting<I> {
+        io: I,
+        writes: Arc<AtomicUsize>,
+    }
+
+    impl<I: AsyncRead + Unpin> AsyncRead for Counting<I> {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &mut tokio::io::ReadBuf<'_>,
+        ) -> Poll<std::io::Result<()>> {
+            Pin::new(&mut self.io).poll_read(cx, buf)
+        }
+    }
+
+    impl<I: AsyncWrite + Unpin> AsyncWrite for Counting<I> {
+        fn poll_write(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<std::io::Result<usize>> {
+            self.writes.fetch_add(1, Relaxed);
+            Pin::new(&mut self.io).poll_write(cx, buf)
+        }
+        fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Pin::new(&mut self.io).poll_flush(cx)
+        }
+        fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Pin::new(&mut self.io).poll_shutdown(cx)
+        }
+    }
+
+    #[tokio::test]
+    async fn a_client_that_stops_reading_is_waited_for_without_a_spin() {
+        let (mut client, server) = tokio::io::duplex(16 * 1024);
+        let writes = Arc::new(AtomicUsize::new(0));
+        let io = Counting { io: server, writes: writes.clone() };
+        let (_stop_tx, stop) = tokio::sync::watch::channel(false);
+        let big: &'static [u8] = Box::leak(vec![b'x'; 4 << 20].into_boxed_slice());
+        let handler = move |_req: Request<RecvBody>| async move { Response::new(full(big)) };
+        let serve = serve(io, BytesMut::new(), Config::default(), stop, handler);
+        let client = async {
+            let mut hello = PREFACE.to_vec();
+            frame::settings(&mut hello, &[(frame::SETTINGS_INITIAL_WINDOW_SIZE, frame::MAX_WINDOW)]);
+            frame::window_update(&mut hello, 0, frame::MAX_WINDOW - frame::DEFAULT_WINDOW);
+            let mut block = Vec::new();
+            for (n, v) in [(":method", "GET"), (":scheme", "http"), (":authority", "a"), (":path", "/")] {
+                hpack::encode_field(&mut block, n, v.as_bytes(), false);
+            }
+            frame::headers(&mut hello, 1, &block, true, 16_384);
+            client.write_all(&hello).await.unwrap();
+            // The response fills the output; frames still come from the client.
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let before = writes.load(Relaxed);
+            for _ in 0..50 {
+                let mut ping = Vec::new();
+                frame::ping(&mut ping, false, *b"12345678");
+                client.write_all(&ping).await.unwrap();
+                tokio::time::sleep(Duration::from_millis(4)).await;
+            }
+            writes.load(Relaxed) - before
+        };
+        tokio::pin!(serve);
+        let tried = tokio::select! {
+            tried = client => tried,
+            () = &mut serve => panic!("the connection ended"),
+        };
+        assert!(tried < 500, "{tried} writes tried while the client read nothing");
     }
 }

@@ -140,7 +140,9 @@ pub async fn serve<I, H>(
     H: Handler,
 {
     let mut conn = Conn::new(io, first, config, handler);
-    let mut check = stop.clone();
+    // As `h1::conn`'s `Stop`: `changed` is polled once, for its wake-up; from then on
+    // a look at a clone's version costs an atomic load.
+    let check = stop.clone();
     let mut stop = stop;
     let changed = stop.changed();
     tokio::pin!(changed);
@@ -160,7 +162,6 @@ pub async fn serve<I, H>(
         conn.poll(cx)
     })
     .await;
-    let _ = &mut check;
 }
 
 /// The connection's ready list: slots whose wakers fired, and the task to wake.

@@ -57,6 +57,9 @@ pub const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 /// Output buffered past this stops reading frames and polling bodies until the
 /// client takes it.
 const OUT_HIGH: usize = 64 * 1024;
+/// The output buffer a connection with no stream open keeps: large responses grow it
+/// past `OUT_HIGH`, and an idle connection need not hold that.
+const OUT_KEEP: usize = 4 * 1024;
 /// Room a read asks for: one largest frame we accept, and its header.
 const READ: usize = frame::DEFAULT_MAX_FRAME_SIZE as usize + frame::HEADER_LEN;
 /// Closed stream ids remembered, to tell a frame on a closed stream (STREAM_CLOSED)
@@ -1010,6 +1013,13 @@ impl<I: AsyncRead + AsyncWrite + Unpin, H: Handler> Conn<I, H> {
                 Poll::Ready(Ok(n)) => self.out.written += n,
                 Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
                 Poll::Pending => {
+                    // What the client took goes: frames made while it reads are
+                    // appended after the rest, and the buffer stays about
+                    // `OUT_HIGH` whatever the response's size.
+                    if self.out.written > 0 {
+                        self.out.buf.drain(..self.out.written);
+                        self.out.written = 0;
+                    }
                     if was_full && !self.out.full() {
                         self.unblock();
                     }
@@ -1019,6 +1029,9 @@ impl<I: AsyncRead + AsyncWrite + Unpin, H: Handler> Conn<I, H> {
         }
         self.out.buf.clear();
         self.out.written = 0;
+        if self.active == 0 && self.out.buf.capacity() > OUT_KEEP {
+            self.out.buf.shrink_to(OUT_KEEP);
+        }
         if was_full {
             self.unblock();
         }
@@ -1619,5 +1632,64 @@ mod tests {
             () = &mut serve => panic!("the connection ended"),
         };
         assert!(tried < 500, "{tried} writes tried while the client read nothing");
+    }
+
+    #[tokio::test]
+    async fn a_connection_gives_back_its_output_buffer_once_no_stream_is_open() {
+        let (mut client, server) = tokio::io::duplex(1 << 16);
+        let (_stop_tx, stop) = tokio::sync::watch::channel(false);
+        let big: &'static [u8] = Box::leak(vec![b'x'; 1 << 20].into_boxed_slice());
+        let handler = move |_req: Request<RecvBody>| async move { Response::new(full(big)) };
+        let mut conn = Conn::new(server, BytesMut::new(), Config::default(), handler);
+        let mut grown = 0;
+        {
+            let drive = poll_fn(|cx| {
+                let polled = conn.poll(cx);
+                grown = grown.max(conn.out.buf.capacity());
+                polled
+            });
+            let read = async {
+                let mut hello = PREFACE.to_vec();
+                frame::settings(&mut hello, &[(frame::SETTINGS_INITIAL_WINDOW_SIZE, frame::MAX_WINDOW)]);
+                frame::window_update(&mut hello, 0, frame::MAX_WINDOW - frame::DEFAULT_WINDOW);
+                let mut block = Vec::new();
+                for (n, v) in [(":method", "GET"), (":scheme", "http"), (":authority", "a"), (":path", "/")] {
+                    hpack::encode_field(&mut block, n, v.as_bytes(), false);
+                }
+                frame::headers(&mut hello, 1, &block, true, 16_384);
+                client.write_all(&hello).await.unwrap();
+                let mut buf = Vec::new();
+                let mut got = 0;
+                loop {
+                    let mut chunk = vec![0; 1 << 16];
+                    let n = client.read(&mut chunk).await.unwrap();
+                    buf.extend_from_slice(&chunk[..n]);
+                    while buf.len() >= 9 && buf.len() >= 9 + Head::parse(&buf).len as usize {
+                        let head = Head::parse(&buf);
+                        buf.drain(..9 + head.len as usize);
+                        if head.kind == frame::DATA {
+                            got += head.len as usize;
+                            if head.flags & frame::END_STREAM != 0 {
+                                return got;
+                            }
+                        }
+                    }
+                }
+            };
+            tokio::pin!(drive, read);
+            let got = tokio::select! {
+                got = &mut read => got,
+                () = &mut drive => panic!("the connection ended"),
+            };
+            assert_eq!(got, 1 << 20);
+            // The last frames' write is done by the time the client has read them.
+            tokio::time::timeout(Duration::from_millis(50), &mut drive).await.ok();
+        }
+        assert!(grown > OUT_HIGH, "the response grew the buffer to {grown}");
+        // Never much past `OUT_HIGH` (a frame, and what the allocator rounds to),
+        // however large the response.
+        assert!(grown <= 4 * OUT_HIGH, "the response grew the buffer to {grown}");
+        assert_eq!(conn.active, 0);
+        assert!(conn.out.buf.capacity() <= OUT_KEEP, "kept {} bytes", conn.out.buf.capacity());
     }
 }

@@ -1637,7 +1637,6 @@ mod tests {
     #[tokio::test]
     async fn a_connection_gives_back_its_output_buffer_once_no_stream_is_open() {
         let (mut client, server) = tokio::io::duplex(1 << 16);
-        let (_stop_tx, stop) = tokio::sync::watch::channel(false);
         let big: &'static [u8] = Box::leak(vec![b'x'; 1 << 20].into_boxed_slice());
         let handler = move |_req: Request<RecvBody>| async move { Response::new(full(big)) };
         let mut conn = Conn::new(server, BytesMut::new(), Config::default(), handler);

@@ -41,13 +41,17 @@ Figures per workload and proxy:
     benches/matrix.sh --quick      # 1 round, short runs: a smoke check (< 2 minutes), prints only
     ROUNDS=5 DURATION=6 benches/matrix.sh
     WEIR_ALT=/path/to/other/weir benches/matrix.sh   # adds a "weir-alt" column (before/after)
+    ONLY=h2c,tls_h2 PORT_BASE=23100 benches/matrix.sh  # a subset (prints only), on other ports
 """
 import datetime, json, os, platform, re, shutil, signal, socket, ssl, statistics, subprocess, sys, tempfile, time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TARGET = os.path.join(os.environ.get("CARGO_TARGET_DIR") or os.path.join(ROOT, "target"), "release")
 PROXY_CORE, LOAD_CORE = "1", "0"
-BACKENDS = [19201, 19202]
+# PORT_BASE moves every port (default 18100: proxies from it, backends at +1101, +1102),
+# so that two runs can share a machine.
+PORT_BASE = int(os.environ.get("PORT_BASE", "18100"))
+BACKENDS = [PORT_BASE + 1101, PORT_BASE + 1102]
 QUICK = "--quick" in sys.argv
 ROUNDS = 1 if QUICK else int(os.environ.get("ROUNDS", "3"))
 DURATION = 1.0 if QUICK else float(os.environ.get("DURATION", "5"))  # seconds per saturating run
@@ -66,7 +70,7 @@ LABELS = {
     "cache": "cache hit, 1 KiB (HTTP/1.1 keep-alive)", "h2_1m": "1 MiB responses over h2c (4 x 4)",
 }
 # Each proxy's ports: plain HTTP/1.1, h2c, TLS (h1 + h2 by ALPN), cached route.
-BASE = {"weir": 18100, "nginx": 18110, "haproxy": 18120, "varnish": 18130, "weir-alt": 18140}
+BASE = {"weir": PORT_BASE, "nginx": PORT_BASE + 10, "haproxy": PORT_BASE + 20, "varnish": PORT_BASE + 30, "weir-alt": PORT_BASE + 40}
 
 
 def ports(name):

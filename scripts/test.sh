@@ -58,7 +58,7 @@ if [ -n "${WEIR_FUZZ_SECONDS:-}" ]; then
       cd fuzz
       # Its own target folder: sanitizer builds would evict the shared one's artifacts.
       unset CARGO_TARGET_DIR
-      for target in config request h1_codec; do
+      for target in config request h1_codec h2_frames; do
         mkdir -p "corpus/$target"
         # The codec's seeds are the differential tests' corpus, read as it is.
         case "$target" in

@@ -73,14 +73,17 @@ impl http_body::Body for Outbound {
     }
 }
 
-/// A client's request body, from whichever server read the request: hyper's (h2,
-/// TLS) or weir's own HTTP/1.1 server (`http::h1`). One type, so both feed the
-/// same pipeline.
+/// A client's request body, from whichever server read the request: hyper's
+/// (HTTP/1.1 over TLS), weir's own HTTP/1.1 server (`http::h1`) or weir's own h2
+/// server (`http::h2`). One type, so all feed the same pipeline.
 pub enum ClientBody {
     /// No body (weir's server makes none for a bodyless request).
     Empty,
+    /// From hyper's HTTP/1.1 server (TLS connections without h2).
     Hyper(Incoming),
     H1(crate::http::h1::body::Body),
+    /// From weir's h2 server.
+    H2(crate::http::h2::RecvBody),
 }
 
 impl http_body::Body for ClientBody {
@@ -95,6 +98,7 @@ impl http_body::Body for ClientBody {
             ClientBody::Empty => Poll::Ready(None),
             ClientBody::Hyper(body) => Pin::new(body).poll_frame(cx).map_err(Into::into),
             ClientBody::H1(body) => Pin::new(body).poll_frame(cx),
+            ClientBody::H2(body) => Pin::new(body).poll_frame(cx),
         }
     }
 
@@ -103,6 +107,7 @@ impl http_body::Body for ClientBody {
             ClientBody::Empty => true,
             ClientBody::Hyper(body) => body.is_end_stream(),
             ClientBody::H1(body) => body.is_end_stream(),
+            ClientBody::H2(body) => body.is_end_stream(),
         }
     }
 
@@ -111,6 +116,7 @@ impl http_body::Body for ClientBody {
             ClientBody::Empty => SizeHint::with_exact(0),
             ClientBody::Hyper(body) => body.size_hint(),
             ClientBody::H1(body) => body.size_hint(),
+            ClientBody::H2(body) => body.size_hint(),
         }
     }
 }

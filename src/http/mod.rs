@@ -1,9 +1,11 @@
-//! The wire: weir's HTTP/1.1 codec (`h1`), on the ground floor. It knows RFC 9112
-//! and nothing of the pipeline: it names no module of weir but `config`, so the
-//! server and client roles that use it, and anything that comes later (a third
-//! protocol, requests weir makes itself), frame messages the one same way.
+//! The wire: weir's HTTP/1.1 codec (`h1`) and HTTP/2 server (`h2`), on the ground
+//! floor. They know RFC 9112 and RFC 9113 and nothing of the pipeline: they name no
+//! module of weir but `config` (and `h2` takes `h1`'s `Date`), so the server and
+//! client roles that use them, and anything that comes later (requests weir makes
+//! itself), frame messages the one same way.
 
 pub mod h1;
+pub mod h2;
 
 /// The error type of bodies: any error, sendable.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;

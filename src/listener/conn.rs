@@ -1,7 +1,8 @@
 //! One accepted client connection, served: a plain one is told apart by its first
-//! bytes (h2 preface to hyper's h2 server, an HTTP/1 first line to weir's own
-//! HTTP/1.1 server, anything else closed); a TLS one by ALPN, on hyper's servers.
-//! Also the idle and stop handling of hyper-served connections (`until_idle`).
+//! bytes (h2 preface to weir's h2 server, an HTTP/1 first line to weir's own
+//! HTTP/1.1 server, anything else closed); a TLS one by ALPN (h2 to weir's h2
+//! server, HTTP/1.1 to hyper's). Also the idle and stop handling of hyper-served
+//! connections (`until_idle`).
 
 use std::convert::Infallible;
 use std::future::{poll_fn, Future};
@@ -18,7 +19,7 @@ use prometheus::IntGauge;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use super::client_io::{ClientIo, Rewind};
+use super::client_io::ClientIo;
 use super::h1;
 use super::lobby::Active;
 use super::{Settings, STOP_GRACE};
@@ -39,7 +40,7 @@ pub(super) struct Connection {
 }
 
 impl Connection {
-    /// Serves a plain-TCP client: h2 (prior knowledge) on hyper, HTTP/1 on weir's own
+    /// Serves a plain-TCP client: h2 (prior knowledge) on weir's h2 server, HTTP/1 on weir's own
     /// HTTP/1.1 server, anything else is closed. The first bytes decide; a client that
     /// sends part of the h2 preface or of its first line and stops is cut at
     /// `header_read_timeout`.
@@ -92,9 +93,12 @@ impl Connection {
                     }
                 }
                 if n == H2_PREFACE.len() {
-                    let io = Rewind { early: first.freeze(), io: stream };
+                    let mut io =
+                        ClientIo::new(stream, self.settings.handshake_timeout, self.settings.send_timeout);
+                    // The preface is read already: no first-bytes timeout from here.
+                    io.matched = None;
                     // Boxed for the same reason as TLS (see `Shared::serve`).
-                    Box::pin(self.serve(io, Protocol::Http2)).await;
+                    Box::pin(self.serve_h2(io, first)).await;
                     return None;
                 }
             }
@@ -103,7 +107,7 @@ impl Connection {
     }
 
     /// Serves a TLS client: the handshake within `timeout`, then the protocol ALPN
-    /// agreed on hyper.
+    /// agreed: h2 on weir's h2 server, HTTP/1.1 on hyper's.
     pub(super) async fn serve_tls(
         self,
         stream: tokio::net::TcpStream,
@@ -112,22 +116,54 @@ impl Connection {
     ) {
         let addr = self.peer.addr;
         match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
-            Ok(Ok(stream)) => {
-                let protocol = match stream.get_ref().1.alpn_protocol() {
-                    Some(b"h2") => Protocol::Http2,
-                    _ => Protocol::Http1,
-                };
-                self.serve(stream, protocol).await
-            }
+            Ok(Ok(stream)) => match stream.get_ref().1.alpn_protocol() {
+                Some(b"h2") => {
+                    let io =
+                        ClientIo::new(stream, self.settings.handshake_timeout, self.settings.send_timeout);
+                    self.serve_h2(io, BytesMut::new()).await
+                }
+                _ => self.serve_http1(stream).await,
+            },
             Ok(Err(e)) => tracing::debug!(client = %addr, error = %e, "TLS handshake failed"),
             Err(_) => tracing::debug!(client = %addr, "TLS handshake timed out"),
         }
     }
 
-    /// Serves `protocol` on `io` with hyper (TLS connections, and h2 with prior
-    /// knowledge on plain ones) until the client leaves or `stop` changes, then
+    /// Serves h2 on `io` (with `first`, bytes already read) with weir's own HTTP/2
+    /// server (`http::h2`), until the client leaves, an error, or `stop` (GOAWAY
+    /// after `STOP_GRACE`, the open streams finish). Each stream's request future is
+    /// polled by the connection's one task: no task per request.
+    async fn serve_h2<I>(self, io: ClientIo<I>, first: BytesMut)
+    where
+        I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    {
+        let settings = &self.settings;
+        let config = crate::http::h2::Config {
+            max_concurrent_streams: settings.h2_max_concurrent_streams,
+            max_header_list_size: u32::try_from(settings.max_header_size).unwrap_or(u32::MAX),
+            idle_timeout: settings.idle_timeout,
+            stop_grace: STOP_GRACE,
+            ..crate::http::h2::Config::default()
+        };
+        let peer = Arc::new(self.peer);
+        let runtime = self.runtime;
+        let handler = move |req: http::Request<crate::http::h2::RecvBody>| {
+            let rt = runtime.load_full();
+            let peer = peer.clone();
+            async move {
+                let mut response = proxy::handle(&rt.pipeline, req.map(ClientBody::H2), &peer).await;
+                // The server writes headers from the map only.
+                proxy::body::materialize(&mut response);
+                response
+            }
+        };
+        crate::http::h2::serve(io, first, config, self.stop, handler).await;
+    }
+
+    /// Serves HTTP/1.1 on `io` with hyper (TLS connections that did not agree on
+    /// h2) until the client leaves or `stop` changes, then
     /// finishes the request in progress and closes.
-    async fn serve<I>(self, io: I, protocol: Protocol)
+    async fn serve_http1<I>(self, io: I)
     where
         I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
@@ -136,18 +172,16 @@ impl Connection {
         let runtime = self.runtime;
         let idle = Arc::new(Idle::new());
         let activity = idle.clone();
-        // HTTP/1.1 only: h2 says it with GOAWAY, and has no `Connection` header.
-        let stopping = (protocol == Protocol::Http1).then(|| self.stop.clone());
+        let stopping = self.stop.clone();
         let service = service_fn(move |req| {
             let rt = runtime.load_full();
             let peer = peer.clone();
             let busy = activity.begin();
             // A request that arrives in the `STOP_GRACE` after a stop is answered
             // with `Connection: close`, as weir's own HTTP/1.1 server does.
-            let close = stopping.as_ref().is_some_and(|stop| !matches!(stop.has_changed(), Ok(false)));
+            let close = !matches!(stopping.has_changed(), Ok(false));
             async move {
-                // The request future is a few KiB, and hyper moves each stream's
-                // future into a task of its own (several copies per request): boxed,
+                // The request future is a few KiB, and hyper moves it about: boxed,
                 // only a pointer moves.
                 let mut response =
                     Box::pin(proxy::handle(&rt.pipeline, req.map(ClientBody::Hyper), &peer)).await;
@@ -167,16 +201,8 @@ impl Connection {
         });
         let io = TokioIo::new(ClientIo::new(io, self.settings.handshake_timeout, self.settings.send_timeout));
         let (settings, stop) = (&self.settings, self.stop);
-        let result = match protocol {
-            Protocol::Http1 => {
-                let conn = settings.http1.serve_connection(io, service).with_upgrades();
-                until_idle(conn, |c| c.graceful_shutdown(), stop, &idle, settings.idle_timeout).await
-            }
-            Protocol::Http2 => {
-                let conn = settings.http2.serve_connection(io, service);
-                until_idle(conn, |c| c.graceful_shutdown(), stop, &idle, settings.idle_timeout).await
-            }
-        };
+        let conn = settings.http1.serve_connection(io, service).with_upgrades();
+        let result = until_idle(conn, |c| c.graceful_shutdown(), stop, &idle, settings.idle_timeout).await;
         if let Err(e) = result {
             tracing::debug!(client = %addr, error = %e, "client connection ended with an error");
         }
@@ -187,14 +213,6 @@ impl Connection {
             tunnel.run().await;
         }
     }
-}
-
-/// The protocol a hyper-served connection speaks: one, never a guess per connection
-/// once ALPN or the h2 preface has said which.
-#[derive(Debug, Clone, Copy, PartialEq)]
-enum Protocol {
-    Http1,
-    Http2,
 }
 
 /// Drives a hyper connection to its end; when `stop` changes or no request has run

@@ -10,10 +10,10 @@
 //! hyper's), provided its first line ends in `HTTP/1.0` or `HTTP/1.1`: anything else
 //! (an h2 client with a broken preface, TLS sent to a plain port) speaks neither
 //! protocol and is closed without an HTTP/1.1 answer it could not read. h2 with prior
-//! knowledge goes to hyper's h2 server. On TLS, ALPN alone decides (RFC 9113 §3.3):
-//! `h2` is served as HTTP/2 only (a bad preface gets the connection closed, never an
-//! HTTP/1.1 `400`), `http/1.1` or no ALPN at all as HTTP/1.1 only, on hyper's
-//! servers; this is nginx's choice (HAProxy sniffs for a preface when there is no
+//! knowledge goes to weir's own h2 server (`http::h2`). On TLS, ALPN alone decides
+//! (RFC 9113 §3.3): `h2` is served as HTTP/2 only, on weir's h2 server (a bad
+//! preface gets the connection closed, never an HTTP/1.1 `400`), `http/1.1` or no
+//! ALPN at all as HTTP/1.1 only, on hyper's HTTP/1.1 server; this is nginx's choice (HAProxy sniffs for a preface when there is no
 //! ALPN, but an HTTP/2 client over TLS must use ALPN). All feed `proxy::handle` with
 //! a `ClientBody`.
 //!
@@ -59,8 +59,8 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use futures_util::stream::{FuturesUnordered, StreamExt};
-use hyper::server::conn::{http1, http2};
-use hyper_util::rt::{TokioExecutor, TokioTimer};
+use hyper::server::conn::http1;
+use hyper_util::rt::TokioTimer;
 use prometheus::IntGauge;
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
@@ -108,8 +108,8 @@ pub struct Listener {
 pub struct Settings {
     /// hyper's HTTP/1.1 server, for TLS connections that did not agree on h2.
     http1: http1::Builder,
-    /// hyper's HTTP/2 server: h2 with prior knowledge, or agreed by ALPN.
-    http2: http2::Builder<TokioExecutor>,
+    /// `SETTINGS_MAX_CONCURRENT_STREAMS` of weir's h2 server.
+    h2_max_concurrent_streams: u32,
     /// A TLS handshake, and the wait for a connection's first bytes, get as long as
     /// a request head.
     handshake_timeout: Duration,
@@ -136,21 +136,11 @@ impl Settings {
             .max_buf_size(*config.max_header_size.get_ref())
             .max_headers(crate::proxy::framing::MAX_HEADERS)
             .keep_alive(true);
-        let mut http2 = http2::Builder::new(TokioExecutor::new());
-        http2
-            .timer(TokioTimer::new())
-            .max_concurrent_streams(config.h2_max_concurrent_streams)
-            // Rapid reset (CVE-2023-44487): a client may only have so many streams
-            // reset before their response is accepted, and so many resets it caused.
-            .max_pending_accept_reset_streams(Some(64))
-            .max_local_error_reset_streams(Some(256))
-            .max_header_list_size(u32::try_from(*config.max_header_size.get_ref()).unwrap_or(u32::MAX))
-            .keep_alive_interval(Some(Duration::from_secs(30)));
         let max_connections = config.max_connections.as_ref().map(|m| *m.get_ref());
         let slots = max_connections.map(|max| Arc::new(Semaphore::new(max.clamp(1, Semaphore::MAX_PERMITS))));
         Settings {
             http1,
-            http2,
+            h2_max_concurrent_streams: config.h2_max_concurrent_streams,
             handshake_timeout: config.header_read_timeout.0,
             body_read_timeout: config.body_read_timeout.0,
             send_timeout: config.send_timeout.0,

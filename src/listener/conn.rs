@@ -150,7 +150,7 @@ impl Connection {
                 // future into a task of its own (several copies per request): boxed,
                 // only a pointer moves.
                 let mut response =
-                    Box::pin(proxy::handle(&rt.pipeline, req.map(ClientBody::Hyper), &peer)).await;
+                    Box::pin(proxy::handle(&rt.pipeline, req.map(ClientBody::Hyper), &peer, None)).await;
                 // hyper writes headers from the map only.
                 proxy::body::materialize(&mut response);
                 if let Some(tunnel) = response.extensions_mut().remove::<Tunnel>() {

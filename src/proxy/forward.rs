@@ -27,6 +27,7 @@ use super::hop_by_hop::{accepts_trailers, has_hop_by_hop, requested_upgrade, str
 use super::tunnel::tunnel;
 use crate::balancer::PickKey;
 use crate::body::{BodyWatch, ClientBody, ClientFault, Outbound, RequestBody};
+use crate::http::h1::server::RequestLines;
 use crate::upstream::body::{Release, UpstreamBody};
 use crate::upstream::client::{self, SendError, TE_TRAILERS};
 use crate::upstream::health::{self, Outcome};
@@ -83,12 +84,16 @@ pub struct Job<'a> {
     pub request_timeout: Option<Duration>,
     /// The route's `max_request_body`, for this request's body.
     pub max_body: Option<u64>,
+    /// The request's fields, when they are still the lines weir's HTTP/1.1 server
+    /// kept (its header map is empty then): they go up as they are, written by the
+    /// HTTP/1.1 client with weir's `X-Forwarded-*` (`Forwarded::fields`).
+    pub fields: Option<&'a RequestLines>,
 }
 
 impl<'a> Job<'a> {
     /// A request on the upstream's own terms, such as one weir makes itself.
     pub fn new(upstream: &'a Arc<Upstream>, peer: &'a Peer) -> Job<'a> {
-        Job { upstream, peer, client_ip: None, request_timeout: None, max_body: None }
+        Job { upstream, peer, client_ip: None, request_timeout: None, max_body: None, fields: None }
     }
 }
 
@@ -156,7 +161,7 @@ async fn send(
     let preferred = upstream.sticky.as_ref().and_then(|s| s.preferred(req.headers()));
     let timeout = job.request_timeout.unwrap_or(upstream.request_timeout);
     // `upgrading`: whether an upgrade goes up; only then may a `101` come back.
-    let (mut on_upgrade, forwarded, upgrading) = prepare(&mut req, peer, upstream.h2);
+    let (mut on_upgrade, forwarded, upgrading) = prepare(&mut req, peer, upstream.h2, job.fields);
     upstream.retry_budget.deposit();
     let replayable = is_idempotent(req.method()) && http_body::Body::is_end_stream(req.body());
     let panic = upstream.health.in_panic(&upstream.servers);
@@ -375,7 +380,7 @@ async fn attempt(
     upstream: &Upstream,
     (index, server): (usize, &Arc<Server>),
     req: &mut Request<Outbound>,
-    forwarded: Option<&Forwarded>,
+    forwarded: Option<&Forwarded<'_>>,
     (timeout, lines): (Duration, bool),
     watch: Option<&BodyWatch>,
 ) -> Attempt {
@@ -429,11 +434,20 @@ async fn attempt(
 ///
 /// In place: the request is the largest value in the request's future, and a copy
 /// made here would be carried by every layer above.
-fn prepare(
+///
+/// `fields`: the request's fields as lines (its map empty), which `handle` let
+/// through only when they need none of this (no hop-by-hop field but those left
+/// out as they go up, no authority in the target) and the upstream speaks HTTP/1.1.
+fn prepare<'a>(
     req: &mut Request<Outbound>,
     peer: &Peer,
     h2: bool,
-) -> (Option<OnUpgrade>, Option<Forwarded>, bool) {
+    mut fields: Option<&'a RequestLines>,
+) -> (Option<OnUpgrade>, Option<Forwarded<'a>>, bool) {
+    if let Some(lines) = fields.take_if(|_| h2 || req.uri().authority().is_some()) {
+        // Not reached (see above); kept so the lines can never be lost.
+        lines.append_to(req.headers_mut());
+    }
     let headers = req.headers_mut();
     // Most requests carry no hop-by-hop field by now (`handle` stripped the client's):
     // one pass over the names spares the lookups of `Upgrade` and `TE`.
@@ -468,10 +482,17 @@ fn prepare(
             }
             value
         }
-        None => req.headers().get(header::HOST).cloned(),
+        None => match fields {
+            // SAFETY: httparse accepted the value, and `framing::lines_pass` took it
+            // as a `Host` (authority bytes only).
+            Some(lines) => lines
+                .host()
+                .map(|v| unsafe { HeaderValue::from_maybe_shared_unchecked(lines.block.slice_ref(v)) }),
+            None => req.headers().get(header::HOST).cloned(),
+        },
     };
     let proto = if peer.tls { "https" } else { "http" };
-    let forwarded = Forwarded { host, proto, ip: peer.ip };
+    let forwarded = Forwarded { host, proto, ip: peer.ip, fields };
     if req.uri().scheme().is_some() || req.uri().authority().is_some() {
         let path = match req.uri().path_and_query() {
             None => PathAndQuery::from_static("/"),
@@ -504,7 +525,7 @@ mod tests {
             for (target, expected) in [("http://a?q=1", "/?q=1"), ("http://a", "/"), ("http://a/p?q", "/p?q")]
             {
                 let mut req = Request::get(target).body(Outbound::Empty).unwrap();
-                prepare(&mut req, &peer, h2);
+                prepare(&mut req, &peer, h2, None);
                 // `Uri`'s own comparison and display put the `/` in; what goes on the wire
                 // (and into h2's `:path`) is `as_str`.
                 assert_eq!(req.uri().path_and_query().unwrap().as_str(), expected, "{target}, h2: {h2}");

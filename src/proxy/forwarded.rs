@@ -111,8 +111,6 @@ impl Forwarded<'_> {
         *name == X_FORWARDED_FOR || *name == X_FORWARDED_HOST || *name == X_FORWARDED_PROTO
     }
 
-
-
     /// Writes the headers as HTTP/1.1 fields into `out`, joining any `X-Forwarded-For`
     /// the client sent (which `replaces` skipped) with the client's address; first the
     /// request's own fields, when they are lines (`fields`).
@@ -164,8 +162,7 @@ fn encode_lines(lines: &RequestLines, out: &mut Vec<u8>) -> bool {
     let base = block.as_ptr() as usize;
     let (mut run, mut forwarded_for) = (0..0, false);
     for (name, value) in lines.fields() {
-        if is_hop_by_hop(name) || name == b"content-length" || name == b"expect" || is_x_forwarded(name)
-        {
+        if is_hop_by_hop(name) || name == b"content-length" || name == b"expect" || is_x_forwarded(name) {
             forwarded_for |= name == b"x-forwarded-for";
             out.extend_from_slice(&block[std::mem::take(&mut run)]);
             continue;
@@ -347,8 +344,12 @@ mod tests {
              x-forwarded-for: 1.1.1.1, 2.2.2.2, 10.0.0.9\r\nx-forwarded-host: a.test\r\n\
              x-forwarded-proto: https\r\n\r\n"
         );
-        let bare =
-            Forwarded { host: None, proto: "http", ip: IpText::of("10.0.0.9".parse().unwrap()), fields: None };
+        let bare = Forwarded {
+            host: None,
+            proto: "http",
+            ip: IpText::of("10.0.0.9".parse().unwrap()),
+            fields: None,
+        };
         let head = request_with(Method::GET, &[], Outbound::Empty, Some(&bare));
         assert_eq!(
             String::from_utf8(head).unwrap(),

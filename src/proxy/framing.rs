@@ -27,8 +27,8 @@ use http::{Request, Version};
 
 use super::error::ProxyError;
 use crate::http::h1::framing::tokens;
-use crate::http::h1::server::RequestLines;
 pub use crate::http::h1::framing::MAX_HEADERS;
+use crate::http::h1::server::RequestLines;
 
 /// `Ok` when `req` is unambiguous to forward; else the error to answer with.
 pub fn check<B>(req: &Request<B>) -> Result<(), ProxyError> {

@@ -62,9 +62,9 @@ pub async fn handle(
     // The checks and the strip below, as lines: when they would pass the request as
     // it is; else they decide on its map (`framing::lines_pass`). The access log
     // reads the map.
-    if let Some(fields) = lines.take_if(|l| {
-        rt.access_log.is_some() || !framing::lines_pass(&req, l, peer.underscores_in_headers)
-    }) {
+    if let Some(fields) = lines
+        .take_if(|l| rt.access_log.is_some() || !framing::lines_pass(&req, l, peer.underscores_in_headers))
+    {
         fields.append_to(req.headers_mut());
     }
     let mut log = rt.access_log.as_ref().map(|log| log.begin(started, peer.addr, &req));

@@ -42,7 +42,9 @@ use tokio::time::{Instant, Sleep};
 use super::body::{lock, Body, Decode, Reader};
 use super::encode::{hex_len, push_field, write_both};
 use super::head::Field;
-use super::server::{encode_head, has_head_end, parse_request, Date, Encoded, Head, Out, ReadSide, RequestLines};
+use super::server::{
+    encode_head, has_head_end, parse_request, Date, Encoded, Head, Out, ReadSide, RequestLines,
+};
 use crate::http::BoxError;
 
 /// How much room a read of a head asks for.

@@ -535,6 +535,61 @@ mod tests {
         assert_eq!(&buf[..], b"GET /next", "the next request stays buffered");
     }
 
+    fn lines_of(text: &[u8]) -> (Request<()>, Option<RequestLines>) {
+        let mut buf = BytesMut::from(text);
+        let (req, _, lines) = parse_request(&mut buf, &mut Vec::new(), 8192, true).unwrap().unwrap();
+        (req, lines)
+    }
+
+    #[test]
+    fn fields_written_as_weir_writes_them_stay_lines_that_make_the_same_map() {
+        let text = b"POST /p HTTP/1.1\r\nHost: a.test\r\nX-B: 1\r\nAccept: */*\r\nX-B: 2\r\nx-c: \r\n\r\n";
+        let (req, lines) = lines_of(text);
+        let lines = lines.expect("kept as lines");
+        assert!(req.headers().is_empty(), "no map beside the lines");
+        assert_eq!(&lines.block[..], b"host: a.test\r\nx-b: 1\r\naccept: */*\r\nx-b: 2\r\nx-c: \r\n");
+        assert_eq!(
+            (lines.host(), lines.hosts, lines.plain, lines.underscore),
+            (Some(&b"a.test"[..]), 1, true, false)
+        );
+        assert_eq!(lines.get(b"x-b"), Some(&b"1"[..]));
+        let mut map = http::HeaderMap::new();
+        lines.append_to(&mut map);
+        let (parsed, _) = parse(text).unwrap().unwrap();
+        assert_eq!(map, *parsed.headers(), "the map parse_head builds");
+    }
+
+    #[test]
+    fn what_only_the_map_handles_gets_a_map() {
+        for text in [
+            &b"GET / HTTP/1.1\r\nHost:a\r\n\r\n"[..],
+            b"GET / HTTP/1.1\r\nHost: a \r\n\r\n",
+            b"GET / HTTP/1.1\nHost: a\n\n",
+            b"POST / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\n",
+            b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n",
+            b"GET / HTTP/1.1\r\nTE: trailers\r\n\r\n",
+            b"GET / HTTP/1.1\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n",
+            b"GET / HTTP/1.1\r\nConnection: x-a\r\nX-A: 1\r\n\r\n",
+        ] {
+            let (req, lines) = lines_of(text);
+            assert!(lines.is_none(), "{}", String::from_utf8_lossy(text));
+            assert!(!req.headers().is_empty(), "{}", String::from_utf8_lossy(text));
+        }
+        let (_, lines) = lines_of(
+            b"GET / HTTP/1.1\r\nConnection: close, x-absent\r\nX_A: 1\r\nHost: a\r\nhost: b\r\n\r\n",
+        );
+        let lines = lines.expect("a Connection naming no field the head holds stays a line");
+        assert_eq!(
+            (lines.host(), lines.hosts, lines.plain, lines.underscore),
+            (Some(&b"a"[..]), 2, false, true)
+        );
+        let (_, lines) = lines_of(b"GET / HTTP/1.1\r\nX-Forwarded-For: 1.2.3.4\r\n\r\n");
+        assert!(!lines.expect("lines").plain, "an X-Forwarded-For is written anew");
+        let (_, lines) = lines_of(b"GET / HTTP/1.1\r\n\r\n");
+        let lines = lines.expect("no fields are lines too");
+        assert_eq!((lines.block.len(), lines.host(), lines.plain), (0, None, true));
+    }
+
     #[test]
     fn partial_heads_wait_and_oversized_ones_are_431() {
         assert!(parse(b"GET / HTTP/1.1\r\nHost: a\r\n").unwrap().is_none());

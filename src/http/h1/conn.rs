@@ -43,7 +43,7 @@ use super::body::{lock, Body, Decode, Reader};
 use super::encode::{hex_len, push_field, write_both};
 use super::head::Field;
 use super::server::{
-    encode_head, has_head_end, parse_request, Date, Encoded, Head, Out, ReadSide, RequestLines,
+    encode_head, has_head_end, parse_request, Date, Encoded, Head, Out, Parsed, ReadSide, RequestLines,
 };
 use crate::http::BoxError;
 
@@ -376,7 +376,7 @@ impl<W: AsyncWrite + Unpin> Server<W> {
         limits: &Limits,
         stop: &mut Stop<F>,
         lines: bool,
-    ) -> Result<Option<(Request<Option<Body>>, Head, Option<RequestLines>)>, StatusCode> {
+    ) -> Result<Option<Parsed<Option<Body>>>, StatusCode> {
         let Some(side) = self.read.as_mut() else { return Ok(None) };
         // Set when a read first has to wait: the head's deadline.
         let mut deadline: Option<Instant> = None;

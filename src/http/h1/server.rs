@@ -56,6 +56,10 @@ pub fn parse_head<B: Default>(
     Ok(parse_request(buf, fields, max_head, false)?.map(|(req, head, _)| (req, head)))
 }
 
+/// A parsed request: the request, what the connection needs of its head, and its
+/// fields as lines when they were kept so (`parse_request`).
+pub type Parsed<B> = (Request<B>, Head, Option<RequestLines>);
+
 /// `parse_head`, but with `lines`, a head whose fields are written as weir writes
 /// them once their names are lowercased (`name: value` CRLF, which most clients
 /// send) keeps them as those lines (`RequestLines`, names lowercased in place) and
@@ -69,7 +73,7 @@ pub fn parse_request<B: Default>(
     fields: &mut Vec<Field>,
     max_head: usize,
     lines: bool,
-) -> Result<Option<(Request<B>, Head, Option<RequestLines>)>, StatusCode> {
+) -> Result<Option<Parsed<B>>, StatusCode> {
     fields.clear();
     let (len, method, target, minor) = {
         let mut storage = [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];

@@ -228,6 +228,9 @@ async fn proxy_to(
                 ..Job::new(upstream, peer)
             };
             match &proxy.cache {
+                // Straight to `forward` without a limit to wait for: one layer fewer
+                // to move the request into and the response out of.
+                None if upstream.admission.is_none() => forward::forward(&job, req, trace).await,
                 None => admit_and_forward(&job, req, trace).await,
                 // Boxed: the cache's future is kilobytes large, and inline it would grow
                 // every request's future, which hyper moves into place per request.

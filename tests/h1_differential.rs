@@ -370,7 +370,7 @@ fn weir_client(pieces: &[Vec<u8>], head_request: bool, lines: bool) -> Option<Se
             let _ = server.read_to_end(&mut seen).await;
         });
         let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-        let conn: Conn<Empty<Bytes>> = Conn::new(Stream::Tcp(stream));
+        let conn: Box<Conn<Empty<Bytes>>> = Conn::new(Stream::Tcp(stream));
         let method = if head_request { http::Method::HEAD } else { http::Method::GET };
         let mut req =
             http::Request::builder().method(method).uri("/").header("host", "a").body(Empty::new()).unwrap();

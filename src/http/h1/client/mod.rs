@@ -176,8 +176,11 @@ pub struct Conn<B> {
 }
 
 impl<B: RequestBody> Conn<B> {
-    pub fn new(io: Stream) -> Conn<B> {
-        Conn { io, read: BytesMut::new(), write: Vec::new(), upload: None, idle_sweeps: 0 }
+    /// A connection lives boxed, once, for its whole life: the pool, the exchange and
+    /// the response body that holds it move a pointer per request, not the
+    /// connection's hundred-odd bytes.
+    pub fn new(io: Stream) -> Box<Conn<B>> {
+        Box::new(Conn { io, read: BytesMut::new(), write: Vec::new(), upload: None, idle_sweeps: 0 })
     }
 
     /// Counts one more pool sweep passed unused, and returns the count.
@@ -217,7 +220,7 @@ impl<B: RequestBody> Conn<B> {
     /// `lines`: a final response's fields are kept as lines (`Body::encoded`) rather
     /// than put in its map, for a caller that writes them with weir's HTTP/1.1 server.
     pub async fn send<E: ExtraHeaders>(
-        mut self,
+        mut self: Box<Self>,
         req: &mut Request<B>,
         extra: Option<&E>,
         lines: bool,

@@ -106,6 +106,9 @@ pub struct Trace {
     pub retries: u32,
     /// Where the request body counts its bytes for the access log, if it has one.
     pub request_bytes: Option<Arc<AtomicU64>>,
+    /// When the answer's head arrived: one reading of the clock for the attempt's
+    /// latency, the server's error window and the request's duration.
+    pub answered: Option<tokio::time::Instant>,
 }
 
 /// Sends `req` to a server of `upstream`. A server that refuses the connection is
@@ -194,17 +197,20 @@ async fn send(
         // when there is another server to replay it on.
         let copy =
             (upstream.h2 && replayable && upstream.servers.len() > 1).then(|| Box::new(copy_head(&req)));
+        // Only the answer that ends the request says when it came.
+        trace.answered = None;
         let tried = attempt(
             upstream,
             (index, server),
             &mut req,
             forwarded.as_ref(),
             (timeout, peer.writes_lines),
-            watch.as_deref(),
+            (watch.as_deref(), &mut trace.answered),
         );
         match tried.await {
             Ok(mut response) => {
-                health::record(upstream, server, Outcome::Response(response.status()));
+                let answered = trace.answered.unwrap_or_else(tokio::time::Instant::now);
+                health::record_at(upstream, server, Outcome::Response(response.status()), answered);
                 // A status the upstream retries on: another server may answer better,
                 // and this answer is kept for when none can.
                 if replayable && upstream.retries_on(response.status()) && (!upstream.h2 || copy.is_some()) {
@@ -382,12 +388,15 @@ async fn attempt(
     req: &mut Request<Outbound>,
     forwarded: Option<&Forwarded<'_>>,
     (timeout, lines): (Duration, bool),
-    watch: Option<&BodyWatch>,
+    (watch, answered_at): (Option<&BodyWatch>, &mut Option<tokio::time::Instant>),
 ) -> Attempt {
     let in_flight = server.begin();
-    let started = Instant::now();
+    // tokio's clock (std's outside paused-time tests): the deadline is made from this
+    // reading rather than from one more.
+    let started = tokio::time::Instant::now();
     let exchange =
-        tokio::time::timeout(timeout, client::exchange(upstream, server, req, forwarded, lines)).await;
+        tokio::time::timeout_at(started + timeout, client::exchange(upstream, server, req, forwarded, lines))
+            .await;
     let response = match exchange {
         Ok(Ok(response)) => response,
         Ok(Err(failure)) => {
@@ -409,8 +418,9 @@ async fn attempt(
             return Err((error, true));
         }
     };
-    let answered = Instant::now();
-    upstream.balancer.observe(index, answered - started, answered);
+    let answered = tokio::time::Instant::now();
+    *answered_at = Some(answered);
+    upstream.balancer.observe(index, answered - started, answered.into_std());
     server.metrics.requests.inc(response.status());
     server.metrics.duration.observe((answered - started).as_secs_f64());
     let (mut parts, body) = response.into_parts();

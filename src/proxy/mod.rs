@@ -125,7 +125,12 @@ pub async fn handle(
     let host = host.as_ref().and_then(|h| h.to_str().ok()).map(route::strip_port);
     let vars = Vars { client_ip: client, request_id: request_id.as_ref(), tls: peer.tls, host, path: None };
     shape_response(route, &mut response, &vars);
-    upstream.map_or(&rt.unrouted, |u| &u.metrics.client).record(response.status(), started.elapsed());
+    // Until the answer's head arrived, when it came from a server (the clock read
+    // then, not once more: the steps since take microseconds).
+    let elapsed = trace
+        .answered
+        .map_or_else(|| started.elapsed(), |at| at.into_std().saturating_duration_since(started));
+    upstream.map_or(&rt.unrouted, |u| &u.metrics.client).record(response.status(), elapsed);
     if let Some(log) = &mut log {
         log.entry.upstream = upstream.map(|u| u.name.clone());
         log.entry.server =

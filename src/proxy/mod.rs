@@ -5,7 +5,17 @@
 //!
 //! `handle` reads top to bottom as those steps. Before any of them, the client's
 //! hop-by-hop headers and those its `Connection` names are stripped, once: every
-//! later step reads and adds headers knowing the client can no longer take them away. Each request loads the current
+//! later step reads and adds headers knowing the client can no longer take them away.
+//!
+//! A request from weir's own HTTP/1.1 server may come with its fields as the lines
+//! the client sent (`RequestLines`) and an empty header map. They stay lines while
+//! nothing reads a field but `Host` and `Content-Length` (`framing::lines_pass`
+//! before routing, `needs_map` after it), and go up as they are: the HTTP/1.1 client
+//! copies them, leaving out the hop-by-hop, framing and `X-Forwarded-*` lines
+//! (`forwarded::Forwarded::fields`). Otherwise the map is built from them (the very
+//! map the codec would have built) and the request goes on as any other.
+//!
+//! Each request loads the current
 //! `Runtime` once (in `listener`) and keeps it to the end, so a reload never changes
 //! routes or servers under a request that is already running. A request refused by
 //! its rate limit never reaches `admit` or the upstream; one refused by the

@@ -1,7 +1,9 @@
 //! The server role's half of the codec: request heads parsed in place from the
 //! connection's read buffer (their header values share it), the request's framing
-//! decided in the same pass (RFC 9112 §6), and response heads encoded into a buffer
-//! the connection keeps. The connection loop that drives them is
+//! decided in the same pass (RFC 9112 §6), its fields put in a header map or, for a
+//! handler that takes them so, kept as the lines the client sent
+//! (`parse_request`, `RequestLines`), and response heads encoded into a buffer the
+//! connection keeps. The connection loop that drives them is
 //! `listener::h1`; request bodies are `body`.
 
 use std::time::SystemTime;

@@ -61,7 +61,7 @@ use route::{Action, Proxy, Route};
 /// map). They go up as they are, with no map built, when nothing on the way reads a
 /// field but `Host` (routing) and `Content-Length` (`max_request_body`); else the
 /// map is built from them, at once or once the route is known (`needs_map`), and
-/// the request goes on as any other.
+/// the request goes on as any other. The access log reads `Host` from them.
 pub async fn handle(
     rt: &Pipeline,
     mut req: Request<ClientBody>,
@@ -70,14 +70,11 @@ pub async fn handle(
 ) -> Response<Body> {
     let started = Instant::now();
     // The checks and the strip below, as lines: when they would pass the request as
-    // it is; else they decide on its map (`framing::lines_pass`). The access log
-    // reads the map.
-    if let Some(fields) = lines
-        .take_if(|l| rt.access_log.is_some() || !framing::lines_pass(&req, l, peer.underscores_in_headers))
-    {
+    // it is; else they decide on its map (`framing::lines_pass`).
+    if let Some(fields) = lines.take_if(|l| !framing::lines_pass(&req, l, peer.underscores_in_headers)) {
         fields.append_to(req.headers_mut());
     }
-    let mut log = rt.access_log.as_ref().map(|log| log.begin(started, peer.addr, &req));
+    let mut log = rt.access_log.as_ref().map(|log| log.begin_lines(started, peer.addr, &req, lines.as_ref()));
     if lines.is_none() {
         if let Err(error) = framing::check(&req) {
             tracing::debug!(client = %peer.addr, %error, "refused");
@@ -168,7 +165,7 @@ fn shape_response(route: &Route, response: &mut Response<Body>, vars: &Vars) {
 /// Whether anything on `route`'s way reads or changes a request's fields beyond
 /// `Host` and `Content-Length`, or sends them up other than as HTTP/1.1 lines: then
 /// a request whose fields are lines gets its map. Errs towards the map: any setting
-/// that might read one asks for it.
+/// that might read one asks for it. (The access log reads `Host` from the lines.)
 fn needs_map(route: &Route) -> bool {
     let Action::Proxy(proxy) = &route.action else { return true };
     let upstream = &proxy.upstream;

@@ -171,3 +171,29 @@ async fn heads_in_other_spellings_reach_the_server_the_same() {
     assert_eq!(seen.header("x-a"), ["1"]);
     assert_eq!(seen.header("x-b"), ["2"]);
 }
+
+/// The access log takes the request's `Host` from its lines: a route with a log
+/// still forwards the lines as they are.
+#[tokio::test]
+async fn the_access_log_reads_host_from_the_lines() {
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+    let log = std::env::temp_dir().join(format!("weir-lines-access-{}-{nanos}.log", std::process::id()));
+    let config =
+        format!("{PLAIN}\n[access_log]\nenabled = true\nformat = \"json\"\npath = \"{}\"\n", log.display());
+    let head = "GET /logged HTTP/1.1\r\nHost: Lines.Test:8080\r\nX-B: 1\r\nX-A: 2\r\nX-B: 3\r\n\r\n";
+    let (status, seen) = through(&config, head, b"").await;
+    assert_eq!(status, [200]);
+    let seen = seen.expect("the request reached the server");
+    assert_eq!(lines(&seen)[..4], ["host: Lines.Test:8080", "x-b: 1", "x-a: 2", "x-b: 3"], "sent as lines");
+    let mut text = String::new();
+    for _ in 0..100 {
+        text = std::fs::read_to_string(&log).unwrap_or_default();
+        if text.contains("/logged") {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let _ = std::fs::remove_file(&log);
+    let line: serde_json::Value = serde_json::from_str(text.lines().next().expect("a log line")).unwrap();
+    assert_eq!(line["host"], "Lines.Test:8080", "{text}");
+}

@@ -17,5 +17,6 @@ pub fn now_ms() -> u64 {
 pub fn ms_at(at: Instant) -> u64 {
     static EPOCH: OnceLock<Instant> = OnceLock::new();
     let epoch = *EPOCH.get_or_init(|| Instant::now() - Duration::from_millis(1));
-    at.saturating_duration_since(epoch).as_millis() as u64
+    // Never 0 (a moment read before the epoch was set counts as its first ms).
+    (at.saturating_duration_since(epoch).as_millis() as u64).max(1)
 }

@@ -420,9 +420,11 @@ async fn attempt(
     };
     let answered = tokio::time::Instant::now();
     *answered_at = Some(answered);
-    upstream.balancer.observe(index, answered - started, answered.into_std());
+    // Subtracted once: an `Instant` difference is a call into std, not an inline sub.
+    let latency = answered - started;
+    upstream.balancer.observe(index, latency, answered.into_std());
     server.metrics.requests.inc(response.status());
-    server.metrics.duration.observe((answered - started).as_secs_f64());
+    server.metrics.duration.observe(latency.as_secs_f64());
     let (mut parts, body) = response.into_parts();
     let upgrade = (parts.status == StatusCode::SWITCHING_PROTOCOLS)
         .then(|| parts.headers.get(header::UPGRADE).cloned())

@@ -28,6 +28,7 @@ use prometheus::IntCounter;
 use serde::Serialize;
 
 use crate::config::{AccessLogConfig, AccessLogFormat};
+use crate::http::h1::server::RequestLines;
 
 /// Entries that may wait for the writer; past this, lines are dropped.
 pub const QUEUE: usize = 16 * 1024;
@@ -105,6 +106,24 @@ impl AccessLog {
         client: SocketAddr,
         req: &Request<B>,
     ) -> Pending {
+        self.begin_lines(started, client, req, None)
+    }
+
+    /// `begin`, for a request whose fields may be lines (`RequestLines`, its header
+    /// map empty then): its `Host` is read from them.
+    pub fn begin_lines<B: http_body::Body>(
+        self: &Arc<Self>,
+        started: Instant,
+        client: SocketAddr,
+        req: &Request<B>,
+        lines: Option<&RequestLines>,
+    ) -> Pending {
+        let host = match lines {
+            Some(lines) => {
+                lines.host().and_then(|v| HeaderValue::from_maybe_shared(lines.block.slice_ref(v)).ok())
+            }
+            None => req.headers().get(header::HOST).cloned(),
+        };
         let request_bytes = (!req.body().is_end_stream()).then(|| Arc::new(AtomicU64::new(0)));
         let entry = Box::new(Entry {
             started,
@@ -112,7 +131,7 @@ impl AccessLog {
             client,
             method: req.method().clone(),
             uri: req.uri().clone(),
-            host: req.headers().get(header::HOST).cloned(),
+            host,
             request_bytes,
             status: 0,
             upstream: None,

@@ -148,8 +148,20 @@ type Answer = http_body_util::combinators::BoxBody<Bytes, weir::http::BoxError>;
 impl Handler<OwnedWriteHalf> for Recorder {
     type Body = Answer;
 
-    async fn call(&self, req: http::Request<Option<Body>>) -> http::Response<Answer> {
-        let (parts, body) = req.into_parts();
+    /// Fields kept as lines are checked as the map they make (`append_to`), which
+    /// must be the map the codec builds otherwise.
+    const LINES: bool = true;
+
+    async fn call(
+        &self,
+        req: http::Request<Option<Body>>,
+        lines: Option<weir::http::h1::server::RequestLines>,
+    ) -> http::Response<Answer> {
+        let (mut parts, body) = req.into_parts();
+        if let Some(lines) = lines {
+            assert!(parts.headers.is_empty(), "lines and a map");
+            lines.append_to(&mut parts.headers);
+        }
         let body = match body {
             None => Some(Vec::new()),
             Some(body) => body.collect().await.ok().map(|b| b.to_bytes().to_vec()),
@@ -358,7 +370,7 @@ fn weir_client(pieces: &[Vec<u8>], head_request: bool, lines: bool) -> Option<Se
             let _ = server.read_to_end(&mut seen).await;
         });
         let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-        let conn: Conn<Empty<Bytes>> = Conn::new(Stream::Tcp(stream));
+        let conn: Box<Conn<Empty<Bytes>>> = Conn::new(Stream::Tcp(stream));
         let method = if head_request { http::Method::HEAD } else { http::Method::GET };
         let mut req =
             http::Request::builder().method(method).uri("/").header("host", "a").body(Empty::new()).unwrap();

@@ -20,6 +20,8 @@
 //!   304 keeps no `Content-Length`, keep-alive follows `Connection` and the version;
 //! - a decoded body is never longer than the bytes it came from, and a body by
 //!   length is exactly its length;
+//! - a head read as lines (`server::parse_request` with `lines`) makes the very map
+//!   `parse_head` builds of it, with the same verdict, framing and bytes consumed;
 //! - what weir forwards, weir reads back the same: a parsed request re-encoded the
 //!   way the proxy sends it upstream (`client::encode_head`, after
 //!   `strip_client_hop_by_hop`), and a parsed response re-encoded the way the server
@@ -155,7 +157,35 @@ fn read_requests(pieces: &[&[u8]], gated: bool) -> Requests {
                     break;
                 }
                 let end_seen = has_head_end(&buf, 0);
-                match parse_request(&mut buf, &mut fields, MAX_HEAD) {
+                let mut as_lines = buf.clone();
+                let lines = weir::http::h1::server::parse_request::<()>(
+                    &mut as_lines,
+                    &mut Vec::new(),
+                    MAX_HEAD,
+                    true,
+                );
+                let parsed = parse_request(&mut buf, &mut fields, MAX_HEAD);
+                // Fields kept as lines make the very map the head parses into, with the
+                // same verdict, framing and bytes consumed.
+                match (&parsed, lines) {
+                    (Ok(Some((req, head))), Ok(Some((as_req, as_head, lines)))) => {
+                        assert_eq!((head, as_lines.len()), (&as_head, buf.len()));
+                        let mut map = as_req.headers().clone();
+                        if let Some(lines) = lines {
+                            assert!(map.is_empty(), "lines and a map");
+                            lines.append_to(&mut map);
+                        }
+                        assert_eq!(&map, req.headers(), "lines make another map");
+                    }
+                    (Ok(None), Ok(None)) => {}
+                    (Err(a), Err(b)) => assert_eq!(a, &b),
+                    (a, b) => panic!(
+                        "parse_head and parse_request disagree: {:?} / {:?}",
+                        a.as_ref().map(|o| o.is_some()),
+                        b.map(|o| o.is_some())
+                    ),
+                }
+                match parsed {
                     Ok(Some((req, head))) => {
                         // A head the parser took has the blank line the gate looks for.
                         assert!(end_seen, "a head parsed without the end the gate looks for");

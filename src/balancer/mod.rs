@@ -110,6 +110,12 @@ impl Balancer {
         matches!(self, Balancer::ConsistentHash(b) if matches!(b.key(), HashKey::ClientIp))
     }
 
+    /// Whether picking reads the request (its headers, cookies or target): only
+    /// consistent hashing does.
+    pub fn reads_request(&self) -> bool {
+        matches!(self, Balancer::ConsistentHash(_))
+    }
+
     /// What this balancer needs to know about `req`, from a client at `client_ip`.
     /// Only `consistent_hash` looks at the request; for the others this is free.
     pub fn key<B>(&self, req: &http::Request<B>, client_ip: IpAddr) -> PickKey {

@@ -151,7 +151,7 @@ impl Connection {
             let rt = runtime.load_full();
             let peer = peer.clone();
             async move {
-                let mut response = proxy::handle(&rt.pipeline, req.map(ClientBody::H2), &peer).await;
+                let mut response = proxy::handle(&rt.pipeline, req.map(ClientBody::H2), &peer, None).await;
                 // The server writes headers from the map only.
                 proxy::body::materialize(&mut response);
                 response
@@ -184,7 +184,7 @@ impl Connection {
                 // The request future is a few KiB, and hyper moves it about: boxed,
                 // only a pointer moves.
                 let mut response =
-                    Box::pin(proxy::handle(&rt.pipeline, req.map(ClientBody::Hyper), &peer)).await;
+                    Box::pin(proxy::handle(&rt.pipeline, req.map(ClientBody::Hyper), &peer, None)).await;
                 // hyper writes headers from the map only.
                 proxy::body::materialize(&mut response);
                 if let Some(tunnel) = response.extensions_mut().remove::<Tunnel>() {

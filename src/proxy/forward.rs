@@ -27,6 +27,7 @@ use super::hop_by_hop::{accepts_trailers, has_hop_by_hop, requested_upgrade, str
 use super::tunnel::tunnel;
 use crate::balancer::PickKey;
 use crate::body::{BodyWatch, ClientBody, ClientFault, Outbound, RequestBody};
+use crate::http::h1::server::RequestLines;
 use crate::upstream::body::{Release, UpstreamBody};
 use crate::upstream::client::{self, SendError, TE_TRAILERS};
 use crate::upstream::health::{self, Outcome};
@@ -83,12 +84,16 @@ pub struct Job<'a> {
     pub request_timeout: Option<Duration>,
     /// The route's `max_request_body`, for this request's body.
     pub max_body: Option<u64>,
+    /// The request's fields, when they are still the lines weir's HTTP/1.1 server
+    /// kept (its header map is empty then): they go up as they are, written by the
+    /// HTTP/1.1 client with weir's `X-Forwarded-*` (`Forwarded::fields`).
+    pub fields: Option<&'a RequestLines>,
 }
 
 impl<'a> Job<'a> {
     /// A request on the upstream's own terms, such as one weir makes itself.
     pub fn new(upstream: &'a Arc<Upstream>, peer: &'a Peer) -> Job<'a> {
-        Job { upstream, peer, client_ip: None, request_timeout: None, max_body: None }
+        Job { upstream, peer, client_ip: None, request_timeout: None, max_body: None, fields: None }
     }
 }
 
@@ -101,6 +106,9 @@ pub struct Trace {
     pub retries: u32,
     /// Where the request body counts its bytes for the access log, if it has one.
     pub request_bytes: Option<Arc<AtomicU64>>,
+    /// When the answer's head arrived: one reading of the clock for the attempt's
+    /// latency, the server's error window and the request's duration.
+    pub answered: Option<tokio::time::Instant>,
 }
 
 /// Sends `req` to a server of `upstream`. A server that refuses the connection is
@@ -156,7 +164,7 @@ async fn send(
     let preferred = upstream.sticky.as_ref().and_then(|s| s.preferred(req.headers()));
     let timeout = job.request_timeout.unwrap_or(upstream.request_timeout);
     // `upgrading`: whether an upgrade goes up; only then may a `101` come back.
-    let (mut on_upgrade, forwarded, upgrading) = prepare(&mut req, peer, upstream.h2);
+    let (mut on_upgrade, forwarded, upgrading) = prepare(&mut req, peer, upstream.h2, job.fields);
     upstream.retry_budget.deposit();
     let replayable = is_idempotent(req.method()) && http_body::Body::is_end_stream(req.body());
     let panic = upstream.health.in_panic(&upstream.servers);
@@ -189,17 +197,20 @@ async fn send(
         // when there is another server to replay it on.
         let copy =
             (upstream.h2 && replayable && upstream.servers.len() > 1).then(|| Box::new(copy_head(&req)));
+        // Only the answer that ends the request says when it came.
+        trace.answered = None;
         let tried = attempt(
             upstream,
             (index, server),
             &mut req,
             forwarded.as_ref(),
             (timeout, peer.writes_lines),
-            watch.as_deref(),
+            (watch.as_deref(), &mut trace.answered),
         );
         match tried.await {
             Ok(mut response) => {
-                health::record(upstream, server, Outcome::Response(response.status()));
+                let answered = trace.answered.unwrap_or_else(tokio::time::Instant::now);
+                health::record_at(upstream, server, Outcome::Response(response.status()), answered);
                 // A status the upstream retries on: another server may answer better,
                 // and this answer is kept for when none can.
                 if replayable && upstream.retries_on(response.status()) && (!upstream.h2 || copy.is_some()) {
@@ -375,14 +386,17 @@ async fn attempt(
     upstream: &Upstream,
     (index, server): (usize, &Arc<Server>),
     req: &mut Request<Outbound>,
-    forwarded: Option<&Forwarded>,
+    forwarded: Option<&Forwarded<'_>>,
     (timeout, lines): (Duration, bool),
-    watch: Option<&BodyWatch>,
+    (watch, answered_at): (Option<&BodyWatch>, &mut Option<tokio::time::Instant>),
 ) -> Attempt {
     let in_flight = server.begin();
-    let started = Instant::now();
+    // tokio's clock (std's outside paused-time tests): the deadline is made from this
+    // reading rather than from one more.
+    let started = tokio::time::Instant::now();
     let exchange =
-        tokio::time::timeout(timeout, client::exchange(upstream, server, req, forwarded, lines)).await;
+        tokio::time::timeout_at(started + timeout, client::exchange(upstream, server, req, forwarded, lines))
+            .await;
     let response = match exchange {
         Ok(Ok(response)) => response,
         Ok(Err(failure)) => {
@@ -404,10 +418,13 @@ async fn attempt(
             return Err((error, true));
         }
     };
-    let answered = Instant::now();
-    upstream.balancer.observe(index, answered - started, answered);
+    let answered = tokio::time::Instant::now();
+    *answered_at = Some(answered);
+    // Subtracted once: an `Instant` difference is a call into std, not an inline sub.
+    let latency = answered - started;
+    upstream.balancer.observe(index, latency, answered.into_std());
     server.metrics.requests.inc(response.status());
-    server.metrics.duration.observe((answered - started).as_secs_f64());
+    server.metrics.duration.observe(latency.as_secs_f64());
     let (mut parts, body) = response.into_parts();
     let upgrade = (parts.status == StatusCode::SWITCHING_PROTOCOLS)
         .then(|| parts.headers.get(header::UPGRADE).cloned())
@@ -429,11 +446,20 @@ async fn attempt(
 ///
 /// In place: the request is the largest value in the request's future, and a copy
 /// made here would be carried by every layer above.
-fn prepare(
+///
+/// `fields`: the request's fields as lines (its map empty), which `handle` let
+/// through only when they need none of this (no hop-by-hop field but those left
+/// out as they go up, no authority in the target) and the upstream speaks HTTP/1.1.
+fn prepare<'a>(
     req: &mut Request<Outbound>,
     peer: &Peer,
     h2: bool,
-) -> (Option<OnUpgrade>, Option<Forwarded>, bool) {
+    mut fields: Option<&'a RequestLines>,
+) -> (Option<OnUpgrade>, Option<Forwarded<'a>>, bool) {
+    if let Some(lines) = fields.take_if(|_| h2 || req.uri().authority().is_some()) {
+        // Not reached (see above); kept so the lines can never be lost.
+        lines.append_to(req.headers_mut());
+    }
     let headers = req.headers_mut();
     // Most requests carry no hop-by-hop field by now (`handle` stripped the client's):
     // one pass over the names spares the lookups of `Upgrade` and `TE`.
@@ -468,10 +494,17 @@ fn prepare(
             }
             value
         }
-        None => req.headers().get(header::HOST).cloned(),
+        None => match fields {
+            // SAFETY: httparse accepted the value, and `framing::lines_pass` took it
+            // as a `Host` (authority bytes only).
+            Some(lines) => lines
+                .host()
+                .map(|v| unsafe { HeaderValue::from_maybe_shared_unchecked(lines.block.slice_ref(v)) }),
+            None => req.headers().get(header::HOST).cloned(),
+        },
     };
     let proto = if peer.tls { "https" } else { "http" };
-    let forwarded = Forwarded { host, proto, ip: peer.ip };
+    let forwarded = Forwarded { host, proto, ip: peer.ip, fields };
     if req.uri().scheme().is_some() || req.uri().authority().is_some() {
         let path = match req.uri().path_and_query() {
             None => PathAndQuery::from_static("/"),
@@ -504,7 +537,7 @@ mod tests {
             for (target, expected) in [("http://a?q=1", "/?q=1"), ("http://a", "/"), ("http://a/p?q", "/p?q")]
             {
                 let mut req = Request::get(target).body(Outbound::Empty).unwrap();
-                prepare(&mut req, &peer, h2);
+                prepare(&mut req, &peer, h2, None);
                 // `Uri`'s own comparison and display put the `/` in; what goes on the wire
                 // (and into h2's `:path`) is `as_str`.
                 assert_eq!(req.uri().path_and_query().unwrap().as_str(), expected, "{target}, h2: {h2}");

@@ -1,6 +1,8 @@
 //! The `X-Forwarded-*` header fields weir adds to each request it forwards: in the
 //! header map for h2, and written by the HTTP/1.1 client as it encodes the head
-//! (`ExtraHeaders`), joined with any the client sent. Also the client's address as
+//! (`ExtraHeaders`), joined with any the client sent. A request whose fields are
+//! still the lines weir's HTTP/1.1 server kept (`RequestLines`, no header map) has
+//! them written here too, ahead of these, as the client writes a map's. Also the client's address as
 //! text (`IpText`), written once per connection without an allocation.
 
 use std::net::IpAddr;
@@ -8,6 +10,8 @@ use std::net::IpAddr;
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 
 use crate::http::h1::client::ExtraHeaders;
+use crate::http::h1::framing::{is_hop_by_hop, is_x_forwarded};
+use crate::http::h1::server::RequestLines;
 
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
@@ -15,11 +19,15 @@ static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host"
 
 /// The `X-Forwarded-*` headers weir adds to a request: `-Host` and `-Proto` replace
 /// the client's, and the client's address is appended to its `-For`.
-pub struct Forwarded {
+pub struct Forwarded<'a> {
     /// The host the client asked for, if it named one.
     pub host: Option<HeaderValue>,
     pub proto: &'static str,
     pub ip: IpText,
+    /// The request's own fields when they are the lines weir's HTTP/1.1 server kept
+    /// (its header map is then empty): written with these, as the HTTP/1.1 client
+    /// writes a map's fields (`encode`).
+    pub fields: Option<&'a RequestLines>,
 }
 
 /// A client address as the text `X-Forwarded-For` carries (`IpAddr`'s `Display`:
@@ -88,7 +96,7 @@ impl std::fmt::Debug for IpText {
     }
 }
 
-impl Forwarded {
+impl Forwarded<'_> {
     /// Sets the headers in `headers`, for a client that sends from the map (h2).
     pub(super) fn insert_into(&self, headers: &mut HeaderMap) {
         if let Some(host) = &self.host {
@@ -104,14 +112,31 @@ impl Forwarded {
     }
 
     /// Writes the headers as HTTP/1.1 fields into `out`, joining any `X-Forwarded-For`
-    /// the client sent (which `replaces` skipped) with the client's address.
+    /// the client sent (which `replaces` skipped) with the client's address; first the
+    /// request's own fields, when they are lines (`fields`).
     pub fn encode(&self, headers: &HeaderMap, replaced: bool, out: &mut Vec<u8>) {
+        let lines = self.fields;
+        let lines_forward = match lines {
+            // Nothing to leave out.
+            Some(lines) if lines.plain => {
+                out.extend_from_slice(&lines.block);
+                false
+            }
+            Some(lines) => encode_lines(lines, out),
+            None => false,
+        };
         out.extend_from_slice(b"x-forwarded-for: ");
         // Looked up only when the request holds one of these fields: a lookup hashes
         // the name, and most requests carry none.
         if replaced {
             for value in headers.get_all(&X_FORWARDED_FOR) {
                 out.extend_from_slice(value.as_bytes());
+                out.extend_from_slice(b", ");
+            }
+        }
+        if let Some(lines) = lines.filter(|_| lines_forward) {
+            for (_, value) in lines.fields().filter(|(name, _)| *name == b"x-forwarded-for") {
+                out.extend_from_slice(value);
                 out.extend_from_slice(b", ");
             }
         }
@@ -126,7 +151,35 @@ impl Forwarded {
     }
 }
 
-impl ExtraHeaders for Forwarded {
+/// Writes a request's own fields kept as lines as the HTTP/1.1 client writes a map's
+/// (`http::h1::client::encode_head`): all but the framing ones (`Content-Length`,
+/// `Expect`: weir frames the body itself), the hop-by-hop ones (the lines hold none
+/// that asks for more than leaving it out: `parse_request` keeps such heads in a
+/// map) and the `X-Forwarded-*` that `encode` writes anew; copied in runs. Returns
+/// whether the lines hold an `X-Forwarded-For`.
+fn encode_lines(lines: &RequestLines, out: &mut Vec<u8>) -> bool {
+    let block = &lines.block[..];
+    let base = block.as_ptr() as usize;
+    let (mut run, mut forwarded_for) = (0..0, false);
+    for (name, value) in lines.fields() {
+        if is_hop_by_hop(name) || name == b"content-length" || name == b"expect" || is_x_forwarded(name) {
+            forwarded_for |= name == b"x-forwarded-for";
+            out.extend_from_slice(&block[std::mem::take(&mut run)]);
+            continue;
+        }
+        // The line's end: past its value and CRLF.
+        let end = value.as_ptr() as usize - base + value.len() + 2;
+        if run.is_empty() {
+            run = name.as_ptr() as usize - base..end;
+        } else {
+            run.end = end;
+        }
+    }
+    out.extend_from_slice(&block[run]);
+    forwarded_for
+}
+
+impl ExtraHeaders for Forwarded<'_> {
     fn replaces(&self, name: &http::HeaderName) -> bool {
         Forwarded::replaces(name)
     }
@@ -270,6 +323,7 @@ mod tests {
             host: Some(HeaderValue::from_static("a.test")),
             proto: "https",
             ip: IpText::of("10.0.0.9".parse().unwrap()),
+            fields: None,
         };
         let head = request_with(
             Method::GET,
@@ -290,7 +344,12 @@ mod tests {
              x-forwarded-for: 1.1.1.1, 2.2.2.2, 10.0.0.9\r\nx-forwarded-host: a.test\r\n\
              x-forwarded-proto: https\r\n\r\n"
         );
-        let bare = Forwarded { host: None, proto: "http", ip: IpText::of("10.0.0.9".parse().unwrap()) };
+        let bare = Forwarded {
+            host: None,
+            proto: "http",
+            ip: IpText::of("10.0.0.9".parse().unwrap()),
+            fields: None,
+        };
         let head = request_with(Method::GET, &[], Outbound::Empty, Some(&bare));
         assert_eq!(
             String::from_utf8(head).unwrap(),

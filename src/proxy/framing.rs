@@ -28,6 +28,7 @@ use http::{Request, Version};
 use super::error::ProxyError;
 use crate::http::h1::framing::tokens;
 pub use crate::http::h1::framing::MAX_HEADERS;
+use crate::http::h1::server::RequestLines;
 
 /// `Ok` when `req` is unambiguous to forward; else the error to answer with.
 pub fn check<B>(req: &Request<B>) -> Result<(), ProxyError> {
@@ -36,6 +37,20 @@ pub fn check<B>(req: &Request<B>) -> Result<(), ProxyError> {
     check_host(headers, req.version())?;
     check_authority(req)?;
     check_transfer_coding(headers)
+}
+
+/// `check` and `sanitize` for a request whose fields are lines (`RequestLines`, from
+/// weir's HTTP/1.1 server): `true` when both would pass it and change nothing: no
+/// authority in the target, exactly one `Host`, which `check` takes, and no name
+/// with `_` unless `keep_underscores`. The rest holds already: the codec keeps no
+/// `Transfer-Encoding` as lines, and httparse stops at `MAX_HEADERS` fields.
+/// `false`: the caller builds the map and runs `check` and `sanitize` on it, so every
+/// refusal is theirs.
+pub fn lines_pass<B>(req: &Request<B>, lines: &RequestLines, keep_underscores: bool) -> bool {
+    req.uri().authority().is_none()
+        && lines.hosts == 1
+        && lines.host().is_some_and(host_is_valid)
+        && (keep_underscores || !lines.underscore)
 }
 
 /// HTTP/1.1's parsers refuse a head of more than `MAX_HEADERS` fields with `431`;
@@ -82,13 +97,18 @@ fn check_host(headers: &HeaderMap, version: Version) -> Result<(), ProxyError> {
         (Some(host), None) if host.as_bytes().contains(&b'@') => {
             Err(ProxyError::BadRequest { reason: "userinfo in Host header" })
         }
-        (Some(host), None) if !host.as_bytes().iter().all(|&b| is_authority_byte(b)) => {
+        (Some(host), None) if !host_is_valid(host.as_bytes()) => {
             Err(ProxyError::BadRequest { reason: "invalid Host header" })
         }
         // h2 carries the host in `:authority`.
         (None, _) if version < Version::HTTP_2 => Err(ProxyError::BadRequest { reason: "no Host header" }),
         _ => Ok(()),
     }
+}
+
+/// A `Host` value `check` takes: authority bytes only, and no userinfo.
+fn host_is_valid(host: &[u8]) -> bool {
+    !host.contains(&b'@') && host.iter().all(|&b| is_authority_byte(b))
 }
 
 /// RFC 3986 authority bytes: unreserved, sub-delims, `%`, `:`, `[`, `]`, `@`. A

@@ -1,7 +1,10 @@
 //! Hop-by-hop header fields (RFC 9110 §7.6.1): `Connection` and the fields it
 //! names, `Keep-Alive`, `Proxy-Connection`, `TE`, `Transfer-Encoding`, `Upgrade`.
 //! They belong to one connection and never cross weir. A client's are stripped first,
-//! before anything reads or adds a header (`strip_client_hop_by_hop`); a server's
+//! before anything reads or adds a header (`strip_client_hop_by_hop`), or, while its
+//! fields are still the lines weir's HTTP/1.1 server kept (which then hold none that
+//! asks for more than leaving it out), left out as they go up
+//! (`forwarded::encode_lines`); a server's
 //! when its response arrives, and again before a cache stores it
 //! (`strip_hop_by_hop`). What weir honours of them (an upgrade, `TE: trailers`) it
 //! writes anew in its own words. The list of names is the codec's

@@ -5,7 +5,17 @@
 //!
 //! `handle` reads top to bottom as those steps. Before any of them, the client's
 //! hop-by-hop headers and those its `Connection` names are stripped, once: every
-//! later step reads and adds headers knowing the client can no longer take them away. Each request loads the current
+//! later step reads and adds headers knowing the client can no longer take them away.
+//!
+//! A request from weir's own HTTP/1.1 server may come with its fields as the lines
+//! the client sent (`RequestLines`) and an empty header map. They stay lines while
+//! nothing reads a field but `Host` and `Content-Length` (`framing::lines_pass`
+//! before routing, `needs_map` after it), and go up as they are: the HTTP/1.1 client
+//! copies them, leaving out the hop-by-hop, framing and `X-Forwarded-*` lines
+//! (`forwarded::Forwarded::fields`). Otherwise the map is built from them (the very
+//! map the codec would have built) and the request goes on as any other.
+//!
+//! Each request loads the current
 //! `Runtime` once (in `listener`) and keeps it to the end, so a reload never changes
 //! routes or servers under a request that is already running. A request refused by
 //! its rate limit never reaches `admit` or the upstream; one refused by the
@@ -31,6 +41,7 @@ use http::{HeaderValue, Request, Response};
 use crate::access_log::Pending;
 use crate::admission::Refused;
 use crate::body::ClientBody;
+use crate::http::h1::server::RequestLines;
 use crate::ratelimit::Decision;
 use crate::shaping::template::{Var, Vars};
 use crate::shaping::{self, X_REQUEST_ID};
@@ -44,24 +55,53 @@ use route::{Action, Proxy, Route};
 /// One request: route -> (answer locally | limit -> (cache) -> admit -> forward) ->
 /// record (metrics, then the access log). Access lists come first: a refused client
 /// costs no upstream work.
-pub async fn handle(rt: &Pipeline, mut req: Request<ClientBody>, peer: &Peer) -> Response<Body> {
+///
+/// `lines`: the request's fields as the lines weir's HTTP/1.1 server kept them, its
+/// header map empty (`None` from hyper's servers, and for a head the codec put in a
+/// map). They go up as they are, with no map built, when nothing on the way reads a
+/// field but `Host` (routing) and `Content-Length` (`max_request_body`); else the
+/// map is built from them, at once or once the route is known (`needs_map`), and
+/// the request goes on as any other. The access log reads `Host` from them.
+pub async fn handle(
+    rt: &Pipeline,
+    mut req: Request<ClientBody>,
+    peer: &Peer,
+    mut lines: Option<RequestLines>,
+) -> Response<Body> {
     let started = Instant::now();
-    let mut log = rt.access_log.as_ref().map(|log| log.begin(started, peer.addr, &req));
-    if let Err(error) = framing::check(&req) {
-        tracing::debug!(client = %peer.addr, %error, "refused");
-        return unrouted(rt, error, started, log);
+    // The checks and the strip below, as lines: when they would pass the request as
+    // it is; else they decide on its map (`framing::lines_pass`).
+    if let Some(fields) = lines.take_if(|l| !framing::lines_pass(&req, l, peer.underscores_in_headers)) {
+        fields.append_to(req.headers_mut());
     }
-    // First, once: what the client's `Connection` names is the client's own, and no
-    // later step (routing, limits, shaping, the cache key) may read it or lose to it.
-    hop_by_hop::strip_client_hop_by_hop(req.headers_mut());
-    framing::sanitize(&mut req, peer.underscores_in_headers);
+    let mut log = rt.access_log.as_ref().map(|log| log.begin_lines(started, peer.addr, &req, lines.as_ref()));
+    if lines.is_none() {
+        if let Err(error) = framing::check(&req) {
+            tracing::debug!(client = %peer.addr, %error, "refused");
+            return unrouted(rt, error, started, log);
+        }
+        // First, once: what the client's `Connection` names is the client's own, and no
+        // later step (routing, limits, shaping, the cache key) may read it or lose to it.
+        hop_by_hop::strip_client_hop_by_hop(req.headers_mut());
+        framing::sanitize(&mut req, peer.underscores_in_headers);
+    }
     // Before routing, so no path that a server would read as another route's can match.
     if !shaping::path_is_safe(req.uri().path()) {
         return unrouted(rt, ProxyError::UnsafePath, started, log);
     }
-    let Some(route) = rt.router.route(peer.listener, &req) else {
+    let route = match &lines {
+        Some(fields) => rt.router.route_lines(peer.listener, &req, fields),
+        None => rt.router.route(peer.listener, &req),
+    };
+    let Some(route) = route else {
         return unrouted(rt, ProxyError::NoRoute, started, log);
     };
+    if let Some(fields) = lines.take_if(|_| needs_map(route)) {
+        fields.append_to(req.headers_mut());
+        // What the strip above leaves of them: the lines hold no hop-by-hop field it
+        // would do more with than remove (`parse_request` keeps those in a map).
+        hop_by_hop::strip_client_hop_by_hop(req.headers_mut());
+    }
     let client = route
         .needs_client_ip
         .then(|| client_ip::client_ip(peer.addr.ip(), req.headers(), &rt.trusted_proxies));
@@ -85,14 +125,19 @@ pub async fn handle(rt: &Pipeline, mut req: Request<ClientBody>, peer: &Peer) ->
             ..Vars::default()
         }),
         (_, Action::Proxy(proxy)) => {
-            let shaped = Shaped { client, request_id: request_id.as_ref() };
+            let shaped = Shaped { client, request_id: request_id.as_ref(), fields: lines.as_ref() };
             proxy_to(rt, proxy, req, peer, shaped, started, &mut trace).await
         }
     };
     let host = host.as_ref().and_then(|h| h.to_str().ok()).map(route::strip_port);
     let vars = Vars { client_ip: client, request_id: request_id.as_ref(), tls: peer.tls, host, path: None };
     shape_response(route, &mut response, &vars);
-    upstream.map_or(&rt.unrouted, |u| &u.metrics.client).record(response.status(), started.elapsed());
+    // Until the answer's head arrived, when it came from a server (the clock read
+    // then, not once more: the steps since take microseconds).
+    let elapsed = trace
+        .answered
+        .map_or_else(|| started.elapsed(), |at| at.into_std().saturating_duration_since(started));
+    upstream.map_or(&rt.unrouted, |u| &u.metrics.client).record(response.status(), elapsed);
     if let Some(log) = &mut log {
         log.entry.upstream = upstream.map(|u| u.name.clone());
         log.entry.server =
@@ -117,10 +162,31 @@ fn shape_response(route: &Route, response: &mut Response<Body>, vars: &Vars) {
     }
 }
 
+/// Whether anything on `route`'s way reads or changes a request's fields beyond
+/// `Host` and `Content-Length`, or sends them up other than as HTTP/1.1 lines: then
+/// a request whose fields are lines gets its map. Errs towards the map: any setting
+/// that might read one asks for it. (The access log reads `Host` from the lines.)
+fn needs_map(route: &Route) -> bool {
+    let Action::Proxy(proxy) = &route.action else { return true };
+    let upstream = &proxy.upstream;
+    route.needs_client_ip
+        || route.request_id
+        || route.access.is_some()
+        || route.response_headers.is_some()
+        || proxy.limiter.is_some()
+        || proxy.cache.is_some()
+        || proxy.request_headers.is_some()
+        || upstream.h2
+        || upstream.sticky.is_some()
+        || upstream.balancer.reads_request()
+}
+
 /// What `handle` worked out about the client for the proxying steps.
 struct Shaped<'a> {
     client: Option<IpAddr>,
     request_id: Option<&'a HeaderValue>,
+    /// The request's fields, when they are still lines (its map empty).
+    fields: Option<&'a RequestLines>,
 }
 
 /// The proxying steps of a route with an upstream: body size -> limit -> shape the
@@ -136,7 +202,7 @@ async fn proxy_to(
 ) -> Response<Body> {
     let upstream = &proxy.upstream;
     // A declared length over the limit is refused before reading a byte of it.
-    if let Some(limit) = proxy.max_request_body.filter(|max| declared_length(&req) > *max) {
+    if let Some(limit) = proxy.max_request_body.filter(|max| declared_length(&req, shaped.fields) > *max) {
         return ProxyError::BodyTooLarge { limit }.into_response();
     }
     let limit = match proxy.limiter.as_deref() {
@@ -170,9 +236,13 @@ async fn proxy_to(
                 client_ip: shaped.client,
                 request_timeout: Some(proxy.request_timeout),
                 max_body: proxy.max_request_body,
+                fields: shaped.fields,
                 ..Job::new(upstream, peer)
             };
             match &proxy.cache {
+                // Straight to `forward` without a limit to wait for: one layer fewer
+                // to move the request into and the response out of.
+                None if upstream.admission.is_none() => forward::forward(&job, req, trace).await,
                 None => admit_and_forward(&job, req, trace).await,
                 // Boxed: the cache's future is kilobytes large, and inline it would grow
                 // every request's future, which hyper moves into place per request.
@@ -221,13 +291,14 @@ fn shape_request(proxy: &Proxy, req: &mut Request<ClientBody>, peer: &Peer, shap
     }
 }
 
-/// The request's `Content-Length`, 0 when absent or unreadable (the HTTP/1.1
-/// servers refuse malformed ones before we get here).
-fn declared_length<B>(req: &Request<B>) -> u64 {
-    req.headers()
-        .get(http::header::CONTENT_LENGTH)
-        .and_then(|v| crate::http::h1::framing::parse_length(v.as_bytes()))
-        .unwrap_or(0)
+/// The request's `Content-Length` (from its `lines` when it has them), 0 when absent
+/// or unreadable (the HTTP/1.1 servers refuse malformed ones before we get here).
+fn declared_length<B>(req: &Request<B>, lines: Option<&RequestLines>) -> u64 {
+    let value = match lines {
+        Some(lines) => lines.get(b"content-length"),
+        None => req.headers().get(http::header::CONTENT_LENGTH).map(HeaderValue::as_bytes),
+    };
+    value.and_then(crate::http::h1::framing::parse_length).unwrap_or(0)
 }
 
 /// The host as sent (URI authority or `Host`), as a cheap handle that outlives the

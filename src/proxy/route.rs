@@ -16,6 +16,7 @@ use std::time::Duration;
 
 use http::{header, HeaderMap, Method, Request};
 
+use crate::http::h1::server::RequestLines;
 use crate::ratelimit::Limiter;
 use crate::shaping::{AccessList, HeaderRules, LocalAnswer, PathRewrite};
 use crate::upstream::Upstream;
@@ -243,14 +244,29 @@ impl Router {
 
     /// The route for a request arriving on listener `listener`, if any.
     pub fn route<B>(&self, listener: usize, req: &Request<B>) -> Option<&Route> {
+        self.route_by(listener, req, || request_host(req))
+    }
+
+    /// `route`, for a request whose fields are lines (`RequestLines`) and whose
+    /// target has no authority: its host is its `Host` line's.
+    pub fn route_lines<B>(&self, listener: usize, req: &Request<B>, lines: &RequestLines) -> Option<&Route> {
+        self.route_by(listener, req, || lines_host(lines))
+    }
+
+    /// `route`, with the request's host from `host`, asked only when host routes
+    /// exist.
+    fn route_by<'h, B>(
+        &self,
+        listener: usize,
+        req: &Request<B>,
+        host: impl FnOnce() -> Option<&'h str>,
+    ) -> Option<&Route> {
         let path = req.uri().path();
         let method = req.method();
         let mut buf = [0u8; 256];
         // Without host routes the host is never needed: skip finding and lowercasing it.
         let host_routes = !self.exact.is_empty() || !self.wildcard.is_empty();
-        if let Some(host) =
-            host_routes.then(|| request_host(req)).flatten().and_then(|h| lowercase(h, &mut buf))
-        {
+        if let Some(host) = host_routes.then(host).flatten().and_then(|h| lowercase(h, &mut buf)) {
             if let Some(route) = self.exact.get(host).and_then(|g| g.find(listener, path, method)) {
                 return Some(route);
             }
@@ -274,6 +290,13 @@ pub fn request_host<B>(req: &Request<B>) -> Option<&str> {
         Some(a) => a.as_str(),
         None => req.headers().get(header::HOST)?.to_str().ok()?,
     };
+    Some(host_name(raw))
+}
+
+/// `request_host` for a request whose fields are lines and whose target has no
+/// authority.
+pub fn lines_host(lines: &RequestLines) -> Option<&str> {
+    let raw = std::str::from_utf8(lines.host()?).ok()?;
     Some(host_name(raw))
 }
 

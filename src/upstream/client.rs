@@ -31,7 +31,8 @@ pub type H1Body = h1::Body<Outbound>;
 
 /// A pooled connection.
 pub enum Sender {
-    H1(H1Conn),
+    /// Boxed once, when made (`h1::Conn::new`).
+    H1(Box<H1Conn>),
     H2(http2::SendRequest<Outbound>),
 }
 

@@ -159,12 +159,18 @@ pub fn mark(upstream: &Upstream, server: &Server, healthy: bool, reason: &str) {
 /// server after `consecutive_failures` failures in a row. Also counts the attempt in
 /// the server's recent-error window (5xx and failures are errors there).
 pub fn record(upstream: &Arc<Upstream>, server: &Arc<Server>, outcome: Outcome) {
+    record_at(upstream, server, outcome, tokio::time::Instant::now());
+}
+
+/// `record`, for an outcome that came at `at` (a reading of the clock the caller
+/// made already).
+pub fn record_at(upstream: &Arc<Upstream>, server: &Arc<Server>, outcome: Outcome, at: tokio::time::Instant) {
     let is_error = match outcome {
         Outcome::Response(status) => status.is_server_error(),
         Outcome::Failure(_) => true,
     };
     // Every attempt feeds the one-minute error window that `/status` shows.
-    server.state.recent.record(now_ms() / 1000, is_error);
+    server.state.recent.record(crate::clock::ms_at(at) / 1000, is_error);
     let passive = &upstream.health.passive;
     if passive.consecutive_failures == 0 {
         return;

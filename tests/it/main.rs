@@ -23,6 +23,7 @@ mod outage;
 mod proxying;
 mod ratelimit;
 mod reload;
+mod request_lines;
 mod response_heads;
 mod routing;
 mod scaleout;

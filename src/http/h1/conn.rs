@@ -3,7 +3,8 @@
 //! pipeline, for the listener), which knows nothing of the wire.
 //!
 //! What it owns, per connection (RFC 9112):
-//! - request heads (`server::parse_head`): `400` for a malformed head or ambiguous
+//! - request heads (`server::parse_request`; as lines for a `Handler` that takes
+//!   them, `Handler::LINES`): `400` for a malformed head or ambiguous
 //!   framing, `431` for a head over `Limits::max_head` or over 100 headers; either
 //!   closes the connection.
 //! - request bodies (`body`), read by whoever polls the request's `Body`: the
@@ -41,7 +42,9 @@ use tokio::time::{Instant, Sleep};
 use super::body::{lock, Body, Decode, Reader};
 use super::encode::{hex_len, push_field, write_both};
 use super::head::Field;
-use super::server::{encode_head, has_head_end, parse_head, Date, Encoded, Head, Out, ReadSide};
+use super::server::{
+    encode_head, has_head_end, parse_request, Date, Encoded, Head, Out, Parsed, ReadSide, RequestLines,
+};
 use crate::http::BoxError;
 
 /// How much room a read of a head asks for.
@@ -128,8 +131,19 @@ pub trait Handler<W> {
     /// The response body.
     type Body: ResponseBody;
 
-    /// Answers one request; its body is `None` when it has none.
-    fn call(&self, req: Request<Option<Body>>) -> impl Future<Output = Response<Self::Body>>;
+    /// Whether the handler takes a request's fields as lines (`RequestLines`) when
+    /// the client wrote them as weir writes fields (`server::parse_request`): the
+    /// request's header map is then empty, and the handler builds one from the lines
+    /// if it needs it. `false`: every request comes with its map.
+    const LINES: bool = false;
+
+    /// Answers one request; its body is `None` when it has none. `lines`: its fields,
+    /// when they were kept as lines (only if `LINES`); its map is empty then.
+    fn call(
+        &self,
+        req: Request<Option<Body>>,
+        lines: Option<RequestLines>,
+    ) -> impl Future<Output = Response<Self::Body>>;
 
     /// Takes the connection after the `101` that answered an upgrade request was
     /// written: its read side (and the bytes already read) and its write side. Runs
@@ -226,8 +240,8 @@ pub async fn serve<W: AsyncWrite + Unpin, H: Handler<W>>(
     tokio::pin!(changed);
     let mut stop = Stop { changed, registered: false, stopped: false, check };
     loop {
-        let head = server.read_head(&limits, &mut stop).await;
-        let (req, head) = match head {
+        let head = server.read_head(&limits, &mut stop, H::LINES).await;
+        let (req, head, lines) = match head {
             Ok(Some(parsed)) => parsed,
             Ok(None) => return server.park(),
             Err(status) => {
@@ -255,11 +269,11 @@ pub async fn serve<W: AsyncWrite + Unpin, H: Handler<W>>(
         // Made in each arm, not before: a future made apart and then awaited is
         // moved into place, a copy of its kilobytes per request.
         let response = match lent.as_ref().filter(|_| head.expect_continue) {
-            None => handler.call(req).await,
+            None => handler.call(req, lines).await,
             Some(reader) => {
                 let mut pending: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
                 let write = &mut server.write;
-                let mut handle = std::pin::pin!(handler.call(req));
+                let mut handle = std::pin::pin!(handler.call(req, lines));
                 poll_fn(|cx| {
                     if !pending.is_empty() && send_continue(reader, write, &mut pending, cx) {
                         // The client is gone: the body's read fails, and the request with it.
@@ -361,7 +375,8 @@ impl<W: AsyncWrite + Unpin> Server<W> {
         &mut self,
         limits: &Limits,
         stop: &mut Stop<F>,
-    ) -> Result<Option<(Request<Option<Body>>, Head)>, StatusCode> {
+        lines: bool,
+    ) -> Result<Option<Parsed<Option<Body>>>, StatusCode> {
         let Some(side) = self.read.as_mut() else { return Ok(None) };
         // Set when a read first has to wait: the head's deadline.
         let mut deadline: Option<Instant> = None;
@@ -379,7 +394,8 @@ impl<W: AsyncWrite + Unpin> Server<W> {
         loop {
             if !side.buf.is_empty() {
                 if scanned == 0 || has_head_end(&side.buf, scanned) {
-                    if let Some(parsed) = parse_head(&mut side.buf, &mut self.fields, limits.max_head)? {
+                    let parsed = parse_request(&mut side.buf, &mut self.fields, limits.max_head, lines)?;
+                    if let Some(parsed) = parsed {
                         return Ok(Some(parsed));
                     }
                 } else if side.buf.len() >= limits.max_head {

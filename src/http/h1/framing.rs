@@ -59,6 +59,15 @@ pub fn is_hop_by_hop(name: &[u8]) -> bool {
         && HOP_BY_HOP.iter().any(|hop| name.eq_ignore_ascii_case(hop.as_bytes()))
 }
 
+/// Whether `name` (lowercase) is one of the `X-Forwarded-*` fields a forwarding
+/// proxy writes itself (`-For`, `-Host`, `-Proto`), in place of a client's.
+#[inline]
+pub fn is_x_forwarded(name: &[u8]) -> bool {
+    // By length first: these are 15 to 17 bytes long.
+    matches!(name.len(), 15..=17)
+        && (name == b"x-forwarded-for" || name == b"x-forwarded-host" || name == b"x-forwarded-proto")
+}
+
 /// Whether a `Connection` token removes the field of its name on the way through:
 /// any but `Host`, which routing and the upstream both rely on.
 #[inline]

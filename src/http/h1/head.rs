@@ -47,6 +47,18 @@ impl Field {
         written.then_some(name.start..value.end + 2)
     }
 
+    /// Lowercases the name in place in `head` (a name is a token: ASCII).
+    #[inline]
+    pub fn lowercase_name(&self, head: &mut [u8]) {
+        head[self.name.clone()].make_ascii_lowercase();
+    }
+
+    /// Where the value sits in the head.
+    #[inline]
+    pub fn value_range(&self) -> Range<usize> {
+        self.value.clone()
+    }
+
     /// The value's bytes in `head`.
     #[inline]
     pub fn value_bytes<'h>(&self, head: &'h [u8]) -> &'h [u8] {

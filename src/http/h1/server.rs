@@ -1,7 +1,9 @@
 //! The server role's half of the codec: request heads parsed in place from the
 //! connection's read buffer (their header values share it), the request's framing
-//! decided in the same pass (RFC 9112 §6), and response heads encoded into a buffer
-//! the connection keeps. The connection loop that drives them is
+//! decided in the same pass (RFC 9112 §6), its fields put in a header map or, for a
+//! handler that takes them so, kept as the lines the client sent
+//! (`parse_request`, `RequestLines`), and response heads encoded into a buffer the
+//! connection keeps. The connection loop that drives them is
 //! `listener::h1`; request bodies are `body`.
 
 use std::time::SystemTime;
@@ -14,7 +16,10 @@ use tokio::net::tcp::OwnedReadHalf;
 use super::body::Decode;
 use super::chunked::Chunked;
 use super::encode::{push_field, push_length};
-use super::framing::{ends_chunked, has_token, parse_length, ConnectionOptions, MAX_HEADERS};
+use super::framing::{
+    connection_removes, ends_chunked, has_token, is_hop_by_hop, is_x_forwarded, parse_length, tokens,
+    ConnectionOptions, MAX_HEADERS,
+};
 use super::head::{range_of, Field};
 
 /// The connection's reading side: its socket half and the bytes read and not yet
@@ -50,6 +55,27 @@ pub fn parse_head<B: Default>(
     fields: &mut Vec<Field>,
     max_head: usize,
 ) -> Result<Option<(Request<B>, Head)>, StatusCode> {
+    Ok(parse_request(buf, fields, max_head, false)?.map(|(req, head, _)| (req, head)))
+}
+
+/// A parsed request: the request, what the connection needs of its head, and its
+/// fields as lines when they were kept so (`parse_request`).
+pub type Parsed<B> = (Request<B>, Head, Option<RequestLines>);
+
+/// `parse_head`, but with `lines`, a head whose fields are written as weir writes
+/// them once their names are lowercased (`name: value` CRLF, which most clients
+/// send) keeps them as those lines (`RequestLines`, names lowercased in place) and
+/// leaves the request's header map empty: no map is built unless something asks for
+/// one (`RequestLines::append_to` builds the very map this would have). A head
+/// written otherwise, or holding what only the map's rules handle (a repeated
+/// `Content-Length`, `Transfer-Encoding`, `TE`, `Upgrade`, a `Connection` that names
+/// a field the head holds), gets its map at once, and no lines.
+pub fn parse_request<B: Default>(
+    buf: &mut BytesMut,
+    fields: &mut Vec<Field>,
+    max_head: usize,
+    lines: bool,
+) -> Result<Option<Parsed<B>>, StatusCode> {
     fields.clear();
     let (len, method, target, minor) = {
         let mut storage = [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
@@ -76,30 +102,150 @@ pub fn parse_head<B: Default>(
         let target = range_of(base, req.path.unwrap_or_default().as_bytes());
         (len, method, target, req.version.unwrap_or(1))
     };
+    // One pass over the fields: the framing, and whether they can stay lines.
+    let mut framing = RequestFraming::default();
+    let (mut as_lines, mut plain, mut connection, mut underscore) = (lines, true, false, false);
+    let (mut host, mut hosts) = (None, 0u8);
+    // Where the lines end so far: each must start where the last one ended.
+    let mut block: Option<std::ops::Range<usize>> = None;
+    for field in fields.iter() {
+        if as_lines {
+            field.lowercase_name(buf);
+        }
+        let (name, value) = (field.name(buf), field.value_bytes(buf));
+        let kept = framing.note(name, value)?;
+        if !as_lines {
+            continue;
+        }
+        match (field.as_written(buf), &mut block) {
+            (Some(line), Some(block)) if block.end == line.start => block.end = line.end,
+            (Some(line), None) => block = Some(line),
+            _ => as_lines = false,
+        }
+        if name == b"host" {
+            host = host.or(Some(field.value_range()));
+            hosts = hosts.saturating_add(1);
+        }
+        underscore |= name.contains(&b'_');
+        if is_x_forwarded(name) {
+            plain = false;
+        }
+        if is_hop_by_hop(name) || name == b"content-length" || name == b"expect" {
+            plain = false;
+            connection |= name == b"connection";
+            // Kept for the map's rules: the strip that rewrites them, the codings
+            // weir refuses, a repeated length.
+            as_lines &= kept && name != b"transfer-encoding" && name != b"te" && name != b"upgrade";
+        }
+    }
+    if as_lines && connection {
+        as_lines = !connection_names_a_field(fields, buf);
+    }
     let head = buf.split_to(len).freeze();
     let version = if minor == 0 { Version::HTTP_10 } else { Version::HTTP_11 };
     let uri = parse_target(&method, head.slice(target))?;
     // The map is built in place: a map made apart and moved in would cost the drop of
     // the request's empty one.
     let mut req = Request::new(B::default());
-    let headers = req.headers_mut();
-    headers.reserve(fields.len());
-    let mut framing = RequestFraming::default();
-    for field in fields.iter() {
-        let name = HeaderName::from_bytes(field.name(&head)).map_err(|_| StatusCode::BAD_REQUEST)?;
-        // SAFETY: httparse accepted this value, and it accepts exactly the bytes a
-        // `HeaderValue` may hold (HTAB, 0x20-0x7E, 0x80-0xFF); `http` still checks
-        // this in debug builds.
-        let value = unsafe { HeaderValue::from_maybe_shared_unchecked(field.value(&head)) };
-        if framing.note(&name, &value)? {
+    let lines = if as_lines {
+        let block = block.unwrap_or(0..0);
+        // The `Host` value's place in the block (a head is far under 4 GiB).
+        let host = host.map_or((0, 0), |value: std::ops::Range<usize>| {
+            ((value.start - block.start) as u32, (value.end - block.start) as u32)
+        });
+        Some(RequestLines { block: head.slice(block), host, hosts, plain, underscore })
+    } else {
+        let headers = req.headers_mut();
+        headers.reserve(fields.len());
+        let mut has_length = false;
+        for field in fields.iter() {
+            let name = field.name(&head);
+            // One of two equal lengths is kept, so the request goes on with one
+            // (`note` refused unequal ones).
+            if name.eq_ignore_ascii_case(b"content-length") && std::mem::replace(&mut has_length, true) {
+                continue;
+            }
+            let name = HeaderName::from_bytes(name).map_err(|_| StatusCode::BAD_REQUEST)?;
+            // SAFETY: httparse accepted this value, and it accepts exactly the bytes a
+            // `HeaderValue` may hold (HTAB, 0x20-0x7E, 0x80-0xFF); `http` still checks
+            // this in debug builds.
+            let value = unsafe { HeaderValue::from_maybe_shared_unchecked(field.value(&head)) };
             headers.append(name, value);
         }
-    }
+        None
+    };
     let head = framing.decide(&method, version)?;
     *req.method_mut() = method;
     *req.uri_mut() = uri;
     *req.version_mut() = version;
-    Ok(Some((req, head)))
+    Ok(Some((req, head, lines)))
+}
+
+/// A request's header fields as the lines the client sent (`parse_request`), for a
+/// handler that can forward them as they are and build a header map only when
+/// something needs one.
+#[derive(Debug, Clone)]
+pub struct RequestLines {
+    /// The fields as `name: value` CRLF lines, names lowercased, in the client's
+    /// order: a slice of the head, sharing it. Every field is here, hop-by-hop and
+    /// framing ones too, as in the map `parse_head` builds.
+    pub block: Bytes,
+    /// No line is a framing field (`Content-Length`, `Expect`), a hop-by-hop one
+    /// (`framing::HOP_BY_HOP`) or an `X-Forwarded-*` one a proxy writes itself
+    /// (`framing::is_x_forwarded`): the block can go on as it is, one copy.
+    pub plain: bool,
+    /// Where the first `Host` value sits in `block` (start, end), if `hosts > 0`.
+    /// Small, as the whole struct: it rides inside every request's future.
+    pub host: (u32, u32),
+    /// How many `Host` fields there are (at most 255 counted).
+    pub hosts: u8,
+    /// A name holds `_` (which CGI and others read as `-`).
+    pub underscore: bool,
+}
+
+impl RequestLines {
+    /// The fields, as (name, value).
+    pub fn fields(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
+        super::encode::fields(&self.block)
+    }
+
+    /// The first `Host` value.
+    pub fn host(&self) -> Option<&[u8]> {
+        let (start, end) = self.host;
+        (self.hosts > 0).then(|| &self.block[start as usize..end as usize])
+    }
+
+    /// The first value of the field `name` (lowercase); `block.slice_ref` shares it.
+    pub fn get(&self, name: &[u8]) -> Option<&[u8]> {
+        self.fields().find(|(n, _)| *n == name).map(|(_, value)| value)
+    }
+
+    /// Appends the fields to `headers`: with an empty map, the very map
+    /// `parse_head` builds of the same head.
+    pub fn append_to(&self, headers: &mut http::HeaderMap) {
+        headers.reserve(self.fields().count());
+        for (name, value) in self.fields() {
+            // httparse took the name as a token: it is a valid name.
+            let Ok(name) = HeaderName::from_bytes(name) else { continue };
+            // SAFETY: httparse accepted this value (see `parse_request`).
+            let value = unsafe { HeaderValue::from_maybe_shared_unchecked(self.block.slice_ref(value)) };
+            headers.append(name, value);
+        }
+    }
+}
+
+/// Whether a `Connection` field names a field the head holds (other than a
+/// hop-by-hop one or `Host`), which the strip of hop-by-hop fields would remove.
+fn connection_names_a_field(fields: &[Field], head: &[u8]) -> bool {
+    let named = |token: &[u8]| {
+        connection_removes(token)
+            && !is_hop_by_hop(token)
+            && fields.iter().any(|f| f.name(head).eq_ignore_ascii_case(token))
+    };
+    fields
+        .iter()
+        .filter(|f| f.name(head).eq_ignore_ascii_case(b"connection"))
+        .any(|f| tokens(f.value_bytes(head)).any(named))
 }
 
 /// Whether `buf` holds the blank line that ends a head (CRLF CRLF, or with bare LFs,
@@ -127,8 +273,8 @@ fn parse_target(method: &Method, target: Bytes) -> Result<Uri, StatusCode> {
     }
 }
 
-/// What a request's headers say about its framing, gathered in the pass that builds
-/// its header map.
+/// What a request's headers say about its framing, gathered in the one pass over
+/// its fields.
 #[derive(Default)]
 struct RequestFraming {
     length: Option<u64>,
@@ -142,28 +288,32 @@ struct RequestFraming {
 }
 
 impl RequestFraming {
-    /// Notes one header; `Ok(false)`: a repeat of an equal `Content-Length`, which is
-    /// kept once so the request goes on with one.
-    fn note(&mut self, name: &HeaderName, value: &HeaderValue) -> Result<bool, StatusCode> {
-        if *name == header::CONTENT_LENGTH {
-            let n = parse_length(value.as_bytes()).ok_or(StatusCode::BAD_REQUEST)?;
+    /// Notes one header (its name in any case); `Ok(false)`: a repeat of an equal
+    /// `Content-Length`, which is kept once so the request goes on with one.
+    fn note(&mut self, name: &[u8], value: &[u8]) -> Result<bool, StatusCode> {
+        // By length first: most names are none of these.
+        if !matches!(name.len(), 2 | 6 | 7 | 10 | 14 | 17) {
+            return Ok(true);
+        }
+        if name.eq_ignore_ascii_case(b"content-length") {
+            let n = parse_length(value).ok_or(StatusCode::BAD_REQUEST)?;
             let repeat = self.length.is_some();
             if self.length.is_some_and(|l| l != n) {
                 return Err(StatusCode::BAD_REQUEST);
             }
             self.length = Some(n);
             return Ok(!repeat);
-        } else if *name == header::TRANSFER_ENCODING {
+        } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
             self.coded = true;
-            self.chunked = ends_chunked(value.as_bytes());
-        } else if *name == header::CONNECTION {
-            self.connection.note(value.as_bytes());
-        } else if *name == header::UPGRADE {
+            self.chunked = ends_chunked(value);
+        } else if name.eq_ignore_ascii_case(b"connection") {
+            self.connection.note(value);
+        } else if name.eq_ignore_ascii_case(b"upgrade") {
             self.has_upgrade = true;
-        } else if *name == header::TE {
-            self.trailers |= has_token(value.as_bytes(), b"trailers");
-        } else if *name == header::EXPECT {
-            self.expect_continue |= value.as_bytes().eq_ignore_ascii_case(b"100-continue");
+        } else if name.eq_ignore_ascii_case(b"te") {
+            self.trailers |= has_token(value, b"trailers");
+        } else if name.eq_ignore_ascii_case(b"expect") {
+            self.expect_continue |= value.eq_ignore_ascii_case(b"100-continue");
         }
         Ok(true)
     }
@@ -389,6 +539,61 @@ mod tests {
         assert_eq!(req.headers().get_all("x-a").iter().collect::<Vec<_>>(), ["1", "2"]);
         assert_eq!((head.body, head.keep_alive, head.head_method), (Decode::Done, true, false));
         assert_eq!(&buf[..], b"GET /next", "the next request stays buffered");
+    }
+
+    fn lines_of(text: &[u8]) -> (Request<()>, Option<RequestLines>) {
+        let mut buf = BytesMut::from(text);
+        let (req, _, lines) = parse_request(&mut buf, &mut Vec::new(), 8192, true).unwrap().unwrap();
+        (req, lines)
+    }
+
+    #[test]
+    fn fields_written_as_weir_writes_them_stay_lines_that_make_the_same_map() {
+        let text = b"POST /p HTTP/1.1\r\nHost: a.test\r\nX-B: 1\r\nAccept: */*\r\nX-B: 2\r\nx-c: \r\n\r\n";
+        let (req, lines) = lines_of(text);
+        let lines = lines.expect("kept as lines");
+        assert!(req.headers().is_empty(), "no map beside the lines");
+        assert_eq!(&lines.block[..], b"host: a.test\r\nx-b: 1\r\naccept: */*\r\nx-b: 2\r\nx-c: \r\n");
+        assert_eq!(
+            (lines.host(), lines.hosts, lines.plain, lines.underscore),
+            (Some(&b"a.test"[..]), 1, true, false)
+        );
+        assert_eq!(lines.get(b"x-b"), Some(&b"1"[..]));
+        let mut map = http::HeaderMap::new();
+        lines.append_to(&mut map);
+        let (parsed, _) = parse(text).unwrap().unwrap();
+        assert_eq!(map, *parsed.headers(), "the map parse_head builds");
+    }
+
+    #[test]
+    fn what_only_the_map_handles_gets_a_map() {
+        for text in [
+            &b"GET / HTTP/1.1\r\nHost:a\r\n\r\n"[..],
+            b"GET / HTTP/1.1\r\nHost: a \r\n\r\n",
+            b"GET / HTTP/1.1\nHost: a\n\n",
+            b"POST / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\n",
+            b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n",
+            b"GET / HTTP/1.1\r\nTE: trailers\r\n\r\n",
+            b"GET / HTTP/1.1\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n",
+            b"GET / HTTP/1.1\r\nConnection: x-a\r\nX-A: 1\r\n\r\n",
+        ] {
+            let (req, lines) = lines_of(text);
+            assert!(lines.is_none(), "{}", String::from_utf8_lossy(text));
+            assert!(!req.headers().is_empty(), "{}", String::from_utf8_lossy(text));
+        }
+        let (_, lines) = lines_of(
+            b"GET / HTTP/1.1\r\nConnection: close, x-absent\r\nX_A: 1\r\nHost: a\r\nhost: b\r\n\r\n",
+        );
+        let lines = lines.expect("a Connection naming no field the head holds stays a line");
+        assert_eq!(
+            (lines.host(), lines.hosts, lines.plain, lines.underscore),
+            (Some(&b"a"[..]), 2, false, true)
+        );
+        let (_, lines) = lines_of(b"GET / HTTP/1.1\r\nX-Forwarded-For: 1.2.3.4\r\n\r\n");
+        assert!(!lines.expect("lines").plain, "an X-Forwarded-For is written anew");
+        let (_, lines) = lines_of(b"GET / HTTP/1.1\r\n\r\n");
+        let lines = lines.expect("no fields are lines too");
+        assert_eq!((lines.block.len(), lines.host(), lines.plain), (0, None, true));
     }
 
     #[test]

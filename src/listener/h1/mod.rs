@@ -64,7 +64,7 @@ use super::conn::Connection;
 use crate::body::ClientBody;
 use crate::http::h1::body::Body;
 use crate::http::h1::conn::{self, Handler, Limits};
-use crate::http::h1::server::ReadSide;
+use crate::http::h1::server::{ReadSide, RequestLines};
 use crate::proxy;
 use crate::proxy::body::Body as ResponseBody;
 use crate::proxy::forward::Peer;
@@ -84,13 +84,16 @@ struct Pipeline {
 impl Handler<ClientIo<OwnedWriteHalf>> for Pipeline {
     type Body = ResponseBody;
 
-    async fn call(&self, req: Request<Option<Body>>) -> Response<ResponseBody> {
+    /// `proxy::handle` builds a request's header map only when something needs it.
+    const LINES: bool = true;
+
+    async fn call(&self, req: Request<Option<Body>>, lines: Option<RequestLines>) -> Response<ResponseBody> {
         let rt = self.runtime.load_full();
         let req = req.map(|body| match body {
             None => ClientBody::Empty,
             Some(body) => ClientBody::H1(body),
         });
-        proxy::handle(&rt.pipeline, req, &self.peer).await
+        proxy::handle(&rt.pipeline, req, &self.peer, lines).await
     }
 
     /// Joins the client and upstream sockets and copies bytes both ways until either

@@ -17,7 +17,7 @@ use crate::http::BoxError;
 
 /// A response body read from its connection, which it owns until the end.
 pub struct Body<B> {
-    conn: Option<Conn<B>>,
+    conn: Option<Box<Conn<B>>>,
     state: State,
     /// Whether the connection can carry another request once the body is done.
     reusable: bool,
@@ -31,7 +31,7 @@ pub struct Body<B> {
 impl<B: RequestBody> Body<B> {
     /// The body of a response whose head `conn` has read; `reusable`: whether the
     /// connection may carry another request after it.
-    pub(super) fn new(conn: Conn<B>, state: State, reusable: bool, lines: Option<Lines>) -> Body<B> {
+    pub(super) fn new(conn: Box<Conn<B>>, state: State, reusable: bool, lines: Option<Lines>) -> Body<B> {
         Body { conn: Some(conn), state, reusable, failed: None, lines }
     }
 
@@ -63,7 +63,7 @@ impl<B: RequestBody> Body<B> {
 
     /// The connection, if the body was read to its end and the connection can be
     /// pooled again.
-    pub fn take_reusable(&mut self) -> Option<Conn<B>> {
+    pub fn take_reusable(&mut self) -> Option<Box<Conn<B>>> {
         let clean = self.state == State::Done && self.reusable;
         self.conn.take_if(|c| clean && c.read.is_empty() && c.upload.is_none())
     }
@@ -73,7 +73,10 @@ impl<B: RequestBody> Body<B> {
         if self.state != State::Upgraded {
             return None;
         }
-        self.conn.take().map(|c| (c.io, c.read.freeze()))
+        self.conn.take().map(|c| {
+            let Conn { io, read, .. } = *c;
+            (io, read.freeze())
+        })
     }
 
     /// Reads more from the connection into its buffer; `Ok(0)` at its end.
@@ -204,7 +207,7 @@ mod tests {
     use tokio::net::{TcpListener, TcpStream};
 
     /// A connection whose server writes `parts` one by one, with pauses, then closes.
-    async fn conn_fed(parts: Vec<&'static [u8]>) -> Conn<Empty<Bytes>> {
+    async fn conn_fed(parts: Vec<&'static [u8]>) -> Box<Conn<Empty<Bytes>>> {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         tokio::spawn(async move {

@@ -5,7 +5,8 @@
 //! each request through a channel, so one exchange costs two task switches, a channel
 //! round trip and a second copy of the head (callgrind put it at a third of weir's
 //! instructions per request). Here the request's task encodes the head straight from
-//! the client's `HeaderMap` into a buffer the connection keeps, writes it, and parses
+//! the client's `HeaderMap` (or the caller writes the client's fields itself, as the
+//! lines weir's server kept: `ExtraHeaders`) into a buffer the connection keeps, writes it, and parses
 //! the response head in place, its header values sharing the read buffer; or, for
 //! weir's own HTTP/1.1 server, its fields written as lines into that same buffer
 //! (the request head is sent by then), which the server copies out as they are. The
@@ -139,7 +140,9 @@ pub trait RequestBody: http_body::Body<Data = Bytes, Error: Into<BoxError>> + De
 impl<B: http_body::Body<Data = Bytes, Error: Into<BoxError>> + Default + Unpin> RequestBody for B {}
 
 /// Header fields the caller adds to a request head as it is encoded (weir's
-/// `X-Forwarded-*`), in place of the request's own fields of those names.
+/// `X-Forwarded-*`), in place of the request's own fields of those names; and the
+/// request's own fields when the caller keeps them apart from the map (as lines),
+/// written with these, after the map's.
 pub trait ExtraHeaders {
     /// Whether the request's own field `name` is left out: these write it.
     fn replaces(&self, name: &HeaderName) -> bool;
@@ -176,8 +179,11 @@ pub struct Conn<B> {
 }
 
 impl<B: RequestBody> Conn<B> {
-    pub fn new(io: Stream) -> Conn<B> {
-        Conn { io, read: BytesMut::new(), write: Vec::new(), upload: None, idle_sweeps: 0 }
+    /// A connection lives boxed, once, for its whole life: the pool, the exchange and
+    /// the response body that holds it move a pointer per request, not the
+    /// connection's hundred-odd bytes.
+    pub fn new(io: Stream) -> Box<Conn<B>> {
+        Box::new(Conn { io, read: BytesMut::new(), write: Vec::new(), upload: None, idle_sweeps: 0 })
     }
 
     /// Counts one more pool sweep passed unused, and returns the count.
@@ -217,7 +223,7 @@ impl<B: RequestBody> Conn<B> {
     /// `lines`: a final response's fields are kept as lines (`Body::encoded`) rather
     /// than put in its map, for a caller that writes them with weir's HTTP/1.1 server.
     pub async fn send<E: ExtraHeaders>(
-        mut self,
+        mut self: Box<Self>,
         req: &mut Request<B>,
         extra: Option<&E>,
         lines: bool,

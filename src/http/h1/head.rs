@@ -4,6 +4,8 @@ use std::ops::Range;
 
 use bytes::Bytes;
 
+use super::framing::{connection_removes, is_hop_by_hop, tokens};
+
 /// Where one header sits in a head httparse parsed: offsets into the buffer rather
 /// than slices, so the head can be split off the buffer and shared by the header
 /// values without a copy. Plain `usize` ranges: nothing is truncated, whatever the
@@ -70,4 +72,20 @@ impl Field {
     pub fn value(&self, head: &Bytes) -> Bytes {
         head.slice(self.value.clone())
     }
+}
+
+/// Whether a `Connection` field of a head names another field the head holds, one
+/// the strip of hop-by-hop fields would remove: not a hop-by-hop one (those go
+/// anyway) and not `Host` (`connection_removes`). A head that does keeps its map,
+/// on either role, so the strip sees it.
+pub fn connection_names_a_field(fields: &[Field], head: &[u8]) -> bool {
+    let named = |token: &[u8]| {
+        connection_removes(token)
+            && !is_hop_by_hop(token)
+            && fields.iter().any(|f| f.name(head).eq_ignore_ascii_case(token))
+    };
+    fields
+        .iter()
+        .filter(|f| f.name(head).eq_ignore_ascii_case(b"connection"))
+        .any(|f| tokens(f.value_bytes(head)).any(named))
 }

@@ -11,11 +11,8 @@ use http::{Response, StatusCode, Version};
 
 use super::chunked::Chunked;
 use super::encode::{push_field, push_length};
-use super::framing::{
-    connection_removes, ends_chunked, is_hop_by_hop, parse_length_list, tokens, ConnectionOptions,
-    MAX_HEADERS,
-};
-use super::head::Field;
+use super::framing::{ends_chunked, is_hop_by_hop, parse_length_list, ConnectionOptions, MAX_HEADERS};
+use super::head::{connection_names_a_field, Field};
 
 /// A parsed response head: its parts, and for a final response its body's framing
 /// and whether the connection may be reused after it (`None` for a 1xx).
@@ -182,20 +179,6 @@ fn write_lines(out: &mut Vec<u8>, fields: &[Field], head: &[u8], bodiless: bool,
         }
     }
     out.extend_from_slice(&head[run]);
-}
-
-/// Whether a `Connection` field names a field the head holds, which the strip of
-/// hop-by-hop fields would remove (hop-by-hop ones go anyway).
-fn connection_names_a_field(fields: &[Field], head: &[u8]) -> bool {
-    let named = |token: &[u8]| {
-        connection_removes(token)
-            && !is_hop_by_hop(token)
-            && fields.iter().any(|f| f.name(head).eq_ignore_ascii_case(token))
-    };
-    fields
-        .iter()
-        .filter(|f| f.name(head).eq_ignore_ascii_case(b"connection"))
-        .any(|f| tokens(f.value_bytes(head)).any(named))
 }
 
 /// What a response's headers say about its framing, gathered in one pass over its

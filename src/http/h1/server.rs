@@ -17,10 +17,9 @@ use super::body::Decode;
 use super::chunked::Chunked;
 use super::encode::{push_field, push_length};
 use super::framing::{
-    connection_removes, ends_chunked, has_token, is_hop_by_hop, is_x_forwarded, parse_length, tokens,
-    ConnectionOptions, MAX_HEADERS,
+    ends_chunked, has_token, is_hop_by_hop, is_x_forwarded, parse_length, ConnectionOptions, MAX_HEADERS,
 };
-use super::head::{range_of, Field};
+use super::head::{connection_names_a_field, range_of, Field};
 
 /// The connection's reading side: its socket half and the bytes read and not yet
 /// consumed. Request header values are slices of `buf`.
@@ -232,20 +231,6 @@ impl RequestLines {
             headers.append(name, value);
         }
     }
-}
-
-/// Whether a `Connection` field names a field the head holds (other than a
-/// hop-by-hop one or `Host`), which the strip of hop-by-hop fields would remove.
-fn connection_names_a_field(fields: &[Field], head: &[u8]) -> bool {
-    let named = |token: &[u8]| {
-        connection_removes(token)
-            && !is_hop_by_hop(token)
-            && fields.iter().any(|f| f.name(head).eq_ignore_ascii_case(token))
-    };
-    fields
-        .iter()
-        .filter(|f| f.name(head).eq_ignore_ascii_case(b"connection"))
-        .any(|f| tokens(f.value_bytes(head)).any(named))
 }
 
 /// Whether `buf` holds the blank line that ends a head (CRLF CRLF, or with bare LFs,

@@ -25,15 +25,18 @@
 //!   GOAWAY ENHANCE_YOUR_CALM.
 //!
 //! How streams are polled: each stream sits in a slot with a waker of its own, which
-//! puts the slot on the connection's ready list and wakes the connection's task; a
-//! pass polls only the slots on the list. Slots, their wakers and the buffers are
+//! marks the slot ready (an atomic flag, no lock) and wakes the connection's task; a
+//! pass polls only the marked slots. Slots, their wakers and the buffers are
 //! kept for the connection's life: a stream allocates its handler's future (boxed,
 //! as it is pinned in place) and, when it has a body, the body's shared state.
 
 use std::future::{poll_fn, Future};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{
+    AtomicBool,
+    Ordering::{AcqRel, Acquire, Release},
+};
+use std::sync::Arc;
 use std::task::{Context, Poll, Wake, Waker};
 use std::time::Duration;
 
@@ -167,15 +170,17 @@ pub async fn serve<I, H>(
     .await;
 }
 
-/// The connection's ready list: slots whose wakers fired, and the task to wake.
+/// What the slots' wakers share with the connection: that some slot was marked
+/// ready since the last pass, and the task to wake. No lock: a pass looks at each
+/// slot's own flag, and the slots are as many as the streams open at once.
 struct Queue {
-    ready: Mutex<Vec<usize>>,
+    pending: AtomicBool,
     task: AtomicWaker,
 }
 
-/// A slot's waker: puts the slot on the ready list once until it is polled.
+/// A slot's waker: marks the slot ready (once until it is polled) and wakes the
+/// connection's task.
 struct SlotWake {
-    index: usize,
     queued: AtomicBool,
     queue: Arc<Queue>,
 }
@@ -186,8 +191,8 @@ impl Wake for SlotWake {
     }
 
     fn wake_by_ref(self: &Arc<Self>) {
-        if !self.queued.swap(true, Relaxed) {
-            self.queue.ready.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(self.index);
+        if !self.queued.swap(true, AcqRel) {
+            self.queue.pending.store(true, Release);
         }
         self.queue.task.wake();
     }
@@ -289,8 +294,6 @@ struct Conn<I, H: Handler> {
     /// Streams open (or half-closed).
     active: usize,
     queue: Arc<Queue>,
-    /// Slots to poll this pass.
-    ready: Vec<usize>,
     /// The highest stream id the client opened (or tried to).
     max_id: u32,
     closed: [u32; CLOSED_KEPT],
@@ -355,8 +358,7 @@ impl<I: AsyncRead + AsyncWrite + Unpin, H: Handler> Conn<I, H> {
             slots: Vec::new(),
             free: Vec::new(),
             active: 0,
-            queue: Arc::new(Queue { ready: Mutex::new(Vec::new()), task: AtomicWaker::new() }),
-            ready: Vec::new(),
+            queue: Arc::new(Queue { pending: AtomicBool::new(false), task: AtomicWaker::new() }),
             max_id: 0,
             closed: [0; CLOSED_KEPT],
             closed_at: 0,
@@ -420,9 +422,7 @@ impl<I: AsyncRead + AsyncWrite + Unpin, H: Handler> Conn<I, H> {
                 self.abort_all("the client closed the connection");
                 return Poll::Ready(());
             }
-            let queued =
-                !self.queue.ready.lock().unwrap_or_else(std::sync::PoisonError::into_inner).is_empty();
-            if !self.again && !queued {
+            if !self.again && !self.queue.pending.load(Acquire) {
                 return Poll::Pending;
             }
         }
@@ -806,7 +806,7 @@ impl<I: AsyncRead + AsyncWrite + Unpin, H: Handler> Conn<I, H> {
         });
         self.active += 1;
         self.idle_since = None;
-        self.ready.push(index);
+        self.mark_ready(index);
         self.again = true;
     }
 
@@ -850,22 +850,23 @@ impl<I: AsyncRead + AsyncWrite + Unpin, H: Handler> Conn<I, H> {
         }
     }
 
-    /// Polls the streams on the ready list.
+    /// Marks a slot to be polled in the next pass, as its waker would.
+    fn mark_ready(&self, index: usize) {
+        self.slots[index].wake.queued.store(true, Release);
+        self.queue.pending.store(true, Release);
+    }
+
+    /// Polls the streams whose slots are marked ready.
     fn poll_streams(&mut self) {
-        {
-            let mut queued = self.queue.ready.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            self.ready.append(&mut queued);
-        }
-        if self.ready.is_empty() {
+        if !self.queue.pending.swap(false, AcqRel) {
             return;
         }
-        let mut ready = std::mem::take(&mut self.ready);
-        for &index in &ready {
-            self.slots[index].wake.queued.store(false, Relaxed);
-            self.poll_stream(index);
+        for index in 0..self.slots.len() {
+            // Unmarked before the poll: a wake during it marks the slot again.
+            if self.slots[index].wake.queued.swap(false, AcqRel) {
+                self.poll_stream(index);
+            }
         }
-        ready.clear();
-        self.ready = ready;
     }
 
     fn poll_stream(&mut self, index: usize) {
@@ -958,7 +959,7 @@ impl<I: AsyncRead + AsyncWrite + Unpin, H: Handler> Conn<I, H> {
             return index;
         }
         let index = self.slots.len();
-        let wake = Arc::new(SlotWake { index, queued: AtomicBool::new(false), queue: self.queue.clone() });
+        let wake = Arc::new(SlotWake { queued: AtomicBool::new(false), queue: self.queue.clone() });
         let waker = Waker::from(wake.clone());
         self.slots.push(Slot { stream: None, wake, waker });
         index
@@ -1040,10 +1041,11 @@ impl<I: AsyncRead + AsyncWrite + Unpin, H: Handler> Conn<I, H> {
 
     /// Output room again: the streams that waited for it are polled.
     fn unblock(&mut self) {
-        for (index, slot) in self.slots.iter_mut().enumerate() {
+        for slot in &mut self.slots {
             if let Some(stream) = slot.stream.as_mut().filter(|s| matches!(s.send, Send::Body(_))) {
                 stream.blocked = false;
-                self.ready.push(index);
+                slot.wake.queued.store(true, Release);
+                self.queue.pending.store(true, Release);
             }
         }
         self.again = true;
@@ -1184,6 +1186,7 @@ mod tests {
     use tokio::net::TcpStream;
 
     use super::*;
+    use std::sync::atomic::Ordering::Relaxed;
 
     type TestBody = http_body_util::combinators::UnsyncBoxBody<Bytes, BoxError>;
 

@@ -137,14 +137,7 @@ impl Connection {
     where
         I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
     {
-        let settings = &self.settings;
-        let config = crate::http::h2::Config {
-            max_concurrent_streams: settings.h2_max_concurrent_streams,
-            max_header_list_size: u32::try_from(settings.max_header_size).unwrap_or(u32::MAX),
-            idle_timeout: settings.idle_timeout,
-            stop_grace: STOP_GRACE,
-            ..crate::http::h2::Config::default()
-        };
+        let config = self.settings.h2;
         let peer = Arc::new(self.peer);
         let runtime = self.runtime;
         let handler = move |req: http::Request<crate::http::h2::RecvBody>| {

@@ -108,8 +108,8 @@ pub struct Listener {
 pub struct Settings {
     /// hyper's HTTP/1.1 server, for TLS connections that did not agree on h2.
     http1: http1::Builder,
-    /// `SETTINGS_MAX_CONCURRENT_STREAMS` of weir's h2 server.
-    h2_max_concurrent_streams: u32,
+    /// weir's h2 server: its SETTINGS, limits and timeouts, made once here.
+    h2: crate::http::h2::Config,
     /// A TLS handshake, and the wait for a connection's first bytes, get as long as
     /// a request head.
     handshake_timeout: Duration,
@@ -140,7 +140,13 @@ impl Settings {
         let slots = max_connections.map(|max| Arc::new(Semaphore::new(max.clamp(1, Semaphore::MAX_PERMITS))));
         Settings {
             http1,
-            h2_max_concurrent_streams: config.h2_max_concurrent_streams,
+            h2: crate::http::h2::Config {
+                max_concurrent_streams: config.h2_max_concurrent_streams,
+                max_header_list_size: u32::try_from(*config.max_header_size.get_ref()).unwrap_or(u32::MAX),
+                idle_timeout: config.idle_timeout.0,
+                stop_grace: STOP_GRACE,
+                ..crate::http::h2::Config::default()
+            },
             handshake_timeout: config.header_read_timeout.0,
             body_read_timeout: config.body_read_timeout.0,
             send_timeout: config.send_timeout.0,

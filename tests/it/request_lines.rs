@@ -12,18 +12,7 @@ use crate::support::raw::{read_reply, statuses, RawBackend, RawRequest};
 use crate::support::Weir;
 
 /// A route that reads no field but `Host`: the lines go up as they are.
-const PLAIN: &str = r#"
-[[listeners]]
-name = "web"
-listen = "127.0.0.1:0"
-
-[[routes]]
-upstream = "b"
-
-[upstreams.b]
-request_timeout = "2s"
-servers = [{ address = "{b}" }]
-"#;
+const PLAIN: &str = crate::support::ONE_ROUTE;
 
 /// A route whose header rules read and change the request's fields: the map is built.
 const RULES: &str = r#"

@@ -6,18 +6,7 @@ use std::time::Duration;
 use crate::support::raw::{exchange, statuses, Action, RawBackend, OK};
 use crate::support::Weir;
 
-const CONFIG: &str = r#"
-[[listeners]]
-name = "web"
-listen = "127.0.0.1:0"
-
-[[routes]]
-upstream = "b"
-
-[upstreams.b]
-request_timeout = "2s"
-servers = [{ address = "{b}" }]
-"#;
+const CONFIG: &str = crate::support::ONE_ROUTE;
 
 const GET: &[u8] = b"GET /x HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n";
 const POST: &[u8] = b"POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello";

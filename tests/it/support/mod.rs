@@ -475,3 +475,18 @@ pub fn metric(text: &str, series: &str) -> f64 {
 pub async fn dead_addr() -> SocketAddr {
     TcpListener::bind("127.0.0.1:0").await.unwrap().local_addr().unwrap()
 }
+
+/// One listener, one route, one upstream `b` with one server (`{b}`) and a 2 s
+/// request timeout: the config of tests about what passes through.
+pub const ONE_ROUTE: &str = r#"
+[[listeners]]
+name = "web"
+listen = "127.0.0.1:0"
+
+[[routes]]
+upstream = "b"
+
+[upstreams.b]
+request_timeout = "2s"
+servers = [{ address = "{b}" }]
+"#;

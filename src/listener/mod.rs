@@ -180,6 +180,8 @@ impl Listener {
     /// A listener for `config` on a socket already bound (one handed over by the
     /// process weir replaces).
     pub fn on(config: &ListenerConfig, slot: usize, gauges: Gauges, socket: TcpListener) -> Listener {
+        // Here, not in `bind_tcp`: a socket handed over by an older weir lacks it.
+        set_nodelay_inherited(&socket);
         let settings = Arc::new(ArcSwap::from_pointee(Settings::new(config)));
         let Gauges { active, tunnels } = gauges;
         Listener { name: config.name.get_ref().clone(), slot, socket, settings, active, tunnels }
@@ -255,6 +257,7 @@ impl Listener {
                 }
                 (accepted, slot) = accept => match accepted {
                     Ok((stream, addr)) => {
+                        #[cfg(not(target_os = "linux"))]
                         let _ = stream.set_nodelay(true);
                         if lobby.is_empty() {
                             sweep.as_mut().reset(Instant::now() + self.settings.load().handshake_timeout / 4);
@@ -390,6 +393,15 @@ impl Shared {
     }
 }
 
+/// Sets `TCP_NODELAY` on a listening socket. Linux copies it to every connection
+/// accepted from it, which saves a `setsockopt` per connection; elsewhere the accept
+/// loop sets it on each connection as well.
+fn set_nodelay_inherited(socket: &TcpListener) {
+    if let Err(e) = socket2::SockRef::from(socket).set_nodelay(true) {
+        tracing::warn!(error = %e, "TCP_NODELAY on a listening socket");
+    }
+}
+
 /// A non-blocking listening socket with `SO_REUSEADDR` and a backlog of 4096.
 pub fn bind_tcp(addr: SocketAddr) -> std::io::Result<TcpListener> {
     bind_tcp_with(addr, false)
@@ -410,4 +422,24 @@ pub fn bind_tcp_with(addr: SocketAddr, reuse_port: bool) -> std::io::Result<TcpL
     socket.bind(&addr.into())?;
     socket.listen(4096)?;
     TcpListener::from_std(socket.into())
+}
+
+#[cfg(all(test, target_os = "linux"))]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn connections_a_listener_accepts_have_tcp_nodelay_without_a_setsockopt_each() {
+        let text = "[[listeners]]\nname = \"a\"\nlisten = \"127.0.0.1:0\"\n[[routes]]\nupstream = \"u\"\n\
+                    [upstreams.u]\nservers = [{ address = \"127.0.0.1:1\" }]\n";
+        let config = crate::config::parse(text, std::path::Path::new("t.toml")).unwrap();
+        // Bound without it, as an older weir handing its socket over would have.
+        let socket = bind_tcp("127.0.0.1:0".parse().unwrap()).unwrap();
+        let gauges =
+            Gauges { active: IntGauge::new("a", "a").unwrap(), tunnels: IntGauge::new("t", "t").unwrap() };
+        let listener = Listener::on(&config.listeners[0], 0, gauges, socket);
+        let _client = tokio::net::TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
+        let (accepted, _) = listener.socket.accept().await.unwrap();
+        assert!(accepted.nodelay().unwrap(), "the accept loop no longer sets it per connection on Linux");
+    }
 }

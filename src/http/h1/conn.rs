@@ -150,6 +150,14 @@ pub trait Handler<W> {
     /// on the connection's task for the tunnel's life, so the connection's place
     /// (a connection limit, a drain) is held until the tunnel ends.
     fn upgrade(&self, response: Response<Self::Body>, read: ReadSide, write: W) -> impl Future<Output = ()>;
+
+    /// Lets go of the write side of a connection that closes with nothing left to
+    /// read, without shutting it down: the socket's close, once the read side goes
+    /// too, sends the FIN after the response. Default: dropped as it is (a write
+    /// half that shuts itself down when dropped then does so).
+    fn release(&self, write: W) {
+        drop(write);
+    }
 }
 
 /// A response body the loop can write.
@@ -245,7 +253,7 @@ pub async fn serve<W: AsyncWrite + Unpin, H: Handler<W>>(
             Ok(Some(parsed)) => parsed,
             Ok(None) => return server.park(),
             Err(status) => {
-                server.refuse(status).await;
+                server.refuse(status, &handler).await;
                 return None;
             }
         };
@@ -307,7 +315,7 @@ pub async fn serve<W: AsyncWrite + Unpin, H: Handler<W>>(
             // The client said this was its last request and all of it was read: it
             // sends nothing more, so there is nothing to linger for (see `close`).
             let last = !head.keep_alive && whole && !switched;
-            server.close(last).await;
+            server.close(last, &handler).await;
             return None;
         }
     }
@@ -625,7 +633,7 @@ impl<W: AsyncWrite + Unpin> Server<W> {
     }
 
     /// Answers a head that cannot be served, then closes.
-    async fn refuse(mut self, status: StatusCode) {
+    async fn refuse<H: Handler<W>>(mut self, status: StatusCode, handler: &H) {
         tracing::debug!(%status, "refused a malformed request head");
         self.out.clear();
         self.out.extend_from_slice(b"HTTP/1.1 ");
@@ -636,7 +644,7 @@ impl<W: AsyncWrite + Unpin> Server<W> {
         push_field(&mut self.out, b"date", self.date.now());
         self.out.extend_from_slice(b"\r\n");
         if self.write.write_all(&self.out).await.is_ok() {
-            self.close(false).await;
+            self.close(false, handler).await;
         }
     }
 
@@ -648,19 +656,25 @@ impl<W: AsyncWrite + Unpin> Server<W> {
     /// HTTP/1.0 without `keep-alive`) and was read whole. Then, with nothing more
     /// buffered or ready on the socket, there is nothing to linger for: the
     /// connection closes at once, as nginx's `lingering_close on` does, without the
-    /// reads that would only find the socket empty and then the client's end.
-    async fn close(mut self, last: bool) {
-        let _ = self.write.shutdown().await;
-        let Some(mut side) = self.read.take() else { return };
+    /// reads that would only find the socket empty and then the client's end, and
+    /// without a `shutdown`: the socket's close sends the FIN after the response
+    /// just the same (`Handler::release`).
+    async fn close<H: Handler<W>>(mut self, last: bool, handler: &H) {
+        let Some(mut side) = self.read.take() else {
+            let _ = self.write.shutdown().await;
+            return;
+        };
         // The socket's readiness is cleared by a read that leaves it empty, so
         // "not ready" means nothing arrived since: no read is needed to know it.
         if last
             && side.buf.is_empty()
             && poll_fn(|cx| Poll::Ready(side.io.as_ref().poll_read_ready(cx).is_pending())).await
         {
+            handler.release(self.write);
             spare::recycle(side.buf);
             return;
         }
+        let _ = self.write.shutdown().await;
         let drain = async {
             let mut dropped = 0usize;
             while dropped < 1 << 20 {
@@ -712,5 +726,94 @@ mod tests {
         assert_eq!(spare::len(), spares);
         assert!(next.is_empty(), "nothing of the last connection's bytes is read again");
         assert!(next.capacity() >= HEAD_READ);
+    }
+
+    /// A write half that counts its `shutdown`s, and a handler that counts the
+    /// write halves it was given to let go of quietly.
+    struct Counting {
+        io: tokio::net::tcp::OwnedWriteHalf,
+        shutdowns: Arc<std::sync::atomic::AtomicUsize>,
+    }
+
+    impl AsyncWrite for Counting {
+        fn poll_write(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<std::io::Result<usize>> {
+            Pin::new(&mut self.io).poll_write(cx, buf)
+        }
+        fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Pin::new(&mut self.io).poll_flush(cx)
+        }
+        fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            self.shutdowns.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            Pin::new(&mut self.io).poll_shutdown(cx)
+        }
+    }
+
+    struct Answers(Arc<std::sync::atomic::AtomicUsize>);
+
+    type Answer = http_body_util::combinators::BoxBody<Bytes, BoxError>;
+
+    impl Handler<Counting> for Answers {
+        type Body = Answer;
+
+        async fn call(&self, _: Request<Option<Body>>, _: Option<RequestLines>) -> Response<Answer> {
+            use http_body_util::BodyExt;
+            Response::new(
+                http_body_util::Full::new(Bytes::from_static(b"hello")).map_err(|n| match n {}).boxed(),
+            )
+        }
+
+        async fn upgrade(&self, _: Response<Answer>, _: ReadSide, _: Counting) {}
+
+        fn release(&self, write: Counting) {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            write.io.forget();
+        }
+    }
+
+    /// Serves one connection that sends `request` (and nothing more); the client's
+    /// whole read, the `shutdown`s and the quiet releases.
+    async fn close_after(request: &'static [u8]) -> (String, usize, usize) {
+        use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut client = tokio::net::TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        let (read, write) = server.into_split();
+        let (shutdowns, released) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        let write = Counting { io: write, shutdowns: shutdowns.clone() };
+        let limits = Limits {
+            max_head: 8192,
+            header_read_timeout: Duration::from_secs(2),
+            idle_timeout: Duration::from_secs(2),
+            stop_grace: Duration::ZERO,
+            park_after: None,
+        };
+        let (_stop, stop) = tokio::sync::watch::channel(false);
+        client.write_all(request).await.unwrap();
+        serve(read, BytesMut::new(), write, limits, stop, Answers(released.clone())).await;
+        let mut reply = Vec::new();
+        client.read_to_end(&mut reply).await.unwrap();
+        (String::from_utf8(reply).unwrap(), shutdowns.load(Relaxed), released.load(Relaxed))
+    }
+
+    #[tokio::test]
+    async fn a_last_request_read_whole_closes_without_a_shutdown_and_the_answer_arrives() {
+        let (reply, shutdowns, released) =
+            close_after(b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n").await;
+        assert!(reply.starts_with("HTTP/1.1 200 OK\r\n") && reply.ends_with("\r\n\r\nhello"), "{reply}");
+        assert_eq!((shutdowns, released), (0, 1), "the close's FIN alone ends it");
+    }
+
+    #[tokio::test]
+    async fn bytes_after_the_last_request_get_a_shutdown_and_the_linger() {
+        // Unread bytes would turn a close into a reset, which can destroy the answer.
+        let (reply, shutdowns, released) =
+            close_after(b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\nGET /more HTTP/1.1\r\n")
+                .await;
+        assert!(reply.ends_with("\r\n\r\nhello"), "{reply}");
+        assert_eq!((shutdowns, released), (1, 0));
     }
 }

@@ -121,6 +121,12 @@ impl Handler<ClientIo<OwnedWriteHalf>> for Pipeline {
         let _counted = super::lobby::Active::new(&self.tunnels);
         splice(client, upstream, &early, &buf, in_flight).await
     }
+
+    /// Without the `shutdown` the write half makes when dropped: the read half's
+    /// drop closes the socket, and the close sends the FIN.
+    fn release(&self, write: ClientIo<OwnedWriteHalf>) {
+        write.io.forget();
+    }
 }
 
 /// Serves `stream`, whose first bytes (`first`) are not an h2 preface, until the

@@ -46,41 +46,49 @@ impl Connection {
     /// `header_read_timeout`.
     ///
     /// A `resumed` connection (back from the lobby) is HTTP/1.1 already: straight to
-    /// `h1`, with nothing read yet.
+    /// `h1`, with nothing read yet. `first`: what the listener read from a new one
+    /// when it accepted it (see `lobby::read_now`), if anything.
     pub(super) async fn serve_plain(
         self,
         mut stream: tokio::net::TcpStream,
         resumed: bool,
+        mut first: BytesMut,
     ) -> Option<(tokio::net::TcpStream, Instant)> {
-        let mut first = BytesMut::new();
         let mut line = FirstLine::default();
         let deadline = Instant::now() + self.settings.handshake_timeout;
         if !resumed {
-            first = crate::http::h1::conn::head_buffer();
+            // Bytes in hand are looked at before anything more is read.
+            let mut read_first = first.is_empty();
+            if read_first {
+                first = crate::http::h1::conn::head_buffer();
+            }
             loop {
-                // The lobby hands over a readable socket: the first read needs no timer.
-                // A polled read, not `try_read_buf`: one that fills less than the buffer
-                // clears the socket's readiness, so the next read (the next request, or
-                // the close) waits for epoll instead of first finding the socket empty.
-                let once = poll_fn(|cx| {
-                    match tokio_util::io::poll_read_buf(Pin::new(&mut stream), cx, &mut first) {
-                        Poll::Ready(read) => Poll::Ready(Some(read)),
-                        Poll::Pending => Poll::Ready(None),
-                    }
-                });
-                let read = match once.await {
-                    Some(read) => read,
-                    None => {
-                        let read = tokio::io::AsyncReadExt::read_buf(&mut stream, &mut first);
-                        match tokio::time::timeout_at(deadline, read).await {
-                            Ok(read) => read,
-                            Err(_) => return None,
+                if read_first {
+                    // The lobby hands over a readable socket: the first read needs no timer.
+                    // A polled read, not `try_read_buf`: one that fills less than the buffer
+                    // clears the socket's readiness, so the next read (the next request, or
+                    // the close) waits for epoll instead of first finding the socket empty.
+                    let once = poll_fn(|cx| {
+                        match tokio_util::io::poll_read_buf(Pin::new(&mut stream), cx, &mut first) {
+                            Poll::Ready(read) => Poll::Ready(Some(read)),
+                            Poll::Pending => Poll::Ready(None),
                         }
+                    });
+                    let read = match once.await {
+                        Some(read) => read,
+                        None => {
+                            let read = tokio::io::AsyncReadExt::read_buf(&mut stream, &mut first);
+                            match tokio::time::timeout_at(deadline, read).await {
+                                Ok(read) => read,
+                                Err(_) => return None,
+                            }
+                        }
+                    };
+                    if !matches!(read, Ok(n) if n > 0) {
+                        return None;
                     }
-                };
-                if !matches!(read, Ok(n) if n > 0) {
-                    return None;
                 }
+                read_first = true;
                 let n = first.len().min(H2_PREFACE.len());
                 if first[..n] != H2_PREFACE[..n] {
                     match line.speaks_http1(&first, self.settings.max_header_size) {

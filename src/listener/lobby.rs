@@ -11,6 +11,7 @@ use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
+use bytes::BytesMut;
 use futures_util::stream::FuturesUnordered;
 use prometheus::IntGauge;
 use tokio::sync::OwnedSemaphorePermit;
@@ -60,6 +61,27 @@ pub(super) struct Accepted {
     pub(super) active: Active,
     /// Back from `h1` between two requests (parked): served as HTTP/1.1 at once.
     pub(super) resumed: bool,
+    /// What a plain client had sent when it was accepted (`read_now`); empty for
+    /// one that waits in the lobby.
+    pub(super) first: BytesMut,
+}
+
+/// Reads what a client just accepted has sent already, without waiting. tokio
+/// takes an accepted socket as readable until a read finds it empty, and a plain
+/// HTTP client sends its request at once: under load it is there by the time the
+/// client is accepted. `Pending`: nothing yet, and the socket's readiness is
+/// cleared, so a wait in the lobby lasts until epoll reports the bytes. A read, not
+/// `try_read_buf`: one that fills less than the buffer clears the readiness too, so
+/// the connection's next read (or its close) waits for epoll instead of first
+/// finding the socket empty.
+/// Nothing waits on this read: a client left in the lobby is woken by its
+/// `Waiting`, which registers the listener's task when it is polled.
+pub(super) fn read_now(
+    stream: &mut tokio::net::TcpStream,
+    buf: &mut BytesMut,
+) -> Poll<std::io::Result<usize>> {
+    let mut cx = Context::from_waker(std::task::Waker::noop());
+    tokio_util::io::poll_read_buf(Pin::new(stream), &mut cx, buf)
 }
 
 impl Waiting {
@@ -111,5 +133,43 @@ impl Active {
 impl Drop for Active {
     fn drop(&mut self) {
         self.0.dec();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncWriteExt;
+
+    fn readable(stream: &tokio::net::TcpStream) -> bool {
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        stream.poll_read_ready(&mut cx).is_ready()
+    }
+
+    #[tokio::test]
+    async fn a_request_there_at_accept_is_read_at_once_and_the_socket_then_waits_for_epoll() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut client = tokio::net::TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
+        client.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let (mut stream, _) = listener.accept().await.unwrap();
+        let mut buf = BytesMut::with_capacity(8192);
+        assert!(matches!(read_now(&mut stream, &mut buf), Poll::Ready(Ok(18))));
+        // A short read cleared the readiness tokio assumes for an accepted socket: a
+        // quiet close (`http::h1::conn`) then knows nothing more came without a read.
+        assert!(!readable(&stream), "the socket still reads as readable");
+    }
+
+    #[tokio::test]
+    async fn a_client_that_has_sent_nothing_yet_is_left_to_wait() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut client = tokio::net::TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
+        let (mut stream, _) = listener.accept().await.unwrap();
+        let mut buf = BytesMut::with_capacity(8192);
+        assert!(read_now(&mut stream, &mut buf).is_pending());
+        assert!(buf.is_empty());
+        // Its bytes, when they come, are reported by epoll.
+        client.write_all(b"GET").await.unwrap();
+        tokio::time::timeout(Duration::from_secs(5), stream.readable()).await.unwrap().unwrap();
     }
 }

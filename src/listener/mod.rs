@@ -29,9 +29,12 @@
 //! count in `weir_tunnels_active`. On `stop` a listener serves the clients it already
 //! accepted, and an idle HTTP/1 connection gets `STOP_GRACE` for a request on its way.
 //!
-//! A client that has not sent a byte yet has no task of its own: it waits in its
-//! listener's lobby (`Waiting`, about 0.5 KiB with tokio's registration), and its
-//! connection task, `Peer`, TLS and hyper state are made once it sends something.
+//! A plain client's first bytes are read as it is accepted (`Shared::start`): under
+//! load its request is there by then, and its connection starts at once. A client
+//! that has not sent a byte yet (and every TLS client) has no task of its own: it
+//! waits in its listener's lobby (`Waiting`, about 0.5 KiB with tokio's
+//! registration), and its connection task, `Peer`, TLS and hyper state are made once
+//! it sends something.
 //! A plain HTTP/1.1 keep-alive connection idle for `PARK_AFTER` between requests goes
 //! back to the lobby the same way (its task, which holds a request's future inline,
 //! ends), with its keep-alive deadline, and gets a new task, straight to `h1`, when
@@ -55,9 +58,11 @@
 use std::cell::Cell;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
+use bytes::BytesMut;
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use hyper::server::conn::http1;
 use hyper_util::rt::TokioTimer;
@@ -259,10 +264,12 @@ impl Listener {
                     Ok((stream, addr)) => {
                         #[cfg(not(target_os = "linux"))]
                         let _ = stream.set_nodelay(true);
+                        let active = Active::new(&self.active);
+                        let client = Accepted { stream, addr, slot, active, resumed: false, first: BytesMut::new() };
+                        let Some(client) = shared.start(client, &tracker, &stop) else { continue };
                         if lobby.is_empty() {
                             sweep.as_mut().reset(Instant::now() + self.settings.load().handshake_timeout / 4);
                         }
-                        let client = Accepted { stream, addr, slot, active: Active::new(&self.active), resumed: false };
                         lobby.push(Waiting {
                             client: Some(client),
                             since: Instant::now(),
@@ -339,9 +346,47 @@ struct Shared {
 }
 
 impl Shared {
-    /// Starts serving a client that left the lobby with bytes to read.
+    /// Whether the listener serves plain TCP (no TLS) at the moment.
+    fn plain(&self) -> bool {
+        !matches!(self.runtime.load().tls.get(self.slot), Some(Some(_)))
+    }
+
+    /// Starts serving a client just accepted whose first bytes are there already, as
+    /// a plain HTTP client's request is by then under load: read at once, with no
+    /// trip through the lobby and epoll. Returns it when it has sent nothing yet (it
+    /// waits in the lobby), or when the listener has TLS (the handshake reads the
+    /// hello).
+    fn start(
+        self: &Arc<Self>,
+        mut client: Accepted,
+        tracker: &TaskTracker,
+        stop: &watch::Receiver<bool>,
+    ) -> Option<Accepted> {
+        if !self.plain() {
+            return Some(client);
+        }
+        let mut first = crate::http::h1::conn::head_buffer();
+        match lobby::read_now(&mut client.stream, &mut first) {
+            Poll::Ready(Ok(n)) if n > 0 => {
+                client.first = first;
+                self.admit(Some(client), tracker, stop);
+                None
+            }
+            Poll::Pending => {
+                crate::http::h1::conn::return_head_buffer(first);
+                Some(client)
+            }
+            // Gone already, or reset: nothing to serve.
+            Poll::Ready(_) => {
+                crate::http::h1::conn::return_head_buffer(first);
+                None
+            }
+        }
+    }
+
+    /// Starts serving a client that has bytes to read.
     fn admit(self: &Arc<Self>, ready: Option<Accepted>, tracker: &TaskTracker, stop: &watch::Receiver<bool>) {
-        let Some(Accepted { stream, addr, slot, active, resumed }) = ready else { return };
+        let Some(Accepted { stream, addr, slot, active, resumed, first }) = ready else { return };
         let (shared, stop) = (self.clone(), stop.clone());
         // Boxed: the connection's future holds a request's inline, kilobytes, and
         // spawning moves a future about five times (into the tracker's wrapper, the
@@ -350,10 +395,10 @@ impl Shared {
         // 7,000 instructions per connection. Boxed, they move a pointer; and the box
         // is the last connection's (`recycle`), not a new allocation of that size.
         tracker.spawn(Recycled::new(async move {
-            if let Some((stream, until)) = shared.clone().serve(stream, addr, resumed, stop).await {
+            if let Some((stream, until)) = shared.clone().serve(stream, addr, resumed, first, stop).await {
                 // Back to the lobby with its permit and its place in the gauge. Once
                 // the listener has stopped there is none: the idle connection closes.
-                let client = Accepted { stream, addr, slot, active, resumed: true };
+                let client = Accepted { stream, addr, slot, active, resumed: true, first: BytesMut::new() };
                 let _ = shared.parked.send((client, until));
             }
         }));
@@ -361,13 +406,16 @@ impl Shared {
 
     /// Serves a client that has sent its first bytes: TLS if the listener has it,
     /// then HTTP; a `resumed` one (back from the lobby, plain HTTP/1.1 between two
-    /// requests) on `h1` at once. Settings and certificates are the ones current at
-    /// this moment. Returns the connection when `h1` parks it.
+    /// requests) on `h1` at once. `first`: bytes read from it already, as plain TCP
+    /// (then it stays plain, even if a reload has since given the listener TLS).
+    /// Settings and certificates are the ones current at this moment. Returns the
+    /// connection when `h1` parks it.
     async fn serve(
         self: Arc<Self>,
         stream: tokio::net::TcpStream,
         addr: SocketAddr,
         resumed: bool,
+        first: BytesMut,
         stop: watch::Receiver<bool>,
     ) -> Option<(tokio::net::TcpStream, Instant)> {
         let settings = self.settings.load_full();
@@ -380,8 +428,8 @@ impl Shared {
         let connection = Connection { settings, runtime: self.runtime.clone(), stop, peer, tunnels };
         // One call site each for the plain path and `h1`: a future awaited from two
         // places is not inlined into its caller, and every poll then pays a layer.
-        match tls.filter(|_| !resumed) {
-            None => connection.serve_plain(stream, resumed).await,
+        match tls.filter(|_| !resumed && first.is_empty()) {
+            None => connection.serve_plain(stream, resumed, first).await,
             // Boxed: a task is as large as the largest state of its future, and the
             // TLS handshake's and hyper's state would otherwise make every plain
             // HTTP/1.1 connection's task that large too, for its whole life.

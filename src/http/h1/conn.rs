@@ -125,6 +125,12 @@ pub fn head_buffer() -> BytesMut {
     buf
 }
 
+/// Hands back a buffer from `head_buffer` that a new connection did not keep (it
+/// had nothing to read yet), for the next one.
+pub fn return_head_buffer(buf: BytesMut) {
+    spare::recycle(buf);
+}
+
 /// What answers the requests of a connection: weir's pipeline, for the listener.
 /// `W` is the connection's write side.
 pub trait Handler<W> {

@@ -84,6 +84,15 @@ pub(super) fn read_now(
     tokio_util::io::poll_read_buf(Pin::new(stream), &mut cx, buf)
 }
 
+/// Whether a client just accepted has sent anything yet, by a look that leaves the
+/// bytes where they are; `Pending` clears the readiness tokio assumes for an
+/// accepted socket, as `read_now` does, so the lobby then waits for epoll.
+pub(super) fn peek_now(stream: &tokio::net::TcpStream) -> Poll<std::io::Result<usize>> {
+    let mut cx = Context::from_waker(std::task::Waker::noop());
+    let mut byte = [0u8; 1];
+    stream.poll_peek(&mut cx, &mut tokio::io::ReadBuf::new(&mut byte))
+}
+
 impl Waiting {
     pub(super) fn parked(client: Accepted, until: Instant) -> Waiting {
         let until = Cell::new(Some(until));
@@ -171,5 +180,19 @@ mod tests {
         // Its bytes, when they come, are reported by epoll.
         client.write_all(b"GET").await.unwrap();
         tokio::time::timeout(Duration::from_secs(5), stream.readable()).await.unwrap().unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_look_leaves_the_bytes_and_an_empty_socket_waits_for_epoll() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut client = tokio::net::TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
+        let (stream, _) = listener.accept().await.unwrap();
+        assert!(peek_now(&stream).is_pending());
+        assert!(!readable(&stream), "nothing sent: the lobby waits for epoll");
+        client.write_all(b"\x16\x03\x01").await.unwrap();
+        tokio::time::timeout(Duration::from_secs(5), stream.readable()).await.unwrap().unwrap();
+        assert!(matches!(peek_now(&stream), Poll::Ready(Ok(1))));
+        let mut left = [0u8; 3];
+        assert_eq!(stream.try_read(&mut left).unwrap(), 3, "the hello is still there for the handshake");
     }
 }

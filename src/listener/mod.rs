@@ -29,10 +29,10 @@
 //! count in `weir_tunnels_active`. On `stop` a listener serves the clients it already
 //! accepted, and an idle HTTP/1 connection gets `STOP_GRACE` for a request on its way.
 //!
-//! A plain client's first bytes are read as it is accepted (`Shared::start`): under
-//! load its request is there by then, and its connection starts at once. A client
-//! that has not sent a byte yet (and every TLS client) has no task of its own: it
-//! waits in its listener's lobby (`Waiting`, about 0.5 KiB with tokio's
+//! A plain client's first bytes are read as it is accepted (`Shared::start`; a TLS
+//! client's are looked at): under load its request is there by then, and its
+//! connection starts at once. A client that has not sent a byte yet has no task of
+//! its own: it waits in its listener's lobby (`Waiting`, about 0.5 KiB with tokio's
 //! registration), and its connection task, `Peer`, TLS and hyper state are made once
 //! it sends something.
 //! A plain HTTP/1.1 keep-alive connection idle for `PARK_AFTER` between requests goes
@@ -352,10 +352,10 @@ impl Shared {
     }
 
     /// Starts serving a client just accepted whose first bytes are there already, as
-    /// a plain HTTP client's request is by then under load: read at once, with no
-    /// trip through the lobby and epoll. Returns it when it has sent nothing yet (it
-    /// waits in the lobby), or when the listener has TLS (the handshake reads the
-    /// hello).
+    /// a plain HTTP client's request is by then under load: read at once (a TLS
+    /// client's hello is only looked at, for the handshake to read), with no trip
+    /// through the lobby and epoll. Returns it when it has sent nothing yet: it waits
+    /// in the lobby, with no task of its own.
     fn start(
         self: &Arc<Self>,
         mut client: Accepted,
@@ -363,7 +363,15 @@ impl Shared {
         stop: &watch::Receiver<bool>,
     ) -> Option<Accepted> {
         if !self.plain() {
-            return Some(client);
+            // The handshake reads the hello: a look tells whether it has come.
+            return match lobby::peek_now(&client.stream) {
+                Poll::Ready(Ok(n)) if n > 0 => {
+                    self.admit(Some(client), tracker, stop);
+                    None
+                }
+                Poll::Pending => Some(client),
+                Poll::Ready(_) => None,
+            };
         }
         let mut first = crate::http::h1::conn::head_buffer();
         match lobby::read_now(&mut client.stream, &mut first) {

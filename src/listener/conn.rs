@@ -22,6 +22,7 @@ use tokio::time::Instant;
 use super::client_io::ClientIo;
 use super::h1;
 use super::lobby::Active;
+use super::recycle::Recycled;
 use super::{Settings, STOP_GRACE};
 use crate::body::ClientBody;
 use crate::proxy::tunnel::Tunnel;
@@ -111,7 +112,11 @@ impl Connection {
                 }
             }
         }
-        h1::serve(self, stream, first).await
+        // In a block of its own, made in place: the HTTP/1.1 server's future holds a
+        // request's inline (kilobytes), and awaited here it would be built and then
+        // copied whole into this future, which is copied in turn into the one above,
+        // each copy the size of all of it (see `recycle`).
+        Recycled::with(|| h1::serve(self, stream, first)).await
     }
 
     /// Serves a TLS client: the handshake within `timeout`, then the protocol ALPN

@@ -402,7 +402,7 @@ impl Shared {
         // written whole twice more when it ends: each a `memcpy` of all of it, some
         // 7,000 instructions per connection. Boxed, they move a pointer; and the box
         // is the last connection's (`recycle`), not a new allocation of that size.
-        tracker.spawn(Recycled::new(async move {
+        tracker.spawn(Recycled::with(move || async move {
             if let Some((stream, until)) = shared.clone().serve(stream, addr, resumed, first, stop).await {
                 // Back to the lobby with its permit and its place in the gauge. Once
                 // the listener has stopped there is none: the idle connection closes.

@@ -10,8 +10,9 @@
 //! future completes (or its task is dropped) it is dropped in place and the block
 //! goes to a short per-thread list, where the next connection on that thread takes it.
 //!
-//! The list keeps at most `KEPT` blocks, so what it holds after a burst is bounded
-//! (`KEPT` × the future's size, ~7 KiB, per serving thread: under half a MiB).
+//! Each layout's list keeps at most `KEPT` blocks, so what it holds after a burst is
+//! bounded (`KEPT` × the futures' sizes, ~7 KiB in all, per serving thread: under
+//! half a MiB).
 
 use std::alloc::{alloc, dealloc, handle_alloc_error, Layout};
 use std::cell::RefCell;
@@ -24,14 +25,18 @@ use std::task::{Context, Poll};
 /// a busy thread; more are freed.
 const KEPT: usize = 64;
 
+/// Layouts kept per thread: a connection's future and the HTTP/1.1 server's.
+const LAYOUTS: usize = 4;
+
 thread_local! {
-    /// Free blocks, all of `layout`: the first future boxed on this thread sets it (a
-    /// process boxes one future type here); blocks of any other layout are not kept.
-    static FREE: RefCell<Free> = const { RefCell::new(Free { layout: None, blocks: Vec::new() }) };
+    /// Free blocks, by layout: the first `LAYOUTS` layouts boxed on this thread get
+    /// a list each (a process boxes a couple of future types here); blocks of any
+    /// other layout are not kept.
+    static FREE: RefCell<Vec<Free>> = const { RefCell::new(Vec::new()) };
 }
 
 struct Free {
-    layout: Option<Layout>,
+    layout: Layout,
     blocks: Vec<NonNull<u8>>,
 }
 
@@ -50,22 +55,29 @@ unsafe impl<F: Future + Send> Send for Recycled<F> {}
 
 impl<F: Future> Recycled<F> {
     /// Moves `future` into a block from this thread's list, or a new one.
+    #[cfg(test)]
     pub(super) fn new(future: F) -> Recycled<F> {
+        Recycled::with(|| future)
+    }
+
+    /// The future `make` makes, in a block from this thread's list or a new one. The
+    /// block is taken first and `make` called after, so the compiler can build the
+    /// future in the block itself: made first, a future is a value of its whole size
+    /// (a few KiB for a connection, most of it the state of requests to come) that
+    /// is copied into the block.
+    #[inline(always)]
+    pub(super) fn with(make: impl FnOnce() -> F) -> Recycled<F> {
         let layout = Layout::new::<F>();
         if layout.size() == 0 {
             // Never the case for a connection; a dangling pointer is a valid ZST home.
             let block = NonNull::<F>::dangling();
             // SAFETY: writing a zero-sized value through a dangling, aligned pointer.
-            unsafe { block.as_ptr().write(future) };
+            unsafe { block.as_ptr().write(make()) };
             return Recycled { block, live: true };
         }
-        let reused = FREE.with(|free| {
-            let mut free = free.borrow_mut();
-            if free.layout == Some(layout) {
-                free.blocks.pop()
-            } else {
-                None
-            }
+        let reused = FREE.with_borrow_mut(|lists| {
+            let list = lists.iter_mut().find(|list| list.layout == layout)?;
+            list.blocks.pop()
         });
         let block = reused.unwrap_or_else(|| {
             // SAFETY: `layout` has a non-zero size.
@@ -74,7 +86,7 @@ impl<F: Future> Recycled<F> {
         });
         let block = block.cast::<F>();
         // SAFETY: the block is `layout`, F's own, and holds no value.
-        unsafe { block.as_ptr().write(future) };
+        unsafe { block.as_ptr().write(make()) };
         Recycled { block, live: true }
     }
 
@@ -115,14 +127,18 @@ impl<F: Future> Drop for Recycled<F> {
         }
         let block = self.block.cast::<u8>();
         let kept = FREE
-            .try_with(|free| {
-                let mut free = free.borrow_mut();
-                let free = &mut *free;
-                if free.layout.is_none() {
-                    free.layout = Some(layout);
-                }
-                if free.layout == Some(layout) && free.blocks.len() < KEPT {
-                    free.blocks.push(block);
+            .try_with(|lists| {
+                let mut lists = lists.borrow_mut();
+                let list = match lists.iter().position(|list| list.layout == layout) {
+                    Some(at) => &mut lists[at],
+                    None if lists.len() < LAYOUTS => {
+                        lists.push(Free { layout, blocks: Vec::new() });
+                        lists.last_mut().expect("just pushed")
+                    }
+                    None => return false,
+                };
+                if list.blocks.len() < KEPT {
+                    list.blocks.push(block);
                     true
                 } else {
                     false
@@ -202,19 +218,33 @@ mod tests {
         let drops = Arc::new(AtomicUsize::new(0));
         let many: Vec<_> = (0..KEPT + 10).map(|_| Recycled::new(probe(&drops, 0))).collect();
         drop(many);
-        let kept = FREE.with(|free| free.borrow().blocks.len());
+        let kept = FREE.with_borrow(|lists| {
+            lists
+                .iter()
+                .find(|list| list.layout == Layout::new::<Probe>())
+                .map_or(0, |list| list.blocks.len())
+        });
         assert_eq!(kept, KEPT);
         assert_eq!(drops.load(Ordering::SeqCst), KEPT + 10);
     }
 
     #[test]
-    fn a_future_of_another_layout_gets_a_block_of_its_own() {
+    fn each_layout_has_a_list_of_its_own_up_to_layouts() {
         let drops = Arc::new(AtomicUsize::new(0));
-        drop(Recycled::new(probe(&drops, 0)));
+        let first = Recycled::new(probe(&drops, 0));
+        let probe_block = block_of(&first);
+        drop(first);
         let small = Recycled::new(std::future::ready(Rc::new(1u8)));
-        assert_eq!(Layout::new::<std::future::Ready<Rc<u8>>>().size(), 8);
+        assert_ne!(block_of(&small), probe_block, "a block of another layout is not handed out");
+        let small_block = block_of(&small);
         drop(small);
-        let kinds = FREE.with(|free| free.borrow().layout);
-        assert_eq!(kinds, Some(Layout::new::<Probe>()), "the list stays the first layout's");
+        assert_eq!(block_of(&Recycled::new(std::future::ready(Rc::new(2u8)))), small_block);
+        assert_eq!(block_of(&Recycled::new(probe(&drops, 0))), probe_block);
+        // More layouts than `LAYOUTS`: the extra ones are freed, not kept.
+        drop(Recycled::new(std::future::ready([0u8; 100])));
+        drop(Recycled::new(std::future::ready([0u8; 200])));
+        drop(Recycled::new(std::future::ready([0u8; 300])));
+        drop(Recycled::new(std::future::ready([0u8; 400])));
+        assert_eq!(FREE.with_borrow(Vec::len), LAYOUTS);
     }
 }

@@ -125,6 +125,55 @@ pub fn head_buffer() -> BytesMut {
     buf
 }
 
+/// A connection's response buffer and request field list, taken from this thread's
+/// spares when it starts and handed back when it ends (dropped, whichever way it
+/// ends), as head buffers are (`spare`): a new connection then allocates neither,
+/// and an idle one (parked) holds neither.
+struct Scratch {
+    out: Vec<u8>,
+    fields: Vec<Field>,
+}
+
+/// Spare scratch kept per thread (see `spare::KEEP`).
+const SCRATCH_KEEP: usize = 64;
+
+/// A `Scratch` that grew past this (a huge head, a body written whole) is freed, not
+/// kept: the spares stay small.
+const SCRATCH_MAX_OUT: usize = 16 * 1024;
+const SCRATCH_MAX_FIELDS: usize = 128;
+
+thread_local! {
+    static SCRATCH: std::cell::RefCell<Vec<(Vec<u8>, Vec<Field>)>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+impl Scratch {
+    fn take() -> Scratch {
+        match SCRATCH.with_borrow_mut(Vec::pop) {
+            Some((out, fields)) => Scratch { out, fields },
+            // Both grow to what the connection's heads need: a new one starts small.
+            None => Scratch { out: Vec::with_capacity(512), fields: Vec::new() },
+        }
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        if self.out.capacity() > SCRATCH_MAX_OUT || self.fields.capacity() > SCRATCH_MAX_FIELDS {
+            return;
+        }
+        let (mut out, mut fields) = (std::mem::take(&mut self.out), std::mem::take(&mut self.fields));
+        out.clear();
+        fields.clear();
+        // A thread that is ending has no list any more: the two are freed.
+        let _ = SCRATCH.try_with(|spare| {
+            let mut spare = spare.borrow_mut();
+            if spare.len() < SCRATCH_KEEP {
+                spare.push((out, fields));
+            }
+        });
+    }
+}
+
 /// Hands back a buffer from `head_buffer` that a new connection did not keep (it
 /// had nothing to read yet), for the next one.
 pub fn return_head_buffer(buf: BytesMut) {
@@ -210,9 +259,9 @@ struct Server<W> {
     /// `None` while a request body has it, or once the connection must close.
     read: Option<ReadSide>,
     write: W,
-    /// The response head (and small bodies) being written; reused per request.
-    out: Vec<u8>,
-    fields: Vec<Field>,
+    /// The response head (and small bodies) being written, and the request head's
+    /// fields; reused per request.
+    scratch: Scratch,
     date: Date,
     /// The head read's deadline (`header_read_timeout`, `idle_timeout`), made when a
     /// read of a head first has to wait: a client whose only request arrives whole
@@ -239,10 +288,7 @@ pub async fn serve<W: AsyncWrite + Unpin, H: Handler<W>>(
     let mut server = Server {
         read: Some(ReadSide { io: read, buf: first }),
         write,
-        // Both grow to what the connection's heads need and keep that: a fixed start
-        // would be held by every idle connection whatever its heads.
-        out: Vec::with_capacity(512),
-        fields: Vec::new(),
+        scratch: Scratch::take(),
         date: Date::default(),
         timer: None,
         timer_waits: false,
@@ -408,7 +454,8 @@ impl<W: AsyncWrite + Unpin> Server<W> {
         loop {
             if !side.buf.is_empty() {
                 if scanned == 0 || has_head_end(&side.buf, scanned) {
-                    let parsed = parse_request(&mut side.buf, &mut self.fields, limits.max_head, lines)?;
+                    let parsed =
+                        parse_request(&mut side.buf, &mut self.scratch.fields, limits.max_head, lines)?;
                     if let Some(parsed) = parsed {
                         return Ok(Some(parsed));
                     }
@@ -521,9 +568,9 @@ impl<W: AsyncWrite + Unpin> Server<W> {
         let (parts, mut body) = response.into_parts();
         let size = body.size_hint().exact();
         let (framing, keep) =
-            encode_head(&mut self.out, &parts, body.encoded(), size, head, stopping, &mut self.date);
+            encode_head(&mut self.scratch.out, &parts, body.encoded(), size, head, stopping, &mut self.date);
         if framing == Out::None {
-            return self.write.write_all(&self.out).await.is_ok() && keep;
+            return self.write.write_all(&self.scratch.out).await.is_ok() && keep;
         }
         match self.write_body(&mut body, framing, head.trailers).await {
             Ok(complete) => keep && complete,
@@ -545,7 +592,7 @@ impl<W: AsyncWrite + Unpin> Server<W> {
         let mut sent = 0u64;
         let mut trailers = None;
         loop {
-            let out = &mut self.out;
+            let out = &mut self.scratch.out;
             let polled = poll_fn(|cx| match Pin::new(&mut *body).poll_frame(cx) {
                 // Nothing more yet: what is gathered goes out while the body waits.
                 Poll::Pending if !out.is_empty() => Poll::Ready(None),
@@ -555,13 +602,13 @@ impl<W: AsyncWrite + Unpin> Server<W> {
             .await;
             let frame = match polled {
                 None => {
-                    self.write.write_all(&self.out).await?;
-                    self.out.clear();
+                    self.write.write_all(&self.scratch.out).await?;
+                    self.scratch.out.clear();
                     continue;
                 }
                 Some(None) => break,
                 Some(Some(Err(e))) => {
-                    let _ = self.write.write_all(&self.out).await;
+                    let _ = self.write.write_all(&self.scratch.out).await;
                     return Err(e);
                 }
                 Some(Some(Ok(frame))) => frame,
@@ -589,23 +636,23 @@ impl<W: AsyncWrite + Unpin> Server<W> {
             }
             if framing == Out::Chunked {
                 let mut hex = [0u8; 16];
-                self.out.extend_from_slice(hex_len(data.len(), &mut hex));
-                self.out.extend_from_slice(b"\r\n");
+                self.scratch.out.extend_from_slice(hex_len(data.len(), &mut hex));
+                self.scratch.out.extend_from_slice(b"\r\n");
             }
             if data.len() <= WRITE_GATHER {
-                self.out.extend_from_slice(&data);
+                self.scratch.out.extend_from_slice(&data);
             } else {
                 // A large frame goes out as it is, behind what is gathered, in one
                 // `writev`.
-                write_both(&mut self.write, &self.out, &data).await?;
-                self.out.clear();
+                write_both(&mut self.write, &self.scratch.out, &data).await?;
+                self.scratch.out.clear();
             }
             if framing == Out::Chunked {
-                self.out.extend_from_slice(b"\r\n");
+                self.scratch.out.extend_from_slice(b"\r\n");
             }
-            if self.out.len() >= WRITE_GATHER {
-                self.write.write_all(&self.out).await?;
-                self.out.clear();
+            if self.scratch.out.len() >= WRITE_GATHER {
+                self.write.write_all(&self.scratch.out).await?;
+                self.scratch.out.clear();
             }
             // As hyper: a body that knows it is done is not polled for its end.
             if matches!(framing, Out::Length(n) if sent > n) || body.is_end_stream() {
@@ -614,17 +661,17 @@ impl<W: AsyncWrite + Unpin> Server<W> {
         }
         let complete = match framing {
             Out::Chunked => {
-                self.out.extend_from_slice(b"0\r\n");
+                self.scratch.out.extend_from_slice(b"0\r\n");
                 for (name, value) in trailers.iter().flatten() {
-                    push_field(&mut self.out, name.as_str().as_bytes(), value.as_bytes());
+                    push_field(&mut self.scratch.out, name.as_str().as_bytes(), value.as_bytes());
                 }
-                self.out.extend_from_slice(b"\r\n");
+                self.scratch.out.extend_from_slice(b"\r\n");
                 true
             }
             Out::Length(n) => sent == n,
             Out::Eof | Out::None => false,
         };
-        self.write.write_all(&self.out).await?;
+        self.write.write_all(&self.scratch.out).await?;
         Ok(complete)
     }
 
@@ -641,15 +688,15 @@ impl<W: AsyncWrite + Unpin> Server<W> {
     /// Answers a head that cannot be served, then closes.
     async fn refuse<H: Handler<W>>(mut self, status: StatusCode, handler: &H) {
         tracing::debug!(%status, "refused a malformed request head");
-        self.out.clear();
-        self.out.extend_from_slice(b"HTTP/1.1 ");
-        self.out.extend_from_slice(status.as_str().as_bytes());
-        self.out.push(b' ');
-        self.out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
-        self.out.extend_from_slice(b"\r\ncontent-length: 0\r\nconnection: close\r\n");
-        push_field(&mut self.out, b"date", self.date.now());
-        self.out.extend_from_slice(b"\r\n");
-        if self.write.write_all(&self.out).await.is_ok() {
+        self.scratch.out.clear();
+        self.scratch.out.extend_from_slice(b"HTTP/1.1 ");
+        self.scratch.out.extend_from_slice(status.as_str().as_bytes());
+        self.scratch.out.push(b' ');
+        self.scratch.out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
+        self.scratch.out.extend_from_slice(b"\r\ncontent-length: 0\r\nconnection: close\r\n");
+        push_field(&mut self.scratch.out, b"date", self.date.now());
+        self.scratch.out.extend_from_slice(b"\r\n");
+        if self.write.write_all(&self.scratch.out).await.is_ok() {
             self.close(false, handler).await;
         }
     }
@@ -698,14 +745,14 @@ impl<W: AsyncWrite + Unpin> Server<W> {
     /// Answers an upgrade with its `101`, then hands the connection to `handler`,
     /// which joins it with whatever answered the upgrade.
     async fn upgrade<H: Handler<W>>(mut self, response: Response<H::Body>, handler: &H) {
-        let out = &mut self.out;
+        let out = &mut self.scratch.out;
         out.clear();
         out.extend_from_slice(b"HTTP/1.1 101 Switching Protocols\r\n");
         for (name, value) in response.headers() {
             push_field(out, name.as_str().as_bytes(), value.as_bytes());
         }
         out.extend_from_slice(b"\r\n");
-        if self.write.write_all(&self.out).await.is_err() {
+        if self.write.write_all(&self.scratch.out).await.is_err() {
             return;
         }
         let Some(side) = self.read.take() else { return };
@@ -732,6 +779,28 @@ mod tests {
         assert_eq!(spare::len(), spares);
         assert!(next.is_empty(), "nothing of the last connection's bytes is read again");
         assert!(next.capacity() >= HEAD_READ);
+    }
+
+    #[test]
+    fn a_connections_scratch_serves_the_next_one_empty_unless_it_grew_large() {
+        let mut first = Scratch::take();
+        first.out.extend_from_slice(b"HTTP/1.1 200 OK\r\n");
+        let head = b"host: a";
+        first.fields.push(Field::of(
+            head.as_ptr() as usize,
+            &httparse::Header { name: std::str::from_utf8(&head[..4]).unwrap(), value: &head[6..] },
+        ));
+        let address = first.out.as_ptr();
+        drop(first);
+        let next = Scratch::take();
+        assert_eq!(next.out.as_ptr(), address, "the same buffer, not a new allocation");
+        assert!(next.out.is_empty() && next.fields.is_empty());
+        drop(next);
+        let mut large = Scratch::take();
+        large.out.reserve(SCRATCH_MAX_OUT + 1);
+        drop(large);
+        let spares = SCRATCH.with_borrow(Vec::len);
+        assert_eq!(spares, 0, "a buffer grown past the limit is freed");
     }
 
     /// A write half that counts its `shutdown`s, and a handler that counts the

@@ -434,7 +434,7 @@ async fn attempt(
         parts.headers.insert(header::UPGRADE, protocol);
         parts.headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
     }
-    let release = Release { server: server.clone(), in_flight, slot: None };
+    let release = Release { in_flight, slot: None };
     let body = Body::Upstream(UpstreamBody::new(body, release, upstream.read_timeout));
     Ok(Response::from_parts(parts, body))
 }

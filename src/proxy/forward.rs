@@ -115,7 +115,13 @@ pub struct Trace {
 /// skipped for the next one; an idempotent request without a body is also retried
 /// when its connection drops before the response headers, or when the answer's
 /// status is in the upstream's `retry_on`. Retries draw on the upstream's retry
-/// budget.
+/// budget. With sticky sessions, the server the request's cookie names is tried
+/// first, and a response from any other server sets a new cookie.
+///
+/// One async function for all of it, the body's wrapping included: each async layer
+/// copies the request into its future and the response out of it, a hundred-odd
+/// instructions per request (BENCHMARKS.md, session 4). A request weir makes itself
+/// (the cache's background refresh) comes with `ClientBody::Empty`.
 pub async fn forward(
     job: &Job<'_>,
     req: Request<ClientBody>,
@@ -126,7 +132,7 @@ pub async fn forward(
     // whether it failed by the client's fault (`watch`).
     let tally = trace.request_bytes.take();
     let mut watch = None;
-    let req = req.map(|body| {
+    let mut req = req.map(|body| {
         if http_body::Body::is_end_stream(&body) {
             Outbound::Client(body)
         } else {
@@ -136,28 +142,6 @@ pub async fn forward(
             Outbound::Request(RequestBody::new(body, bytes, tally, job.peer.body_read_timeout, shared))
         }
     });
-    send(job, req, trace, watch).await
-}
-
-/// `forward` for a request whose body is already a `Body`: one weir made itself,
-/// such as the cache's background refresh. With sticky sessions, the server the
-/// request's cookie names is tried first, and a response from any other server sets
-/// a new cookie.
-pub async fn forward_request(
-    job: &Job<'_>,
-    req: Request<Outbound>,
-    trace: &mut Trace,
-) -> Result<Response<Body>, ProxyError> {
-    send(job, req, trace, None).await
-}
-
-/// `forward_request`, with the client body's `watch` when it has one.
-async fn send(
-    job: &Job<'_>,
-    mut req: Request<Outbound>,
-    trace: &mut Trace,
-    watch: Option<Arc<BodyWatch>>,
-) -> Result<Response<Body>, ProxyError> {
     let (upstream, peer) = (job.upstream, job.peer);
     // Only consistent_hash reads the request here; for the others this is a no-op.
     let key: PickKey = upstream.balancer.key(&req, job.client_ip.unwrap_or(peer.addr.ip()));

@@ -304,14 +304,14 @@ fn refresh(
         underscores_in_headers: peer.underscores_in_headers,
         // The refresh's response goes into the cache, which reads it as a map.
         writes_lines: false,
+        timer: Default::default(),
     };
     let (cache, upstream) = (cache.clone(), job.upstream.clone());
     tokio::spawn(async move {
         let rules = RequestRules::of(copy.headers());
         let request_time = SystemTime::now();
         let mut trace = Trace::default();
-        let Ok(mut response) = forward::forward(&Job::new(&upstream, &peer), copy, &mut trace).await
-        else {
+        let Ok(mut response) = forward::forward(&Job::new(&upstream, &peer), copy, &mut trace).await else {
             return;
         };
         super::body::materialize(&mut response);

@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use crate::support::raw::{exchange, statuses, Action, RawBackend, OK};
+use crate::support::raw::{exchange, read_reply, statuses, Action, RawBackend, OK};
 use crate::support::{get, Weir};
 
 const CONFIG: &str = r#"
@@ -136,4 +136,34 @@ async fn a_stall_in_the_middle_of_the_body_cuts_the_response_at_read_timeout() {
     assert!(reply.ends_with("partial"), "{reply}");
     let (status, body) = get(&weir.url("/next")).await;
     assert_eq!((status.as_u16(), body.as_str()), (200, "ok"));
+}
+
+/// A client connection keeps its `request_timeout` timer from one request to the
+/// next (`proxy::forward::RequestTimer`): a request on a keep-alive connection, after
+/// answered ones and after the kept timer's last deadline has passed, is still held
+/// to its own deadline, neither cut at once nor left waiting.
+#[tokio::test]
+async fn each_request_on_a_keep_alive_connection_gets_its_own_request_timeout() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let backend =
+        RawBackend::start(|n, _| if n == 2 { Action::Stall } else { Action::Reply(OK.to_vec()) }).await;
+    let weir = Weir::start(&backend.fill(CONFIG), &[]).await;
+    let mut client = tokio::net::TcpStream::connect(weir.addr).await.unwrap();
+    let get = b"GET /k HTTP/1.1\r\nHost: a\r\n\r\n";
+    for _ in 0..2 {
+        client.write_all(get).await.unwrap();
+        // Returns after 400 ms of quiet: past the last request's deadline (250 ms).
+        let reply = read_reply(&mut client).await;
+        assert_eq!(statuses(&reply), vec![200], "{reply}");
+    }
+    let started = Instant::now();
+    client.write_all(get).await.unwrap();
+    let mut first = [0u8; 64];
+    let n = tokio::time::timeout(Duration::from_secs(3), client.read(&mut first)).await.unwrap().unwrap();
+    let waited = started.elapsed();
+    let reply = String::from_utf8_lossy(&first[..n]).into_owned();
+    assert_eq!(statuses(&reply), vec![504], "{reply}");
+    assert!(waited >= Duration::from_millis(200), "cut before its deadline: {waited:?}");
+    assert!(waited < Duration::from_millis(1500), "held past its deadline: {waited:?}");
 }

@@ -241,7 +241,7 @@ pub async fn serve<W: AsyncWrite + Unpin, H: Handler<W>>(
     let mut stop = Stop { changed, registered: false, stopped: false, check };
     loop {
         let head = server.read_head(&limits, &mut stop, H::LINES).await;
-        let (req, head, lines) = match head {
+        let (mut req, head, lines) = match head {
             Ok(Some(parsed)) => parsed,
             Ok(None) => return server.park(),
             Err(status) => {
@@ -258,7 +258,6 @@ pub async fn serve<W: AsyncWrite + Unpin, H: Handler<W>>(
                 Some(Arc::new(Mutex::new(reader)))
             }
         };
-        let mut req = req;
         *req.body_mut() = lent.as_ref().map(|reader| {
             let length = match head.body {
                 Decode::Length(n) => Some(n),

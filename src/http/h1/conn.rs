@@ -267,7 +267,7 @@ pub async fn serve<W: AsyncWrite + Unpin, H: Handler<W>>(
         });
         // Made in each arm, not before: a future made apart and then awaited is
         // moved into place, a copy of its kilobytes per request.
-        let response = match lent.as_ref().filter(|_| head.expect_continue) {
+        let mut response = match lent.as_ref().filter(|_| head.expect_continue) {
             None => handler.call(req, lines).await,
             Some(reader) => {
                 let mut pending: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
@@ -293,7 +293,10 @@ pub async fn serve<W: AsyncWrite + Unpin, H: Handler<W>>(
         let stopping = stop.peek();
         // A 101 that is not tunnelled (its request had a body): the server has left
         // HTTP, so what the client sends next is not a request; the connection ends.
-        let mut keep = server.respond(response, &head, stopping).await && !switched;
+        let mut keep = server.respond(&mut response, &head, stopping).await && !switched;
+        // Done with: its body hands the upstream connection back before anything
+        // below waits (a close lingers).
+        drop(response);
         // Whether the request's body was read to its end (or it had none).
         let mut whole = true;
         if let Some(reader) = lent {
@@ -501,16 +504,24 @@ impl<W: AsyncWrite + Unpin> Server<W> {
         }
     }
 
-    /// Writes `response`; `true` when the connection may carry another request.
-    async fn respond<B: ResponseBody>(&mut self, response: Response<B>, head: &Head, stopping: bool) -> bool {
-        let (parts, mut body) = response.into_parts();
-        let size = body.size_hint().exact();
+    /// Writes `response`; `true` when the connection may carry another request. By
+    /// reference: the response moved into this future and taken apart would be two
+    /// copies of its few hundred bytes.
+    async fn respond<B: ResponseBody>(
+        &mut self,
+        response: &mut Response<B>,
+        head: &Head,
+        stopping: bool,
+    ) -> bool {
+        let size = response.body().size_hint().exact();
+        let encoded = response.body().encoded();
         let (framing, keep) =
-            encode_head(&mut self.out, &parts, body.encoded(), size, head, stopping, &mut self.date);
+            encode_head(&mut self.out, response, encoded, size, head, stopping, &mut self.date);
+        let body = response.body_mut();
         if framing == Out::None {
             return self.write.write_all(&self.out).await.is_ok() && keep;
         }
-        match self.write_body(&mut body, framing, head.trailers).await {
+        match self.write_body(body, framing, head.trailers).await {
             Ok(complete) => keep && complete,
             Err(e) => {
                 tracing::debug!(error = %e, "client response cut short");

@@ -44,6 +44,8 @@ pub struct AccessLog {
 /// What one request's line says. Built at the start of the request, completed at the
 /// end, formatted only in the writer thread.
 pub struct Entry {
+    /// Where it goes; taken when it is queued (`Pending::finish`).
+    log: Option<Arc<AccessLog>>,
     started: Instant,
     time: SystemTime,
     client: SocketAddr,
@@ -65,9 +67,9 @@ pub struct Entry {
     duration: Duration,
 }
 
-/// An entry on its way to its writer.
+/// An entry on its way to its writer. One pointer (the writer's handle is in the
+/// entry): it rides in every response body, which each layer of the pipeline moves.
 pub struct Pending {
-    log: Arc<AccessLog>,
     pub(crate) entry: Box<Entry>,
 }
 
@@ -126,6 +128,7 @@ impl AccessLog {
         };
         let request_bytes = (!req.body().is_end_stream()).then(|| Arc::new(AtomicU64::new(0)));
         let entry = Box::new(Entry {
+            log: Some(self.clone()),
             started,
             time: UNIX_EPOCH,
             client,
@@ -141,7 +144,7 @@ impl AccessLog {
             response_bytes: 0,
             duration: Duration::ZERO,
         });
-        Pending { log: self.clone(), entry }
+        Pending { entry }
     }
 }
 
@@ -157,9 +160,10 @@ impl Pending {
         entry.duration = entry.started.elapsed();
         entry.time = SystemTime::now();
         entry.response_bytes = response_bytes;
-        match self.log.tx.try_send(self.entry) {
+        let Some(log) = entry.log.take() else { return };
+        match log.tx.try_send(self.entry) {
             Ok(()) => {}
-            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => self.log.dropped.inc(),
+            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => log.dropped.inc(),
         }
     }
 }
@@ -315,6 +319,7 @@ mod tests {
     fn entry() -> Entry {
         let req = Request::get("/a/b?c=1").header("host", "shop.example").body(()).unwrap();
         Entry {
+            log: None,
             started: Instant::now(),
             time: UNIX_EPOCH + Duration::from_millis(1_712_320_496_789),
             client: "10.0.0.1:5000".parse().unwrap(),

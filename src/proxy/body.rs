@@ -169,3 +169,17 @@ impl http_body::Body for Body {
         }
     }
 }
+
+#[cfg(test)]
+mod size_tests {
+    use super::*;
+
+    /// Every layer of the request path moves the response (a return, an `.await`'s
+    /// output): memcpy copies up to 256 bytes with a few vector moves, larger ones
+    /// with a loop that costs twice the instructions (callgrind, BENCHMARKS.md
+    /// session 4). Keep what `UpstreamBody` holds to a pointer where it is rare.
+    #[test]
+    fn a_response_fits_memcpys_short_path() {
+        assert!(std::mem::size_of::<Response<Body>>() <= 256, "{}", std::mem::size_of::<Response<Body>>());
+    }
+}

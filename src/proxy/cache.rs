@@ -14,7 +14,7 @@ use super::admit_and_forward;
 use super::body::{Body, Stored};
 use super::error::ProxyError;
 use super::forward::{self, Job, Peer, Trace};
-use crate::body::{ClientBody, Outbound};
+use crate::body::ClientBody;
 use crate::cache::policy::{self, current_age, RequestRules};
 use crate::cache::store::{Entry, Key, Object, Place};
 use crate::cache::{
@@ -304,14 +304,14 @@ fn refresh(
         underscores_in_headers: peer.underscores_in_headers,
         // The refresh's response goes into the cache, which reads it as a map.
         writes_lines: false,
+        timer: Default::default(),
     };
     let (cache, upstream) = (cache.clone(), job.upstream.clone());
     tokio::spawn(async move {
         let rules = RequestRules::of(copy.headers());
         let request_time = SystemTime::now();
         let mut trace = Trace::default();
-        let Ok(mut response) = forward::forward_request(&Job::new(&upstream, &peer), copy, &mut trace).await
-        else {
+        let Ok(mut response) = forward::forward(&Job::new(&upstream, &peer), copy, &mut trace).await else {
             return;
         };
         super::body::materialize(&mut response);
@@ -370,8 +370,8 @@ fn has_body<B: http_body::Body>(req: &Request<B>) -> bool {
 /// answer (validators, ranges). A `Content-Length` copied onto a request without a
 /// body would leave the upstream reading the next request on the connection as that
 /// body.
-fn refresh_request<B>(req: &Request<B>) -> Request<Outbound> {
-    let mut copy = Request::new(Outbound::Empty);
+fn refresh_request<B>(req: &Request<B>) -> Request<ClientBody> {
+    let mut copy = Request::new(ClientBody::Empty);
     *copy.method_mut() = Method::GET;
     *copy.uri_mut() = req.uri().clone();
     *copy.version_mut() = req.version();

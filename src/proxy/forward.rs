@@ -10,15 +10,19 @@
 //! response body carries the connection and the in-flight guard (see
 //! `body::Release`).
 
+use std::future::{poll_fn, Future};
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use http::header::{self, HeaderValue};
 use http::uri::{PathAndQuery, Uri};
 use http::{Method, Request, Response, StatusCode, Version};
 use hyper::upgrade::OnUpgrade;
+use tokio::time::Sleep;
 
 use super::body::Body;
 use super::error::ProxyError;
@@ -53,6 +57,63 @@ pub struct Peer {
     /// needs it). hyper's servers take maps only, so for them the map is built
     /// at once.
     pub writes_lines: bool,
+    /// The timer of `request_timeout`, kept from one request of the connection to
+    /// the next (`RequestTimer`).
+    pub timer: RequestTimer,
+}
+
+/// A client connection's timer for its requests' `request_timeout`, reused: a new
+/// timer per request is inserted into tokio's timer wheel and taken out again (a lock
+/// each, and the wheel's work: some 500 instructions per request, callgrind), while
+/// moving a live timer to a later deadline is one atomic update (tokio re-files it
+/// when the earlier deadline comes). A request takes it for its exchange and puts it
+/// back; one that finds it taken (h2 and hyper's HTTP/1.1 serve requests of a
+/// connection side by side) makes its own. Made by a connection's first request, so
+/// a connection that sends none costs nothing; it goes with the connection. Once the
+/// connection is idle the timer still fires at its last deadline, one spurious wake.
+#[derive(Default)]
+pub struct RequestTimer(std::sync::Mutex<Option<Pin<Box<Sleep>>>>);
+
+impl RequestTimer {
+    /// A timer that fires by `deadline`: this one, unless another request holds it.
+    /// It is moved only when it would fire late (or has fired): one that fires early
+    /// (the last request's deadline) is moved on then (`expired`). So a busy
+    /// connection moves it about once per `request_timeout`, not once per request
+    /// (a move costs some 100 instructions).
+    fn take(&self, deadline: tokio::time::Instant) -> Pin<Box<Sleep>> {
+        match self.0.try_lock().ok().and_then(|mut slot| slot.take()) {
+            Some(mut timer) => {
+                if timer.is_elapsed() || timer.deadline() > deadline {
+                    timer.as_mut().reset(deadline);
+                }
+                timer
+            }
+            None => Box::pin(tokio::time::sleep_until(deadline)),
+        }
+    }
+
+    /// `Ready` once `deadline` has passed; a timer from `take` that fires early is
+    /// moved on to it.
+    fn expired(
+        timer: &mut Pin<Box<Sleep>>,
+        deadline: tokio::time::Instant,
+        cx: &mut Context<'_>,
+    ) -> Poll<()> {
+        while timer.as_mut().poll(cx).is_ready() {
+            if tokio::time::Instant::now() >= deadline {
+                return Poll::Ready(());
+            }
+            timer.as_mut().reset(deadline);
+        }
+        Poll::Pending
+    }
+
+    /// Keeps `timer` for the next request, if none is kept.
+    fn put(&self, timer: Pin<Box<Sleep>>) {
+        if let Ok(mut slot) = self.0.try_lock() {
+            slot.get_or_insert(timer);
+        }
+    }
 }
 
 impl Peer {
@@ -67,6 +128,7 @@ impl Peer {
             body_read_timeout,
             underscores_in_headers: false,
             writes_lines: false,
+            timer: RequestTimer::default(),
         }
     }
 }
@@ -115,7 +177,13 @@ pub struct Trace {
 /// skipped for the next one; an idempotent request without a body is also retried
 /// when its connection drops before the response headers, or when the answer's
 /// status is in the upstream's `retry_on`. Retries draw on the upstream's retry
-/// budget.
+/// budget. With sticky sessions, the server the request's cookie names is tried
+/// first, and a response from any other server sets a new cookie.
+///
+/// One async function for all of it, the body's wrapping included: each async layer
+/// copies the request into its future and the response out of it, a hundred-odd
+/// instructions per request (BENCHMARKS.md, session 4). A request weir makes itself
+/// (the cache's background refresh) comes with `ClientBody::Empty`.
 pub async fn forward(
     job: &Job<'_>,
     req: Request<ClientBody>,
@@ -126,7 +194,7 @@ pub async fn forward(
     // whether it failed by the client's fault (`watch`).
     let tally = trace.request_bytes.take();
     let mut watch = None;
-    let req = req.map(|body| {
+    let mut req = req.map(|body| {
         if http_body::Body::is_end_stream(&body) {
             Outbound::Client(body)
         } else {
@@ -136,28 +204,6 @@ pub async fn forward(
             Outbound::Request(RequestBody::new(body, bytes, tally, job.peer.body_read_timeout, shared))
         }
     });
-    send(job, req, trace, watch).await
-}
-
-/// `forward` for a request whose body is already a `Body`: one weir made itself,
-/// such as the cache's background refresh. With sticky sessions, the server the
-/// request's cookie names is tried first, and a response from any other server sets
-/// a new cookie.
-pub async fn forward_request(
-    job: &Job<'_>,
-    req: Request<Outbound>,
-    trace: &mut Trace,
-) -> Result<Response<Body>, ProxyError> {
-    send(job, req, trace, None).await
-}
-
-/// `forward_request`, with the client body's `watch` when it has one.
-async fn send(
-    job: &Job<'_>,
-    mut req: Request<Outbound>,
-    trace: &mut Trace,
-    watch: Option<Arc<BodyWatch>>,
-) -> Result<Response<Body>, ProxyError> {
     let (upstream, peer) = (job.upstream, job.peer);
     // Only consistent_hash reads the request here; for the others this is a no-op.
     let key: PickKey = upstream.balancer.key(&req, job.client_ip.unwrap_or(peer.addr.ip()));
@@ -204,7 +250,7 @@ async fn send(
             (index, server),
             &mut req,
             forwarded.as_ref(),
-            (timeout, peer.writes_lines),
+            (timeout, peer.writes_lines, &peer.timer),
             (watch.as_deref(), &mut trace.answered),
         );
         match tried.await {
@@ -387,19 +433,28 @@ async fn attempt(
     (index, server): (usize, &Arc<Server>),
     req: &mut Request<Outbound>,
     forwarded: Option<&Forwarded<'_>>,
-    (timeout, lines): (Duration, bool),
+    (timeout, lines, peer_timer): (Duration, bool, &RequestTimer),
     (watch, answered_at): (Option<&BodyWatch>, &mut Option<tokio::time::Instant>),
 ) -> Attempt {
     let in_flight = server.begin();
     // tokio's clock (std's outside paused-time tests): the deadline is made from this
     // reading rather than from one more.
     let started = tokio::time::Instant::now();
-    let exchange =
-        tokio::time::timeout_at(started + timeout, client::exchange(upstream, server, req, forwarded, lines))
-            .await;
+    // As `tokio::time::timeout_at`, with the connection's own timer (`RequestTimer`).
+    // `started + timeout` is worked out twice rather than kept: one more value held
+    // across the await below made the compiler stop building `forward`'s future in
+    // place in `handle` (a copy of its kilobytes, +150 per request).
+    let mut timer = peer_timer.take(started + timeout);
+    let mut exchange = std::pin::pin!(client::exchange(upstream, server, req, forwarded, lines));
+    let exchange = poll_fn(|cx| match exchange.as_mut().poll(cx) {
+        Poll::Ready(result) => Poll::Ready(Some(result)),
+        Poll::Pending => RequestTimer::expired(&mut timer, started + timeout, cx).map(|()| None),
+    })
+    .await;
+    peer_timer.put(timer);
     let response = match exchange {
-        Ok(Ok(response)) => response,
-        Ok(Err(failure)) => {
+        Some(Ok(response)) => response,
+        Some(Err(failure)) => {
             if matches!(failure.error, SendError::Connect(_)) {
                 server.metrics.connect_errors.inc();
             }
@@ -407,10 +462,10 @@ async fn attempt(
         }
         // The server waited for a body the client was not sending: the client's stall,
         // whichever limit ran out first.
-        Err(_) if watch.is_some_and(BodyWatch::waiting_on_client) => {
+        None if watch.is_some_and(BodyWatch::waiting_on_client) => {
             return Err((ProxyError::ClientBody { fault: ClientFault::Stalled }, true));
         }
-        Err(_) => {
+        None => {
             // A timeout is a latency too: the slowest one a latency-aware balancer sees.
             upstream.balancer.observe(index, timeout, Instant::now());
             server.metrics.timeouts.inc();
@@ -434,7 +489,7 @@ async fn attempt(
         parts.headers.insert(header::UPGRADE, protocol);
         parts.headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
     }
-    let release = Release { server: server.clone(), in_flight, slot: None };
+    let release = Release { in_flight, slot: None };
     let body = Body::Upstream(UpstreamBody::new(body, release, upstream.read_timeout));
     Ok(Response::from_parts(parts, body))
 }

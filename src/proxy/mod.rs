@@ -124,9 +124,74 @@ pub async fn handle(
             tls: peer.tls,
             ..Vars::default()
         }),
+        // The proxying steps: body size -> limit -> shape the request (id, header
+        // rules, path) -> admit -> forward. Inline, not an async function of their own:
+        // each async layer copies the request into its future and the response out of
+        // it, a hundred-odd instructions per request (BENCHMARKS.md, session 4).
         (_, Action::Proxy(proxy)) => {
             let shaped = Shaped { client, request_id: request_id.as_ref(), fields: lines.as_ref() };
-            proxy_to(rt, proxy, req, peer, shaped, started, &mut trace).await
+            let upstream = &proxy.upstream;
+            // A declared length over the limit is refused before reading a byte of it,
+            // and before it spends a token of the rate limit.
+            let too_large = proxy.max_request_body.filter(|max| declared_length(&req, shaped.fields) > *max);
+            let limit = match proxy.limiter.as_deref().filter(|_| too_large.is_none()) {
+                None => None,
+                Some(limiter) => {
+                    let client = || {
+                        shaped.client.unwrap_or_else(|| {
+                            client_ip::client_ip(peer.addr.ip(), req.headers(), &rt.trusted_proxies)
+                        })
+                    };
+                    // Only a limit kept in Redis awaits; a local one stays a plain call.
+                    let decision = if limiter.is_shared() {
+                        limiter.check_shared(req.headers(), client, started).await
+                    } else {
+                        limiter.check(req.headers(), client, started)
+                    };
+                    Some((limiter, decision))
+                }
+            };
+            let result = match (too_large, &limit) {
+                (Some(limit), _) => Err(ProxyError::BodyTooLarge { limit }),
+                (_, Some((_, Decision::Deny { retry_after }))) => {
+                    Err(ProxyError::RateLimited { retry_after: *retry_after })
+                }
+                _ => {
+                    // The cache keys on the URL the client asked for, before any rewrite,
+                    // and never sees the URL-override headers a client sent.
+                    let client_path = proxy.cache.as_ref().and_then(|c| {
+                        c.cache.strip_overrides(req.headers_mut());
+                        proxy.rewrite.as_ref().and_then(|_| req.uri().path_and_query().cloned())
+                    });
+                    shape_request(proxy, &mut req, peer, &shaped);
+                    let job = Job {
+                        client_ip: shaped.client,
+                        request_timeout: Some(proxy.request_timeout),
+                        max_body: proxy.max_request_body,
+                        fields: shaped.fields,
+                        ..Job::new(upstream, peer)
+                    };
+                    match &proxy.cache {
+                        // Straight to `forward` without a limit to wait for: one layer
+                        // fewer to move the request into and the response out of.
+                        None if upstream.admission.is_none() => forward::forward(&job, req, &mut trace).await,
+                        None => admit_and_forward(&job, req, &mut trace).await,
+                        // Boxed: the cache's future is kilobytes large, and inline it
+                        // would grow every request's future, which is moved into place
+                        // per request.
+                        Some(c) => {
+                            let client = crate::cache::Client { route: c.route, path: client_path };
+                            Box::pin(cache::serve(&c.cache, &job, req, &mut trace, client)).await
+                        }
+                    }
+                }
+            };
+            let mut response = result.unwrap_or_else(|error| failed(upstream, peer, error));
+            if let Some((limiter, decision)) = limit {
+                body::materialize(&mut response);
+                limiter.write_headers(&decision, response.headers_mut());
+            }
+            response
         }
     };
     let host = host.as_ref().and_then(|h| h.to_str().ok()).map(route::strip_port);
@@ -145,7 +210,8 @@ pub async fn handle(
         log.entry.retries = trace.retries;
         log.entry.request_id = request_id;
     }
-    logged(response, log)
+    logged(&mut response, log);
+    response
 }
 
 /// The request id and the route's response header rules, on every answer of the
@@ -189,84 +255,16 @@ struct Shaped<'a> {
     fields: Option<&'a RequestLines>,
 }
 
-/// The proxying steps of a route with an upstream: body size -> limit -> shape the
-/// request (id, header rules, path) -> admit -> forward.
-async fn proxy_to(
-    rt: &Pipeline,
-    proxy: &Proxy,
-    mut req: Request<ClientBody>,
-    peer: &Peer,
-    shaped: Shaped<'_>,
-    started: Instant,
-    trace: &mut Trace,
-) -> Response<Body> {
-    let upstream = &proxy.upstream;
-    // A declared length over the limit is refused before reading a byte of it.
-    if let Some(limit) = proxy.max_request_body.filter(|max| declared_length(&req, shaped.fields) > *max) {
-        return ProxyError::BodyTooLarge { limit }.into_response();
+/// The answer to a request that could not be forwarded. A failure that is not the
+/// client's is logged, one line per upstream per interval (`LogThrottle`), with the
+/// count held back.
+fn failed(upstream: &crate::upstream::Upstream, peer: &Peer, error: ProxyError) -> Response<Body> {
+    if !matches!(error, ProxyError::RateLimited { .. }) && !error.is_client_fault() {
+        if let Some(held_back) = upstream.failure_log.admit() {
+            tracing::warn!(upstream = %upstream.name, client = %peer.addr, %error, held_back, "request failed");
+        }
     }
-    let limit = match proxy.limiter.as_deref() {
-        None => None,
-        Some(limiter) => {
-            let client = || {
-                shaped.client.unwrap_or_else(|| {
-                    client_ip::client_ip(peer.addr.ip(), req.headers(), &rt.trusted_proxies)
-                })
-            };
-            // Only a limit kept in Redis awaits; a local one stays a plain call.
-            let decision = if limiter.is_shared() {
-                limiter.check_shared(req.headers(), client, started).await
-            } else {
-                limiter.check(req.headers(), client, started)
-            };
-            Some((limiter, decision))
-        }
-    };
-    let result = match limit {
-        Some((_, Decision::Deny { retry_after })) => Err(ProxyError::RateLimited { retry_after }),
-        _ => {
-            // The cache keys on the URL the client asked for, before any rewrite, and
-            // never sees the URL-override headers a client sent.
-            let client_path = proxy.cache.as_ref().and_then(|c| {
-                c.cache.strip_overrides(req.headers_mut());
-                proxy.rewrite.as_ref().and_then(|_| req.uri().path_and_query().cloned())
-            });
-            shape_request(proxy, &mut req, peer, &shaped);
-            let job = Job {
-                client_ip: shaped.client,
-                request_timeout: Some(proxy.request_timeout),
-                max_body: proxy.max_request_body,
-                fields: shaped.fields,
-                ..Job::new(upstream, peer)
-            };
-            match &proxy.cache {
-                // Straight to `forward` without a limit to wait for: one layer fewer
-                // to move the request into and the response out of.
-                None if upstream.admission.is_none() => forward::forward(&job, req, trace).await,
-                None => admit_and_forward(&job, req, trace).await,
-                // Boxed: the cache's future is kilobytes large, and inline it would grow
-                // every request's future, which hyper moves into place per request.
-                Some(c) => {
-                    let client = crate::cache::Client { route: c.route, path: client_path };
-                    Box::pin(cache::serve(&c.cache, &job, req, trace, client)).await
-                }
-            }
-        }
-    };
-    let mut response = result.unwrap_or_else(|error| {
-        if !matches!(error, ProxyError::RateLimited { .. }) && !error.is_client_fault() {
-            // One line per upstream per interval (`LogThrottle`), with the count held back.
-            if let Some(held_back) = upstream.failure_log.admit() {
-                tracing::warn!(upstream = %upstream.name, client = %peer.addr, %error, held_back, "request failed");
-            }
-        }
-        error.into_response()
-    });
-    if let Some((limiter, decision)) = limit {
-        body::materialize(&mut response);
-        limiter.write_headers(&decision, response.headers_mut());
-    }
-    response
+    error.into_response()
 }
 
 /// The request id, the route's request header rules and its path rewrite.
@@ -313,21 +311,22 @@ fn host_value<B>(req: &Request<B>) -> Option<HeaderValue> {
 /// Answers a request that reached no route (`404`) or was refused before routing
 /// (`400`), counted under `upstream=""`.
 fn unrouted(rt: &Pipeline, error: ProxyError, started: Instant, log: Option<Pending>) -> Response<Body> {
-    let response = error.into_response();
+    let mut response = error.into_response();
     rt.unrouted.record(response.status(), started.elapsed());
-    logged(response, log)
+    logged(&mut response, log);
+    response
 }
 
 /// Hands the access log entry to the response body, to be written when the body is
-/// done; a response made by weir is written at once.
-fn logged(mut response: Response<Body>, log: Option<Pending>) -> Response<Body> {
-    let Some(mut log) = log else { return response };
+/// done; a response made by weir is written at once. By reference: a response
+/// moved in and out costs two copies of its few hundred bytes.
+fn logged(response: &mut Response<Body>, log: Option<Pending>) {
+    let Some(mut log) = log else { return };
     log.entry.status = response.status().as_u16();
     match response.body_mut().upstream_mut() {
         Some(body) => body.log = Some(log),
         None => log.finish(http_body::Body::size_hint(response.body()).exact().unwrap_or(0)),
     }
-    response
 }
 
 /// Waits for a `max_in_flight` slot if the upstream has a limit, then forwards; the

@@ -11,7 +11,6 @@
 //! for the upstream's `read_timeout`.
 
 use std::pin::Pin;
-use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -21,7 +20,7 @@ use hyper::body::Incoming;
 use tokio::sync::OwnedSemaphorePermit;
 
 use super::client::{self, Sender};
-use super::{InFlight, Server};
+use super::InFlight;
 use crate::access_log::Pending;
 use crate::body::{BoxError, Pause, ReadTimeout};
 
@@ -83,8 +82,9 @@ impl UpstreamBody {
 
 /// What a response holds on to until its body is delivered.
 pub struct Release {
-    /// The server that answered, whose pool takes the connection back.
-    pub(crate) server: Arc<Server>,
+    /// Counts the request against the server that answered, whose pool takes the
+    /// connection back (`InFlight::server`: one handle on the server, not two, keeps
+    /// the response, which every layer moves, smaller).
     pub(crate) in_flight: InFlight,
     /// The upstream's `max_in_flight` slot, if it has a limit.
     pub(crate) slot: Option<OwnedSemaphorePermit>,
@@ -124,7 +124,7 @@ impl UpstreamBody {
         if let Some(release) = self.release.take() {
             if let ResponseBody::H1(body) = &mut self.inner {
                 if let Some(conn) = body.take_reusable() {
-                    let _ = release.server.state.pool.push(Sender::H1(conn));
+                    let _ = release.in_flight.server().state.pool.push(Sender::H1(conn));
                 }
             }
         }
@@ -163,7 +163,7 @@ impl http_body::Body for UpstreamBody {
             up.sent += n;
             // Counted before `finish` below takes the release.
             if let Some(release) = &up.release {
-                release.server.metrics.response_bytes.inc_by(n);
+                release.in_flight.server().metrics.response_bytes.inc_by(n);
             }
         }
         match &polled {

@@ -125,7 +125,16 @@ pub async fn exchange<E: ExtraHeaders>(
                 if !conn.is_reusable() {
                     continue;
                 }
-                Sender::H1(conn)
+                // The common case, straight to the connection rather than through
+                // `Sender::send`: one async layer fewer to move the response out of.
+                match conn.send(req, extra, lines).await {
+                    Ok(response) => return Ok(response.map(ResponseBody::H1)),
+                    // Closed before our request went out: nothing sent, try another.
+                    Err(h1::SendError { sent: false, .. }) => continue,
+                    Err(h1::SendError { error, sent }) => {
+                        return Err(SendFailure { error: h1_error(error), sent })
+                    }
+                }
             }
         };
         match sender.send(req, extra, tls, lines).await {

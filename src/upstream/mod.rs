@@ -247,6 +247,13 @@ pub async fn keep_pools(upstream: Arc<Upstream>) {
 /// so an error, an early return or a vanished client cannot leak a count.
 pub struct InFlight(Arc<Server>);
 
+impl InFlight {
+    /// The server the request is counted against.
+    pub fn server(&self) -> &Arc<Server> {
+        &self.0
+    }
+}
+
 impl Drop for InFlight {
     fn drop(&mut self) {
         self.0.state.in_flight.fetch_sub(1, Relaxed);

@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use crate::support::raw::{exchange, statuses, Action, RawBackend, OK};
+use crate::support::raw::{exchange, read_reply, statuses, Action, RawBackend, OK};
 use crate::support::{get, Weir};
 
 const CONFIG: &str = r#"
@@ -136,4 +136,53 @@ async fn a_stall_in_the_middle_of_the_body_cuts_the_response_at_read_timeout() {
     assert!(reply.ends_with("partial"), "{reply}");
     let (status, body) = get(&weir.url("/next")).await;
     assert_eq!((status.as_u16(), body.as_str()), (200, "ok"));
+}
+
+/// A client connection keeps its `request_timeout` timer from one request to the
+/// next (`proxy::forward::RequestTimer`), moved only when it would fire late: on a
+/// keep-alive connection a request is held to its own deadline, neither cut at the
+/// last request's (the kept timer firing early) nor at once (after the kept timer
+/// fired), nor left waiting.
+#[tokio::test]
+async fn each_request_on_a_keep_alive_connection_gets_its_own_request_timeout() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    // Requests 1 and 3 stall; the others are answered.
+    let backend =
+        RawBackend::start(|n, _| if n == 1 || n == 3 { Action::Stall } else { Action::Reply(OK.to_vec()) })
+            .await;
+    let weir = Weir::start(&backend.fill(CONFIG), &[]).await;
+    let mut client = tokio::net::TcpStream::connect(weir.addr).await.unwrap();
+    let get = b"GET /k HTTP/1.1\r\nHost: a\r\n\r\n";
+    // Sends a request and reads its (short) answer: its status, and how long it took.
+    async fn ask(client: &mut tokio::net::TcpStream, get: &[u8]) -> (Vec<u16>, Duration) {
+        let started = Instant::now();
+        client.write_all(get).await.unwrap();
+        let mut reply = Vec::new();
+        let mut chunk = [0u8; 1024];
+        while !reply.ends_with(b"\r\n\r\nok") && !String::from_utf8_lossy(&reply).contains("504") {
+            let n =
+                tokio::time::timeout(Duration::from_secs(3), client.read(&mut chunk)).await.unwrap().unwrap();
+            assert!(n > 0, "closed: {}", String::from_utf8_lossy(&reply));
+            reply.extend_from_slice(&chunk[..n]);
+        }
+        (statuses(&String::from_utf8_lossy(&reply)), started.elapsed())
+    }
+    assert_eq!(ask(&mut client, get).await.0, vec![200]);
+    // Within the last request's deadline (250 ms): the kept timer fires early, 100 ms
+    // into this one, which waits for its own.
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let (status, waited) = ask(&mut client, get).await;
+    assert_eq!(status, vec![504]);
+    assert!(waited >= Duration::from_millis(200), "cut at the last request's deadline: {waited:?}");
+    assert!(waited < Duration::from_millis(1500), "held past its deadline: {waited:?}");
+    // The 504's body, then one more answered request; then, with the kept timer
+    // fired long ago, a stall.
+    let _ = read_reply(&mut client).await;
+    assert_eq!(ask(&mut client, get).await.0, vec![200]);
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let (status, waited) = ask(&mut client, get).await;
+    assert_eq!(status, vec![504]);
+    assert!(waited >= Duration::from_millis(200), "cut before its deadline: {waited:?}");
+    assert!(waited < Duration::from_millis(1500), "held past its deadline: {waited:?}");
 }

@@ -301,7 +301,7 @@ pub async fn serve<W: AsyncWrite + Unpin, H: Handler<W>>(
     let mut stop = Stop { changed, registered: false, stopped: false, check };
     loop {
         let head = server.read_head(&limits, &mut stop, H::LINES).await;
-        let (req, head, lines) = match head {
+        let (mut req, head, lines) = match head {
             Ok(Some(parsed)) => parsed,
             Ok(None) => return server.park(),
             Err(status) => {
@@ -318,7 +318,6 @@ pub async fn serve<W: AsyncWrite + Unpin, H: Handler<W>>(
                 Some(Arc::new(Mutex::new(reader)))
             }
         };
-        let mut req = req;
         *req.body_mut() = lent.as_ref().map(|reader| {
             let length = match head.body {
                 Decode::Length(n) => Some(n),
@@ -328,7 +327,7 @@ pub async fn serve<W: AsyncWrite + Unpin, H: Handler<W>>(
         });
         // Made in each arm, not before: a future made apart and then awaited is
         // moved into place, a copy of its kilobytes per request.
-        let response = match lent.as_ref().filter(|_| head.expect_continue) {
+        let mut response = match lent.as_ref().filter(|_| head.expect_continue) {
             None => handler.call(req, lines).await,
             Some(reader) => {
                 let mut pending: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
@@ -354,7 +353,10 @@ pub async fn serve<W: AsyncWrite + Unpin, H: Handler<W>>(
         let stopping = stop.peek();
         // A 101 that is not tunnelled (its request had a body): the server has left
         // HTTP, so what the client sends next is not a request; the connection ends.
-        let mut keep = server.respond(response, &head, stopping).await && !switched;
+        let mut keep = server.respond(&mut response, &head, stopping).await && !switched;
+        // Done with: its body hands the upstream connection back before anything
+        // below waits (a close lingers).
+        drop(response);
         // Whether the request's body was read to its end (or it had none).
         let mut whole = true;
         if let Some(reader) = lent {
@@ -563,16 +565,24 @@ impl<W: AsyncWrite + Unpin> Server<W> {
         }
     }
 
-    /// Writes `response`; `true` when the connection may carry another request.
-    async fn respond<B: ResponseBody>(&mut self, response: Response<B>, head: &Head, stopping: bool) -> bool {
-        let (parts, mut body) = response.into_parts();
-        let size = body.size_hint().exact();
+    /// Writes `response`; `true` when the connection may carry another request. By
+    /// reference: the response moved into this future and taken apart would be two
+    /// copies of its few hundred bytes.
+    async fn respond<B: ResponseBody>(
+        &mut self,
+        response: &mut Response<B>,
+        head: &Head,
+        stopping: bool,
+    ) -> bool {
+        let size = response.body().size_hint().exact();
+        let encoded = response.body().encoded();
         let (framing, keep) =
-            encode_head(&mut self.scratch.out, &parts, body.encoded(), size, head, stopping, &mut self.date);
+            encode_head(&mut self.scratch.out, response, encoded, size, head, stopping, &mut self.date);
+        let body = response.body_mut();
         if framing == Out::None {
             return self.write.write_all(&self.scratch.out).await.is_ok() && keep;
         }
-        match self.write_body(&mut body, framing, head.trailers).await {
+        match self.write_body(body, framing, head.trailers).await {
             Ok(complete) => keep && complete,
             Err(e) => {
                 tracing::debug!(error = %e, "client response cut short");

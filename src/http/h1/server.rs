@@ -10,7 +10,7 @@ use std::time::SystemTime;
 
 use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderName, HeaderValue};
-use http::{Method, Request, StatusCode, Uri, Version};
+use http::{Method, Request, Response, StatusCode, Uri, Version};
 use tokio::net::tcp::OwnedReadHalf;
 
 use super::body::Decode;
@@ -384,16 +384,16 @@ pub struct Encoded<'a> {
 /// when the connection ends after it, `keep-alive` for an HTTP/1.0 client it stays
 /// open for; `Date` unless the response has one. Returns the body's framing and
 /// whether the connection may carry another request.
-pub fn encode_head(
+pub fn encode_head<B>(
     out: &mut Vec<u8>,
-    parts: &http::response::Parts,
+    response: &Response<B>,
     encoded: Option<Encoded>,
     size: Option<u64>,
     head: &Head,
     stopping: bool,
     date: &mut Date,
 ) -> (Out, bool) {
-    let status = parts.status;
+    let status = response.status();
     out.clear();
     out.extend_from_slice(b"HTTP/1.1 ");
     out.extend_from_slice(status.as_str().as_bytes());
@@ -409,7 +409,7 @@ pub fn encode_head(
         has_date = encoded.date;
         length = encoded.length.filter(|_| !no_length);
     }
-    for (name, value) in &parts.headers {
+    for (name, value) in response.headers() {
         if *name == header::DATE {
             has_date = true;
         } else if *name == header::CONTENT_LENGTH {
@@ -468,7 +468,6 @@ pub fn encode_head(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use http::Response;
 
     fn parse(text: &[u8]) -> Result<Option<(Request<()>, Head)>, StatusCode> {
         let mut buf = BytesMut::from(text);
@@ -659,10 +658,9 @@ mod tests {
 
     fn encoded(response: Response<()>, size: Option<u64>, request: &str) -> (String, Out, bool) {
         let head = head(request);
-        let (parts, ()) = response.into_parts();
         let mut out = Vec::new();
         let mut date = Date::default();
-        let (framing, keep) = encode_head(&mut out, &parts, None, size, &head, false, &mut date);
+        let (framing, keep) = encode_head(&mut out, &response, None, size, &head, false, &mut date);
         (String::from_utf8(out).unwrap(), framing, keep)
     }
 

@@ -21,8 +21,9 @@ pub struct Body<B> {
     state: State,
     /// Whether the connection can carry another request once the body is done.
     reusable: bool,
-    /// A failure read but not yet reported (see `poll_frame`).
-    failed: Option<Error>,
+    /// A failure read but not yet reported (see `poll_frame`). Boxed: rare, and
+    /// inline it would grow every response, which each layer of the pipeline moves.
+    failed: Option<Box<Error>>,
     /// The response's fields are lines in the connection's `write` buffer, not in
     /// its header map (`response::parse_head_into`); `None` once taken.
     lines: Option<Lines>,
@@ -168,7 +169,7 @@ impl<B: RequestBody> http_body::Body for Body<B> {
         let this = self.get_mut();
         if let Some(error) = this.failed.take() {
             this.state = State::Done;
-            return Poll::Ready(Some(Err(error.into())));
+            return Poll::Ready(Some(Err((*error).into())));
         }
         match this.poll_decode(cx) {
             Poll::Ready(Some(Err(error))) => {
@@ -178,7 +179,7 @@ impl<B: RequestBody> http_body::Body for Body<B> {
                 // client should see the response cut, not vanish unseen.
                 this.reusable = false;
                 this.conn = None;
-                this.failed = Some(error);
+                this.failed = Some(Box::new(error));
                 cx.waker().wake_by_ref();
                 Poll::Pending
             }

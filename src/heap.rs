@@ -10,29 +10,7 @@
 /// its arenas (milliseconds for a heap of hundreds of MiB): call it from a blocking
 /// thread. Does nothing where the allocator is not glibc's.
 pub fn give_back() {
-    #[cfg(all(feature = "jemalloc", not(target_env = "msvc")))]
-    // SAFETY: purging only returns the arenas' unused dirty pages to the OS; the name
-    // is a NUL-terminated control that takes no value in and gives none out.
-    unsafe {
-        // MALLCTL_ARENAS_ALL (4096): every arena.
-        tikv_jemalloc_sys::mallctl(
-            c"arena.4096.purge".as_ptr(),
-            std::ptr::null_mut(),
-            std::ptr::null_mut(),
-            std::ptr::null_mut(),
-            0,
-        );
-    }
-    #[cfg(all(feature = "mimalloc", not(feature = "jemalloc")))]
-    // SAFETY: mi_collect only frees and decommits what no live block uses.
-    unsafe {
-        libmimalloc_sys::mi_collect(true);
-    }
-    #[cfg(all(
-        target_os = "linux",
-        target_env = "gnu",
-        not(any(feature = "jemalloc", feature = "mimalloc"))
-    ))]
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: malloc_trim only returns free memory to the OS; it touches no live block.
     unsafe {
         libc::malloc_trim(0);
@@ -65,11 +43,7 @@ pub fn arenas_for(workers: usize) -> usize {
 /// `glibc.malloc.arena_max` in `GLIBC_TUNABLES`) is left as set. Does nothing where the
 /// allocator is not glibc's.
 pub fn share_arenas(arenas: usize) {
-    #[cfg(all(
-        target_os = "linux",
-        target_env = "gnu",
-        not(any(feature = "jemalloc", feature = "mimalloc"))
-    ))]
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
     {
         let tunables = std::env::var("GLIBC_TUNABLES").unwrap_or_default();
         if std::env::var_os("MALLOC_ARENA_MAX").is_some() || tunables.contains("arena_max") {
@@ -81,11 +55,7 @@ pub fn share_arenas(arenas: usize) {
             libc::mallopt(libc::M_ARENA_MAX, arenas);
         }
     }
-    #[cfg(not(all(
-        target_os = "linux",
-        target_env = "gnu",
-        not(any(feature = "jemalloc", feature = "mimalloc"))
-    )))]
+    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
     let _ = arenas;
 }
 

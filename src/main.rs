@@ -16,14 +16,6 @@ use weir::metrics::Metrics;
 use weir::runtime::Runtime;
 use weir::server::Server;
 
-#[cfg(all(feature = "jemalloc", not(target_env = "msvc")))]
-#[global_allocator]
-static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
-
-#[cfg(all(feature = "mimalloc", not(feature = "jemalloc")))]
-#[global_allocator]
-static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 /// An HTTP load-balancing reverse proxy.
 #[derive(Parser)]
 #[command(version, about)]

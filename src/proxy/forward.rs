@@ -13,7 +13,7 @@
 use std::future::{poll_fn, Future};
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicPtr, AtomicU64, Ordering::AcqRel};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -71,8 +71,10 @@ pub struct Peer {
 /// connection side by side) makes its own. Made by a connection's first request, so
 /// a connection that sends none costs nothing; it goes with the connection. Once the
 /// connection is idle the timer still fires at its last deadline, one spurious wake.
+///
+/// The slot is an atomic pointer, taken and put back with a swap each: no lock.
 #[derive(Default)]
-pub struct RequestTimer(std::sync::Mutex<Option<Pin<Box<Sleep>>>>);
+pub struct RequestTimer(AtomicPtr<Sleep>);
 
 impl RequestTimer {
     /// A timer that fires by `deadline`: this one, unless another request holds it.
@@ -81,7 +83,7 @@ impl RequestTimer {
     /// connection moves it about once per `request_timeout`, not once per request
     /// (a move costs some 100 instructions).
     fn take(&self, deadline: tokio::time::Instant) -> Pin<Box<Sleep>> {
-        match self.0.try_lock().ok().and_then(|mut slot| slot.take()) {
+        match self.slot_take() {
             Some(mut timer) => {
                 if timer.is_elapsed() || timer.deadline() > deadline {
                     timer.as_mut().reset(deadline);
@@ -108,11 +110,28 @@ impl RequestTimer {
         Poll::Pending
     }
 
-    /// Keeps `timer` for the next request, if none is kept.
+    /// Keeps `timer` for the next request (one kept already is dropped).
     fn put(&self, timer: Pin<Box<Sleep>>) {
-        if let Ok(mut slot) = self.0.try_lock() {
-            slot.get_or_insert(timer);
+        // SAFETY: the box goes into the slot whole and comes out whole (`slot_take`,
+        // `drop`), re-pinned: the `Sleep` in it never moves.
+        let raw = Box::into_raw(unsafe { Pin::into_inner_unchecked(timer) });
+        let old = self.0.swap(raw, AcqRel);
+        if !old.is_null() {
+            // SAFETY: a pointer in the slot came from `Box::into_raw` and is owned by it.
+            drop(unsafe { Box::from_raw(old) });
         }
+    }
+
+    fn slot_take(&self) -> Option<Pin<Box<Sleep>>> {
+        let raw = self.0.swap(std::ptr::null_mut(), AcqRel);
+        // SAFETY: as in `put`; the swap made this call its only owner.
+        (!raw.is_null()).then(|| unsafe { Pin::new_unchecked(Box::from_raw(raw)) })
+    }
+}
+
+impl Drop for RequestTimer {
+    fn drop(&mut self) {
+        drop(self.slot_take());
     }
 }
 
@@ -584,6 +603,32 @@ fn prepare<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_connections_request_timer_is_taken_and_kept_again_and_a_second_one_is_dropped() {
+        let timers = RequestTimer::default();
+        let soon = tokio::time::Instant::now() + Duration::from_secs(5);
+        let first = timers.take(soon);
+        let address = &*first as *const Sleep;
+        assert!(timers.slot_take().is_none(), "a taken timer is out of the slot");
+        timers.put(first);
+        // A later deadline: the kept timer, not moved (it fires early and is moved then).
+        let again = timers.take(soon + Duration::from_secs(1));
+        assert_eq!(&*again as *const Sleep, address);
+        assert_eq!(again.deadline(), soon);
+        // An earlier one: the same timer, moved.
+        timers.put(again);
+        let earlier = timers.take(soon - Duration::from_secs(1));
+        assert_eq!(&*earlier as *const Sleep, address);
+        assert_eq!(earlier.deadline(), soon - Duration::from_secs(1));
+        // Two requests at once (h2): the second makes its own, and only one is kept.
+        let other = timers.take(soon);
+        assert_ne!(&*other as *const Sleep, address);
+        timers.put(earlier);
+        timers.put(other);
+        assert!(timers.slot_take().is_some());
+        assert!(timers.slot_take().is_none());
+    }
 
     #[test]
     fn an_absolute_target_without_a_path_goes_up_with_a_slash_on_either_protocol() {

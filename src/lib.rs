@@ -36,6 +36,7 @@ pub mod notify;
 pub mod proxy;
 pub mod ratelimit;
 pub mod recent;
+pub mod recycle;
 pub mod runtime;
 pub mod server;
 pub mod shaping;

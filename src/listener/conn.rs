@@ -22,11 +22,11 @@ use tokio::time::Instant;
 use super::client_io::ClientIo;
 use super::h1;
 use super::lobby::Active;
-use super::recycle::Recycled;
 use super::{Settings, STOP_GRACE};
 use crate::body::ClientBody;
 use crate::proxy::tunnel::Tunnel;
 use crate::proxy::{self, Peer};
+use crate::recycle::Recycled;
 use crate::runtime::SharedRuntime;
 
 /// One accepted client connection, ready to serve.

@@ -50,8 +50,7 @@
 //! `send_timeout` (`ClientIo`).
 //!
 //! Files: this one accepts (`Listener::serve`) and starts connections (`Shared`);
-//! `lobby` holds clients with nothing to read yet; `recycle` keeps the heap block a
-//! connection's future lives in for the next one; `conn` serves one connection
+//! `lobby` holds clients with nothing to read yet; `conn` serves one connection
 //! (sniffing, TLS, hyper's servers, idle and stop); `h1` joins weir's HTTP/1.1
 //! server to the pipeline; `client_io` wraps the client socket with its timeouts.
 
@@ -74,16 +73,15 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::ListenerConfig;
 use crate::proxy::Peer;
+use crate::recycle::Recycled;
 use crate::runtime::SharedRuntime;
 use conn::Connection;
 use lobby::{sweep_lobby, Accepted, Active, Waiting};
-use recycle::Recycled;
 
 mod client_io;
 mod conn;
 pub mod h1;
 mod lobby;
-mod recycle;
 
 /// How long an idle HTTP/1.1 connection stays open once its listener stops, for a
 /// request already on its way: a busy keep-alive client gets its next answer (with

@@ -53,6 +53,7 @@ use super::hpack::{self, Decoder};
 use super::request::{self, Fields};
 use crate::http::h1::server::Date;
 use crate::http::BoxError;
+use crate::recycle::Recycled;
 
 /// The connection preface a client opens with.
 pub const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -207,7 +208,8 @@ struct Slot<H: Handler> {
 /// Where a stream's response stands.
 enum Send<H: Handler> {
     /// The handler is at work.
-    Handling(Pin<Box<H::Future>>),
+    /// In a reused block, built there (`recycle`): a request's future is kilobytes.
+    Handling(Recycled<H::Future>),
     /// The headers are sent; the body is.
     Body(H::Body),
     /// Sent whole (or reset).
@@ -786,7 +788,7 @@ impl<I: AsyncRead + AsyncWrite + Unpin, H: Handler> Conn<I, H> {
         });
         let head_only = req.method() == http::Method::HEAD;
         let req = req.map(|()| RecvBody::new(recv.clone(), if end_stream { Some(0) } else { length }));
-        let future = Box::pin(self.handler.call(req));
+        let future = Recycled::with(|| self.handler.call(req));
         self.slots[index].stream = Some(Stream {
             id,
             send: Send::Handling(future),
@@ -888,7 +890,7 @@ impl<I: AsyncRead + AsyncWrite + Unpin, H: Handler> Conn<I, H> {
             }
         }
         if let Send::Handling(future) = &mut stream.send {
-            let Poll::Ready(response) = future.as_mut().poll(&mut cx) else {
+            let Poll::Ready(response) = Pin::new(future).poll(&mut cx) else {
                 self.release_conn();
                 return;
             };

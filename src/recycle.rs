@@ -1,18 +1,20 @@
-//! The heap block a connection's future lives in, reused from one connection to the
-//! next on the same thread.
+//! Heap blocks for large futures, reused from one future to the next of its type on
+//! the same thread: a connection's future, the HTTP/1.1 server's, an h2 stream's
+//! handler.
 //!
-//! A connection's future holds a request's future inline, several KiB, so it is boxed
-//! before it is spawned (moving it whole through tokio's spawn costs more than the
-//! allocation). But a block that size is beyond glibc's per-thread cache: each
-//! `malloc` and `free` of it goes through the arena's bins (and now and then a
-//! consolidation), some 1,500 instructions per connection, on a path where a new
-//! connection costs ~32,000 in all. Here the block outlives its future: when the
-//! future completes (or its task is dropped) it is dropped in place and the block
-//! goes to a short per-thread list, where the next connection on that thread takes it.
+//! Such a future holds a request's future inline, several KiB, so it is boxed
+//! (moving it whole through tokio's spawn, or into a parent future's state, costs
+//! more than the allocation). But a block that size is beyond glibc's per-thread
+//! cache: each `malloc` and `free` of it goes through the arena's bins (and now and
+//! then a consolidation), some 1,500 instructions, on a path where a new connection
+//! costs ~30,000 in all. Here the block outlives its future: when the future
+//! completes (or is dropped) it is dropped in place and the block goes to a short
+//! per-thread list for its layout, where the next future of that type on that thread
+//! takes it. `Recycled::with` takes the block before it makes the future, so the
+//! compiler can build the future in the block instead of copying it in whole.
 //!
 //! Each layout's list keeps at most `KEPT` blocks, so what it holds after a burst is
-//! bounded (`KEPT` × the futures' sizes, ~7 KiB in all, per serving thread: under
-//! half a MiB).
+//! bounded (`KEPT` × the futures' sizes, under a MiB per serving thread in all).
 
 use std::alloc::{alloc, dealloc, handle_alloc_error, Layout};
 use std::cell::RefCell;
@@ -25,7 +27,8 @@ use std::task::{Context, Poll};
 /// a busy thread; more are freed.
 const KEPT: usize = 64;
 
-/// Layouts kept per thread: a connection's future and the HTTP/1.1 server's.
+/// Layouts kept per thread: a connection's future, the HTTP/1.1 server's, an h2
+/// stream's handler.
 const LAYOUTS: usize = 4;
 
 thread_local! {
@@ -42,7 +45,7 @@ struct Free {
 
 /// A future in a heap block of its own, like `Pin<Box<F>>`, whose block is kept for
 /// the thread's next one when the future is done.
-pub(super) struct Recycled<F: Future> {
+pub struct Recycled<F: Future> {
     block: NonNull<F>,
     /// The future is in the block (not yet completed, not yet dropped).
     live: bool,
@@ -56,7 +59,7 @@ unsafe impl<F: Future + Send> Send for Recycled<F> {}
 impl<F: Future> Recycled<F> {
     /// Moves `future` into a block from this thread's list, or a new one.
     #[cfg(test)]
-    pub(super) fn new(future: F) -> Recycled<F> {
+    pub fn new(future: F) -> Recycled<F> {
         Recycled::with(|| future)
     }
 
@@ -66,7 +69,7 @@ impl<F: Future> Recycled<F> {
     /// (a few KiB for a connection, most of it the state of requests to come) that
     /// is copied into the block.
     #[inline(always)]
-    pub(super) fn with(make: impl FnOnce() -> F) -> Recycled<F> {
+    pub fn with(make: impl FnOnce() -> F) -> Recycled<F> {
         let layout = Layout::new::<F>();
         if layout.size() == 0 {
             // Never the case for a connection; a dangling pointer is a valid ZST home.

@@ -137,9 +137,10 @@ struct Scratch {
 /// Spare scratch kept per thread (see `spare::KEEP`).
 const SCRATCH_KEEP: usize = 64;
 
-/// A `Scratch` that grew past this (a huge head, a body written whole) is freed, not
-/// kept: the spares stay small.
-const SCRATCH_MAX_OUT: usize = 16 * 1024;
+/// A `Scratch` that grew past this (a large head, or small bodies gathered up to
+/// `WRITE_GATHER`) is freed, not kept: the spares stay small (at most 64 × ~6 KiB
+/// per thread).
+const SCRATCH_MAX_OUT: usize = 4 * 1024;
 const SCRATCH_MAX_FIELDS: usize = 128;
 
 thread_local! {

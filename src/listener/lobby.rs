@@ -74,6 +74,7 @@ pub(super) struct Accepted {
 /// `try_read_buf`: one that fills less than the buffer clears the readiness too, so
 /// the connection's next read (or its close) waits for epoll instead of first
 /// finding the socket empty.
+///
 /// Nothing waits on this read: a client left in the lobby is woken by its
 /// `Waiting`, which registers the listener's task when it is polled.
 pub(super) fn read_now(

@@ -12,6 +12,11 @@
 //!
 //! The list keeps at most `KEPT` blocks, so what it holds after a burst is bounded
 //! (`KEPT` × the future's size, ~7 KiB, per serving thread: under half a MiB).
+//!
+//! The blocks come from `heap::take_block` (pages outside glibc's heap) when the
+//! future fits in one, as a connection's does, and go back there beyond the list: in
+//! the heap, each idle connection's small objects would sit between the blocks of
+//! its busy moments and keep them resident (see `heap::take_block`).
 
 use std::alloc::{alloc, dealloc, handle_alloc_error, Layout};
 use std::cell::RefCell;
@@ -33,6 +38,31 @@ thread_local! {
 struct Free {
     layout: Option<Layout>,
     blocks: Vec<NonNull<u8>>,
+}
+
+/// Whether a future of `layout` lives in a `heap::take_block` block.
+pub(super) fn in_block(layout: Layout) -> bool {
+    layout.size() <= crate::heap::BLOCK && layout.align() <= 4096
+}
+
+/// Frees the blocks this thread's list keeps (to `heap::take_block`'s pool, whose
+/// trim then releases their pages): called when the heap is trimmed after a burst.
+pub(super) fn release_kept() {
+    let Some((layout, blocks)) =
+        FREE.with_borrow_mut(|free| Some((free.layout?, std::mem::take(&mut free.blocks))))
+    else {
+        return;
+    };
+    for block in blocks {
+        if in_block(layout) {
+            // SAFETY: a kept block came from `take_block` (see `Recycled::new`), holds
+            // no value, and is no longer in the list.
+            unsafe { crate::heap::give_block(block) };
+        } else {
+            // SAFETY: as above, from `alloc` with the list's layout.
+            unsafe { dealloc(block.as_ptr(), layout) };
+        }
+    }
 }
 
 /// A future in a heap block of its own, like `Pin<Box<F>>`, whose block is kept for
@@ -68,6 +98,9 @@ impl<F: Future> Recycled<F> {
             }
         });
         let block = reused.unwrap_or_else(|| {
+            if in_block(layout) {
+                return crate::heap::take_block();
+            }
             // SAFETY: `layout` has a non-zero size.
             let raw = unsafe { alloc(layout) };
             NonNull::new(raw).unwrap_or_else(|| handle_alloc_error(layout))
@@ -131,8 +164,13 @@ impl<F: Future> Drop for Recycled<F> {
             // The thread is ending: its list is gone.
             .unwrap_or(false);
         if !kept {
-            // SAFETY: the block was allocated with `layout` and holds no value.
-            unsafe { dealloc(block.as_ptr(), layout) };
+            if in_block(layout) {
+                // SAFETY: the block came from `take_block` (see `new`) and holds no value.
+                unsafe { crate::heap::give_block(block) };
+            } else {
+                // SAFETY: the block was allocated with `layout` and holds no value.
+                unsafe { dealloc(block.as_ptr(), layout) };
+            }
         }
     }
 }
@@ -205,6 +243,24 @@ mod tests {
         let kept = FREE.with(|free| free.borrow().blocks.len());
         assert_eq!(kept, KEPT);
         assert_eq!(drops.load(Ordering::SeqCst), KEPT + 10);
+    }
+
+    #[test]
+    fn the_kept_blocks_are_freed_for_a_trim() {
+        let drops = Arc::new(AtomicUsize::new(0));
+        drop((0..KEPT).map(|_| Recycled::new(probe(&drops, 0))).collect::<Vec<_>>());
+        assert!(FREE.with(|free| !free.borrow().blocks.is_empty()));
+        release_kept();
+        assert_eq!(FREE.with(|free| free.borrow().blocks.len()), 0, "still kept through the trim");
+        // The list works on afterwards.
+        drop(Recycled::new(probe(&drops, 0)));
+        assert_eq!(FREE.with(|free| free.borrow().blocks.len()), 1);
+    }
+
+    #[test]
+    fn a_connection_sized_future_lives_outside_the_heap() {
+        assert!(in_block(Layout::new::<[u8; 7 * 1024]>()));
+        assert!(!in_block(Layout::new::<[u8; 9 * 1024]>()), "too large: an ordinary allocation");
     }
 
     #[test]

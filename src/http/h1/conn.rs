@@ -107,6 +107,10 @@ mod spare {
         SPARE.with_borrow(Vec::len)
     }
 
+    pub fn clear() {
+        drop(SPARE.with_borrow_mut(std::mem::take));
+    }
+
     pub fn put(buf: BytesMut) {
         SPARE.with_borrow_mut(|spare| {
             if spare.len() < KEEP {
@@ -129,6 +133,12 @@ pub fn head_buffer() -> BytesMut {
 /// had nothing to read yet), for the next one.
 pub fn return_head_buffer(buf: BytesMut) {
     spare::recycle(buf);
+}
+
+/// Frees this thread's spare head buffers, so that a trim of the heap can give their
+/// pages back: called after a burst of connections has gone idle.
+pub fn release_spares() {
+    spare::clear();
 }
 
 /// What answers the requests of a connection: weir's pipeline, for the listener.
@@ -732,6 +742,15 @@ mod tests {
         assert_eq!(spare::len(), spares);
         assert!(next.is_empty(), "nothing of the last connection's bytes is read again");
         assert!(next.capacity() >= HEAD_READ);
+    }
+
+    #[test]
+    fn the_spare_buffers_are_freed_for_a_trim() {
+        return_head_buffer(head_buffer());
+        assert!(spare::len() > 0);
+        release_spares();
+        assert_eq!(spare::len(), 0, "still kept through the trim");
+        assert!(head_buffer().capacity() >= HEAD_READ, "a new one when there is no spare");
     }
 
     /// A write half that counts its `shutdown`s, and a handler that counts the

@@ -120,6 +120,49 @@ mod spare {
     }
 }
 
+/// The response head's buffer and the header index of connections waiting for their
+/// next request, handed back with the head buffer (see `spare`) and for the same
+/// reason: an idle connection would otherwise keep them (~0.7 KiB with their
+/// allocator overhead) until it parks, and freed then, among what it keeps while
+/// parked, they would leave holes in the heap that pin its pages.
+mod scratch {
+    use std::cell::RefCell;
+
+    use super::Field;
+
+    /// Pairs kept per thread, as `spare` keeps buffers.
+    const KEEP: usize = 64;
+
+    thread_local! {
+        static SCRATCH: RefCell<Vec<(Vec<u8>, Vec<Field>)>> = const { RefCell::new(Vec::new()) };
+    }
+
+    /// A response head's buffer and a header index: a connection's spares, or new ones.
+    pub fn take() -> (Vec<u8>, Vec<Field>) {
+        SCRATCH.with_borrow_mut(Vec::pop).unwrap_or_else(|| (Vec::with_capacity(512), Vec::new()))
+    }
+
+    pub fn put(mut out: Vec<u8>, mut fields: Vec<Field>) {
+        out.clear();
+        // The last request's header values, parts of its head's buffer.
+        fields.clear();
+        SCRATCH.with_borrow_mut(|scratch| {
+            if scratch.len() < KEEP {
+                scratch.push((out, fields));
+            }
+        });
+    }
+
+    pub fn clear() {
+        drop(SCRATCH.with_borrow_mut(std::mem::take));
+    }
+
+    #[cfg(test)]
+    pub fn len() -> usize {
+        SCRATCH.with_borrow(Vec::len)
+    }
+}
+
 /// A buffer for a new connection's first read: a spare one (a closed or idle
 /// connection's, see `spare`) when the thread has one, else a new one of 8 KiB.
 pub fn head_buffer() -> BytesMut {
@@ -135,10 +178,11 @@ pub fn return_head_buffer(buf: BytesMut) {
     spare::recycle(buf);
 }
 
-/// Frees this thread's spare head buffers, so that a trim of the heap can give their
+/// Frees this thread's spare head buffers (and response head buffers), so that a trim of the heap can give their
 /// pages back: called after a burst of connections has gone idle.
 pub fn release_spares() {
     spare::clear();
+    scratch::clear();
 }
 
 /// What answers the requests of a connection: weir's pipeline, for the listener.
@@ -249,9 +293,9 @@ pub async fn serve<W: AsyncWrite + Unpin, H: Handler<W>>(
     let mut server = Server {
         read: Some(ReadSide { io: read, buf: first }),
         write,
-        // Both grow to what the connection's heads need and keep that: a fixed start
-        // would be held by every idle connection whatever its heads.
-        out: Vec::with_capacity(512),
+        // Both from `scratch` when a head is parsed; both go back there while the
+        // connection waits for its next request.
+        out: Vec::new(),
         fields: Vec::new(),
         date: Date::default(),
         timer: None,
@@ -418,6 +462,9 @@ impl<W: AsyncWrite + Unpin> Server<W> {
         loop {
             if !side.buf.is_empty() {
                 if scanned == 0 || has_head_end(&side.buf, scanned) {
+                    if self.out.capacity() == 0 {
+                        (self.out, self.fields) = scratch::take();
+                    }
                     let parsed = parse_request(&mut side.buf, &mut self.fields, limits.max_head, lines)?;
                     if let Some(parsed) = parsed {
                         return Ok(Some(parsed));
@@ -431,6 +478,7 @@ impl<W: AsyncWrite + Unpin> Server<W> {
                 side.buf.reserve(HEAD_READ);
             }
             let (timer, timer_waits) = (&mut self.timer, &mut self.timer_waits);
+            let (out, fields) = (&mut self.out, &mut self.fields);
             let read = poll_fn(|cx| {
                 if side.buf.capacity() == 0 {
                     side.buf = spare::take();
@@ -444,6 +492,9 @@ impl<W: AsyncWrite + Unpin> Server<W> {
                 // sends, so the buffer goes back to the spares (see `spare`).
                 if side.buf.is_empty() {
                     spare::put(std::mem::take(&mut side.buf));
+                    if out.capacity() > 0 {
+                        scratch::put(std::mem::take(out), std::mem::take(fields));
+                    }
                 }
                 let deadline = *deadline.get_or_insert_with(|| {
                     // Right after a response (the buffer empty) this is also the
@@ -747,9 +798,12 @@ mod tests {
     #[test]
     fn the_spare_buffers_are_freed_for_a_trim() {
         return_head_buffer(head_buffer());
-        assert!(spare::len() > 0);
+        let (out, fields) = scratch::take();
+        scratch::put(out, fields);
+        assert!(spare::len() > 0 && scratch::len() > 0);
         release_spares();
         assert_eq!(spare::len(), 0, "still kept through the trim");
+        assert_eq!(scratch::len(), 0, "still kept through the trim");
         assert!(head_buffer().capacity() >= HEAD_READ, "a new one when there is no spare");
     }
 
@@ -840,5 +894,41 @@ mod tests {
                 .await;
         assert!(reply.ends_with("\r\n\r\nhello"), "{reply}");
         assert_eq!((shutdowns, released), (1, 0));
+    }
+
+    #[tokio::test]
+    async fn an_idle_connection_hands_back_its_response_buffer_and_takes_one_for_its_next_request() {
+        use std::sync::atomic::AtomicUsize;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut client = tokio::net::TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        let (read, write) = server.into_split();
+        let write = Counting { io: write, shutdowns: Arc::new(AtomicUsize::new(0)) };
+        let limits = Limits {
+            max_head: 8192,
+            header_read_timeout: Duration::from_secs(5),
+            idle_timeout: Duration::from_secs(5),
+            stop_grace: Duration::ZERO,
+            park_after: None,
+        };
+        let (_stop, stop) = tokio::sync::watch::channel(false);
+        release_spares();
+        // On this thread, as the test is: the connection's spares are this thread's.
+        let served = tokio::spawn(serve(read, BytesMut::new(), write, limits, stop, Answers(Arc::default())));
+        for _ in 0..2 {
+            client.write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n").await.unwrap();
+            let mut reply = Vec::new();
+            while !reply.ends_with(b"hello") {
+                let mut chunk = [0u8; 1024];
+                let n = client.read(&mut chunk).await.unwrap();
+                assert!(n > 0);
+                reply.extend_from_slice(&chunk[..n]);
+            }
+            // The connection is waiting for its next request now.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            assert_eq!(scratch::len(), 1, "an idle connection keeps its response head's buffer");
+        }
+        drop(client);
+        served.await.unwrap();
     }
 }

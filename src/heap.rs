@@ -9,9 +9,10 @@
 
 use std::ptr::NonNull;
 
-/// Returns the heap's free pages to the OS. Blocks for as long as glibc takes to walk
-/// its arenas (milliseconds for a heap of hundreds of MiB): call it from a blocking
-/// thread. Does nothing where the allocator is not glibc's.
+/// Returns the heap's free pages to the OS, and those of `take_block`'s free blocks.
+/// Blocks for as long as glibc takes to walk its arenas (milliseconds for a heap of
+/// hundreds of MiB): call it from a blocking thread. The heap's part does nothing
+/// where the allocator is not glibc's.
 pub fn give_back() {
     BLOCKS.release();
     #[cfg(all(target_os = "linux", target_env = "gnu"))]

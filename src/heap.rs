@@ -2,14 +2,17 @@
 //! reuse, so RSS stays at its high-water mark: after a burst of connections that have
 //! since gone idle (their tasks freed), or after a reload replaced a large runtime.
 //! `malloc_trim` gives back every whole free page, inside the heap too. It walks the
-//! arenas, so it is called rarely and off the serving threads. Also: how many arenas
-//! glibc may make (`share_arenas`), and the resident pages of weir's own code that
-//! start-up and reloads touch once (`release_code`).
+//! arenas, so it is called rarely and off the serving threads (with the pages of
+//! `recycle`'s free blocks, kept outside the heap). Also: how many arenas glibc may
+//! make (`share_arenas`), and the resident pages of weir's own code that start-up and
+//! reloads touch once (`release_code`).
 
-/// Returns the heap's free pages to the OS. Blocks for as long as glibc takes to walk
-/// its arenas (milliseconds for a heap of hundreds of MiB): call it from a blocking
-/// thread. Does nothing where the allocator is not glibc's.
+/// Returns the heap's free pages to the OS, and those of `recycle`'s free blocks.
+/// Blocks for as long as glibc takes to walk its arenas (milliseconds for a heap of
+/// hundreds of MiB): call it from a blocking thread. The heap's part does nothing
+/// where the allocator is not glibc's.
 pub fn give_back() {
+    crate::recycle::release_blocks();
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: malloc_trim only returns free memory to the OS; it touches no live block.
     unsafe {

@@ -15,6 +15,11 @@
 //!
 //! Each layout's list keeps at most `KEPT` blocks, so what it holds after a burst is
 //! bounded (`KEPT` × the futures' sizes, under a MiB per serving thread in all).
+//!
+//! A future of more than half a `BLOCK` (the HTTP/1.1 server's, with a request's
+//! inline) lives in a block from `take_block`: pages outside glibc's heap. In the
+//! heap, each idle connection's small objects would sit between the blocks of its
+//! busy moments and keep them resident (see `take_block`).
 
 use std::alloc::{alloc, dealloc, handle_alloc_error, Layout};
 use std::cell::RefCell;
@@ -41,6 +46,194 @@ thread_local! {
 struct Free {
     layout: Layout,
     blocks: Vec<NonNull<u8>>,
+}
+
+/// Whether a future of `layout` lives in a `take_block` block: one that fills most
+/// of it (a smaller one would waste the rest).
+pub fn in_block(layout: Layout) -> bool {
+    layout.size() > BLOCK / 2 && layout.size() <= BLOCK && layout.align() <= 4096
+}
+
+/// Frees the blocks this thread's lists keep (to `take_block`'s pool, whose release
+/// then gives their pages back): called when the heap is trimmed after a burst.
+pub fn release_kept() {
+    let lists = FREE.with_borrow_mut(|lists| {
+        lists.iter_mut().map(|list| (list.layout, std::mem::take(&mut list.blocks))).collect::<Vec<_>>()
+    });
+    for (layout, blocks) in lists {
+        for block in blocks {
+            // SAFETY: a kept block came from `take_block` or `alloc` as `in_block` says
+            // (see `Recycled::with`), holds no value, and is no longer in the list.
+            unsafe { free_block(block, layout) };
+        }
+    }
+}
+
+/// # Safety
+/// `block` came from `Recycled::with` for `layout`, holds no value, and is not used
+/// afterwards.
+unsafe fn free_block(block: NonNull<u8>, layout: Layout) {
+    if in_block(layout) {
+        // SAFETY: the caller's promise: a block from `take_block`.
+        unsafe { give_block(block) };
+    } else {
+        // SAFETY: the caller's promise: allocated with `layout`.
+        unsafe { dealloc(block.as_ptr(), layout) };
+    }
+}
+
+/// The size of a block from `take_block`: two pages, room for a connection's future.
+pub const BLOCK: usize = 8192;
+
+/// A block of `BLOCK` bytes, aligned to a page, for a large object that lives about
+/// as long as one connection is busy (the HTTP/1.1 server's future, `Recycled`);
+/// hand it back with `give_block`.
+///
+/// Why not `malloc`: a connection's long-lived small objects (tokio's registration of
+/// its socket, made at accept; its place in the lobby, made when it parks) land
+/// between the large blocks its busy moments used, and once those are freed each idle
+/// connection's few hundred bytes pin a page or two of the heap that no trim can give
+/// back: ~4.5 KiB per idle connection where it holds ~0.5 KiB. Blocks from here are
+/// kept in regions of their own (Linux: `mmap`), so the heap keeps only small objects,
+/// packed; a block handed back is kept for the next connection, and the trim
+/// (`give_back`) releases the pages of those still free then (`madvise`), as
+/// `malloc_trim` does the heap's.
+/// Elsewhere: an ordinary allocation.
+pub fn take_block() -> NonNull<u8> {
+    BLOCKS.take()
+}
+
+/// Hands back a block from `take_block`.
+///
+/// # Safety
+/// `block` came from `take_block`, is handed back once, and is not used afterwards.
+pub unsafe fn give_block(block: NonNull<u8>) {
+    // SAFETY: the caller's promise.
+    unsafe { BLOCKS.give(block) }
+}
+
+static BLOCKS: Blocks = Blocks::new();
+
+/// The blocks of `take_block`: free ones behind a lock, taken when a serving thread's
+/// own short list (`Recycled`) is empty, so the lock is off the common path.
+struct Blocks {
+    #[cfg(target_os = "linux")]
+    pool: std::sync::Mutex<Pool>,
+}
+
+#[cfg(target_os = "linux")]
+#[derive(Default)]
+struct Pool {
+    /// Free blocks whose pages may be resident (addresses).
+    free: Vec<usize>,
+    /// Free blocks whose pages were released: taken after `free`, they fault in anew.
+    released: Vec<usize>,
+}
+
+/// Blocks mapped at once when the pool is empty: 512 KiB of address space, resident
+/// only as its blocks are written.
+#[cfg(target_os = "linux")]
+const REGION_BLOCKS: usize = 64;
+
+fn block_layout() -> std::alloc::Layout {
+    // Page-aligned, so a block is whole pages wherever it lives.
+    std::alloc::Layout::from_size_align(BLOCK, 4096).expect("a valid layout")
+}
+
+impl Blocks {
+    const fn new() -> Blocks {
+        Blocks {
+            #[cfg(target_os = "linux")]
+            pool: std::sync::Mutex::new(Pool { free: Vec::new(), released: Vec::new() }),
+        }
+    }
+
+    #[cfg(target_os = "linux")]
+    fn lock(&self) -> std::sync::MutexGuard<'_, Pool> {
+        self.pool.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn take(&self) -> NonNull<u8> {
+        #[cfg(target_os = "linux")]
+        {
+            let mut pool = self.lock();
+            if let Some(block) = pool.free.pop().or_else(|| pool.released.pop()) {
+                return NonNull::new(block as *mut u8).expect("a block is never null");
+            }
+            let size = REGION_BLOCKS * BLOCK;
+            // SAFETY: a fresh private anonymous mapping; nothing else refers to it.
+            let region = unsafe {
+                libc::mmap(
+                    std::ptr::null_mut(),
+                    size,
+                    libc::PROT_READ | libc::PROT_WRITE,
+                    libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                    -1,
+                    0,
+                )
+            };
+            if region == libc::MAP_FAILED {
+                std::alloc::handle_alloc_error(block_layout());
+            }
+            // Regions stay mapped for the process's life: their free blocks' pages are
+            // released, their address space is cheap.
+            let start = region as usize;
+            pool.released.extend((1..REGION_BLOCKS).rev().map(|i| start + i * BLOCK));
+            NonNull::new(region.cast::<u8>()).expect("mmap never maps address 0 here")
+        }
+        #[cfg(not(target_os = "linux"))]
+        {
+            let layout = block_layout();
+            // SAFETY: the layout has a non-zero size.
+            let raw = unsafe { std::alloc::alloc(layout) };
+            NonNull::new(raw).unwrap_or_else(|| std::alloc::handle_alloc_error(layout))
+        }
+    }
+
+    /// # Safety
+    /// As `give_block`, for this pool.
+    unsafe fn give(&self, block: NonNull<u8>) {
+        #[cfg(target_os = "linux")]
+        self.lock().free.push(block.as_ptr() as usize);
+        #[cfg(not(target_os = "linux"))]
+        // SAFETY: allocated by `take` with this layout.
+        unsafe {
+            std::alloc::dealloc(block.as_ptr(), block_layout())
+        };
+    }
+
+    /// Releases the pages of the free blocks (those handed back since the last
+    /// release): one `madvise` per run of adjacent blocks, outside the lock.
+    fn release(&self) {
+        #[cfg(target_os = "linux")]
+        {
+            let mut free = std::mem::take(&mut self.lock().free);
+            if free.is_empty() {
+                return;
+            }
+            free.sort_unstable();
+            let mut i = 0;
+            while i < free.len() {
+                let start = free[i];
+                let mut end = start + BLOCK;
+                i += 1;
+                while i < free.len() && free[i] == end {
+                    end += BLOCK;
+                    i += 1;
+                }
+                // SAFETY: whole pages of blocks nobody holds (taken out of the pool
+                // above): their contents may go.
+                let _ =
+                    unsafe { libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_DONTNEED) };
+            }
+            self.lock().released.extend(free);
+        }
+    }
+}
+
+/// Gives back the pages of the free blocks of `take_block` (a trim, `heap::give_back`).
+pub fn release_blocks() {
+    BLOCKS.release();
 }
 
 /// A future in a heap block of its own, like `Pin<Box<F>>`, whose block is kept for
@@ -83,6 +276,9 @@ impl<F: Future> Recycled<F> {
             list.blocks.pop()
         });
         let block = reused.unwrap_or_else(|| {
+            if in_block(layout) {
+                return take_block();
+            }
             // SAFETY: `layout` has a non-zero size.
             let raw = unsafe { alloc(layout) };
             NonNull::new(raw).unwrap_or_else(|| handle_alloc_error(layout))
@@ -150,8 +346,8 @@ impl<F: Future> Drop for Recycled<F> {
             // The thread is ending: its list is gone.
             .unwrap_or(false);
         if !kept {
-            // SAFETY: the block was allocated with `layout` and holds no value.
-            unsafe { dealloc(block.as_ptr(), layout) };
+            // SAFETY: the block was made for `layout` (see `with`) and holds no value.
+            unsafe { free_block(block, layout) };
         }
     }
 }
@@ -229,6 +425,72 @@ mod tests {
         });
         assert_eq!(kept, KEPT);
         assert_eq!(drops.load(Ordering::SeqCst), KEPT + 10);
+    }
+
+    /// Whether the page at `at` is resident.
+    #[cfg(target_os = "linux")]
+    fn resident(at: usize) -> bool {
+        let mut vec = [0u8; 1];
+        // SAFETY: `at` is page-aligned and mapped; mincore writes one byte per page.
+        let rc = unsafe { libc::mincore(at as *mut libc::c_void, 4096, vec.as_mut_ptr()) };
+        assert_eq!(rc, 0);
+        vec[0] & 1 == 1
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn free_blocks_are_reused_and_their_pages_given_back_by_the_trim() {
+        // A pool of its own: other tests use the process's.
+        let blocks = Blocks::new();
+        let taken: Vec<_> = (0..3).map(|_| blocks.take()).collect();
+        for block in &taken {
+            assert_eq!(block.as_ptr() as usize % 4096, 0, "page-aligned");
+            // SAFETY: a block is BLOCK writable bytes.
+            unsafe { block.as_ptr().write_bytes(0xa5, BLOCK) };
+        }
+        let first = taken[0].as_ptr() as usize;
+        assert!(resident(first) && resident(first + 4096));
+        for block in &taken {
+            // SAFETY: taken above, handed back once.
+            unsafe { blocks.give(*block) };
+        }
+        // Reused while it is free, pages and all.
+        let again = blocks.take();
+        assert!(taken.contains(&again));
+        // SAFETY: as above.
+        unsafe { blocks.give(again) };
+        blocks.release();
+        for block in &taken {
+            let at = block.as_ptr() as usize;
+            assert!(!resident(at) && !resident(at + 4096), "a free block's pages stay resident");
+        }
+        // Still the pool's: taken again, it reads as fresh memory.
+        let reused: Vec<_> = (0..3).map(|_| blocks.take()).collect();
+        for block in &reused {
+            assert!(taken.contains(block), "a released block is taken before a new region is mapped");
+            // SAFETY: a block is BLOCK readable bytes.
+            assert_eq!(unsafe { block.as_ptr().read() }, 0);
+        }
+    }
+
+    #[test]
+    fn the_kept_blocks_are_freed_for_a_trim() {
+        let drops = Arc::new(AtomicUsize::new(0));
+        drop((0..KEPT).map(|_| Recycled::new(probe(&drops, 0))).collect::<Vec<_>>());
+        let kept = || FREE.with_borrow(|lists| lists.iter().map(|list| list.blocks.len()).sum::<usize>());
+        assert_eq!(kept(), KEPT);
+        release_kept();
+        assert_eq!(kept(), 0, "still kept through the trim");
+        // The list works on afterwards.
+        drop(Recycled::new(probe(&drops, 0)));
+        assert_eq!(kept(), 1);
+    }
+
+    #[test]
+    fn a_future_that_fills_most_of_a_block_lives_outside_the_heap() {
+        assert!(in_block(Layout::new::<[u8; 7 * 1024]>()));
+        assert!(!in_block(Layout::new::<[u8; 9 * 1024]>()), "too large: an ordinary allocation");
+        assert!(!in_block(Layout::new::<[u8; 1024]>()), "too small: most of a block would go unused");
     }
 
     #[test]

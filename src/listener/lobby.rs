@@ -2,7 +2,8 @@
 //! keep-alive connections parked between two requests, each a small future
 //! (`Waiting`) in the listener's own task: no task, timer, `Peer`, TLS or hyper
 //! state of their own until there is something to read. `sweep_lobby` closes the
-//! silent ones past their limits.
+//! silent ones past their limits; `TrimAfterParks` decides when connections parking
+//! call for a trim of the heap.
 
 use std::cell::Cell;
 use std::future::Future;
@@ -129,6 +130,81 @@ impl Future for Waiting {
     }
 }
 
+/// Parked connections that make the heap worth trimming at once: each freed a task
+/// and a block of ~8 KiB.
+const TRIM_AFTER_PARKED: usize = 256;
+
+/// Parked connections that make the heap worth trimming once parking stops: fewer
+/// wait for more (their blocks fit in the serving thread's list anyway).
+const TRIM_TAIL: usize = 16;
+
+/// How long after the first connection parked since the last trim the heap is
+/// trimmed (later if more are still parking); at most one trim per listener per
+/// this long.
+const TRIM_DELAY: Duration = Duration::from_secs(1);
+
+/// When the heap is trimmed after connections park: `TRIM_DELAY` after the first
+/// park since the last trim if `TRIM_AFTER_PARKED` have parked by then, else once
+/// parking has stopped for a quarter of that (so the tail of a burst, fewer than
+/// `TRIM_AFTER_PARKED` after a trim, is trimmed too), if at least `TRIM_TAIL` have.
+/// The listener's loop keeps the timer; this decides when it is set and what its
+/// firing does. Costs a count and a flag per parked connection, and a timer reset
+/// only on the first park after a trim and every quarter of `TRIM_DELAY` while
+/// connections still park.
+#[derive(Default)]
+pub(super) struct TrimAfterParks {
+    /// Connections parked since the last trim.
+    parked: usize,
+    /// A connection parked since the timer was last set.
+    lately: bool,
+    /// The timer is set.
+    armed: bool,
+}
+
+/// What the trim timer's firing asks of the listener.
+#[derive(Debug, PartialEq)]
+pub(super) enum TrimStep {
+    /// Trim the heap now.
+    Trim,
+    /// Connections are still parking: set the timer again this much later.
+    Wait(Duration),
+    /// Too few parked to be worth it: they count toward the next trim.
+    Rest,
+}
+
+impl TrimAfterParks {
+    /// The timer is set: its firing goes to `fired`.
+    pub(super) fn armed(&self) -> bool {
+        self.armed
+    }
+
+    /// A connection parked: `Some(after)` when the timer is to be set that far ahead.
+    pub(super) fn parked(&mut self) -> Option<Duration> {
+        self.parked += 1;
+        if self.armed {
+            self.lately = true;
+            return None;
+        }
+        self.armed = true;
+        self.lately = false;
+        Some(TRIM_DELAY)
+    }
+
+    /// The timer fired.
+    pub(super) fn fired(&mut self) -> TrimStep {
+        if self.parked >= TRIM_AFTER_PARKED || (!self.lately && self.parked >= TRIM_TAIL) {
+            *self = TrimAfterParks::default();
+            return TrimStep::Trim;
+        }
+        if self.lately {
+            self.lately = false;
+            return TrimStep::Wait(TRIM_DELAY / 4);
+        }
+        self.armed = false;
+        TrimStep::Rest
+    }
+}
+
 /// Counts an open client connection in `weir_connections_active`, or a tunnel in
 /// `weir_tunnels_active`, until dropped.
 pub(super) struct Active(IntGauge);
@@ -154,6 +230,40 @@ mod tests {
     fn readable(stream: &tokio::net::TcpStream) -> bool {
         let mut cx = Context::from_waker(std::task::Waker::noop());
         stream.poll_read_ready(&mut cx).is_ready()
+    }
+
+    /// Parks `n` connections; the timers set on the way, in order.
+    fn park(trims: &mut TrimAfterParks, n: usize) -> Vec<Duration> {
+        (0..n).filter_map(|_| trims.parked()).collect()
+    }
+
+    #[test]
+    fn the_heap_is_trimmed_after_a_burst_of_parks_and_again_for_its_tail() {
+        let mut trims = TrimAfterParks::default();
+        // The first park sets the timer; the rest of the burst does not touch it.
+        assert_eq!(park(&mut trims, TRIM_AFTER_PARKED + 10), [TRIM_DELAY]);
+        assert_eq!(trims.fired(), TrimStep::Trim, "enough parked: trimmed though parking goes on");
+        assert!(!trims.armed());
+        // The tail, fewer than `TRIM_AFTER_PARKED`, still parking when the timer fires:
+        // it waits for them, then trims once they stop.
+        assert_eq!(park(&mut trims, 100), [TRIM_DELAY], "at most one trim per TRIM_DELAY");
+        assert_eq!(trims.fired(), TrimStep::Wait(TRIM_DELAY / 4));
+        assert!(park(&mut trims, 20).is_empty());
+        assert_eq!(trims.fired(), TrimStep::Wait(TRIM_DELAY / 4));
+        assert_eq!(trims.fired(), TrimStep::Trim, "the tail of the burst is trimmed");
+        assert!(!trims.armed());
+    }
+
+    #[test]
+    fn a_few_parked_connections_wait_for_more_before_a_trim() {
+        let mut trims = TrimAfterParks::default();
+        assert_eq!(park(&mut trims, TRIM_TAIL - 1), [TRIM_DELAY]);
+        assert_eq!(trims.fired(), TrimStep::Wait(TRIM_DELAY / 4));
+        assert_eq!(trims.fired(), TrimStep::Rest, "parking stopped, but too few to trim for");
+        assert!(!trims.armed());
+        // They count: the next park sets the timer again, and with it there are enough.
+        assert_eq!(park(&mut trims, 1), [TRIM_DELAY]);
+        assert_eq!(trims.fired(), TrimStep::Trim);
     }
 
     #[tokio::test]

@@ -49,8 +49,17 @@
 //! (`body::RequestBody`); a client that stops reading its response gets
 //! `send_timeout` (`ClientIo`).
 //!
+//! Idle connections' memory: a burst of connections that park frees their tasks and
+//! blocks, and the listener then trims the heap (`lobby::TrimAfterParks`: a second
+//! after the first park, or once the tail of the burst has parked), with its
+//! thread's kept blocks and head buffers. The large block a busy connection's
+//! HTTP/1.1 server future lives in comes from outside glibc's heap
+//! (`recycle::take_block`), so what an idle connection keeps (its socket's
+//! registration, its lobby entry, ~0.5 KiB) does not pin the freed blocks' pages.
+//!
 //! Files: this one accepts (`Listener::serve`) and starts connections (`Shared`);
-//! `lobby` holds clients with nothing to read yet; `conn` serves one connection
+//! `lobby` holds clients with nothing to read yet, and decides when parks call for
+//! a trim; `conn` serves one connection
 //! (sniffing, TLS, hyper's servers, idle and stop); `h1` joins weir's HTTP/1.1
 //! server to the pipeline; `client_io` wraps the client socket with its timeouts.
 
@@ -76,7 +85,7 @@ use crate::proxy::Peer;
 use crate::recycle::Recycled;
 use crate::runtime::SharedRuntime;
 use conn::Connection;
-use lobby::{sweep_lobby, Accepted, Active, Waiting};
+use lobby::{sweep_lobby, Accepted, Active, TrimAfterParks, TrimStep, Waiting};
 
 mod client_io;
 mod conn;
@@ -209,13 +218,11 @@ impl Listener {
         // ones past it, and all of them go when `stop` changes.
         let mut lobby: FuturesUnordered<Waiting> = FuturesUnordered::new();
         let mut sweep = Box::pin(tokio::time::sleep(Duration::ZERO));
-        // Connections parked since the heap was last given back. Their tasks are freed
-        // but glibc keeps the pages, so RSS would stay at the high-water mark of the
-        // busiest second; after `TRIM_AFTER_PARKED` of them, the heap is trimmed once
-        // (`TRIM_DELAY` later, when more have parked), off this thread.
-        let mut parked_since_trim = 0usize;
+        // Connections parking free their tasks, but glibc keeps the pages, so RSS
+        // would stay at the high-water mark of the busiest second: the heap is
+        // trimmed after a burst of them (`TrimAfterParks`), off this thread.
+        let mut trims = TrimAfterParks::default();
         let mut trim = Box::pin(tokio::time::sleep(Duration::ZERO));
-        let mut trim_armed = false;
         // One wait for `stop` for the loop's life, on a receiver of its own: made
         // afresh each turn it took the watch's lock twice per turn (register, then
         // deregister when dropped), a few hundred instructions per connection. `stop`
@@ -242,16 +249,20 @@ impl Listener {
                 () = &mut sweep, if !lobby.is_empty() => {
                     sweep_lobby(&lobby, sweep.as_mut(), self.settings.load().handshake_timeout);
                 }
-                () = &mut trim, if trim_armed => {
-                    trim_armed = false;
-                    parked_since_trim = 0;
-                    drop(tokio::task::spawn_blocking(crate::heap::give_back));
-                }
+                () = &mut trim, if trims.armed() => match trims.fired() {
+                    TrimStep::Trim => {
+                        // This thread's kept blocks and buffers too: the burst filled
+                        // its lists, and what they hold is not free to the trim.
+                        crate::recycle::release_kept();
+                        crate::http::h1::conn::release_spares();
+                        drop(tokio::task::spawn_blocking(crate::heap::give_back));
+                    }
+                    TrimStep::Wait(after) => trim.as_mut().reset(Instant::now() + after),
+                    TrimStep::Rest => {}
+                },
                 Some((client, until)) = parked_rx.recv() => {
-                    parked_since_trim += 1;
-                    if parked_since_trim == TRIM_AFTER_PARKED {
-                        trim.as_mut().reset(Instant::now() + TRIM_DELAY);
-                        trim_armed = true;
+                    if let Some(after) = trims.parked() {
+                        trim.as_mut().reset(Instant::now() + after);
                     }
                     if lobby.is_empty() || sweep.deadline() > until {
                         sweep.as_mut().reset(until);
@@ -317,13 +328,6 @@ impl Listener {
         }
     }
 }
-
-/// Parked connections that make the heap worth trimming: each freed a task of ~7 KiB.
-const TRIM_AFTER_PARKED: usize = 256;
-
-/// How long after the `TRIM_AFTER_PARKED`th parked connection the heap is trimmed; at
-/// most one trim per listener per this long.
-const TRIM_DELAY: Duration = Duration::from_secs(1);
 
 /// A listener's series of `weir_connections_active` and `weir_tunnels_active`,
 /// resolved once when it is bound.

@@ -107,12 +107,70 @@ mod spare {
         SPARE.with_borrow(Vec::len)
     }
 
+    pub fn clear() {
+        drop(SPARE.with_borrow_mut(std::mem::take));
+    }
+
     pub fn put(buf: BytesMut) {
         SPARE.with_borrow_mut(|spare| {
             if spare.len() < KEEP {
                 spare.push(buf);
             }
         });
+    }
+}
+
+/// The response head's buffer and the header index of connections waiting for their
+/// next request, handed back with the head buffer (see `spare`) and for the same
+/// reason: an idle connection would otherwise keep them (~0.7 KiB with their
+/// allocator overhead) until it parks, and freed then, among what it keeps while
+/// parked, they would leave holes in the heap that pin its pages.
+mod scratch {
+    use std::cell::RefCell;
+
+    use super::Field;
+
+    /// Pairs kept per thread, as `spare` keeps buffers.
+    const KEEP: usize = 64;
+
+    /// A pair that grew past these (a large head, or small bodies gathered up to
+    /// `WRITE_GATHER`) is freed, not kept: the spares stay small (at most 64 × ~6
+    /// KiB per thread).
+    pub const MAX_OUT: usize = 4 * 1024;
+    pub const MAX_FIELDS: usize = 128;
+
+    thread_local! {
+        static SCRATCH: RefCell<Vec<(Vec<u8>, Vec<Field>)>> = const { RefCell::new(Vec::new()) };
+    }
+
+    /// A response head's buffer and a header index: a connection's spares, or new ones.
+    pub fn take() -> (Vec<u8>, Vec<Field>) {
+        SCRATCH.with_borrow_mut(Vec::pop).unwrap_or_else(|| (Vec::with_capacity(512), Vec::new()))
+    }
+
+    pub fn put(mut out: Vec<u8>, mut fields: Vec<Field>) {
+        if out.capacity() > MAX_OUT || fields.capacity() > MAX_FIELDS {
+            return;
+        }
+        out.clear();
+        // The last request's header values, parts of its head's buffer.
+        fields.clear();
+        // A thread that is ending has no list any more: the two are freed.
+        let _ = SCRATCH.try_with(|scratch| {
+            let mut scratch = scratch.borrow_mut();
+            if scratch.len() < KEEP {
+                scratch.push((out, fields));
+            }
+        });
+    }
+
+    pub fn clear() {
+        drop(SCRATCH.with_borrow_mut(std::mem::take));
+    }
+
+    #[cfg(test)]
+    pub fn len() -> usize {
+        SCRATCH.with_borrow(Vec::len)
     }
 }
 
@@ -125,53 +183,35 @@ pub fn head_buffer() -> BytesMut {
     buf
 }
 
-/// A connection's response buffer and request field list, taken from this thread's
-/// spares when it starts and handed back when it ends (dropped, whichever way it
-/// ends), as head buffers are (`spare`): a new connection then allocates neither,
-/// and an idle one (parked) holds neither.
+/// A connection's response buffer and request field list: taken from `scratch`
+/// when a head is parsed, handed back there while the connection waits for its next
+/// request and when it ends (dropped, whichever way it ends). A new connection then
+/// allocates neither, and an idle one holds neither.
+#[derive(Default)]
 struct Scratch {
     out: Vec<u8>,
     fields: Vec<Field>,
 }
 
-/// Spare scratch kept per thread (see `spare::KEEP`).
-const SCRATCH_KEEP: usize = 64;
-
-/// A `Scratch` that grew past this (a large head, or small bodies gathered up to
-/// `WRITE_GATHER`) is freed, not kept: the spares stay small (at most 64 × ~6 KiB
-/// per thread).
-const SCRATCH_MAX_OUT: usize = 4 * 1024;
-const SCRATCH_MAX_FIELDS: usize = 128;
-
-thread_local! {
-    static SCRATCH: std::cell::RefCell<Vec<(Vec<u8>, Vec<Field>)>> = const { std::cell::RefCell::new(Vec::new()) };
-}
-
 impl Scratch {
-    fn take() -> Scratch {
-        match SCRATCH.with_borrow_mut(Vec::pop) {
-            Some((out, fields)) => Scratch { out, fields },
-            // Both grow to what the connection's heads need: a new one starts small.
-            None => Scratch { out: Vec::with_capacity(512), fields: Vec::new() },
+    /// Takes a pair from `scratch` unless it holds one.
+    fn ensure(&mut self) {
+        if self.out.capacity() == 0 {
+            (self.out, self.fields) = scratch::take();
+        }
+    }
+
+    /// Hands its pair back to `scratch`, if it holds one.
+    fn give_back(&mut self) {
+        if self.out.capacity() > 0 {
+            scratch::put(std::mem::take(&mut self.out), std::mem::take(&mut self.fields));
         }
     }
 }
 
 impl Drop for Scratch {
     fn drop(&mut self) {
-        if self.out.capacity() > SCRATCH_MAX_OUT || self.fields.capacity() > SCRATCH_MAX_FIELDS {
-            return;
-        }
-        let (mut out, mut fields) = (std::mem::take(&mut self.out), std::mem::take(&mut self.fields));
-        out.clear();
-        fields.clear();
-        // A thread that is ending has no list any more: the two are freed.
-        let _ = SCRATCH.try_with(|spare| {
-            let mut spare = spare.borrow_mut();
-            if spare.len() < SCRATCH_KEEP {
-                spare.push((out, fields));
-            }
-        });
+        self.give_back();
     }
 }
 
@@ -179,6 +219,13 @@ impl Drop for Scratch {
 /// had nothing to read yet), for the next one.
 pub fn return_head_buffer(buf: BytesMut) {
     spare::recycle(buf);
+}
+
+/// Frees this thread's spare head buffers (and response head buffers), so that a trim of the heap can give their
+/// pages back: called after a burst of connections has gone idle.
+pub fn release_spares() {
+    spare::clear();
+    scratch::clear();
 }
 
 /// What answers the requests of a connection: weir's pipeline, for the listener.
@@ -289,7 +336,7 @@ pub async fn serve<W: AsyncWrite + Unpin, H: Handler<W>>(
     let mut server = Server {
         read: Some(ReadSide { io: read, buf: first }),
         write,
-        scratch: Scratch::take(),
+        scratch: Scratch::default(),
         date: Date::default(),
         timer: None,
         timer_waits: false,
@@ -457,6 +504,7 @@ impl<W: AsyncWrite + Unpin> Server<W> {
         loop {
             if !side.buf.is_empty() {
                 if scanned == 0 || has_head_end(&side.buf, scanned) {
+                    self.scratch.ensure();
                     let parsed =
                         parse_request(&mut side.buf, &mut self.scratch.fields, limits.max_head, lines)?;
                     if let Some(parsed) = parsed {
@@ -471,6 +519,7 @@ impl<W: AsyncWrite + Unpin> Server<W> {
                 side.buf.reserve(HEAD_READ);
             }
             let (timer, timer_waits) = (&mut self.timer, &mut self.timer_waits);
+            let scratch = &mut self.scratch;
             let read = poll_fn(|cx| {
                 if side.buf.capacity() == 0 {
                     side.buf = spare::take();
@@ -484,6 +533,7 @@ impl<W: AsyncWrite + Unpin> Server<W> {
                 // sends, so the buffer goes back to the spares (see `spare`).
                 if side.buf.is_empty() {
                     spare::put(std::mem::take(&mut side.buf));
+                    scratch.give_back();
                 }
                 let deadline = *deadline.get_or_insert_with(|| {
                     // Right after a response (the buffer empty) this is also the
@@ -794,7 +844,8 @@ mod tests {
 
     #[test]
     fn a_connections_scratch_serves_the_next_one_empty_unless_it_grew_large() {
-        let mut first = Scratch::take();
+        let mut first = Scratch::default();
+        first.ensure();
         first.out.extend_from_slice(b"HTTP/1.1 200 OK\r\n");
         let head = b"host: a";
         first.fields.push(Field::of(
@@ -803,15 +854,29 @@ mod tests {
         ));
         let address = first.out.as_ptr();
         drop(first);
-        let next = Scratch::take();
+        let mut next = Scratch::default();
+        next.ensure();
         assert_eq!(next.out.as_ptr(), address, "the same buffer, not a new allocation");
         assert!(next.out.is_empty() && next.fields.is_empty());
         drop(next);
-        let mut large = Scratch::take();
-        large.out.reserve(SCRATCH_MAX_OUT + 1);
+        let spares = scratch::len();
+        let mut large = Scratch::default();
+        large.ensure();
+        large.out.reserve(scratch::MAX_OUT + 1);
         drop(large);
-        let spares = SCRATCH.with_borrow(Vec::len);
-        assert_eq!(spares, 0, "a buffer grown past the limit is freed");
+        assert_eq!(scratch::len(), spares - 1, "a buffer grown past the limit is freed");
+    }
+
+    #[test]
+    fn the_spare_buffers_are_freed_for_a_trim() {
+        return_head_buffer(head_buffer());
+        let (out, fields) = scratch::take();
+        scratch::put(out, fields);
+        assert!(spare::len() > 0 && scratch::len() > 0);
+        release_spares();
+        assert_eq!(spare::len(), 0, "still kept through the trim");
+        assert_eq!(scratch::len(), 0, "still kept through the trim");
+        assert!(head_buffer().capacity() >= HEAD_READ, "a new one when there is no spare");
     }
 
     /// A write half that counts its `shutdown`s, and a handler that counts the
@@ -901,5 +966,41 @@ mod tests {
                 .await;
         assert!(reply.ends_with("\r\n\r\nhello"), "{reply}");
         assert_eq!((shutdowns, released), (1, 0));
+    }
+
+    #[tokio::test]
+    async fn an_idle_connection_hands_back_its_response_buffer_and_takes_one_for_its_next_request() {
+        use std::sync::atomic::AtomicUsize;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut client = tokio::net::TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        let (read, write) = server.into_split();
+        let write = Counting { io: write, shutdowns: Arc::new(AtomicUsize::new(0)) };
+        let limits = Limits {
+            max_head: 8192,
+            header_read_timeout: Duration::from_secs(5),
+            idle_timeout: Duration::from_secs(5),
+            stop_grace: Duration::ZERO,
+            park_after: None,
+        };
+        let (_stop, stop) = tokio::sync::watch::channel(false);
+        release_spares();
+        // On this thread, as the test is: the connection's spares are this thread's.
+        let served = tokio::spawn(serve(read, BytesMut::new(), write, limits, stop, Answers(Arc::default())));
+        for _ in 0..2 {
+            client.write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n").await.unwrap();
+            let mut reply = Vec::new();
+            while !reply.ends_with(b"hello") {
+                let mut chunk = [0u8; 1024];
+                let n = client.read(&mut chunk).await.unwrap();
+                assert!(n > 0);
+                reply.extend_from_slice(&chunk[..n]);
+            }
+            // The connection is waiting for its next request now.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            assert_eq!(scratch::len(), 1, "an idle connection keeps its response head's buffer");
+        }
+        drop(client);
+        served.await.unwrap();
     }
 }

@@ -16,10 +16,10 @@
 //! Each layout's list keeps at most `KEPT` blocks, so what it holds after a burst is
 //! bounded (`KEPT` × the futures' sizes, under a MiB per serving thread in all).
 //!
-//! A future of more than half a `BLOCK` (the HTTP/1.1 server's, with a request's
-//! inline) lives in a block from `take_block`: pages outside glibc's heap. In the
-//! heap, each idle connection's small objects would sit between the blocks of its
-//! busy moments and keep them resident (see `take_block`).
+//! A future of more than 512 bytes (all of the above) lives in a block from
+//! `take_block`: pages outside glibc's heap. In the heap, each idle connection's
+//! small objects would sit between the blocks of its busy moments and keep them
+//! resident (see `take_block`).
 
 use std::alloc::{alloc, dealloc, handle_alloc_error, Layout};
 use std::cell::RefCell;
@@ -48,10 +48,12 @@ struct Free {
     blocks: Vec<NonNull<u8>>,
 }
 
-/// Whether a future of `layout` lives in a `take_block` block: one that fills most
-/// of it (a smaller one would waste the rest).
+/// Whether a future of `layout` lives in a `take_block` block: any but a small one.
+/// A connection's own future (~1 KiB) too: freed in the heap when the connection
+/// parks, it would leave a hole among what idle connections keep; a block's pages
+/// are resident only as far as the future reaches, and released at a trim.
 pub fn in_block(layout: Layout) -> bool {
-    layout.size() > BLOCK / 2 && layout.size() <= BLOCK && layout.align() <= 4096
+    layout.size() > 512 && layout.size() <= BLOCK && layout.align() <= 4096
 }
 
 /// Frees the blocks this thread's lists keep (to `take_block`'s pool, whose release
@@ -487,10 +489,11 @@ mod tests {
     }
 
     #[test]
-    fn a_future_that_fills_most_of_a_block_lives_outside_the_heap() {
+    fn a_future_of_a_connections_size_lives_outside_the_heap() {
         assert!(in_block(Layout::new::<[u8; 7 * 1024]>()));
         assert!(!in_block(Layout::new::<[u8; 9 * 1024]>()), "too large: an ordinary allocation");
-        assert!(!in_block(Layout::new::<[u8; 1024]>()), "too small: most of a block would go unused");
+        assert!(in_block(Layout::new::<[u8; 1024]>()), "a connection's own future");
+        assert!(!in_block(Layout::new::<[u8; 256]>()), "small: an ordinary allocation");
     }
 
     #[test]

@@ -1601,6 +1601,19 @@ mod tests {
         }
     }
 
+    /// A client's preface with windows as large as they go, and one GET on stream 1.
+    fn hello_with_a_get() -> Vec<u8> {
+        let mut hello = PREFACE.to_vec();
+        frame::settings(&mut hello, &[(frame::SETTINGS_INITIAL_WINDOW_SIZE, frame::MAX_WINDOW)]);
+        frame::window_update(&mut hello, 0, frame::MAX_WINDOW - frame::DEFAULT_WINDOW);
+        let mut block = Vec::new();
+        for (n, v) in [(":method", "GET"), (":scheme", "http"), (":authority", "a"), (":path", "/")] {
+            hpack::encode_field(&mut block, n, v.as_bytes(), false);
+        }
+        frame::headers(&mut hello, 1, &block, true, 16_384);
+        hello
+    }
+
     #[tokio::test]
     async fn a_client_that_stops_reading_is_waited_for_without_a_spin() {
         let (mut client, server) = tokio::io::duplex(16 * 1024);
@@ -1611,14 +1624,7 @@ mod tests {
         let handler = move |_req: Request<RecvBody>| async move { Response::new(full(big)) };
         let serve = serve(io, BytesMut::new(), Config::default(), stop, handler);
         let client = async {
-            let mut hello = PREFACE.to_vec();
-            frame::settings(&mut hello, &[(frame::SETTINGS_INITIAL_WINDOW_SIZE, frame::MAX_WINDOW)]);
-            frame::window_update(&mut hello, 0, frame::MAX_WINDOW - frame::DEFAULT_WINDOW);
-            let mut block = Vec::new();
-            for (n, v) in [(":method", "GET"), (":scheme", "http"), (":authority", "a"), (":path", "/")] {
-                hpack::encode_field(&mut block, n, v.as_bytes(), false);
-            }
-            frame::headers(&mut hello, 1, &block, true, 16_384);
+            let hello = hello_with_a_get();
             client.write_all(&hello).await.unwrap();
             // The response fills the output; frames still come from the client.
             tokio::time::sleep(Duration::from_millis(100)).await;
@@ -1653,14 +1659,7 @@ mod tests {
                 polled
             });
             let read = async {
-                let mut hello = PREFACE.to_vec();
-                frame::settings(&mut hello, &[(frame::SETTINGS_INITIAL_WINDOW_SIZE, frame::MAX_WINDOW)]);
-                frame::window_update(&mut hello, 0, frame::MAX_WINDOW - frame::DEFAULT_WINDOW);
-                let mut block = Vec::new();
-                for (n, v) in [(":method", "GET"), (":scheme", "http"), (":authority", "a"), (":path", "/")] {
-                    hpack::encode_field(&mut block, n, v.as_bytes(), false);
-                }
-                frame::headers(&mut hello, 1, &block, true, 16_384);
+                let hello = hello_with_a_get();
                 client.write_all(&hello).await.unwrap();
                 let mut buf = Vec::new();
                 let mut got = 0;

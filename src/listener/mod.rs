@@ -52,8 +52,8 @@
 //! Idle connections' memory: a burst of connections that park frees their tasks and
 //! blocks, and the listener then trims the heap (`lobby::TrimAfterParks`: a second
 //! after the first park, or once the tail of the burst has parked), with its
-//! thread's kept blocks and head buffers. The large block a busy connection's
-//! HTTP/1.1 server future lives in comes from outside glibc's heap
+//! thread's kept blocks and head buffers. The blocks a busy connection's futures
+//! live in (its own and the HTTP/1.1 server's) come from outside glibc's heap
 //! (`recycle::take_block`), so what an idle connection keeps (its socket's
 //! registration, its lobby entry, ~0.5 KiB) does not pin the freed blocks' pages.
 //!

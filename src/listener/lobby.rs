@@ -62,9 +62,6 @@ pub(super) struct Accepted {
     pub(super) active: Active,
     /// Back from `h1` between two requests (parked): served as HTTP/1.1 at once.
     pub(super) resumed: bool,
-    /// What a plain client had sent when it was accepted (`read_now`); empty for
-    /// one that waits in the lobby.
-    pub(super) first: BytesMut,
 }
 
 /// Reads what a client just accepted has sent already, without waiting. tokio

@@ -244,7 +244,7 @@ impl Listener {
             tokio::select! {
                 _ = &mut stopped => break,
                 Some(ready) = lobby.next(), if !lobby.is_empty() => {
-                    shared.admit(ready, &tracker, &stop);
+                    shared.admit(ready, BytesMut::new(), &tracker, &stop);
                 }
                 () = &mut sweep, if !lobby.is_empty() => {
                     sweep_lobby(&lobby, sweep.as_mut(), self.settings.load().handshake_timeout);
@@ -274,7 +274,7 @@ impl Listener {
                         #[cfg(not(target_os = "linux"))]
                         let _ = stream.set_nodelay(true);
                         let active = Active::new(&self.active);
-                        let client = Accepted { stream, addr, slot, active, resumed: false, first: BytesMut::new() };
+                        let client = Accepted { stream, addr, slot, active, resumed: false };
                         let Some(client) = shared.start(client, &tracker, &stop) else { continue };
                         if lobby.is_empty() {
                             sweep.as_mut().reset(Instant::now() + self.settings.load().handshake_timeout / 4);
@@ -318,7 +318,7 @@ impl Listener {
                 loop {
                     tokio::select! {
                         ready = lobby.next() => match ready {
-                            Some(ready) => shared.admit(ready, &tracked, &stop),
+                            Some(ready) => shared.admit(ready, BytesMut::new(), &tracked, &stop),
                             None => break,
                         },
                         () = &mut sweep => sweep_lobby(&lobby, sweep.as_mut(), settings.load().handshake_timeout),
@@ -368,7 +368,7 @@ impl Shared {
             // The handshake reads the hello: a look tells whether it has come.
             return match lobby::peek_now(&client.stream) {
                 Poll::Ready(Ok(n)) if n > 0 => {
-                    self.admit(Some(client), tracker, stop);
+                    self.admit(Some(client), BytesMut::new(), tracker, stop);
                     None
                 }
                 Poll::Pending => Some(client),
@@ -378,8 +378,7 @@ impl Shared {
         let mut first = crate::http::h1::conn::head_buffer();
         match lobby::read_now(&mut client.stream, &mut first) {
             Poll::Ready(Ok(n)) if n > 0 => {
-                client.first = first;
-                self.admit(Some(client), tracker, stop);
+                self.admit(Some(client), first, tracker, stop);
                 None
             }
             Poll::Pending => {
@@ -395,8 +394,15 @@ impl Shared {
     }
 
     /// Starts serving a client that has bytes to read.
-    fn admit(self: &Arc<Self>, ready: Option<Accepted>, tracker: &TaskTracker, stop: &watch::Receiver<bool>) {
-        let Some(Accepted { stream, addr, slot, active, resumed, first }) = ready else { return };
+    /// `first`: what was read from it already (see `start`), if anything.
+    fn admit(
+        self: &Arc<Self>,
+        ready: Option<Accepted>,
+        first: BytesMut,
+        tracker: &TaskTracker,
+        stop: &watch::Receiver<bool>,
+    ) {
+        let Some(Accepted { stream, addr, slot, active, resumed }) = ready else { return };
         let (shared, stop) = (self.clone(), stop.clone());
         // Boxed: the connection's future holds a request's inline, kilobytes, and
         // spawning moves a future about five times (into the tracker's wrapper, the
@@ -408,7 +414,7 @@ impl Shared {
             if let Some((stream, until)) = shared.clone().serve(stream, addr, resumed, first, stop).await {
                 // Back to the lobby with its permit and its place in the gauge. Once
                 // the listener has stopped there is none: the idle connection closes.
-                let client = Accepted { stream, addr, slot, active, resumed: true, first: BytesMut::new() };
+                let client = Accepted { stream, addr, slot, active, resumed: true };
                 let _ = shared.parked.send((client, until));
             }
         }));

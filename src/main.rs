@@ -42,6 +42,9 @@ struct Args {
     take_over: Option<PathBuf>,
 }
 
+#[global_allocator]
+static ALLOCATOR: weir::heap::Allocator = weir::heap::Allocator;
+
 fn main() -> ExitCode {
     let args = Args::parse();
     let filter = match &args.log_level {
@@ -90,7 +93,13 @@ fn run(args: &Args) -> anyhow::Result<()> {
     };
     if config.workers > 1 {
         builder.worker_threads(config.workers);
+    } else {
+        // The one worker is this thread.
+        weir::heap::stash_here();
     }
+    // Each serving thread keeps a few freed aligned blocks for the next connection
+    // (`weir::heap::Allocator`), and gives them back when it ends.
+    builder.on_thread_start(weir::heap::stash_here).on_thread_stop(weir::heap::release_stash);
     let tokio = builder.enable_all().build().context("starting the async runtime")?;
     let (inherited, old_process) = match &args.take_over {
         None => (handover::Sockets::default(), None),

@@ -255,6 +255,7 @@ impl Listener {
                         // its lists, and what they hold is not free to the trim.
                         crate::recycle::release_kept();
                         crate::http::h1::conn::release_spares();
+                        crate::heap::trim_stash();
                         drop(tokio::task::spawn_blocking(crate::heap::give_back));
                     }
                     TrimStep::Wait(after) => trim.as_mut().reset(Instant::now() + after),

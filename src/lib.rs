@@ -3,7 +3,8 @@
 //! The modules stand on floors, and a module imports only from its own floor or
 //! below (`tests/floors.rs` checks it; `docs/architecture.md` draws it):
 //!
-//! 0. `config` (the TOML, validated and parsed once) and `http` (the wire).
+//! 0. `config` (the TOML, validated and parsed once), `http` (the wire) and
+//!    `socket` (a client's socket, registered with the poller only when it waits).
 //! 1. Small shared parts: `metrics`, `recent`, `tls`, `admission`, `access_log`,
 //!    `clock`, `heap`, `body` (the request bodies weir relays).
 //! 2. weir's craft, each standing alone: `balancer`, `cache`, `ratelimit`,
@@ -40,5 +41,7 @@ pub mod recycle;
 pub mod runtime;
 pub mod server;
 pub mod shaping;
+#[cfg(unix)]
+pub mod socket;
 pub mod tls;
 pub mod upstream;

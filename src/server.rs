@@ -124,7 +124,7 @@ impl Listeners {
                 ))
             };
             let listener = match inherit(&mut self.inherited, name, l.listen.get_ref()) {
-                Some(socket) => Listener::on(l, slot, gauges, TcpListener::from_std(socket).map_err(error)?),
+                Some(socket) => Listener::on(l, slot, gauges, socket).map_err(error)?,
                 None => Listener::bind(l, slot, gauges).map_err(error)?,
             };
             bound.push(listener);
@@ -156,7 +156,8 @@ impl Listeners {
                 (_, Some(listener)) => {
                     let (stop, _) = watch::channel(false);
                     #[cfg(unix)]
-                    let handover = std::os::fd::AsFd::as_fd(&listener.socket).try_clone_to_owned().ok();
+                    let handover =
+                        std::os::fd::AsFd::as_fd(listener.socket.get_ref()).try_clone_to_owned().ok();
                     let mut entry = Entry {
                         listen: l.listen.get_ref().clone(),
                         addr: listener.local_addr().ok(),

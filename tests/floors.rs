@@ -14,6 +14,8 @@ const FLOORS: &[(&str, u8)] = &[
     // The ground: the config and the wire.
     ("config", 0),
     ("http", 0),
+    // A client's socket, registered with the poller only when it has to wait.
+    ("socket", 0),
     // Reused heap blocks for large futures, used from the wire up.
     ("recycle", 0),
     // Small shared parts.

@@ -29,13 +29,13 @@ use hyper_util::rt::TokioIo;
 use proptest::prelude::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use tokio::net::tcp::OwnedWriteHalf;
 use weir::http::h1::body::{decode, Body, Step};
 use weir::http::h1::chunked::Decoded;
 use weir::http::h1::client::{Conn, ExtraHeaders, Stream};
 use weir::http::h1::conn::{Handler, Limits};
 use weir::http::h1::response::State;
 use weir::http::h1::server::ReadSide;
+use weir::socket::{Socket, WriteHalf};
 
 /// Largest request head weir's codec takes here (its default `max_header_size` is
 /// smaller; hyper's buffer is larger): generated heads stay well under both.
@@ -145,7 +145,7 @@ struct Recorder(Arc<Mutex<Vec<Option<SeenRequest>>>>);
 
 type Answer = http_body_util::combinators::BoxBody<Bytes, weir::http::BoxError>;
 
-impl Handler<OwnedWriteHalf> for Recorder {
+impl Handler<WriteHalf> for Recorder {
     type Body = Answer;
 
     /// Fields kept as lines are checked as the map they make (`append_to`), which
@@ -177,7 +177,7 @@ impl Handler<OwnedWriteHalf> for Recorder {
         http::Response::new(Empty::<Bytes>::new().map_err(|never| match never {}).boxed())
     }
 
-    async fn upgrade(&self, _: http::Response<Answer>, _: ReadSide, _: OwnedWriteHalf) {}
+    async fn upgrade(&self, _: http::Response<Answer>, _: ReadSide, _: WriteHalf) {}
 }
 
 /// weir's server connection loop on `pieces`, sent over a real socket with a pause
@@ -191,7 +191,7 @@ fn weir_server(pieces: &[Vec<u8>]) -> (Option<SeenRequest>, bool) {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let mut client = tokio::net::TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
         let (server, _) = listener.accept().await.unwrap();
-        let (read, write) = server.into_split();
+        let (read, write) = Socket::new(server.into_std().unwrap()).into_split();
         let limits = Limits {
             max_head: MAX_HEAD,
             header_read_timeout: Duration::from_secs(2),

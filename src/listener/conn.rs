@@ -28,6 +28,7 @@ use crate::proxy::tunnel::Tunnel;
 use crate::proxy::{self, Peer};
 use crate::recycle::Recycled;
 use crate::runtime::SharedRuntime;
+use crate::socket::Socket;
 
 /// One accepted client connection, ready to serve.
 pub(super) struct Connection {
@@ -51,10 +52,10 @@ impl Connection {
     /// when it accepted it (see `lobby::read_now`), if anything.
     pub(super) async fn serve_plain(
         self,
-        mut stream: tokio::net::TcpStream,
+        mut stream: Socket,
         resumed: bool,
         mut first: BytesMut,
-    ) -> Option<(tokio::net::TcpStream, Instant)> {
+    ) -> Option<(Socket, Instant)> {
         let mut line = FirstLine::default();
         let deadline = Instant::now() + self.settings.handshake_timeout;
         if !resumed {
@@ -123,7 +124,7 @@ impl Connection {
     /// agreed: h2 on weir's h2 server, HTTP/1.1 on hyper's.
     pub(super) async fn serve_tls(
         self,
-        stream: tokio::net::TcpStream,
+        stream: Socket,
         acceptor: tokio_rustls::TlsAcceptor,
         timeout: Duration,
     ) {

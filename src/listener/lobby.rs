@@ -18,6 +18,8 @@ use prometheus::IntGauge;
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::{Instant, Sleep};
 
+use crate::socket::Socket;
+
 /// How late the lobby may close a parked connection past its keep-alive deadline.
 const PARKED_SWEEP: Duration = Duration::from_millis(100);
 
@@ -54,7 +56,7 @@ pub(super) struct Waiting {
 
 /// An accepted connection and what it holds until it closes.
 pub(super) struct Accepted {
-    pub(super) stream: tokio::net::TcpStream,
+    pub(super) stream: Socket,
     /// The client's address, as `accept` gave it (no `getpeername` later).
     pub(super) addr: SocketAddr,
     /// Its `max_connections` permit, if the listener has a limit.
@@ -75,10 +77,7 @@ pub(super) struct Accepted {
 ///
 /// Nothing waits on this read: a client left in the lobby is woken by its
 /// `Waiting`, which registers the listener's task when it is polled.
-pub(super) fn read_now(
-    stream: &mut tokio::net::TcpStream,
-    buf: &mut BytesMut,
-) -> Poll<std::io::Result<usize>> {
+pub(super) fn read_now(stream: &mut Socket, buf: &mut BytesMut) -> Poll<std::io::Result<usize>> {
     let mut cx = Context::from_waker(std::task::Waker::noop());
     tokio_util::io::poll_read_buf(Pin::new(stream), &mut cx, buf)
 }
@@ -86,10 +85,8 @@ pub(super) fn read_now(
 /// Whether a client just accepted has sent anything yet, by a look that leaves the
 /// bytes where they are; `Pending` clears the readiness tokio assumes for an
 /// accepted socket, as `read_now` does, so the lobby then waits for epoll.
-pub(super) fn peek_now(stream: &tokio::net::TcpStream) -> Poll<std::io::Result<usize>> {
-    let mut cx = Context::from_waker(std::task::Waker::noop());
-    let mut byte = [0u8; 1];
-    stream.poll_peek(&mut cx, &mut tokio::io::ReadBuf::new(&mut byte))
+pub(super) fn peek_now(stream: &Socket) -> Poll<std::io::Result<usize>> {
+    stream.peek_now()
 }
 
 impl Waiting {
@@ -224,9 +221,15 @@ mod tests {
     use super::*;
     use tokio::io::AsyncWriteExt;
 
-    fn readable(stream: &tokio::net::TcpStream) -> bool {
+    fn readable(stream: &Socket) -> bool {
         let mut cx = Context::from_waker(std::task::Waker::noop());
-        stream.poll_read_ready(&mut cx).is_ready()
+        stream.may_have_bytes(&mut cx)
+    }
+
+    /// The next client of `listener`, as the accept loop takes it.
+    async fn accept(listener: &tokio::net::TcpListener) -> Socket {
+        let (stream, _) = listener.accept().await.unwrap();
+        Socket::new(stream.into_std().unwrap())
     }
 
     /// Parks `n` connections; the timers set on the way, in order.
@@ -269,38 +272,43 @@ mod tests {
         let mut client = tokio::net::TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
         client.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
         tokio::time::sleep(Duration::from_millis(20)).await;
-        let (mut stream, _) = listener.accept().await.unwrap();
+        let mut stream = accept(&listener).await;
         let mut buf = BytesMut::with_capacity(8192);
         assert!(matches!(read_now(&mut stream, &mut buf), Poll::Ready(Ok(18))));
-        // A short read cleared the readiness tokio assumes for an accepted socket: a
-        // quiet close (`http::h1::conn`) then knows nothing more came without a read.
+        // A short read took all there was: a quiet close (`http::h1::conn`) then knows
+        // nothing more came without a read, and the socket never met the poller.
         assert!(!readable(&stream), "the socket still reads as readable");
+        assert!(!stream.is_registered());
     }
 
     #[tokio::test]
     async fn a_client_that_has_sent_nothing_yet_is_left_to_wait() {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let mut client = tokio::net::TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
-        let (mut stream, _) = listener.accept().await.unwrap();
+        let mut stream = accept(&listener).await;
         let mut buf = BytesMut::with_capacity(8192);
         assert!(read_now(&mut stream, &mut buf).is_pending());
         assert!(buf.is_empty());
         // Its bytes, when they come, are reported by epoll.
         client.write_all(b"GET").await.unwrap();
-        tokio::time::timeout(Duration::from_secs(5), stream.readable()).await.unwrap().unwrap();
+        let ready = std::future::poll_fn(|cx| stream.poll_read_ready(cx));
+        tokio::time::timeout(Duration::from_secs(5), ready).await.unwrap().unwrap();
     }
 
     #[tokio::test]
     async fn a_look_leaves_the_bytes_and_an_empty_socket_waits_for_epoll() {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let mut client = tokio::net::TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
-        let (stream, _) = listener.accept().await.unwrap();
+        let mut stream = accept(&listener).await;
         assert!(peek_now(&stream).is_pending());
-        assert!(!readable(&stream), "nothing sent: the lobby waits for epoll");
         client.write_all(b"\x16\x03\x01").await.unwrap();
-        tokio::time::timeout(Duration::from_secs(5), stream.readable()).await.unwrap().unwrap();
+        let ready = std::future::poll_fn(|cx| stream.poll_read_ready(cx));
+        tokio::time::timeout(Duration::from_secs(5), ready).await.unwrap().unwrap();
         assert!(matches!(peek_now(&stream), Poll::Ready(Ok(1))));
-        let mut left = [0u8; 3];
-        assert_eq!(stream.try_read(&mut left).unwrap(), 3, "the hello is still there for the handshake");
+        let mut left = BytesMut::with_capacity(8);
+        assert!(
+            matches!(read_now(&mut stream, &mut left), Poll::Ready(Ok(3))),
+            "the hello is still there for the handshake"
+        );
     }
 }

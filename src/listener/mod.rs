@@ -76,6 +76,7 @@ use futures_util::stream::{FuturesUnordered, StreamExt};
 use hyper::server::conn::http1;
 use hyper_util::rt::TokioTimer;
 use prometheus::IntGauge;
+use tokio::io::unix::AsyncFd;
 use tokio::net::TcpListener;
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
@@ -85,6 +86,7 @@ use crate::config::ListenerConfig;
 use crate::proxy::Peer;
 use crate::recycle::Recycled;
 use crate::runtime::SharedRuntime;
+use crate::socket::Socket;
 use conn::Connection;
 use lobby::{sweep_lobby, Accepted, Active, TrimAfterParks, TrimStep, Waiting};
 
@@ -113,7 +115,9 @@ pub struct Listener {
     pub name: String,
     /// The listener's stable slot (see `Runtime::listener_slots`).
     pub slot: usize,
-    pub socket: TcpListener,
+    /// Accepted from without tokio's `TcpListener`, which registers every socket it
+    /// accepts with the poller (`socket::Socket` registers only when it waits).
+    pub socket: AsyncFd<std::net::TcpListener>,
     /// Swapped in place when a reload changes the listener's limits.
     pub settings: Arc<ArcSwap<Settings>>,
     active: IntGauge,
@@ -190,37 +194,61 @@ impl Listener {
     /// Binds `config.listen` (see `bind_tcp`).
     pub fn bind(config: &ListenerConfig, slot: usize, gauges: Gauges) -> std::io::Result<Listener> {
         let addr: SocketAddr = config.listen.get_ref().parse().map_err(std::io::Error::other)?;
-        let socket = bind_tcp_with(addr, config.reuse_port)?;
-        Ok(Listener::on(config, slot, gauges, socket))
+        let socket = bind_std(addr, config.reuse_port)?;
+        Listener::on(config, slot, gauges, socket)
     }
 
     /// A listener for `config` on a socket already bound (one handed over by the
     /// process weir replaces).
-    pub fn on(config: &ListenerConfig, slot: usize, gauges: Gauges, socket: TcpListener) -> Listener {
+    pub fn on(
+        config: &ListenerConfig,
+        slot: usize,
+        gauges: Gauges,
+        socket: std::net::TcpListener,
+    ) -> std::io::Result<Listener> {
         // Here, not in `bind_tcp`: a socket handed over by an older weir lacks it.
         set_nodelay_inherited(&socket);
+        socket.set_nonblocking(true)?;
+        // SAFETY: the listening socket owns its descriptor, and the registration owns
+        // the socket: the descriptor stays open and the same for the registration's life.
+        let socket = unsafe { AsyncFd::register_with_interest(socket, tokio::io::Interest::READABLE) }?;
         let settings = Arc::new(ArcSwap::from_pointee(Settings::new(config)));
         let Gauges { active, tunnels } = gauges;
-        Listener { name: config.name.get_ref().clone(), slot, socket, settings, active, tunnels }
+        Ok(Listener { name: config.name.get_ref().clone(), slot, socket, settings, active, tunnels })
+    }
+
+    /// The next client from the backlog, as a socket not yet registered with the
+    /// poller (`Socket`).
+    async fn accept(&self) -> std::io::Result<(Socket, SocketAddr)> {
+        poll_fn(|cx| self.poll_accept(cx)).await
+    }
+
+    fn poll_accept(&self, cx: &mut std::task::Context<'_>) -> Poll<std::io::Result<(Socket, SocketAddr)>> {
+        loop {
+            let mut guard = std::task::ready!(self.socket.poll_read_ready(cx))?;
+            if let Ok(accepted) = guard.try_io(|listener| accept_raw(listener.get_ref())) {
+                return Poll::Ready(accepted);
+            }
+        }
     }
 
     /// The next client in the backlog, if one is there and the limit has room for
     /// it: one poll, no wait (a `Pending` leaves this task woken when one comes).
     async fn accept_now(
         &self,
-    ) -> Option<(std::io::Result<(tokio::net::TcpStream, SocketAddr)>, Option<OwnedSemaphorePermit>)> {
+    ) -> Option<(std::io::Result<(Socket, SocketAddr)>, Option<OwnedSemaphorePermit>)> {
         let slot = match &self.settings.load().slots {
             None => None,
             Some(slots) => Some(slots.clone().try_acquire_owned().ok()?),
         };
-        match poll_fn(|cx| Poll::Ready(self.socket.poll_accept(cx))).await {
+        match poll_fn(|cx| Poll::Ready(self.poll_accept(cx))).await {
             Poll::Ready(accepted) => Some((accepted, slot)),
             Poll::Pending => None,
         }
     }
 
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
-        self.socket.local_addr()
+        self.socket.get_ref().local_addr()
     }
 
     /// Accepts connections until `stop` changes. Each connection runs on `tracker`, and
@@ -259,7 +287,7 @@ impl Listener {
                     None => None,
                     Some(slots) => slots.acquire_owned().await.ok(),
                 };
-                (self.socket.accept().await, slot)
+                (self.accept().await, slot)
             };
             tokio::select! {
                 _ = &mut stopped => break,
@@ -300,7 +328,7 @@ impl Listener {
                         match accepted {
                             Ok((stream, addr)) => {
                                 #[cfg(not(target_os = "linux"))]
-                                let _ = stream.set_nodelay(true);
+                                let _ = stream.std().set_nodelay(true);
                                 let active = Active::new(&self.active);
                                 let client = Accepted { stream, addr, slot, active, resumed: false };
                                 if let Some(client) = shared.start(client, &tracker, &stop) {
@@ -465,12 +493,12 @@ impl Shared {
     /// connection when `h1` parks it.
     async fn serve(
         self: Arc<Self>,
-        stream: tokio::net::TcpStream,
+        stream: Socket,
         addr: SocketAddr,
         resumed: bool,
         first: BytesMut,
         stop: watch::Receiver<bool>,
-    ) -> Option<(tokio::net::TcpStream, Instant)> {
+    ) -> Option<(Socket, Instant)> {
         let settings = self.settings.load_full();
         let tls = self.runtime.load().tls.get(self.slot).cloned().flatten();
         let handshake_timeout = settings.handshake_timeout;
@@ -497,10 +525,31 @@ impl Shared {
 /// Sets `TCP_NODELAY` on a listening socket. Linux copies it to every connection
 /// accepted from it, which saves a `setsockopt` per connection; elsewhere the accept
 /// loop sets it on each connection as well.
-fn set_nodelay_inherited(socket: &TcpListener) {
+fn set_nodelay_inherited(socket: &std::net::TcpListener) {
     if let Err(e) = socket2::SockRef::from(socket).set_nodelay(true) {
         tracing::warn!(error = %e, "TCP_NODELAY on a listening socket");
     }
+}
+
+/// One connection from a listening socket, non-blocking, as a `Socket` (no
+/// registration with the poller yet). On Linux `accept4` makes it non-blocking in the
+/// same call, and it has `TCP_NODELAY` from the listening socket.
+fn accept_raw(listener: &std::net::TcpListener) -> std::io::Result<(Socket, SocketAddr)> {
+    #[cfg(target_os = "linux")]
+    let (stream, addr) = {
+        let flags = libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC;
+        let (socket, addr) = socket2::SockRef::from(listener).accept4(flags)?;
+        let addr =
+            addr.as_socket().ok_or_else(|| std::io::Error::other("accepted a socket that is not TCP/IP"))?;
+        (std::net::TcpStream::from(socket), addr)
+    };
+    #[cfg(not(target_os = "linux"))]
+    let (stream, addr) = {
+        let (stream, addr) = listener.accept()?;
+        stream.set_nonblocking(true)?;
+        (stream, addr)
+    };
+    Ok((Socket::new(stream), addr))
 }
 
 /// A non-blocking listening socket with `SO_REUSEADDR` and a backlog of 4096.
@@ -513,6 +562,11 @@ pub fn bind_tcp(addr: SocketAddr) -> std::io::Result<TcpListener> {
 /// connections among them. Off by default: without it a second weir started by
 /// mistake on a busy port fails loudly instead of silently sharing it.
 pub fn bind_tcp_with(addr: SocketAddr, reuse_port: bool) -> std::io::Result<TcpListener> {
+    TcpListener::from_std(bind_std(addr, reuse_port)?)
+}
+
+/// `bind_tcp_with`, as a std socket (still non-blocking).
+fn bind_std(addr: SocketAddr, reuse_port: bool) -> std::io::Result<std::net::TcpListener> {
     use socket2::{Domain, Protocol, Socket, Type};
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     socket.set_reuse_address(true)?;
@@ -522,7 +576,7 @@ pub fn bind_tcp_with(addr: SocketAddr, reuse_port: bool) -> std::io::Result<TcpL
     socket.set_nonblocking(true)?;
     socket.bind(&addr.into())?;
     socket.listen(4096)?;
-    TcpListener::from_std(socket.into())
+    Ok(socket.into())
 }
 
 #[cfg(all(test, target_os = "linux"))]
@@ -535,12 +589,17 @@ mod tests {
                     [upstreams.u]\nservers = [{ address = \"127.0.0.1:1\" }]\n";
         let config = crate::config::parse(text, std::path::Path::new("t.toml")).unwrap();
         // Bound without it, as an older weir handing its socket over would have.
-        let socket = bind_tcp("127.0.0.1:0".parse().unwrap()).unwrap();
+        let socket = bind_std("127.0.0.1:0".parse().unwrap(), false).unwrap();
         let gauges =
             Gauges { active: IntGauge::new("a", "a").unwrap(), tunnels: IntGauge::new("t", "t").unwrap() };
-        let listener = Listener::on(&config.listeners[0], 0, gauges, socket);
+        let listener = Listener::on(&config.listeners[0], 0, gauges, socket).unwrap();
         let _client = tokio::net::TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
-        let (accepted, _) = listener.socket.accept().await.unwrap();
-        assert!(accepted.nodelay().unwrap(), "the accept loop no longer sets it per connection on Linux");
+        let (accepted, _) = listener.accept().await.unwrap();
+        assert!(
+            accepted.std().nodelay().unwrap(),
+            "the accept loop no longer sets it per connection on Linux"
+        );
+        // Accepted without a registration with the poller: it is made when needed.
+        assert!(!accepted.is_registered());
     }
 }

@@ -33,10 +33,10 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use crate::socket::ReadHalf;
 use bytes::{Bytes, BytesMut};
 use http::{Request, Response, StatusCode};
 use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::tcp::OwnedReadHalf;
 use tokio::time::{Instant, Sleep};
 
 use super::body::{lock, Body, Decode, Reader};
@@ -326,7 +326,7 @@ struct Server<W> {
 /// `stop`; or until it has been idle for `Limits::park_after`, when it is handed
 /// back. Each request goes to `handler`.
 pub async fn serve<W: AsyncWrite + Unpin, H: Handler<W>>(
-    read: OwnedReadHalf,
+    read: ReadHalf,
     first: BytesMut,
     write: W,
     limits: Limits,
@@ -778,12 +778,9 @@ impl<W: AsyncWrite + Unpin> Server<W> {
             let _ = self.write.shutdown().await;
             return;
         };
-        // The socket's readiness is cleared by a read that leaves it empty, so
-        // "not ready" means nothing arrived since: no read is needed to know it.
-        if last
-            && side.buf.is_empty()
-            && poll_fn(|cx| Poll::Ready(side.io.as_ref().poll_read_ready(cx).is_pending())).await
-        {
+        // A read that left the socket empty says so (`Socket`), and then only the
+        // poller can say more came: no read is needed to know nothing did.
+        if last && side.buf.is_empty() && !poll_fn(|cx| Poll::Ready(side.io.may_have_bytes(cx))).await {
             handler.release(self.write);
             spare::recycle(side.buf);
             return;
@@ -882,7 +879,7 @@ mod tests {
     /// A write half that counts its `shutdown`s, and a handler that counts the
     /// write halves it was given to let go of quietly.
     struct Counting {
-        io: tokio::net::tcp::OwnedWriteHalf,
+        io: crate::socket::WriteHalf,
         shutdowns: Arc<std::sync::atomic::AtomicUsize>,
     }
 
@@ -932,7 +929,7 @@ mod tests {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let mut client = tokio::net::TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
         let (server, _) = listener.accept().await.unwrap();
-        let (read, write) = server.into_split();
+        let (read, write) = crate::socket::Socket::new(server.into_std().unwrap()).into_split();
         let (shutdowns, released) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
         let write = Counting { io: write, shutdowns: shutdowns.clone() };
         let limits = Limits {
@@ -974,7 +971,7 @@ mod tests {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let mut client = tokio::net::TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
         let (server, _) = listener.accept().await.unwrap();
-        let (read, write) = server.into_split();
+        let (read, write) = crate::socket::Socket::new(server.into_std().unwrap()).into_split();
         let write = Counting { io: write, shutdowns: Arc::new(AtomicUsize::new(0)) };
         let limits = Limits {
             max_head: 8192,

@@ -8,10 +8,10 @@
 
 use std::time::SystemTime;
 
+use crate::socket::ReadHalf;
 use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
-use tokio::net::tcp::OwnedReadHalf;
 
 use super::body::Decode;
 use super::chunked::Chunked;
@@ -24,7 +24,7 @@ use super::head::{connection_names_a_field, range_of, Field};
 /// The connection's reading side: its socket half and the bytes read and not yet
 /// consumed. Request header values are slices of `buf`.
 pub struct ReadSide {
-    pub io: OwnedReadHalf,
+    pub io: ReadHalf,
     pub buf: BytesMut,
 }
 

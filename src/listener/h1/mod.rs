@@ -55,8 +55,6 @@ use bytes::BytesMut;
 use http::{Request, Response};
 use prometheus::IntGauge;
 use tokio::io::AsyncWrite;
-use tokio::net::tcp::OwnedWriteHalf;
-use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use super::client_io::ClientIo;
@@ -70,6 +68,7 @@ use crate::proxy::body::Body as ResponseBody;
 use crate::proxy::forward::Peer;
 use crate::proxy::tunnel::splice;
 use crate::runtime::SharedRuntime;
+use crate::socket::{Socket, WriteHalf};
 
 /// The pipeline, as the connection loop's handler: each request runs through
 /// `proxy::handle` with the runtime current when it arrives.
@@ -81,7 +80,7 @@ struct Pipeline {
     tunnels: IntGauge,
 }
 
-impl Handler<ClientIo<OwnedWriteHalf>> for Pipeline {
+impl Handler<ClientIo<WriteHalf>> for Pipeline {
     type Body = ResponseBody;
 
     /// `proxy::handle` builds a request's header map only when something needs it.
@@ -103,7 +102,7 @@ impl Handler<ClientIo<OwnedWriteHalf>> for Pipeline {
         &self,
         mut response: Response<ResponseBody>,
         side: ReadSide,
-        write: ClientIo<OwnedWriteHalf>,
+        write: ClientIo<WriteHalf>,
     ) {
         let (in_flight, upstream) = match response.body_mut().upstream_mut() {
             Some(body) => body.detach(),
@@ -124,7 +123,7 @@ impl Handler<ClientIo<OwnedWriteHalf>> for Pipeline {
 
     /// Without the `shutdown` the write half makes when dropped: the read half's
     /// drop closes the socket, and the close sends the FIN.
-    fn release(&self, write: ClientIo<OwnedWriteHalf>) {
+    fn release(&self, write: ClientIo<WriteHalf>) {
         write.io.forget();
     }
 }
@@ -132,11 +131,7 @@ impl Handler<ClientIo<OwnedWriteHalf>> for Pipeline {
 /// Serves `stream`, whose first bytes (`first`) are not an h2 preface, until the
 /// client leaves, a timeout, an error, or `stop`; or until it has been idle for
 /// `PARK_AFTER`: then it is returned, with its keep-alive deadline, for the lobby.
-pub(super) async fn serve(
-    conn: Connection,
-    stream: TcpStream,
-    first: BytesMut,
-) -> Option<(TcpStream, Instant)> {
+pub(super) async fn serve(conn: Connection, stream: Socket, first: BytesMut) -> Option<(Socket, Instant)> {
     let Connection { settings, runtime, stop, mut peer, tunnels } = conn;
     // This server writes a server's response fields as weir's client read them.
     peer.writes_lines = true;

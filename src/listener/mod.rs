@@ -29,9 +29,11 @@
 //! count in `weir_tunnels_active`. On `stop` a listener serves the clients it already
 //! accepted, and an idle HTTP/1 connection gets `STOP_GRACE` for a request on its way.
 //!
-//! A plain client's first bytes are read as it is accepted (`Shared::start`; a TLS
-//! client's are looked at): under load its request is there by then, and its
-//! connection starts at once. A client that has not sent a byte yet has no task of
+//! Clients are accepted as `socket::Socket`s, not registered with epoll until a read
+//! or write has to wait. A plain client's first bytes are read as it is accepted
+//! (`Shared::start`; a TLS client's are looked at): under load its request is there
+//! by then, and its connection starts at once; if its answer then goes out whole,
+//! the connection never meets the poller. A client that has not sent a byte yet has no task of
 //! its own: it waits in its listener's lobby (`Waiting`, about 0.5 KiB with tokio's
 //! registration), and its connection task, `Peer`, TLS and hyper state are made once
 //! it sends something.

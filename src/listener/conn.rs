@@ -26,7 +26,6 @@ use super::{Settings, STOP_GRACE};
 use crate::body::ClientBody;
 use crate::proxy::tunnel::Tunnel;
 use crate::proxy::{self, Peer};
-use crate::recycle::Recycled;
 use crate::runtime::SharedRuntime;
 
 /// One accepted client connection, ready to serve.
@@ -112,11 +111,15 @@ impl Connection {
                 }
             }
         }
-        // In a block of its own, made in place: the HTTP/1.1 server's future holds a
-        // request's inline (kilobytes), and awaited here it would be built and then
-        // copied whole into this future, which is copied in turn into the one above,
-        // each copy the size of all of it (see `recycle`).
-        Recycled::with(|| h1::serve(self, stream, first)).await
+        // In a block of its own: the HTTP/1.1 server's future holds a request's inline
+        // (5.6 KiB), and awaited here it would be copied whole into this future, which
+        // is copied in turn into the one above. The block keeps the loop that builds
+        // the server's future in place for each connection (`recycle::resident`): made
+        // here and moved into a block, it would be copied whole there too.
+        crate::recycle::resident((self, stream, first), |(conn, stream, first)| {
+            h1::serve(conn, stream, first)
+        })
+        .await
     }
 
     /// Serves a TLS client: the handshake within `timeout`, then the protocol ALPN

@@ -520,7 +520,14 @@ where
             block
         });
         let resident = Resident { block, running: true, _holds: PhantomData };
-        resident.mailbox().job.set(Some(job));
+        let slot = resident.mailbox().job.as_ptr();
+        // SAFETY: the mailbox of a new block, or of an idle one (whose loop took its last
+        // job), holds no job: written over without a drop. (`Cell::set` would read the
+        // old value out first, a copy of the job's size.)
+        unsafe {
+            debug_assert!((*slot).is_none());
+            slot.write(Some(job));
+        }
         resident
     }
 

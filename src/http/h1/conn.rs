@@ -377,38 +377,42 @@ pub fn serve<W: AsyncWrite + Unpin, H: Handler<W>>(
                 };
                 Body { reader: reader.clone(), length }
             });
-            // Made in each arm, not before: a future made apart and then awaited is
-            // moved into place, a copy of its kilobytes per request.
-            let mut response = match lent.as_ref().filter(|_| head.expect_continue) {
-                None => handler.call(req, lines).await,
-                Some(reader) => {
-                    let mut pending: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
-                    let write = &mut server.write;
-                    let mut handle = std::pin::pin!(handler.call(req, lines));
-                    poll_fn(|cx| {
-                        if !pending.is_empty() && send_continue(reader, write, &mut pending, cx) {
-                            // The client is gone: the body's read fails, and the request with it.
-                            pending = &[];
-                        }
-                        handle.as_mut().poll(cx)
-                    })
-                    .await
+            let (mut keep, switched) = {
+                // Made in each arm, not before: a future made apart and then awaited is
+                // moved into place, a copy of its kilobytes per request.
+                let mut response = match lent.as_ref().filter(|_| head.expect_continue) {
+                    None => handler.call(req, lines).await,
+                    Some(reader) => {
+                        let mut pending: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
+                        let write = &mut server.write;
+                        let mut handle = std::pin::pin!(handler.call(req, lines));
+                        poll_fn(|cx| {
+                            if !pending.is_empty() && send_continue(reader, write, &mut pending, cx) {
+                                // The client is gone: the body's read fails, and the request with it.
+                                pending = &[];
+                            }
+                            handle.as_mut().poll(cx)
+                        })
+                        .await
+                    }
+                };
+                let switched = response.status() == StatusCode::SWITCHING_PROTOCOLS;
+                if head.upgrade && switched && lent.is_none() {
+                    server.upgrade(response, &handler).await;
+                    return None;
                 }
+                // A look, not a registration: the wait for the next head registers, if the
+                // connection gets that far (a client's only request never does).
+                let stopping = stop.peek();
+                // A 101 that is not tunnelled (its request had a body): the server has left
+                // HTTP, so what the client sends next is not a request; the connection ends.
+                let keep = server.respond(&mut response, &head, stopping).await && !switched;
+                // The response is done with: dropped where it is at the end of this block,
+                // its body hands the upstream connection back before anything below waits
+                // (a close lingers). `drop(response)` would move it first, a copy of its
+                // 256 bytes per request.
+                (keep, switched)
             };
-            let switched = response.status() == StatusCode::SWITCHING_PROTOCOLS;
-            if head.upgrade && switched && lent.is_none() {
-                server.upgrade(response, &handler).await;
-                return None;
-            }
-            // A look, not a registration: the wait for the next head registers, if the
-            // connection gets that far (a client's only request never does).
-            let stopping = stop.peek();
-            // A 101 that is not tunnelled (its request had a body): the server has left
-            // HTTP, so what the client sends next is not a request; the connection ends.
-            let mut keep = server.respond(&mut response, &head, stopping).await && !switched;
-            // Done with: its body hands the upstream connection back before anything
-            // below waits (a close lingers).
-            drop(response);
             // Whether the request's body was read to its end (or it had none).
             let mut whole = true;
             if let Some(reader) = lent {

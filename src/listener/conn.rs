@@ -48,6 +48,8 @@ impl Connection {
     /// A `resumed` connection (back from the lobby) is HTTP/1.1 already: straight to
     /// `h1`, with nothing read yet. `first`: what the listener read from a new one
     /// when it accepted it (see `lobby::read_now`), if anything.
+    // Not an `async fn`: see the `async` block below.
+    #[allow(clippy::manual_async_fn)]
     pub(super) fn serve_plain(
         self,
         mut stream: tokio::net::TcpStream,

@@ -63,6 +63,8 @@ use route::{Action, Proxy, Route};
 /// field but `Host` (routing) and `Content-Length` (`max_request_body`); else the
 /// map is built from them, at once or once the route is known (`needs_map`), and
 /// the request goes on as any other. The access log reads `Host` from them.
+// Not an `async fn`: see the `async` block below.
+#[allow(clippy::manual_async_fn)]
 pub fn handle<'a>(
     rt: &'a Pipeline,
     mut req: Request<ClientBody>,

@@ -325,6 +325,8 @@ struct Server<W> {
 /// not an h2 preface) and `write`, until the client leaves, a timeout, an error, or
 /// `stop`; or until it has been idle for `Limits::park_after`, when it is handed
 /// back. Each request goes to `handler`.
+// Not an `async fn`: see the `async` block below.
+#[allow(clippy::manual_async_fn)]
 pub fn serve<W: AsyncWrite + Unpin, H: Handler<W>>(
     read: OwnedReadHalf,
     first: BytesMut,

@@ -88,6 +88,8 @@ impl Handler<ClientIo<OwnedWriteHalf>> for Pipeline {
     /// `proxy::handle` builds a request's header map only when something needs it.
     const LINES: bool = true;
 
+    // Not an `async fn`: see the `async` block below.
+    #[allow(clippy::manual_async_fn)]
     fn call(
         &self,
         req: Request<Option<Body>>,

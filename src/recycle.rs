@@ -37,8 +37,8 @@ use std::task::{Context, Poll};
 /// a busy thread; more are freed.
 const KEPT: usize = 64;
 
-/// Layouts kept per thread: a connection's future, the HTTP/1.1 server's, an h2
-/// stream's handler.
+/// Layouts kept per thread (a connection's future, an h2 stream's handler), and
+/// kinds of `resident` loops (the HTTP/1.1 server's).
 const LAYOUTS: usize = 4;
 
 thread_local! {

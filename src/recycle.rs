@@ -1,6 +1,6 @@
 //! Heap blocks for large futures, reused from one future to the next of its type on
-//! the same thread: a connection's future, the HTTP/1.1 server's, an h2 stream's
-//! handler.
+//! the same thread: a connection's future, the HTTP/1.1 server's (`resident`), an h2
+//! stream's handler.
 //!
 //! Such a future holds a request's future inline, several KiB, so it is boxed
 //! (moving it whole through tokio's spawn, or into a parent future's state, costs
@@ -10,8 +10,11 @@
 //! costs ~30,000 in all. Here the block outlives its future: when the future
 //! completes (or is dropped) it is dropped in place and the block goes to a short
 //! per-thread list for its layout, where the next future of that type on that thread
-//! takes it. `Recycled::with` takes the block before it makes the future, so the
-//! compiler can build the future in the block instead of copying it in whole.
+//! takes it. A future made and then written into its block is copied in whole, a
+//! `memcpy` of its size (nothing on stable Rust builds a value straight behind a
+//! pointer): for the HTTP/1.1 server's, 5.6 KiB per connection. `resident` keeps such
+//! a future's block with an async loop in it that builds each one in place, as a
+//! local of the loop, for one connection after another.
 //!
 //! Each layout's list keeps at most `KEPT` blocks, so what it holds after a burst is
 //! bounded (`KEPT` × the futures' sizes, under a MiB per serving thread in all).
@@ -22,8 +25,10 @@
 //! resident (see `take_block`).
 
 use std::alloc::{alloc, dealloc, handle_alloc_error, Layout};
-use std::cell::RefCell;
-use std::future::Future;
+use std::any::TypeId;
+use std::cell::{Cell, RefCell};
+use std::future::{poll_fn, Future};
+use std::marker::PhantomData;
 use std::pin::Pin;
 use std::ptr::NonNull;
 use std::task::{Context, Poll};
@@ -32,8 +37,8 @@ use std::task::{Context, Poll};
 /// a busy thread; more are freed.
 const KEPT: usize = 64;
 
-/// Layouts kept per thread: a connection's future, the HTTP/1.1 server's, an h2
-/// stream's handler.
+/// Layouts kept per thread (a connection's future, an h2 stream's handler), and
+/// kinds of `resident` loops (the HTTP/1.1 server's).
 const LAYOUTS: usize = 4;
 
 thread_local! {
@@ -59,6 +64,8 @@ pub fn in_block(layout: Layout) -> bool {
 /// Frees the blocks this thread's lists keep (to `take_block`'s pool, whose release
 /// then gives their pages back): called when the heap is trimmed after a burst.
 pub fn release_kept() {
+    // Each list drops its blocks' idle loops and frees the blocks (`Idle::drop`).
+    drop(IDLE.with_borrow_mut(std::mem::take));
     let lists = FREE.with_borrow_mut(|lists| {
         lists.iter_mut().map(|list| (list.layout, std::mem::take(&mut list.blocks))).collect::<Vec<_>>()
     });
@@ -82,6 +89,18 @@ unsafe fn free_block(block: NonNull<u8>, layout: Layout) {
         // SAFETY: the caller's promise: allocated with `layout`.
         unsafe { dealloc(block.as_ptr(), layout) };
     }
+}
+
+/// A new block for `layout`: from `take_block` as `in_block` says, else
+/// allocated; `free_block` frees it.
+fn new_block(layout: Layout) -> NonNull<u8> {
+    if in_block(layout) {
+        return take_block();
+    }
+    assert_ne!(layout.size(), 0, "a zero-sized value needs no block");
+    // SAFETY: `layout` has a non-zero size.
+    let raw = unsafe { alloc(layout) };
+    NonNull::new(raw).unwrap_or_else(|| handle_alloc_error(layout))
 }
 
 /// The size of a block from `take_block`: two pages, room for a connection's future.
@@ -259,10 +278,9 @@ impl<F: Future> Recycled<F> {
     }
 
     /// The future `make` makes, in a block from this thread's list or a new one. The
-    /// block is taken first and `make` called after, so the compiler can build the
-    /// future in the block itself: made first, a future is a value of its whole size
-    /// (a few KiB for a connection, most of it the state of requests to come) that
-    /// is copied into the block.
+    /// future is made, then copied into the block whole (a `memcpy` of its size, most
+    /// of it the state of requests to come); see `resident` for one that is built
+    /// in its block.
     #[inline(always)]
     pub fn with(make: impl FnOnce() -> F) -> Recycled<F> {
         let layout = Layout::new::<F>();
@@ -277,14 +295,7 @@ impl<F: Future> Recycled<F> {
             let list = lists.iter_mut().find(|list| list.layout == layout)?;
             list.blocks.pop()
         });
-        let block = reused.unwrap_or_else(|| {
-            if in_block(layout) {
-                return take_block();
-            }
-            // SAFETY: `layout` has a non-zero size.
-            let raw = unsafe { alloc(layout) };
-            NonNull::new(raw).unwrap_or_else(|| handle_alloc_error(layout))
-        });
+        let block = reused.unwrap_or_else(|| new_block(layout));
         let block = block.cast::<F>();
         // SAFETY: the block is `layout`, F's own, and holds no value.
         unsafe { block.as_ptr().write(make()) };
@@ -350,6 +361,254 @@ impl<F: Future> Drop for Recycled<F> {
         if !kept {
             // SAFETY: the block was made for `layout` (see `with`) and holds no value.
             unsafe { free_block(block, layout) };
+        }
+    }
+}
+
+/// Runs `make(job)` in a block of its own, as `Recycled::with(|| make(job))` would, but
+/// with `make`'s future built in the block instead of copied into it.
+///
+/// Why: `Recycled::with` writes a future that was made first, and a future made is a
+/// value of its whole size (5.6 KiB for the HTTP/1.1 server's, nearly all of it the
+/// state of requests to come), copied whole into the block: a `memcpy` of every byte,
+/// cold cache lines and all, per connection. No stable way builds a value straight
+/// behind a pointer (rustc marks no `&mut` argument `writable`, so LLVM does not make
+/// the callee write into it; and a `&mut` to a future, which is `!Unpin`, is not even
+/// `noalias`). What is built in place is a future pinned in a local of an async fn:
+/// it lives in that fn's own state, and is made there. So the block keeps an async
+/// loop (`run_jobs`) that makes each job's future as such a local, and outlives the
+/// job: when the job is done the loop waits for the next one, and the block, loop and
+/// all, goes to a per-thread list for the next `resident` of its kind. The loop is
+/// built (and copied in whole) once per block; each job after that costs a copy of
+/// its input.
+///
+/// As with `Recycled`, the job's future is done with when it completes (it holds
+/// nothing then); dropped before that, it is dropped with its loop, and the block is
+/// freed rather than kept.
+pub fn resident<A, F, M>(job: A, make: M) -> Resident<A, F::Output, impl Future<Output = ()>>
+where
+    A: 'static,
+    F: Future + 'static,
+    M: Fn(A) -> F + 'static,
+{
+    Resident::start(job, move |mailbox| run_jobs(mailbox, make))
+}
+
+/// A job's input and output, at the start of a `resident` block: the handle
+/// (`Resident`) puts the input in, the block's loop takes it, runs the job and puts
+/// its output here.
+struct Mailbox<A, O> {
+    job: Cell<Option<A>>,
+    done: Cell<Option<O>>,
+    /// `done` holds the output: a look at a flag, where a look at `done` (a `take`)
+    /// would copy the output each time the job is polled.
+    finished: Cell<bool>,
+}
+
+/// The loop's pointer to its block's mailbox.
+struct MailboxPtr<A, O>(NonNull<Mailbox<A, O>>);
+
+impl<A, O> Clone for MailboxPtr<A, O> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<A, O> Copy for MailboxPtr<A, O> {}
+
+// SAFETY: the mailbox is in the same block as the loop that holds this pointer, and
+// only the one owner of the block's `Resident` (moved between threads whole, as a
+// `Box` is) touches either, one at a time.
+unsafe impl<A: Send, O: Send> Send for MailboxPtr<A, O> {}
+
+impl<A, O> MailboxPtr<A, O> {
+    /// # Safety
+    /// The block is live (the loop runs in it). The mailbox is only ever used through
+    /// shared references, its `Cell`s, and not across threads at once (see `Send`).
+    unsafe fn get<'a>(self) -> &'a Mailbox<A, O> {
+        // SAFETY: the caller's promise.
+        unsafe { self.0.as_ref() }
+    }
+}
+
+/// The loop a `resident` block keeps: each job's future made where it lives, in this
+/// future's own state, and awaited there.
+async fn run_jobs<A, F: Future>(mailbox: MailboxPtr<A, F::Output>, make: impl Fn(A) -> F) {
+    loop {
+        // SAFETY (both): the loop runs in the block its mailbox starts.
+        let job = poll_fn(move |_| match unsafe { mailbox.get() }.job.take() {
+            Some(job) => Poll::Ready(job),
+            // Idle: the handle polls the loop again only once it has put a job in.
+            None => Poll::Pending,
+        })
+        .await;
+        let future = std::pin::pin!(make(job));
+        let output = future.await;
+        let mailbox = unsafe { mailbox.get() };
+        mailbox.done.set(Some(output));
+        mailbox.finished.set(true);
+    }
+}
+
+thread_local! {
+    /// Blocks whose loop waits for a job, by the loop's type (`resident`): up to
+    /// `LAYOUTS` kinds, `KEPT` blocks each.
+    static IDLE: RefCell<Vec<Idle>> = const { RefCell::new(Vec::new()) };
+}
+
+struct Idle {
+    runner: TypeId,
+    blocks: Vec<NonNull<u8>>,
+    /// Drops a block's loop in place and frees the block (`Resident::release`).
+    release: unsafe fn(NonNull<u8>),
+}
+
+impl Drop for Idle {
+    fn drop(&mut self) {
+        for block in self.blocks.drain(..) {
+            // SAFETY: a kept block holds an idle loop of this list's type (see
+            // `Resident::drop`) and is no longer in the list.
+            unsafe { (self.release)(block) };
+        }
+    }
+}
+
+/// A job running in a `resident` block (`R`: the block's loop), like `Recycled`:
+/// awaited, the job's output.
+pub struct Resident<A: 'static, O: 'static, R: Future<Output = ()> + 'static> {
+    block: NonNull<u8>,
+    /// A job is in the block: handed in and not yet done.
+    running: bool,
+    _holds: PhantomData<(A, O, R)>,
+}
+
+// SAFETY: `Resident` owns its block and what is in it (the loop, the job's input and
+// output) as a `Box` would; the loop's pointer to the mailbox stays in the block.
+unsafe impl<A: Send, O: Send, R: Future<Output = ()> + Send> Send for Resident<A, O, R> {}
+
+impl<A, O, R> Resident<A, O, R>
+where
+    A: 'static,
+    O: 'static,
+    R: Future<Output = ()> + 'static,
+{
+    /// The block's layout (the mailbox, then the loop) and where the loop is in it.
+    fn layout() -> (Layout, usize) {
+        Layout::new::<Mailbox<A, O>>().extend(Layout::new::<R>()).expect("a block's layout")
+    }
+
+    /// `job` in a block of this thread's list, or in a new one with a new loop
+    /// (`runner`).
+    fn start(job: A, runner: impl FnOnce(MailboxPtr<A, O>) -> R) -> Self {
+        let kind = TypeId::of::<R>();
+        let idle =
+            IDLE.with_borrow_mut(|lists| lists.iter_mut().find(|list| list.runner == kind)?.blocks.pop());
+        let block = idle.unwrap_or_else(|| {
+            let (layout, at) = Self::layout();
+            let block = new_block(layout);
+            let mailbox = block.cast::<Mailbox<A, O>>();
+            // SAFETY: a new block of `layout`: the mailbox at its start, the loop at
+            // `at`. The loop is made here, and copied in whole, once per block.
+            unsafe {
+                mailbox.as_ptr().write(Mailbox {
+                    job: Cell::new(None),
+                    done: Cell::new(None),
+                    finished: Cell::new(false),
+                });
+                block.as_ptr().add(at).cast::<R>().write(runner(MailboxPtr(mailbox)));
+            }
+            block
+        });
+        let resident = Resident { block, running: true, _holds: PhantomData };
+        let slot = resident.mailbox().job.as_ptr();
+        // SAFETY: the mailbox of a new block, or of an idle one (whose loop took its last
+        // job), holds no job: written over without a drop. (`Cell::set` would read the
+        // old value out first, a copy of the job's size.)
+        unsafe {
+            debug_assert!((*slot).is_none());
+            slot.write(Some(job));
+        }
+        resident
+    }
+
+    fn mailbox(&self) -> &Mailbox<A, O> {
+        // SAFETY: the block is live while `self` is, and starts with its mailbox.
+        unsafe { self.block.cast::<Mailbox<A, O>>().as_ref() }
+    }
+
+    /// Drops a block's loop and mailbox in place, and frees it.
+    ///
+    /// # Safety
+    /// `block` came from `start` for these types, and is not used afterwards.
+    unsafe fn release(block: NonNull<u8>) {
+        let (layout, at) = Self::layout();
+        // SAFETY: the caller's promise: the block holds a mailbox and a loop, at
+        // their places (see `start`), dropped nowhere else.
+        unsafe {
+            std::ptr::drop_in_place(block.as_ptr().add(at).cast::<R>());
+            std::ptr::drop_in_place(block.cast::<Mailbox<A, O>>().as_ptr());
+            free_block(block, layout);
+        }
+    }
+}
+
+impl<A, O, R> Future for Resident<A, O, R>
+where
+    A: 'static,
+    O: 'static,
+    R: Future<Output = ()> + 'static,
+{
+    type Output = O;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<O> {
+        // `Resident` is only a pointer: moving it never moves the loop.
+        let this = self.get_mut();
+        assert!(this.running, "`Resident` polled after it completed");
+        let at = Self::layout().1;
+        // SAFETY: the loop stays at this address until it is dropped in place; the
+        // mailbox it reads is apart from it, before it in the block.
+        let runner = unsafe { Pin::new_unchecked(&mut *this.block.as_ptr().add(at).cast::<R>()) };
+        // The loop never ends: it runs the job, then waits for the next one.
+        let _ = runner.poll(cx);
+        if !this.mailbox().finished.replace(false) {
+            return Poll::Pending;
+        }
+        this.running = false;
+        Poll::Ready(this.mailbox().done.take().expect("a finished job's output"))
+    }
+}
+
+impl<A, O, R: Future<Output = ()>> Unpin for Resident<A, O, R> {}
+
+impl<A, O, R: Future<Output = ()>> Drop for Resident<A, O, R> {
+    fn drop(&mut self) {
+        // Nothing is kept across threads' ends, or of a job cut short: its loop
+        // holds it, and goes with it.
+        let kept = !self.running
+            && IDLE
+                .try_with(|lists| {
+                    let mut lists = lists.borrow_mut();
+                    let kind = TypeId::of::<R>();
+                    let list = match lists.iter().position(|list| list.runner == kind) {
+                        Some(at) => &mut lists[at],
+                        None if lists.len() < LAYOUTS => {
+                            lists.push(Idle { runner: kind, blocks: Vec::new(), release: Self::release });
+                            lists.last_mut().expect("just pushed")
+                        }
+                        None => return false,
+                    };
+                    if list.blocks.len() < KEPT {
+                        list.blocks.push(self.block);
+                        true
+                    } else {
+                        false
+                    }
+                })
+                .unwrap_or(false);
+        if !kept {
+            // SAFETY: the block came from `start` for these types, and `self` is
+            // its only user.
+            unsafe { Self::release(self.block) };
         }
     }
 }
@@ -514,5 +773,123 @@ mod tests {
         drop(Recycled::new(std::future::ready([0u8; 300])));
         drop(Recycled::new(std::future::ready([0u8; 400])));
         assert_eq!(FREE.with_borrow(Vec::len), LAYOUTS);
+    }
+    /// A job for `resident`: its future, pending `polls_left` times, then `input + 1`;
+    /// it tells where it was built and counts its drops.
+    struct Job {
+        input: usize,
+        polls_left: usize,
+        drops: Arc<AtomicUsize>,
+        built_at: Arc<AtomicUsize>,
+        panics: bool,
+    }
+
+    async fn job(job: Job) -> usize {
+        let Job { input, polls_left, drops, built_at, panics } = job;
+        struct Counted(Arc<AtomicUsize>);
+        impl Drop for Counted {
+            fn drop(&mut self) {
+                self.0.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+        let counted = Counted(drops);
+        let mut ballast = [0u8; 600];
+        built_at.store(&raw const ballast as usize, Ordering::SeqCst);
+        for _ in 0..polls_left {
+            let mut yielded = false;
+            poll_fn(|cx| {
+                if std::mem::replace(&mut yielded, true) {
+                    return Poll::Ready(());
+                }
+                cx.waker().wake_by_ref();
+                Poll::Pending
+            })
+            .await;
+        }
+        assert!(!panics, "the job panics");
+        ballast[0] = 1;
+        drop(counted);
+        input + usize::from(ballast[0])
+    }
+
+    fn run(resident: &mut (impl Future<Output = usize> + Unpin)) -> usize {
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        loop {
+            if let Poll::Ready(output) = Pin::new(&mut *resident).poll(&mut cx) {
+                return output;
+            }
+        }
+    }
+
+    fn new_job(
+        input: usize,
+        polls_left: usize,
+        drops: &Arc<AtomicUsize>,
+        built_at: &Arc<AtomicUsize>,
+    ) -> Job {
+        Job { input, polls_left, drops: drops.clone(), built_at: built_at.clone(), panics: false }
+    }
+
+    #[test]
+    fn resident_jobs_run_one_after_another_in_the_block_they_keep() {
+        let (drops, built_at) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        let mut first = super::resident(new_job(1, 2, &drops, &built_at), job);
+        let block = first.block.as_ptr() as usize;
+        assert_eq!(run(&mut first), 2);
+        assert_eq!(drops.load(Ordering::SeqCst), 1, "the job is done with when it completes");
+        let at = built_at.load(Ordering::SeqCst);
+        assert!(at > block && at < block + BLOCK, "the job's future is built in its block");
+        drop(first);
+        let mut second = super::resident(new_job(10, 1, &drops, &built_at), job);
+        assert_eq!(second.block.as_ptr() as usize, block, "the block is kept, loop and all");
+        assert_eq!(run(&mut second), 11);
+        assert_eq!(built_at.load(Ordering::SeqCst), at, "the next job is built where the last one was");
+        assert_eq!(drops.load(Ordering::SeqCst), 2);
+    }
+
+    #[test]
+    fn a_resident_job_dropped_unfinished_is_dropped_and_its_block_freed() {
+        let (drops, built_at) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        let idle = || IDLE.with_borrow(|lists| lists.iter().map(|list| list.blocks.len()).sum::<usize>());
+        let before = idle();
+        let mut cut = super::resident(new_job(1, 5, &drops, &built_at), job);
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        assert!(Pin::new(&mut cut).poll(&mut cx).is_pending());
+        drop(cut);
+        assert_eq!(drops.load(Ordering::SeqCst), 1, "the unfinished job is dropped with its loop");
+        assert_eq!(idle(), before, "a block whose job was cut short is not kept");
+        // Never polled: the job was never built, its input is dropped in the mailbox.
+        drop(super::resident(new_job(1, 0, &drops, &built_at), job));
+        assert_eq!(idle(), before);
+    }
+
+    #[test]
+    fn a_resident_job_that_panics_is_dropped_once() {
+        let (drops, built_at) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        let mut panicking = super::resident(Job { panics: true, ..new_job(1, 0, &drops, &built_at) }, job);
+        let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(&mut panicking)));
+        assert!(caught.is_err());
+        drop(panicking);
+        assert_eq!(drops.load(Ordering::SeqCst), 1);
+        // The thread's next job of the kind runs in a new block, as usual.
+        let mut next = super::resident(new_job(3, 0, &drops, &built_at), job);
+        assert_eq!(run(&mut next), 4);
+    }
+
+    #[test]
+    fn the_idle_resident_blocks_are_freed_for_a_trim() {
+        let (drops, built_at) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        let mut many: Vec<_> =
+            (0..3).map(|i| super::resident(new_job(i, 0, &drops, &built_at), job)).collect();
+        for one in &mut many {
+            run(one);
+        }
+        drop(many);
+        let idle = || IDLE.with_borrow(|lists| lists.iter().map(|list| list.blocks.len()).sum::<usize>());
+        assert_eq!(idle(), 3);
+        release_kept();
+        assert_eq!(idle(), 0, "still kept through the trim");
+        let mut again = super::resident(new_job(5, 0, &drops, &built_at), job);
+        assert_eq!(run(&mut again), 6);
     }
 }

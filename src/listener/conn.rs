@@ -26,7 +26,6 @@ use super::{Settings, STOP_GRACE};
 use crate::body::ClientBody;
 use crate::proxy::tunnel::Tunnel;
 use crate::proxy::{self, Peer};
-use crate::recycle::Recycled;
 use crate::runtime::SharedRuntime;
 use crate::socket::Socket;
 
@@ -50,74 +49,87 @@ impl Connection {
     /// A `resumed` connection (back from the lobby) is HTTP/1.1 already: straight to
     /// `h1`, with nothing read yet. `first`: what the listener read from a new one
     /// when it accepted it (see `lobby::read_now`), if anything.
-    pub(super) async fn serve_plain(
+    // Not an `async fn`: see the `async` block below.
+    #[allow(clippy::manual_async_fn)]
+    pub(super) fn serve_plain(
         self,
         mut stream: Socket,
         resumed: bool,
         mut first: BytesMut,
-    ) -> Option<(Socket, Instant)> {
-        let mut line = FirstLine::default();
-        let deadline = Instant::now() + self.settings.handshake_timeout;
-        if !resumed {
-            // Bytes in hand are looked at before anything more is read.
-            let mut read_first = first.is_empty();
-            if read_first {
-                first = crate::http::h1::conn::head_buffer();
-            }
-            loop {
+    ) -> impl Future<Output = Option<(Socket, Instant)>> {
+        // An `async` block, not an `async fn`: an `async fn` moves its arguments into
+        // locals of its own, so its future would hold the connection twice.
+        async move {
+            let mut line = FirstLine::default();
+            let deadline = Instant::now() + self.settings.handshake_timeout;
+            if !resumed {
+                // Bytes in hand are looked at before anything more is read.
+                let mut read_first = first.is_empty();
                 if read_first {
-                    // The lobby hands over a readable socket: the first read needs no timer.
-                    // A polled read, not `try_read_buf`: one that fills less than the buffer
-                    // clears the socket's readiness, so the next read (the next request, or
-                    // the close) waits for epoll instead of first finding the socket empty.
-                    let once = poll_fn(|cx| {
-                        match tokio_util::io::poll_read_buf(Pin::new(&mut stream), cx, &mut first) {
-                            Poll::Ready(read) => Poll::Ready(Some(read)),
-                            Poll::Pending => Poll::Ready(None),
-                        }
-                    });
-                    let read = match once.await {
-                        Some(read) => read,
-                        None => {
-                            let read = tokio::io::AsyncReadExt::read_buf(&mut stream, &mut first);
-                            match tokio::time::timeout_at(deadline, read).await {
-                                Ok(read) => read,
-                                Err(_) => return None,
+                    first = crate::http::h1::conn::head_buffer();
+                }
+                loop {
+                    if read_first {
+                        // The lobby hands over a readable socket: the first read needs no timer.
+                        // A polled read, not `try_read_buf`: one that fills less than the buffer
+                        // clears the socket's readiness, so the next read (the next request, or
+                        // the close) waits for epoll instead of first finding the socket empty.
+                        let once = poll_fn(|cx| {
+                            match tokio_util::io::poll_read_buf(Pin::new(&mut stream), cx, &mut first) {
+                                Poll::Ready(read) => Poll::Ready(Some(read)),
+                                Poll::Pending => Poll::Ready(None),
                             }
+                        });
+                        let read = match once.await {
+                            Some(read) => read,
+                            None => {
+                                let read = tokio::io::AsyncReadExt::read_buf(&mut stream, &mut first);
+                                match tokio::time::timeout_at(deadline, read).await {
+                                    Ok(read) => read,
+                                    Err(_) => return None,
+                                }
+                            }
+                        };
+                        if !matches!(read, Ok(n) if n > 0) {
+                            return None;
                         }
-                    };
-                    if !matches!(read, Ok(n) if n > 0) {
+                    }
+                    read_first = true;
+                    let n = first.len().min(H2_PREFACE.len());
+                    if first[..n] != H2_PREFACE[..n] {
+                        match line.speaks_http1(&first, self.settings.max_header_size) {
+                            Some(true) => break,
+                            Some(false) => {
+                                tracing::debug!(client = %self.peer.addr, "neither HTTP/1 nor h2: closed");
+                                return None;
+                            }
+                            None => continue,
+                        }
+                    }
+                    if n == H2_PREFACE.len() {
+                        let mut io = ClientIo::new(
+                            stream,
+                            self.settings.handshake_timeout,
+                            self.settings.send_timeout,
+                        );
+                        // The preface is read already: no first-bytes timeout from here.
+                        io.matched = None;
+                        // Boxed for the same reason as TLS (see `Shared::serve`).
+                        Box::pin(self.serve_h2(io, first)).await;
                         return None;
                     }
                 }
-                read_first = true;
-                let n = first.len().min(H2_PREFACE.len());
-                if first[..n] != H2_PREFACE[..n] {
-                    match line.speaks_http1(&first, self.settings.max_header_size) {
-                        Some(true) => break,
-                        Some(false) => {
-                            tracing::debug!(client = %self.peer.addr, "neither HTTP/1 nor h2: closed");
-                            return None;
-                        }
-                        None => continue,
-                    }
-                }
-                if n == H2_PREFACE.len() {
-                    let mut io =
-                        ClientIo::new(stream, self.settings.handshake_timeout, self.settings.send_timeout);
-                    // The preface is read already: no first-bytes timeout from here.
-                    io.matched = None;
-                    // Boxed for the same reason as TLS (see `Shared::serve`).
-                    Box::pin(self.serve_h2(io, first)).await;
-                    return None;
-                }
             }
+            // In a block of its own: the HTTP/1.1 server's future holds a request's inline
+            // (5.6 KiB), and awaited here it would be copied whole into this future, which
+            // is copied in turn into the one above. The block keeps the loop that builds
+            // the server's future in place for each connection (`recycle::resident`): made
+            // here and moved into a block, it would be copied whole there too.
+            crate::recycle::resident((self, stream, first), |(conn, stream, first)| {
+                h1::serve(conn, stream, first)
+            })
+            .await
         }
-        // In a block of its own, made in place: the HTTP/1.1 server's future holds a
-        // request's inline (kilobytes), and awaited here it would be built and then
-        // copied whole into this future, which is copied in turn into the one above,
-        // each copy the size of all of it (see `recycle`).
-        Recycled::with(|| h1::serve(self, stream, first)).await
     }
 
     /// Serves a TLS client: the handshake within `timeout`, then the protocol ALPN

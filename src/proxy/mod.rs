@@ -33,6 +33,7 @@ mod pipeline;
 pub mod route;
 pub mod tunnel;
 
+use std::future::Future;
 use std::net::IpAddr;
 use std::time::Instant;
 
@@ -62,156 +63,169 @@ use route::{Action, Proxy, Route};
 /// field but `Host` (routing) and `Content-Length` (`max_request_body`); else the
 /// map is built from them, at once or once the route is known (`needs_map`), and
 /// the request goes on as any other. The access log reads `Host` from them.
-pub async fn handle(
-    rt: &Pipeline,
+// Not an `async fn`: see the `async` block below.
+#[allow(clippy::manual_async_fn)]
+pub fn handle<'a>(
+    rt: &'a Pipeline,
     mut req: Request<ClientBody>,
-    peer: &Peer,
+    peer: &'a Peer,
     mut lines: Option<RequestLines>,
-) -> Response<Body> {
-    let started = Instant::now();
-    // The checks and the strip below, as lines: when they would pass the request as
-    // it is; else they decide on its map (`framing::lines_pass`).
-    if let Some(fields) = lines.take_if(|l| !framing::lines_pass(&req, l, peer.underscores_in_headers)) {
-        fields.append_to(req.headers_mut());
-    }
-    let mut log = rt.access_log.as_ref().map(|log| log.begin_lines(started, peer.addr, &req, lines.as_ref()));
-    if lines.is_none() {
-        if let Err(error) = framing::check(&req) {
-            tracing::debug!(client = %peer.addr, %error, "refused");
-            return unrouted(rt, error, started, log);
+) -> impl Future<Output = Response<Body>> + 'a {
+    // An `async` block, not an `async fn`: an `async fn` moves its arguments into
+    // locals of its own, so its future would hold the request (264 bytes) twice
+    // and copy it over when it starts.
+    async move {
+        let started = Instant::now();
+        // The checks and the strip below, as lines: when they would pass the request as
+        // it is; else they decide on its map (`framing::lines_pass`).
+        if let Some(fields) = lines.take_if(|l| !framing::lines_pass(&req, l, peer.underscores_in_headers)) {
+            fields.append_to(req.headers_mut());
         }
-        // First, once: what the client's `Connection` names is the client's own, and no
-        // later step (routing, limits, shaping, the cache key) may read it or lose to it.
-        hop_by_hop::strip_client_hop_by_hop(req.headers_mut());
-        framing::sanitize(&mut req, peer.underscores_in_headers);
-    }
-    // Before routing, so no path that a server would read as another route's can match.
-    if !shaping::path_is_safe(req.uri().path()) {
-        return unrouted(rt, ProxyError::UnsafePath, started, log);
-    }
-    let route = match &lines {
-        Some(fields) => rt.router.route_lines(peer.listener, &req, fields),
-        None => rt.router.route(peer.listener, &req),
-    };
-    let Some(route) = route else {
-        return unrouted(rt, ProxyError::NoRoute, started, log);
-    };
-    if let Some(fields) = lines.take_if(|_| needs_map(route)) {
-        fields.append_to(req.headers_mut());
-        // What the strip above leaves of them: the lines hold no hop-by-hop field it
-        // would do more with than remove (`parse_request` keeps those in a map).
-        hop_by_hop::strip_client_hop_by_hop(req.headers_mut());
-    }
-    let client = route
-        .needs_client_ip
-        .then(|| client_ip::client_ip(peer.addr.ip(), req.headers(), &rt.trusted_proxies));
-    let request_id = route
-        .request_id
-        .then(|| shaping::request_id(req.headers(), rt.trusted_proxies.contains(peer.addr.ip())));
-    // `{host}` for response headers, kept before the request is handed on.
-    let host = route.response_headers.as_ref().filter(|h| h.uses(Var::Host)).and_then(|_| host_value(&req));
-    let mut trace =
-        Trace { request_bytes: log.as_ref().and_then(Pending::request_tally), ..Trace::default() };
-    let upstream = route.upstream();
-    let mut response = match (&route.access, &route.action) {
-        (Some(access), _) if !client.is_some_and(|ip| access.admits(ip)) => {
-            access.denied.inc();
-            ProxyError::AccessDenied.into_response()
+        let mut log =
+            rt.access_log.as_ref().map(|log| log.begin_lines(started, peer.addr, &req, lines.as_ref()));
+        if lines.is_none() {
+            if let Err(error) = framing::check(&req) {
+                tracing::debug!(client = %peer.addr, %error, "refused");
+                return unrouted(rt, error, started, log);
+            }
+            // First, once: what the client's `Connection` names is the client's own, and no
+            // later step (routing, limits, shaping, the cache key) may read it or lose to it.
+            hop_by_hop::strip_client_hop_by_hop(req.headers_mut());
+            framing::sanitize(&mut req, peer.underscores_in_headers);
         }
-        (_, Action::Answer(answer)) => answer.answer(&Vars {
-            host: route::request_host(&req),
-            path: req.uri().path_and_query().map(|p| p.as_str()),
-            tls: peer.tls,
-            ..Vars::default()
-        }),
-        // The proxying steps: body size -> limit -> shape the request (id, header
-        // rules, path) -> admit -> forward. Inline, not an async function of their own:
-        // each async layer copies the request into its future and the response out of
-        // it, a hundred-odd instructions per request (BENCHMARKS.md, session 4).
-        (_, Action::Proxy(proxy)) => {
-            let shaped = Shaped { client, request_id: request_id.as_ref(), fields: lines.as_ref() };
-            let upstream = &proxy.upstream;
-            // A declared length over the limit is refused before reading a byte of it,
-            // and before it spends a token of the rate limit.
-            let too_large = proxy.max_request_body.filter(|max| declared_length(&req, shaped.fields) > *max);
-            let limit = match proxy.limiter.as_deref().filter(|_| too_large.is_none()) {
-                None => None,
-                Some(limiter) => {
-                    let client = || {
-                        shaped.client.unwrap_or_else(|| {
-                            client_ip::client_ip(peer.addr.ip(), req.headers(), &rt.trusted_proxies)
-                        })
-                    };
-                    // Only a limit kept in Redis awaits; a local one stays a plain call.
-                    let decision = if limiter.is_shared() {
-                        limiter.check_shared(req.headers(), client, started).await
-                    } else {
-                        limiter.check(req.headers(), client, started)
-                    };
-                    Some((limiter, decision))
-                }
-            };
-            let result = match (too_large, &limit) {
-                (Some(limit), _) => Err(ProxyError::BodyTooLarge { limit }),
-                (_, Some((_, Decision::Deny { retry_after }))) => {
-                    Err(ProxyError::RateLimited { retry_after: *retry_after })
-                }
-                _ => {
-                    // The cache keys on the URL the client asked for, before any rewrite,
-                    // and never sees the URL-override headers a client sent.
-                    let client_path = proxy.cache.as_ref().and_then(|c| {
-                        c.cache.strip_overrides(req.headers_mut());
-                        proxy.rewrite.as_ref().and_then(|_| req.uri().path_and_query().cloned())
-                    });
-                    shape_request(proxy, &mut req, peer, &shaped);
-                    let job = Job {
-                        client_ip: shaped.client,
-                        request_timeout: Some(proxy.request_timeout),
-                        max_body: proxy.max_request_body,
-                        fields: shaped.fields,
-                        ..Job::new(upstream, peer)
-                    };
-                    match &proxy.cache {
-                        // Straight to `forward` without a limit to wait for: one layer
-                        // fewer to move the request into and the response out of.
-                        None if upstream.admission.is_none() => forward::forward(&job, req, &mut trace).await,
-                        None => admit_and_forward(&job, req, &mut trace).await,
-                        // Boxed: the cache's future is kilobytes large, and inline it
-                        // would grow every request's future, which is moved into place
-                        // per request.
-                        Some(c) => {
-                            let client = crate::cache::Client { route: c.route, path: client_path };
-                            Box::pin(cache::serve(&c.cache, &job, req, &mut trace, client)).await
+        // Before routing, so no path that a server would read as another route's can match.
+        if !shaping::path_is_safe(req.uri().path()) {
+            return unrouted(rt, ProxyError::UnsafePath, started, log);
+        }
+        let route = match &lines {
+            Some(fields) => rt.router.route_lines(peer.listener, &req, fields),
+            None => rt.router.route(peer.listener, &req),
+        };
+        let Some(route) = route else {
+            return unrouted(rt, ProxyError::NoRoute, started, log);
+        };
+        if let Some(fields) = lines.take_if(|_| needs_map(route)) {
+            fields.append_to(req.headers_mut());
+            // What the strip above leaves of them: the lines hold no hop-by-hop field it
+            // would do more with than remove (`parse_request` keeps those in a map).
+            hop_by_hop::strip_client_hop_by_hop(req.headers_mut());
+        }
+        let client = route
+            .needs_client_ip
+            .then(|| client_ip::client_ip(peer.addr.ip(), req.headers(), &rt.trusted_proxies));
+        let request_id = route
+            .request_id
+            .then(|| shaping::request_id(req.headers(), rt.trusted_proxies.contains(peer.addr.ip())));
+        // `{host}` for response headers, kept before the request is handed on.
+        let host =
+            route.response_headers.as_ref().filter(|h| h.uses(Var::Host)).and_then(|_| host_value(&req));
+        let mut trace =
+            Trace { request_bytes: log.as_ref().and_then(Pending::request_tally), ..Trace::default() };
+        let upstream = route.upstream();
+        let mut response = match (&route.access, &route.action) {
+            (Some(access), _) if !client.is_some_and(|ip| access.admits(ip)) => {
+                access.denied.inc();
+                ProxyError::AccessDenied.into_response()
+            }
+            (_, Action::Answer(answer)) => answer.answer(&Vars {
+                host: route::request_host(&req),
+                path: req.uri().path_and_query().map(|p| p.as_str()),
+                tls: peer.tls,
+                ..Vars::default()
+            }),
+            // The proxying steps: body size -> limit -> shape the request (id, header
+            // rules, path) -> admit -> forward. Inline, not an async function of their own:
+            // each async layer copies the request into its future and the response out of
+            // it, a hundred-odd instructions per request (BENCHMARKS.md, session 4).
+            (_, Action::Proxy(proxy)) => {
+                let shaped = Shaped { client, request_id: request_id.as_ref(), fields: lines.as_ref() };
+                let upstream = &proxy.upstream;
+                // A declared length over the limit is refused before reading a byte of it,
+                // and before it spends a token of the rate limit.
+                let too_large =
+                    proxy.max_request_body.filter(|max| declared_length(&req, shaped.fields) > *max);
+                let limit = match proxy.limiter.as_deref().filter(|_| too_large.is_none()) {
+                    None => None,
+                    Some(limiter) => {
+                        let client = || {
+                            shaped.client.unwrap_or_else(|| {
+                                client_ip::client_ip(peer.addr.ip(), req.headers(), &rt.trusted_proxies)
+                            })
+                        };
+                        // Only a limit kept in Redis awaits; a local one stays a plain call.
+                        let decision = if limiter.is_shared() {
+                            limiter.check_shared(req.headers(), client, started).await
+                        } else {
+                            limiter.check(req.headers(), client, started)
+                        };
+                        Some((limiter, decision))
+                    }
+                };
+                let result = match (too_large, &limit) {
+                    (Some(limit), _) => Err(ProxyError::BodyTooLarge { limit }),
+                    (_, Some((_, Decision::Deny { retry_after }))) => {
+                        Err(ProxyError::RateLimited { retry_after: *retry_after })
+                    }
+                    _ => {
+                        // The cache keys on the URL the client asked for, before any rewrite,
+                        // and never sees the URL-override headers a client sent.
+                        let client_path = proxy.cache.as_ref().and_then(|c| {
+                            c.cache.strip_overrides(req.headers_mut());
+                            proxy.rewrite.as_ref().and_then(|_| req.uri().path_and_query().cloned())
+                        });
+                        shape_request(proxy, &mut req, peer, &shaped);
+                        let job = Job {
+                            client_ip: shaped.client,
+                            request_timeout: Some(proxy.request_timeout),
+                            max_body: proxy.max_request_body,
+                            fields: shaped.fields,
+                            ..Job::new(upstream, peer)
+                        };
+                        match &proxy.cache {
+                            // Straight to `forward` without a limit to wait for: one layer
+                            // fewer to move the request into and the response out of.
+                            None if upstream.admission.is_none() => {
+                                forward::forward(&job, req, &mut trace).await
+                            }
+                            None => admit_and_forward(&job, req, &mut trace).await,
+                            // Boxed: the cache's future is kilobytes large, and inline it
+                            // would grow every request's future, which is moved into place
+                            // per request.
+                            Some(c) => {
+                                let client = crate::cache::Client { route: c.route, path: client_path };
+                                Box::pin(cache::serve(&c.cache, &job, req, &mut trace, client)).await
+                            }
                         }
                     }
+                };
+                let mut response = result.unwrap_or_else(|error| failed(upstream, peer, error));
+                if let Some((limiter, decision)) = limit {
+                    body::materialize(&mut response);
+                    limiter.write_headers(&decision, response.headers_mut());
                 }
-            };
-            let mut response = result.unwrap_or_else(|error| failed(upstream, peer, error));
-            if let Some((limiter, decision)) = limit {
-                body::materialize(&mut response);
-                limiter.write_headers(&decision, response.headers_mut());
+                response
             }
-            response
+        };
+        let host = host.as_ref().and_then(|h| h.to_str().ok()).map(route::strip_port);
+        let vars =
+            Vars { client_ip: client, request_id: request_id.as_ref(), tls: peer.tls, host, path: None };
+        shape_response(route, &mut response, &vars);
+        // Until the answer's head arrived, when it came from a server (the clock read
+        // then, not once more: the steps since take microseconds).
+        let elapsed = trace
+            .answered
+            .map_or_else(|| started.elapsed(), |at| at.into_std().saturating_duration_since(started));
+        upstream.map_or(&rt.unrouted, |u| &u.metrics.client).record(response.status(), elapsed);
+        if let Some(log) = &mut log {
+            log.entry.upstream = upstream.map(|u| u.name.clone());
+            log.entry.server =
+                upstream.zip(trace.server).and_then(|(u, i)| u.servers.get(i)).map(|s| s.address.clone());
+            log.entry.retries = trace.retries;
+            log.entry.request_id = request_id;
         }
-    };
-    let host = host.as_ref().and_then(|h| h.to_str().ok()).map(route::strip_port);
-    let vars = Vars { client_ip: client, request_id: request_id.as_ref(), tls: peer.tls, host, path: None };
-    shape_response(route, &mut response, &vars);
-    // Until the answer's head arrived, when it came from a server (the clock read
-    // then, not once more: the steps since take microseconds).
-    let elapsed = trace
-        .answered
-        .map_or_else(|| started.elapsed(), |at| at.into_std().saturating_duration_since(started));
-    upstream.map_or(&rt.unrouted, |u| &u.metrics.client).record(response.status(), elapsed);
-    if let Some(log) = &mut log {
-        log.entry.upstream = upstream.map(|u| u.name.clone());
-        log.entry.server =
-            upstream.zip(trace.server).and_then(|(u, i)| u.servers.get(i)).map(|s| s.address.clone());
-        log.entry.retries = trace.retries;
-        log.entry.request_id = request_id;
+        logged(&mut response, log);
+        response
     }
-    logged(&mut response, log);
-    response
 }
 
 /// The request id and the route's response header rules, on every answer of the

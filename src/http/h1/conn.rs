@@ -325,100 +325,111 @@ struct Server<W> {
 /// not an h2 preface) and `write`, until the client leaves, a timeout, an error, or
 /// `stop`; or until it has been idle for `Limits::park_after`, when it is handed
 /// back. Each request goes to `handler`.
-pub async fn serve<W: AsyncWrite + Unpin, H: Handler<W>>(
+// Not an `async fn`: see the `async` block below.
+#[allow(clippy::manual_async_fn)]
+pub fn serve<W: AsyncWrite + Unpin, H: Handler<W>>(
     read: ReadHalf,
     first: BytesMut,
     write: W,
     limits: Limits,
     mut stop: tokio::sync::watch::Receiver<bool>,
     handler: H,
-) -> Option<Parked<W>> {
-    let mut server = Server {
-        read: Some(ReadSide { io: read, buf: first }),
-        write,
-        scratch: Scratch::default(),
-        date: Date::default(),
-        timer: None,
-        timer_waits: false,
-        parked: None,
-    };
-    // One `changed` future for the connection's life, registered once (see `Stop`).
-    let check = stop.clone();
-    let changed = stop.changed();
-    tokio::pin!(changed);
-    let mut stop = Stop { changed, registered: false, stopped: false, check };
-    loop {
-        let head = server.read_head(&limits, &mut stop, H::LINES).await;
-        let (mut req, head, lines) = match head {
-            Ok(Some(parsed)) => parsed,
-            Ok(None) => return server.park(),
-            Err(status) => {
-                server.refuse(status, &handler).await;
+) -> impl Future<Output = Option<Parked<W>>> {
+    // An `async` block, not an `async fn`: an `async fn` moves its arguments into
+    // locals of its own, so its future holds each twice (the handler, the limits
+    // and `stop`: 240 bytes) and copies them over when it starts.
+    async move {
+        let mut server = Server {
+            read: Some(ReadSide { io: read, buf: first }),
+            write,
+            scratch: Scratch::default(),
+            date: Date::default(),
+            timer: None,
+            timer_waits: false,
+            parked: None,
+        };
+        // One `changed` future for the connection's life, registered once (see `Stop`).
+        let check = stop.clone();
+        let changed = stop.changed();
+        tokio::pin!(changed);
+        let mut stop = Stop { changed, registered: false, stopped: false, check };
+        loop {
+            let head = server.read_head(&limits, &mut stop, H::LINES).await;
+            let (mut req, head, lines) = match head {
+                Ok(Some(parsed)) => parsed,
+                Ok(None) => return server.park(),
+                Err(status) => {
+                    server.refuse(status, &handler).await;
+                    return None;
+                }
+            };
+            let lent = match head.body {
+                Decode::Done => None,
+                state => {
+                    let side = server.read.take();
+                    let expect = head.expect_continue;
+                    let reader = Reader { side, state, expect, wanted: false, waker: None };
+                    Some(Arc::new(Mutex::new(reader)))
+                }
+            };
+            *req.body_mut() = lent.as_ref().map(|reader| {
+                let length = match head.body {
+                    Decode::Length(n) => Some(n),
+                    _ => None,
+                };
+                Body { reader: reader.clone(), length }
+            });
+            let (mut keep, switched) = {
+                // Made in each arm, not before: a future made apart and then awaited is
+                // moved into place, a copy of its kilobytes per request.
+                let mut response = match lent.as_ref().filter(|_| head.expect_continue) {
+                    None => handler.call(req, lines).await,
+                    Some(reader) => {
+                        let mut pending: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
+                        let write = &mut server.write;
+                        let mut handle = std::pin::pin!(handler.call(req, lines));
+                        poll_fn(|cx| {
+                            if !pending.is_empty() && send_continue(reader, write, &mut pending, cx) {
+                                // The client is gone: the body's read fails, and the request with it.
+                                pending = &[];
+                            }
+                            handle.as_mut().poll(cx)
+                        })
+                        .await
+                    }
+                };
+                let switched = response.status() == StatusCode::SWITCHING_PROTOCOLS;
+                if head.upgrade && switched && lent.is_none() {
+                    server.upgrade(response, &handler).await;
+                    return None;
+                }
+                // A look, not a registration: the wait for the next head registers, if the
+                // connection gets that far (a client's only request never does).
+                let stopping = stop.peek();
+                // A 101 that is not tunnelled (its request had a body): the server has left
+                // HTTP, so what the client sends next is not a request; the connection ends.
+                let keep = server.respond(&mut response, &head, stopping).await && !switched;
+                // The response is done with: dropped where it is at the end of this block,
+                // its body hands the upstream connection back before anything below waits
+                // (a close lingers). `drop(response)` would move it first, a copy of its
+                // 256 bytes per request.
+                (keep, switched)
+            };
+            // Whether the request's body was read to its end (or it had none).
+            let mut whole = true;
+            if let Some(reader) = lent {
+                let mut reader = lock(&reader);
+                whole = reader.drain();
+                keep &= whole;
+                server.read = reader.side.take();
+            }
+            if !keep {
+                // The client said this was its last request and all of it was read: it
+                // sends nothing more, so there is nothing to linger for (see `close`).
+                let last = !head.keep_alive && whole && !switched;
+                server.close(last, &handler).await;
                 return None;
             }
-        };
-        let lent = match head.body {
-            Decode::Done => None,
-            state => {
-                let side = server.read.take();
-                let expect = head.expect_continue;
-                let reader = Reader { side, state, expect, wanted: false, waker: None };
-                Some(Arc::new(Mutex::new(reader)))
-            }
-        };
-        *req.body_mut() = lent.as_ref().map(|reader| {
-            let length = match head.body {
-                Decode::Length(n) => Some(n),
-                _ => None,
-            };
-            Body { reader: reader.clone(), length }
-        });
-        // Made in each arm, not before: a future made apart and then awaited is
-        // moved into place, a copy of its kilobytes per request.
-        let mut response = match lent.as_ref().filter(|_| head.expect_continue) {
-            None => handler.call(req, lines).await,
-            Some(reader) => {
-                let mut pending: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
-                let write = &mut server.write;
-                let mut handle = std::pin::pin!(handler.call(req, lines));
-                poll_fn(|cx| {
-                    if !pending.is_empty() && send_continue(reader, write, &mut pending, cx) {
-                        // The client is gone: the body's read fails, and the request with it.
-                        pending = &[];
-                    }
-                    handle.as_mut().poll(cx)
-                })
-                .await
-            }
-        };
-        let switched = response.status() == StatusCode::SWITCHING_PROTOCOLS;
-        if head.upgrade && switched && lent.is_none() {
-            server.upgrade(response, &handler).await;
-            return None;
-        }
-        // A look, not a registration: the wait for the next head registers, if the
-        // connection gets that far (a client's only request never does).
-        let stopping = stop.peek();
-        // A 101 that is not tunnelled (its request had a body): the server has left
-        // HTTP, so what the client sends next is not a request; the connection ends.
-        let mut keep = server.respond(&mut response, &head, stopping).await && !switched;
-        // Done with: its body hands the upstream connection back before anything
-        // below waits (a close lingers).
-        drop(response);
-        // Whether the request's body was read to its end (or it had none).
-        let mut whole = true;
-        if let Some(reader) = lent {
-            let mut reader = lock(&reader);
-            whole = reader.drain();
-            keep &= whole;
-            server.read = reader.side.take();
-        }
-        if !keep {
-            // The client said this was its last request and all of it was read: it
-            // sends nothing more, so there is nothing to linger for (see `close`).
-            let last = !head.keep_alive && whole && !switched;
-            server.close(last, &handler).await;
-            return None;
         }
     }
 }

@@ -49,6 +49,7 @@
 //!   back (`serve` returns it) for the listener's lobby, so its task ends until the
 //!   client sends again.
 
+use std::future::Future;
 use std::time::Duration;
 
 use bytes::BytesMut;
@@ -86,13 +87,23 @@ impl Handler<ClientIo<WriteHalf>> for Pipeline {
     /// `proxy::handle` builds a request's header map only when something needs it.
     const LINES: bool = true;
 
-    async fn call(&self, req: Request<Option<Body>>, lines: Option<RequestLines>) -> Response<ResponseBody> {
-        let rt = self.runtime.load_full();
-        let req = req.map(|body| match body {
-            None => ClientBody::Empty,
-            Some(body) => ClientBody::H1(body),
-        });
-        proxy::handle(&rt.pipeline, req, &self.peer, lines).await
+    // Not an `async fn`: see the `async` block below.
+    #[allow(clippy::manual_async_fn)]
+    fn call(
+        &self,
+        req: Request<Option<Body>>,
+        lines: Option<RequestLines>,
+    ) -> impl Future<Output = Response<ResponseBody>> {
+        // An `async` block, not an `async fn`: an `async fn` moves its arguments into
+        // locals of its own, a copy of the request when it starts.
+        async move {
+            let rt = self.runtime.load_full();
+            let req = req.map(|body| match body {
+                None => ClientBody::Empty,
+                Some(body) => ClientBody::H1(body),
+            });
+            proxy::handle(&rt.pipeline, req, &self.peer, lines).await
+        }
     }
 
     /// Joins the client and upstream sockets and copies bytes both ways until either

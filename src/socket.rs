@@ -19,7 +19,7 @@
 //! Unix only, as weir is: reads go to `recv(2)` directly, into the buffer's
 //! uninitialized spare room, as tokio's do.
 
-use std::io::{self, Write};
+use std::io::{self, IoSlice, Write};
 use std::net::Shutdown;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
 use std::pin::Pin;
@@ -191,6 +191,24 @@ impl Inner {
         }
     }
 
+    /// `poll_write` for several buffers at once: one `writev` (TLS writes its records
+    /// this way).
+    fn poll_write_vectored(&self, cx: &mut Context<'_>, bufs: &[IoSlice<'_>]) -> Poll<io::Result<usize>> {
+        if self.registered.get().is_none() {
+            match (&self.stream).write_vectored(bufs) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                written => return Poll::Ready(written),
+            }
+        }
+        let registration = self.registration()?;
+        loop {
+            let mut guard = ready!(registration.poll_write_ready(cx))?;
+            if let Ok(written) = guard.try_io(|_| (&self.stream).write_vectored(bufs)) {
+                return Poll::Ready(written);
+            }
+        }
+    }
+
     /// Whether bytes may have come since the last read, by what the socket knows
     /// already: no system call.
     fn may_have_bytes(&self, cx: &mut Context<'_>) -> bool {
@@ -282,6 +300,18 @@ impl AsyncWrite for Socket {
         self.inner.poll_write(cx, bytes)
     }
 
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        self.inner.poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true
+    }
+
     fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
         Poll::Ready(Ok(()))
     }
@@ -294,6 +324,18 @@ impl AsyncWrite for Socket {
 impl AsyncWrite for WriteHalf {
     fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, bytes: &[u8]) -> Poll<io::Result<usize>> {
         self.inner.poll_write(cx, bytes)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        self.inner.poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true
     }
 
     fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -415,6 +457,21 @@ mod tests {
         assert!(early.is_err(), "a forgotten half sent a FIN");
         drop(read);
         assert_eq!(client.read(&mut byte).await.unwrap(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_vectored_write_goes_out_whole() {
+        let (socket, mut client) = pair().await;
+        let (_read, mut write) = socket.into_split();
+        assert!(write.is_write_vectored(), "TLS would write its records one call each");
+        let parts = [IoSlice::new(b"one "), IoSlice::new(b"two "), IoSlice::new(b"three")];
+        let n =
+            std::future::poll_fn(|cx| Pin::new(&mut write).poll_write_vectored(cx, &parts)).await.unwrap();
+        assert_eq!(n, 13);
+        drop(write);
+        let mut got = Vec::new();
+        client.read_to_end(&mut got).await.unwrap();
+        assert_eq!(got, b"one two three");
     }
 
     #[tokio::test]

@@ -176,26 +176,25 @@ impl Inner {
     }
 
     fn poll_write(&self, cx: &mut Context<'_>, bytes: &[u8]) -> Poll<io::Result<usize>> {
-        if self.registered.get().is_none() {
-            match (&self.stream).write(bytes) {
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                written => return Poll::Ready(written),
-            }
-        }
-        let registration = self.registration()?;
-        loop {
-            let mut guard = ready!(registration.poll_write_ready(cx))?;
-            if let Ok(written) = guard.try_io(|_| (&self.stream).write(bytes)) {
-                return Poll::Ready(written);
-            }
-        }
+        self.poll_write_with(cx, || (&self.stream).write(bytes))
     }
 
     /// `poll_write` for several buffers at once: one `writev` (TLS writes its records
     /// this way).
     fn poll_write_vectored(&self, cx: &mut Context<'_>, bufs: &[IoSlice<'_>]) -> Poll<io::Result<usize>> {
+        self.poll_write_with(cx, || (&self.stream).write_vectored(bufs))
+    }
+
+    /// Runs the write `io` at once while the socket is not registered; when it finds
+    /// the socket full, or once it is registered, waits for the poller to say it
+    /// has room.
+    fn poll_write_with(
+        &self,
+        cx: &mut Context<'_>,
+        mut io: impl FnMut() -> io::Result<usize>,
+    ) -> Poll<io::Result<usize>> {
         if self.registered.get().is_none() {
-            match (&self.stream).write_vectored(bufs) {
+            match io() {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                 written => return Poll::Ready(written),
             }
@@ -203,7 +202,7 @@ impl Inner {
         let registration = self.registration()?;
         loop {
             let mut guard = ready!(registration.poll_write_ready(cx))?;
-            if let Ok(written) = guard.try_io(|_| (&self.stream).write_vectored(bufs)) {
+            if let Ok(written) = guard.try_io(|_| io()) {
                 return Poll::Ready(written);
             }
         }

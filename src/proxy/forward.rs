@@ -203,132 +203,142 @@ pub struct Trace {
 /// copies the request into its future and the response out of it, a hundred-odd
 /// instructions per request (BENCHMARKS.md, session 4). A request weir makes itself
 /// (the cache's background refresh) comes with `ClientBody::Empty`.
-pub async fn forward(
-    job: &Job<'_>,
+// Not an `async fn`: see the `async` block below.
+#[allow(clippy::manual_async_fn)]
+pub fn forward<'a>(
+    job: &'a Job<'a>,
     req: Request<ClientBody>,
-    trace: &mut Trace,
-) -> Result<Response<Body>, ProxyError> {
-    // A body with content is wrapped to count its bytes (`tally`: this request's own
-    // count, if logged), to hold it to the route's `max_request_body`, and to say
-    // whether it failed by the client's fault (`watch`).
-    let tally = trace.request_bytes.take();
-    let mut watch = None;
-    let mut req = req.map(|body| {
-        if http_body::Body::is_end_stream(&body) {
-            Outbound::Client(body)
-        } else {
-            let bytes = job.upstream.metrics.request_bytes.clone();
-            let shared = Arc::new(BodyWatch::new(job.max_body));
-            watch = Some(shared.clone());
-            Outbound::Request(RequestBody::new(body, bytes, tally, job.peer.body_read_timeout, shared))
-        }
-    });
-    let (upstream, peer) = (job.upstream, job.peer);
-    // Only consistent_hash reads the request here; for the others this is a no-op.
-    let key: PickKey = upstream.balancer.key(&req, job.client_ip.unwrap_or(peer.addr.ip()));
-    let preferred = upstream.sticky.as_ref().and_then(|s| s.preferred(req.headers()));
-    let timeout = job.request_timeout.unwrap_or(upstream.request_timeout);
-    // `upgrading`: whether an upgrade goes up; only then may a `101` come back.
-    let (mut on_upgrade, forwarded, upgrading) = prepare(&mut req, peer, upstream.h2, job.fields);
-    upstream.retry_budget.deposit();
-    let replayable = is_idempotent(req.method()) && http_body::Body::is_end_stream(req.body());
-    let panic = upstream.health.in_panic(&upstream.servers);
-    let mut tried = Tried::default();
-    let mut last: Option<Failed> = None;
-    loop {
-        let Some((index, server)) = pick(upstream, &key, &tried, panic, preferred) else {
-            return match last {
-                Some(failed) => failed.into_result(trace),
-                None => Err(ProxyError::NoHealthyServer { upstream: upstream.name.clone() }),
+    trace: &'a mut Trace,
+) -> impl Future<Output = Result<Response<Body>, ProxyError>> + 'a {
+    // An `async` block, not an `async fn`: an `async fn` moves its arguments into
+    // locals of its own, so its future would hold the request twice and copy it
+    // over when it starts.
+    async move {
+        // A body with content is wrapped to count its bytes (`tally`: this request's own
+        // count, if logged), to hold it to the route's `max_request_body`, and to say
+        // whether it failed by the client's fault (`watch`).
+        let tally = trace.request_bytes.take();
+        let mut watch = None;
+        let mut req = req.map(|body| {
+            if http_body::Body::is_end_stream(&body) {
+                Outbound::Client(body)
+            } else {
+                let bytes = job.upstream.metrics.request_bytes.clone();
+                let shared = Arc::new(BodyWatch::new(job.max_body));
+                watch = Some(shared.clone());
+                Outbound::Request(RequestBody::new(body, bytes, tally, job.peer.body_read_timeout, shared))
+            }
+        });
+        let (upstream, peer) = (job.upstream, job.peer);
+        // Only consistent_hash reads the request here; for the others this is a no-op.
+        let key: PickKey = upstream.balancer.key(&req, job.client_ip.unwrap_or(peer.addr.ip()));
+        let preferred = upstream.sticky.as_ref().and_then(|s| s.preferred(req.headers()));
+        let timeout = job.request_timeout.unwrap_or(upstream.request_timeout);
+        // `upgrading`: whether an upgrade goes up; only then may a `101` come back.
+        let (mut on_upgrade, forwarded, upgrading) = prepare(&mut req, peer, upstream.h2, job.fields);
+        upstream.retry_budget.deposit();
+        let replayable = is_idempotent(req.method()) && http_body::Body::is_end_stream(req.body());
+        let panic = upstream.health.in_panic(&upstream.servers);
+        let mut tried = Tried::default();
+        let mut last: Option<Failed> = None;
+        loop {
+            let Some((index, server)) = pick(upstream, &key, &tried, panic, preferred) else {
+                return match last {
+                    Some(failed) => failed.into_result(trace),
+                    None => Err(ProxyError::NoHealthyServer { upstream: upstream.name.clone() }),
+                };
             };
-        };
-        if let Some(failed) = last.take() {
-            if !upstream.retry_budget.try_withdraw() {
-                return failed.into_result(trace);
+            if let Some(failed) = last.take() {
+                if !upstream.retry_budget.try_withdraw() {
+                    return failed.into_result(trace);
+                }
+                upstream.metrics.retries.inc();
+                trace.retries += 1;
+                // One line per failed server per interval (`LogThrottle`), with the count held back.
+                let failed_at = trace.server.and_then(|i| upstream.servers.get(i));
+                if let Some(held_back) = failed_at.map_or(Some(0), |s| s.state.retry_log.admit()) {
+                    let failed_at = failed_at.map_or("", |s| &*s.address);
+                    tracing::warn!(upstream = %upstream.name, server = failed_at, why = %failed, next = %server.address, held_back, "retrying on another server");
+                }
             }
-            upstream.metrics.retries.inc();
-            trace.retries += 1;
-            // One line per failed server per interval (`LogThrottle`), with the count held back.
-            let failed_at = trace.server.and_then(|i| upstream.servers.get(i));
-            if let Some(held_back) = failed_at.map_or(Some(0), |s| s.state.retry_log.admit()) {
-                let failed_at = failed_at.map_or("", |s| &*s.address);
-                tracing::warn!(upstream = %upstream.name, server = failed_at, why = %failed, next = %server.address, held_back, "retrying on another server");
-            }
-        }
-        tried.insert(index);
-        trace.server = Some(index);
-        // The HTTP/1.1 client leaves a bodyless request whole, so it can be sent again
-        // if the connection drops after it went out; h2 consumes it, so a copy is kept,
-        // when there is another server to replay it on.
-        let copy =
-            (upstream.h2 && replayable && upstream.servers.len() > 1).then(|| Box::new(copy_head(&req)));
-        // Only the answer that ends the request says when it came.
-        trace.answered = None;
-        let tried = attempt(
-            upstream,
-            (index, server),
-            &mut req,
-            forwarded.as_ref(),
-            (timeout, peer.writes_lines, &peer.timer),
-            (watch.as_deref(), &mut trace.answered),
-        );
-        match tried.await {
-            Ok(mut response) => {
-                let answered = trace.answered.unwrap_or_else(tokio::time::Instant::now);
-                health::record_at(upstream, server, Outcome::Response(response.status()), answered);
-                // A status the upstream retries on: another server may answer better,
-                // and this answer is kept for when none can.
-                if replayable && upstream.retries_on(response.status()) && (!upstream.h2 || copy.is_some()) {
-                    if let Some(copy) = copy {
+            tried.insert(index);
+            trace.server = Some(index);
+            // The HTTP/1.1 client leaves a bodyless request whole, so it can be sent again
+            // if the connection drops after it went out; h2 consumes it, so a copy is kept,
+            // when there is another server to replay it on.
+            let copy =
+                (upstream.h2 && replayable && upstream.servers.len() > 1).then(|| Box::new(copy_head(&req)));
+            // Only the answer that ends the request says when it came.
+            trace.answered = None;
+            let tried = attempt(
+                upstream,
+                (index, server),
+                &mut req,
+                forwarded.as_ref(),
+                (timeout, peer.writes_lines, &peer.timer),
+                (watch.as_deref(), &mut trace.answered),
+            );
+            match tried.await {
+                Ok(mut response) => {
+                    let answered = trace.answered.unwrap_or_else(tokio::time::Instant::now);
+                    health::record_at(upstream, server, Outcome::Response(response.status()), answered);
+                    // A status the upstream retries on: another server may answer better,
+                    // and this answer is kept for when none can.
+                    if replayable
+                        && upstream.retries_on(response.status())
+                        && (!upstream.h2 || copy.is_some())
+                    {
+                        if let Some(copy) = copy {
+                            req = *copy;
+                        }
+                        last = Some(Failed::Answer(Box::new(response), index));
+                        continue;
+                    }
+                    if let Some(sticky) = upstream.sticky.as_ref().filter(|_| preferred != Some(index)) {
+                        // Added to the map beside the server's fields, wherever those are:
+                        // weir's servers write both (`proxy::body::materialize`).
+                        if let Some(cookie) = sticky.set_cookie(index, peer.tls) {
+                            response.headers_mut().append(header::SET_COOKIE, cookie.clone());
+                        }
+                    }
+                    if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+                        // A switch nobody asked for (the route refused the client's
+                        // `Upgrade`) would make the connection a blind tunnel.
+                        if !upgrading {
+                            let reason = "101 to a request that asked for no upgrade";
+                            return Err(ProxyError::BadResponse { server: server.address.clone(), reason });
+                        }
+                        if let Some(client) = on_upgrade.take() {
+                            return Ok(tunnel(response, client));
+                        }
+                    }
+                    return Ok(response);
+                }
+                Err((error, sent)) => {
+                    // The client's body failed (too large, malformed, stalled, abandoned):
+                    // the server did nothing wrong, and is not blamed or retried.
+                    if let Some(error) = watch.as_deref().and_then(client_fault) {
+                        return Err(error);
+                    }
+                    if error.is_client_fault() {
+                        return Err(error);
+                    }
+                    health::record(upstream, server, Outcome::Failure(error.kind()));
+                    // Unsent: any request may go elsewhere. Sent: only a replayable one, and
+                    // only when the connection failed (a timeout or a bad response may
+                    // have done the work already).
+                    let again = !sent
+                        || (replayable
+                            && matches!(error, ProxyError::Upstream { .. })
+                            && (!upstream.h2 || copy.is_some()));
+                    if !again {
+                        return Err(error);
+                    }
+                    if let (true, Some(copy)) = (sent, copy) {
                         req = *copy;
                     }
-                    last = Some(Failed::Answer(Box::new(response), index));
-                    continue;
+                    last = Some(Failed::Error(error));
                 }
-                if let Some(sticky) = upstream.sticky.as_ref().filter(|_| preferred != Some(index)) {
-                    // Added to the map beside the server's fields, wherever those are:
-                    // weir's servers write both (`proxy::body::materialize`).
-                    if let Some(cookie) = sticky.set_cookie(index, peer.tls) {
-                        response.headers_mut().append(header::SET_COOKIE, cookie.clone());
-                    }
-                }
-                if response.status() == StatusCode::SWITCHING_PROTOCOLS {
-                    // A switch nobody asked for (the route refused the client's
-                    // `Upgrade`) would make the connection a blind tunnel.
-                    if !upgrading {
-                        let reason = "101 to a request that asked for no upgrade";
-                        return Err(ProxyError::BadResponse { server: server.address.clone(), reason });
-                    }
-                    if let Some(client) = on_upgrade.take() {
-                        return Ok(tunnel(response, client));
-                    }
-                }
-                return Ok(response);
-            }
-            Err((error, sent)) => {
-                // The client's body failed (too large, malformed, stalled, abandoned):
-                // the server did nothing wrong, and is not blamed or retried.
-                if let Some(error) = watch.as_deref().and_then(client_fault) {
-                    return Err(error);
-                }
-                if error.is_client_fault() {
-                    return Err(error);
-                }
-                health::record(upstream, server, Outcome::Failure(error.kind()));
-                // Unsent: any request may go elsewhere. Sent: only a replayable one, and
-                // only when the connection failed (a timeout or a bad response may
-                // have done the work already).
-                let again = !sent
-                    || (replayable
-                        && matches!(error, ProxyError::Upstream { .. })
-                        && (!upstream.h2 || copy.is_some()));
-                if !again {
-                    return Err(error);
-                }
-                if let (true, Some(copy)) = (sent, copy) {
-                    req = *copy;
-                }
-                last = Some(Failed::Error(error));
             }
         }
     }

@@ -108,27 +108,13 @@ pub fn stash_here() {
 pub fn release_stash() {
     with_stash_anyway(|stash| {
         stash.on = false;
-        for list in &mut stash.lists {
-            let layout = Layout::from_size_align(list.size, list.align.max(1));
-            for &block in &list.blocks[..list.len] {
-                if let Ok(layout) = layout {
-                    // SAFETY: a stashed block came from `System.alloc(layout)` and is
-                    // owned by the stash alone.
-                    unsafe { System.dealloc(block, layout) };
-                }
-            }
-            *list = EMPTY_LIST;
-        }
+        stash.free_all();
     });
 }
 
 /// Frees the stashed blocks but keeps stashing: for a trim of the heap.
 pub fn trim_stash() {
-    let on = with_stash(|_| ()).is_some();
-    release_stash();
-    if on {
-        stash_here();
-    }
+    with_stash_anyway(Stash::free_all);
 }
 
 fn with_stash_anyway(f: impl FnOnce(&mut Stash)) {
@@ -139,6 +125,20 @@ fn with_stash_anyway(f: impl FnOnce(&mut Stash)) {
 }
 
 impl Stash {
+    /// Frees every stashed block to the system allocator.
+    fn free_all(&mut self) {
+        for list in &mut self.lists {
+            if let Ok(layout) = Layout::from_size_align(list.size, list.align.max(1)) {
+                for &block in &list.blocks[..list.len] {
+                    // SAFETY: a stashed block came from `System.alloc(layout)` and is
+                    // owned by the stash alone.
+                    unsafe { System.dealloc(block, layout) };
+                }
+            }
+            *list = EMPTY_LIST;
+        }
+    }
+
     fn pop(&mut self, layout: Layout) -> Option<*mut u8> {
         let list = self.lists.iter_mut().find(|l| l.size == layout.size() && l.align == layout.align())?;
         list.len = list.len.checked_sub(1)?;

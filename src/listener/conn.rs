@@ -72,8 +72,8 @@ impl Connection {
                     if read_first {
                         // The lobby hands over a readable socket: the first read needs no timer.
                         // A polled read, not `try_read_buf`: one that fills less than the buffer
-                        // clears the socket's readiness, so the next read (the next request, or
-                        // the close) waits for epoll instead of first finding the socket empty.
+                        // marks the socket drained (`Socket`), so the next read (the next request,
+                        // or the close) waits for epoll instead of first finding the socket empty.
                         let once = poll_fn(|cx| {
                             match tokio_util::io::poll_read_buf(Pin::new(&mut stream), cx, &mut first) {
                                 Poll::Ready(read) => Poll::Ready(Some(read)),

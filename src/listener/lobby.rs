@@ -66,27 +66,18 @@ pub(super) struct Accepted {
     pub(super) resumed: bool,
 }
 
-/// Reads what a client just accepted has sent already, without waiting. tokio
-/// takes an accepted socket as readable until a read finds it empty, and a plain
-/// HTTP client sends its request at once: under load it is there by the time the
-/// client is accepted. `Pending`: nothing yet, and the socket's readiness is
-/// cleared, so a wait in the lobby lasts until epoll reports the bytes. A read, not
-/// `try_read_buf`: one that fills less than the buffer clears the readiness too, so
-/// the connection's next read (or its close) waits for epoll instead of first
-/// finding the socket empty.
+/// Reads what a client just accepted has sent already, without waiting: a plain
+/// HTTP client sends its request at once, and under load it is there by the time the
+/// client is accepted. A read that fills less than the buffer marks the socket
+/// drained (`Socket`), so the connection's next read (or its close) goes to epoll
+/// instead of first finding the socket empty. `Pending`: nothing yet; the socket is
+/// registered then, as the lobby's wait needs it.
 ///
 /// Nothing waits on this read: a client left in the lobby is woken by its
 /// `Waiting`, which registers the listener's task when it is polled.
 pub(super) fn read_now(stream: &mut Socket, buf: &mut BytesMut) -> Poll<std::io::Result<usize>> {
     let mut cx = Context::from_waker(std::task::Waker::noop());
     tokio_util::io::poll_read_buf(Pin::new(stream), &mut cx, buf)
-}
-
-/// Whether a client just accepted has sent anything yet, by a look that leaves the
-/// bytes where they are; `Pending` clears the readiness tokio assumes for an
-/// accepted socket, as `read_now` does, so the lobby then waits for epoll.
-pub(super) fn peek_now(stream: &Socket) -> Poll<std::io::Result<usize>> {
-    stream.peek_now()
 }
 
 impl Waiting {
@@ -300,11 +291,11 @@ mod tests {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let mut client = tokio::net::TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
         let mut stream = accept(&listener).await;
-        assert!(peek_now(&stream).is_pending());
+        assert!(stream.peek_now().is_pending());
         client.write_all(b"\x16\x03\x01").await.unwrap();
         let ready = std::future::poll_fn(|cx| stream.poll_read_ready(cx));
         tokio::time::timeout(Duration::from_secs(5), ready).await.unwrap().unwrap();
-        assert!(matches!(peek_now(&stream), Poll::Ready(Ok(1))));
+        assert!(matches!(stream.peek_now(), Poll::Ready(Ok(1))));
         let mut left = BytesMut::with_capacity(8);
         assert!(
             matches!(read_now(&mut stream, &mut left), Poll::Ready(Ok(3))),

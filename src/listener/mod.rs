@@ -433,7 +433,7 @@ impl Shared {
     ) -> Option<Accepted> {
         if !self.plain() {
             // The handshake reads the hello: a look tells whether it has come.
-            return match lobby::peek_now(&client.stream) {
+            return match client.stream.peek_now() {
                 Poll::Ready(Ok(n)) if n > 0 => {
                     self.admit(Some(client), BytesMut::new(), tracker, stop);
                     None

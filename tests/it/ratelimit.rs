@@ -211,6 +211,57 @@ servers = [{ address = "{a}" }]
     assert_eq!(a.hits(), 2);
 }
 
+/// Clients queued together are accepted in one turn of the accept loop, and each
+/// still takes a `max_connections` place first: of three arriving at once with a
+/// limit of two, the third waits until a place frees.
+#[tokio::test]
+async fn a_burst_of_clients_is_held_to_max_connections() {
+    let a = Backend::named("a").start().await;
+    let weir = Weir::start(
+        r#"
+[[listeners]]
+name = "web"
+listen = "127.0.0.1:0"
+max_connections = 2
+[[routes]]
+upstream = "app"
+[upstreams.app]
+servers = [{ address = "{a}" }]
+"#,
+        &[&a],
+    )
+    .await;
+    let (c1, c2, c3) = tokio::join!(
+        TcpStream::connect(weir.addr),
+        TcpStream::connect(weir.addr),
+        TcpStream::connect(weir.addr)
+    );
+    let mut clients = [c1.unwrap(), c2.unwrap(), c3.unwrap()];
+    for client in &mut clients {
+        client.write_all(GET).await.unwrap();
+    }
+    let [mut c1, mut c2, mut c3] = clients;
+    let mut answered = 0;
+    for client in [&mut c1, &mut c2, &mut c3] {
+        if tokio::time::timeout(Duration::from_millis(300), read_response(client)).await.is_ok() {
+            answered += 1;
+        }
+    }
+    assert_eq!(answered, 2, "clients served at once past max_connections = 2");
+    // Both served ones close (keep-alive holds their places until then): the third
+    // is served.
+    let served = a.hits();
+    drop((c1, c2));
+    tokio::time::timeout(Duration::from_secs(2), async {
+        while a.hits() == served {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("the waiting client was not served once places freed");
+    drop(c3);
+}
+
 /// `client_ip` keys cover the client's network, not its single address: two IPv6
 /// clients in one /64 (the default `ipv6_prefix`) share a bucket, another /64 has its
 /// own, and IPv4 clients are still one per address. With `ipv6_prefix = 48` the

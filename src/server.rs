@@ -151,7 +151,11 @@ impl Listeners {
             let name = l.name.get_ref();
             match (self.entries.get(name), bound.remove(name)) {
                 (Some(entry), None) => {
-                    entry.settings.store(Arc::new(Settings::reload(l, &entry.settings.load())))
+                    entry.settings.store(Arc::new(Settings::reload(l, &entry.settings.load())));
+                    #[cfg(unix)]
+                    if let Some(socket) = &entry.handover {
+                        crate::listener::set_defer_accept(socket, l.defer_accept);
+                    }
                 }
                 (_, Some(listener)) => {
                     let (stop, _) = watch::channel(false);

@@ -179,6 +179,10 @@ pub struct ListenerConfig {
     /// kernel spreads connections among them.
     #[serde(default)]
     pub reuse_port: bool,
+    /// Hand a new connection to weir only once its first bytes arrive
+    /// (`TCP_DEFER_ACCEPT` on Linux; nginx's `deferred`, HAProxy's `defer-accept`).
+    #[serde(default = "defaults::yes")]
+    pub defer_accept: bool,
     /// A client connection with no request in progress for this long is closed
     /// (HTTP/1.1 keep-alive and HTTP/2 alike).
     #[serde(default = "defaults::idle_timeout")]

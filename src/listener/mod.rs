@@ -210,6 +210,7 @@ impl Listener {
     ) -> std::io::Result<Listener> {
         // Here, not in `bind_tcp`: a socket handed over by an older weir lacks it.
         set_nodelay_inherited(&socket);
+        set_defer_accept(&socket, config.defer_accept);
         socket.set_nonblocking(true)?;
         // SAFETY: the listening socket owns its descriptor, and the registration owns
         // the socket: the descriptor stays open and the same for the registration's life.
@@ -531,6 +532,39 @@ fn set_nodelay_inherited(socket: &std::net::TcpListener) {
     if let Err(e) = socket2::SockRef::from(socket).set_nodelay(true) {
         tracing::warn!(error = %e, "TCP_NODELAY on a listening socket");
     }
+}
+
+/// Sets or clears `TCP_DEFER_ACCEPT` on a listening socket (`defer_accept`). Set,
+/// the kernel finishes the handshake but queues the connection for `accept` only
+/// once its first bytes arrive, so a client is accepted with its request already
+/// there: no registration with the poller, no read that finds nothing and no wake-up
+/// in between. A client that sends nothing is queued anyway at the first SYN-ACK
+/// retransmission, about a second later, and from then on `header_read_timeout`
+/// applies as to any other. Linux only; elsewhere a no-op.
+pub fn set_defer_accept(socket: impl std::os::fd::AsFd, on: bool) {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::fd::AsRawFd;
+        // The kernel turns seconds into SYN-ACK retransmissions: 1 is one (HAProxy's
+        // value), so a silent client waits in the kernel a second, not a timeout's worth.
+        let seconds: libc::c_int = if on { 1 } else { 0 };
+        // SAFETY: a valid descriptor (borrowed for the call) and a `c_int` option value
+        // of the length given.
+        let set = unsafe {
+            libc::setsockopt(
+                socket.as_fd().as_raw_fd(),
+                libc::IPPROTO_TCP,
+                libc::TCP_DEFER_ACCEPT,
+                std::ptr::from_ref(&seconds).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        if set != 0 {
+            tracing::warn!(error = %std::io::Error::last_os_error(), "TCP_DEFER_ACCEPT on a listening socket");
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = (socket, on);
 }
 
 /// One connection from a listening socket, non-blocking, as a `Socket` (no

@@ -74,10 +74,11 @@ async fn a_connection_that_sends_nothing_is_closed_at_header_read_timeout() {
 
 /// Silent clients wait in the listener's lobby: they hold up no one, count as open
 /// connections while they wait, and are all closed (and uncounted) at the header
-/// read timeout.
+/// read timeout. (Accepted at the handshake: with `defer_accept` they would wait in
+/// the kernel first, see the next test.)
 #[tokio::test]
 async fn many_silent_clients_hold_up_no_one_and_all_close_at_header_read_timeout() {
-    let (_backend, weir) = start(CONFIG).await;
+    let (_backend, weir) = start(&accepting_at_the_handshake(CONFIG)).await;
     let started = Instant::now();
     let mut silent = Vec::new();
     for _ in 0..200 {
@@ -96,6 +97,74 @@ async fn many_silent_clients_hold_up_no_one_and_all_close_at_header_read_timeout
         assert!(Instant::now() < deadline, "silent clients still counted after their close");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// `defer_accept = false` after the listener's `listen`.
+fn accepting_at_the_handshake(config: &str) -> String {
+    config.replacen(
+        "listen = \"127.0.0.1:0\"\nheader_read",
+        "listen = \"127.0.0.1:0\"\ndefer_accept = false\nheader_read",
+        1,
+    )
+}
+
+/// With `defer_accept` (the default) a client that connects and sends nothing stays
+/// in the kernel: weir does not count it or spend a thing on it. One that then sends
+/// its request is served; the silent rest are accepted about a second later (the
+/// first SYN-ACK retransmission) and closed at `header_read_timeout` from there.
+#[tokio::test]
+async fn silent_clients_wait_in_the_kernel_with_defer_accept_and_are_still_closed() {
+    let (_backend, weir) = start(CONFIG).await;
+    let started = Instant::now();
+    let mut silent = Vec::new();
+    for _ in 0..50 {
+        silent.push(TcpStream::connect(weir.addr).await.unwrap());
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let active = |m: &str| metric(m, "weir_connections_active{listener=\"web\"}");
+    assert_eq!(active(&weir.metrics().await), 0.0, "a client that sent nothing was accepted");
+
+    let mut speaking = silent.pop().unwrap();
+    speaking.write_all(b"GET /late HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n").await.unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(2), speaking.read_to_end(&mut answer)).await.unwrap().unwrap();
+    assert!(answer.starts_with(b"HTTP/1.1 200"), "{:?}", String::from_utf8_lossy(&answer));
+
+    for stream in &mut silent {
+        let left = Duration::from_millis(4500).saturating_sub(started.elapsed());
+        assert!(closed_within(stream, left).await, "a silent client is held past a second and the timeout");
+    }
+    assert!(started.elapsed() >= Duration::from_millis(1800), "{:?}", started.elapsed());
+}
+
+/// A reload that turns `defer_accept` on applies it to the listening socket it keeps.
+#[tokio::test]
+async fn a_reload_applies_defer_accept_to_a_kept_listener() {
+    let backend = RawBackend::recording().await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("weir.toml");
+    std::fs::write(&path, backend.fill(&accepting_at_the_handshake(CONFIG))).unwrap();
+    let weir = Weir::start_from_file(&path).await;
+    let active = |m: &str| metric(m, "weir_connections_active{listener=\"web\"}");
+    let first = TcpStream::connect(weir.addr).await.unwrap();
+    let deadline = Instant::now() + Duration::from_millis(500);
+    while active(&weir.metrics().await) != 1.0 {
+        assert!(Instant::now() < deadline, "accepted at the handshake: counted at once");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    drop(first);
+
+    std::fs::write(&path, backend.fill(CONFIG)).unwrap();
+    weir.reloader.reload().await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while active(&weir.metrics().await) != 0.0 {
+        assert!(Instant::now() < deadline, "the closed client is still counted");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let _second = TcpStream::connect(weir.addr).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(active(&weir.metrics().await), 0.0, "the reload left the socket accepting at the handshake");
+    assert_serves(&weir).await;
 }
 
 #[tokio::test]

@@ -33,14 +33,17 @@ Figures per workload and proxy:
 - p99 latency at a fixed rate well below saturation (h2load --rps with its
   per-request log for keep-alive rows; this script's client, paced, for the
   new-connection rows);
-- system calls per request: `strace -c -f` attached to every thread of the
-  proxy, in a separate, shorter pass (strace slows the proxy many times over, so
-  this pass gives counts, never times).
+- system calls per request, in a separate, shorter pass: counted by the kernel's
+  tracepoints (`perf stat -e raw_syscalls:sys_enter -p PID`), which leave the proxy
+  at full speed; without perf, by `strace -c -f`, which slows the proxy many times
+  over and so changes its races (under strace a new connection's request has
+  always arrived by the time it is accepted). The table names which counted.
 
     benches/matrix.sh              # installs what it needs, builds, runs, rewrites BENCHMARKS.md
     benches/matrix.sh --quick      # 1 round, short runs: a smoke check (< 2 minutes), prints only
     ROUNDS=5 DURATION=6 benches/matrix.sh
     WEIR_ALT=/path/to/other/weir benches/matrix.sh   # adds a "weir-alt" column (before/after)
+    PEER_DEFER=1 ONLY=h1_new benches/matrix.sh   # nginx `deferred`, HAProxy `defer-accept` (weir defers by default)
     ONLY=h2c,tls_h2 PORT_BASE=23100 benches/matrix.sh  # a subset (prints only), on other ports
 """
 import datetime, json, os, platform, re, shutil, signal, socket, ssl, statistics, subprocess, sys, tempfile, time
@@ -56,6 +59,8 @@ QUICK = "--quick" in sys.argv
 ROUNDS = 1 if QUICK else int(os.environ.get("ROUNDS", "3"))
 DURATION = 1.0 if QUICK else float(os.environ.get("DURATION", "5"))  # seconds per saturating run
 LAT_DURATION = 1.0 if QUICK else float(os.environ.get("LAT_DURATION", "3"))  # seconds per fixed-rate run
+PEER_DEFER = os.environ.get("PEER_DEFER") == "1"
+COUNTED_BY = set()  # how the syscall pass counted: perf's tracepoints, or strace
 STRACE_DURATION = 0.5 if QUICK else float(os.environ.get("STRACE_DURATION", "2"))
 RATE = int(os.environ.get("RATE", "2000"))  # req/s for p99 on keep-alive rows
 RATE_NEW = int(os.environ.get("RATE_NEW", "200"))  # req/s for p99 on new-connection rows
@@ -317,6 +322,9 @@ max_size = "64MiB"
 default_ttl = "1h"
 """
 
+    # PEER_DEFER=1: nginx and HAProxy also wait for a new connection's first bytes
+    # before accepting it, as weir's `defer_accept` (on by default) does.
+    nd, hd = (" deferred", " defer-accept") if PEER_DEFER else ("", "")
     p = ports("nginx")
     nginx_upstream = " ".join("server 127.0.0.1:%d;" % b for b in BACKENDS)
     nginx = f"""worker_processes 1;
@@ -338,9 +346,9 @@ http {{
   proxy_http_version 1.1;
   proxy_set_header Connection "";
   server {{
-    listen 127.0.0.1:{p['plain']};
+    listen 127.0.0.1:{p['plain']}{nd};
     listen 127.0.0.1:{p['h2c']} http2;
-    listen 127.0.0.1:{p['tls']} ssl http2;
+    listen 127.0.0.1:{p['tls']} ssl http2{nd};
     location / {{ proxy_pass http://b; proxy_buffering off; }}
   }}
   server {{
@@ -367,9 +375,9 @@ cache pages
   max-object-size 65536
   max-age 3600
 frontend f
-  bind 127.0.0.1:{p['plain']}
+  bind 127.0.0.1:{p['plain']}{hd}
   bind 127.0.0.1:{p['h2c']} proto h2
-  bind 127.0.0.1:{p['tls']} ssl crt {both} alpn h2,http/1.1
+  bind 127.0.0.1:{p['tls']} ssl crt {both} alpn h2,http/1.1{hd}
   default_backend b
 frontend c
   bind 127.0.0.1:{p['cache']}
@@ -427,8 +435,48 @@ def cache_headers(port):
     return [head[0]] + [h for h in head[1:] if h.lower().split(":")[0] in ("age", "x-varnish", "x-cache", "cache-status")]
 
 
+# The system calls broken out by name in the syscall pass (the total counts them all).
+NAMED_CALLS = ["accept4", "recvfrom", "sendto", "read", "write", "readv", "writev", "recvmsg", "sendmsg",
+               "close", "shutdown", "epoll_wait", "epoll_ctl", "getsockopt", "setsockopt", "futex", "openat"]
+
+
+def perf_calls(pids, fn):
+    """System calls made by every thread of `pids` while `fn` runs, counted by the
+    kernel's tracepoints (`perf stat`): the proxy runs at full speed, so the count is
+    of the same races as in the timed runs. None when perf or its tracepoints are
+    missing."""
+    events = ["raw_syscalls:sys_enter"] + [f"syscalls:sys_enter_{c}" for c in NAMED_CALLS]
+    out = tempfile.mktemp(prefix="weir-perf-")
+    live = [str(p) for p in pids if os.path.exists(f"/proc/{p}")]
+    try:
+        st = subprocess.Popen(["perf", "stat", "-x,", "-o", out, "-e", ",".join(events), "-p", ",".join(live)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    except FileNotFoundError:
+        return None
+    time.sleep(0.3)  # attach
+    try:
+        result = fn()
+    finally:
+        st.send_signal(signal.SIGINT)
+        st.wait(30)
+    counts = {}
+    if os.path.exists(out):
+        for line in open(out):
+            f = line.strip().split(",")
+            if len(f) >= 3 and f[0].isdigit():
+                counts[f[2]] = int(f[0])
+        os.unlink(out)
+    if "raw_syscalls:sys_enter" not in counts:
+        return None
+    by_call = {k.removeprefix("syscalls:sys_enter_"): v for k, v in counts.items() if k.startswith("syscalls:") and v}
+    return counts["raw_syscalls:sys_enter"], by_call, result
+
+
 def strace_calls(pids, fn):
-    """System calls made by every thread of `pids` while `fn` runs, and fn's result."""
+    """System calls made by every thread of `pids` while `fn` runs, and fn's result,
+    as `strace -c -f` counts them: the fallback without perf. strace slows the proxy
+    many times over, which changes its races (a request that would not have arrived
+    yet at accept has, under strace), so its counts differ from an unhindered run's."""
     tids = [t for pid in pids if os.path.exists(f"/proc/{pid}") for t in os.listdir(f"/proc/{pid}/task")]
     out = tempfile.mktemp(prefix="weir-strace-")
     cmd = ["strace", "-c", "-f", "-o", out] + [a for t in tids for a in ("-p", t)]
@@ -451,6 +499,15 @@ def strace_calls(pids, fn):
             else:
                 by_call[f[-1]] = n
     return calls, by_call, result
+
+
+def syscall_counts(pids, fn):
+    """(calls, by name, fn's result, how counted): perf's tracepoints where they work,
+    else strace."""
+    counted = perf_calls(pids, fn)
+    if counted is not None:
+        return counted + ("perf stat, tracepoints",)
+    return strace_calls(pids, fn) + ("strace -c -f",)
 
 
 def loadavg():
@@ -509,15 +566,16 @@ def main():
                     print(f"round {round_ + 1} {w} {n}: " + ", ".join(f"{k} {v:.2f}" for k, v in m.items()),
                           file=sys.stderr, flush=True)
                 loads.append(loadavg())
-        # System calls: a separate, shorter pass under strace.
+        # System calls: a separate, shorter pass, counted by perf (or strace).
         syscalls = {w: {} for w in WORKLOADS}
         for w in WORKLOADS:
             for n in results[w]:
-                calls, by_call, r = strace_calls(pids[n], lambda: drive(w, n, STRACE_DURATION))
+                calls, by_call, r, counted_by = syscall_counts(pids[n], lambda: drive(w, n, STRACE_DURATION))
+                COUNTED_BY.add(counted_by)
                 reqs = max(r["requests"], 1)
                 top = sorted(by_call.items(), key=lambda kv: -kv[1])[:5]
                 syscalls[w][n] = {"per_req": calls / reqs, "top": {k: v / reqs for k, v in top}}
-                print(f"strace {w} {n}: {calls / reqs:.2f} per request; " +
+                print(f"syscalls ({counted_by}) {w} {n}: {calls / reqs:.2f} per request; " +
                       ", ".join(f"{k} {v / reqs:.2f}" for k, v in top), file=sys.stderr, flush=True)
         loads.append(loadavg())
     finally:
@@ -581,7 +639,8 @@ def report(results, syscalls, loads, elapsed, names):
         lines.append(f"| {LABELS[w]} | " + " | ".join(cell(med(w, n, "p99"), "{:.2f}") for n in names) + " | " +
                      " | ".join(ratio(med(w, 'weir', 'p99'), med(w, p, 'p99')) for p in peers) + " |")
     tables.append("\n".join(lines))
-    lines = ["System calls per request (`strace -c -f`, separate pass):", "", head, rule]
+    lines = [f"System calls per request ({' and '.join(sorted(COUNTED_BY)) or 'not counted'}, separate pass):",
+             "", head, rule]
     for w in WORKLOADS:
         s = lambda n: syscalls[w].get(n, {}).get("per_req")
         lines.append(f"| {LABELS[w]} | " + " | ".join(cell(s(n)) for n in names) + " | " +
@@ -599,7 +658,8 @@ def report(results, syscalls, loads, elapsed, names):
               f"nginx {version(['nginx', '-v'])}, HAProxy {version(['haproxy', '-v'])}, Varnish "
               f"{version(['varnishd', '-V'])}, h2load {version(['h2load', '--version'])}; one worker each "
               f"(Varnish: its default thread pools), all pinned to core {PROXY_CORE}; backends and load generators on "
-              f"core {LOAD_CORE}.")
+              f"core {LOAD_CORE}." + (" nginx listens with `deferred` and HAProxy binds with `defer-accept` "
+                                     "(PEER_DEFER=1)." if PEER_DEFER else ""))
     body = header + "\n\n" + "\n\n".join(tables) + "\n"
     print(body)
     print(json.dumps({"results": results, "syscalls": syscalls, "loads": loads}), file=open(

@@ -30,13 +30,15 @@
 //! accepted, and an idle HTTP/1 connection gets `STOP_GRACE` for a request on its way.
 //!
 //! Clients are accepted as `socket::Socket`s, not registered with epoll until a read
-//! or write has to wait. A plain client's first bytes are read as it is accepted
-//! (`Shared::start`; a TLS client's are looked at): under load its request is there
-//! by then, and its connection starts at once; if its answer then goes out whole,
-//! the connection never meets the poller. A client that has not sent a byte yet has no task of
-//! its own: it waits in its listener's lobby (`Waiting`, about 0.5 KiB with tokio's
-//! registration), and its connection task, `Peer`, TLS and hyper state are made once
-//! it sends something.
+//! or write has to wait. With `defer_accept` (the default) the kernel queues a client
+//! for `accept` only once its first bytes have arrived (`set_defer_accept`); they are
+//! read as it is accepted (`Shared::start`; a TLS client's are looked at), so its
+//! connection starts at once, and if its answer then goes out whole the connection
+//! never meets the poller. A client accepted with nothing to read (one silent for
+//! the kernel's second, or any, with `defer_accept = false`) has no task of its own:
+//! it waits in its listener's lobby (`Waiting`, about 0.7 KiB with its registration),
+//! and its connection task, `Peer`, TLS and hyper state are made once it sends
+//! something.
 //! A plain HTTP/1.1 keep-alive connection idle for `PARK_AFTER` between requests goes
 //! back to the lobby the same way (its task, which holds a request's future inline,
 //! ends), with its keep-alive deadline, and gets a new task, straight to `h1`, when

@@ -45,6 +45,10 @@ def configs(tmp):
 [[listeners]]
 name = "bench"
 listen = "127.0.0.1:{PORTS['weir']}"
+# The idle connections below are held by weir from their first moment, as nginx and
+# HAProxy hold theirs; with the default they would spend their first second in the
+# kernel (TCP_DEFER_ACCEPT) and the figure would depend on when it is read.
+defer_accept = false
 [[routes]]
 upstream = "b"
 [upstreams.b]

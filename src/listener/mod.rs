@@ -640,4 +640,33 @@ mod tests {
         // Accepted without a registration with the poller: it is made when needed.
         assert!(!accepted.is_registered());
     }
+
+    /// `TCP_DEFER_ACCEPT` as the kernel reports it back: set by `defer_accept`, and
+    /// cleared again when a reload turns it off.
+    #[test]
+    fn defer_accept_sets_and_clears_tcp_defer_accept() {
+        use std::os::fd::AsRawFd;
+        let get = |socket: &std::net::TcpListener| {
+            let mut value: libc::c_int = -1;
+            let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+            // SAFETY: a valid descriptor, and a `c_int` out-value with its length.
+            let got = unsafe {
+                libc::getsockopt(
+                    socket.as_raw_fd(),
+                    libc::IPPROTO_TCP,
+                    libc::TCP_DEFER_ACCEPT,
+                    std::ptr::from_mut(&mut value).cast(),
+                    &mut len,
+                )
+            };
+            assert_eq!(got, 0, "{}", std::io::Error::last_os_error());
+            value
+        };
+        let socket = bind_std("127.0.0.1:0".parse().unwrap(), false).unwrap();
+        assert_eq!(get(&socket), 0);
+        set_defer_accept(&socket, true);
+        assert!(get(&socket) > 0, "set: the kernel keeps it as one SYN-ACK retransmission's worth");
+        set_defer_accept(&socket, false);
+        assert_eq!(get(&socket), 0);
+    }
 }

@@ -313,10 +313,10 @@ mod tests {
             unsafe { Allocator.dealloc(c, other) };
             release_stash();
             // Released, and no longer stashing: the lists are empty and stay so.
-            assert!(with_stash_anyway_len() == 0);
+            assert_eq!(stashed_blocks(), 0);
             let d = unsafe { Allocator.alloc(layout) };
             unsafe { Allocator.dealloc(d, layout) };
-            assert!(with_stash_anyway_len() == 0);
+            assert_eq!(stashed_blocks(), 0);
         })
         .join()
         .unwrap();
@@ -331,7 +331,7 @@ mod tests {
             for &b in &blocks {
                 unsafe { Allocator.dealloc(b, layout) };
             }
-            assert_eq!(with_stash_anyway_len(), STASH_DEPTH);
+            assert_eq!(stashed_blocks(), STASH_DEPTH);
             // Ordinary alignment and large blocks go straight to the system.
             for layout in
                 [Layout::from_size_align(192, 16).unwrap(), Layout::from_size_align(4096, 128).unwrap()]
@@ -339,20 +339,20 @@ mod tests {
                 let b = unsafe { Allocator.alloc(layout) };
                 unsafe { Allocator.dealloc(b, layout) };
             }
-            assert_eq!(with_stash_anyway_len(), STASH_DEPTH);
+            assert_eq!(stashed_blocks(), STASH_DEPTH);
             // Layouts beyond `STASH_LAYOUTS` are not kept.
             for size in 1..=STASH_LAYOUTS + 2 {
                 let layout = Layout::from_size_align(size * 128, 128).unwrap();
                 let b = unsafe { Allocator.alloc(layout) };
                 unsafe { Allocator.dealloc(b, layout) };
             }
-            assert_eq!(with_stash_anyway_len(), STASH_DEPTH + STASH_LAYOUTS - 1);
+            assert_eq!(stashed_blocks(), STASH_DEPTH + STASH_LAYOUTS - 1);
             trim_stash();
-            assert_eq!(with_stash_anyway_len(), 0);
+            assert_eq!(stashed_blocks(), 0);
             // Still stashing after a trim.
             let b = unsafe { Allocator.alloc(layout) };
             unsafe { Allocator.dealloc(b, layout) };
-            assert_eq!(with_stash_anyway_len(), 1);
+            assert_eq!(stashed_blocks(), 1);
             release_stash();
         })
         .join()
@@ -360,7 +360,7 @@ mod tests {
     }
 
     /// Blocks in this thread's stash.
-    fn with_stash_anyway_len() -> usize {
+    fn stashed_blocks() -> usize {
         let mut n = 0;
         with_stash_anyway(|stash| n = stash.lists.iter().map(|l| l.len).sum());
         n

@@ -16,8 +16,8 @@
 //! sockets do the same by clearing their readiness). `may_have_bytes` answers from
 //! that alone, with no system call, whether bytes may have come since.
 //!
-//! Unix only, as weir is: reads go to `recv(2)` directly, into the buffer's
-//! uninitialized spare room, as tokio's do.
+//! Unix only, as weir is: reads go to `recv(2)` directly (socket2's), into the
+//! buffer's uninitialized spare room, as tokio's do.
 
 use std::io::{self, IoSlice, Write};
 use std::net::Shutdown;
@@ -121,24 +121,17 @@ impl Inner {
 
     /// One `recv` into the buffer's spare room.
     fn recv(&self, buf: &mut ReadBuf<'_>) -> io::Result<usize> {
-        // SAFETY: `recv` only writes into the spare room, and the bytes it reports
-        // written are marked initialized before the buffer is advanced over them.
-        unsafe {
-            let spare = buf.unfilled_mut();
-            let n = loop {
-                let n = libc::recv(self.stream.as_raw_fd(), spare.as_mut_ptr().cast(), spare.len(), 0);
-                if n >= 0 {
-                    break n as usize;
-                }
-                let e = io::Error::last_os_error();
-                if e.kind() != io::ErrorKind::Interrupted {
-                    return Err(e);
-                }
-            };
-            buf.assume_init(n);
-            buf.advance(n);
-            Ok(n)
-        }
+        let n = loop {
+            // SAFETY: `recv` only writes into the spare room, never de-initializes it.
+            match socket2::SockRef::from(&self.stream).recv(unsafe { buf.unfilled_mut() }) {
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                read => break read?,
+            }
+        };
+        // SAFETY: `recv` wrote the `n` bytes it reports.
+        unsafe { buf.assume_init(n) };
+        buf.advance(n);
+        Ok(n)
     }
 
     fn poll_read(&self, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
@@ -294,59 +287,49 @@ impl AsyncRead for ReadHalf {
     }
 }
 
-impl AsyncWrite for Socket {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, bytes: &[u8]) -> Poll<io::Result<usize>> {
-        self.inner.poll_write(cx, bytes)
-    }
+/// `AsyncWrite` for a type with an `inner: Inner`, all but its shutdown: the whole
+/// socket's and its write half's differ only there.
+macro_rules! write_through_inner {
+    ($type:ty, |$this:ident| $shutdown:expr) => {
+        impl AsyncWrite for $type {
+            fn poll_write(
+                self: Pin<&mut Self>,
+                cx: &mut Context<'_>,
+                bytes: &[u8],
+            ) -> Poll<io::Result<usize>> {
+                self.inner.poll_write(cx, bytes)
+            }
 
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        self.inner.poll_write_vectored(cx, bufs)
-    }
+            fn poll_write_vectored(
+                self: Pin<&mut Self>,
+                cx: &mut Context<'_>,
+                bufs: &[IoSlice<'_>],
+            ) -> Poll<io::Result<usize>> {
+                self.inner.poll_write_vectored(cx, bufs)
+            }
 
-    fn is_write_vectored(&self) -> bool {
-        true
-    }
+            fn is_write_vectored(&self) -> bool {
+                true
+            }
 
-    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Poll::Ready(Ok(()))
-    }
+            fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+                Poll::Ready(Ok(()))
+            }
 
-    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Poll::Ready(self.inner.stream.shutdown(Shutdown::Write))
-    }
+            fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+                let $this = self.get_mut();
+                Poll::Ready($shutdown)
+            }
+        }
+    };
 }
 
-impl AsyncWrite for WriteHalf {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, bytes: &[u8]) -> Poll<io::Result<usize>> {
-        self.inner.poll_write(cx, bytes)
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        self.inner.poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        true
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
-        // Shut once: not again when the half is dropped.
-        self.shutdown_on_drop = false;
-        Poll::Ready(self.inner.stream.shutdown(Shutdown::Write))
-    }
-}
+write_through_inner!(Socket, |socket| socket.inner.stream.shutdown(Shutdown::Write));
+// Shut once: not again when the half is dropped.
+write_through_inner!(WriteHalf, |half| {
+    half.shutdown_on_drop = false;
+    half.inner.stream.shutdown(Shutdown::Write)
+});
 
 impl AsFd for Socket {
     fn as_fd(&self) -> BorrowedFd<'_> {

@@ -195,7 +195,7 @@ impl Settings {
 }
 
 impl Listener {
-    /// Binds `config.listen` (see `bind_tcp`).
+    /// Binds `config.listen` (see `bind_std`).
     pub fn bind(config: &ListenerConfig, slot: usize, gauges: Gauges) -> std::io::Result<Listener> {
         let addr: SocketAddr = config.listen.get_ref().parse().map_err(std::io::Error::other)?;
         let socket = bind_std(addr, config.reuse_port)?;
@@ -210,7 +210,7 @@ impl Listener {
         gauges: Gauges,
         socket: std::net::TcpListener,
     ) -> std::io::Result<Listener> {
-        // Here, not in `bind_tcp`: a socket handed over by an older weir lacks it.
+        // Here, not in `bind_std`: a socket handed over by an older weir lacks it.
         set_nodelay_inherited(&socket);
         set_defer_accept(&socket, config.defer_accept);
         socket.set_nonblocking(true)?;
@@ -590,20 +590,17 @@ fn accept_raw(listener: &std::net::TcpListener) -> std::io::Result<(Socket, Sock
     Ok((Socket::new(stream), addr))
 }
 
-/// A non-blocking listening socket with `SO_REUSEADDR` and a backlog of 4096.
+/// A non-blocking listening socket with `SO_REUSEADDR` and a backlog of 4096 (the
+/// admin listener's).
 pub fn bind_tcp(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    bind_tcp_with(addr, false)
+    TcpListener::from_std(bind_std(addr, false)?)
 }
 
-/// `bind_tcp`, plus `SO_REUSEPORT` when `reuse_port` is set: several processes (each
-/// setting it) may then listen on the same port, and the kernel spreads new
-/// connections among them. Off by default: without it a second weir started by
-/// mistake on a busy port fails loudly instead of silently sharing it.
-pub fn bind_tcp_with(addr: SocketAddr, reuse_port: bool) -> std::io::Result<TcpListener> {
-    TcpListener::from_std(bind_std(addr, reuse_port)?)
-}
-
-/// `bind_tcp_with`, as a std socket (still non-blocking).
+/// `bind_tcp`'s socket as a std one (still non-blocking), plus `SO_REUSEPORT` when
+/// `reuse_port` is set: several processes (each setting it) may then listen on the
+/// same port, and the kernel spreads new connections among them. Off by default:
+/// without it a second weir started by mistake on a busy port fails loudly instead of
+/// silently sharing it.
 fn bind_std(addr: SocketAddr, reuse_port: bool) -> std::io::Result<std::net::TcpListener> {
     use socket2::{Domain, Protocol, Socket, Type};
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;

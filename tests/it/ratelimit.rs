@@ -176,23 +176,26 @@ async fn read_response(stream: &mut TcpStream) -> Result<(), std::io::Error> {
     Ok(())
 }
 
-#[tokio::test]
-async fn max_connections_holds_further_clients_in_the_backlog() {
-    let a = Backend::named("a").start().await;
-    let weir = Weir::start(
+/// One listener with `max_connections = max`, in front of backend `a`.
+fn limited_to(max: usize) -> String {
+    format!(
         r#"
 [[listeners]]
 name = "web"
 listen = "127.0.0.1:0"
-max_connections = 1
+max_connections = {max}
 [[routes]]
 upstream = "app"
 [upstreams.app]
-servers = [{ address = "{a}" }]
-"#,
-        &[&a],
+servers = [{{ address = "{{a}}" }}]
+"#
     )
-    .await;
+}
+
+#[tokio::test]
+async fn max_connections_holds_further_clients_in_the_backlog() {
+    let a = Backend::named("a").start().await;
+    let weir = Weir::start(&limited_to(1), &[&a]).await;
     let mut first = TcpStream::connect(weir.addr).await.unwrap();
     first.write_all(GET).await.unwrap();
     read_response(&mut first).await.unwrap();
@@ -217,20 +220,7 @@ servers = [{ address = "{a}" }]
 #[tokio::test]
 async fn a_burst_of_clients_is_held_to_max_connections() {
     let a = Backend::named("a").start().await;
-    let weir = Weir::start(
-        r#"
-[[listeners]]
-name = "web"
-listen = "127.0.0.1:0"
-max_connections = 2
-[[routes]]
-upstream = "app"
-[upstreams.app]
-servers = [{ address = "{a}" }]
-"#,
-        &[&a],
-    )
-    .await;
+    let weir = Weir::start(&limited_to(2), &[&a]).await;
     let (c1, c2, c3) = tokio::join!(
         TcpStream::connect(weir.addr),
         TcpStream::connect(weir.addr),

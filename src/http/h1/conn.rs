@@ -33,7 +33,6 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use crate::socket::ReadHalf;
 use bytes::{Bytes, BytesMut};
 use http::{Request, Response, StatusCode};
 use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -46,6 +45,7 @@ use super::server::{
     encode_head, has_head_end, parse_request, Date, Encoded, Head, Out, Parsed, ReadSide, RequestLines,
 };
 use crate::http::BoxError;
+use crate::socket::ReadHalf;
 
 /// How much room a read of a head asks for.
 const HEAD_READ: usize = 8 * 1024;

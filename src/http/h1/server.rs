@@ -8,7 +8,6 @@
 
 use std::time::SystemTime;
 
-use crate::socket::ReadHalf;
 use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
@@ -20,6 +19,7 @@ use super::framing::{
     ends_chunked, has_token, is_hop_by_hop, is_x_forwarded, parse_length, ConnectionOptions, MAX_HEADERS,
 };
 use super::head::{connection_names_a_field, range_of, Field};
+use crate::socket::ReadHalf;
 
 /// The connection's reading side: its socket half and the bytes read and not yet
 /// consumed. Request header values are slices of `buf`.
